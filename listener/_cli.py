@@ -1,0 +1,28 @@
+"""``hostmux-listener``: hold a tunnel from a router to a local app."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+
+from router._cli import run_event_loop
+from router._log import configure_logging
+
+from ._config import ConfigError, load_config
+from ._run import run_listener
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"hostmux-listener: error: {exc}", file=sys.stderr)
+        return 2
+    if not config.identity_file.is_file():
+        print(f"hostmux-listener: error: no private key at {config.identity_file}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_event_loop(run_listener(config))
+    return 0

@@ -1,0 +1,45 @@
+"""Who may open tunnels, and which names each key may hold (pure rules).
+
+The authorized_keys file is OpenSSH's format. A key line may carry
+``permitlisten="PATTERN"`` options (repeatable, like OpenSSH's own option of
+that name, whose host part is here the tunnel name): the key may then hold
+only names matching one of the patterns (``*`` and ``?`` wildcards, an optional
+``:PORT`` suffix is ignored). Without the option a key may hold any free name.
+Example::
+
+    permitlisten="jupyter-*",permitlisten="demo" ssh-ed25519 AAAA... alice
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What one authenticated key may do."""
+
+    fingerprint: str
+    comment: str
+    name_patterns: tuple[str, ...] | None  # None: any name
+
+    def may_hold(self, name: str) -> bool:
+        if self.name_patterns is None:
+            return True
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.name_patterns)
+
+    def describe_names(self) -> str:
+        return "any name" if self.name_patterns is None else ", ".join(self.name_patterns)
+
+
+def name_patterns_from_options(values: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``permitlisten`` option values → name patterns (the ``:port`` part dropped)."""
+    if not values:
+        return None
+    patterns = []
+    for value in values:
+        host = value.rsplit(":", 1)[0] if ":" in value else value
+        patterns.append(host.strip().lower())
+    return tuple(patterns)

@@ -1,0 +1,40 @@
+"""``hostmux-router``: parse the config, run the router, exit 2 on bad config."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from ._config import load_config
+from ._layered_config import ConfigError
+from ._log import configure_logging
+from ._server import run_router
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine on uvloop when installed (measured faster), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"hostmux-router: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    try:
+        run_event_loop(run_router(config))
+    except ConfigError as exc:
+        print(f"hostmux-router: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,128 @@
+"""The router's configuration: one frozen object, built from TOML, env and flags.
+
+With no configuration at all the router serves ``*.localhost`` on loopback:
+SSH on 2222, HTTPS on 8443 (certificate from a development CA it creates),
+plain HTTP on 8080, state in ``$XDG_STATE_HOME/hostmux`` — for trying it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._layered_config import ConfigError, build_parser, load, option, parse_listen_list
+from ._names import is_dns_label
+from ._relay import RelayLimits
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "hostmux")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    domain: str = option("localhost", "the domain tunnels live under: NAME.DOMAIN")
+    ssh_listen: list[str] = option(["127.0.0.1:2222"], "SSH address for tunnel clients")
+    https_listen: list[str] = option(["127.0.0.1:8443"], "HTTPS front door address")
+    http_listen: list[str] = option(
+        ["127.0.0.1:8080"], "plain HTTP front door address (empty list: none)"
+    )
+    public_port: int = option(
+        0, "HTTPS port shown in public URLs (0: the port the front door listens on)"
+    )
+    state_dir: Path = option(Path(_default_state_dir()), "where host key and dev CA live")
+    host_key_file: Path | None = option(None, "SSH host key (default: STATE_DIR/ssh_host_key)")
+    authorized_keys_file: Path | None = option(
+        None,
+        'who may open tunnels, OpenSSH authorized_keys format; permitlisten="NAME" options '
+        "restrict a key to those names (default: STATE_DIR/authorized_keys)",
+    )
+    tls_cert_file: Path | None = option(None, "TLS certificate chain (default: dev CA leaf)")
+    tls_key_file: Path | None = option(None, "TLS private key (default: dev CA leaf key)")
+    name_reservation_s: float = option(
+        600.0, "after a tunnel goes, its name stays reserved for its key this long"
+    )
+    channel_window_bytes: int = option(
+        2 * 1024 * 1024, "SSH channel window per request (>= 2 MiB; 4-8 MiB for WAN)"
+    )
+    ssh_keepalive_interval_s: float = option(30.0, "SSH keepalive probe interval")
+    ssh_login_timeout_s: float = option(30.0, "time a client has to authenticate")
+    header_timeout_s: float = option(60.0, "time a browser has to send request headers")
+    keepalive_timeout_s: float = option(75.0, "idle time before a keep-alive connection closes")
+    body_timeout_s: float = option(60.0, "time between two reads of a request body")
+    send_timeout_s: float = option(60.0, "time a browser has to accept more response data")
+    connect_timeout_s: float = option(10.0, "time to open a channel down a tunnel (else 504)")
+    response_timeout_s: float = option(60.0, "time for the app to start answering (else 504)")
+    upstream_idle_timeout_s: float = option(300.0, "time between two chunks of a response body")
+    websocket_idle_timeout_s: float = option(3600.0, "idle time before a WebSocket is closed")
+    tls_handshake_timeout_s: float = option(10.0, "time a browser has to finish TLS")
+    max_header_bytes: int = option(32 * 1024, "largest request head accepted (else 431)")
+    log_level: str = option("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        if not all(is_dns_label(part) for part in self.domain.split(".")):
+            raise ValueError(f"domain: {self.domain!r} is not a valid lower-case domain name")
+        for field in ("ssh_listen", "https_listen", "http_listen"):
+            parse_listen_list(getattr(self, field), field)
+        if not self.ssh_listen:
+            raise ValueError("ssh_listen: at least one address is needed")
+        if not self.https_listen and not self.http_listen:
+            raise ValueError("https_listen, http_listen: at least one front door is needed")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.channel_window_bytes < 64 * 1024:
+            raise ValueError("channel_window_bytes: at least 65536")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+        for name in (
+            "header_timeout_s", "keepalive_timeout_s", "body_timeout_s", "send_timeout_s",
+            "connect_timeout_s", "response_timeout_s", "upstream_idle_timeout_s",
+            "websocket_idle_timeout_s", "tls_handshake_timeout_s", "ssh_login_timeout_s",
+        ):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.host_key_file or self.state_dir / "ssh_host_key"
+
+    @property
+    def authorized_keys_path(self) -> Path:
+        return self.authorized_keys_file or self.state_dir / "authorized_keys"
+
+    @property
+    def relay_limits(self) -> RelayLimits:
+        return RelayLimits(
+            max_header_bytes=self.max_header_bytes,
+            header_timeout_s=self.header_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            send_timeout_s=self.send_timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+            response_timeout_s=self.response_timeout_s,
+            upstream_idle_timeout_s=self.upstream_idle_timeout_s,
+            websocket_idle_timeout_s=self.websocket_idle_timeout_s,
+        )
+
+
+def parser() -> argparse.ArgumentParser:
+    return build_parser(
+        RouterConfig,
+        "hostmux-router",
+        "Route https://NAME.DOMAIN to apps behind SSH tunnels (ssh -R NAME:80:localhost:PORT).",
+    )
+
+
+def load_config(
+    argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> RouterConfig:
+    """Parse flags and layers; raises ConfigError (and SystemExit for --help)."""
+    args = parser().parse_args(argv)
+    return load(RouterConfig, args, environ)
+
+
+__all__ = ["ConfigError", "RouterConfig", "load_config"]

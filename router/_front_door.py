@@ -1,0 +1,95 @@
+"""The HTTP front door: TCP and TLS listeners whose connections become relays.
+
+Resource handling: every accepted connection runs as a task recorded in a
+``ConnectionSet``, so shutdown can stop accepting, let in-flight requests
+finish for a bounded time, and then cancel the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+
+from ._headers import ClientInfo
+from ._log import fields
+from ._relay import Gateway, HttpRelay, RelayLimits, RequestRecord
+from ._streams import READ_CHUNK_BYTES, ReaderWriterStream
+
+log = logging.getLogger("hostmux.http")
+
+
+class ConnectionSet:
+    """The live browser connections' tasks."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for connections to end, then cancel the rest."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)
+
+
+def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _log_request(record: RequestRecord) -> None:
+    log.info(
+        fields(
+            "request", rid=record.request_id, name=record.name or None, host=record.host or None,
+            peer=record.peer, method=record.method, target=record.target[:200],
+            status=record.status, bytes_in=record.bytes_in, bytes_out=record.bytes_out,
+            ms=record.duration_ms, note=record.note or None,
+        )
+    )  # fmt: skip
+
+
+async def start_front_door(
+    host: str,
+    port: int,
+    *,
+    gateway: Gateway,
+    limits: RelayLimits,
+    connections: ConnectionSet,
+    tls: ssl.SSLContext | None,
+    tls_handshake_timeout_s: float,
+) -> asyncio.Server:
+    scheme = "https" if tls is not None else "http"
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        info = ClientInfo(peer_ip=str(peer[0]), peer_port=int(peer[1]), scheme=scheme)
+        stream = ReaderWriterStream(reader, writer, label=f"{scheme}:{peer[0]}:{peer[1]}")
+        await HttpRelay(stream, info, gateway, limits, _log_request).run()
+
+    return await asyncio.start_server(
+        on_connection,
+        host,
+        port,
+        ssl=tls,
+        ssl_handshake_timeout=tls_handshake_timeout_s if tls is not None else None,
+        limit=READ_CHUNK_BYTES,
+        reuse_address=True,
+        backlog=1024,
+    )

@@ -1,0 +1,129 @@
+"""Header rewriting between the browser and the app (pure).
+
+Rules:
+
+1. Hop-by-hop headers (RFC 9110 7.6.1), and every header named in
+   ``Connection``, are removed in both directions: they describe one hop.
+2. Framing (``Content-Length`` / ``Transfer-Encoding: chunked``) is kept as h11
+   validated it; h11 re-frames each side on its own.
+3. Forwarding and identity headers are set by the router only. Client-sent
+   copies are removed in every spelling that some server normalises into the
+   same name (case, ``_`` for ``-``), so an app can trust them.
+4. A WebSocket upgrade keeps exactly ``Connection: upgrade`` and
+   ``Upgrade: websocket``; other upgrades (h2c, TLS) are not passed on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Headers = list[tuple[bytes, bytes]]
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"http2-settings",
+    }
+)  # fmt: skip
+
+# Names some servers read for framing or routing once "_" is folded into "-":
+# a client must not smuggle them past h11 in that spelling.
+_FOLDED_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+# Set by the router; never passed on from the client.
+_FORWARDING = frozenset(
+    {
+        b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+        b"x-forwarded-server", b"x-forwarded-prefix", b"forwarded", b"x-real-ip",
+        b"x-request-id", b"x-client-ip", b"true-client-ip", b"client-ip",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """What the router knows about the browser side of a request."""
+
+    peer_ip: str
+    peer_port: int
+    scheme: str  # "https" or "http"
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def _drop(headers: Sequence[tuple[bytes, bytes]], extra: frozenset[bytes]) -> Headers:
+    named = _connection_tokens(headers)
+    kept: Headers = []
+    for name, value in headers:
+        folded = name.replace(b"_", b"-")
+        if (
+            name in _HOP_BY_HOP
+            or folded in _HOP_BY_HOP
+            or name in named
+            or folded in extra
+            or (folded != name and folded in _FOLDED_FRAMING)
+        ):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def is_websocket_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """True if the request asks for a WebSocket upgrade (and nothing else)."""
+    if b"upgrade" not in _connection_tokens(headers):
+        return False
+    upgrades = [v.strip().lower() for n, v in headers if n == b"upgrade"]
+    return upgrades == [b"websocket"]
+
+
+def _forwarded_for(ip: str) -> str:
+    try:
+        if ipaddress.ip_address(ip).version == 6:
+            return f'"[{ip}]"'
+    except ValueError:
+        return '"unknown"'
+    return ip
+
+
+def request_headers_for_app(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    host: bytes,
+    client: ClientInfo,
+    request_id: str,
+    websocket: bool,
+) -> Headers:
+    """The headers the app receives for a browser's request."""
+    out = _drop(headers, _FORWARDING)
+    if websocket:
+        out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+    quoted_host = host.decode("latin-1").replace('"', "")
+    out += [
+        (b"x-forwarded-for", client.peer_ip.encode()),
+        (b"x-forwarded-proto", client.scheme.encode()),
+        (b"x-forwarded-host", host),
+        (
+            b"forwarded",
+            f'for={_forwarded_for(client.peer_ip)};proto={client.scheme};host="{quoted_host}"'.encode(),
+        ),
+        (b"x-request-id", request_id.encode()),
+    ]
+    return out
+
+
+def response_headers_for_client(
+    headers: Sequence[tuple[bytes, bytes]], *, websocket_accepted: bool = False
+) -> Headers:
+    """The headers the browser receives for the app's response."""
+    out = _drop(headers, frozenset())
+    if websocket_accepted:
+        out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+    return out

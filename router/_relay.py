@@ -1,0 +1,614 @@
+"""HTTP/1.1 relay: one browser connection, requests parsed by h11, relayed upstream.
+
+Used by the router (upstream = an SSH channel down a tunnel) and by the auth
+helper (upstream = TCP to the app). The rules it enforces:
+
+1. Every request is parsed by h11 and re-serialised from the parsed events;
+   raw client bytes never reach the app (except after a WebSocket ``101``).
+2. Any framing doubt is a 400 (or 431 for an oversized head) and the
+   connection closes: after a parse error nothing on it can be trusted.
+3. A connection is bound to the Host of its first request; a request for
+   another Host gets 421 and the connection closes.
+4. Absolute-form targets must agree with Host; CONNECT and asterisk-form are
+   refused, so the relay is never an open proxy.
+5. Bodies stream both ways chunk by chunk with back-pressure; nothing buffers a
+   whole body. A response may start before the request body has ended.
+6. A WebSocket upgrade becomes a byte splice only after the app answers ``101``;
+   any other answer keeps HTTP parsing. The splice propagates half-close.
+7. The upstream stream is reused for the next request of the same connection
+   while both sides keep the connection alive; a request without a body that
+   finds a reused upstream already closed is retried once on a fresh one.
+
+Error handling: client-visible failures are status pages from ``_pages``;
+exceptions from either stream end the connection quietly (logged at debug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import h11
+
+from ._headers import (
+    ClientInfo,
+    is_websocket_upgrade,
+    request_headers_for_app,
+    response_headers_for_client,
+)
+from ._names import normalise_host
+from ._pages import Page, status_page, wants_html
+from ._streams import ByteStream
+
+log = logging.getLogger("hostmux.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayLimits:
+    """Timeouts and sizes for one browser connection (nginx-like defaults)."""
+
+    max_header_bytes: int = 32 * 1024  # nginx large_client_header_buffers 4 x 8k
+    header_timeout_s: float = 60.0  # nginx client_header_timeout
+    keepalive_timeout_s: float = 75.0  # nginx keepalive_timeout
+    body_timeout_s: float = 60.0  # nginx client_body_timeout (between reads)
+    send_timeout_s: float = 60.0  # nginx send_timeout (slow-reading browser)
+    connect_timeout_s: float = 10.0  # opening a tunnel channel
+    response_timeout_s: float = 60.0  # app's response head (nginx proxy_read_timeout)
+    upstream_idle_timeout_s: float = 300.0  # between body chunks (SSE may idle)
+    websocket_idle_timeout_s: float = 3600.0  # upgraded streams live long
+    max_requests_per_connection: int = 1000  # nginx keepalive_requests
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream could not be opened; the message is safe to show the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a routed request goes."""
+
+    key: str  # requests with the same key may share one upstream stream
+    label: str  # for logs: the tunnel name
+    open: Callable[[], Awaitable[ByteStream]]  # raises UpstreamUnavailable
+
+
+class Gateway(Protocol):
+    """Decides, per request, where it goes (router: by Host; helper: by session)."""
+
+    def route(
+        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+    ) -> Destination | Page: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One finished request, for the access log."""
+
+    request_id: str
+    peer: str
+    host: str
+    name: str
+    method: str
+    target: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
+    note: str = ""
+
+
+# What h11 yields while reading a request body (PAUSED cannot occur mid-body).
+_BodyEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+
+
+class _Abort(Exception):
+    """Ends the browser connection without a response (it cannot get one now)."""
+
+
+@dataclass(slots=True)
+class _Upstream:
+    stream: ByteStream
+    conn: h11.Connection
+    key: str
+    requests: int = 0
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+class HttpRelay:
+    """Serves one browser connection until it closes.
+
+    Resource handling: owns ``client`` and any upstream it opens; both are
+    closed when ``run`` returns, whatever happened.
+    Error handling: never raises for I/O or protocol errors; cancellation
+    propagates.
+    """
+
+    def __init__(
+        self,
+        client: ByteStream,
+        info: ClientInfo,
+        gateway: Gateway,
+        limits: RelayLimits,
+        on_request: Callable[[RequestRecord], None],
+    ) -> None:
+        self._client = client
+        self._info = info
+        self._gateway = gateway
+        self._limits = limits
+        self._on_request = on_request
+        self._h = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._bound_host: str | None = None
+        self._upstream: _Upstream | None = None
+        self._peer = f"{info.peer_ip}:{info.peer_port}"
+
+    def __repr__(self) -> str:
+        return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
+
+    async def run(self) -> None:
+        try:
+            await self._serve()
+        except (_Abort, ConnectionError, TimeoutError, OSError, h11.ProtocolError) as exc:
+            log.debug("connection %s ended: %r", self._peer, exc)
+        finally:
+            self._close_upstream()
+            self._client.close()
+
+    # -- the request loop ----------------------------------------------------
+
+    async def _serve(self) -> None:
+        for served in range(self._limits.max_requests_per_connection):
+            timeout = (
+                self._limits.header_timeout_s if served == 0 else self._limits.keepalive_timeout_s
+            )
+            try:
+                async with asyncio.timeout(timeout):
+                    event = await self._next_client_event()
+            except TimeoutError:
+                return  # idle or slowloris: close without a word, as nginx does
+            except h11.RemoteProtocolError as exc:
+                await self._send_page(
+                    status_page(exc.error_status_hint, _parse_error_text(exc)), head_only=False
+                )
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                return
+            assert isinstance(event, h11.Request), event
+            if not await self._handle(event):
+                return
+            if self._h.our_state is not h11.DONE or self._h.their_state is not h11.DONE:
+                return
+            self._h.start_next_cycle()
+
+    async def _handle(self, request: h11.Request) -> bool:
+        """Relay one request; True if the connection may carry another."""
+        started = time.perf_counter()
+        rid = new_request_id()
+        record = _Record(rid, self._peer, request)
+        try:
+            keep = await self._relay_request(request, rid, record)
+        finally:
+            self._on_request(record.finish(started))
+        return keep
+
+    async def _relay_request(self, request: h11.Request, rid: str, record: _Record) -> bool:
+        as_html = wants_html(_header(request, b"accept"))
+        head_only = request.method == b"HEAD"
+
+        async def refuse(status: int, detail: str) -> bool:
+            record.status = status
+            await self._send_page(
+                status_page(status, detail, request_id=rid, as_html=as_html), head_only=head_only
+            )
+            return False
+
+        host_value = _header(request, b"host")
+        if host_value is None:
+            return await refuse(400, "the request has no Host header")
+        host = normalise_host(host_value.decode("latin-1"))
+        if host is None:
+            return await refuse(400, "the Host header is not a valid host name")
+        record.host = host
+        if request.method == b"CONNECT":
+            return await refuse(405, "CONNECT is not supported: this is not a proxy")
+        target = request.target
+        if target == b"*":
+            return await refuse(400, "asterisk-form request targets are not supported")
+        if not target.startswith(b"/"):
+            origin_form = _origin_form(target, host)
+            if origin_form is None:
+                return await refuse(400, "the absolute request target does not match Host")
+            target = origin_form
+        if self._bound_host is not None and host != self._bound_host:
+            return await refuse(421, "this connection is bound to another host; open a new one")
+        self._bound_host = host
+
+        decision = self._gateway.route(host, request, rid, self._info)
+        if isinstance(decision, Page):
+            record.status = decision.status
+            await self._send_page(decision, head_only=head_only)
+            return False
+        record.name = decision.label
+
+        websocket = request.method == b"GET" and is_websocket_upgrade(request.headers)
+        headers = request_headers_for_app(
+            request.headers, host=host_value, client=self._info, request_id=rid, websocket=websocket
+        )
+        upstream_request = h11.Request(
+            method=request.method, target=target, headers=headers, http_version="1.1"
+        )
+        # Peek: a request without a body ends right away, so it can be sent in
+        # one write and retried if a reused upstream turns out to be closed.
+        try:
+            first_body_event = self._h.next_event()
+        except h11.RemoteProtocolError:
+            return await refuse(400, "the request body framing is invalid")
+        bodiless = isinstance(first_body_event, h11.EndOfMessage)
+
+        for attempt in (1, 2):
+            reused = self._upstream is not None and self._upstream.key == decision.key
+            if not reused:
+                self._close_upstream()
+                try:
+                    async with asyncio.timeout(self._limits.connect_timeout_s):
+                        stream = await decision.open()
+                except TimeoutError:
+                    return await refuse(
+                        504, f"the tunnel {decision.label!r} did not answer in time"
+                    )
+                except UpstreamUnavailable as exc:
+                    return await refuse(502, str(exc))
+                self._upstream = _Upstream(stream, h11.Connection(h11.CLIENT), decision.key)
+            upstream = self._upstream
+            assert upstream is not None
+            upstream.requests += 1
+            head = upstream.conn.send(upstream_request)
+            if bodiless:
+                head += upstream.conn.send(h11.EndOfMessage())
+            try:
+                await upstream.stream.send_all(head)
+                if bodiless:
+                    return await self._relay_response(upstream, record, websocket, refuse)
+                return await self._relay_with_body(upstream, first_body_event, record, refuse)
+            except _StaleUpstream:
+                self._close_upstream()
+                if attempt == 2 or not bodiless or not reused:
+                    return await refuse(502, "the app closed the connection without answering")
+            except (ConnectionError, OSError):
+                if record.response_started:
+                    raise _Abort() from None
+                self._close_upstream()
+                if attempt == 2 or not bodiless or not reused:
+                    return await refuse(502, "the connection to the app failed")
+        return False  # not reached: the second attempt always returns
+
+    async def _relay_with_body(
+        self,
+        upstream: _Upstream,
+        first_event: _BodyEvent,
+        record: _Record,
+        refuse: Callable[[int, str], Awaitable[bool]],
+    ) -> bool:
+        """Stream the request body up while the response comes down."""
+        body_task = asyncio.create_task(self._pump_request_body(upstream, first_event, record))
+        try:
+            keep = await self._relay_response(upstream, record, False, refuse)
+        except BaseException:
+            body_task.cancel()
+            with contextlib.suppress(BaseException):
+                await body_task
+            raise
+        if not body_task.done():
+            # The app answered before reading the whole body: the rest of the
+            # body cannot be skipped safely, so this connection ends here.
+            body_task.cancel()
+            with contextlib.suppress(BaseException):
+                await body_task
+            return False
+        if body_task.cancelled() or body_task.exception() is not None:
+            return False
+        return keep
+
+    async def _pump_request_body(
+        self, upstream: _Upstream, event: _BodyEvent, record: _Record
+    ) -> None:
+        try:
+            while True:
+                if event is h11.NEED_DATA:
+                    async with asyncio.timeout(self._limits.body_timeout_s):
+                        data = await self._client.receive()
+                    self._h.receive_data(data)
+                elif isinstance(event, h11.Data):
+                    record.bytes_in += len(event.data)
+                    await upstream.stream.send_all(upstream.conn.send(event))
+                elif isinstance(event, h11.EndOfMessage):
+                    await upstream.stream.send_all(upstream.conn.send(h11.EndOfMessage()))
+                    return
+                else:  # pragma: no cover - h11 yields nothing else mid-body
+                    raise h11.RemoteProtocolError(f"unexpected {event!r}")
+                event = self._h.next_event()
+        except BaseException as exc:
+            # The browser's body broke off (or was too slow): the app must not
+            # wait for the rest, and the response cannot be trusted to complete.
+            record.note = record.note or f"request body: {type(exc).__name__}"
+            upstream.stream.close()
+            raise
+
+    async def _relay_response(
+        self,
+        upstream: _Upstream,
+        record: _Record,
+        websocket: bool,
+        refuse: Callable[[int, str], Awaitable[bool]],
+    ) -> bool:
+        limits = self._limits
+        timeout = limits.response_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    event = await _next_upstream_event(upstream)
+            except TimeoutError:
+                if record.response_started:
+                    raise _Abort() from None
+                record.note = "response timeout"
+                return await refuse(504, "the app did not answer in time")
+            except h11.RemoteProtocolError:
+                if record.response_started:
+                    raise _Abort() from None
+                self._close_upstream()
+                return await refuse(502, "the app sent an invalid response")
+            if isinstance(event, h11.ConnectionClosed):
+                if not record.response_started and upstream.requests > 1:
+                    raise _StaleUpstream()
+                if record.response_started:
+                    raise _Abort()
+                return await refuse(502, "the app closed the connection without answering")
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    if not websocket:
+                        return await refuse(502, "the app switched protocols unasked")
+                    await self._send_client(
+                        h11.InformationalResponse(
+                            status_code=101,
+                            headers=response_headers_for_client(
+                                event.headers, websocket_accepted=True
+                            ),
+                            reason=event.reason,
+                        ),
+                        record,
+                    )
+                    record.status = 101
+                    record.response_started = True
+                    await self._splice(upstream, record)
+                    return False
+                await self._send_client(
+                    h11.InformationalResponse(
+                        status_code=event.status_code,
+                        headers=response_headers_for_client(event.headers),
+                        reason=event.reason,
+                    ),
+                    record,
+                )
+                continue
+            if isinstance(event, h11.Response):
+                record.status = event.status_code
+                record.response_started = True
+                await self._send_client(
+                    h11.Response(
+                        status_code=event.status_code,
+                        headers=response_headers_for_client(event.headers),
+                        reason=event.reason,
+                    ),
+                    record,
+                )
+                timeout = limits.upstream_idle_timeout_s
+            elif isinstance(event, h11.Data):
+                await self._send_client(event, record)
+            elif isinstance(event, h11.EndOfMessage):
+                await self._send_client(h11.EndOfMessage(), record)
+                reusable = (
+                    upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE
+                )
+                if reusable:
+                    upstream.conn.start_next_cycle()
+                else:
+                    self._close_upstream()
+                return True
+
+    async def _splice(self, upstream: _Upstream, record: _Record) -> None:
+        """Copy bytes both ways after a 101, until both directions ended."""
+        client_rest, _ = self._h.trailing_data
+        upstream_rest, _ = upstream.conn.trailing_data
+        self._upstream = None  # no longer reusable: owned by the splice now
+        idle = _IdleClock(self._limits.websocket_idle_timeout_s)
+        try:
+            if upstream_rest:
+                await self._client.send_all(bytes(upstream_rest))
+                record.bytes_out += len(upstream_rest)
+            if client_rest:
+                await upstream.stream.send_all(bytes(client_rest))
+                record.bytes_in += len(client_rest)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_copy(self._client, upstream.stream, idle, record, inbound=True))
+                tg.create_task(_copy(upstream.stream, self._client, idle, record, inbound=False))
+        except* (ConnectionError, OSError, TimeoutError) as group:
+            log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)
+        finally:
+            upstream.stream.close()
+
+    # -- sending to the browser ---------------------------------------------
+
+    async def _send_client(self, event: h11.Event, record: _Record) -> None:
+        data = self._h.send(event)
+        if data:
+            if isinstance(event, h11.Data):
+                record.bytes_out += len(event.data)
+            try:
+                async with asyncio.timeout(self._limits.send_timeout_s):
+                    await self._client.send_all(data)
+            except TimeoutError:
+                record.note = "send timeout"
+                raise _Abort() from None
+
+    async def _send_page(self, page: Page, *, head_only: bool) -> None:
+        try:
+            data = self._h.send(
+                h11.Response(
+                    status_code=page.status, headers=page.headers, reason=_reason(page.status)
+                )
+            )
+            if not head_only:
+                data += self._h.send(h11.Data(data=page.body))
+            data += self._h.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            return  # a response already started: closing is all that is left
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(self._limits.send_timeout_s):
+                await self._client.send_all(data)
+
+    # -- helpers -------------------------------------------------------------
+
+    async def _next_client_event(self) -> h11.Event:
+        while True:
+            event = self._h.next_event()
+            if event is h11.NEED_DATA:
+                self._h.receive_data(await self._client.receive())
+                continue
+            assert not isinstance(event, type), event  # PAUSED never happens here
+            return event
+
+    def _close_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.stream.close()
+            self._upstream = None
+
+
+class _StaleUpstream(Exception):
+    """A reused upstream stream was closed by the app before it answered."""
+
+
+class _Record:
+    """Mutable collector for one request's access-log fields."""
+
+    __slots__ = (
+        "bytes_in", "bytes_out", "host", "method", "name", "note", "peer",
+        "request_id", "response_started", "status", "target",
+    )  # fmt: skip
+
+    def __init__(self, request_id: str, peer: str, request: h11.Request) -> None:
+        self.request_id = request_id
+        self.peer = peer
+        self.method = request.method.decode("latin-1")
+        self.target = request.target.decode("latin-1")
+        self.host = ""
+        self.name = ""
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.note = ""
+        self.response_started = False
+
+    def finish(self, started: float) -> RequestRecord:
+        return RequestRecord(
+            request_id=self.request_id,
+            peer=self.peer,
+            host=self.host,
+            name=self.name,
+            method=self.method,
+            target=self.target,
+            status=self.status,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            note=self.note,
+        )
+
+
+class _IdleClock:
+    """Shared last-activity time of both splice directions."""
+
+    __slots__ = ("last", "limit_s")
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.last = time.monotonic()
+
+    def remaining(self) -> float:
+        return self.last + self.limit_s - time.monotonic()
+
+
+async def _copy(
+    source: ByteStream, sink: ByteStream, idle: _IdleClock, record: _Record, *, inbound: bool
+) -> None:
+    while True:
+        try:
+            async with asyncio.timeout(max(idle.remaining(), 0.0)):
+                data = await source.receive()
+        except TimeoutError:
+            if idle.remaining() > 0:
+                continue  # the other direction was active: not idle
+            raise
+        if not data:
+            await sink.send_eof()
+            return
+        idle.last = time.monotonic()
+        if inbound:
+            record.bytes_in += len(data)
+        else:
+            record.bytes_out += len(data)
+        await sink.send_all(data)
+
+
+async def _next_upstream_event(upstream: _Upstream) -> h11.Event:
+    conn = upstream.conn
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await upstream.stream.receive())
+            continue
+        assert not isinstance(event, type), event
+        return event
+
+
+def _header(request: h11.Request, name: bytes) -> bytes | None:
+    for key, value in request.headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _origin_form(target: bytes, host: str) -> bytes | None:
+    """The origin-form of an absolute-form target, if it names ``host``."""
+    try:
+        parts = urlsplit(target.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        return None
+    if normalise_host(parts.netloc) != host:
+        return None
+    path = parts.path or "/"
+    return (path + ("?" + parts.query if parts.query else "")).encode("ascii")
+
+
+def _parse_error_text(exc: h11.RemoteProtocolError) -> str:
+    if exc.error_status_hint == 431:
+        return "the request head is too large"
+    return "the request could not be parsed as HTTP/1.1"
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""

@@ -1,0 +1,208 @@
+"""Wires the router together: state, SSH listeners, front doors, shutdown.
+
+Resource handling: ``run_router`` owns every listener and connection it
+starts; on SIGTERM/SIGINT it stops accepting, gives in-flight browser
+connections ``shutdown_grace_s`` to finish, then closes the SSH side (tunnel
+clients reconnect, to this router when it is back or to another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import keys
+
+from ._config import RouterConfig
+from ._front_door import ConnectionSet, start_front_door, tls_context
+from ._layered_config import ConfigError, parse_host_port
+from ._log import fields
+from ._ssh_server import AuthorizedKeys, SshSettings, acceptor_port, start_ssh_server
+from ._tunnels import TunnelGateway, TunnelHub
+
+log = logging.getLogger("hostmux.router")
+
+T = TypeVar("T")
+
+# In-flight requests get this long to finish on shutdown (nginx's default
+# worker_shutdown_timeout is unlimited; systemd's stop timeout is 90 s).
+SHUTDOWN_GRACE_S = 10.0
+
+# How often expired name reservations are forgotten (bounds route-table memory).
+_SWEEP_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class _State:
+    host_key: Path
+    host_key_fingerprint: str
+    tls_cert: Path | None
+    tls_key: Path | None
+    ca_cert: Path | None
+
+
+def prepare_state(config: RouterConfig) -> _State:
+    """Create the host key, dev CA and authorized_keys on first run."""
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pair, created = keys.load_or_create_host_key(config.host_key_path)
+    except (OSError, keys.KeysError) as exc:
+        raise ConfigError(f"host key {config.host_key_path}: {exc}") from None
+    if created:
+        log.info(fields("host_key_created", path=str(config.host_key_path), key=pair.fingerprint))
+    tls_cert, tls_key, ca = config.tls_cert_file, config.tls_key_file, None
+    if config.https_listen and tls_cert is None:
+        files, created = keys.ensure_dev_tls(config.state_dir / "tls", config.domain)
+        tls_cert, tls_key, ca = files.cert, files.key, files.ca_cert
+        if created:
+            log.info(fields("dev_ca_created", ca=str(ca), cert=str(tls_cert)))
+    if config.authorized_keys_file is None and not config.authorized_keys_path.exists():
+        _seed_authorized_keys(config.authorized_keys_path)
+    return _State(config.host_key_path, pair.fingerprint, tls_cert, tls_key, ca)
+
+
+def _seed_authorized_keys(path: Path) -> None:
+    """First run with the default file: trust the user's own SSH keys, as a try-out."""
+    home_keys = sorted(Path("~/.ssh").expanduser().glob("id_*.pub"))
+    lines = [p.read_text().strip() for p in home_keys if p.is_file()]
+    header = "# Keys allowed to open tunnels (OpenSSH authorized_keys format).\n"
+    header += '# Restrict a key to names with: permitlisten="name1",permitlisten="dev-*" ssh-...\n'
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(header + "".join(line + "\n" for line in lines))
+    log.info(fields("authorized_keys_created", path=str(path), keys=len(lines)))
+
+
+async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+    state = prepare_state(config)
+    authorized = AuthorizedKeys(config.authorized_keys_path)
+    scheme = "https" if config.https_listen else "http"
+    hub = TunnelHub(
+        domain=config.domain,
+        scheme=scheme,
+        public_port=config.public_port,
+        reservation_s=config.name_reservation_s,
+    )
+    gateway = TunnelGateway(hub)
+    connections = ConnectionSet()
+    limits = config.relay_limits
+    settings = SshSettings(
+        window_bytes=config.channel_window_bytes,
+        keepalive_interval_s=config.ssh_keepalive_interval_s,
+        login_timeout_s=config.ssh_login_timeout_s,
+    )
+    tls: ssl.SSLContext | None = None
+    if config.https_listen:
+        assert state.tls_cert is not None and state.tls_key is not None
+        try:
+            tls = tls_context(state.tls_cert, state.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS certificate {state.tls_cert}: {exc}") from None
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    ssh_acceptors = []
+    http_servers: list[asyncio.Server] = []
+    bound: dict[str, list[str]] = {"ssh": [], "https": [], "http": []}
+    try:
+        for value in config.ssh_listen:
+            host, port = parse_host_port(value, "ssh_listen")
+            acceptor = await _bind(
+                value, start_ssh_server(hub, authorized, state.host_key, host, port, settings)
+            )
+            ssh_acceptors.append(acceptor)
+            bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
+        for kind, values, context in (
+            ("https", config.https_listen, tls),
+            ("http", config.http_listen, None),
+        ):
+            for value in values:
+                host, port = parse_host_port(value, f"{kind}_listen")
+                server = await _bind(
+                    value,
+                    start_front_door(
+                        host, port, gateway=gateway, limits=limits, connections=connections,
+                        tls=context, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
+                    ),
+                )  # fmt: skip
+                http_servers.append(server)
+                real_port = server.sockets[0].getsockname()[1]
+                bound[kind].append(f"{_fmt_host(host)}:{real_port}")
+        if config.public_port == 0:
+            first = bound["https"][0] if bound["https"] else bound["http"][0]
+            hub.set_public_port(scheme, int(first.rsplit(":", 1)[1]))
+
+        log.info(
+            fields(
+                "router_ready", domain=config.domain, ssh=",".join(bound["ssh"]),
+                https=",".join(bound["https"]) or None, http=",".join(bound["http"]) or None,
+                host_key=state.host_key_fingerprint, ca=state.ca_cert,
+                pid=os.getpid(),
+            )
+        )  # fmt: skip
+        _print_welcome(config, bound, state, hub)
+        async with asyncio.TaskGroup() as tg:
+            sweeper = tg.create_task(_sweep_reservations(hub))
+            await stop.wait()
+            sweeper.cancel()
+        log.info(fields("router_stopping", connections=len(connections)))
+    finally:
+        for server in http_servers:
+            server.close()
+        await connections.drain(SHUTDOWN_GRACE_S)
+        for acceptor in ssh_acceptors:
+            acceptor.close()
+        for acceptor in ssh_acceptors:
+            await acceptor.wait_closed()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info(fields("router_stopped"))
+
+
+async def _bind(where: str, starting: Awaitable[T]) -> T:
+    """Await a listener; a bind failure becomes a one-line ConfigError."""
+    try:
+        return await starting
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+
+def _fmt_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _sweep_reservations(hub: TunnelHub) -> None:
+    while True:
+        await asyncio.sleep(_SWEEP_INTERVAL_S)
+        hub.routes.sweep()
+
+
+def _print_welcome(
+    config: RouterConfig, bound: dict[str, list[str]], state: _State, hub: TunnelHub
+) -> None:
+    if not sys.stderr.isatty():
+        return
+    ssh_host, ssh_port = bound["ssh"][0].rsplit(":", 1)
+    lines = [
+        "",
+        f"hostmux router for *.{config.domain}",
+        f"  tunnel:  ssh -p {ssh_port} -R myapp:80:localhost:3000 {ssh_host}",
+        f"  then:    {hub.url_for('myapp')}",
+        f"  keys:    {config.authorized_keys_path} (OpenSSH authorized_keys)",
+        f"  host key {state.host_key_fingerprint}",
+    ]
+    if state.ca_cert is not None:
+        lines.append(f"  trust:   {state.ca_cert} (development CA for *.{config.domain})")
+    print("\n".join(lines) + "\n", file=sys.stderr, flush=True)

@@ -1,0 +1,113 @@
+"""Tunnels and the gateway that routes browser requests into them.
+
+A ``Tunnel`` is one virtual remote forward of one SSH connection: it serves one
+name and opens a fresh channel per upstream stream. The ``TunnelHub`` owns the
+route table and logs every tunnel event; ``TunnelGateway`` is the relay's
+routing decision for the router (Host → tunnel, or a status page).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import h11
+
+from ._headers import ClientInfo
+from ._log import fields
+from ._names import target_for_host
+from ._pages import Page, router_home_page, status_page, wants_html
+from ._relay import Destination
+from ._routing import Offline, RouteTable
+from ._streams import ByteStream
+
+log = logging.getLogger("hostmux.tunnels")
+
+# Opens one stream down the tunnel for a browser at (ip, port).
+StreamOpener = Callable[[str, int], Awaitable[ByteStream]]
+
+
+@dataclass(eq=False)
+class Tunnel:
+    name: str
+    owner: str  # SHA256 fingerprint of the key that claimed the name
+    peer: str  # the SSH client's address
+    open_stream: StreamOpener
+    created: float = field(default_factory=time.monotonic)
+
+    def __repr__(self) -> str:
+        return f"<Tunnel {self.name} owner={self.owner} peer={self.peer}>"
+
+
+class TunnelHub:
+    """The router's tunnels: claims, releases, lookups and their log lines."""
+
+    def __init__(self, *, domain: str, scheme: str, public_port: int, reservation_s: float):
+        self.domain = domain
+        self.routes: RouteTable[Tunnel] = RouteTable(reservation_s=reservation_s)
+        self._scheme = scheme
+        self._public_port = public_port
+
+    def __repr__(self) -> str:
+        return f"<TunnelHub *.{self.domain} {self.routes!r}>"
+
+    def set_public_port(self, scheme: str, port: int) -> None:
+        self._scheme = scheme
+        self._public_port = port
+
+    def url_for(self, name: str) -> str:
+        default_port = 443 if self._scheme == "https" else 80
+        port = "" if self._public_port in (0, default_port) else f":{self._public_port}"
+        return f"{self._scheme}://{name}.{self.domain}{port}"
+
+    def claim(self, tunnel: Tunnel) -> None:
+        """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner."""
+        replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
+        log.info(
+            fields(
+                "tunnel_up", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner,
+                url=self.url_for(tunnel.name), replaced=replaced.peer if replaced else None,
+            )
+        )  # fmt: skip
+
+    def release(self, tunnel: Tunnel) -> None:
+        if self.routes.release(tunnel.name, tunnel):
+            held_s = round(time.monotonic() - tunnel.created, 1)
+            log.info(fields("tunnel_down", name=tunnel.name, peer=tunnel.peer, held_s=held_s))
+
+
+class TunnelGateway:
+    """Routes each request by Host: a tunnel, the router's own page, or an error page."""
+
+    def __init__(self, hub: TunnelHub) -> None:
+        self._hub = hub
+
+    def route(
+        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+    ) -> Destination | Page:
+        as_html = any(k == b"accept" and wants_html(v) for k, v in request.headers)
+        target = target_for_host(host, self._hub.domain)
+        if target is None:
+            return status_page(
+                421, f"this router does not serve {host}", request_id=request_id, as_html=as_html
+            )
+        if target.label is None:
+            return router_home_page(self._hub.domain, as_html=as_html)
+        found = self._hub.routes.lookup(target.label)
+        if found is None:
+            return status_page(
+                404, f"no tunnel is called {target.label!r}", request_id=request_id, as_html=as_html
+            )
+        if isinstance(found, Offline):
+            return status_page(
+                502, f"the tunnel {target.label!r} is offline; it may be reconnecting",
+                request_id=request_id, as_html=as_html,
+            )  # fmt: skip
+        return Destination(
+            key=host,
+            label=found.name,
+            open=partial(found.open_stream, client.peer_ip, client.peer_port),
+        )

@@ -16,6 +16,7 @@ one fact that matters.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,14 +37,17 @@ from ._keypairs import (
     write_keypair,
 )
 
+# Named in every message, whether run as a console script or `python -m keys`.
 _PROG = "hostmux-keys"
 
 # Exit status for every failure, as argparse uses for usage errors.
 _EXIT_ERROR = 2
 
-# Where `dev-ca` keeps its files unless told otherwise: per project, not per user,
-# so deleting the checkout deletes the CA too.
-_DEFAULT_DEV_CA_DIR = Path(".hostmux/tls")
+
+def _default_dev_ca_dir() -> Path:
+    # The router's default state_dir + "/tls", so `dev-ca` shows the CA it serves.
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "hostmux" / "tls"
 
 
 class _UsageError(Exception):
@@ -92,7 +96,10 @@ def _build_parser() -> argparse.ArgumentParser:
     host_key.add_argument("path", metavar="PATH", type=Path)
 
     dev_ca = commands.add_parser("dev-ca", help="create a development CA and TLS certificate")
-    dev_ca.add_argument("--dir", dest="directory", type=Path, default=_DEFAULT_DEV_CA_DIR)
+    dev_ca.add_argument(
+        "--dir", dest="directory", type=Path,
+        help="where the files live (default: $XDG_STATE_HOME/hostmux/tls, as the router)",
+    )  # fmt: skip
     dev_ca.add_argument("--domain", default="localhost")
     dev_ca.add_argument(
         "--name", dest="extra_names", action="append", default=[], metavar="NAME",
@@ -134,7 +141,7 @@ def _host_key(args: argparse.Namespace) -> None:
 
 
 def _dev_ca(args: argparse.Namespace) -> None:
-    directory: Path = args.directory
+    directory: Path = args.directory or _default_dev_ca_dir()
     files, created = ensure_dev_tls(directory, args.domain, extra_names=args.extra_names)
     print(f"{'created' if created else 'up to date'}:")
     print(f"  certificate  {files.cert}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from pathlib import Path
 
 from ._headers import ClientInfo
 from ._log import fields
@@ -41,14 +40,6 @@ class ConnectionSet:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5.0)
-
-
-def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    context.set_alpn_protocols(["http/1.1"])
-    return context
 
 
 def _log_request(record: RequestRecord) -> None:

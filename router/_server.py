@@ -22,10 +22,11 @@ from typing import TypeVar
 import keys
 
 from ._config import RouterConfig
-from ._front_door import ConnectionSet, start_front_door, tls_context
+from ._front_door import ConnectionSet, start_front_door
 from ._layered_config import ConfigError, parse_host_port
 from ._log import fields
 from ._ssh_server import AuthorizedKeys, SshSettings, acceptor_port, start_ssh_server
+from ._tls import DevCertificates, tls_context
 from ._tunnels import TunnelGateway, TunnelHub
 
 log = logging.getLogger("hostmux.router")
@@ -46,7 +47,11 @@ class _State:
     host_key_fingerprint: str
     tls_cert: Path | None
     tls_key: Path | None
-    ca_cert: Path | None
+    dev_tls: keys.TlsFiles | None  # set when the development CA serves TLS
+
+    @property
+    def ca_cert(self) -> Path | None:
+        return self.dev_tls.ca_cert if self.dev_tls else None
 
 
 def prepare_state(config: RouterConfig) -> _State:
@@ -58,15 +63,17 @@ def prepare_state(config: RouterConfig) -> _State:
         raise ConfigError(f"host key {config.host_key_path}: {exc}") from None
     if created:
         log.info(fields("host_key_created", path=str(config.host_key_path), key=pair.fingerprint))
-    tls_cert, tls_key, ca = config.tls_cert_file, config.tls_key_file, None
+    tls_cert, tls_key, dev_tls = config.tls_cert_file, config.tls_key_file, None
     if config.https_listen and tls_cert is None:
-        files, created = keys.ensure_dev_tls(config.state_dir / "tls", config.domain)
-        tls_cert, tls_key, ca = files.cert, files.key, files.ca_cert
+        try:
+            dev_tls, created = keys.ensure_dev_tls(config.state_dir / "tls", config.domain)
+        except (OSError, keys.KeysError) as exc:
+            raise ConfigError(f"development CA in {config.state_dir / 'tls'}: {exc}") from None
         if created:
-            log.info(fields("dev_ca_created", ca=str(ca), cert=str(tls_cert)))
+            log.info(fields("dev_ca_created", ca=dev_tls.ca_cert, cert=dev_tls.cert))
     if config.authorized_keys_file is None and not config.authorized_keys_path.exists():
         _seed_authorized_keys(config.authorized_keys_path)
-    return _State(config.host_key_path, pair.fingerprint, tls_cert, tls_key, ca)
+    return _State(config.host_key_path, pair.fingerprint, tls_cert, tls_key, dev_tls)
 
 
 def _seed_authorized_keys(path: Path) -> None:
@@ -102,11 +109,15 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
     )
     tls: ssl.SSLContext | None = None
     if config.https_listen:
-        assert state.tls_cert is not None and state.tls_key is not None
         try:
-            tls = tls_context(state.tls_cert, state.tls_key)
+            if state.dev_tls is not None:
+                tls = DevCertificates(state.dev_tls, config.domain).default_context
+            else:
+                assert state.tls_cert is not None
+                assert state.tls_key is not None
+                tls = tls_context(state.tls_cert, state.tls_key)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"TLS certificate {state.tls_cert}: {exc}") from None
+            raise ConfigError(f"TLS certificate: {exc}") from None
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -327,7 +327,8 @@ def test_dev_ca_reuses_leaf_and_reissues_it_when_deleted(tmp_path: Path) -> None
     tls_handshake(files, "localhost")
 
 
-def test_dev_ca_reissues_leaf_that_misses_a_name_expires_soon_or_lost_its_key(tmp_path: Path) -> None:
+def test_dev_ca_reissues_stale_leaf(tmp_path: Path) -> None:
+    """A leaf is stale if it misses a name, expires within 30 days or lost its key."""
     files, _ = ensure_dev_tls(tmp_path)
     ca_key_path = tmp_path / "dev-ca-key.pem"
 
@@ -492,3 +493,14 @@ def test_cli_host_key_and_dev_ca(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert f"trust {tmp_path / 'tls' / 'dev-ca.pem'}" in out
     assert str(tmp_path / "tls" / "hostmux.localhost.pem") in out
+
+
+def test_cli_dev_ca_defaults_to_the_routers_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+
+    assert main(["dev-ca"]) == 0
+
+    assert (tmp_path / "hostmux" / "tls" / "dev-ca.pem").is_file()
+    assert "note: clients ignore the wildcard *.localhost" in capsys.readouterr().out

@@ -1,0 +1,105 @@
+"""What tunnel clients may and may not do over SSH, with real OpenSSH clients."""
+
+from __future__ import annotations
+
+import os
+
+from .conftest import App, Router, Stack
+
+
+async def test_name_belongs_to_its_key_and_the_owner_may_take_over(
+    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+) -> None:
+    stack, router, app, key_a = tunnel_world
+    key_b = stack.new_key("mallory")
+    router.authorize(key_b.with_name(key_b.name + ".pub"))
+    first = await stack.openssh_tunnel(router, key_a, "owned", app.port)  # type: ignore[arg-type]
+
+    mark = len(router.proc.lines)
+    thief = await stack.openssh_tunnel(router, key_b, "owned", app.port, wait=False)
+    assert await thief.wait_exit() != 0
+    await thief.wait_for(r"remote port forwarding failed")
+    await router.proc.wait_for(
+        r"event=forward_refused .*reason=.*in use by another key", start=mark
+    )
+
+    # The owner reconnects while its old connection is still up: the new one wins at once.
+    mark = len(router.proc.lines)
+    second = await stack.openssh_tunnel(router, key_a, "owned", app.port)  # type: ignore[arg-type]
+    await router.proc.wait_for(
+        r"event=tunnel_up name=owned .*replaced=127\.0\.0\.1:\d+", start=mark
+    )
+    async with router.client() as client:
+        assert (await client.get(**router.request_args("owned", "/"))).status_code == 200  # type: ignore[arg-type]
+    # The replaced connection going away does not take the name with it.
+    await first.stop()
+    async with router.client() as client:
+        assert (await client.get(**router.request_args("owned", "/"))).status_code == 200  # type: ignore[arg-type]
+    assert second.process.returncode is None
+
+
+async def test_permitlisten_limits_a_key_to_its_names(stack: Stack) -> None:
+    router = await stack.start_router()
+    app = await stack.start_app()
+    key = stack.new_key("limited")
+    router.authorize(key.with_name(key.name + ".pub"), 'permitlisten="lab-*"')
+    refused = await stack.openssh_tunnel(router, key, "other", app.port, wait=False)
+    assert await refused.wait_exit() != 0
+    await router.proc.wait_for(
+        r"event=forward_refused .*listen=other:80 reason=.*may only hold lab-\*"
+    )
+    await stack.openssh_tunnel(router, key, "lab-1", app.port)
+    reserved = await stack.openssh_tunnel(router, key, "admin", app.port, wait=False)
+    assert await reserved.wait_exit() != 0
+
+
+async def test_invalid_and_reserved_names_are_refused(
+    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+) -> None:
+    stack, router, app, key = tunnel_world
+    for name, reason in (("admin", "is reserved"), ("-bad-", "not a valid name")):
+        proc = await stack.openssh_tunnel(router, key, name, app.port, wait=False)  # type: ignore[arg-type]
+        assert await proc.wait_exit() != 0
+        await router.proc.wait_for(rf"event=forward_refused .*reason=.*{reason}")
+
+
+async def test_session_prints_the_random_url_and_runs_nothing(
+    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+) -> None:
+    stack, router, app, key = tunnel_world
+    argv = stack.ssh_argv(router, key, "-R", f"80:127.0.0.1:{app.port}", "tunnel@127.0.0.1")  # type: ignore[arg-type]
+    ssh = await stack.spawn("ssh-session", argv)
+    match = await ssh.wait_for(rf"Forwarding (https://([a-z0-9]+)\.localhost:{router.https_port})")
+    async with router.client() as client:
+        response = await client.get(**router.request_args(match[2], "/"))  # type: ignore[arg-type]
+    assert response.status_code == 200
+
+
+async def test_exec_subsystem_and_local_forwards_are_refused(
+    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+) -> None:
+    stack, router, app, key = tunnel_world
+    exec_proc = await stack.spawn("ssh-exec", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "id"))  # type: ignore[arg-type]
+    assert await exec_proc.wait_exit() != 0
+    await exec_proc.wait_for(r"exec request failed")
+    assert exec_proc.find(r"uid=") is None
+
+    sftp = await stack.spawn(
+        "ssh-sftp", stack.ssh_argv(router, key, "-s", "tunnel@127.0.0.1", "sftp")
+    )  # type: ignore[arg-type]
+    assert await sftp.wait_exit() != 0
+    await sftp.wait_for(r"subsystem request failed")
+
+    builtin = await stack.spawn("ssh-help", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "help"))  # type: ignore[arg-type]
+    assert await builtin.wait_exit() == 0
+    await builtin.wait_for(r"hostmux tunnel router")
+
+    # -W opens the same direct-tcpip channel as -L, without a local port to race for.
+    mark = len(router.proc.lines)
+    stdio = await stack.spawn(
+        "ssh-W",
+        stack.ssh_argv(router, key, "-W", f"127.0.0.1:{app.port}", "tunnel@127.0.0.1"),  # type: ignore[arg-type]
+    )
+    assert await stdio.wait_exit() != 0
+    await stdio.wait_for(r"open failed")
+    await router.proc.wait_for(r"event=refused .*what=\"direct-tcpip", start=mark)

@@ -32,13 +32,18 @@ import keys
 # The router and listener start in well under a second; a slow machine gets more.
 START_TIMEOUT_S = 60.0
 
+# The router's start-up line: where it listens, its host key, the dev CA.
+ROUTER_READY = r"event=router_ready .*ssh=(\S+) https=(\S+) http=(\S+) host_key=(\S+) ca=(\S+)"
+
 
 def _state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "hostmux"
 
 
-async def _start(nursery: trio.Nursery, name: str, argv: list[str]) -> tuple[trio.Process, trio.MemoryReceiveChannel[str]]:
+async def _start(
+    nursery: trio.Nursery, name: str, argv: list[str]
+) -> tuple[trio.Process, trio.MemoryReceiveChannel[str]]:
     """Start ``argv``; its output lines go to a channel (and to our stderr, prefixed)."""
     send, receive = trio.open_memory_channel[str](1000)
     process: trio.Process = await nursery.start(
@@ -64,7 +69,9 @@ async def _start(nursery: trio.Nursery, name: str, argv: list[str]) -> tuple[tri
     return process, receive
 
 
-async def _wait_line(lines: trio.MemoryReceiveChannel[str], pattern: str, what: str) -> re.Match[str]:
+async def _wait_line(
+    lines: trio.MemoryReceiveChannel[str], pattern: str, what: str
+) -> re.Match[str]:
     regex = re.compile(pattern)
     with trio.move_on_after(START_TIMEOUT_S):
         async for line in lines:
@@ -87,10 +94,7 @@ async def main() -> None:
     async with trio.open_nursery() as nursery:
         # 1. The router, on its embedded default (no flags, no config file).
         _, router_lines = await _start(nursery, "router", [sys.executable, "-m", "router"])
-        ready = await _wait_line(
-            router_lines, r"event=router_ready .*ssh=(\S+) https=(\S+) http=(\S+) host_key=(\S+) ca=(\S+)",
-            "the router",
-        )  # fmt: skip
+        ready = await _wait_line(router_lines, ROUTER_READY, "the router")
         ssh_address, host_key, ca = ready[1], ready[4], ready[5]
 
         # 2. Authorize the demo key (the router re-reads the file on change).

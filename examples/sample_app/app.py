@@ -10,7 +10,8 @@ Endpoints (each one exercises something a tunnel can get wrong):
 ``GET /``                HTML page; its inline JS opens ``/ws`` and shows the
                          echo (WebSocket upgrade through the tunnel).
 ``GET /headers``         the request headers as received, duplicates kept,
-                         plus ``_client`` (header rewriting, peer address).
+                         plus ``_client`` and ``_server`` (header rewriting,
+                         peer address, which app answered).
 ``GET /bytes?n=&seed=``  exactly *n* deterministic bytes with Content-Length
                          (large downloads, byte-exactness).
 ``POST /upload``         byte count and sha256 of the body, read as a stream
@@ -180,6 +181,9 @@ async def _send_headers(scope: Scope, send: Send) -> None:
     # ASGI gives (host, port) or None (e.g. over a Unix socket).
     client = scope.get("client")
     report["_client"] = list(client) if client is not None else None
+    # Which app instance answered: tests with several apps behind one router use it.
+    server = scope.get("server")
+    report["_server"] = list(server) if server is not None else None
     await _send_json(send, report)
 
 

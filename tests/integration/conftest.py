@@ -14,7 +14,7 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -64,11 +64,9 @@ class LoggedProcess:
                 return match
         return None
 
-    async def wait_for(
-        self, pattern: str, *, timeout: float = START_TIMEOUT_S, start: int = 0
-    ) -> re.Match[str]:
-        """The first line (from index ``start``) matching ``pattern``; fails after ``timeout``."""
-        with trio.move_on_after(timeout):
+    async def wait_for(self, pattern: str, *, start: int = 0) -> re.Match[str]:
+        """The first line (from index ``start``) matching ``pattern``; fails after a deadline."""
+        with trio.move_on_after(START_TIMEOUT_S):
             while True:
                 if match := self.find(pattern, start):
                     return match
@@ -80,14 +78,15 @@ class LoggedProcess:
             f"{self.name}: no line matching {pattern!r} in time; last lines:\n{tail}"
         )
 
-    async def wait_exit(self, timeout: float = START_TIMEOUT_S) -> int:
-        with trio.fail_after(timeout):
+    async def wait_exit(self) -> int:
+        with trio.fail_after(START_TIMEOUT_S):
             return await self.process.wait()
 
-    async def stop(self, timeout: float = 15.0) -> int:
+    async def stop(self) -> int:
+        """SIGTERM, then the exit code (within the deadline)."""
         if self.process.returncode is None:
             self.process.terminate()
-        return await self.wait_exit(timeout)
+        return await self.wait_exit()
 
 
 @dataclass
@@ -118,19 +117,36 @@ class Router:
         path.write_text(f"[127.0.0.1]:{self.ssh_port} {public[0]} {public[1]}\n")
         return path
 
-    def client(self, **kwargs: object) -> httpx.AsyncClient:
-        return httpx.AsyncClient(verify=self.ssl_context(), timeout=60.0, **kwargs)  # type: ignore[arg-type]
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(verify=self.ssl_context(), timeout=60.0)
 
-    def request_args(self, name: str, path: str = "/", *, tls: bool = True) -> dict[str, object]:
-        """httpx arguments for ``path`` on NAME.DOMAIN via loopback (no DNS needed)."""
+    def request(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        name: str,
+        path: str = "/",
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        tls: bool = True,
+    ) -> httpx.Request:
+        """A request for ``path`` on NAME.DOMAIN sent to loopback (no DNS needed), SNI set."""
         host = f"{name}.{self.domain}"
         port = self.https_port if tls else self.http_port
-        scheme = "https" if tls else "http"
-        return {
-            "url": f"{scheme}://127.0.0.1:{port}{path}",
-            "headers": {"host": f"{host}:{port}"},
-            "extensions": {"sni_hostname": host} if tls else {},
-        }
+        return client.build_request(
+            method,
+            f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}",
+            headers={"host": f"{host}:{port}", **(headers or {})},
+            extensions={"sni_hostname": host} if tls else {},
+            content=content,
+        )
+
+    async def get(
+        self, name: str, path: str = "/", *, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        async with self.client() as client:
+            return await client.send(self.request(client, "GET", name, path, headers=headers))
 
     async def open_tls(self, name: str) -> trio.SSLStream[trio.SocketStream]:
         """A raw TLS stream to the front door with SNI ``NAME.DOMAIN``."""
@@ -159,7 +175,9 @@ class Stack:
         self._counter += 1
         return self.tmp / f"{self._counter:02d}-{name}"
 
-    async def spawn(self, name: str, argv: Sequence[str], **options: object) -> LoggedProcess:
+    async def spawn(
+        self, name: str, argv: Sequence[str], *, stdin: int = subprocess.DEVNULL, **options: object
+    ) -> LoggedProcess:
         async def deliver_cancel(process: trio.Process) -> None:
             process.terminate()
             with trio.move_on_after(10):
@@ -169,7 +187,7 @@ class Stack:
 
         process: trio.Process = await self.nursery.start(
             partial(
-                trio.run_process, list(argv), check=False, stdin=subprocess.DEVNULL,
+                trio.run_process, list(argv), check=False, stdin=stdin,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, deliver_cancel=deliver_cancel,
                 **options,
             )
@@ -180,9 +198,9 @@ class Stack:
         self.processes.append(logged)
         return logged
 
-    def new_key(self, label: str, algorithm: str = "ed25519") -> Path:
+    def new_key(self, label: str) -> Path:
         path = self.path(f"key-{label}")
-        keys.write_keypair(keys.generate_keypair(algorithm, comment=label), path)  # type: ignore[arg-type]
+        keys.write_keypair(keys.generate_keypair(comment=label), path)
         return path
 
     async def start_router(
@@ -267,14 +285,27 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         nursery.cancel_scope.cancel()
 
 
-@pytest.fixture
-async def tunnel_world(stack: Stack) -> AsyncIterator[tuple[Stack, Router, App, Path]]:
+@dataclass
+class World:
     """A router, a sample app and an authorized key: the usual starting point."""
+
+    stack: Stack
+    router: Router
+    app: App
+    key: Path
+
+
+@pytest.fixture
+async def world(stack: Stack) -> World:
     router = await stack.start_router()
     app = await stack.start_app()
     key = stack.new_key("alice")
-    router.authorize(key.with_name(key.name + ".pub"))
-    yield stack, router, app, key
+    router.authorize(public_key_of(key))
+    return World(stack, router, app, key)
+
+
+def public_key_of(key: Path) -> Path:
+    return key.with_name(key.name + ".pub")
 
 
 async def websocket_to(

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import App, Router, Stack
+from .conftest import World
 
 
 async def test_listener_reconnects_after_router_restart_and_keeps_its_name(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+    world: World,
 ) -> None:
-    stack, router, app, key = tunnel_world
-    listener = await stack.listener(router, key, app.port, "--name", "steady")  # type: ignore[arg-type]
+    stack, router, app, key = world.stack, world.router, world.app, world.key
+    listener = await stack.listener(router, key, app.port, "--name", "steady")
     await listener.wait_for(r"event=tunnel_up name=steady ")
 
     assert await router.proc.stop() == 0
@@ -29,21 +29,19 @@ async def test_listener_reconnects_after_router_restart_and_keeps_its_name(
     )
     assert restarted.host_key_fingerprint == router.host_key_fingerprint
     await listener.wait_for(r"event=tunnel_up name=steady ", start=mark)
-    async with restarted.client() as client:
-        response = await client.get(**restarted.request_args("steady", "/"))  # type: ignore[arg-type]
-    assert response.status_code == 200
+    assert (await restarted.get("steady", "/")).status_code == 200
 
 
 async def test_listener_refuses_an_unknown_router_host_key(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+    world: World,
 ) -> None:
-    stack, router, app, key = tunnel_world
+    stack, router, app, key = world.stack, world.router, world.app, world.key
     listener = await stack.listener(
         router,
         key,
         app.port,
         "--known-hosts",
-        os.devnull,  # type: ignore[arg-type]
+        os.devnull,
     )
     await listener.wait_for(r"level=error event=tunnel_failed .*host key is not trusted")
     assert router.proc.find(r"event=tunnel_up") is None

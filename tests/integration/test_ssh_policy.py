@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
 
-from .conftest import App, Router, Stack
+from .conftest import Stack, World, public_key_of
 
 
 async def test_name_belongs_to_its_key_and_the_owner_may_take_over(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+    world: World,
 ) -> None:
-    stack, router, app, key_a = tunnel_world
+    stack, router, app, key_a = world.stack, world.router, world.app, world.key
     key_b = stack.new_key("mallory")
-    router.authorize(key_b.with_name(key_b.name + ".pub"))
-    first = await stack.openssh_tunnel(router, key_a, "owned", app.port)  # type: ignore[arg-type]
+    router.authorize(public_key_of(key_b))
+    first = await stack.openssh_tunnel(router, key_a, "owned", app.port)
 
     mark = len(router.proc.lines)
     thief = await stack.openssh_tunnel(router, key_b, "owned", app.port, wait=False)
@@ -25,16 +25,14 @@ async def test_name_belongs_to_its_key_and_the_owner_may_take_over(
 
     # The owner reconnects while its old connection is still up: the new one wins at once.
     mark = len(router.proc.lines)
-    second = await stack.openssh_tunnel(router, key_a, "owned", app.port)  # type: ignore[arg-type]
+    second = await stack.openssh_tunnel(router, key_a, "owned", app.port)
     await router.proc.wait_for(
         r"event=tunnel_up name=owned .*replaced=127\.0\.0\.1:\d+", start=mark
     )
-    async with router.client() as client:
-        assert (await client.get(**router.request_args("owned", "/"))).status_code == 200  # type: ignore[arg-type]
+    assert (await router.get("owned", "/")).status_code == 200
     # The replaced connection going away does not take the name with it.
     await first.stop()
-    async with router.client() as client:
-        assert (await client.get(**router.request_args("owned", "/"))).status_code == 200  # type: ignore[arg-type]
+    assert (await router.get("owned", "/")).status_code == 200
     assert second.process.returncode is None
 
 
@@ -42,7 +40,7 @@ async def test_permitlisten_limits_a_key_to_its_names(stack: Stack) -> None:
     router = await stack.start_router()
     app = await stack.start_app()
     key = stack.new_key("limited")
-    router.authorize(key.with_name(key.name + ".pub"), 'permitlisten="lab-*"')
+    router.authorize(public_key_of(key), 'permitlisten="lab-*"')
     refused = await stack.openssh_tunnel(router, key, "other", app.port, wait=False)
     assert await refused.wait_exit() != 0
     await router.proc.wait_for(
@@ -54,43 +52,48 @@ async def test_permitlisten_limits_a_key_to_its_names(stack: Stack) -> None:
 
 
 async def test_invalid_and_reserved_names_are_refused(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+    world: World,
 ) -> None:
-    stack, router, app, key = tunnel_world
+    stack, router, app, key = world.stack, world.router, world.app, world.key
     for name, reason in (("admin", "is reserved"), ("-bad-", "not a valid name")):
-        proc = await stack.openssh_tunnel(router, key, name, app.port, wait=False)  # type: ignore[arg-type]
+        proc = await stack.openssh_tunnel(router, key, name, app.port, wait=False)
         assert await proc.wait_exit() != 0
         await router.proc.wait_for(rf"event=forward_refused .*reason=.*{reason}")
 
 
 async def test_session_prints_the_random_url_and_runs_nothing(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+    world: World,
 ) -> None:
-    stack, router, app, key = tunnel_world
-    argv = stack.ssh_argv(router, key, "-R", f"80:127.0.0.1:{app.port}", "tunnel@127.0.0.1")  # type: ignore[arg-type]
-    ssh = await stack.spawn("ssh-session", argv)
+    stack, router, app, key = world.stack, world.router, world.app, world.key
+    argv = stack.ssh_argv(router, key, "-R", f"80:127.0.0.1:{app.port}", "tunnel@127.0.0.1")
+    ssh = await stack.spawn("ssh-session", argv, stdin=subprocess.PIPE)
     match = await ssh.wait_for(rf"Forwarding (https://([a-z0-9]+)\.localhost:{router.https_port})")
-    async with router.client() as client:
-        response = await client.get(**router.request_args(match[2], "/"))  # type: ignore[arg-type]
-    assert response.status_code == 200
+    assert (await router.get(match[2], "/")).status_code == 200
+
+    assert ssh.process.stdin is not None
+    await ssh.process.stdin.send_all(b"id; touch /tmp/hostmux-must-not-exist\n")
+    await ssh.wait_for(r"This is a tunnel, not a shell: nothing you type runs")
+    await ssh.process.stdin.send_all(b"\x03")  # Ctrl-C closes the session, and ssh with it
+    assert await ssh.wait_exit() == 0
+    assert ssh.find(r"uid=") is None
 
 
 async def test_exec_subsystem_and_local_forwards_are_refused(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
+    world: World,
 ) -> None:
-    stack, router, app, key = tunnel_world
-    exec_proc = await stack.spawn("ssh-exec", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "id"))  # type: ignore[arg-type]
+    stack, router, app, key = world.stack, world.router, world.app, world.key
+    exec_proc = await stack.spawn("ssh-exec", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "id"))
     assert await exec_proc.wait_exit() != 0
     await exec_proc.wait_for(r"exec request failed")
     assert exec_proc.find(r"uid=") is None
 
     sftp = await stack.spawn(
         "ssh-sftp", stack.ssh_argv(router, key, "-s", "tunnel@127.0.0.1", "sftp")
-    )  # type: ignore[arg-type]
+    )
     assert await sftp.wait_exit() != 0
     await sftp.wait_for(r"subsystem request failed")
 
-    builtin = await stack.spawn("ssh-help", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "help"))  # type: ignore[arg-type]
+    builtin = await stack.spawn("ssh-help", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "help"))
     assert await builtin.wait_exit() == 0
     await builtin.wait_for(r"hostmux tunnel router")
 
@@ -98,7 +101,7 @@ async def test_exec_subsystem_and_local_forwards_are_refused(
     mark = len(router.proc.lines)
     stdio = await stack.spawn(
         "ssh-W",
-        stack.ssh_argv(router, key, "-W", f"127.0.0.1:{app.port}", "tunnel@127.0.0.1"),  # type: ignore[arg-type]
+        stack.ssh_argv(router, key, "-W", f"127.0.0.1:{app.port}", "tunnel@127.0.0.1"),
     )
     assert await stdio.wait_exit() != 0
     await stdio.wait_for(r"open failed")

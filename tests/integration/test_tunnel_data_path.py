@@ -1,4 +1,4 @@
-"""The tunnel data path end to end: browser-side HTTPS → router → SSH → app.
+"""The tunnel data path end to end: HTTPS → router → SSH → app, and back.
 
 Real OpenSSH ``ssh -R`` and hostmux-listener clients, a real router process,
 the sample app, real TLS from the router's development CA; loopback only.
@@ -6,16 +6,16 @@ the sample app, real TLS from the router's development CA; loopback only.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator
 
 import trio
 
 from examples.sample_app.app import expected_bytes
 
-from .conftest import App, Router, Stack, websocket_to
+from .conftest import Router, Stack, World, public_key_of, websocket_to
 
 MIB = 1024 * 1024
 
@@ -23,13 +23,14 @@ MIB = 1024 * 1024
 async def _sha256_download(router: Router, name: str, n: int, seed: str) -> tuple[int, str, int]:
     digest = hashlib.sha256()
     async with router.client() as client:
-        async with client.stream(
-            "GET", **router.request_args(name, f"/bytes?n={n}&seed={seed}")
-        ) as r:  # type: ignore[arg-type]
-            async with contextlib.aclosing(r.aiter_raw()) as chunks:  # type: ignore[type-var]
-                async for chunk in chunks:
-                    digest.update(chunk)
-            return r.status_code, digest.hexdigest(), r.num_bytes_downloaded
+        request = router.request(client, "GET", name, f"/bytes?n={n}&seed={seed}")
+        response = await client.send(request, stream=True)
+        try:
+            async for chunk in response.aiter_raw():
+                digest.update(chunk)
+        finally:
+            await response.aclose()
+        return response.status_code, digest.hexdigest(), response.num_bytes_downloaded
 
 
 def _expected_sha256(n: int, seed: str) -> str:
@@ -37,92 +38,6 @@ def _expected_sha256(n: int, seed: str) -> str:
     for chunk in expected_bytes(n, seed):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-async def test_openssh_tunnel_serves_page_download_and_upload(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
-) -> None:
-    stack, router, app, key = tunnel_world
-    await stack.openssh_tunnel(router, key, "myapp", app.port)  # type: ignore[arg-type]
-
-    async with router.client() as client:
-        page = await client.get(**router.request_args("myapp", "/"))  # type: ignore[arg-type]
-    assert page.status_code == 200
-    assert "hostmux sample app" in page.text
-
-    n = 100 * MIB
-    status, digest, size = await _sha256_download(router, "myapp", n, "big")
-    assert (status, size) == (200, n)
-    assert digest == _expected_sha256(n, "big")
-
-    upload = os.urandom(4 * MIB) * 8  # 32 MiB, streamed up in chunks
-
-    async def body() -> object:
-        for start in range(0, len(upload), MIB):
-            yield upload[start : start + MIB]
-
-    async with router.client() as client:
-        response = await client.post(content=body(), **router.request_args("myapp", "/upload"))  # type: ignore[arg-type]
-    assert response.status_code == 200
-    assert response.json() == {"bytes": len(upload), "sha256": hashlib.sha256(upload).hexdigest()}
-    await router.proc.wait_for(
-        r"event=request .*name=myapp .*method=POST target=/upload status=200"
-    )
-
-
-async def test_hostmux_listener_tunnel_with_random_name(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
-) -> None:
-    stack, router, app, key = tunnel_world
-    listener = await stack.listener(router, key, app.port)  # type: ignore[arg-type]
-    url = await listener.wait_for(rf"^https://([a-z0-9]+)\.localhost:{router.https_port}$")
-    name = url[1]
-    assert len(name) == 12
-
-    async with router.client() as client:
-        page = await client.get(**router.request_args(name, "/"))  # type: ignore[arg-type]
-    assert page.status_code == 200
-    assert "hostmux sample app" in page.text
-    status, digest, size = await _sha256_download(router, name, 10 * MIB + 7, "listener")
-    assert (status, size) == (200, 10 * MIB + 7)
-    assert digest == _expected_sha256(10 * MIB + 7, "listener")
-
-    assert await listener.stop() == 0
-    await listener.wait_for(r"event=listener_stopped")
-
-
-async def test_two_tunnels_reach_their_own_apps(stack: Stack) -> None:
-    router = await stack.start_router()
-    key = stack.new_key("multi")
-    router.authorize(key.with_name(key.name + ".pub"))
-    app_a, app_b = await stack.start_app(), await stack.start_app()
-    await stack.openssh_tunnel(router, key, "alpha", app_a.port)
-    await stack.openssh_tunnel(router, key, "beta", app_b.port)
-
-    async with router.client() as client:
-        for name, app in (("alpha", app_a), ("beta", app_b), ("alpha", app_a)):
-            response = await client.get(**router.request_args(name, "/headers"))  # type: ignore[arg-type]
-            assert response.status_code == 200
-            assert response.json()["_server_port"] == app.port
-            assert response.json()["host"] == [f"{name}.localhost:{router.https_port}"]
-
-
-async def test_keepalive_connection_switching_host_gets_421(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
-) -> None:
-    stack, router, app, key = tunnel_world
-    await stack.openssh_tunnel(router, key, "first", app.port)  # type: ignore[arg-type]
-    await stack.openssh_tunnel(router, key, "second", app.port)  # type: ignore[arg-type]
-
-    request = "GET /status/204 HTTP/1.1\r\nHost: {}.localhost\r\n\r\n"
-    async with await router.open_tls("first") as stream:
-        await stream.send_all(request.format("first").encode())
-        first = await _read_until(stream, b"\r\n\r\n")
-        assert first.startswith(b"HTTP/1.1 204 ")
-        await stream.send_all(request.format("second").encode())
-        second = await _read_to_eof(stream)
-    assert second.startswith(b"HTTP/1.1 421 ")
-    assert b"connection: close" in second.lower()
 
 
 async def _read_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
@@ -143,11 +58,89 @@ async def _read_to_eof(stream: trio.abc.ReceiveStream) -> bytes:
     return data
 
 
-async def test_websocket_echo_including_one_mebibyte(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
-) -> None:
-    stack, router, app, key = tunnel_world
-    await stack.openssh_tunnel(router, key, "wsapp", app.port)  # type: ignore[arg-type]
+async def test_openssh_tunnel_serves_page_download_and_upload(world: World) -> None:
+    router = world.router
+    await world.stack.openssh_tunnel(router, world.key, "myapp", world.app.port)
+
+    page = await router.get("myapp", "/")
+    assert page.status_code == 200
+    assert "hostmux sample app" in page.text
+
+    n = 100 * MIB
+    status, digest, size = await _sha256_download(router, "myapp", n, "big")
+    assert (status, size) == (200, n)
+    assert digest == _expected_sha256(n, "big")
+
+    upload = os.urandom(4 * MIB) * 8  # 32 MiB, streamed up in 1 MiB chunks
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(upload), MIB):
+            yield upload[start : start + MIB]
+
+    async with router.client() as client:
+        response = await client.send(
+            router.request(client, "POST", "myapp", "/upload", content=body())
+        )
+    assert response.status_code == 200
+    assert response.json() == {"bytes": len(upload), "sha256": hashlib.sha256(upload).hexdigest()}
+    await router.proc.wait_for(
+        r"event=request .*name=myapp .*method=POST target=/upload status=200"
+    )
+
+
+async def test_hostmux_listener_tunnel_with_random_name(world: World) -> None:
+    router = world.router
+    listener = await world.stack.listener(router, world.key, world.app.port)
+    url = await listener.wait_for(rf"^https://([a-z0-9]+)\.localhost:{router.https_port}$")
+    name = url[1]
+    assert len(name) == 12
+
+    page = await router.get(name, "/")
+    assert page.status_code == 200
+    assert "hostmux sample app" in page.text
+    n = 10 * MIB + 7
+    status, digest, size = await _sha256_download(router, name, n, "listener")
+    assert (status, size) == (200, n)
+    assert digest == _expected_sha256(n, "listener")
+
+    assert await listener.stop() == 0
+    await listener.wait_for(r"event=listener_stopped")
+
+
+async def test_two_tunnels_reach_their_own_apps(stack: Stack) -> None:
+    router = await stack.start_router()
+    key = stack.new_key("multi")
+    router.authorize(public_key_of(key))
+    app_a, app_b = await stack.start_app(), await stack.start_app()
+    await stack.openssh_tunnel(router, key, "alpha", app_a.port)
+    await stack.openssh_tunnel(router, key, "beta", app_b.port)
+
+    for name, app in (("alpha", app_a), ("beta", app_b), ("alpha", app_a)):
+        response = await router.get(name, "/headers")
+        assert response.status_code == 200
+        assert response.json()["_server"][1] == app.port
+        assert response.json()["host"] == [f"{name}.localhost:{router.https_port}"]
+
+
+async def test_keepalive_connection_switching_host_gets_421(world: World) -> None:
+    router = world.router
+    await world.stack.openssh_tunnel(router, world.key, "first", world.app.port)
+    await world.stack.openssh_tunnel(router, world.key, "second", world.app.port)
+
+    request = "GET /status/204 HTTP/1.1\r\nHost: {}.localhost\r\n\r\n"
+    async with await router.open_tls("first") as stream:
+        await stream.send_all(request.format("first").encode())
+        first = await _read_until(stream, b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 204 ")
+        await stream.send_all(request.format("second").encode())
+        second = await _read_to_eof(stream)
+    assert second.startswith(b"HTTP/1.1 421 ")
+    assert b"connection: close" in second.lower()
+
+
+async def test_websocket_echo_including_one_mebibyte(world: World) -> None:
+    router = world.router
+    await world.stack.openssh_tunnel(router, world.key, "wsapp", world.app.port)
     async with trio.open_nursery() as nursery:
         ws = await websocket_to(nursery, router, "wsapp")
         with trio.fail_after(30):
@@ -160,11 +153,9 @@ async def test_websocket_echo_including_one_mebibyte(
     await router.proc.wait_for(r"event=request .*name=wsapp .*target=/ws status=101")
 
 
-async def test_server_sent_events_arrive_while_the_stream_stays_open(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
-) -> None:
-    stack, router, app, key = tunnel_world
-    await stack.openssh_tunnel(router, key, "sse", app.port)  # type: ignore[arg-type]
+async def test_server_sent_events_arrive_while_the_stream_stays_open(world: World) -> None:
+    router = world.router
+    await world.stack.openssh_tunnel(router, world.key, "sse", world.app.port)
     request = b"GET /events?count=2 HTTP/1.1\r\nHost: sse.localhost\r\n\r\n"
     async with await router.open_tls("sse") as stream:
         await stream.send_all(request)
@@ -173,51 +164,41 @@ async def test_server_sent_events_arrive_while_the_stream_stays_open(
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"content-type: text/event-stream" in head.lower()
     assert b"transfer-encoding: chunked" in head.lower()
-    received = [line.decode() for line in body.split(b"\r\n") if line.startswith(b"data:")]
-    received = [part for chunk in received for part in chunk.split("\n") if part]
-    assert received == ["data: event 1", "data: event 2"]
+    events = [line for line in body.split(b"\n") if line.startswith(b"data:")]
+    assert events == [b"data: event 1", b"data: event 2"]
 
 
-async def test_unknown_name_gone_tunnel_and_dead_app_get_clear_pages(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
-) -> None:
-    stack, router, app, key = tunnel_world
-    async with router.client() as client:
-        missing = await client.get(**router.request_args("nobody", "/"))  # type: ignore[arg-type]
-        assert missing.status_code == 404
-        assert missing.headers["cache-control"] == "no-store"
-        assert "set-cookie" not in missing.headers
-        assert "nobody" in missing.text
+async def test_unknown_name_gone_tunnel_and_dead_app_get_clear_pages(world: World) -> None:
+    stack, router = world.stack, world.router
+    missing = await router.get("nobody", "/")
+    assert missing.status_code == 404
+    assert missing.headers["cache-control"] == "no-store"
+    assert "set-cookie" not in missing.headers
+    assert "nobody" in missing.text
 
-        ssh = await stack.openssh_tunnel(router, key, "flaky", app.port)  # type: ignore[arg-type]
-        assert (await client.get(**router.request_args("flaky", "/"))).status_code == 200  # type: ignore[arg-type]
-        mark = len(router.proc.lines)
-        await ssh.stop()
-        await router.proc.wait_for(r"event=tunnel_down name=flaky ", start=mark)
-        gone = await client.get(**router.request_args("flaky", "/"))  # type: ignore[arg-type]
-        assert gone.status_code == 502
-        assert "offline" in gone.text
+    ssh = await stack.openssh_tunnel(router, world.key, "flaky", world.app.port)
+    assert (await router.get("flaky", "/")).status_code == 200
+    mark = len(router.proc.lines)
+    await ssh.stop()
+    await router.proc.wait_for(r"event=tunnel_down name=flaky ", start=mark)
+    gone = await router.get("flaky", "/")
+    assert gone.status_code == 502
+    assert "offline" in gone.text
 
-        with trio.socket.socket() as sock:  # a port with nothing listening
-            await sock.bind(("127.0.0.1", 0))
-            dead_port = sock.getsockname()[1]
-        await stack.openssh_tunnel(router, key, "deadapp", dead_port)  # type: ignore[arg-type]
-        args = router.request_args("deadapp", "/")
-        args["headers"] = {**args["headers"], "accept": "text/html"}  # type: ignore[dict-item]
-        dead = await client.get(**args)  # type: ignore[arg-type]
-        assert dead.status_code == 502
-        assert "could not reach its app" in dead.text
-        assert dead.headers["content-type"].startswith("text/html")
+    with trio.socket.socket() as sock:  # a port with nothing listening
+        await sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    await stack.openssh_tunnel(router, world.key, "deadapp", dead_port)
+    dead = await router.get("deadapp", "/", headers={"accept": "text/html"})
+    assert dead.status_code == 502
+    assert "could not reach its app" in dead.text
+    assert dead.headers["content-type"].startswith("text/html")
 
 
-async def test_forwarding_headers_are_set_by_the_router_only(
-    tunnel_world: tuple[Stack, Router, App, os.PathLike[str]],
-) -> None:
-    stack, router, app, key = tunnel_world
-    await stack.openssh_tunnel(router, key, "hdrs", app.port)  # type: ignore[arg-type]
-    args = router.request_args("hdrs", "/headers")
+async def test_forwarding_headers_are_set_by_the_router_only(world: World) -> None:
+    router = world.router
+    await world.stack.openssh_tunnel(router, world.key, "hdrs", world.app.port)
     spoofed = {
-        **args["headers"],  # type: ignore[dict-item]
         "x-forwarded-for": "6.6.6.6",
         "X_Forwarded_For": "7.7.7.7",
         "forwarded": "for=6.6.6.6",
@@ -226,18 +207,33 @@ async def test_forwarding_headers_are_set_by_the_router_only(
         "connection": "keep-alive, x-secret",
         "x-secret": "hop",
     }
-    args["headers"] = spoofed
-    async with router.client() as client:
-        response = await client.get(**args)  # type: ignore[arg-type]
-    seen = response.json()
+    seen = (await router.get("hdrs", "/headers", headers=spoofed)).json()
+    host = f"hdrs.localhost:{router.https_port}"
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
     assert seen["x-forwarded-proto"] == ["https"]
-    assert seen["x-forwarded-host"] == [f"hdrs.localhost:{router.https_port}"]
-    assert seen["forwarded"] == [
-        f'for=127.0.0.1;proto=https;host="hdrs.localhost:{router.https_port}"'
-    ]
+    assert seen["x-forwarded-host"] == [host]
+    assert seen["forwarded"] == [f'for=127.0.0.1;proto=https;host="{host}"']
     assert len(seen["x-request-id"]) == 1
     assert seen["x-request-id"] != ["mine"]
     for dropped in ("x_forwarded_for", "x-real-ip", "x-secret"):
         assert dropped not in seen
-    assert json.dumps(seen).count("6.6.6.6") == 0
+    assert "6.6.6.6" not in json.dumps(seen)
+    assert "7.7.7.7" not in json.dumps(seen)
+
+
+async def test_plain_http_front_door_and_the_routers_own_host(world: World) -> None:
+    router = world.router
+    await world.stack.openssh_tunnel(router, world.key, "plain", world.app.port)
+    async with router.client() as client:
+        response = await client.send(router.request(client, "GET", "plain", "/headers", tls=False))
+    assert response.status_code == 200
+    assert response.json()["x-forwarded-proto"] == ["http"]
+
+    async with router.client() as client:
+        request = client.build_request(
+            "GET", f"https://127.0.0.1:{router.https_port}/",
+            headers={"host": "localhost"}, extensions={"sni_hostname": "localhost"},
+        )  # fmt: skip
+        home = await client.send(request)
+    assert home.status_code == 200
+    assert "ssh -R" in home.text

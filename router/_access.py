@@ -1,4 +1,4 @@
-"""Who may open tunnels, and which names each key may hold (pure rules).
+"""Who may open tunnels, and which names each client may hold (pure rules).
 
 The authorized_keys file is OpenSSH's format. A key line may carry
 ``permitlisten="PATTERN"`` options (repeatable, like OpenSSH's own option of
@@ -19,11 +19,29 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class KeyGrant:
-    """What one authenticated key may do."""
+    """What one authenticated client may do.
 
-    fingerprint: str
+    ``owner`` is who names belong to: the key's fingerprint for keys from
+    authorized_keys, ``instance:<id>`` for portal instances (whatever key or
+    certificate they use today). ``default_name`` is the name a forward
+    without one gets (an instance's id); without it such a forward gets a
+    random name, unless ``name_patterns`` restricts the client.
+    """
+
+    owner: str
     comment: str
-    name_patterns: tuple[str, ...] | None  # None: any name
+    name_patterns: tuple[str, ...] | None  # None: any name; (): none at all
+    default_name: str | None = None
+    registers: bool = False  # the DIT4C "register" user: may only run register
+
+    @classmethod
+    def for_instance(cls, instance_id: str, how: str) -> KeyGrant:
+        return cls(
+            owner=f"instance:{instance_id}",
+            comment=how,
+            name_patterns=(instance_id,),
+            default_name=instance_id,
+        )
 
     def may_hold(self, name: str) -> bool:
         if self.name_patterns is None:
@@ -31,7 +49,9 @@ class KeyGrant:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.name_patterns)
 
     def describe_names(self) -> str:
-        return "any name" if self.name_patterns is None else ", ".join(self.name_patterns)
+        if self.name_patterns is None:
+            return "any name"
+        return ", ".join(self.name_patterns) or "no name"
 
 
 def name_patterns_from_options(values: Sequence[str] | None) -> tuple[str, ...] | None:

@@ -61,6 +61,20 @@ class RouterConfig:
     websocket_idle_timeout_s: float = option(3600.0, "idle time before a WebSocket is closed")
     tls_handshake_timeout_s: float = option(10.0, "time a browser has to finish TLS")
     max_header_bytes: int = option(32 * 1024, "largest request head accepted (else 431)")
+    portal_keys_url: str = option(
+        "",
+        "portal mode: URL template of an instance's public keys, e.g. "
+        "https://portal.example/instances/{id}/keys (JWKS or authorized_keys lines)",
+    )
+    portal_ca_keys_file: Path | None = option(
+        None, "portal mode: trusted SSH CA public keys; certificates with principal = instance id"
+    )
+    portal_timeout_s: float = option(5.0, "time the portal has to answer a key look-up")
+    portal_cache_ttl_s: float = option(60.0, "how long an instance's keys are cached")
+    portal_negative_cache_ttl_s: float = option(10.0, "how long 'no such instance' is cached")
+    events_url: str = option("", "POST tunnel_up/tunnel_down events here (signed JSON)")
+    events_secret: str = option("", "HMAC-SHA256 secret for X-Hostmux-Signature on events")
+    router_name: str = option("", "this router's name in events (default: its SSH address)")
     log_level: str = option("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
@@ -76,12 +90,18 @@ class RouterConfig:
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.channel_window_bytes < 64 * 1024:
             raise ValueError("channel_window_bytes: at least 65536")
+        url = self.portal_keys_url
+        if url and ("{id}" not in url or not url.startswith(("http://", "https://"))):
+            raise ValueError("portal_keys_url: an http(s) URL template containing {id}")
+        if self.events_url and not self.events_secret:
+            raise ValueError("events_url needs events_secret (events are signed)")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         for name in (
             "header_timeout_s", "keepalive_timeout_s", "body_timeout_s", "send_timeout_s",
             "connect_timeout_s", "response_timeout_s", "upstream_idle_timeout_s",
             "websocket_idle_timeout_s", "tls_handshake_timeout_s", "ssh_login_timeout_s",
+            "portal_timeout_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")

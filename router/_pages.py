@@ -72,6 +72,9 @@ def status_page(
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
         (b"x-content-type-options", b"nosniff"),
+        # Marks the router's own answers, so a listener checking its public URL
+        # can tell "the app answered 404" from "the router has no such tunnel".
+        (b"x-hostmux-error", str(status).encode()),
     ]
     if request_id:
         headers.append((b"x-request-id", request_id.encode()))

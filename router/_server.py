@@ -25,7 +25,9 @@ from ._config import RouterConfig
 from ._front_door import ConnectionSet, start_front_door
 from ._layered_config import ConfigError, parse_host_port
 from ._log import fields
-from ._ssh_server import AuthorizedKeys, SshSettings, acceptor_port, start_ssh_server
+from ._portal import PortalKeys, TunnelEvents
+from ._ssh_auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
+from ._ssh_server import SshSettings, acceptor_port, start_ssh_server
 from ._tls import DevCertificates, tls_context
 from ._tunnels import TunnelGateway, TunnelHub
 
@@ -91,7 +93,7 @@ def _seed_authorized_keys(path: Path) -> None:
 async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
     state = prepare_state(config)
-    authorized = AuthorizedKeys(config.authorized_keys_path)
+    auth = _authenticator(config)
     scheme = "https" if config.https_listen else "http"
     hub = TunnelHub(
         domain=config.domain,
@@ -131,7 +133,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         for value in config.ssh_listen:
             host, port = parse_host_port(value, "ssh_listen")
             acceptor = await _bind(
-                value, start_ssh_server(hub, authorized, state.host_key, host, port, settings)
+                value, start_ssh_server(hub, auth, state.host_key, host, port, settings)
             )
             ssh_acceptors.append(acceptor)
             bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
@@ -165,9 +167,19 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         )  # fmt: skip
         _print_welcome(config, bound, state, hub)
         async with asyncio.TaskGroup() as tg:
-            sweeper = tg.create_task(_sweep_reservations(hub))
+            background = [tg.create_task(_sweep_reservations(hub))]
+            if config.events_url:
+                events = TunnelEvents(
+                    url=config.events_url,
+                    secret=config.events_secret.encode(),
+                    router_name=config.router_name or bound["ssh"][0],
+                    timeout_s=config.portal_timeout_s,
+                )
+                hub.observers.append(lambda event, name, url: events.publish(event, name, url))
+                background.append(tg.create_task(events.run()))
             await stop.wait()
-            sweeper.cancel()
+            for task in background:
+                task.cancel()
         log.info(fields("router_stopping", connections=len(connections)))
     finally:
         for server in http_servers:
@@ -177,6 +189,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
             acceptor.close()
         for acceptor in ssh_acceptors:
             await acceptor.wait_closed()
+        await auth.aclose()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info(fields("router_stopped"))
@@ -188,6 +201,23 @@ async def _bind(where: str, starting: Awaitable[T]) -> T:
         return await starting
     except OSError as exc:
         raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+
+def _authenticator(config: RouterConfig) -> Authenticator:
+    portal = None
+    if config.portal_keys_url:
+        portal = PortalKeys(
+            config.portal_keys_url,
+            timeout_s=config.portal_timeout_s,
+            ttl_s=config.portal_cache_ttl_s,
+            negative_ttl_s=config.portal_negative_cache_ttl_s,
+        )
+    cas: frozenset[str] = frozenset()
+    if config.portal_ca_keys_file is not None:
+        cas = load_ca_fingerprints(config.portal_ca_keys_file)
+    return Authenticator(
+        AuthorizedKeys(config.authorized_keys_path), portal=portal, ca_fingerprints=cas
+    )
 
 
 def _fmt_host(host: str) -> str:

@@ -1,40 +1,44 @@
-"""The router's SSH side: the one module that speaks asyncssh.
+"""The router's SSH side: connections, virtual forwards and their channels.
 
+The router's asyncssh adapter is this module with ``_ssh_auth`` (who a client
+is) and ``_ssh_session`` (session channels); nothing else imports asyncssh.
 What an authenticated tunnel client may do, and nothing else:
 
 * remote forwards (``ssh -R NAME:80:localhost:3000``): *virtual* — nothing is
   bound on the router; the bind address is the requested name, the port only a
-  label. An empty or wildcard bind address asks for a random name;
-* a session that prints its URLs (``ssh -R ...`` without ``-N``): a shell
-  request shows them and then only listens for Ctrl-C / Ctrl-D; no command runs;
-* the built-in commands ``help`` and ``tunnels [--json]`` as exec requests.
+  label. An empty or wildcard bind address asks for the client's default name
+  (a portal instance's id) or else a random one;
+* stream-local remote forwards (``ssh -R /tmp/x.sock:host:port``), for portal
+  instances only (the DIT4C protocol): the name is the instance id;
+* a session: see ``_ssh_session``.
 
-Refused: other exec commands, subsystems (sftp), ``-L``/``-D`` (direct-tcpip),
-stream-local forwards, agent and X11 forwarding, password auth.
+Refused: ``-L``/``-D``/``-W`` (direct-tcpip), direct stream-local, agent and
+X11 forwarding, password and keyboard-interactive auth.
 
 Resource handling: each SSH connection owns its virtual forwards; when the
-connection goes, their names are released (kept reserved for the key for a
-while, see ``_routing``).
+connection goes, their names are released (kept reserved for their owner for
+a while, see ``_routing``).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
-from ._access import KeyGrant, name_patterns_from_options
-from ._layered_config import ConfigError
+from ._access import KeyGrant
 from ._log import fields
 from ._names import InvalidName, check_name, random_name
 from ._relay import UpstreamUnavailable
 from ._routing import NameTaken
+from ._ssh_auth import Authenticator
+from ._ssh_session import ToolSession
 from ._streams import ByteStream, ReaderWriterStream
 from ._tunnels import Tunnel, TunnelHub
 
@@ -52,75 +56,6 @@ _ANY_NAME = frozenset({"", "localhost", "*", "0.0.0.0", "::", "127.0.0.1", "::1"
 # refusal for "no free random name" practically unreachable.
 _RANDOM_NAME_ATTEMPTS = 5
 
-_HELP = """hostmux tunnel router.
-  ssh -R NAME:80:localhost:PORT HOST     serve localhost:PORT at https://NAME.DOMAIN
-  ssh -R 80:localhost:PORT HOST          the same under a random name
-Commands: help, tunnels [--json]
-"""
-
-
-class AuthorizedKeys:
-    """The authorized_keys file, re-read when it changes (no restart needed)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._stamp: tuple[int, int] | None = None
-        self._keys: asyncssh.SSHAuthorizedKeys | None = None
-        self.reload(strict=True)
-
-    def __repr__(self) -> str:
-        return f"<AuthorizedKeys {self._path}>"
-
-    def reload(self, *, strict: bool) -> None:
-        """Load the file if it changed; ``strict``: bad lines are a ConfigError."""
-        try:
-            stat = self._path.stat()
-        except FileNotFoundError:
-            self._keys, self._stamp = None, None
-            return
-        except OSError as exc:
-            raise ConfigError(f"{self._path}: cannot read: {exc.strerror}") from None
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp:
-            return
-        text = self._path.read_text(encoding="utf-8", errors="replace")
-        good: list[str] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            try:
-                asyncssh.import_authorized_keys(line)
-            except (ValueError, asyncssh.KeyImportError) as exc:
-                message = f"{self._path}:{number}: not a valid authorized_keys line ({exc})"
-                if strict:
-                    raise ConfigError(message) from None
-                log.warning(fields("config_warning", text=message + "; line ignored"))
-                continue
-            good.append(line)
-        self._keys = asyncssh.import_authorized_keys("\n".join(good)) if good else None
-        self._stamp = stamp
-        log.info(fields("authorized_keys_loaded", path=str(self._path), keys=len(good)))
-
-    def grant_for(self, key: asyncssh.SSHKey, peer_ip: str) -> KeyGrant | None:
-        try:
-            self.reload(strict=False)
-        except ConfigError as exc:
-            log.warning(fields("config_warning", text=str(exc)))
-        if self._keys is None:
-            return None
-        options = self._keys.validate(key, peer_ip, peer_ip)
-        if options is None:
-            return None
-        patterns = options.get("permitlisten")
-        return KeyGrant(
-            fingerprint=key.get_fingerprint("sha256"),
-            comment=key.get_comment() or "",
-            name_patterns=name_patterns_from_options(
-                patterns if isinstance(patterns, list) else None
-            ),
-        )
-
 
 @dataclass(frozen=True)
 class SshSettings:
@@ -130,7 +65,7 @@ class SshSettings:
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
 
 
-class _VirtualForward(asyncssh.SSHListener):
+class VirtualForward(asyncssh.SSHListener):
     """A remote forward that binds nothing: closing it releases the name."""
 
     def __init__(
@@ -139,14 +74,17 @@ class _VirtualForward(asyncssh.SSHListener):
         tunnel: Tunnel,
         listen: tuple[str, int],
         port: int,
-        on_close: Callable[[_VirtualForward], None],
+        on_close: Callable[[VirtualForward], None],
     ) -> None:
         super().__init__()
         self._hub = hub
         self.tunnel = tunnel
-        self.listen = listen  # as the client asked: its key for this forward
+        self.listen = listen  # as the client asked (path, 0 for stream-local)
         self._port = port
         self._on_close = on_close
+
+    def __repr__(self) -> str:
+        return f"<VirtualForward {self.tunnel.name} listen={self.listen}>"
 
     def get_port(self) -> int:
         return self._port
@@ -160,33 +98,44 @@ class _VirtualForward(asyncssh.SSHListener):
 
 
 @dataclass(eq=False)
-class _ClientState:
-    """One authenticated SSH connection: its key, forwards and what it was told."""
+class ClientState:
+    """One SSH connection: who it is, its forwards and what it was told."""
 
     peer: str
     grant: KeyGrant | None = None
-    forwards: list[_VirtualForward] = field(default_factory=list)
+    forwards: list[VirtualForward] = field(default_factory=list)
     refusals: list[dict[str, str]] = field(default_factory=list)
     watchers: list[Callable[[str], None]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def forget(self, forward: _VirtualForward) -> None:
+    def add(self, forward: VirtualForward, line: str) -> None:
+        self.forwards.append(forward)
+        self._changed(line)
+
+    def forget(self, forward: VirtualForward) -> None:
         if forward in self.forwards:
             self.forwards.remove(forward)
 
-    def tell(self, line: str) -> None:
+    def refuse(self, listen: str, reason: str) -> None:
+        self.refusals.append({"listen": listen, "reason": reason})
+        self._changed(f"Refused -R {listen}: {reason}")
+
+    def _changed(self, line: str) -> None:
         for watcher in list(self.watchers):
             watcher(line)
+        self.changed.set()
+        self.changed = asyncio.Event()
 
 
 class _ConnectionHandler(asyncssh.SSHServer):
     """asyncssh callbacks for one SSH connection."""
 
-    def __init__(self, hub: TunnelHub, keys: AuthorizedKeys, settings: SshSettings) -> None:
+    def __init__(self, hub: TunnelHub, auth: Authenticator, settings: SshSettings) -> None:
         self._hub = hub
-        self._keys = keys
+        self._auth = auth
         self._settings = settings
         self._conn: asyncssh.SSHServerConnection | None = None
-        self._state = _ClientState(peer="?")
+        self._state = ClientState(peer="?")
 
     def __repr__(self) -> str:
         return f"<SSH client {self._state.peer} forwards={len(self._state.forwards)}>"
@@ -202,6 +151,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
         if self._state.grant is not None:
             log.info(fields("ssh_disconnect", peer=self._state.peer, reason=_reason(exc)))
 
+    # -- authentication ------------------------------------------------------
+
     def begin_auth(self, username: str) -> bool:
         return True  # every client must authenticate
 
@@ -214,13 +165,23 @@ class _ConnectionHandler(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         peer_ip = self._state.peer.rsplit(":", 1)[0]
-        grant = self._keys.grant_for(key, peer_ip)
+        grant = await self._auth.grant_for_key(username, key, peer_ip)
         if grant is None:
             log.info(
-                fields("ssh_auth_refused", peer=self._state.peer, key=key.get_fingerprint("sha256"))
-            )
+                fields(
+                    "ssh_auth_refused", peer=self._state.peer, user=username,
+                    key=key.get_fingerprint("sha256"),
+                )
+            )  # fmt: skip
+            return False
+        self._state.grant = grant  # the last key validated is the one that signs
+        return True
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        grant = self._auth.grant_for_certificate_authority(username, key)
+        if grant is None:
             return False
         self._state.grant = grant
         return True
@@ -228,33 +189,27 @@ class _ConnectionHandler(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         grant = self._state.grant
         assert grant is not None
-        log.info(
-            fields(
-                "ssh_connect", peer=self._state.peer, key=grant.fingerprint, comment=grant.comment
-            )
-        )
+        log.info(fields("ssh_connect", peer=self._state.peer, owner=grant.owner, how=grant.comment))
 
     # -- forwards ------------------------------------------------------------
 
-    def server_requested(self, listen_host: str, listen_port: int) -> Any:
-        state, conn, grant = self._state, self._conn, self._state.grant
-        assert conn is not None and grant is not None
+    def server_requested(self, listen_host: str, listen_port: int) -> VirtualForward | bool:
+        grant = self._state.grant
+        assert grant is not None
         where = f"{listen_host}:{listen_port}"
-
-        def refuse(reason: str) -> bool:
-            state.refusals.append({"listen": where, "reason": reason})
-            state.tell(f"Refused -R {where}: {reason}")
-            log.info(fields("forward_refused", peer=state.peer, listen=where, reason=reason))
-            return False
-
-        if any(f.listen == (listen_host, listen_port) for f in state.forwards):
-            return refuse("this connection already forwards that address")
-        port = listen_port or 80  # the port is only a label; 0 asks us to pick one
-        candidates: list[str]
+        if any(f.listen == (listen_host, listen_port) for f in self._state.forwards):
+            return self._refuse(where, "this connection already forwards that address")
+        if grant.registers:
+            return self._refuse(where, "the register user cannot forward")
         if listen_host in _ANY_NAME:
-            if grant.name_patterns is not None:
-                return refuse(f"this key must ask for a name ({grant.describe_names()})")
-            candidates = [random_name() for _ in range(_RANDOM_NAME_ATTEMPTS)]
+            if grant.default_name is not None:
+                candidates = [grant.default_name]
+            elif grant.name_patterns is not None:
+                return self._refuse(
+                    where, f"this key must ask for a name ({grant.describe_names()})"
+                )
+            else:
+                candidates = [random_name() for _ in range(_RANDOM_NAME_ATTEMPTS)]
         else:
             name = listen_host
             if name.endswith("." + self._hub.domain):
@@ -262,148 +217,111 @@ class _ConnectionHandler(asyncssh.SSHServer):
             try:
                 check_name(name)
             except InvalidName as exc:
-                return refuse(str(exc))
+                return self._refuse(where, str(exc))
             if not grant.may_hold(name):
-                return refuse(f"this key may only hold {grant.describe_names()}")
+                return self._refuse(where, f"this client may only hold {grant.describe_names()}")
             candidates = [name]
+        port = listen_port or 80  # the port is only a label; 0 asks us to pick one
+        opener = _tcp_opener(self._connection, listen_host, port, self._settings.window_bytes)
+        return self._claim(candidates, grant, opener, (listen_host, listen_port), port, where)
+
+    def unix_server_requested(self, listen_path: str) -> VirtualForward | bool:
+        grant = self._state.grant
+        assert grant is not None
+        if grant.default_name is None:
+            return self._refuse(listen_path, "stream-local forwards are for portal instances")
+        if any(f.listen == (listen_path, 0) for f in self._state.forwards):
+            return self._refuse(listen_path, "this connection already forwards that path")
+        opener = _unix_opener(self._connection, listen_path, self._settings.window_bytes)
+        return self._claim([grant.default_name], grant, opener, (listen_path, 0), 0, listen_path)
+
+    def _claim(
+        self,
+        candidates: list[str],
+        grant: KeyGrant,
+        opener: Callable[[str, int], Awaitable[ByteStream]],
+        listen: tuple[str, int],
+        port: int,
+        where: str,
+    ) -> VirtualForward | bool:
+        state = self._state
         for name in candidates:
-            tunnel = Tunnel(
-                name=name,
-                owner=grant.fingerprint,
-                peer=state.peer,
-                open_stream=_channel_opener(conn, listen_host, port, self._settings.window_bytes),
-            )
+            tunnel = Tunnel(name=name, owner=grant.owner, peer=state.peer, open_stream=opener)
             try:
                 self._hub.claim(tunnel)
             except NameTaken:
                 continue
-            forward = _VirtualForward(
-                self._hub, tunnel, (listen_host, listen_port), port, state.forget
-            )
-            state.forwards.append(forward)
-            state.tell(f"Forwarding {self._hub.url_for(name)} -> your {where}")
+            forward = VirtualForward(self._hub, tunnel, listen, port, state.forget)
+            state.add(forward, f"Forwarding {self._hub.url_for(name)} -> your {where}")
             return forward
         if len(candidates) == 1:
-            return refuse(f"the name {candidates[0]!r} is in use by another key")
-        return refuse("no free random name was found; try again")
+            return self._refuse(where, f"the name {candidates[0]!r} is in use by another key")
+        return self._refuse(where, "no free random name was found; try again")
+
+    def _refuse(self, where: str, reason: str) -> bool:
+        self._state.refuse(where, reason)
+        log.info(fields("forward_refused", peer=self._state.peer, listen=where, reason=reason))
+        return False
+
+    @property
+    def _connection(self) -> asyncssh.SSHServerConnection:
+        assert self._conn is not None
+        return self._conn
 
     def connection_requested(self, *_: object) -> bool:
-        log.info(fields("refused", peer=self._state.peer, what="direct-tcpip (-L/-D)"))
+        log.info(fields("refused", peer=self._state.peer, what="direct-tcpip (-L/-D/-W)"))
         return False
 
     def unix_connection_requested(self, *_: object) -> bool:
         log.info(fields("refused", peer=self._state.peer, what="direct-streamlocal"))
         return False
 
-    def unix_server_requested(self, *_: object) -> bool:
-        log.info(fields("refused", peer=self._state.peer, what="streamlocal-forward"))
-        return False
-
     def session_requested(self) -> asyncssh.SSHServerSession[str]:
-        return _InfoSession(self._hub, self._state)
+        return ToolSession(self._hub, self._state, self._auth)
 
 
-def _channel_opener(
+def _tcp_opener(
     conn: asyncssh.SSHServerConnection, listen_host: str, listen_port: int, window: int
-) -> Callable[[str, int], Any]:
+) -> Callable[[str, int], Awaitable[ByteStream]]:
     """How a browser connection becomes a ``forwarded-tcpip`` channel to the client."""
 
     async def open_stream(orig_host: str, orig_port: int) -> ByteStream:
-        try:
-            reader, writer = await conn.open_connection(
+        async def opening() -> tuple[Any, Any]:
+            return await conn.open_connection(
                 listen_host, listen_port, orig_host, orig_port, window=window
             )
-        except asyncssh.ChannelOpenError as exc:
-            raise UpstreamUnavailable(
-                f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
-            ) from None
-        except (asyncssh.Error, OSError):
-            raise UpstreamUnavailable("the tunnel went away") from None
-        return ReaderWriterStream(reader, writer, label=f"channel:{listen_host}")
+
+        return await _open_channel(opening, label=f"channel:{listen_host}")
 
     return open_stream
 
 
-class _InfoSession(asyncssh.SSHServerSession[str]):
-    """A session channel: shows the connection's URLs; runs only built-in commands."""
+def _unix_opener(
+    conn: asyncssh.SSHServerConnection, listen_path: str, window: int
+) -> Callable[[str, int], Awaitable[ByteStream]]:
+    """The same for a ``forwarded-streamlocal@openssh.com`` channel (DIT4C protocol)."""
 
-    def __init__(self, hub: TunnelHub, state: _ClientState) -> None:
-        self._hub = hub
-        self._state = state
-        self._chan: asyncssh.SSHServerChannel[str] | None = None
-        self._command: str | None = None
-        self._hinted = False
+    async def open_stream(orig_host: str, orig_port: int) -> ByteStream:
+        async def opening() -> tuple[Any, Any]:
+            return await conn.open_unix_connection(listen_path, window=window)
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
-        self._chan = chan
+        return await _open_channel(opening, label=f"channel:{listen_path}")
 
-    def pty_requested(self, *_: object) -> bool:
-        return True  # ssh asks for one by default; refusing it only adds a warning
+    return open_stream
 
-    def shell_requested(self) -> bool:
-        return True
 
-    def exec_requested(self, command: str) -> bool:
-        words = command.split()
-        if not words or words[0] not in ("help", "tunnels"):
-            log.info(fields("refused", peer=self._state.peer, what="exec", command=command[:80]))
-            return False
-        self._command = command
-        return True
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        log.info(fields("refused", peer=self._state.peer, what="subsystem", command=subsystem))
-        return False
-
-    def session_started(self) -> None:
-        chan = self._chan
-        assert chan is not None
-        if self._command is not None:
-            chan.write(self._run_builtin(self._command))
-            chan.exit(0)
-            return
-        for line in self._url_lines():
-            self._say(line)
-        self._say("Press Ctrl-C to close the tunnel.")
-        self._state.watchers.append(self._say)
-
-    def _say(self, line: str) -> None:
-        if self._chan is not None:
-            newline = "\r\n" if self._chan.get_terminal_type() else "\n"
-            self._chan.write_stderr(line + newline)
-
-    def data_received(self, data: str, datatype: int | None) -> None:
-        if "\x03" in data or "\x04" in data:  # Ctrl-C / Ctrl-D end the tunnel
-            assert self._chan is not None
-            self._chan.exit(0)
-        elif not self._hinted:
-            self._hinted = True
-            self._say("This is a tunnel, not a shell: nothing you type runs. Ctrl-C closes it.")
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._say in self._state.watchers:
-            self._state.watchers.remove(self._say)
-
-    def _url_lines(self) -> list[str]:
-        lines = [f"Forwarding {self._hub.url_for(f.tunnel.name)}" for f in self._state.forwards]
-        lines += [f"Refused -R {r['listen']}: {r['reason']}" for r in self._state.refusals]
-        return lines or ["No tunnels yet: add -R NAME:80:localhost:PORT to your ssh command."]
-
-    def _run_builtin(self, command: str) -> str:
-        words = command.split()
-        if words[0] == "help":
-            return _HELP
-        tunnels = [
-            {"name": f.tunnel.name, "url": self._hub.url_for(f.tunnel.name),
-             "listen": "{}:{}".format(*f.listen)}
-            for f in self._state.forwards
-        ]  # fmt: skip
-        if "--json" in words:
-            return json.dumps({"tunnels": tunnels, "refused": self._state.refusals}) + "\n"
-        return "".join(t["url"] + "\n" for t in tunnels) or "no tunnels\n"
+async def _open_channel(
+    opening: Callable[[], Awaitable[tuple[Any, Any]]], *, label: str
+) -> ByteStream:
+    try:
+        reader, writer = await opening()
+    except asyncssh.ChannelOpenError as exc:
+        raise UpstreamUnavailable(
+            f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
+        ) from None
+    except (asyncssh.Error, OSError):
+        raise UpstreamUnavailable("the tunnel went away") from None
+    return ReaderWriterStream(reader, writer, label=label)
 
 
 def _reason(exc: Exception | None) -> str:
@@ -412,7 +330,7 @@ def _reason(exc: Exception | None) -> str:
 
 async def start_ssh_server(
     hub: TunnelHub,
-    keys: AuthorizedKeys,
+    auth: Authenticator,
     host_key_path: Path,
     host: str,
     port: int,
@@ -422,7 +340,7 @@ async def start_ssh_server(
     return await asyncssh.listen(
         host,
         port,
-        server_factory=lambda: _ConnectionHandler(hub, keys, settings),
+        server_factory=lambda: _ConnectionHandler(hub, auth, settings),
         server_host_keys=[os.fspath(host_key_path)],
         encryption_algs=list(settings.ciphers),
         keepalive_interval=settings.keepalive_interval_s,
@@ -438,6 +356,3 @@ async def start_ssh_server(
 
 def acceptor_port(acceptor: asyncssh.SSHAcceptor) -> int:
     return int(acceptor.get_port())
-
-
-__all__ = ["AuthorizedKeys", "SshSettings", "acceptor_port", "start_ssh_server"]

@@ -50,6 +50,8 @@ class TunnelHub:
         self.routes: RouteTable[Tunnel] = RouteTable(reservation_s=reservation_s)
         self._scheme = scheme
         self._public_port = public_port
+        # Called with ("tunnel_up" | "tunnel_down", name, url): the portal's webhook.
+        self.observers: list[Callable[[str, str, str], None]] = []
 
     def __repr__(self) -> str:
         return f"<TunnelHub *.{self.domain} {self.routes!r}>"
@@ -66,6 +68,7 @@ class TunnelHub:
     def claim(self, tunnel: Tunnel) -> None:
         """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner."""
         replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
+        self._notify("tunnel_up", tunnel.name)
         log.info(
             fields(
                 "tunnel_up", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner,
@@ -73,8 +76,13 @@ class TunnelHub:
             )
         )  # fmt: skip
 
+    def _notify(self, event: str, name: str) -> None:
+        for observer in self.observers:
+            observer(event, name, self.url_for(name))
+
     def release(self, tunnel: Tunnel) -> None:
         if self.routes.release(tunnel.name, tunnel):
+            self._notify("tunnel_down", tunnel.name)
             held_s = round(time.monotonic() - tunnel.created, 1)
             log.info(fields("tunnel_down", name=tunnel.name, peer=tunnel.peer, held_s=held_s))
 

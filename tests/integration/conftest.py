@@ -225,12 +225,12 @@ class Stack:
         )  # fmt: skip
         ready = await proc.wait_for(
             r"event=router_ready .*ssh=127\.0\.0\.1:(\d+) https=127\.0\.0\.1:(\d+) "
-            r"http=127\.0\.0\.1:(\d+) host_key=(\S+) ca=(\S+)"
+            r"http=127\.0\.0\.1:(\d+) host_key=(\S+)(?: ca=(\S+))?"
         )
         return Router(
             proc=proc, state_dir=state_dir, authorized_keys=authorized,
             ssh_port=int(ready[1]), https_port=int(ready[2]), http_port=int(ready[3]),
-            host_key_fingerprint=ready[4], ca_cert=Path(ready[5]),
+            host_key_fingerprint=ready[4], ca_cert=Path(ready[5] or os.devnull),
         )  # fmt: skip
 
     async def start_app(self) -> App:

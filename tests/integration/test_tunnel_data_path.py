@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+import keys
 from examples.sample_app.app import expected_bytes
 
 from .conftest import Router, Stack, World, public_key_of, websocket_to
@@ -237,3 +238,23 @@ async def test_plain_http_front_door_and_the_routers_own_host(world: World) -> N
         home = await client.send(request)
     assert home.status_code == 200
     assert "ssh -R" in home.text
+
+
+async def test_certificate_files_from_config_serve_a_real_domain(stack: Stack) -> None:
+    """Production shape: a wildcard certificate for *.DOMAIN given as files."""
+    ca_dir = stack.path("ca")
+    files, _ = keys.ensure_dev_tls(ca_dir, "tunnels.test")  # CA + *.tunnels.test leaf
+    router = await stack.start_router(
+        "--domain", "tunnels.test",
+        "--tls-cert-file", str(files.cert), "--tls-key-file", str(files.key),
+    )  # fmt: skip
+    router.ca_cert = files.ca_cert
+    router.domain = "tunnels.test"
+    key = stack.new_key("prod")
+    router.authorize(public_key_of(key))
+    app = await stack.start_app()
+    await stack.openssh_tunnel(router, key, "lab", app.port)
+    response = await router.get("lab", "/headers")
+    assert response.status_code == 200
+    assert response.json()["host"] == [f"lab.tunnels.test:{router.https_port}"]
+    assert not (router.state_dir / "tls").exists()  # no dev CA when files are configured

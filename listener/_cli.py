@@ -6,6 +6,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
+import keys
 from router._cli import run_event_loop
 from router._log import configure_logging
 
@@ -22,6 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.identity_file.is_file():
         print(f"hostmux-listener: error: no private key at {config.identity_file}", file=sys.stderr)
         return 2
+    if config.uri_update_url:
+        try:
+            keys.InstanceKey.load(config.identity_file)
+        except keys.KeysError as exc:
+            print(f"hostmux-listener: error: {exc}", file=sys.stderr)
+            return 2
     configure_logging(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(run_listener(config))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +33,20 @@ class KeyGrant:
     comment: str
     name_patterns: tuple[str, ...] | None  # None: any name; (): none at all
     default_name: str | None = None
-    registers: bool = False  # the DIT4C "register" user: may only run register
+    # DIT4C protocol roles: "register" may only run ``INSTANCE_ID``; "listen"
+    # may also run ``SOCKET`` (print the URL); "tunnel" is everyone else.
+    role: Literal["tunnel", "register", "listen"] = "tunnel"
 
     @classmethod
-    def for_instance(cls, instance_id: str, how: str) -> KeyGrant:
+    def for_instance(
+        cls, instance_id: str, how: str, role: Literal["tunnel", "listen"] = "tunnel"
+    ) -> KeyGrant:
         return cls(
             owner=f"instance:{instance_id}",
             comment=how,
             name_patterns=(instance_id,),
             default_name=instance_id,
+            role=role,
         )
 
     def may_hold(self, name: str) -> bool:

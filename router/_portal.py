@@ -232,6 +232,9 @@ class TunnelEvents:
                     ok, reason = False, _describe(exc)
                 if ok:
                     self._queue.popleft()
+                    log.info(
+                        fields("portal_event_delivered", kind=event["event"], name=event["name"])
+                    )
                     delay = 0.5
                     continue
                 log.warning(

@@ -163,13 +163,14 @@ class Authenticator:
         if self._portal is None:
             return None
         if username == REGISTER_USER:
-            return KeyGrant(owner=fingerprint, comment="dit4c register", name_patterns=(),
-                            registers=True)  # fmt: skip
+            return KeyGrant(
+                owner=fingerprint, comment="dit4c register", name_patterns=(), role="register"
+            )
         if username == LISTEN_USER:
             registered = self._registrations.get(fingerprint)
             if registered is None or registered[1] < time.monotonic():
                 return None
-            return KeyGrant.for_instance(registered[0], "dit4c listen")
+            return KeyGrant.for_instance(registered[0], "dit4c listen", role="listen")
         instance = instance_id_of(username)
         if instance is None:
             return None

@@ -199,7 +199,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         where = f"{listen_host}:{listen_port}"
         if any(f.listen == (listen_host, listen_port) for f in self._state.forwards):
             return self._refuse(where, "this connection already forwards that address")
-        if grant.registers:
+        if grant.role == "register":
             return self._refuse(where, "the register user cannot forward")
         if listen_host in _ANY_NAME:
             if grant.default_name is not None:

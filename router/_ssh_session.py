@@ -68,15 +68,14 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         return True  # ssh asks for one by default; refusing it only adds a warning
 
     def shell_requested(self) -> bool:
-        return not self._grant_registers()
+        return self._role() != "register"
 
     def exec_requested(self, command: str) -> bool:
         words = command.split()
-        grant = self._state.grant
+        role = self._role()
         allowed = bool(words) and (
-            (words[0] in _BUILTINS and not self._grant_registers())
-            or (grant is not None and grant.registers and len(words) == 1)
-            or (grant is not None and grant.comment == "dit4c listen" and len(words) == 1)
+            (words[0] in _BUILTINS and role != "register")
+            or (role in ("register", "listen") and len(words) == 1)
         )
         if not allowed:
             log.info(fields("refused", peer=self._state.peer, what="exec", command=command[:80]))
@@ -101,7 +100,7 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         if word in _BUILTINS:
             chan.write(self._run_builtin(command))
             chan.exit(0)
-        elif self._grant_registers():
+        elif self._role() == "register":
             self._task = asyncio.ensure_future(self._register(word))
         else:
             self._task = asyncio.ensure_future(self._listen(word))
@@ -129,8 +128,8 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         assert self._chan is not None
         return self._chan
 
-    def _grant_registers(self) -> bool:
-        return self._state.grant is not None and self._state.grant.registers
+    def _role(self) -> str:
+        return self._state.grant.role if self._state.grant is not None else "tunnel"
 
     def _say(self, line: str) -> None:
         if self._chan is not None:

@@ -63,7 +63,7 @@ _CERT_MODE = 0o644
 _LOCALHOST_IPS = ("127.0.0.1", "::1")
 
 # One DNS label (RFC 1123); names are validated before they name files.
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # used with fullmatch
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ def _normalise_name(name: str, *, allow_wildcard: bool) -> str:
     labels = normalised.split(".")
     if allow_wildcard and labels[0] == "*" and len(labels) > 1:
         labels = labels[1:]
-    if len(normalised) > 253 or not all(_LABEL.match(label) for label in labels):
+    if len(normalised) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         raise KeysError(f"{name!r} is not a valid DNS name or IP address")
     return normalised
 

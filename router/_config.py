@@ -88,6 +88,10 @@ class RouterConfig:
             raise ValueError("https_listen, http_listen: at least one front door is needed")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        if not 1024 <= self.max_header_bytes <= 1024 * 1024:
+            raise ValueError("max_header_bytes: between 1024 and 1048576")
+        if not 0 <= self.public_port <= 65535:
+            raise ValueError("public_port: between 0 and 65535")
         if self.channel_window_bytes < 64 * 1024:
             raise ValueError("channel_window_bytes: at least 65536")
         url = self.portal_keys_url

@@ -32,6 +32,9 @@ _HOP_BY_HOP = frozenset(
 # a client must not smuggle them past h11 in that spelling.
 _FOLDED_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
+# Framing and routing: a client naming them in Connection must not make them vanish.
+_NEVER_CONNECTION_SCOPED = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
 # Set by the router; never passed on from the client.
 _FORWARDING = frozenset(
     {
@@ -67,7 +70,7 @@ def _drop(headers: Sequence[tuple[bytes, bytes]], extra: frozenset[bytes]) -> He
         if (
             name in _HOP_BY_HOP
             or folded in _HOP_BY_HOP
-            or name in named
+            or (name in named and name not in _NEVER_CONNECTION_SCOPED)
             or folded in extra
             or (folded != name and folded in _FOLDED_FRAMING)
         ):

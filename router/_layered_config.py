@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -73,13 +74,16 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if base in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        kind = "an integer" if base is int else "a finite number"
+        if isinstance(value, bool) or (base is int and isinstance(value, float)):
+            raise ConfigError(f"{where}: expected {kind}, got {value!r}")
         try:
-            return base(value)
+            number = base(value)
         except (TypeError, ValueError):
-            kind = "an integer" if base is int else "a number"
             raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected {kind}, got {value!r}")
+        return number
     if base is Path:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a path, got {value!r}")

@@ -21,7 +21,10 @@ import re
 import secrets
 from dataclasses import dataclass
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# A host name (dot-separated labels, no empty label), one optional trailing dot,
+# an optional port of ASCII digits. IPv6 literals and user-info do not match.
+_HOST = re.compile(r"(?P<name>[a-z0-9-]+(?:\.[a-z0-9-]+)*)\.?(?::[0-9]{1,5})?")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # used with fullmatch
 
 # Names a tunnel may never hold: the router's own hosts and names a user could
 # mistake for the operator's infrastructure.
@@ -44,12 +47,12 @@ class InvalidName(ValueError):
 
 
 def is_dns_label(text: str) -> bool:
-    return _LABEL.match(text) is not None
+    return _LABEL.fullmatch(text) is not None
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it may be claimed as a tunnel name, else raise."""
-    if not _LABEL.match(name):
+    if not _LABEL.fullmatch(name):
         raise InvalidName(
             f"{name!r} is not a valid name: use 1-63 characters a-z, 0-9 and '-',"
             " not starting or ending with '-'"
@@ -70,19 +73,11 @@ def normalise_host(host: str) -> str | None:
     Bracketed IPv6 literals and anything with characters outside a host name
     give ``None``: such a Host can never name a tunnel.
     """
-    host = host.strip().lower()
-    if not host or host.startswith("["):
+    host = host.strip(" \t")  # only HTTP's own whitespace, not Unicode's
+    if not host.isascii():
         return None
-    name, sep, port = host.rpartition(":")
-    if sep:
-        if not port.isdigit() or len(port) > 5:
-            return None
-        host = name
-    if host.endswith("."):
-        host = host[:-1]
-    if not host or any(not (c.isalnum() or c in "-.") or not c.isascii() for c in host):
-        return None
-    return host
+    match = _HOST.fullmatch(host.lower())
+    return match["name"] if match else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +95,6 @@ def target_for_host(host: str, domain: str) -> HostTarget | None:
     if not host.endswith(suffix):
         return None
     label = host[: -len(suffix)]
-    if not _LABEL.match(label):
+    if not _LABEL.fullmatch(label):
         return None
     return HostTarget(label=label)

@@ -56,6 +56,7 @@ class RelayLimits:
     """Timeouts and sizes for one browser connection (nginx-like defaults)."""
 
     max_header_bytes: int = 32 * 1024  # nginx large_client_header_buffers 4 x 8k
+    max_target_bytes: int = 8 * 1024  # nginx: a request line fits one 8k buffer (else 414)
     header_timeout_s: float = 60.0  # nginx client_header_timeout
     keepalive_timeout_s: float = 75.0  # nginx keepalive_timeout
     body_timeout_s: float = 60.0  # nginx client_body_timeout (between reads)
@@ -109,6 +110,9 @@ class RequestRecord:
 _BodyEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 
 
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
 class _Abort(Exception):
     """Ends the browser connection without a response (it cannot get one now)."""
 
@@ -119,6 +123,7 @@ class _Upstream:
     conn: h11.Connection
     key: str
     requests: int = 0
+    got_response: bool = False  # any byte of the current response received
 
 
 def new_request_id() -> str:
@@ -212,6 +217,10 @@ class HttpRelay:
             )
             return False
 
+        if len(request.target) > self._limits.max_target_bytes:
+            return await refuse(414, "the request target is too long")
+        if _head_size(request) > self._limits.max_header_bytes:
+            return await refuse(431, "the request head is too large")
         host_value = _header(request, b"host")
         if host_value is None:
             return await refuse(400, "the request has no Host header")
@@ -254,6 +263,8 @@ class HttpRelay:
         except h11.RemoteProtocolError:
             return await refuse(400, "the request body framing is invalid")
         bodiless = isinstance(first_body_event, h11.EndOfMessage)
+        # Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
+        retryable = bodiless and request.method in _IDEMPOTENT
 
         for attempt in (1, 2):
             reused = self._upstream is not None and self._upstream.key == decision.key
@@ -272,6 +283,7 @@ class HttpRelay:
             upstream = self._upstream
             assert upstream is not None
             upstream.requests += 1
+            upstream.got_response = False
             head = upstream.conn.send(upstream_request)
             if bodiless:
                 head += upstream.conn.send(h11.EndOfMessage())
@@ -282,13 +294,13 @@ class HttpRelay:
                 return await self._relay_with_body(upstream, first_body_event, record, refuse)
             except _StaleUpstream:
                 self._close_upstream()
-                if attempt == 2 or not bodiless or not reused:
+                if attempt == 2 or not retryable or not reused:
                     return await refuse(502, "the app closed the connection without answering")
             except (ConnectionError, OSError):
                 if record.response_started:
                     raise _Abort() from None
                 self._close_upstream()
-                if attempt == 2 or not bodiless or not reused:
+                if attempt == 2 or not retryable or not reused:
                     return await refuse(502, "the connection to the app failed")
         return False  # not reached: the second attempt always returns
 
@@ -574,10 +586,23 @@ async def _next_upstream_event(upstream: _Upstream) -> h11.Event:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await upstream.stream.receive())
+            data = await upstream.stream.receive()
+            if not data and conn.their_state is h11.SEND_RESPONSE and not upstream.got_response:
+                # Closed before a single byte of answer: h11 would call that a
+                # protocol error; for us it is "closed without answering".
+                return h11.ConnectionClosed()
+            if data:
+                upstream.got_response = True
+            conn.receive_data(data)
             continue
         assert not isinstance(event, type), event
         return event
+
+
+def _head_size(request: h11.Request) -> int:
+    """About the size of the request head on the wire (h11 only bounds partial heads)."""
+    size = len(request.method) + len(request.target) + 12
+    return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
 
 
 def _header(request: h11.Request, name: bytes) -> bytes | None:

@@ -37,6 +37,7 @@ def test_text_page_is_one_line_with_title_detail_and_request_id() -> None:
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
             (b"x-content-type-options", b"nosniff"),
+            (b"x-hostmux-error", b"502"),
             (b"x-request-id", b"abc123"),
             (b"connection", b"close"),
         ],
@@ -62,6 +63,7 @@ def test_close_false_leaves_the_connection_open() -> None:
         b"content-length",
         b"cache-control",
         b"x-content-type-options",
+        b"x-hostmux-error",
     ]
 
 
@@ -83,6 +85,7 @@ def test_html_page_is_exact() -> None:
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
         (b"x-content-type-options", b"nosniff"),
+        (b"x-hostmux-error", b"404"),
         (b"x-request-id", b"r1"),
         (b"connection", b"close"),
     ]
@@ -117,6 +120,7 @@ def test_every_page_has_a_correct_length_is_not_cached_and_sets_no_cookie(
     assert header(page, b"content-length") == str(len(page.body)).encode()
     assert header(page, b"cache-control") == b"no-store"
     assert header(page, b"x-content-type-options") == b"nosniff"
+    assert header(page, b"x-hostmux-error") == str(status).encode()
     assert header(page, b"set-cookie") is None
     expected_type = b"text/html; charset=utf-8" if as_html else b"text/plain; charset=utf-8"
     assert header(page, b"content-type") == expected_type
@@ -160,6 +164,11 @@ def test_home_page_as_html_escapes_the_domain() -> None:
     assert header(page, b"content-length") == str(len(page.body)).encode()
     assert header(page, b"cache-control") == b"no-store"
     assert header(page, b"set-cookie") is None
+
+
+def test_home_page_is_not_marked_as_a_router_error() -> None:
+    for as_html in (False, True):
+        assert header(router_home_page("example.com", as_html=as_html), b"x-hostmux-error") is None
 
 
 # --- wants_html -------------------------------------------------------------------------

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
@@ -40,6 +41,7 @@ import h11
 
 from ._headers import (
     ClientInfo,
+    Headers,
     is_websocket_upgrade,
     request_headers_for_app,
     response_headers_for_client,
@@ -79,6 +81,9 @@ class Destination:
     key: str  # requests with the same key may share one upstream stream
     label: str  # for logs: the tunnel name
     open: Callable[[], Awaitable[ByteStream]]  # raises UpstreamUnavailable
+    # The app's request headers from the browser's and "is it a WebSocket
+    # upgrade"; None: the router's rules (``_headers.request_headers_for_app``).
+    request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None
 
 
 class Gateway(Protocol):
@@ -86,7 +91,9 @@ class Gateway(Protocol):
 
     def route(
         self, host: str, request: h11.Request, request_id: str, client: ClientInfo
-    ) -> Destination | Page: ...
+    ) -> Destination | Page | Awaitable[Destination | Page]:
+        """Where the request goes; may be a coroutine when deciding needs I/O."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +249,8 @@ class HttpRelay:
             return await refuse(421, "this connection is bound to another host; open a new one")
         self._bound_host = host
 
-        decision = self._gateway.route(host, request, rid, self._info)
+        routed = self._gateway.route(host, request, rid, self._info)
+        decision = await routed if inspect.isawaitable(routed) else routed
         if isinstance(decision, Page):
             record.status = decision.status
             await self._send_page(decision, head_only=head_only)
@@ -250,9 +258,13 @@ class HttpRelay:
         record.name = decision.label
 
         websocket = request.method == b"GET" and is_websocket_upgrade(request.headers)
-        headers = request_headers_for_app(
-            request.headers, host=host_value, client=self._info, request_id=rid, websocket=websocket
-        )
+        if decision.request_headers is not None:
+            headers = decision.request_headers(request.headers, websocket)
+        else:
+            headers = request_headers_for_app(
+                request.headers, host=host_value, client=self._info, request_id=rid,
+                websocket=websocket,
+            )  # fmt: skip
         upstream_request = h11.Request(
             method=request.method, target=target, headers=headers, http_version="1.1"
         )

@@ -42,7 +42,7 @@ class ConnectionSet:
             await asyncio.wait(set(self._tasks), timeout=5.0)
 
 
-def _log_request(record: RequestRecord) -> None:
+def log_request(record: RequestRecord) -> None:
     log.info(
         fields(
             "request", rid=record.request_id, name=record.name or None, host=record.host or None,
@@ -72,7 +72,7 @@ async def start_front_door(
         peer = writer.get_extra_info("peername") or ("?", 0)
         info = ClientInfo(peer_ip=str(peer[0]), peer_port=int(peer[1]), scheme=scheme)
         stream = ReaderWriterStream(reader, writer, label=f"{scheme}:{peer[0]}:{peer[1]}")
-        await HttpRelay(stream, info, gateway, limits, _log_request).run()
+        await HttpRelay(stream, info, gateway, limits, log_request).run()
 
     return await asyncio.start_server(
         on_connection,

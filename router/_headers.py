@@ -62,6 +62,11 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
+def drop_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], also: frozenset[bytes]) -> Headers:
+    """``headers`` without hop-by-hop ones and without ``also`` (in any ``_`` spelling)."""
+    return _drop(headers, also)
+
+
 def _drop(headers: Sequence[tuple[bytes, bytes]], extra: frozenset[bytes]) -> Headers:
     named = _connection_tokens(headers)
     kept: Headers = []

@@ -12,7 +12,10 @@ import html
 from dataclasses import dataclass
 
 _TITLES = {
+    200: "OK",
+    302: "Found",
     400: "Bad request",
+    401: "Login required",
     403: "Forbidden",
     404: "No such tunnel",
     405: "Method not allowed",
@@ -105,3 +108,20 @@ def router_home_page(domain: str, *, as_html: bool) -> Page:
         (b"connection", b"close"),
     ]
     return Page(status=200, headers=headers, body=body)
+
+
+def redirect_page(location: str, *, extra_headers: list[tuple[bytes, bytes]] | None = None) -> Page:
+    """A 302 to ``location`` (which the caller has made safe), never cached."""
+    body = b""
+    headers = [
+        (b"location", location.encode("ascii", "strict")),
+        (b"content-length", b"0"),
+        (b"cache-control", b"no-store"),
+        (b"connection", b"close"),
+        *(extra_headers or []),
+    ]
+    return Page(status=302, headers=headers, body=body)
+
+
+def with_headers(page: Page, extra: list[tuple[bytes, bytes]]) -> Page:
+    return Page(status=page.status, headers=[*page.headers, *extra], body=page.body)

@@ -84,6 +84,8 @@ class Destination:
     # The app's request headers from the browser's and "is it a WebSocket
     # upgrade"; None: the router's rules (``_headers.request_headers_for_app``).
     request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None
+    # Applied to the app's response headers after the router's own rules.
+    response_headers: Callable[[Headers], Headers] | None = None
 
 
 class Gateway(Protocol):
@@ -129,6 +131,7 @@ class _Upstream:
     stream: ByteStream
     conn: h11.Connection
     key: str
+    response_filter: Callable[[Headers], Headers] | None = None
     requests: int = 0
     got_response: bool = False  # any byte of the current response received
 
@@ -291,7 +294,9 @@ class HttpRelay:
                     )
                 except UpstreamUnavailable as exc:
                     return await refuse(502, str(exc))
-                self._upstream = _Upstream(stream, h11.Connection(h11.CLIENT), decision.key)
+                self._upstream = _Upstream(
+                    stream, h11.Connection(h11.CLIENT), decision.key, decision.response_headers
+                )
             upstream = self._upstream
             assert upstream is not None
             upstream.requests += 1
@@ -427,11 +432,12 @@ class HttpRelay:
             if isinstance(event, h11.Response):
                 record.status = event.status_code
                 record.response_started = True
+                headers = response_headers_for_client(event.headers)
+                if upstream.response_filter is not None:
+                    headers = upstream.response_filter(headers)
                 await self._send_client(
                     h11.Response(
-                        status_code=event.status_code,
-                        headers=response_headers_for_client(event.headers),
-                        reason=event.reason,
+                        status_code=event.status_code, headers=headers, reason=event.reason
                     ),
                     record,
                 )

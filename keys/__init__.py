@@ -15,7 +15,12 @@ Errors: ``KeysError`` and its subclass ``KeyFileError`` (see ``_errors``).
 
 from ._dev_ca import TlsFiles, ensure_dev_tls, issue_leaf_certificate
 from ._errors import KeyFileError, KeysError
-from ._instance import InstanceKey, jwk_thumbprint, openssh_public_from_jwk
+from ._instance import (
+    InstanceKey,
+    jwk_thumbprint,
+    openssh_public_from_jwk,
+    public_jwk_from_openssh,
+)
 from ._jwt import JwtError, sign_jwt, verify_jwt
 from ._keypairs import (
     KeyPair,
@@ -44,6 +49,7 @@ __all__ = [
     "load_or_create_host_key",
     "load_or_create_ssh_ca",
     "openssh_public_from_jwk",
+    "public_jwk_from_openssh",
     "sign_jwt",
     "verify_jwt",
     "write_keypair",

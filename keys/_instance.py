@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from joserfc.errors import JoseError
@@ -37,15 +38,7 @@ class InstanceKey:
 
     def __init__(self, key: _PrivateKey) -> None:
         self._key = key
-        public = key.public_key()
-        if isinstance(public, rsa.RSAPublicKey):
-            self._jwk: dict[str, str] = dict(RSAKey.import_key(public).as_dict(private=False))  # type: ignore[arg-type]
-            self._jwk["alg"] = "RS512"
-        else:
-            self._jwk = dict(OKPKey.import_key(public).as_dict(private=False))  # type: ignore[arg-type]
-            self._jwk["alg"] = "Ed25519"  # RFC 9864's name for EdDSA over Ed25519
-        self._jwk["use"] = "sig"
-        self._jwk["kid"] = jwk_thumbprint(self._jwk)
+        self._jwk = _public_jwk(key.public_key())
 
     def __repr__(self) -> str:
         return f"<InstanceKey {self.jwt_algorithm} kid={self.kid}>"
@@ -134,6 +127,30 @@ class InstanceKey:
 
     def public_jwk(self) -> dict[str, str]:
         return dict(self._jwk)
+
+
+def public_jwk_from_openssh(line: str) -> dict[str, str]:
+    """An OpenSSH public key line (RSA or Ed25519) as the JWK an instance key would have."""
+    try:
+        public = serialization.load_ssh_public_key(line.strip().encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeysError(f"not an OpenSSH public key ({_first_line(exc)})") from None
+    if not isinstance(public, rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
+        raise KeysError("instance keys are RSA or Ed25519")
+    return _public_jwk(public)
+
+
+def _public_jwk(public: rsa.RSAPublicKey | ed25519.Ed25519PublicKey) -> dict[str, str]:
+    jwk: dict[str, str]
+    if isinstance(public, rsa.RSAPublicKey):
+        jwk = dict(RSAKey.import_key(public).as_dict(private=False))  # type: ignore[arg-type]
+        jwk["alg"] = "RS512"  # what DIT4C's listener signed with
+    else:
+        jwk = dict(OKPKey.import_key(public).as_dict(private=False))  # type: ignore[arg-type]
+        jwk["alg"] = "Ed25519"  # RFC 9864's name for EdDSA over Ed25519
+    jwk["use"] = "sig"
+    jwk["kid"] = jwk_thumbprint(jwk)
+    return jwk
 
 
 def jwk_thumbprint(jwk: Mapping[str, object]) -> str:

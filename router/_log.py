@@ -51,3 +51,6 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     # asyncssh logs every channel at info: far too chatty for a router.
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    # httpx/httpcore log every portal request at info; our own lines say what matters.
+    for chatty in ("httpx", "httpcore", "httpx2"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -113,7 +113,9 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             self._say("This is a tunnel, not a shell: nothing you type runs. Ctrl-C closes it.")
 
     def eof_received(self) -> bool:
-        return False
+        # Stdin closed (``ssh ... </dev/null``) says nothing about the tunnel:
+        # keep the channel open for our output until the command or client ends.
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._say in self._state.watchers:

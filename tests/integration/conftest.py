@@ -281,8 +281,15 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     if shutil.which("ssh") is None:
         pytest.fail("OpenSSH client not installed: run the README's test command")
     async with trio.open_nursery() as nursery:
-        yield Stack(nursery=nursery, tmp=tmp_path)
-        nursery.cancel_scope.cancel()
+        stack = Stack(nursery=nursery, tmp=tmp_path)
+        try:
+            yield stack
+        finally:
+            # Shown by pytest only when the test fails: what each process said last.
+            for proc in stack.processes:
+                print(f"----- {proc.name} (pid {proc.process.pid}) -----")
+                print("\n".join(proc.lines[-40:]))
+            nursery.cancel_scope.cancel()
 
 
 @dataclass

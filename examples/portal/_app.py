@@ -1,0 +1,299 @@
+"""The portal's HTTP API and page (Starlette, served by hypercorn's trio worker).
+
+Contract (JSON unless said; errors are ``{"error": "..."}``):
+
+* ``GET  /config.json`` — ``{"router": {"ssh": {"servers": [...], "host_keys": [...]}}}``
+  (DIT4C's shape; ``host_keys`` pins the routers' SSH host keys).
+* ``POST /instances`` (admin) ``{"owner", "id"?, "public_key"?, "key_type"?}`` → 201
+  with ``id``, ``kid``, ``public_key``, ``uri_update_url`` and, when the portal
+  made the key, ``private_key_pem`` (never stored here).
+* ``GET  /instances/{id}/keys`` — JWKS, or authorized_keys lines with
+  ``Accept: text/plain``: what the router authenticates the instance with.
+* ``PUT  /instances/{id}/url`` — the public URL (text/plain) with
+  ``Authorization: Bearer <JWT>`` signed by the instance key, ``iss`` = id.
+* ``POST /instances/{id}/certificate`` (admin) — an SSH user certificate,
+  principal = id, from the portal's CA; ``GET /ssh-ca.pub`` — the CA key.
+* ``POST /router-events`` — signed tunnel up/down events (see ``_events``).
+* ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin).
+* ``GET  /`` — a page of instances and their live URLs; ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+import keys
+from router._names import InvalidName, check_name
+
+from ._db import Database
+from ._events import event_signature_ok
+
+# Certificates live as long as a job may: at most 30 days, at least a minute.
+_MIN_CERT_S, _MAX_CERT_S = 60, 30 * 24 * 3600
+# A public URL is short; anything longer is not one.
+_MAX_URL_BYTES = 2048
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32, lower case: DNS-safe
+
+
+@dataclass
+class PortalState:
+    db: Database
+    ca: keys.SshCertificateAuthority
+    admin_token: str
+    events_secret: bytes | None
+    public_url: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _state(request: Request) -> PortalState:
+    state: PortalState = request.app.state.portal
+    return state
+
+
+def _is_admin(request: Request) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected = _state(request).admin_token
+    return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), expected)
+
+
+def _admin_only(request: Request) -> JSONResponse | None:
+    if "authorization" not in request.headers:
+        return _error(401, "admin token required")
+    if not _is_admin(request):
+        return _error(403, "wrong admin token")
+    return None
+
+
+def _valid_label(text: str) -> bool:
+    try:
+        check_name(text)
+    except InvalidName:
+        return False
+    return True
+
+
+async def config_json(request: Request) -> Response:
+    routers = await _state(request).db.setting("routers", {"servers": [], "host_keys": []})
+    return JSONResponse({"router": {"ssh": routers}})
+
+
+async def put_routers(request: Request) -> Response:
+    if (refused := _admin_only(request)) is not None:
+        return refused
+    try:
+        body = await request.json()
+        servers = [str(s) for s in body["servers"]]
+        host_keys = [str(k) for k in body.get("host_keys", [])]
+        for line in host_keys:
+            keys.fingerprint_of_public_line(line)
+    except (ValueError, KeyError, TypeError, keys.KeysError) as exc:
+        return _error(400, f"expected {{servers, host_keys}}: {exc}")
+    await _state(request).db.set_setting("routers", {"servers": servers, "host_keys": host_keys})
+    return Response(status_code=204)
+
+
+async def create_instance(request: Request) -> Response:
+    if (refused := _admin_only(request)) is not None:
+        return refused
+    state = _state(request)
+    try:
+        body = await request.json()
+        owner = str(body["owner"])
+    except (ValueError, KeyError, TypeError):
+        return _error(400, "expected a JSON object with an owner")
+    if not owner or len(owner) > 64:
+        return _error(400, "owner: 1-64 characters")
+    instance_id = str(
+        body.get("id") or "i-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    )
+    if not _valid_label(instance_id):
+        return _error(400, f"id {instance_id!r} is not a usable DNS label")
+    created: dict[str, Any] = {}
+    if body.get("public_key"):
+        line = str(body["public_key"]).strip()
+        try:
+            jwk = keys.public_jwk_from_openssh(line)
+        except keys.KeysError as exc:
+            return _error(400, f"public_key: {exc}")
+        public_key = line
+    else:
+        key_type = str(body.get("key_type", "rsa"))
+        if key_type not in ("rsa", "ed25519"):
+            return _error(400, "key_type: rsa or ed25519")
+        key = keys.InstanceKey.generate(key_type)  # type: ignore[arg-type]
+        jwk, public_key = key.public_jwk(), key.public_openssh()
+        pem = key.private_pkcs1_pem() if key_type == "rsa" else key.private_pkcs8_pem()
+        created["private_key_pem"] = pem.decode()
+    if not await state.db.add_instance(instance_id, owner, public_key, jwk):
+        return _error(409, f"instance {instance_id!r} exists")
+    base = state.public_url or str(request.base_url).rstrip("/")
+    return JSONResponse(
+        {"id": instance_id, "owner": owner, "kid": jwk["kid"], "public_key": public_key,
+         "uri_update_url": f"{base}/instances/{instance_id}/url", **created},
+        status_code=201,
+    )  # fmt: skip
+
+
+async def instance_keys(request: Request) -> Response:
+    instance = await _state(request).db.instance(request.path_params["id"])
+    if instance is None:
+        return _error(404, "no such instance")
+    if "text/plain" in request.headers.get("accept", "") and "json" not in request.headers.get(
+        "accept", ""
+    ):
+        return PlainTextResponse(instance.public_key + "\n")
+    return Response(json.dumps({"keys": [instance.jwk]}), media_type="application/jwk-set+json")
+
+
+async def update_url(request: Request) -> Response:
+    state = _state(request)
+    instance_id = request.path_params["id"]
+    instance = await state.db.instance(instance_id)
+    if instance is None:
+        return _error(404, "no such instance")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return _error(401, "a Bearer JWT signed by the instance key is required")
+    try:
+        keys.verify_jwt(token.strip(), [instance.jwk], issuer=instance_id)
+    except keys.JwtError as exc:
+        return _error(401, str(exc))
+    body = await request.body()
+    if len(body) > _MAX_URL_BYTES:
+        return _error(422, "URL too long")
+    url = body.decode("utf-8", "replace").strip()
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or host.split(".")[0] != instance_id:
+        return _error(422, f"the URL must be http(s)://{instance_id}.<domain>")
+    await state.db.set_url(instance_id, url)
+    return Response(status_code=204)
+
+
+async def sign_certificate(request: Request) -> Response:
+    if (refused := _admin_only(request)) is not None:
+        return refused
+    state = _state(request)
+    instance = await state.db.instance(request.path_params["id"])
+    if instance is None:
+        return _error(404, "no such instance")
+    try:
+        body = await request.json() if await request.body() else {}
+        valid_for = int(body.get("valid_for_s", 3600))
+        public_line = str(body.get("public_key") or instance.public_key)
+    except (ValueError, TypeError):
+        return _error(400, "expected {public_key?, valid_for_s?}")
+    if not _MIN_CERT_S <= valid_for <= _MAX_CERT_S:
+        return _error(400, f"valid_for_s: {_MIN_CERT_S}..{_MAX_CERT_S}")
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        certificate = state.ca.sign_user_key(
+            public_line, principals=[instance.id], key_id=f"portal:{instance.id}",
+            valid_after=now - datetime.timedelta(seconds=60),
+            valid_before=now + datetime.timedelta(seconds=valid_for),
+        )  # fmt: skip
+    except keys.KeysError as exc:
+        return _error(400, str(exc))
+    return JSONResponse({"certificate": certificate})
+
+
+async def ssh_ca_public(request: Request) -> Response:
+    return PlainTextResponse(_state(request).ca.public_line + "\n")
+
+
+async def router_events(request: Request) -> Response:
+    state = _state(request)
+    body = await request.body()
+    if not event_signature_ok(
+        state.events_secret, body, request.headers.get("x-hostmux-signature")
+    ):
+        return _error(401, "bad or missing X-Hostmux-Signature")
+    try:
+        event = json.loads(body)
+        kind, name = str(event["event"]), str(event["name"])
+        router, since = str(event.get("router", "")), float(event.get("ts", 0))
+    except (ValueError, KeyError, TypeError):
+        return _error(400, "expected {event, name, url, router, ts}")
+    if kind not in ("tunnel_up", "tunnel_down"):
+        return _error(400, f"unknown event {kind!r}")
+    if await state.db.instance(name) is not None:
+        await state.db.set_tunnel(name, "up" if kind == "tunnel_up" else "down", router, since)
+    return Response(status_code=204)
+
+
+async def list_instances(request: Request) -> Response:
+    if (refused := _admin_only(request)) is not None:
+        return refused
+    return JSONResponse([i.public_view() for i in await _state(request).db.instances()])
+
+
+async def get_instance(request: Request) -> Response:
+    if (refused := _admin_only(request)) is not None:
+        return refused
+    instance = await _state(request).db.instance(request.path_params["id"])
+    if instance is None:
+        return _error(404, "no such instance")
+    return JSONResponse(instance.public_view())
+
+
+async def home(request: Request) -> Response:
+    rows = []
+    for instance in await _state(request).db.instances():
+        url = html.escape(instance.url or "")
+        link = f'<a href="{url}">{url}</a>' if instance.url else "<em>not yet</em>"
+        state = html.escape(instance.tunnel_state or "unknown")
+        rows.append(
+            f"<tr><td><code>{html.escape(instance.id)}</code></td>"
+            f"<td>{html.escape(instance.owner)}</td><td>{link}</td><td>{state}</td></tr>"
+        )
+    body = (
+        "<!doctype html><html><head><meta charset=utf-8><title>hostmux portal</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;"
+        "padding:.4em;text-align:left}</style></head><body><h1>Instances</h1>"
+        "<table><tr><th>instance</th><th>owner</th><th>URL</th><th>tunnel</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+    return HTMLResponse(body, headers={"cache-control": "no-store"})
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def build_app(state: PortalState) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/", home),
+            Route("/healthz", healthz),
+            Route("/config.json", config_json),
+            Route("/ssh-ca.pub", ssh_ca_public),
+            Route("/admin/routers", put_routers, methods=["PUT"]),
+            Route("/instances", create_instance, methods=["POST"]),
+            Route("/instances", list_instances, methods=["GET"]),
+            Route("/instances/{id}", get_instance, methods=["GET"]),
+            Route("/instances/{id}/keys", instance_keys, methods=["GET"]),
+            Route("/instances/{id}/url", update_url, methods=["PUT"]),
+            Route("/instances/{id}/certificate", sign_certificate, methods=["POST"]),
+            Route("/router-events", router_events, methods=["POST"]),
+        ]
+    )
+    app.state.portal = state
+    return app

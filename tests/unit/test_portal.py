@@ -1,0 +1,149 @@
+"""The example portal's API, in process (httpx over ASGI, trio)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import httpx
+import pytest
+
+import keys
+from examples.portal._app import PortalState, build_app
+from examples.portal._db import Database
+from examples.portal._events import sign_event_body
+
+ADMIN = {"authorization": "Bearer admin-token"}
+SECRET = b"events-secret"
+
+
+@pytest.fixture
+async def portal(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    db = Database(tmp_path / "portal.sqlite3")
+    state = PortalState(
+        db=db, ca=keys.SshCertificateAuthority.generate(), admin_token="admin-token",
+        events_secret=SECRET, public_url="http://portal.test",
+    )  # fmt: skip
+    transport = httpx.ASGITransport(app=build_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://portal.test") as client:
+        yield client
+    db.close()
+
+
+async def _create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await client.post("/instances", json={"owner": "alice", **body}, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def test_instances_keys_and_config(portal: httpx.AsyncClient) -> None:
+    created = await _create(portal, id="lab-1")
+    key = keys.InstanceKey.from_private_bytes(created["private_key_pem"].encode())
+    assert created["kid"] == key.kid
+    assert created["uri_update_url"] == "http://portal.test/instances/lab-1/url"
+    jwks = await portal.get("/instances/lab-1/keys")
+    assert jwks.headers["content-type"] == "application/jwk-set+json"
+    assert jwks.json() == {"keys": [key.public_jwk()]}
+    text = await portal.get("/instances/lab-1/keys", headers={"accept": "text/plain"})
+    assert text.text == key.public_openssh() + "\n"
+    assert (await portal.get("/instances/nope/keys")).status_code == 404
+
+    given = keys.InstanceKey.generate("ed25519")
+    other = await _create(portal, public_key=given.public_openssh())
+    assert "private_key_pem" not in other
+    assert other["kid"] == given.kid
+    assert (await _create_refused(portal, id="lab-1")) == 409
+
+    routers = {"servers": ["127.0.0.1:2222"], "host_keys": [given.public_openssh()]}
+    assert (await portal.put("/admin/routers", json=routers, headers=ADMIN)).status_code == 204
+    assert (await portal.get("/config.json")).json() == {"router": {"ssh": routers}}
+
+
+async def _create_refused(client: httpx.AsyncClient, **body: Any) -> int:
+    response = await client.post("/instances", json={"owner": "alice", **body}, headers=ADMIN)
+    return response.status_code
+
+
+async def test_admin_endpoints_need_the_token(portal: httpx.AsyncClient) -> None:
+    assert (await portal.post("/instances", json={"owner": "x"})).status_code == 401
+    wrong = {"authorization": "Bearer nope"}
+    assert (await portal.post("/instances", json={"owner": "x"}, headers=wrong)).status_code == 403
+    assert (await portal.get("/instances")).status_code == 401
+    assert (await portal.put("/admin/routers", json={"servers": []})).status_code == 401
+
+
+async def test_url_updates_need_the_instance_signature(portal: httpx.AsyncClient) -> None:
+    created = await _create(portal, id="lab-2")
+    key = keys.InstanceKey.from_private_bytes(created["private_key_pem"].encode())
+    stranger = keys.InstanceKey.generate("rsa")
+    url = "https://lab-2.tunnels.test"
+
+    async def put(token: str | None, body: str = url) -> httpx.Response:
+        headers = {"content-type": "text/plain"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        return await portal.put("/instances/lab-2/url", content=body, headers=headers)
+
+    assert (await put(None)).status_code == 401
+    bad_signature = await put(keys.sign_jwt(stranger, issuer="lab-2", kid=key.kid))
+    assert (bad_signature.status_code, bad_signature.json()) == (
+        401, {"error": "signature does not verify"},
+    )  # fmt: skip
+    assert (await put(keys.sign_jwt(key, issuer="lab-3"))).json() == {"error": "wrong issuer"}
+    expired = keys.sign_jwt(key, issuer="lab-2", now=int(time.time()) - 3000)
+    assert (await put(expired)).json() == {"error": "token expired"}
+    assert (
+        await put(keys.sign_jwt(key, issuer="lab-2"), "https://other.tunnels.test")
+    ).status_code == 422
+    assert (await put(keys.sign_jwt(key, issuer="lab-2"))).status_code == 204
+    record = (await portal.get("/instances/lab-2", headers=ADMIN)).json()
+    assert record["url"] == url
+    assert url in (await portal.get("/")).text
+
+
+async def test_certificates_and_ca(portal: httpx.AsyncClient) -> None:
+    await _create(portal, id="lab-4")
+    response = await portal.post(
+        "/instances/lab-4/certificate", json={"valid_for_s": 600}, headers=ADMIN
+    )
+    assert response.status_code == 200
+    cert: Any = asyncssh.import_certificate(response.json()["certificate"])
+    assert cert.principals == ["lab-4"]
+    ca_line = (await portal.get("/ssh-ca.pub")).text.strip()
+    assert cert.signing_key.export_public_key().decode().split()[1] == ca_line.split()[1]
+    too_long = {"valid_for_s": 365 * 24 * 3600}
+    assert (
+        await portal.post("/instances/lab-4/certificate", json=too_long, headers=ADMIN)
+    ).status_code == 400
+
+
+async def test_router_events_are_signed(portal: httpx.AsyncClient) -> None:
+    await _create(portal, id="lab-5")
+    event = {
+        "event": "tunnel_up",
+        "name": "lab-5",
+        "url": "https://lab-5.t",
+        "router": "r1",
+        "ts": 1.5,
+    }
+    body = json.dumps(event).encode()
+    unsigned = await portal.post("/router-events", content=body)
+    assert unsigned.status_code == 401
+    guessed = {"x-hostmux-signature": sign_event_body(b"guess", body)}
+    forged = await portal.post("/router-events", content=body, headers=guessed)
+    assert forged.status_code == 401
+    signed = {"x-hostmux-signature": sign_event_body(SECRET, body)}
+    assert (await portal.post("/router-events", content=body, headers=signed)).status_code == 204
+    tunnel = (await portal.get("/instances/lab-5", headers=ADMIN)).json()["tunnel"]
+    assert tunnel == {"state": "up", "router": "r1", "since": 1.5}
+
+
+async def test_page_escapes_what_users_chose(portal: httpx.AsyncClient) -> None:
+    await _create(portal, owner="<script>alert(1)</script>")
+    page = (await portal.get("/")).text
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;" in page

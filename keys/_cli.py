@@ -16,6 +16,8 @@ one fact that matters.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -24,7 +26,9 @@ from typing import NoReturn
 
 from ._dev_ca import ensure_dev_tls
 from ._errors import KeyFileError, KeysError
-from ._files import read_key_file
+from ._files import read_key_file, write_key_file
+from ._instance import InstanceKey
+from ._jwt import sign_jwt
 from ._keypairs import (
     MAX_RSA_BITS,
     MIN_RSA_BITS,
@@ -36,6 +40,7 @@ from ._keypairs import (
     parse_public_line,
     write_keypair,
 )
+from ._ssh_ca import SshCertificateAuthority, load_or_create_ssh_ca
 
 # Named in every message, whether run as a console script or `python -m keys`.
 _PROG = "hostmux-keys"
@@ -71,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _host_key(args)
         elif command == "dev-ca":
             _dev_ca(args)
+        elif command == "instance-key":
+            _instance_key(args)
+        elif command == "jwt":
+            _jwt(args)
+        elif command == "ssh-ca":
+            _ssh_ca(args)
         else:
             _fingerprint(args)
     except (_UsageError, KeysError) as error:
@@ -110,7 +121,73 @@ def _build_parser() -> argparse.ArgumentParser:
         "fingerprint", help="print SHA256 fingerprints of the keys in a file"
     )
     fingerprint.add_argument("file", metavar="FILE", type=Path)
+
+    instance = commands.add_parser(
+        "instance-key", help="make an instance key: PEM, OpenSSH public key and JWK in DIR"
+    )
+    instance.add_argument("-t", dest="algorithm", choices=("rsa", "ed25519"), default="rsa")
+    instance.add_argument("-b", dest="bits", type=int, default=2048, help="RSA size, 2048..4096")
+    instance.add_argument("directory", metavar="DIR", type=Path)
+
+    token = commands.add_parser("jwt", help="print a JWT signed by an instance key")
+    token.add_argument("--key", required=True, type=Path, help="the instance's private key")
+    token.add_argument("--iss", required=True, help="issuer: the instance id")
+    token.add_argument("--kid", help="key id (default: the key's RFC 7638 thumbprint)")
+    token.add_argument("--lifetime", type=int, default=300, help="seconds (default 300)")
+
+    ssh_ca = commands.add_parser("ssh-ca", help="an OpenSSH user-certificate authority")
+    ca_commands = ssh_ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    ca_init = ca_commands.add_parser("init", help="create the CA key (PATH, PATH.pub)")
+    ca_init.add_argument("path", metavar="PATH", type=Path)
+    ca_sign = ca_commands.add_parser("sign", help="sign a user key; prints the certificate")
+    ca_sign.add_argument("--ca", required=True, type=Path)
+    ca_sign.add_argument("--principal", action="append", required=True, help="repeatable")
+    ca_sign.add_argument("--key-id", required=True)
+    ca_sign.add_argument("--valid-for", type=int, required=True, metavar="SECONDS")
+    ca_sign.add_argument("public_key", metavar="PUBKEYFILE", type=Path)
     return parser
+
+
+def _instance_key(args: argparse.Namespace) -> None:
+    try:
+        key = InstanceKey.generate(args.algorithm, rsa_bits=args.bits)
+    except ValueError as error:
+        raise KeysError(str(error)) from None
+    directory: Path = args.directory
+    pem = key.private_pkcs1_pem() if args.algorithm == "rsa" else key.private_pkcs8_pem()
+    if not write_key_file(directory / "instance-key.pem", pem, mode=0o600, replace=False):
+        raise KeysError(f"{directory / 'instance-key.pem'} exists; not overwritten")
+    write_key_file(
+        directory / "instance-key.pub", (key.public_openssh() + "\n").encode(), mode=0o644
+    )
+    jwk = json.dumps(key.public_jwk(), indent=2) + "\n"
+    write_key_file(directory / "instance-key.jwk.json", jwk.encode(), mode=0o644)
+    print(f"kid {key.kid}\n{key.public_openssh()}")
+
+
+def _jwt(args: argparse.Namespace) -> None:
+    key = InstanceKey.load(args.key)
+    print(sign_jwt(key, issuer=args.iss, kid=args.kid, lifetime_s=args.lifetime))
+
+
+def _ssh_ca(args: argparse.Namespace) -> None:
+    if args.ca_command == "init":
+        ca, created = load_or_create_ssh_ca(args.path)
+        print(f"{'created' if created else 'exists'}: {ca.public_line}")
+        return
+    ca = SshCertificateAuthority.load(args.ca)
+    try:
+        public_line = Path(args.public_key).read_text().strip()
+    except OSError as error:
+        raise KeysError(f"cannot read {args.public_key}: {error.strerror}") from None
+    now = datetime.datetime.now(datetime.UTC)
+    print(
+        ca.sign_user_key(
+            public_line, principals=args.principal, key_id=args.key_id,
+            valid_after=now - datetime.timedelta(minutes=1),
+            valid_before=now + datetime.timedelta(seconds=args.valid_for),
+        )
+    )  # fmt: skip
 
 
 def _keypair(args: argparse.Namespace) -> None:

@@ -171,3 +171,28 @@ def test_ssh_certificate_arguments_are_checked() -> None:
         ca.sign_user_key(
             "not a key", principals=["a"], key_id="x", valid_after=now, valid_before=later
         )
+
+
+def test_cli_instance_key_jwt_and_ssh_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keys._cli import main
+
+    assert main(["instance-key", "-t", "ed25519", str(tmp_path / "inst")]) == 0
+    key = keys.InstanceKey.load(tmp_path / "inst" / "instance-key.pem")
+    jwk = json.loads((tmp_path / "inst" / "instance-key.jwk.json").read_text())
+    assert jwk == key.public_jwk()
+    assert main(["instance-key", str(tmp_path / "inst")]) == 2  # never overwrites
+    capsys.readouterr()
+    pem = str(tmp_path / "inst" / "instance-key.pem")
+    assert main(["jwt", "--key", pem, "--iss", "inst-9"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert keys.verify_jwt(token, [key.public_jwk()], issuer="inst-9")["iss"] == "inst-9"
+    assert main(["ssh-ca", "init", str(tmp_path / "ca")]) == 0
+    pub = str(tmp_path / "inst" / "instance-key.pub")
+    capsys.readouterr()
+    args = ["ssh-ca", "sign", "--ca", str(tmp_path / "ca"), "--principal", "inst-9"]
+    assert main([*args, "--key-id", "k", "--valid-for", "60", pub]) == 0
+    assert capsys.readouterr().out.startswith("ssh-ed25519-cert-v01@openssh.com ")
+    assert main(["jwt", "--key", str(tmp_path / "missing"), "--iss", "x"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

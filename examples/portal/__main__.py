@@ -23,8 +23,10 @@ from hypercorn.trio import serve
 
 import keys
 
-from ._app import PortalState, build_app
+from ._app import build_app
 from ._db import Database
+from ._login import hash_password
+from ._state import PortalState
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,14 +36,41 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=0)
     serve_cmd.add_argument("--state-dir", type=Path, required=True)
-    serve_cmd.add_argument("--router", action="append", default=[], metavar="HOST:PORT",
-                           help="a router's SSH address for config.json (repeatable)")  # fmt: skip
-    serve_cmd.add_argument("--router-host-key", action="append", default=[], metavar="LINE",
-                           help="a router's SSH host public key line (repeatable)")  # fmt: skip
+    serve_cmd.add_argument(
+        "--router",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a router's SSH address for config.json (repeatable)",
+    )
+    serve_cmd.add_argument(
+        "--router-host-key",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a router's SSH host public key line (repeatable)",
+    )
     serve_cmd.add_argument("--events-secret", default=os.environ.get("HOSTMUX_EVENTS_SECRET"))
     serve_cmd.add_argument("--admin-token", default=os.environ.get("HOSTMUX_PORTAL_ADMIN_TOKEN"))
     serve_cmd.add_argument("--public-url", default="", help="base URL the portal is reached at")
+    serve_cmd.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="create or update a user (repeatable; for demos and tests)",
+    )
     return parser
+
+
+def _session_secret(state_dir: Path) -> str:
+    """The key signing the portal's login cookie; kept so a restart keeps logins."""
+    path = state_dir / "session-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
 
 
 def _admin_token(state_dir: Path, given: str | None) -> str:
@@ -58,13 +87,19 @@ def _admin_token(state_dir: Path, given: str | None) -> str:
 async def _serve(args: argparse.Namespace, ca: keys.SshCertificateAuthority) -> None:
     state_dir: Path = args.state_dir
     db = Database(state_dir / "portal.sqlite3")
+    for spec in args.user:
+        name, _, password = spec.partition(":")
+        await db.ensure_user(name, hash_password(password))
     if args.router or args.router_host_key:
         await db.set_setting("routers", {"servers": args.router, "host_keys": args.router_host_key})
     state = PortalState(
-        db=db, ca=ca, admin_token=_admin_token(state_dir, args.admin_token),
+        db=db,
+        ca=ca,
+        admin_token=_admin_token(state_dir, args.admin_token),
         events_secret=args.events_secret.encode() if args.events_secret else None,
         public_url=args.public_url.rstrip("/"),
-    )  # fmt: skip
+        instance_ids={i.id for i in await db.instances()},
+    )
     config = Config()
     config.bind = [f"{args.host}:{args.port}"]
     config.accesslog = None
@@ -73,7 +108,8 @@ async def _serve(args: argparse.Namespace, ca: keys.SshCertificateAuthority) -> 
     try:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                binds = await nursery.start(serve, build_app(state), config)
+                app = build_app(state, _session_secret(state_dir))
+                binds = await nursery.start(serve, app, config)
                 print(f"portal listening on {binds[0]}", flush=True)
                 async for _ in signals:
                     break

@@ -24,11 +24,12 @@ import datetime
 import html
 import json
 import secrets
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -36,8 +37,9 @@ from starlette.routing import Route
 import keys
 from router._names import InvalidName, check_name
 
-from ._db import Database
 from ._events import event_signature_ok
+from ._login import access, authorize, current_user, login_form, login_submit, logout, share, token
+from ._state import PortalState, admin_only, state_of
 
 # Certificates live as long as a job may: at most 30 days, at least a minute.
 _MIN_CERT_S, _MAX_CERT_S = 60, 30 * 24 * 3600
@@ -46,38 +48,8 @@ _MAX_URL_BYTES = 2048
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32, lower case: DNS-safe
 
 
-@dataclass
-class PortalState:
-    db: Database
-    ca: keys.SshCertificateAuthority
-    admin_token: str
-    events_secret: bytes | None
-    public_url: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def _state(request: Request) -> PortalState:
-    state: PortalState = request.app.state.portal
-    return state
-
-
-def _is_admin(request: Request) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    expected = _state(request).admin_token
-    return scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), expected)
-
-
-def _admin_only(request: Request) -> JSONResponse | None:
-    if "authorization" not in request.headers:
-        return _error(401, "admin token required")
-    if not _is_admin(request):
-        return _error(403, "wrong admin token")
-    return None
 
 
 def _valid_label(text: str) -> bool:
@@ -89,12 +61,12 @@ def _valid_label(text: str) -> bool:
 
 
 async def config_json(request: Request) -> Response:
-    routers = await _state(request).db.setting("routers", {"servers": [], "host_keys": []})
+    routers = await state_of(request).db.setting("routers", {"servers": [], "host_keys": []})
     return JSONResponse({"router": {"ssh": routers}})
 
 
 async def put_routers(request: Request) -> Response:
-    if (refused := _admin_only(request)) is not None:
+    if (refused := admin_only(request)) is not None:
         return refused
     try:
         body = await request.json()
@@ -104,14 +76,14 @@ async def put_routers(request: Request) -> Response:
             keys.fingerprint_of_public_line(line)
     except (ValueError, KeyError, TypeError, keys.KeysError) as exc:
         return _error(400, f"expected {{servers, host_keys}}: {exc}")
-    await _state(request).db.set_setting("routers", {"servers": servers, "host_keys": host_keys})
+    await state_of(request).db.set_setting("routers", {"servers": servers, "host_keys": host_keys})
     return Response(status_code=204)
 
 
 async def create_instance(request: Request) -> Response:
-    if (refused := _admin_only(request)) is not None:
+    if (refused := admin_only(request)) is not None:
         return refused
-    state = _state(request)
+    state = state_of(request)
     try:
         body = await request.json()
         owner = str(body["owner"])
@@ -142,16 +114,23 @@ async def create_instance(request: Request) -> Response:
         created["private_key_pem"] = pem.decode()
     if not await state.db.add_instance(instance_id, owner, public_key, jwk):
         return _error(409, f"instance {instance_id!r} exists")
+    state.instance_ids.add(instance_id)
     base = state.public_url or str(request.base_url).rstrip("/")
     return JSONResponse(
-        {"id": instance_id, "owner": owner, "kid": jwk["kid"], "public_key": public_key,
-         "uri_update_url": f"{base}/instances/{instance_id}/url", **created},
+        {
+            "id": instance_id,
+            "owner": owner,
+            "kid": jwk["kid"],
+            "public_key": public_key,
+            "uri_update_url": f"{base}/instances/{instance_id}/url",
+            **created,
+        },
         status_code=201,
-    )  # fmt: skip
+    )
 
 
 async def instance_keys(request: Request) -> Response:
-    instance = await _state(request).db.instance(request.path_params["id"])
+    instance = await state_of(request).db.instance(request.path_params["id"])
     if instance is None:
         return _error(404, "no such instance")
     if "text/plain" in request.headers.get("accept", "") and "json" not in request.headers.get(
@@ -162,7 +141,7 @@ async def instance_keys(request: Request) -> Response:
 
 
 async def update_url(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     instance_id = request.path_params["id"]
     instance = await state.db.instance(instance_id)
     if instance is None:
@@ -187,9 +166,9 @@ async def update_url(request: Request) -> Response:
 
 
 async def sign_certificate(request: Request) -> Response:
-    if (refused := _admin_only(request)) is not None:
+    if (refused := admin_only(request)) is not None:
         return refused
-    state = _state(request)
+    state = state_of(request)
     instance = await state.db.instance(request.path_params["id"])
     if instance is None:
         return _error(404, "no such instance")
@@ -204,21 +183,23 @@ async def sign_certificate(request: Request) -> Response:
     now = datetime.datetime.now(datetime.UTC)
     try:
         certificate = state.ca.sign_user_key(
-            public_line, principals=[instance.id], key_id=f"portal:{instance.id}",
+            public_line,
+            principals=[instance.id],
+            key_id=f"portal:{instance.id}",
             valid_after=now - datetime.timedelta(seconds=60),
             valid_before=now + datetime.timedelta(seconds=valid_for),
-        )  # fmt: skip
+        )
     except keys.KeysError as exc:
         return _error(400, str(exc))
     return JSONResponse({"certificate": certificate})
 
 
 async def ssh_ca_public(request: Request) -> Response:
-    return PlainTextResponse(_state(request).ca.public_line + "\n")
+    return PlainTextResponse(state_of(request).ca.public_line + "\n")
 
 
 async def router_events(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     body = await request.body()
     if not event_signature_ok(
         state.events_secret, body, request.headers.get("x-hostmux-signature")
@@ -238,49 +219,88 @@ async def router_events(request: Request) -> Response:
 
 
 async def list_instances(request: Request) -> Response:
-    if (refused := _admin_only(request)) is not None:
+    if (refused := admin_only(request)) is not None:
         return refused
-    return JSONResponse([i.public_view() for i in await _state(request).db.instances()])
+    return JSONResponse([i.public_view() for i in await state_of(request).db.instances()])
 
 
 async def get_instance(request: Request) -> Response:
-    if (refused := _admin_only(request)) is not None:
+    if (refused := admin_only(request)) is not None:
         return refused
-    instance = await _state(request).db.instance(request.path_params["id"])
+    instance = await state_of(request).db.instance(request.path_params["id"])
     if instance is None:
         return _error(404, "no such instance")
     return JSONResponse(instance.public_view())
 
 
 async def home(request: Request) -> Response:
+    user = current_user(request)
+    if user is None:
+        body = (
+            '<h1>hostmux portal</h1><p><a href="/login" id=login-link>Log in</a> '
+            "to see your instances.</p>"
+        )
+        return HTMLResponse(_html_page(body), headers={"cache-control": "no-store"})
     rows = []
-    for instance in await _state(request).db.instances():
+    for instance in await state_of(request).db.instances_for(user):
         url = html.escape(instance.url or "")
-        link = f'<a href="{url}">{url}</a>' if instance.url else "<em>not yet</em>"
-        state = html.escape(instance.tunnel_state or "unknown")
+        link = (
+            f'<a href="{url}" class=instance-url>{url}</a>' if instance.url else "<em>not yet</em>"
+        )
+        tunnel = html.escape(instance.tunnel_state or "unknown")
+        sharing = ""
+        if instance.owner == user:
+            sharing = (
+                f'<form method=post action="/instances/{html.escape(instance.id)}/shares">'
+                '<input name=user placeholder="user name" size=10>'
+                "<button>share</button></form>"
+            )
         rows.append(
             f"<tr><td><code>{html.escape(instance.id)}</code></td>"
-            f"<td>{html.escape(instance.owner)}</td><td>{link}</td><td>{state}</td></tr>"
+            f"<td>{html.escape(instance.owner)}</td><td>{link}</td><td>{tunnel}</td>"
+            f"<td>{sharing}</td></tr>"
         )
     body = (
+        f"<h1>Your instances</h1><p>Logged in as <b id=user>{html.escape(user)}</b> &middot; "
+        '<a href="/logout">log out</a></p><table><tr><th>instance</th><th>owner</th>'
+        "<th>URL</th><th>tunnel</th><th></th></tr>" + "".join(rows) + "</table>"
+    )
+    return HTMLResponse(_html_page(body), headers={"cache-control": "no-store"})
+
+
+def _html_page(body: str) -> str:
+    return (
         "<!doctype html><html><head><meta charset=utf-8><title>hostmux portal</title>"
         "<style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;"
-        "padding:.4em;text-align:left}</style></head><body><h1>Instances</h1>"
-        "<table><tr><th>instance</th><th>owner</th><th>URL</th><th>tunnel</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>"
+        "padding:.4em;text-align:left}form{margin:0}</style></head><body>" + body + "</body></html>"
     )
-    return HTMLResponse(body, headers={"cache-control": "no-store"})
 
 
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def build_app(state: PortalState) -> Starlette:
+def build_app(state: PortalState, session_secret: str) -> Starlette:
     app = Starlette(
+        middleware=[
+            # The portal's own login: a signed, host-only cookie (never sent to instances).
+            Middleware(
+                SessionMiddleware,
+                secret_key=session_secret,
+                session_cookie="hostmux_portal",
+                same_site="lax",
+                max_age=12 * 3600,
+            ),
+        ],
         routes=[
+            Route("/login", login_form, methods=["GET"]),
+            Route("/login", login_submit, methods=["POST"]),
+            Route("/logout", logout),
+            Route("/oauth/authorize", authorize),
+            Route("/oauth/token", token, methods=["POST"]),
+            Route("/instances/{id}/access", access),
+            Route("/instances/{id}/shares", share, methods=["POST"]),
             Route("/", home),
             Route("/healthz", healthz),
             Route("/config.json", config_json),
@@ -293,7 +313,7 @@ def build_app(state: PortalState) -> Starlette:
             Route("/instances/{id}/url", update_url, methods=["PUT"]),
             Route("/instances/{id}/certificate", sign_certificate, methods=["POST"]),
             Route("/router-events", router_events, methods=["POST"]),
-        ]
+        ],
     )
     app.state.portal = state
     return app

@@ -64,10 +64,18 @@ class Instance:
     def public_view(self) -> dict[str, object]:
         tunnel = None
         if self.tunnel_state is not None:
-            tunnel = {"state": self.tunnel_state, "router": self.tunnel_router,
-                      "since": self.tunnel_since}  # fmt: skip
-        return {"id": self.id, "owner": self.owner, "url": self.url,
-                "url_updated_at": self.url_updated_at, "tunnel": tunnel}  # fmt: skip
+            tunnel = {
+                "state": self.tunnel_state,
+                "router": self.tunnel_router,
+                "since": self.tunnel_since,
+            }
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "url": self.url,
+            "url_updated_at": self.url_updated_at,
+            "tunnel": tunnel,
+        }
 
 
 class Database:
@@ -140,6 +148,19 @@ class Database:
 
         return await self._run(work)
 
+    async def instances_for(self, user: str) -> list[Instance]:
+        """Instances the user owns or that are shared with them."""
+
+        def work(conn: sqlite3.Connection) -> list[Instance]:
+            rows = conn.execute(
+                "SELECT * FROM instances WHERE owner = ? OR id IN "
+                "(SELECT instance FROM shares WHERE user = ?) ORDER BY created",
+                (user, user),
+            ).fetchall()
+            return [_instance(row) for row in rows]
+
+        return await self._run(work)
+
     async def set_url(self, instance_id: str, url: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -161,15 +182,17 @@ class Database:
 
     async def share(self, instance_id: str, user: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR IGNORE INTO shares (instance, user) VALUES (?, ?)",
-                         (instance_id, user))  # fmt: skip
+            conn.execute(
+                "INSERT OR IGNORE INTO shares (instance, user) VALUES (?, ?)", (instance_id, user)
+            )
 
         await self._run(work)
 
     async def shared_with(self, instance_id: str) -> list[str]:
         def work(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute("SELECT user FROM shares WHERE instance = ? ORDER BY user",
-                                (instance_id,)).fetchall()  # fmt: skip
+            rows = conn.execute(
+                "SELECT user FROM shares WHERE instance = ? ORDER BY user", (instance_id,)
+            ).fetchall()
             return [row["user"] for row in rows]
 
         return await self._run(work)
@@ -194,8 +217,13 @@ class Database:
 
 def _instance(row: sqlite3.Row) -> Instance:
     return Instance(
-        id=row["id"], owner=row["owner"], public_key=row["public_key"],
-        jwk=json.loads(row["jwk"]), url=row["url"], url_updated_at=row["url_updated_at"],
-        tunnel_state=row["tunnel_state"], tunnel_router=row["tunnel_router"],
+        id=row["id"],
+        owner=row["owner"],
+        public_key=row["public_key"],
+        jwk=json.loads(row["jwk"]),
+        url=row["url"],
+        url_updated_at=row["url_updated_at"],
+        tunnel_state=row["tunnel_state"],
+        tunnel_router=row["tunnel_router"],
         tunnel_since=row["tunnel_since"],
-    )  # fmt: skip
+    )

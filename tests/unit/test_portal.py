@@ -13,9 +13,11 @@ import httpx
 import pytest
 
 import keys
-from examples.portal._app import PortalState, build_app
+from examples.portal._app import build_app
 from examples.portal._db import Database
 from examples.portal._events import sign_event_body
+from examples.portal._login import hash_password
+from examples.portal._state import PortalState
 
 ADMIN = {"authorization": "Bearer admin-token"}
 SECRET = b"events-secret"
@@ -26,10 +28,12 @@ async def portal(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     db = Database(tmp_path / "portal.sqlite3")
     state = PortalState(
         db=db, ca=keys.SshCertificateAuthority.generate(), admin_token="admin-token",
-        events_secret=SECRET, public_url="http://portal.test",
+        events_secret=SECRET, public_url="http://localhost",
     )  # fmt: skip
-    transport = httpx.ASGITransport(app=build_app(state))
-    async with httpx.AsyncClient(transport=transport, base_url="http://portal.test") as client:
+    for user in ("alice", "bob", "<script>alert(1)</script>"):
+        await db.ensure_user(user, hash_password("pw-" + user[:5]))
+    transport = httpx.ASGITransport(app=build_app(state, "test-session-secret"))
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         yield client
     db.close()
 
@@ -44,7 +48,7 @@ async def test_instances_keys_and_config(portal: httpx.AsyncClient) -> None:
     created = await _create(portal, id="lab-1")
     key = keys.InstanceKey.from_private_bytes(created["private_key_pem"].encode())
     assert created["kid"] == key.kid
-    assert created["uri_update_url"] == "http://portal.test/instances/lab-1/url"
+    assert created["uri_update_url"] == "http://localhost/instances/lab-1/url"
     jwks = await portal.get("/instances/lab-1/keys")
     assert jwks.headers["content-type"] == "application/jwk-set+json"
     assert jwks.json() == {"keys": [key.public_jwk()]}
@@ -102,6 +106,7 @@ async def test_url_updates_need_the_instance_signature(portal: httpx.AsyncClient
     assert (await put(keys.sign_jwt(key, issuer="lab-2"))).status_code == 204
     record = (await portal.get("/instances/lab-2", headers=ADMIN)).json()
     assert record["url"] == url
+    await login(portal, "alice")
     assert url in (await portal.get("/")).text
 
 
@@ -144,6 +149,104 @@ async def test_router_events_are_signed(portal: httpx.AsyncClient) -> None:
 
 async def test_page_escapes_what_users_chose(portal: httpx.AsyncClient) -> None:
     await _create(portal, owner="<script>alert(1)</script>")
+    await login(portal, "<script>alert(1)</script>")
     page = (await portal.get("/")).text
     assert "<script>alert" not in page
     assert "&lt;script&gt;" in page
+
+
+async def login(client: httpx.AsyncClient, user: str) -> None:
+    response = await client.post(
+        "/login", data={"username": user, "password": "pw-" + user[:5], "next": "/"}
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == "/"
+
+
+async def test_login_refuses_wrong_passwords_and_foreign_next(portal: httpx.AsyncClient) -> None:
+    wrong = await portal.post("/login", data={"username": "alice", "password": "nope"})
+    assert wrong.headers["location"].startswith("/login?error=1")
+    response = await portal.post(
+        "/login", data={"username": "alice", "password": "pw-alice", "next": "//evil.example/"}
+    )
+    assert response.headers["location"] == "/"
+
+
+def _pkce() -> tuple[str, str]:
+    import base64
+    import hashlib
+    import secrets
+
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+async def test_oauth_code_flow_with_pkce_and_access_check(portal: httpx.AsyncClient) -> None:
+    await _create(portal, id="lab-6")
+    redirect_uri = "https://lab-6.tunnels.test:8443/_hostmux/callback"
+    verifier, challenge = _pkce()
+    params = {
+        "response_type": "code", "client_id": "lab-6", "redirect_uri": redirect_uri,
+        "state": "st-1", "code_challenge": challenge, "code_challenge_method": "S256",
+        "scope": "openid",
+    }  # fmt: skip
+    first = await portal.get("/oauth/authorize", params=params)
+    assert first.status_code == 303
+    assert first.headers["location"].startswith("/login?next=%2Foauth%2Fauthorize%3F")
+
+    await login(portal, "bob")
+    granted = await portal.get("/oauth/authorize", params=params)
+    assert granted.status_code == 302
+    location = granted.headers["location"]
+    assert location.startswith(redirect_uri + "?code=")
+    assert "state=st-1" in location
+    code = location.split("code=")[1].split("&")[0]
+
+    exchange = {"grant_type": "authorization_code", "code": code, "client_id": "lab-6",
+                "redirect_uri": redirect_uri}  # fmt: skip
+    wrong = await portal.post("/oauth/token", data={**exchange, "code_verifier": "x" * 50})
+    assert wrong.status_code == 400
+    token = await portal.post("/oauth/token", data={**exchange, "code_verifier": verifier})
+    assert token.status_code == 200, token.text
+    access_token = token.json()["access_token"]
+    replay = await portal.post("/oauth/token", data={**exchange, "code_verifier": verifier})
+    assert replay.status_code == 400  # a code is good for one exchange only
+
+    async def access(token_value: str, instance: str = "lab-6") -> httpx.Response:
+        return await portal.get(
+            f"/instances/{instance}/access", headers={"authorization": f"Bearer {token_value}"}
+        )
+
+    assert (await access(access_token)).json() == {"user": "bob", "allowed": False}
+    assert (await access("forged")).status_code == 401
+    assert (await access(access_token, "lab-1")).status_code == 401  # token is for lab-6 only
+    shared = await portal.post("/instances/lab-6/shares", json={"user": "bob"}, headers=ADMIN)
+    assert shared.status_code == 204
+    assert (await access(access_token)).json() == {"user": "bob", "allowed": True}
+
+
+async def test_authorize_refuses_foreign_redirects_and_unknown_clients(
+    portal: httpx.AsyncClient,
+) -> None:
+    await _create(portal, id="lab-7")
+    await login(portal, "alice")
+    _, challenge = _pkce()
+    base = {"response_type": "code", "client_id": "lab-7", "state": "s",
+            "code_challenge": challenge, "code_challenge_method": "S256"}  # fmt: skip
+    for redirect_uri in (
+        "https://evil.example/_hostmux/callback",
+        "https://lab-8.tunnels.test/_hostmux/callback",
+        "https://lab-7.tunnels.test/elsewhere",
+    ):
+        refused = await portal.get(
+            "/oauth/authorize", params={**base, "redirect_uri": redirect_uri}
+        )
+        assert refused.status_code == 400, redirect_uri
+        assert "evil" not in refused.headers.get("location", "")
+    unknown = {**base, "client_id": "nobody", "redirect_uri": "https://nobody.t/_hostmux/callback"}
+    assert (await portal.get("/oauth/authorize", params=unknown)).status_code == 400
+    no_pkce = {k: v for k, v in base.items() if not k.startswith("code_")}
+    no_pkce["redirect_uri"] = "https://lab-7.tunnels.test/_hostmux/callback"
+    without = await portal.get("/oauth/authorize", params=no_pkce)
+    assert "code=" not in without.headers.get("location", "")  # PKCE is required

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
-from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Payload
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidRequestError, OAuth2Payload
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
 from authlib.oauth2.rfc7636 import CodeChallenge
 
@@ -191,12 +191,24 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         return authorization_code.user
 
 
+class _S256Only(CodeChallenge):  # type: ignore[misc]
+    """PKCE as OAuth 2.1 wants it: always, and only S256 (no "plain")."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge") or data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("PKCE with code_challenge_method=S256 is required")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
 class PortalAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     def __init__(self, store: OAuthStore, known_instance: Any) -> None:
         super().__init__(scopes_supported=["openid"])
         self.store = store
         self._known_instance = known_instance  # id -> bool (sync cache of the DB)
-        self.register_grant(_CodeGrant, [CodeChallenge(required=True)])
+        self.register_grant(_CodeGrant, [_S256Only(required=True)])
 
     def query_client(self, client_id: str) -> InstanceClient | None:
         return InstanceClient(client_id) if self._known_instance(client_id) else None

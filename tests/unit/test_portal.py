@@ -248,5 +248,7 @@ async def test_authorize_refuses_foreign_redirects_and_unknown_clients(
     assert (await portal.get("/oauth/authorize", params=unknown)).status_code == 400
     no_pkce = {k: v for k, v in base.items() if not k.startswith("code_")}
     no_pkce["redirect_uri"] = "https://lab-7.tunnels.test/_hostmux/callback"
-    without = await portal.get("/oauth/authorize", params=no_pkce)
-    assert "code=" not in without.headers.get("location", "")  # PKCE is required
+    for pkce in ({}, {"code_challenge": challenge, "code_challenge_method": "plain"}):
+        refused_pkce = await portal.get("/oauth/authorize", params={**no_pkce, **pkce})
+        assert "code=" not in refused_pkce.headers.get("location", "")  # S256 PKCE only
+        assert "error=invalid_request" in refused_pkce.headers.get("location", "")

@@ -82,8 +82,12 @@ class AuthGateway:
         if action is Action.HEALTH:
             return _text_page(200, "ok\n")
         if action is Action.LOGOUT:
-            page = status_page(200, "You are logged out of this instance.", as_html=as_html)
-            return with_headers(page, [(b"set-cookie", clear_cookie_header(SESSION_COOKIE))])
+            # Forget this instance's session, then end the portal's too: otherwise
+            # the next visit would log the same user straight back in.
+            return redirect_page(
+                self._config.portal_url.rstrip("/") + "/logout",
+                extra_headers=[(b"set-cookie", clear_cookie_header(SESSION_COOKIE))],
+            )
         if action is Action.PASS:
             assert session is not None
             return Destination(

@@ -1,39 +1,46 @@
-"""The whole data path in one command: router + sample app + listener, on *.localhost.
+"""The whole system in one command: portal, router, and two instances on *.localhost.
 
-Run it with ``./dev demo`` (or ``python -m examples.demo``). It
+Run it with ``./dev demo`` (or ``python -m examples.demo``). It starts, each as
+its own process, exactly as they would run on separate machines:
 
-1. starts ``hostmux-router`` with no configuration at all — its embedded
-   default: ``*.localhost`` on loopback, SSH 2222, HTTPS 8443, HTTP 8080, a
-   development CA and host key in ``$XDG_STATE_HOME/hostmux``;
-2. starts the sample app (HTTP page, WebSocket echo, SSE) on a free port;
-3. makes a key for the demo, authorizes it, and starts ``hostmux-listener``
-   pinned to the router's host key, asking for the name ``demo``;
-4. prints the URL to open, and stops everything on Ctrl-C.
+1. the example **portal** on http://localhost:8000 with two users, alice and
+   bob (passwords printed below);
+2. the **router** on its embedded default (``*.localhost``, SSH 2222, HTTPS
+   8443, a development CA) in portal mode: it authenticates instances by the
+   portal's keys and reports tunnels to the portal;
+3. two **instances**, one owned by alice and one by bob, each a pod's worth of
+   processes: the sample app, the **auth helper** in front of it, and the
+   **listener** that dials the router, checks its URL and publishes it to the
+   portal with a signed JWT.
 
-Every piece is a separate process, exactly as it would run on separate
-machines; the demo only starts them and reads their output.
+Open the portal, log in, click an instance: the auth helper sends you through
+the portal's OAuth2 login and lets you in only to your own instances (or
+those shared with you). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from urllib.request import Request, urlopen
 
 import trio
 
-import keys
-
-# The router and listener start in well under a second; a slow machine gets more.
+# The pieces start in well under a second; a slow machine gets more.
 START_TIMEOUT_S = 60.0
-
+PORTAL_PORT = 8000
 # The router's start-up line: where it listens, its host key, the dev CA.
 ROUTER_READY = r"event=router_ready .*ssh=(\S+) https=(\S+) http=(\S+) host_key=(\S+) ca=(\S+)"
+USERS = {"alice": "alice-demo-password", "bob": "bob-demo-password"}
+ADMIN_TOKEN_BYTES = 24
 
 
 def _state_dir() -> Path:
@@ -41,35 +48,41 @@ def _state_dir() -> Path:
     return Path(base) / "hostmux"
 
 
-async def _start(
-    nursery: trio.Nursery, name: str, argv: list[str]
-) -> tuple[trio.Process, trio.MemoryReceiveChannel[str]]:
-    """Start ``argv``; its output lines go to a channel (and to our stderr, prefixed)."""
-    send, receive = trio.open_memory_channel[str](1000)
-    process: trio.Process = await nursery.start(
-        partial(trio.run_process, argv, check=False, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    )  # fmt: skip
+class Processes:
+    """Starts processes in a nursery and hands out their output lines."""
 
-    async def pump() -> None:
-        assert process.stdout is not None
-        buffer = b""
-        async with send:
-            while chunk := await process.stdout.receive_some(65536):
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for raw in lines:
-                    line = raw.decode("utf-8", "replace")
-                    if os.environ.get("HOSTMUX_DEMO_VERBOSE"):
-                        print(f"[{name}] {line}", file=sys.stderr)
-                    with contextlib.suppress(trio.WouldBlock):  # nobody reads after start-up
-                        send.send_nowait(line)
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
 
-    nursery.start_soon(pump)
-    return process, receive
+    async def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> trio.MemoryReceiveChannel[str]:
+        send, receive = trio.open_memory_channel[str](1000)
+        process: trio.Process = await self._nursery.start(
+            partial(trio.run_process, argv, check=False, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    env={**os.environ, **(env or {})})
+        )  # fmt: skip
+
+        async def pump() -> None:
+            assert process.stdout is not None
+            buffer = b""
+            async with send:
+                while chunk := await process.stdout.receive_some(65536):
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for raw in lines:
+                        line = raw.decode("utf-8", "replace")
+                        if os.environ.get("HOSTMUX_DEMO_VERBOSE"):
+                            print(f"[{name}] {line}", file=sys.stderr)
+                        with contextlib.suppress(trio.WouldBlock):  # nobody reads later on
+                            send.send_nowait(line)
+
+        self._nursery.start_soon(pump)
+        return receive
 
 
-async def _wait_line(
+async def wait_line(
     lines: trio.MemoryReceiveChannel[str], pattern: str, what: str
 ) -> re.Match[str]:
     regex = re.compile(pattern)
@@ -77,49 +90,96 @@ async def _wait_line(
         async for line in lines:
             if match := regex.search(line):
                 return match
-            if "level=error" in line or line.startswith("hostmux-"):
+            if "level=error" in line or "error:" in line:
                 print(f"  {what}: {line}", file=sys.stderr)
     raise SystemExit(f"demo: {what} did not start (run with HOSTMUX_DEMO_VERBOSE=1 to see why)")
 
 
+def portal_call(portal: str, token: str, method: str, path: str, body: object) -> dict[str, str]:
+    request = Request(
+        portal + path, method=method, data=json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )  # fmt: skip
+    with urlopen(request, timeout=10) as response:
+        text = response.read()
+    return dict(json.loads(text)) if text else {}
+
+
 async def main() -> None:
     state = _state_dir()
-    demo_dir = state / "demo"
-    demo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key_path = demo_dir / "demo_key"
-    if not key_path.exists():
-        keys.write_keypair(keys.generate_keypair(comment="hostmux-demo"), key_path)
-    public_line = key_path.with_name(key_path.name + ".pub").read_text().strip()
+    demo = state / "demo"
+    shutil.rmtree(demo, ignore_errors=True)  # a fresh portal and fresh instances each run
+    demo.mkdir(parents=True, mode=0o700)
+    token = os.urandom(ADMIN_TOKEN_BYTES).hex()
+    events_secret = os.urandom(ADMIN_TOKEN_BYTES).hex()
+    portal = f"http://localhost:{PORTAL_PORT}"
+    python = sys.executable
 
     async with trio.open_nursery() as nursery:
-        # 1. The router, on its embedded default (no flags, no config file).
-        _, router_lines = await _start(nursery, "router", [sys.executable, "-m", "router"])
-        ready = await _wait_line(router_lines, ROUTER_READY, "the router")
-        ssh_address, host_key, ca = ready[1], ready[4], ready[5]
+        procs = Processes(nursery)
+        # 1. The portal, with the demo users.
+        users = [arg for name, pw in USERS.items() for arg in ("--user", f"{name}:{pw}")]
+        lines = await procs.start("portal", [
+            python, "-m", "examples.portal", "serve", "--port", str(PORTAL_PORT),
+            "--host", "127.0.0.1", "--state-dir", str(demo / "portal"), "--public-url", portal,
+            "--admin-token", token, "--events-secret", events_secret, *users,
+        ])  # fmt: skip
+        await wait_line(lines, r"portal listening on", "the portal")
+        ca_file = demo / "portal-ssh-ca.pub"
+        ca_file.write_text((demo / "portal" / "ssh-ca.pub").read_text())
 
-        # 2. Authorize the demo key (the router re-reads the file on change).
-        authorized = state / "authorized_keys"
-        if public_line not in authorized.read_text():
-            with authorized.open("a") as fh:
-                fh.write(f'permitlisten="demo" {public_line}\n')
+        # 2. The router on its embedded default, in portal mode.
+        lines = await procs.start("router", [
+            python, "-m", "router", "--portal-keys-url", portal + "/instances/{id}/keys",
+            "--portal-ca-keys-file", str(ca_file), "--events-url", portal + "/router-events",
+            "--events-secret", events_secret,
+        ])  # fmt: skip
+        ready = await wait_line(lines, ROUTER_READY, "the router")
+        ssh_address, router_ca = ready[1], ready[5]
+        host_key = " ".join((state / "ssh_host_key.pub").read_text().split()[:2])
+        portal_call(portal, token, "PUT", "/admin/routers",
+                    {"servers": [ssh_address], "host_keys": [host_key]})  # fmt: skip
 
-        # 3. The app, and the listener that exposes it as https://demo.localhost:8443.
-        _, app_lines = await _start(nursery, "app", [sys.executable, "-m", "examples.sample_app"])
-        app = await _wait_line(app_lines, r"listening on http://(\S+)", "the sample app")
-        _, listener_lines = await _start(
-            nursery, "listener",
-            [sys.executable, "-m", "listener", "--router", ssh_address, "--name", "demo",
-             "--identity-file", str(key_path), "--host-key-fingerprint", host_key,
-             "--target", app[1]],
-        )  # fmt: skip
-        url = (await _wait_line(listener_lines, r"^(https://\S+)$", "the listener"))[1]
+        # 3. Two instances: app + auth helper + listener each.
+        urls = {}
+        for owner, helper_port in (("alice", 8101), ("bob", 8102)):
+            instance = portal_call(portal, token, "POST", "/instances",
+                                   {"owner": owner, "id": f"{owner}-lab"})  # fmt: skip
+            pod = demo / instance["id"]
+            pod.mkdir(mode=0o700)
+            key = pod / "instance-key.pem"
+            key.write_text(instance["private_key_pem"])
+            key.chmod(0o600)
+            app_lines = await procs.start(f"{owner}-app", [python, "-m", "examples.sample_app"])
+            app = (await wait_line(app_lines, r"listening on http://(\S+)", "a sample app"))[1]
+            env = {
+                "DIT4C_INSTANCE_ID": instance["id"],
+                "DIT4C_INSTANCE_PRIVATE_KEY_PKCS1": str(key),
+                "DIT4C_INSTANCE_JWT_ISS": instance["id"],
+                "DIT4C_INSTANCE_JWT_KID": instance["kid"],
+                "DIT4C_INSTANCE_URI_UPDATE_URL": instance["uri_update_url"],
+                "DIT4C_INSTANCE_HELPER_AUTH_HOST": "127.0.0.1",
+                "DIT4C_INSTANCE_HELPER_AUTH_PORT": str(helper_port),
+                "HOSTMUX_ROUTER_CA_FILE": router_ca,
+            }
+            helper_lines = await procs.start(f"{owner}-helper", [
+                python, "-m", "authhelper", "--app", app, "--cookie-keys-file",
+                str(pod / "cookie-keys"),
+            ], env)  # fmt: skip
+            await wait_line(helper_lines, r"event=authhelper_ready", "an auth helper")
+            listener_lines = await procs.start(f"{owner}-listener", [python, "-m", "listener"], env)
+            await wait_line(listener_lines, r"event=url_published", "a listener")
+            urls[owner] = f"https://{instance['id']}.localhost:{ready[2].rsplit(':', 1)[1]}"
 
         print(
-            f"\nhostmux demo is up.\n\n  Open    {url}\n"
-            f"  curl    curl --cacert {ca} {url}/\n"
-            f"  trust   {ca} (development CA; import it in your browser to skip the warning)\n"
+            f"\nhostmux demo is up.\n\n  Portal  {portal}\n"
+            + "".join(f"  User    {n} / {pw}\n" for n, pw in USERS.items())
+            + "".join(f"  {n}'s instance  {u}\n" for n, u in urls.items())
+            + f"  Trust   {router_ca} (the router's development CA; import it in your\n"
+            "          browser, or accept the warning once per instance)\n"
+            f"  curl    curl --cacert {router_ca} {urls['alice']}/_hostmux/health\n"
             f"  ssh     ssh -p {ssh_address.rsplit(':', 1)[1]} -R myapp:80:localhost:3000 localhost"
-            f"   (keys in {authorized})\n\nCtrl-C stops everything.\n",
+            f"   (keys in {state / 'authorized_keys'})\n\nCtrl-C stops everything.\n",
             flush=True,
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

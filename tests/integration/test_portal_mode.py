@@ -69,7 +69,9 @@ class Portal:
         return str(record["url"])
 
 
-async def start_portal(stack: Stack, state_dir: Path | None = None, port: int = 0) -> Portal:
+async def start_portal(
+    stack: Stack, state_dir: Path | None = None, port: int = 0, *extra: str
+) -> Portal:
     state_dir = state_dir or stack.path("portal")
     state_dir.mkdir(exist_ok=True)
     proc = await stack.spawn(
@@ -87,6 +89,7 @@ async def start_portal(stack: Stack, state_dir: Path | None = None, port: int = 
             EVENTS_SECRET,
             "--admin-token",
             ADMIN_TOKEN,
+            *extra,
         ],
     )
     match = await proc.wait_for(r"portal listening on (http://127\.0\.0\.1:\d+)")

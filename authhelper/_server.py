@@ -140,9 +140,10 @@ class AuthGateway:
             log.info(fields("login_denied", instance=self._config.instance_id, user=access.user))
             page = status_page(
                 403,
-                f"{access.user} may not use this instance. Log out of the portal and log in as "
-                "someone else, or ask the owner to share it with you.",
+                f"{access.user} may not use this instance. Ask its owner to share it with you, "
+                "or log in as someone else.",
                 request_id=rid, as_html=as_html,
+                link=(self._config.portal_url.rstrip("/") + "/logout", "Log in as someone else"),
             )  # fmt: skip
             return with_headers(page, [clear_login])
         log.info(fields("login", instance=self._config.instance_id, user=access.user))

@@ -47,11 +47,19 @@ def wants_html(accept: bytes | None) -> bool:
 
 
 def status_page(
-    status: int, detail: str, *, request_id: str = "", as_html: bool = False, close: bool = True
+    status: int,
+    detail: str,
+    *,
+    request_id: str = "",
+    as_html: bool = False,
+    close: bool = True,
+    link: tuple[str, str] | None = None,
 ) -> Page:
     """A complete response for ``status`` explaining ``detail``.
 
     ``detail`` may contain request-derived text (a host name): it is escaped.
+    ``link`` is (URL, text) for a way out, e.g. "log in as someone else"; the
+    caller chooses the URL, both are escaped.
     """
     title = _TITLES.get(status, "Error")
     if as_html:
@@ -63,12 +71,14 @@ def status_page(
         body = (
             f"<!doctype html><html><head><meta charset=utf-8><title>{status} {title}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{status} {title}</h1>"
-            f"<p>{html.escape(detail)}</p>{rid}<p><small>hostmux</small></p></body></html>\n"
+            f"<p>{html.escape(detail)}</p>{_link_html(link)}{rid}"
+            "<p><small>hostmux</small></p></body></html>\n"
         ).encode()
         content_type = b"text/html; charset=utf-8"
     else:
         rid = f" (request id {request_id})" if request_id else ""
-        body = f"{status} {title}: {detail}{rid}\n".encode()
+        more = f" {link[1]}: {link[0]}" if link else ""
+        body = f"{status} {title}: {detail}{more}{rid}\n".encode()
         content_type = b"text/plain; charset=utf-8"
     headers = [
         (b"content-type", content_type),
@@ -84,6 +94,13 @@ def status_page(
     if close:
         headers.append((b"connection", b"close"))
     return Page(status=status, headers=headers, body=body)
+
+
+def _link_html(link: tuple[str, str] | None) -> str:
+    if link is None:
+        return ""
+    url, text = link
+    return f'<p><a href="{html.escape(url, quote=True)}" id=way-out>{html.escape(text)}</a></p>'
 
 
 def router_home_page(domain: str, *, as_html: bool) -> Page:

@@ -227,6 +227,8 @@ async def test_login_app_websocket_sharing_and_logout(world: World, browser: Bro
     # bob's instance: alice is logged in at the portal, but may not use it.
     await browser.open(bob.url + "/")
     await browser.wait_until(lambda d: "may not use this instance" in d.page_source, "a 403")
+    way_out = await browser.run(lambda d: d.find_element(By.ID, "way-out").get_attribute("href"))
+    assert way_out == world.portal.url + "/logout"
     cookies_on_bob = await browser.run(lambda d: d.get_cookies())
     assert not [c for c in cookies_on_bob if c["name"] == "__Host-hostmux-session"]
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
 import secrets
 import time
@@ -122,6 +123,10 @@ _BodyEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
+# Queued browser output is written once it reaches this size (a bounded buffer).
+_FLUSH_BYTES = 64 * 1024
+
+
 class _Abort(Exception):
     """Ends the browser connection without a response (it cannot get one now)."""
 
@@ -136,8 +141,15 @@ class _Upstream:
     got_response: bool = False  # any byte of the current response received
 
 
+# Request ids: a random per-process prefix and a counter. Unique for
+# correlating log lines; they need not be secret, and os.urandom per request
+# measured ~2% of a small request.
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return secrets.token_hex(8)
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 class HttpRelay:
@@ -165,6 +177,7 @@ class HttpRelay:
         self._h = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._bound_host: str | None = None
         self._upstream: _Upstream | None = None
+        self._out = bytearray()  # response bytes queued for the browser
         self._peer = f"{info.peer_ip}:{info.peer_port}"
 
     def __repr__(self) -> str:
@@ -384,8 +397,7 @@ class HttpRelay:
         timeout = limits.response_timeout_s
         while True:
             try:
-                async with asyncio.timeout(timeout):
-                    event = await _next_upstream_event(upstream)
+                event = await self._next_upstream_event(upstream, timeout, record)
             except TimeoutError:
                 if record.response_started:
                     raise _Abort() from None
@@ -418,6 +430,7 @@ class HttpRelay:
                     )
                     record.status = 101
                     record.response_started = True
+                    await self._flush_client(record)
                     await self._splice(upstream, record)
                     return False
                 await self._send_client(
@@ -446,6 +459,7 @@ class HttpRelay:
                 await self._send_client(event, record)
             elif isinstance(event, h11.EndOfMessage):
                 await self._send_client(h11.EndOfMessage(), record)
+                await self._flush_client(record)
                 reusable = (
                     upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE
                 )
@@ -479,16 +493,54 @@ class HttpRelay:
     # -- sending to the browser ---------------------------------------------
 
     async def _send_client(self, event: h11.Event, record: _Record) -> None:
+        """Queue ``event`` for the browser; written out before the relay next waits."""
         data = self._h.send(event)
         if data:
             if isinstance(event, h11.Data):
                 record.bytes_out += len(event.data)
+            if len(self._out) + len(data) < _FLUSH_BYTES:
+                self._out += data  # small pieces: batched into one write
+                return
+            if self._out:
+                self._client.write(bytes(self._out))
+                self._out.clear()
+            self._client.write(data)  # large pieces go as they are: no copies
+            await self._flush_client(record)
+
+    async def _flush_client(self, record: _Record) -> None:
+        """Write what is queued in one go; wait (bounded) only if the browser is slow."""
+        if self._out:
+            self._client.write(bytes(self._out))
+            self._out.clear()
+        if self._client.must_drain():
             try:
                 async with asyncio.timeout(self._limits.send_timeout_s):
-                    await self._client.send_all(data)
+                    await self._client.drain()
             except TimeoutError:
                 record.note = "send timeout"
                 raise _Abort() from None
+
+    async def _next_upstream_event(
+        self, upstream: _Upstream, timeout_s: float, record: _Record
+    ) -> h11.Event:
+        """The app's next event; flushes queued output to the browser before waiting."""
+        conn = upstream.conn
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                assert not isinstance(event, type), event
+                return event
+            if self._out:
+                await self._flush_client(record)
+            async with asyncio.timeout(timeout_s):
+                data = await upstream.stream.receive()
+            if not data and conn.their_state is h11.SEND_RESPONSE and not upstream.got_response:
+                # Closed before a single byte of answer: h11 would call that a
+                # protocol error; for us it is "closed without answering".
+                return h11.ConnectionClosed()
+            if data:
+                upstream.got_response = True
+            conn.receive_data(data)
 
     async def _send_page(self, page: Page, *, head_only: bool) -> None:
         try:
@@ -597,24 +649,6 @@ async def _copy(
         else:
             record.bytes_out += len(data)
         await sink.send_all(data)
-
-
-async def _next_upstream_event(upstream: _Upstream) -> h11.Event:
-    conn = upstream.conn
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await upstream.stream.receive()
-            if not data and conn.their_state is h11.SEND_RESPONSE and not upstream.got_response:
-                # Closed before a single byte of answer: h11 would call that a
-                # protocol error; for us it is "closed without answering".
-                return h11.ConnectionClosed()
-            if data:
-                upstream.got_response = True
-            conn.receive_data(data)
-            continue
-        assert not isinstance(event, type), event
-        return event
 
 
 def _head_size(request: h11.Request) -> int:

@@ -32,6 +32,18 @@ class ByteStream(Protocol):
         """Write ``data`` and wait until the transport has room again."""
         ...
 
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` without waiting; call ``drain`` when ``must_drain()``."""
+        ...
+
+    def must_drain(self) -> bool:
+        """True when the transport holds enough unsent data that the writer should wait."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until the transport has room again."""
+        ...
+
     async def send_eof(self) -> None:
         """Half-close: no more data from this side (no-op where unsupported)."""
         ...
@@ -47,6 +59,7 @@ class _Reader(Protocol):
 
 class _Writer(Protocol):
     def write(self, data: bytes) -> None: ...
+    def get_extra_info(self, name: str, default: object = None) -> object: ...
     async def drain(self) -> None: ...
     def can_write_eof(self) -> bool: ...
     def write_eof(self) -> None: ...
@@ -57,7 +70,7 @@ class _Writer(Protocol):
 class ReaderWriterStream:
     """``ByteStream`` over an asyncio-style (reader, writer) pair."""
 
-    __slots__ = ("_chunk", "_reader", "_writer", "label")
+    __slots__ = ("_buffered", "_chunk", "_reader", "_writer", "label")
 
     def __init__(
         self, reader: _Reader, writer: _Writer, *, label: str, chunk: int = READ_CHUNK_BYTES
@@ -66,6 +79,10 @@ class ReaderWriterStream:
         self._writer = writer
         self._chunk = chunk
         self.label = label
+        # How much the transport holds unsent (asyncio transports); SSH channels
+        # have no such transport and always go through their own drain.
+        transport = writer.get_extra_info("transport") if hasattr(writer, "transport") else None
+        self._buffered = getattr(transport, "get_write_buffer_size", None)
 
     def __repr__(self) -> str:
         return f"<ReaderWriterStream {self.label}>"
@@ -74,9 +91,21 @@ class ReaderWriterStream:
         return await self._reader.read(self._chunk)
 
     async def send_all(self, data: bytes) -> None:
+        self.write(data)
+        if self.must_drain():
+            await self._writer.drain()
+
+    def write(self, data: bytes) -> None:
         if self._writer.is_closing():
             raise ConnectionResetError(f"{self.label} is closed")
         self._writer.write(data)
+
+    def must_drain(self) -> bool:
+        # An asyncio transport that sent everything needs no wait: skipping the
+        # drain coroutine (and the caller's timeout) is most of a small response.
+        return self._buffered is None or self._buffered() > 0
+
+    async def drain(self) -> None:
         await self._writer.drain()
 
     async def send_eof(self) -> None:

@@ -97,12 +97,21 @@ class MemoryStream:
         return data
 
     async def send_all(self, data: bytes) -> None:
+        self.write(data)
+
+    def write(self, data: bytes) -> None:
         if self.closed or self.eof_sent:
             raise BrokenPipeError(f"{self.label} can no longer send")
         if self.peer.closed:
             raise ConnectionResetError(f"{self.peer.label} is closed")
         if data:
             self.peer._inbox.put_nowait(bytes(data))
+
+    def must_drain(self) -> bool:
+        return False  # unbounded queues: nothing to wait for
+
+    async def drain(self) -> None:
+        return None
 
     async def send_eof(self) -> None:
         if not (self.eof_sent or self.closed):

@@ -75,6 +75,12 @@ class RouterConfig:
     events_url: str = option("", "POST tunnel_up/tunnel_down events here (signed JSON)")
     events_secret: str = option("", "HMAC-SHA256 secret for X-Hostmux-Signature on events")
     router_name: str = option("", "this router's name in events (default: its SSH address)")
+    max_connections: int = option(10_000, "browser connections the router holds at most")
+    max_connections_per_ip: int = option(256, "browser connections one IP may hold")
+    max_ssh_connections_per_key: int = option(64, "SSH connections one key (or instance) may hold")
+    max_tunnels_per_key: int = option(256, "tunnels one key (or instance) may hold")
+    ssh_auth_failures_burst: int = option(10, "failed SSH logins an IP may have at once")
+    ssh_auth_failures_per_minute: float = option(6.0, "...and how fast that allowance refills")
     log_level: str = option("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
@@ -99,6 +105,14 @@ class RouterConfig:
             raise ValueError("portal_keys_url: an http(s) URL template containing {id}")
         if self.events_url and not self.events_secret:
             raise ValueError("events_url needs events_secret (events are signed)")
+        for name in (
+            "max_connections", "max_connections_per_ip", "max_ssh_connections_per_key",
+            "max_tunnels_per_key", "ssh_auth_failures_burst",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: at least 1")
+        if self.ssh_auth_failures_per_minute <= 0:
+            raise ValueError("ssh_auth_failures_per_minute: must be positive")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         for name in (

@@ -12,6 +12,7 @@ import logging
 import ssl
 
 from ._headers import ClientInfo
+from ._limits import ConnectionCounts
 from ._log import fields
 from ._relay import Gateway, HttpRelay, RelayLimits, RequestRecord
 from ._streams import READ_CHUNK_BYTES, ReaderWriterStream
@@ -60,6 +61,7 @@ async def start_front_door(
     gateway: Gateway,
     limits: RelayLimits,
     connections: ConnectionSet,
+    counts: ConnectionCounts,
     tls: ssl.SSLContext | None,
     tls_handshake_timeout_s: float,
 ) -> asyncio.Server:
@@ -68,11 +70,21 @@ async def start_front_door(
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        connections.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
-        info = ClientInfo(peer_ip=str(peer[0]), peer_port=int(peer[1]), scheme=scheme)
-        stream = ReaderWriterStream(reader, writer, label=f"{scheme}:{peer[0]}:{peer[1]}")
-        await HttpRelay(stream, info, gateway, limits, log_request).run()
+        ip = str(peer[0])
+        if not counts.admit(ip):
+            # Over the limit: close at once (no request read, nothing to answer),
+            # so one address cannot hold the router's descriptors.
+            log.warning(fields("connection_refused", peer=f"{ip}:{peer[1]}", reason="limit"))
+            writer.transport.abort()
+            return
+        connections.add(task)
+        try:
+            info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
+            stream = ReaderWriterStream(reader, writer, label=f"{scheme}:{ip}:{peer[1]}")
+            await HttpRelay(stream, info, gateway, limits, log_request).run()
+        finally:
+            counts.release(ip)
 
     return await asyncio.start_server(
         on_connection,

@@ -24,10 +24,11 @@ import keys
 from ._config import RouterConfig
 from ._front_door import ConnectionSet, start_front_door
 from ._layered_config import ConfigError, parse_host_port
+from ._limits import ConnectionCounts, FailureLimiter
 from ._log import fields
 from ._portal import PortalKeys, TunnelEvents
 from ._ssh_auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
-from ._ssh_server import SshSettings, acceptor_port, start_ssh_server
+from ._ssh_server import SshLimits, SshSettings, acceptor_port, start_ssh_server
 from ._tls import DevCertificates, tls_context
 from ._tunnels import TunnelGateway, TunnelHub
 
@@ -109,6 +110,18 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         keepalive_interval_s=config.ssh_keepalive_interval_s,
         login_timeout_s=config.ssh_login_timeout_s,
     )
+    ssh_limits = SshLimits(
+        connections=ConnectionCounts(
+            max_total=1_000_000, max_per_key=config.max_ssh_connections_per_key
+        ),
+        max_tunnels_per_owner=config.max_tunnels_per_key,
+        auth_failures=FailureLimiter(
+            burst=config.ssh_auth_failures_burst, per_minute=config.ssh_auth_failures_per_minute
+        ),
+    )
+    browsers = ConnectionCounts(
+        max_total=config.max_connections, max_per_key=config.max_connections_per_ip
+    )
     tls: ssl.SSLContext | None = None
     if config.https_listen:
         try:
@@ -133,7 +146,8 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         for value in config.ssh_listen:
             host, port = parse_host_port(value, "ssh_listen")
             acceptor = await _bind(
-                value, start_ssh_server(hub, auth, state.host_key, host, port, settings)
+                value,
+                start_ssh_server(hub, auth, state.host_key, host, port, settings, ssh_limits),
             )
             ssh_acceptors.append(acceptor)
             bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
@@ -147,6 +161,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
                     value,
                     start_front_door(
                         host, port, gateway=gateway, limits=limits, connections=connections,
+                        counts=browsers,
                         tls=context, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
                     ),
                 )  # fmt: skip

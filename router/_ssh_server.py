@@ -33,6 +33,7 @@ from typing import Any
 import asyncssh
 
 from ._access import KeyGrant
+from ._limits import ConnectionCounts, FailureLimiter
 from ._log import fields
 from ._names import InvalidName, check_name, random_name
 from ._relay import UpstreamUnavailable
@@ -63,6 +64,29 @@ class SshSettings:
     keepalive_interval_s: float
     login_timeout_s: float
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+
+
+@dataclass
+class SshLimits:
+    """Shared by all SSH connections: per-owner caps and the auth-failure limiter."""
+
+    connections: ConnectionCounts
+    max_tunnels_per_owner: int
+    auth_failures: FailureLimiter
+    tunnels: dict[str, int] = field(default_factory=dict)
+
+    def add_tunnel(self, owner: str) -> bool:
+        if self.tunnels.get(owner, 0) >= self.max_tunnels_per_owner:
+            return False
+        self.tunnels[owner] = self.tunnels.get(owner, 0) + 1
+        return True
+
+    def remove_tunnel(self, owner: str) -> None:
+        left = self.tunnels.get(owner, 0) - 1
+        if left > 0:
+            self.tunnels[owner] = left
+        else:
+            self.tunnels.pop(owner, None)
 
 
 class VirtualForward(asyncssh.SSHListener):
@@ -130,12 +154,16 @@ class ClientState:
 class _ConnectionHandler(asyncssh.SSHServer):
     """asyncssh callbacks for one SSH connection."""
 
-    def __init__(self, hub: TunnelHub, auth: Authenticator, settings: SshSettings) -> None:
+    def __init__(
+        self, hub: TunnelHub, auth: Authenticator, settings: SshSettings, limits: SshLimits
+    ) -> None:
         self._hub = hub
         self._auth = auth
         self._settings = settings
+        self._limits = limits
         self._conn: asyncssh.SSHServerConnection | None = None
         self._state = ClientState(peer="?")
+        self._counted_owner: str | None = None
 
     def __repr__(self) -> str:
         return f"<SSH client {self._state.peer} forwards={len(self._state.forwards)}>"
@@ -144,10 +172,15 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._conn = conn
         host, port = conn.get_extra_info("peername")[:2]
         self._state.peer = f"{host}:{port}"
+        if not self._limits.auth_failures.allowed(str(host)):
+            log.warning(fields("ssh_rate_limited", peer=self._state.peer))
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many failed logins; wait")
 
     def connection_lost(self, exc: Exception | None) -> None:
         for forward in list(self._state.forwards):
             forward.close()
+        if self._counted_owner is not None:
+            self._limits.connections.release(self._counted_owner)
         if self._state.grant is not None:
             log.info(fields("ssh_disconnect", peer=self._state.peer, reason=_reason(exc)))
 
@@ -169,6 +202,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         peer_ip = self._state.peer.rsplit(":", 1)[0]
         grant = await self._auth.grant_for_key(username, key, peer_ip)
         if grant is None:
+            self._limits.auth_failures.failed(peer_ip)
             log.info(
                 fields(
                     "ssh_auth_refused", peer=self._state.peer, user=username,
@@ -189,6 +223,13 @@ class _ConnectionHandler(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         grant = self._state.grant
         assert grant is not None
+        if not self._limits.connections.admit(grant.owner):
+            log.warning(fields("ssh_connection_limit", peer=self._state.peer, owner=grant.owner))
+            self._connection.disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections for this key"
+            )
+            return
+        self._counted_owner = grant.owner
         log.info(fields("ssh_connect", peer=self._state.peer, owner=grant.owner, how=grant.comment))
 
     # -- forwards ------------------------------------------------------------
@@ -245,18 +286,27 @@ class _ConnectionHandler(asyncssh.SSHServer):
         where: str,
     ) -> VirtualForward | bool:
         state = self._state
+        if not self._limits.add_tunnel(grant.owner):
+            limit = self._limits.max_tunnels_per_owner
+            return self._refuse(where, f"this key already holds {limit} tunnels")
         for name in candidates:
             tunnel = Tunnel(name=name, owner=grant.owner, peer=state.peer, open_stream=opener)
             try:
                 self._hub.claim(tunnel)
             except NameTaken:
                 continue
-            forward = VirtualForward(self._hub, tunnel, listen, port, state.forget)
+            forward = VirtualForward(self._hub, tunnel, listen, port, self._forget)
             state.add(forward, f"Forwarding {self._hub.url_for(name)} -> your {where}")
             return forward
+        self._limits.remove_tunnel(grant.owner)
         if len(candidates) == 1:
             return self._refuse(where, f"the name {candidates[0]!r} is in use by another key")
         return self._refuse(where, "no free random name was found; try again")
+
+    def _forget(self, forward: VirtualForward) -> None:
+        if forward in self._state.forwards:
+            self._state.forget(forward)
+            self._limits.remove_tunnel(forward.tunnel.owner)
 
     def _refuse(self, where: str, reason: str) -> bool:
         self._state.refuse(where, reason)
@@ -335,12 +385,13 @@ async def start_ssh_server(
     host: str,
     port: int,
     settings: SshSettings,
+    limits: SshLimits,
 ) -> asyncssh.SSHAcceptor:
     """Listen for tunnel clients on ``host:port``; returns the acceptor (``close()`` it)."""
     return await asyncssh.listen(
         host,
         port,
-        server_factory=lambda: _ConnectionHandler(hub, auth, settings),
+        server_factory=lambda: _ConnectionHandler(hub, auth, settings, limits),
         server_host_keys=[os.fspath(host_key_path)],
         encryption_algs=list(settings.ciphers),
         keepalive_interval=settings.keepalive_interval_s,

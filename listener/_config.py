@@ -64,6 +64,11 @@ class ListenerConfig:
         None, "CA to trust when checking the public URL (default: the system's)"
     )
     check_url: bool = option(True, "check the public URL answers before publishing it")
+    transport: str = option(
+        "ssh", "ssh, wss (SSH over WebSocket through HTTPS) or auto (ssh, else wss)"
+    )
+    wss_url: str = option("", "the router's WebSocket endpoint, wss://DOMAIN[:PORT]/_hostmux/ssh")
+    wss_header: list[str] = option([], "extra request header for WSS, NAME:VALUE")
     keepalive_interval_s: float = option(15.0, "SSH keepalive probe interval")
     connect_timeout_s: float = option(15.0, "time allowed to connect and authenticate")
     backoff_max_s: float = option(30.0, "longest wait between reconnect attempts")
@@ -85,6 +90,13 @@ class ListenerConfig:
             value = getattr(self, field)
             if value and not value.startswith(("http://", "https://")):
                 raise ValueError(f"{field}: {value!r} is not an http(s) URL")
+        if self.transport not in ("ssh", "wss", "auto"):
+            raise ValueError(f"transport: {self.transport!r} is not ssh, wss or auto")
+        if self.transport != "ssh" and not self.wss_url.startswith(("wss://", "ws://")):
+            raise ValueError("wss_url: a ws:// or wss:// URL is needed for that transport")
+        for header in self.wss_header:
+            if ":" not in header:
+                raise ValueError(f"wss_header: {header!r} is not NAME:VALUE")
         if self.keepalive_interval_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("keepalive_interval_s and connect_timeout_s must be positive")
         if self.backoff_max_s < 1:

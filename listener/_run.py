@@ -47,6 +47,8 @@ class Listener:
         self._name = config.name  # after the first success: the name we were given
         self._last_url: str | None = None
         self._key = keys.InstanceKey.load(config.identity_file) if config.uri_update_url else None
+        # auto starts with SSH and keeps whichever transport last worked.
+        self._transport = "wss" if config.transport == "wss" else "ssh"
 
     def __repr__(self) -> str:
         return f"<Listener name={self._name!r} url={self._last_url!r}>"
@@ -96,6 +98,9 @@ class Listener:
             target_host=target_host, target_port=target_port,
             keepalive_interval_s=config.keepalive_interval_s,
             connect_timeout_s=config.connect_timeout_s,
+            transport=self._transport, wss_url=config.wss_url,
+            wss_headers=tuple(tuple(h.split(":", 1)) for h in config.wss_header),  # type: ignore[misc]
+            ca_file=config.router_ca_file,
         )  # fmt: skip
         async with TunnelSession(spec) as session:
             try:
@@ -103,12 +108,16 @@ class Listener:
             except TunnelError as exc:
                 level = logging.ERROR if isinstance(exc, HostKeyRejected) else logging.WARNING
                 log.log(level, fields("tunnel_failed", router=server, reason=str(exc)))
+                if config.transport == "auto" and not isinstance(exc, HostKeyRejected):
+                    # auto: SSH first; when it cannot connect, WebSocket — and back.
+                    self._transport = "wss" if self._transport == "ssh" else "ssh"
+                    log.info(fields("transport_switch", to=self._transport))
                 return False
             if forward is None:
                 return False
             self._name = forward.name
             log.info(fields("tunnel_up", name=forward.name, url=forward.url, router=server,
-                            target=config.target))  # fmt: skip
+                            target=config.target, transport=self._transport))  # fmt: skip
             if forward.url != self._last_url:
                 print(forward.url, flush=True)  # stdout: the URL, for scripts
                 self._last_url = forward.url

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+from websockets.exceptions import InvalidHandshake, InvalidURI
+
+from router._wss import WssConnector
 
 # The client's cipher order decides in SSH: AES-GCM is fastest in asyncssh
 # (chacha20-poly1305 halves small-request throughput), the rest are fallbacks.
@@ -51,6 +55,10 @@ class TunnelSpec:
     target_port: int
     keepalive_interval_s: float
     connect_timeout_s: float
+    transport: str = "ssh"  # "ssh" or "wss" (the run loop resolves "auto")
+    wss_url: str = ""
+    wss_headers: tuple[tuple[str, str], ...] = ()
+    ca_file: Path | None = None
 
 
 class _PinningClient(asyncssh.SSHClient):
@@ -100,10 +108,18 @@ class TunnelSession:
     async def open(self, name: str) -> Forward:
         spec = self._spec
         client = _PinningClient(spec.fingerprints)
+        tunnel: object = ()
+        if spec.transport == "wss":
+            context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
+            tunnel = WssConnector(
+                spec.wss_url, ssl_context=context, headers=dict(spec.wss_headers),
+                open_timeout_s=spec.connect_timeout_s,
+            )  # fmt: skip
         try:
             self._conn = await asyncssh.connect(
                 spec.host,
                 spec.port,
+                tunnel=tunnel,
                 username=spec.user,
                 client_factory=lambda: client,
                 client_keys=[os.fspath(spec.identity_file)],
@@ -124,8 +140,8 @@ class TunnelSession:
             raise TunnelError(
                 "the router refused our key (is it in its authorized_keys?)"
             ) from None
-        except (asyncssh.Error, OSError, TimeoutError) as exc:
-            raise TunnelError(f"cannot connect: {_describe(exc)}") from None
+        except (asyncssh.Error, OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            raise TunnelError(f"cannot connect ({spec.transport}): {_describe(exc)}") from None
         conn = self._conn
         try:
             await conn.forward_remote_port(name, 80, spec.target_host, spec.target_port)

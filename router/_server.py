@@ -31,6 +31,7 @@ from ._ssh_auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
 from ._ssh_server import SshLimits, SshSettings, acceptor_port, start_ssh_server
 from ._tls import DevCertificates, tls_context
 from ._tunnels import TunnelGateway, TunnelHub
+from ._wss import WssAcceptor
 
 log = logging.getLogger("hostmux.router")
 
@@ -102,7 +103,8 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         public_port=config.public_port,
         reservation_s=config.name_reservation_s,
     )
-    gateway = TunnelGateway(hub)
+    wss = WssAcceptor()
+    gateway = TunnelGateway(hub, wss)
     connections = ConnectionSet()
     limits = config.relay_limits
     settings = SshSettings(
@@ -151,6 +153,12 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
             )
             ssh_acceptors.append(acceptor)
             bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
+        # SSH over WebSocket: the same SSH server, reached through the HTTPS front door.
+        ssh_acceptors.append(
+            await start_ssh_server(
+                hub, auth, state.host_key, "", 0, settings, ssh_limits, tunnel=wss
+            )
+        )
         for kind, values, context in (
             ("https", config.https_listen, tls),
             ("http", config.http_listen, None),
@@ -204,6 +212,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
             acceptor.close()
         for acceptor in ssh_acceptors:
             await acceptor.wait_closed()
+        await wss.aclose()
         await auth.aclose()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

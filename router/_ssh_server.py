@@ -386,11 +386,14 @@ async def start_ssh_server(
     port: int,
     settings: SshSettings,
     limits: SshLimits,
+    *,
+    tunnel: object = (),
 ) -> asyncssh.SSHAcceptor:
-    """Listen for tunnel clients on ``host:port``; returns the acceptor (``close()`` it)."""
+    """Listen for tunnel clients on ``host:port`` (or through ``tunnel``, e.g. WebSocket)."""
     return await asyncssh.listen(
         host,
         port,
+        tunnel=tunnel,
         server_factory=lambda: _ConnectionHandler(hub, auth, settings, limits),
         server_host_keys=[os.fspath(host_key_path)],
         encryption_algs=list(settings.ciphers),

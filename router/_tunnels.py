@@ -16,13 +16,14 @@ from functools import partial
 
 import h11
 
-from ._headers import ClientInfo
+from ._headers import ClientInfo, is_websocket_upgrade
 from ._log import fields
 from ._names import target_for_host
 from ._pages import Page, router_home_page, status_page, wants_html
 from ._relay import Destination
 from ._routing import Offline, RouteTable
 from ._streams import ByteStream
+from ._wss import WSS_PATH, WssAcceptor
 
 log = logging.getLogger("hostmux.tunnels")
 
@@ -90,8 +91,9 @@ class TunnelHub:
 class TunnelGateway:
     """Routes each request by Host: a tunnel, the router's own page, or an error page."""
 
-    def __init__(self, hub: TunnelHub) -> None:
+    def __init__(self, hub: TunnelHub, wss: WssAcceptor | None = None) -> None:
         self._hub = hub
+        self._wss = wss
 
     def route(
         self, host: str, request: h11.Request, request_id: str, client: ClientInfo
@@ -103,6 +105,16 @@ class TunnelGateway:
                 421, f"this router does not serve {host}", request_id=request_id, as_html=as_html
             )
         if target.label is None:
+            if (
+                self._wss is not None
+                and request.target.split(b"?")[0] == WSS_PATH.encode()
+                and is_websocket_upgrade(request.headers)
+            ):
+                # SSH over WebSocket: the relay carries it to the in-process endpoint.
+                return Destination(
+                    key="wss", label="_hostmux",
+                    open=partial(self._wss.open_stream, client.peer_ip, client.peer_port),
+                )  # fmt: skip
             return router_home_page(self._hub.domain, as_html=as_html)
         found = self._hub.routes.lookup(target.label)
         if found is None:

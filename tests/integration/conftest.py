@@ -265,15 +265,27 @@ class Stack:
         return proc
 
     async def listener(self, router: Router, key: Path, port: int, *extra: str) -> LoggedProcess:
+        return await self.spawn("listener", [*self.listener_argv(router, key, port), *extra])
+
+    def listener_argv(
+        self, router: Router, key: Path, port: int, *, ssh_address: str | None = None
+    ) -> list[str]:
         known_hosts = router.known_hosts(self.path("known_hosts"))
-        return await self.spawn(
+        return [
+            sys.executable,
+            "-m",
             "listener",
-            [
-                sys.executable, "-m", "listener", "--router", f"127.0.0.1:{router.ssh_port}",
-                "--identity-file", str(key), "--known-hosts", str(known_hosts),
-                "--target", f"127.0.0.1:{port}", "--backoff-max-s", "2", *extra,
-            ],
-        )  # fmt: skip
+            "--router",
+            ssh_address or f"127.0.0.1:{router.ssh_port}",
+            "--identity-file",
+            str(key),
+            "--known-hosts",
+            str(known_hosts),
+            "--target",
+            f"127.0.0.1:{port}",
+            "--backoff-max-s",
+            "2",
+        ]
 
 
 @pytest.fixture
@@ -318,6 +330,7 @@ def public_key_of(key: Path) -> Path:
 async def websocket_to(
     nursery: trio.Nursery, router: Router, name: str, resource: str = "/ws"
 ) -> trio_websocket.WebSocketConnection:
+    """A WebSocket to ``resource`` on NAME.DOMAIN through the router's HTTPS front door."""
     stream = await router.open_tls(name)
     return await trio_websocket.wrap_client_stream(
         nursery, stream, f"{name}.{router.domain}:{router.https_port}", resource,

@@ -1,0 +1,109 @@
+"""SSH over WebSocket through the router's HTTPS front door (for HTTPS-only egress)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import trio
+import trio_websocket
+
+from examples.sample_app.app import expected_bytes
+
+from .conftest import START_TIMEOUT_S, Stack, World, websocket_to
+
+MIB = 1024 * 1024
+
+
+def _wss_args(world: World) -> list[str]:
+    router = world.router
+    return [
+        "--transport",
+        "wss",
+        "--wss-url",
+        f"wss://localhost:{router.https_port}/_hostmux/ssh",
+        "--router-ca-file",
+        str(router.ca_cert),
+    ]
+
+
+async def test_listener_over_websocket_carries_http_downloads_and_websockets(world: World) -> None:
+    stack, router = world.stack, world.router
+    listener = await stack.listener(
+        router, world.key, world.app.port, "--name", "viawss", *_wss_args(world)
+    )
+    await listener.wait_for(r"event=tunnel_up name=viawss .*transport=wss")
+    await router.proc.wait_for(r"event=wss_open ")
+
+    assert (await router.get("viawss", "/")).status_code == 200
+    n = 20 * MIB
+    digest = hashlib.sha256()
+    async with router.client() as client:
+        response = await client.send(
+            router.request(client, "GET", "viawss", f"/bytes?n={n}&seed=w"), stream=True
+        )
+        try:
+            async for chunk in response.aiter_raw():
+                digest.update(chunk)
+        finally:
+            await response.aclose()
+    expected = hashlib.sha256()
+    for chunk in expected_bytes(n, "w"):
+        expected.update(chunk)
+    assert digest.hexdigest() == expected.hexdigest()
+
+    async with trio.open_nursery() as nursery:
+        ws = await websocket_to(nursery, router, "viawss")
+        with trio.fail_after(START_TIMEOUT_S):
+            await ws.send_message("through two websockets")
+            assert await ws.get_message() == "through two websockets"
+        await ws.aclose()
+
+
+async def test_auto_transport_falls_back_to_websocket_when_ssh_is_closed(world: World) -> None:
+    stack, router = world.stack, world.router
+    with trio.socket.socket() as sock:  # an SSH address where nothing listens
+        await sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    args = _wss_args(world)
+    args[1] = "auto"
+    listener = await stack.spawn(
+        "listener-auto",
+        [
+            *stack.listener_argv(
+                router, world.key, world.app.port, ssh_address=f"127.0.0.1:{dead}"
+            ),
+            "--name",
+            "autowss",
+            # known_hosts pins by SSH address and port; a fingerprint pins the key anywhere.
+            "--host-key-fingerprint",
+            router.host_key_fingerprint,
+            *args,
+        ],
+    )
+    await listener.wait_for(r"event=transport_switch to=wss")
+    await listener.wait_for(r"event=tunnel_up name=autowss .*transport=wss")
+    assert (await router.get("autowss", "/")).status_code == 200
+
+
+async def test_silent_or_garbage_websocket_clients_are_dropped(stack: Stack) -> None:
+    router = await stack.start_router("--ssh-login-timeout-s", "2")
+    for payload in (None, b"this is not SSH\r\n", b"\x00" * 64):
+        tcp = await trio.open_tcp_stream("127.0.0.1", router.https_port)
+        stream = trio.SSLStream(tcp, router.ssl_context(), server_hostname=router.domain)
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, f"{router.domain}:{router.https_port}", "/_hostmux/ssh"
+                )
+                if payload is not None:
+                    await ws.send_message(payload)
+                with trio.fail_after(START_TIMEOUT_S):  # dropped by the router's deadline
+                    with contextlib.suppress(trio_websocket.ConnectionClosed):
+                        while True:
+                            await ws.get_message()
+                nursery.cancel_scope.cancel()
+        finally:
+            await stream.aclose()
+    # None of that disturbed the router.
+    assert (await router.get("nobody", "/")).status_code == 404

@@ -15,6 +15,11 @@ from ._run import run_listener
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["connect"]:  # the ProxyCommand helper: stdin/stdout over WebSocket
+        from ._connect import main as connect_main
+
+        return connect_main(args[1:])
     try:
         config = load_config(argv)
     except ConfigError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 
 import trio
 import trio_websocket
@@ -107,3 +108,27 @@ async def test_silent_or_garbage_websocket_clients_are_dropped(stack: Stack) -> 
             await stream.aclose()
     # None of that disturbed the router.
     assert (await router.get("nobody", "/")).status_code == 404
+
+
+async def test_plain_openssh_through_the_proxycommand_helper(world: World) -> None:
+    stack, router = world.stack, world.router
+    proxy = (
+        f"{sys.executable} -m listener connect --ca-file {router.ca_cert} "
+        f"wss://localhost:{router.https_port}/_hostmux/ssh"
+    )
+    await stack.spawn(
+        "ssh-over-wss",
+        stack.ssh_argv(
+            router,
+            world.key,
+            "-o",
+            f"ProxyCommand={proxy}",
+            "-N",
+            "-R",
+            f"sshwss:80:127.0.0.1:{world.app.port}",
+            "tunnel@127.0.0.1",
+        ),
+    )
+    await router.proc.wait_for(r"event=tunnel_up name=sshwss ")
+    await router.proc.wait_for(r"event=wss_open ")
+    assert (await router.get("sshwss", "/")).status_code == 200

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import shutil
 import sys
 
+import pytest
 import trio
 import trio_websocket
 
@@ -132,3 +135,52 @@ async def test_plain_openssh_through_the_proxycommand_helper(world: World) -> No
     await router.proc.wait_for(r"event=tunnel_up name=sshwss ")
     await router.proc.wait_for(r"event=wss_open ")
     assert (await router.get("sshwss", "/")).status_code == 200
+
+
+async def test_websocket_transport_through_an_http_proxy_with_auth(world: World) -> None:
+    """HTTPS-only egress: the listener reaches the router via CONNECT on a real tinyproxy."""
+    if shutil.which("tinyproxy") is None:
+        pytest.fail("tinyproxy not installed: run the README's test command")
+    stack, router = world.stack, world.router
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        proxy_port = sock.getsockname()[1]
+    config = stack.path("tinyproxy.conf")
+    config.write_text(
+        f"Port {proxy_port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\n"
+        "BasicAuth hostmux s3cret\nLogLevel Connect\n"
+        f'PidFile "{stack.tmp}/tinyproxy.pid"\n'
+    )
+    proxy = await stack.spawn("tinyproxy", ["tinyproxy", "-d", "-c", str(config)])
+    await proxy.wait_for(r"(Accepting|listening|Initializing)")
+    env = {
+        **os.environ,
+        "HTTPS_PROXY": f"http://hostmux:s3cret@127.0.0.1:{proxy_port}",
+        "NO_PROXY": "",
+    }
+    listener = await stack.spawn(
+        "listener-proxy",
+        [
+            *stack.listener_argv(router, world.key, world.app.port),
+            "--name",
+            "proxied",
+            *_wss_args(world),
+        ],
+        env=env,
+    )
+    await listener.wait_for(r"event=tunnel_up name=proxied .*transport=wss")
+    await proxy.wait_for(r"CONNECT")
+    assert (await router.get("proxied", "/")).status_code == 200
+
+    wrong = {**env, "HTTPS_PROXY": f"http://hostmux:wrong@127.0.0.1:{proxy_port}"}
+    refused = await stack.spawn(
+        "listener-badauth",
+        [
+            *stack.listener_argv(router, world.key, world.app.port),
+            "--name",
+            "noproxy",
+            *_wss_args(world),
+        ],
+        env=wrong,
+    )
+    await refused.wait_for(r"event=tunnel_failed .*(407|proxy)")

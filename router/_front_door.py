@@ -14,7 +14,8 @@ import ssl
 from ._headers import ClientInfo
 from ._limits import ConnectionCounts
 from ._log import fields
-from ._relay import Gateway, HttpRelay, RelayLimits, RequestRecord
+from ._records import RequestRecord
+from ._relay import Gateway, HttpRelay, RelayLimits
 from ._streams import READ_CHUNK_BYTES, ReaderWriterStream
 
 log = logging.getLogger("hostmux.http")

@@ -34,9 +34,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import h11
 
@@ -49,6 +47,9 @@ from ._headers import (
 )
 from ._names import normalise_host
 from ._pages import Page, status_page, wants_html
+from ._records import RecordBuilder, RequestRecord
+from ._request_checks import head_size, header, origin_form, parse_error_text, reason_phrase
+from ._splice import splice
 from ._streams import ByteStream
 
 log = logging.getLogger("hostmux.relay")
@@ -97,23 +98,6 @@ class Gateway(Protocol):
     ) -> Destination | Page | Awaitable[Destination | Page]:
         """Where the request goes; may be a coroutine when deciding needs I/O."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """One finished request, for the access log."""
-
-    request_id: str
-    peer: str
-    host: str
-    name: str
-    method: str
-    target: str
-    status: int
-    bytes_in: int
-    bytes_out: int
-    duration_ms: float
-    note: str = ""
 
 
 # What h11 yields while reading a request body (PAUSED cannot occur mid-body).
@@ -206,7 +190,7 @@ class HttpRelay:
                 return  # idle or slowloris: close without a word, as nginx does
             except h11.RemoteProtocolError as exc:
                 await self._send_page(
-                    status_page(exc.error_status_hint, _parse_error_text(exc)), head_only=False
+                    status_page(exc.error_status_hint, parse_error_text(exc)), head_only=False
                 )
                 return
             if isinstance(event, h11.ConnectionClosed):
@@ -222,15 +206,15 @@ class HttpRelay:
         """Relay one request; True if the connection may carry another."""
         started = time.perf_counter()
         rid = new_request_id()
-        record = _Record(rid, self._peer, request)
+        record = RecordBuilder(rid, self._peer, request)
         try:
             keep = await self._relay_request(request, rid, record)
         finally:
             self._on_request(record.finish(started))
         return keep
 
-    async def _relay_request(self, request: h11.Request, rid: str, record: _Record) -> bool:
-        as_html = wants_html(_header(request, b"accept"))
+    async def _relay_request(self, request: h11.Request, rid: str, record: RecordBuilder) -> bool:
+        as_html = wants_html(header(request, b"accept"))
         head_only = request.method == b"HEAD"
 
         async def refuse(status: int, detail: str) -> bool:
@@ -242,9 +226,9 @@ class HttpRelay:
 
         if len(request.target) > self._limits.max_target_bytes:
             return await refuse(414, "the request target is too long")
-        if _head_size(request) > self._limits.max_header_bytes:
+        if head_size(request) > self._limits.max_header_bytes:
             return await refuse(431, "the request head is too large")
-        host_value = _header(request, b"host")
+        host_value = header(request, b"host")
         if host_value is None:
             return await refuse(400, "the request has no Host header")
         host = normalise_host(host_value.decode("latin-1"))
@@ -257,10 +241,10 @@ class HttpRelay:
         if target == b"*":
             return await refuse(400, "asterisk-form request targets are not supported")
         if not target.startswith(b"/"):
-            origin_form = _origin_form(target, host)
-            if origin_form is None:
+            in_origin_form = origin_form(target, host)
+            if in_origin_form is None:
                 return await refuse(400, "the absolute request target does not match Host")
-            target = origin_form
+            target = in_origin_form
         if self._bound_host is not None and host != self._bound_host:
             return await refuse(421, "this connection is bound to another host; open a new one")
         self._bound_host = host
@@ -338,7 +322,7 @@ class HttpRelay:
         self,
         upstream: _Upstream,
         first_event: _BodyEvent,
-        record: _Record,
+        record: RecordBuilder,
         refuse: Callable[[int, str], Awaitable[bool]],
     ) -> bool:
         """Stream the request body up while the response comes down."""
@@ -362,7 +346,7 @@ class HttpRelay:
         return keep
 
     async def _pump_request_body(
-        self, upstream: _Upstream, event: _BodyEvent, record: _Record
+        self, upstream: _Upstream, event: _BodyEvent, record: RecordBuilder
     ) -> None:
         try:
             while True:
@@ -389,7 +373,7 @@ class HttpRelay:
     async def _relay_response(
         self,
         upstream: _Upstream,
-        record: _Record,
+        record: RecordBuilder,
         websocket: bool,
         refuse: Callable[[int, str], Awaitable[bool]],
     ) -> bool:
@@ -469,12 +453,11 @@ class HttpRelay:
                     self._close_upstream()
                 return True
 
-    async def _splice(self, upstream: _Upstream, record: _Record) -> None:
+    async def _splice(self, upstream: _Upstream, record: RecordBuilder) -> None:
         """Copy bytes both ways after a 101, until both directions ended."""
         client_rest, _ = self._h.trailing_data
         upstream_rest, _ = upstream.conn.trailing_data
         self._upstream = None  # no longer reusable: owned by the splice now
-        idle = _IdleClock(self._limits.websocket_idle_timeout_s)
         try:
             if upstream_rest:
                 await self._client.send_all(bytes(upstream_rest))
@@ -482,9 +465,10 @@ class HttpRelay:
             if client_rest:
                 await upstream.stream.send_all(bytes(client_rest))
                 record.bytes_in += len(client_rest)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(_copy(self._client, upstream.stream, idle, record, inbound=True))
-                tg.create_task(_copy(upstream.stream, self._client, idle, record, inbound=False))
+            await splice(
+                self._client, upstream.stream,
+                idle_timeout_s=self._limits.websocket_idle_timeout_s, counter=record,
+            )  # fmt: skip
         except* (ConnectionError, OSError, TimeoutError) as group:
             log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)
         finally:
@@ -492,7 +476,7 @@ class HttpRelay:
 
     # -- sending to the browser ---------------------------------------------
 
-    async def _send_client(self, event: h11.Event, record: _Record) -> None:
+    async def _send_client(self, event: h11.Event, record: RecordBuilder) -> None:
         """Queue ``event`` for the browser; written out before the relay next waits."""
         data = self._h.send(event)
         if data:
@@ -507,7 +491,7 @@ class HttpRelay:
             self._client.write(data)  # large pieces go as they are: no copies
             await self._flush_client(record)
 
-    async def _flush_client(self, record: _Record) -> None:
+    async def _flush_client(self, record: RecordBuilder) -> None:
         """Write what is queued in one go; wait (bounded) only if the browser is slow."""
         if self._out:
             self._client.write(bytes(self._out))
@@ -521,7 +505,7 @@ class HttpRelay:
                 raise _Abort() from None
 
     async def _next_upstream_event(
-        self, upstream: _Upstream, timeout_s: float, record: _Record
+        self, upstream: _Upstream, timeout_s: float, record: RecordBuilder
     ) -> h11.Event:
         """The app's next event; flushes queued output to the browser before waiting."""
         conn = upstream.conn
@@ -546,7 +530,7 @@ class HttpRelay:
         try:
             data = self._h.send(
                 h11.Response(
-                    status_code=page.status, headers=page.headers, reason=_reason(page.status)
+                    status_code=page.status, headers=page.headers, reason=reason_phrase(page.status)
                 )
             )
             if not head_only:
@@ -577,115 +561,3 @@ class HttpRelay:
 
 class _StaleUpstream(Exception):
     """A reused upstream stream was closed by the app before it answered."""
-
-
-class _Record:
-    """Mutable collector for one request's access-log fields."""
-
-    __slots__ = (
-        "bytes_in", "bytes_out", "host", "method", "name", "note", "peer",
-        "request_id", "response_started", "status", "target",
-    )  # fmt: skip
-
-    def __init__(self, request_id: str, peer: str, request: h11.Request) -> None:
-        self.request_id = request_id
-        self.peer = peer
-        self.method = request.method.decode("latin-1")
-        self.target = request.target.decode("latin-1")
-        self.host = ""
-        self.name = ""
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.note = ""
-        self.response_started = False
-
-    def finish(self, started: float) -> RequestRecord:
-        return RequestRecord(
-            request_id=self.request_id,
-            peer=self.peer,
-            host=self.host,
-            name=self.name,
-            method=self.method,
-            target=self.target,
-            status=self.status,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            note=self.note,
-        )
-
-
-class _IdleClock:
-    """Shared last-activity time of both splice directions."""
-
-    __slots__ = ("last", "limit_s")
-
-    def __init__(self, limit_s: float) -> None:
-        self.limit_s = limit_s
-        self.last = time.monotonic()
-
-    def remaining(self) -> float:
-        return self.last + self.limit_s - time.monotonic()
-
-
-async def _copy(
-    source: ByteStream, sink: ByteStream, idle: _IdleClock, record: _Record, *, inbound: bool
-) -> None:
-    while True:
-        try:
-            async with asyncio.timeout(max(idle.remaining(), 0.0)):
-                data = await source.receive()
-        except TimeoutError:
-            if idle.remaining() > 0:
-                continue  # the other direction was active: not idle
-            raise
-        if not data:
-            await sink.send_eof()
-            return
-        idle.last = time.monotonic()
-        if inbound:
-            record.bytes_in += len(data)
-        else:
-            record.bytes_out += len(data)
-        await sink.send_all(data)
-
-
-def _head_size(request: h11.Request) -> int:
-    """About the size of the request head on the wire (h11 only bounds partial heads)."""
-    size = len(request.method) + len(request.target) + 12
-    return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
-
-
-def _header(request: h11.Request, name: bytes) -> bytes | None:
-    for key, value in request.headers:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-def _origin_form(target: bytes, host: str) -> bytes | None:
-    """The origin-form of an absolute-form target, if it names ``host``."""
-    try:
-        parts = urlsplit(target.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if parts.scheme not in ("http", "https") or parts.username or parts.password:
-        return None
-    if normalise_host(parts.netloc) != host:
-        return None
-    path = parts.path or "/"
-    return (path + ("?" + parts.query if parts.query else "")).encode("ascii")
-
-
-def _parse_error_text(exc: h11.RemoteProtocolError) -> str:
-    if exc.error_status_hint == 431:
-        return "the request head is too large"
-    return "the request could not be parsed as HTTP/1.1"
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""

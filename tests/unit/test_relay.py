@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 
 from router._headers import ClientInfo
 from router._pages import Page, status_page
+from router._records import RequestRecord
 from router._relay import (
     Destination,
     HttpRelay,
     RelayLimits,
-    RequestRecord,
     UpstreamUnavailable,
 )
 from router._streams import ByteStream

@@ -1,0 +1,50 @@
+"""Small pure checks on a parsed request: head size, target form, header lookup, reasons."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+import h11
+
+from ._names import normalise_host
+
+
+def head_size(request: h11.Request) -> int:
+    """About the size of the request head on the wire (h11 only bounds partial heads)."""
+    size = len(request.method) + len(request.target) + 12
+    return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
+
+
+def header(request: h11.Request, name: bytes) -> bytes | None:
+    for key, value in request.headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def origin_form(target: bytes, host: str) -> bytes | None:
+    """The origin-form of an absolute-form target, if it names ``host``."""
+    try:
+        parts = urlsplit(target.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        return None
+    if normalise_host(parts.netloc) != host:
+        return None
+    path = parts.path or "/"
+    return (path + ("?" + parts.query if parts.query else "")).encode("ascii")
+
+
+def parse_error_text(exc: h11.RemoteProtocolError) -> str:
+    if exc.error_status_hint == 431:
+        return "the request head is too large"
+    return "the request could not be parsed as HTTP/1.1"
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""

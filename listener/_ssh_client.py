@@ -23,6 +23,8 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from router._wss import WssConnector
 
+from ._proxy import HttpConnectTunnel, proxy_for
+
 # The client's cipher order decides in SSH: AES-GCM is fastest in asyncssh
 # (chacha20-poly1305 halves small-request throughput), the rest are fallbacks.
 _CIPHERS = (
@@ -109,6 +111,9 @@ class TunnelSession:
         spec = self._spec
         client = _PinningClient(spec.fingerprints)
         tunnel: object = ()
+        proxy = proxy_for(spec.host) if spec.transport == "ssh" else None
+        if proxy is not None:
+            tunnel = HttpConnectTunnel(proxy)  # HTTPS-only egress: CONNECT, then SSH
         if spec.transport == "wss":
             context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
             tunnel = WssConnector(

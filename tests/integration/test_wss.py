@@ -139,20 +139,8 @@ async def test_plain_openssh_through_the_proxycommand_helper(world: World) -> No
 
 async def test_websocket_transport_through_an_http_proxy_with_auth(world: World) -> None:
     """HTTPS-only egress: the listener reaches the router via CONNECT on a real tinyproxy."""
-    if shutil.which("tinyproxy") is None:
-        pytest.fail("tinyproxy not installed: run the README's test command")
     stack, router = world.stack, world.router
-    with trio.socket.socket() as sock:
-        await sock.bind(("127.0.0.1", 0))
-        proxy_port = sock.getsockname()[1]
-    config = stack.path("tinyproxy.conf")
-    config.write_text(
-        f"Port {proxy_port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\n"
-        "BasicAuth hostmux s3cret\nLogLevel Connect\n"
-        f'PidFile "{stack.tmp}/tinyproxy.pid"\n'
-    )
-    proxy = await stack.spawn("tinyproxy", ["tinyproxy", "-d", "-c", str(config)])
-    await proxy.wait_for(r"(Accepting|listening|Initializing)")
+    proxy_port = await _start_tinyproxy(stack)
     env = {
         **os.environ,
         "HTTPS_PROXY": f"http://hostmux:s3cret@127.0.0.1:{proxy_port}",
@@ -169,7 +157,8 @@ async def test_websocket_transport_through_an_http_proxy_with_auth(world: World)
         env=env,
     )
     await listener.wait_for(r"event=tunnel_up name=proxied .*transport=wss")
-    await proxy.wait_for(r"CONNECT")
+    tinyproxy = next(p for p in stack.processes if p.name == "tinyproxy")
+    await tinyproxy.wait_for(rf"CONNECT localhost:{router.https_port}")
     assert (await router.get("proxied", "/")).status_code == 200
 
     wrong = {**env, "HTTPS_PROXY": f"http://hostmux:wrong@127.0.0.1:{proxy_port}"}
@@ -184,3 +173,40 @@ async def test_websocket_transport_through_an_http_proxy_with_auth(world: World)
         env=wrong,
     )
     await refused.wait_for(r"event=tunnel_failed .*(407|proxy)")
+
+
+async def test_plain_ssh_transport_through_an_http_proxy(world: World) -> None:
+    """HTTPS_PROXY also carries the plain SSH transport, by CONNECT (with basic auth)."""
+    stack, router = world.stack, world.router
+    proxy_port = await _start_tinyproxy(stack)
+    env = {
+        **os.environ,
+        "HTTPS_PROXY": f"http://hostmux:s3cret@127.0.0.1:{proxy_port}",
+        "NO_PROXY": "",
+    }
+    listener = await stack.spawn(
+        "listener-ssh-proxy",
+        [*stack.listener_argv(router, world.key, world.app.port), "--name", "sshproxied"],
+        env=env,
+    )
+    await listener.wait_for(r"event=tunnel_up name=sshproxied .*transport=ssh")
+    tinyproxy = next(p for p in stack.processes if p.name == "tinyproxy")
+    await tinyproxy.wait_for(rf"CONNECT 127\.0\.0\.1:{router.ssh_port}")
+    assert (await router.get("sshproxied", "/")).status_code == 200
+
+
+async def _start_tinyproxy(stack: Stack) -> int:
+    if shutil.which("tinyproxy") is None:
+        pytest.fail("tinyproxy not installed: run the README's test command")
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = stack.path("tinyproxy.conf")
+    config.write_text(
+        f"Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\n"
+        "BasicAuth hostmux s3cret\nLogLevel Connect\n"
+        f'PidFile "{stack.tmp}/tinyproxy-{port}.pid"\n'
+    )
+    proxy = await stack.spawn("tinyproxy", ["tinyproxy", "-d", "-c", str(config)])
+    await proxy.wait_for(r"(Accepting|listening|Initializing)")
+    return int(port)

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -210,3 +211,85 @@ async def _start_tinyproxy(stack: Stack) -> int:
     proxy = await stack.spawn("tinyproxy", ["tinyproxy", "-d", "-c", str(config)])
     await proxy.wait_for(r"(Accepting|listening|Initializing)")
     return int(port)
+
+
+NGINX_CONF = """
+worker_processes 1;
+error_log {work}/error.log warn;
+pid {work}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/body;
+  proxy_temp_path {work}/proxy;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name localhost *.localhost;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+      proxy_pass http://127.0.0.1:{router_http};
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 1h;
+    }}
+  }}
+}}
+"""
+
+
+async def test_router_behind_nginx_serves_tunnels_and_wss(world: World) -> None:
+    """The README's nginx snippet, for real: nginx terminates TLS, the router does the rest."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not await trio.Path(nginx).exists():
+        pytest.fail("nginx not installed: run the README's test command")
+    stack, router = world.stack, world.router
+    work = stack.path("nginx")
+    for sub in ("body", "proxy"):
+        (work / sub).mkdir(parents=True)
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tls = router.state_dir / "tls"
+    (work / "nginx.conf").write_text(
+        NGINX_CONF.format(
+            work=work,
+            port=port,
+            router_http=router.http_port,
+            cert=tls / "localhost.pem",
+            key=tls / "localhost-key.pem",
+        )
+    )
+    await stack.spawn(
+        "nginx", [nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"]
+    )
+    wss_url = f"wss://localhost:{port}/_hostmux/ssh"
+    listener = await stack.spawn(
+        "listener-nginx",
+        [
+            *stack.listener_argv(router, world.key, world.app.port),
+            "--name",
+            "behindnginx",
+            "--transport",
+            "wss",
+            "--wss-url",
+            wss_url,
+            "--router-ca-file",
+            str(router.ca_cert),
+            "--no-check-url",
+        ],
+    )
+    with trio.fail_after(START_TIMEOUT_S):  # nginx may take a moment to listen
+        await listener.wait_for(r"event=tunnel_up name=behindnginx .*transport=wss")
+    async with httpx.AsyncClient(verify=router.ssl_context(), timeout=30) as client:
+        response = await client.get(
+            f"https://127.0.0.1:{port}/headers",
+            headers={"host": "localhost"},
+            extensions={"sni_hostname": "localhost"},
+        )
+    assert response.status_code == 200  # the router's own page, through nginx

@@ -31,6 +31,9 @@ class RouterConfig:
     http_listen: list[str] = option(
         ["127.0.0.1:8080"], "plain HTTP front door address (empty list: none)"
     )
+    one_port_listen: list[str] = option(
+        [], "addresses serving SSH, HTTPS and HTTP on one port, told apart by the first bytes"
+    )
     public_port: int = option(
         0, "HTTPS port shown in public URLs (0: the port the front door listens on)"
     )
@@ -86,7 +89,7 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if not all(is_dns_label(part) for part in self.domain.split(".")):
             raise ValueError(f"domain: {self.domain!r} is not a valid lower-case domain name")
-        for field in ("ssh_listen", "https_listen", "http_listen"):
+        for field in ("ssh_listen", "https_listen", "http_listen", "one_port_listen"):
             parse_listen_list(getattr(self, field), field)
         if not self.ssh_listen:
             raise ValueError("ssh_listen: at least one address is needed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 
 from ._headers import ClientInfo
 from ._limits import ConnectionCounts
@@ -55,18 +56,18 @@ def log_request(record: RequestRecord) -> None:
     )  # fmt: skip
 
 
-async def start_front_door(
-    host: str,
-    port: int,
+ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def connection_handler(
+    scheme: str,
     *,
     gateway: Gateway,
     limits: RelayLimits,
     connections: ConnectionSet,
     counts: ConnectionCounts,
-    tls: ssl.SSLContext | None,
-    tls_handshake_timeout_s: float,
-) -> asyncio.Server:
-    scheme = "https" if tls is not None else "http"
+) -> ConnectionHandler:
+    """What each accepted browser connection runs (also used by one-port mode)."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -87,6 +88,24 @@ async def start_front_door(
         finally:
             counts.release(ip)
 
+    return on_connection
+
+
+async def start_front_door(
+    host: str,
+    port: int,
+    *,
+    gateway: Gateway,
+    limits: RelayLimits,
+    connections: ConnectionSet,
+    counts: ConnectionCounts,
+    tls: ssl.SSLContext | None,
+    tls_handshake_timeout_s: float,
+) -> asyncio.Server:
+    scheme = "https" if tls is not None else "http"
+    on_connection = connection_handler(
+        scheme, gateway=gateway, limits=limits, connections=connections, counts=counts
+    )
     return await asyncio.start_server(
         on_connection,
         host,

@@ -22,10 +22,11 @@ from typing import TypeVar
 import keys
 
 from ._config import RouterConfig
-from ._front_door import ConnectionSet, start_front_door
+from ._front_door import ConnectionSet, connection_handler, start_front_door
 from ._layered_config import ConfigError, parse_host_port
 from ._limits import ConnectionCounts, FailureLimiter
 from ._log import fields
+from ._one_port import open_listening_socket, serve_one_port
 from ._portal import PortalKeys, TunnelEvents
 from ._ssh_auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
 from ._ssh_server import SshLimits, SshSettings, acceptor_port, start_ssh_server
@@ -176,6 +177,15 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
                 http_servers.append(server)
                 real_port = server.sockets[0].getsockname()[1]
                 bound[kind].append(f"{_fmt_host(host)}:{real_port}")
+        one_port_sockets = []
+        for value in config.one_port_listen:
+            host, port = parse_host_port(value, "one_port_listen")
+            try:
+                sock = open_listening_socket(host, port)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {value}: {exc.strerror or exc}") from None
+            one_port_sockets.append(sock)
+            bound.setdefault("one_port", []).append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
         if config.public_port == 0:
             first = bound["https"][0] if bound["https"] else bound["http"][0]
             hub.set_public_port(scheme, int(first.rsplit(":", 1)[1]))
@@ -185,7 +195,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
                 "router_ready", domain=config.domain, ssh=",".join(bound["ssh"]),
                 https=",".join(bound["https"]) or None, http=",".join(bound["http"]) or None,
                 host_key=state.host_key_fingerprint, ca=state.ca_cert,
-                pid=os.getpid(),
+                pid=os.getpid(), one_port=",".join(bound.get("one_port", [])) or None,
             )
         )  # fmt: skip
         _print_welcome(config, bound, state, hub)
@@ -200,6 +210,26 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
                 )
                 hub.observers.append(lambda event, name, url: events.publish(event, name, url))
                 background.append(tg.create_task(events.run()))
+            for sock in one_port_sockets:
+                if tls is None:
+                    raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
+                handlers = {
+                    scheme: connection_handler(
+                        scheme, gateway=gateway, limits=limits, connections=connections,
+                        counts=browsers,
+                    )
+                    for scheme in ("https", "http")
+                }  # fmt: skip
+                background.append(
+                    tg.create_task(
+                        serve_one_port(
+                            sock, ssh_factory=lambda: wss.factory, https=handlers["https"],
+                            http=handlers["http"], tls=tls,
+                            tls_handshake_timeout_s=config.tls_handshake_timeout_s,
+                            sniff_timeout_s=config.tls_handshake_timeout_s,
+                        )
+                    )
+                )  # fmt: skip
             await stop.wait()
             for task in background:
                 task.cancel()

@@ -129,3 +129,18 @@ def _hostmux_tls(ctx: Ctx) -> Plan:
         router=[router],
         client=_openssh(ctx, ssh, key, known_hosts),
     )
+
+
+@system(
+    "hostmux-wss",
+    "hostmux router (HTTP front door) + `hostmux-listener --transport wss` (SSH over WebSocket)",
+)
+def _hostmux_wss(ctx: Ctx) -> Plan:
+    router, ssh, http, https, key, known_hosts = _router(ctx)
+    ca = ctx.work / "hostmux" / "tls" / "dev-ca.pem"
+    client = [sys.executable, "-m", "listener", "--router", f"127.0.0.1:{ssh}", "--name", "bench",
+              "--target", f"127.0.0.1:{ctx.backend_port}", "--identity-file", str(key),
+              "--known-hosts", str(known_hosts), "--no-check-url", "--log-level", "warning",
+              "--transport", "wss", "--wss-url", f"wss://localhost:{https}/_hostmux/ssh",
+              "--router-ca-file", str(ca)]  # fmt: skip
+    return Plan(url=f"http://127.0.0.1:{http}", host=HOST, router=[router], client=client)

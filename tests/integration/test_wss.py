@@ -41,7 +41,7 @@ async def test_listener_over_websocket_carries_http_downloads_and_websockets(wor
     await router.proc.wait_for(r"event=wss_open ")
 
     assert (await router.get("viawss", "/")).status_code == 200
-    n = 20 * MIB
+    n = 100 * MIB
     digest = hashlib.sha256()
     async with router.client() as client:
         response = await client.send(

@@ -37,6 +37,9 @@ log = logging.getLogger("hostmux.listener")
 
 T = TypeVar("T")
 
+# How long auto mode waits for plain SSH before trying SSH over WebSocket.
+AUTO_SSH_TIMEOUT_S = 5.0
+
 
 class Listener:
     """One listener process's state across reconnects."""
@@ -97,7 +100,7 @@ class Listener:
             known_hosts=config.known_hosts_path, fingerprints=pins, name=self._name,
             target_host=target_host, target_port=target_port,
             keepalive_interval_s=config.keepalive_interval_s,
-            connect_timeout_s=config.connect_timeout_s,
+            connect_timeout_s=self._connect_timeout_s(),
             transport=self._transport, wss_url=config.wss_url,
             wss_headers=tuple(tuple(h.split(":", 1)) for h in config.wss_header),  # type: ignore[misc]
             ca_file=config.router_ca_file,
@@ -125,6 +128,13 @@ class Listener:
             if not self._stop.is_set():
                 log.warning(fields("tunnel_down", name=forward.name, router=server))
         return True
+
+    def _connect_timeout_s(self) -> float:
+        # auto mode gives plain SSH only a short try before it falls back to WSS:
+        # a firewall that drops packets would otherwise cost the whole timeout.
+        if self._config.transport == "auto" and self._transport == "ssh":
+            return min(self._config.connect_timeout_s, AUTO_SSH_TIMEOUT_S)
+        return self._config.connect_timeout_s
 
     async def _hold(self, session: TunnelSession, forward: Forward, router_host: str) -> None:
         ended = asyncio.Event()

@@ -106,3 +106,20 @@ async def test_exec_subsystem_and_local_forwards_are_refused(
     assert await stdio.wait_exit() != 0
     await stdio.wait_for(r"open failed")
     await router.proc.wait_for(r"event=refused .*what=\"direct-tcpip", start=mark)
+
+
+async def test_key_exchange_is_strict_and_ciphers_are_aes_gcm(
+    world: World,
+) -> None:
+    """Terrapin (CVE-2023-48795): both sides must agree on strict KEX; only AES-GCM is offered."""
+    stack, router, key = world.stack, world.router, world.key
+    ssh = await stack.spawn("ssh-vvv", stack.ssh_argv(router, key, "-vvv", "x@127.0.0.1", "help"))
+    assert await ssh.wait_exit() == 0
+    await ssh.wait_for(r"will use strict KEX ordering")
+    await ssh.wait_for(r"kex: server->client cipher: aes(128|256)-gcm@openssh\.com")
+    await ssh.wait_for(r"kex: client->server cipher: aes(128|256)-gcm@openssh\.com")
+    chacha = await stack.spawn(
+        "ssh-chacha",
+        stack.ssh_argv(router, key, "-c", "chacha20-poly1305@openssh.com", "x@127.0.0.1", "help"),
+    )
+    assert await chacha.wait_exit() != 0  # not offered: the client must use AES-GCM

@@ -20,6 +20,7 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import html
 import json
@@ -37,6 +38,7 @@ from starlette.routing import Route
 import keys
 from router._names import InvalidName, check_name
 
+from . import _routers
 from ._events import event_signature_ok
 from ._login import access, authorize, current_user, login_form, login_submit, logout, share, token
 from ._state import PortalState, admin_only, state_of
@@ -45,6 +47,8 @@ from ._state import PortalState, admin_only, state_of
 _MIN_CERT_S, _MAX_CERT_S = 60, 30 * 24 * 3600
 # A public URL is short; anything longer is not one.
 _MAX_URL_BYTES = 2048
+# An event is a few short fields; the cap bounds what an unsigned sender can make us buffer.
+_MAX_EVENT_BYTES = 16 * 1024
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32, lower case: DNS-safe
 
 
@@ -61,7 +65,7 @@ def _valid_label(text: str) -> bool:
 
 
 async def config_json(request: Request) -> Response:
-    routers = await state_of(request).db.setting("routers", {"servers": [], "host_keys": []})
+    routers = await state_of(request).db.setting(_routers.SETTING, _routers.NONE)
     return JSONResponse({"router": {"ssh": routers}})
 
 
@@ -69,14 +73,10 @@ async def put_routers(request: Request) -> Response:
     if (refused := admin_only(request)) is not None:
         return refused
     try:
-        body = await request.json()
-        servers = [str(s) for s in body["servers"]]
-        host_keys = [str(k) for k in body.get("host_keys", [])]
-        for line in host_keys:
-            keys.fingerprint_of_public_line(line)
-    except (ValueError, KeyError, TypeError, keys.KeysError) as exc:
-        return _error(400, f"expected {{servers, host_keys}}: {exc}")
-    await state_of(request).db.set_setting("routers", {"servers": servers, "host_keys": host_keys})
+        routers = _routers.router_settings(await request.json())
+    except ValueError as exc:  # json.JSONDecodeError is one too
+        return _error(400, str(exc))
+    await state_of(request).db.set_setting(_routers.SETTING, routers)
     return Response(status_code=204)
 
 
@@ -153,16 +153,39 @@ async def update_url(request: Request) -> Response:
         keys.verify_jwt(token.strip(), [instance.jwk], issuer=instance_id)
     except keys.JwtError as exc:
         return _error(401, str(exc))
-    body = await request.body()
-    if len(body) > _MAX_URL_BYTES:
+    body = await _body_at_most(request, _MAX_URL_BYTES)
+    if body is None:
         return _error(422, "URL too long")
     url = body.decode("utf-8", "replace").strip()
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or host.split(".")[0] != instance_id:
+    if not _is_url_of(url, instance_id):
         return _error(422, f"the URL must be http(s)://{instance_id}.<domain>")
     await state.db.set_url(instance_id, url)
     return Response(status_code=204)
+
+
+def _is_url_of(url: str, instance_id: str) -> bool:
+    """An http(s) URL whose host's first label is the instance id (the router's naming)."""
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname or "", parts.port  # .port raises for "h:99999"
+    except ValueError:  # "http://[x", a bad port
+        return False
+    printable = url.isprintable() and " " not in url
+    return printable and parts.scheme in ("http", "https") and host.split(".")[0] == instance_id
+
+
+async def _body_at_most(request: Request, limit: int) -> bytes | None:
+    """The request body, or None if it is longer than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async with contextlib.aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                return None
+    return bytes(body)
 
 
 async def sign_certificate(request: Request) -> Response:
@@ -174,9 +197,11 @@ async def sign_certificate(request: Request) -> Response:
         return _error(404, "no such instance")
     try:
         body = await request.json() if await request.body() else {}
+        if not isinstance(body, dict):
+            raise TypeError("not an object")
         valid_for = int(body.get("valid_for_s", 3600))
         public_line = str(body.get("public_key") or instance.public_key)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: int(1e999)
         return _error(400, "expected {public_key?, valid_for_s?}")
     if not _MIN_CERT_S <= valid_for <= _MAX_CERT_S:
         return _error(400, f"valid_for_s: {_MIN_CERT_S}..{_MAX_CERT_S}")
@@ -200,7 +225,9 @@ async def ssh_ca_public(request: Request) -> Response:
 
 async def router_events(request: Request) -> Response:
     state = state_of(request)
-    body = await request.body()
+    body = await _body_at_most(request, _MAX_EVENT_BYTES)
+    if body is None:
+        return _error(413, "event too large")
     if not event_signature_ok(
         state.events_secret, body, request.headers.get("x-hostmux-signature")
     ):

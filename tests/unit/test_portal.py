@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,8 +17,10 @@ from typing import Any
 import asyncssh
 import httpx
 import pytest
+import trio
 
 import keys
+from examples.portal.__main__ import main
 from examples.portal._app import build_app
 from examples.portal._db import Database
 from examples.portal._events import sign_event_body
@@ -25,17 +33,29 @@ SECRET = b"events-secret"
 
 @pytest.fixture
 async def portal(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    db = Database(tmp_path / "portal.sqlite3")
+    async with _portal_client(tmp_path, SECRET) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _portal_client(
+    state_dir: Path, events_secret: bytes | None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The portal app in process, with users alice, bob and one with a hostile name."""
+    await trio.Path(state_dir).mkdir(exist_ok=True)
+    db = Database(state_dir / "portal.sqlite3")
     state = PortalState(
         db=db, ca=keys.SshCertificateAuthority.generate(), admin_token="admin-token",
-        events_secret=SECRET, public_url="http://localhost",
+        events_secret=events_secret, public_url="http://localhost",
     )  # fmt: skip
-    for user in ("alice", "bob", "<script>alert(1)</script>"):
-        await db.ensure_user(user, hash_password("pw-" + user[:5]))
-    transport = httpx.ASGITransport(app=build_app(state, "test-session-secret"))
-    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-        yield client
-    db.close()
+    try:
+        for user in ("alice", "bob", "<script>alert(1)</script>"):
+            await db.ensure_user(user, hash_password("pw-" + user[:5]))
+        transport = httpx.ASGITransport(app=build_app(state, "test-session-secret"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            yield client
+    finally:
+        db.close()
 
 
 async def _create(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
@@ -84,6 +104,8 @@ async def test_url_updates_need_the_instance_signature(portal: httpx.AsyncClient
     created = await _create(portal, id="lab-2")
     key = keys.InstanceKey.from_private_bytes(created["private_key_pem"].encode())
     stranger = keys.InstanceKey.generate("rsa")
+    neighbour = await _create(portal, id="lab-3", key_type="ed25519")
+    neighbour_key = keys.InstanceKey.from_private_bytes(neighbour["private_key_pem"].encode())
     url = "https://lab-2.tunnels.test"
 
     async def put(token: str | None, body: str = url) -> httpx.Response:
@@ -97,12 +119,28 @@ async def test_url_updates_need_the_instance_signature(portal: httpx.AsyncClient
     assert (bad_signature.status_code, bad_signature.json()) == (
         401, {"error": "signature does not verify"},
     )  # fmt: skip
+    # Another instance's key, even claiming to be lab-2, does not verify against lab-2's key.
+    assert (await put(keys.sign_jwt(neighbour_key, issuer="lab-2"))).status_code == 401
     assert (await put(keys.sign_jwt(key, issuer="lab-3"))).json() == {"error": "wrong issuer"}
     expired = keys.sign_jwt(key, issuer="lab-2", now=int(time.time()) - 3000)
     assert (await put(expired)).json() == {"error": "token expired"}
-    assert (
-        await put(keys.sign_jwt(key, issuer="lab-2"), "https://other.tunnels.test")
-    ).status_code == 422
+    for not_ours in (
+        "https://other.tunnels.test",
+        "https://lab-2x.tunnels.test",
+        "ftp://lab-2.tunnels.test",
+        "https://lab-2@evil.example/",
+        "http://[lab-2",
+        "https://lab-2.tunnels.test:99999/",
+        "https://lab-2.tunnels.test/a b",
+        "https://lab-2.tunnels.test/" + "x" * 4096,
+    ):
+        refused = await put(keys.sign_jwt(key, issuer="lab-2"), not_ours)
+        assert refused.status_code == 422, not_ours
+    assert (await put("not.a.jwt")).status_code == 401
+    unknown = await portal.put(
+        "/instances/lab-9/url", content=url, headers={"authorization": "Bearer x"}
+    )
+    assert unknown.status_code == 404
     assert (await put(keys.sign_jwt(key, issuer="lab-2"))).status_code == 204
     record = (await portal.get("/instances/lab-2", headers=ADMIN)).json()
     assert record["url"] == url
@@ -252,3 +290,127 @@ async def test_authorize_refuses_foreign_redirects_and_unknown_clients(
         refused_pkce = await portal.get("/oauth/authorize", params={**no_pkce, **pkce})
         assert refused_pkce.status_code == 400  # S256 PKCE only: no code, no redirect
         assert "location" not in refused_pkce.headers
+
+
+async def test_malformed_admin_bodies_are_400s(portal: httpx.AsyncClient) -> None:
+    await _create(portal, id="lab-10")
+    bodies: list[object] = [[], "x", {"valid_for_s": "soon"}, {"public_key": "not a key"}]
+    for body in [*map(json.dumps, bodies), '{"valid_for_s": 1e999}']:
+        response = await portal.post("/instances/lab-10/certificate", content=body, headers=ADMIN)
+        assert response.status_code == 400, body
+        assert "error" in response.json()
+    bad_routers: list[object] = [
+        [],
+        {"servers": "127.0.0.1:2222"},
+        {"servers": ["no-port"]},
+        {"servers": ["h:70000"]},
+        {"servers": [], "host_keys": ["not a key"]},
+    ]
+    for routers in bad_routers:
+        response = await portal.put("/admin/routers", json=routers, headers=ADMIN)
+        assert response.status_code == 400, routers
+    bad_instances: list[object] = [
+        [],
+        {"owner": ""},
+        {"owner": "a", "id": "Not_A_Label"},
+        {"owner": "a", "key_type": "dsa"},
+    ]
+    for instance in bad_instances:
+        response = await portal.post("/instances", json=instance, headers=ADMIN)
+        assert response.status_code == 400, instance
+    listed = (await portal.get("/instances", headers=ADMIN)).json()
+    assert listed == [
+        {"id": "lab-10", "owner": "alice", "url": None, "url_updated_at": None, "tunnel": None}
+    ]
+
+
+async def test_router_events_edge_cases(portal: httpx.AsyncClient, tmp_path: Path) -> None:
+    def signed(event: object) -> dict[str, Any]:
+        body = json.dumps(event).encode()
+        return {"content": body, "headers": {"x-hostmux-signature": sign_event_body(SECRET, body)}}
+
+    stranger = {"event": "tunnel_up", "name": "not-ours", "url": None, "router": "r", "ts": 1.0}
+    assert (await portal.post("/router-events", **signed(stranger))).status_code == 204
+    assert (await portal.post("/router-events", **signed({"event": "x"}))).status_code == 400
+    huge = {**stranger, "router": "r" * 100_000}
+    assert (await portal.post("/router-events", **signed(huge))).status_code == 413
+    async with _portal_client(tmp_path / "no-secret", None) as unconfigured:
+        refused = await unconfigured.post("/router-events", **signed(stranger))
+        assert refused.status_code == 401  # no secret configured: no event is trusted
+
+
+def test_bad_arguments_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Synchronous on purpose: main() runs its own trio loop (the last case gets as far
+    # as binding, to a port that is taken).
+    state = str(tmp_path / "state")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for argv in (
+            ["serve"],
+            ["serve", "--state-dir", state, "--port", "http"],
+            ["serve", "--state-dir", state, "--router", "no-port"],
+            ["serve", "--state-dir", state, "--router-host-key", "ssh-ed25519 AAAAnope"],
+            ["serve", "--state-dir", state, "--public-url", "portal.example"],
+            ["serve", "--state-dir", state, "--user", "no-password"],
+            ["serve", "--state-dir", state, "--port", port],
+        ):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1, err
+            assert "error:" in err
+            assert "Traceback" not in err
+
+
+async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    """Bytes up to and including the first newline, or all of them at EOF."""
+    data = b""
+    while b"\n" not in data:
+        chunk = await stream.receive_some()
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def test_portal_process_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    host_key = keys.InstanceKey.generate("ed25519").public_openssh()
+    env = {k: v for k, v in os.environ.items() if k != "HOSTMUX_PORTAL_ADMIN_TOKEN"}
+    state = tmp_path / "state"
+    command = [
+        sys.executable, "-m", "examples.portal", "serve", "--host", "127.0.0.1",
+        "--port", "0", "--state-dir", str(state), "--router", "127.0.0.1:2222",
+        "--router-host-key", host_key,
+    ]  # fmt: skip
+    run = functools.partial(
+        trio.run_process, command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        check=False,
+    )  # fmt: skip
+    # The nursery owns the process: if the test fails, run_process kills it on the way out.
+    async with trio.open_nursery() as nursery:
+        proc: trio.Process = await nursery.start(run)
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        with trio.fail_after(20):
+            line = (await _read_line(proc.stdout)).decode()
+        assert line.startswith("portal listening on http://127.0.0.1:"), line
+        url = line.removeprefix("portal listening on ").strip()
+        assert not url.endswith(":0")
+        async with httpx.AsyncClient(base_url=url) as client:
+            with trio.fail_after(10):
+                assert (await client.get("/healthz")).text == "ok"
+                config = (await client.get("/config.json")).json()
+        assert config == {
+            "router": {"ssh": {"servers": ["127.0.0.1:2222"], "host_keys": [host_key]}}
+        }
+        assert (state / "admin-token").stat().st_mode & 0o777 == 0o600
+        assert (state / "ssh-ca").exists()
+        assert (state / "portal.sqlite3").exists()
+        proc.terminate()
+        with trio.fail_after(10):
+            assert await proc.wait() == 0
+            errors = await _read_line(proc.stderr)
+        assert errors == b""  # no traceback, no log noise

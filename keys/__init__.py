@@ -1,16 +1,23 @@
-"""Keys and certificates for hostmux: SSH key pairs and a development TLS CA.
+"""Keys and certificates for hostmux: SSH key pairs, instance keys, JWTs and two CAs.
 
 - ``_keypairs``: generate, write, load and fingerprint OpenSSH key pairs; the
   router's host key is created on first start.
 - ``_dev_ca``: a local certificate authority and a server certificate for a
   development domain, so ``https://<name>.<domain>`` works without warnings.
-- ``_instance``, ``_jwt``: instance keys in every export form, JWKs with RFC
-  7638 thumbprints, and signed JWTs (joserfc) for the portal's URL updates.
-- ``_ssh_ca``: an OpenSSH user-certificate authority for portal instances.
-- ``_cli``: the ``hostmux-keys`` command over both.
+- ``_instance``: an instance's key (RSA or Ed25519) in every export form the
+  DIT4C design uses (PKCS#1, PKCS#8, OpenSSH), its public JWK with the RFC
+  7638 thumbprint as ``kid``, and JWK <-> OpenSSH public key conversion.
+- ``_jwt``: signing and verifying the JWTs an instance sends the portal with
+  its URL updates, with a fixed policy (asymmetric algorithms matched to the
+  key, issuer, expiry, bounded lifetime).
+- ``_ssh_ca``: an OpenSSH user-certificate authority, so the portal can vouch
+  for an instance's key and the router check it offline.
+- ``_cli``: the ``hostmux-keys`` command over all of these.
 
-Only ``cryptography`` is used here; asyncssh stays in the components' adapters.
-Errors: ``KeysError`` and its subclass ``KeyFileError`` (see ``_errors``).
+Keys and certificates are ``cryptography``'s; everything JOSE (JWK,
+thumbprints, JWS/JWT) is joserfc's; asyncssh stays in the components'
+adapters. Errors: ``KeysError`` and its subclasses ``KeyFileError`` and
+``JwtError`` (see ``_errors``).
 """
 
 from ._dev_ca import TlsFiles, ensure_dev_tls, issue_leaf_certificate

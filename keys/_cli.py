@@ -6,6 +6,16 @@ Subcommands::
     hostmux-keys host-key PATH
     hostmux-keys dev-ca [--dir DIR] [--domain DOMAIN] [--name NAME ...]
     hostmux-keys fingerprint FILE
+    hostmux-keys instance-key [-t rsa|ed25519] [-b BITS] DIR
+    hostmux-keys jwt --key PEMFILE --iss ISS [--kid KID] [--lifetime S]
+    hostmux-keys ssh-ca init PATH
+    hostmux-keys ssh-ca sign --ca PATH --principal ID [--principal ...]
+                             --key-id ID --valid-for SECONDS PUBKEYFILE
+
+``instance-key`` writes ``instance-key.pem`` (PKCS#1 for RSA, as DIT4C's
+listener reads it; PKCS#8 for Ed25519, which PKCS#1 cannot hold),
+``instance-key.pub`` and ``instance-key.jwk.json``, and never replaces an
+existing key.
 
 Results go to stdout. Every failure, including a usage error, is one line on
 stderr, ``hostmux-keys: error: ...``, with exit status 2 and no traceback:
@@ -27,7 +37,12 @@ from typing import NoReturn
 from ._dev_ca import ensure_dev_tls
 from ._errors import KeyFileError, KeysError
 from ._files import read_key_file, write_key_file
-from ._instance import InstanceKey
+from ._instance import (
+    MAX_INSTANCE_RSA_BITS,
+    MIN_INSTANCE_RSA_BITS,
+    InstanceKey,
+    instance_public_key_from_openssh,
+)
 from ._jwt import sign_jwt
 from ._keypairs import (
     MAX_RSA_BITS,
@@ -47,6 +62,15 @@ _PROG = "hostmux-keys"
 
 # Exit status for every failure, as argparse uses for usage errors.
 _EXIT_ERROR = 2
+
+# The files `instance-key` writes into its DIR (names the portal docs use).
+_INSTANCE_PEM = "instance-key.pem"
+_INSTANCE_PUB = "instance-key.pub"
+_INSTANCE_JWK = "instance-key.jwk.json"
+
+# `ssh-ca sign` backdates a certificate this much, so a router whose clock is
+# a little behind the signer's does not find it not yet valid.
+_CLOCK_SKEW = datetime.timedelta(minutes=1)
 
 
 def _default_dev_ca_dir() -> Path:
@@ -126,7 +150,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "instance-key", help="make an instance key: PEM, OpenSSH public key and JWK in DIR"
     )
     instance.add_argument("-t", dest="algorithm", choices=("rsa", "ed25519"), default="rsa")
-    instance.add_argument("-b", dest="bits", type=int, default=2048, help="RSA size, 2048..4096")
+    instance.add_argument(
+        "-b", dest="bits", type=int,
+        help=f"RSA key size, {MIN_INSTANCE_RSA_BITS}..{MAX_INSTANCE_RSA_BITS} (default 2048)",
+    )  # fmt: skip
     instance.add_argument("directory", metavar="DIR", type=Path)
 
     token = commands.add_parser("jwt", help="print a JWT signed by an instance key")
@@ -149,20 +176,24 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _instance_key(args: argparse.Namespace) -> None:
-    try:
-        key = InstanceKey.generate(args.algorithm, rsa_bits=args.bits)
-    except ValueError as error:
-        raise KeysError(str(error)) from None
+    if args.bits is not None and args.algorithm != "rsa":
+        raise _UsageError("-b applies to -t rsa only")
+    # Absent -b leaves the size to InstanceKey.generate's default.
+    bits: dict[str, int] = {} if args.bits is None else {"rsa_bits": args.bits}
+    key = InstanceKey.generate(args.algorithm, **bits)
     directory: Path = args.directory
     pem = key.private_pkcs1_pem() if args.algorithm == "rsa" else key.private_pkcs8_pem()
-    if not write_key_file(directory / "instance-key.pem", pem, mode=0o600, replace=False):
-        raise KeysError(f"{directory / 'instance-key.pem'} exists; not overwritten")
-    write_key_file(
-        directory / "instance-key.pub", (key.public_openssh() + "\n").encode(), mode=0o644
-    )
+    # The private key goes first and only if absent: a second run must not
+    # replace a key that a portal may already know.
+    if not write_key_file(directory / _INSTANCE_PEM, pem, mode=0o600, replace=False):
+        raise KeyFileError(f"{directory / _INSTANCE_PEM} already exists; not overwritten")
+    public = key.public_openssh() + "\n"
+    write_key_file(directory / _INSTANCE_PUB, public.encode(), mode=0o644)
     jwk = json.dumps(key.public_jwk(), indent=2) + "\n"
-    write_key_file(directory / "instance-key.jwk.json", jwk.encode(), mode=0o644)
-    print(f"kid {key.kid}\n{key.public_openssh()}")
+    write_key_file(directory / _INSTANCE_JWK, jwk.encode(), mode=0o644)
+    print(f"kid {key.kid}")
+    written = ", ".join((_INSTANCE_PEM, _INSTANCE_PUB, _INSTANCE_JWK))
+    print(f"{key.fingerprint} written to {directory}: {written}")
 
 
 def _jwt(args: argparse.Namespace) -> None:
@@ -173,19 +204,31 @@ def _jwt(args: argparse.Namespace) -> None:
 def _ssh_ca(args: argparse.Namespace) -> None:
     if args.ca_command == "init":
         ca, created = load_or_create_ssh_ca(args.path)
-        print(f"{'created' if created else 'exists'}: {ca.public_line}")
+        print(ca.public_line)
+        print(f"{ca.fingerprint} {'created' if created else 'existing'} SSH CA {args.path}")
         return
+    valid_for_s: int = args.valid_for
+    if valid_for_s < 1:
+        raise _UsageError(f"--valid-for must be at least 1 second, not {valid_for_s}")
     ca = SshCertificateAuthority.load(args.ca)
+    path: Path = args.public_key
     try:
-        public_line = Path(args.public_key).read_text().strip()
-    except OSError as error:
-        raise KeysError(f"cannot read {args.public_key}: {error.strerror}") from None
+        public_line = read_key_file(path, "public key").decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise KeyFileError(f"{path} is not an OpenSSH public key file") from error
+    try:
+        instance_public_key_from_openssh(public_line)  # to name the file if it is not
+    except KeysError as error:
+        raise KeyFileError(f"{path}: {error}") from error
     now = datetime.datetime.now(datetime.UTC)
+    try:
+        valid_before = now + datetime.timedelta(seconds=valid_for_s)
+    except OverflowError as error:
+        raise _UsageError(f"--valid-for {valid_for_s} is too far in the future") from error
     print(
         ca.sign_user_key(
             public_line, principals=args.principal, key_id=args.key_id,
-            valid_after=now - datetime.timedelta(minutes=1),
-            valid_before=now + datetime.timedelta(seconds=args.valid_for),
+            valid_after=now - _CLOCK_SKEW, valid_before=valid_before,
         )
     )  # fmt: skip
 

@@ -3,8 +3,10 @@
 Exception tree::
 
     KeysError                 anything this package refuses to do
-    └── KeyFileError          a key or certificate file is missing, unreadable,
-                              not what it claims to be, or cannot be written
+    ├── KeyFileError          a key or certificate file is missing, unreadable,
+    │                         not what it claims to be, or cannot be written
+    └── JwtError              a JWT was refused (defined in ``_jwt``); its
+                              message is safe to show the client that sent it
 
 Messages are one line and name the file, so a command-line tool can print
 ``str(error)`` as-is instead of a traceback. Foreign exceptions (``OSError``,

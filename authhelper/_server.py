@@ -229,11 +229,12 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        connections.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
         info = ClientInfo(peer_ip=str(peer[0]), peer_port=int(peer[1]), scheme="http")
         stream = ReaderWriterStream(reader, writer, label=f"helper:{peer[0]}:{peer[1]}")
-        await HttpRelay(stream, info, gateway, limits, log_request).run()
+        relay = HttpRelay(stream, info, gateway, limits, log_request)
+        connections.add(task, relay)
+        await relay.run()
 
     host, port = parse_host_port(config.listen, "listen")
     try:

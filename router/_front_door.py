@@ -23,26 +23,35 @@ log = logging.getLogger("hostmux.http")
 
 
 class ConnectionSet:
-    """The live browser connections' tasks."""
+    """The live browser connections: each one's task and relay."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._relays: dict[asyncio.Task[None], HttpRelay] = {}
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self._relays)
 
-    def add(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def __repr__(self) -> str:
+        return f"<ConnectionSet {len(self._relays)} connections>"
+
+    def add(self, task: asyncio.Task[None], relay: HttpRelay) -> None:
+        self._relays[task] = relay
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._relays.pop(task, None)
 
     async def drain(self, grace_s: float) -> None:
-        """Wait up to ``grace_s`` for connections to end, then cancel the rest."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace_s)
-        for task in list(self._tasks):
+        """Shutdown: idle connections close now, requests in flight get ``grace_s``
+        to finish, WebSockets get a 1001 close; whatever is left is cancelled."""
+        for relay in list(self._relays.values()):
+            relay.go_away()
+        if self._relays:
+            await asyncio.wait(set(self._relays), timeout=grace_s)
+        for task in list(self._relays):
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=5.0)
+        if self._relays:
+            await asyncio.wait(set(self._relays), timeout=5.0)
 
 
 def log_request(record: RequestRecord) -> None:
@@ -80,11 +89,17 @@ def connection_handler(
             log.warning(fields("connection_refused", peer=f"{ip}:{peer[1]}", reason="limit"))
             writer.transport.abort()
             return
-        connections.add(task)
         try:
             info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
             stream = ReaderWriterStream(reader, writer, label=f"{scheme}:{ip}:{peer[1]}")
-            await HttpRelay(stream, info, gateway, limits, log_request).run()
+            relay = HttpRelay(stream, info, gateway, limits, log_request)
+            connections.add(task, relay)
+            await relay.run()
+        except asyncio.CancelledError:
+            # Shutdown cancels what outlived its grace. This task is the root of
+            # the connection: ending quietly keeps Python 3.11's stream callback
+            # from logging the cancellation as an error.
+            writer.transport.abort()
         finally:
             counts.release(ip)
 

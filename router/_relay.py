@@ -163,9 +163,18 @@ class HttpRelay:
         self._upstream: _Upstream | None = None
         self._out = bytearray()  # response bytes queued for the browser
         self._peer = f"{info.peer_ip}:{info.peer_port}"
+        self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
+        self._idle_wait: asyncio.Timeout | None = None  # while waiting for a request head
 
     def __repr__(self) -> str:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
+
+    def go_away(self) -> None:
+        """Shutdown: close now if idle, else after the response in flight (with
+        ``Connection: close``); a WebSocket gets a 1001 close frame."""
+        self._going_away.set()
+        if self._idle_wait is not None:
+            self._idle_wait.reschedule(asyncio.get_running_loop().time())  # time's up now
 
     async def run(self) -> None:
         try:
@@ -183,16 +192,20 @@ class HttpRelay:
             timeout = (
                 self._limits.header_timeout_s if served == 0 else self._limits.keepalive_timeout_s
             )
+            if self._going_away.is_set():
+                return
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as self._idle_wait:
                     event = await self._next_client_event()
             except TimeoutError:
-                return  # idle or slowloris: close without a word, as nginx does
+                return  # idle, slowloris or shutdown: close without a word, as nginx does
             except h11.RemoteProtocolError as exc:
                 await self._send_page(
                     status_page(exc.error_status_hint, parse_error_text(exc)), head_only=False
                 )
                 return
+            finally:
+                self._idle_wait = None
             if isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request), event
@@ -432,6 +445,8 @@ class HttpRelay:
                 headers = response_headers_for_client(event.headers)
                 if upstream.response_filter is not None:
                     headers = upstream.response_filter(headers)
+                if self._going_away.is_set():
+                    headers = [*headers, (b"connection", b"close")]
                 await self._send_client(
                     h11.Response(
                         status_code=event.status_code, headers=headers, reason=event.reason
@@ -468,6 +483,7 @@ class HttpRelay:
             await splice(
                 self._client, upstream.stream,
                 idle_timeout_s=self._limits.websocket_idle_timeout_s, counter=record,
+                going_away=self._going_away,
             )  # fmt: skip
         except* (ConnectionError, OSError, TimeoutError) as group:
             log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from .conftest import World
 
@@ -84,3 +86,30 @@ def test_bad_authorized_keys_line_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{keys_file}:1: not a valid authorized_keys line" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_sigusr1_logs_live_task_and_descriptor_counts(world: World) -> None:
+    stack, router, app, key = world.stack, world.router, world.app, world.key
+    await stack.openssh_tunnel(router, key, "counted", app.port)
+    pid = router.proc.process.pid
+
+    async def stats() -> dict[str, int]:
+        mark = len(router.proc.lines)
+        os.kill(pid, signal.SIGUSR1)
+        match = await router.proc.wait_for(
+            r"event=stats tasks=(\d+) fds=(\d+) threads=(\d+) connections=(\d+)", start=mark
+        )
+        names = ("tasks", "fds", "threads", "connections")
+        return dict(zip(names, map(int, match.groups()), strict=True))
+
+    idle = await stats()
+    assert idle["tasks"] >= 1
+    assert idle["connections"] == 0
+    async with await trio.open_tcp_stream("127.0.0.1", router.http_port) as held:
+        # One answered request: the router has accepted the connection and keeps it alive.
+        await held.send_all(b"GET /bytes?n=16 HTTP/1.1\r\nHost: counted.localhost\r\n\r\n")
+        assert (await held.receive_some(65536)).startswith(b"HTTP/1.1 200 ")
+        busy = await stats()
+    assert busy["connections"] == 1
+    assert busy["tasks"] > idle["tasks"]
+    assert busy["fds"] > idle["fds"]

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
+import trio_websocket
 
 from .conftest import World
 
@@ -113,3 +115,46 @@ async def test_sigusr1_logs_live_task_and_descriptor_counts(world: World) -> Non
     assert busy["connections"] == 1
     assert busy["tasks"] > idle["tasks"]
     assert busy["fds"] > idle["fds"]
+
+
+async def test_tunnel_client_killed_mid_response_cuts_it_short_without_a_traceback(
+    world: World,
+) -> None:
+    # Found by bench/soak.py: asyncssh's ConnectionLost (not an OSError) escaped the relay.
+    stack, router, app, key = world.stack, world.router, world.app, world.key
+    victim = await stack.openssh_tunnel(router, key, "victim", app.port)
+    size = 256 * 1024 * 1024
+    async with trio.open_nursery() as nursery:
+        # The TLS stream is ours to close: trio-websocket leaves it open when the peer drops.
+        tls = await router.open_tls("victim")
+        ws = await trio_websocket.wrap_client_stream(
+            nursery, tls, f"victim.localhost:{router.https_port}", "/ws"
+        )
+        with trio.fail_after(60):
+            await ws.send_message("before")
+            assert await ws.get_message() == "before"
+            received: list[int] = []
+            async with router.client() as client:
+                request = router.request(client, "GET", "victim", f"/bytes?n={size}&seed=k")
+                response = await client.send(request, stream=True)
+                assert response.status_code == 200
+
+                async def read_killing_the_client() -> None:
+                    async for chunk in response.aiter_raw():
+                        if not received:
+                            victim.process.kill()  # SIGKILL, mid-response
+                        received.append(len(chunk))
+
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await read_killing_the_client()
+                await response.aclose()
+            assert 0 < sum(received) < size
+            with pytest.raises(trio_websocket.ConnectionClosed):
+                await ws.get_message()
+            await tls.aclose()
+    await router.proc.wait_for(rf"event=request .*name=victim .*target=\"?/bytes\?n={size}")
+    await router.proc.wait_for(r"event=request .*name=victim .*target=/ws status=101")
+    # One more full request, so anything the killed connections logged is in by now.
+    await stack.openssh_tunnel(router, key, "after", app.port)
+    assert (await router.get("after", "/bytes?n=16")).status_code == 200
+    assert not [line for line in router.proc.lines if "Traceback" in line or "level=error" in line]

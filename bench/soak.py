@@ -92,6 +92,8 @@ MAX_ACTIONS = 10_000
 SETTLE_DEADLINE_S = 90.0
 SETTLE_STABLE_S = 10.0
 STATS_TIMEOUT_S = 10.0
+# How often the router is sampled during the mix, for the peak column.
+SAMPLE_EVERY_S = 5.0
 # Tolerances against the baseline. Descriptors and tasks: the same tunnels are
 # held and no browser is connected, so they should be equal; +2 allows for a
 # keepalive or sweep in flight at the moment of the sample.
@@ -305,7 +307,9 @@ def _traffic(soak: Soak, ledger: Ledger, duration_s: float) -> Traffic:
     )
 
 
-async def _run_traffic(traffic: Traffic, seed: int, chaos: Soak | None, duration_s: float) -> None:
+async def _run_traffic(
+    traffic: Traffic, seed: int, chaos: Soak | None, duration_s: float, peaks: list[Snapshot]
+) -> None:
     async with asyncio.TaskGroup() as tg:
         for i in range(KEEPALIVE_WORKERS):
             tg.create_task(traffic.keepalive_worker(seed * 1000 + i))
@@ -315,6 +319,20 @@ async def _run_traffic(traffic: Traffic, seed: int, chaos: Soak | None, duration
             tg.create_task(traffic.websocket_worker(seed * 1000 + 200 + i))
         if chaos is not None:
             tg.create_task(chaos.chaos(traffic, duration_s))
+            tg.create_task(_sample(chaos.router.proc, traffic, peaks))
+
+
+async def _sample(router: Proc, traffic: Traffic, peaks: list[Snapshot]) -> None:
+    """The router's counts every ``SAMPLE_EVERY_S`` during the mix (for the peak column)."""
+    while traffic.running():
+        await asyncio.sleep(SAMPLE_EVERY_S)
+        peaks.append(await snapshot(router))
+
+
+def _peak(samples: list[Snapshot]) -> Snapshot:
+    return Snapshot(
+        *(max((getattr(s, f) for s in samples), default=0) for f in Snapshot.__dataclass_fields__)
+    )
 
 
 async def settle(router: Proc, baseline: Snapshot | None) -> tuple[Snapshot, float]:
@@ -326,11 +344,8 @@ async def settle(router: Proc, baseline: Snapshot | None) -> tuple[Snapshot, flo
         if (
             baseline is not None
             and last.connections == 0
-            and (last.fds, last.tasks)
-            <= (
-                baseline.fds,
-                baseline.tasks,
-            )
+            and last.fds <= baseline.fds
+            and last.tasks <= baseline.tasks
         ):
             break
         if time.monotonic() - fell_at >= SETTLE_STABLE_S:
@@ -345,6 +360,7 @@ async def settle(router: Proc, baseline: Snapshot | None) -> tuple[Snapshot, flo
 @dataclass
 class Result:
     baseline: Snapshot
+    peak: Snapshot
     after: Snapshot
     settle_s: float
     ledger: Ledger
@@ -360,61 +376,75 @@ async def soak_main(soak: Soak, minutes: float, seed: int) -> Result:
     await soak.start_tunnels()
     say(f"tunnels up: {', '.join(s.name for s in soak.slots)}; warm-up {warmup_s:.0f}s")
     warmup = Ledger()
-    await _run_traffic(_traffic(soak, warmup, warmup_s), seed, None, warmup_s)
+    await _run_traffic(_traffic(soak, warmup, warmup_s), seed, None, warmup_s, [])
     baseline, _ = await settle(soak.router.proc, None)
     say(f"baseline {baseline}; mixing for {duration_s:.0f}s")
     ledger = Ledger()
     traffic = _traffic(soak, ledger, duration_s)
     started = time.monotonic()
-    await _run_traffic(traffic, seed + 1, soak, duration_s)
+    samples: list[Snapshot] = []
+    await _run_traffic(traffic, seed + 1, soak, duration_s, samples)
     seconds = time.monotonic() - started
     say("mix done; every tunnel serving again, then settling")
     await soak.ensure_all_serving()
     after, settle_s = await settle(soak.router.proc, baseline)
     say(f"after {after} ({settle_s:.0f}s to settle)")
-    return Result(baseline, after, settle_s, ledger, warmup, soak.actions, traffic.details, seconds)
+    peak = _peak(samples)
+    return Result(
+        baseline, peak, after, settle_s, ledger, warmup, soak.actions, traffic.details, seconds
+    )
 
 
 # -- the report -----------------------------------------------------------------------------
 
 
+Row = tuple[str, str, str, str, str, bool]
+
+
 def checks(
     result: Result, log_text: str, router_alive: bool, loopback: list[str], exit_code: int | None
-) -> list[tuple[str, str, str, str, bool]]:
-    """(what, baseline, after, limit, passed) rows."""
-    b, a = result.baseline, result.after
+) -> list[Row]:
+    """(what, baseline, peak during the mix, after, limit, passed) rows."""
+    b, p, a = result.baseline, result.peak, result.after
     tracebacks = log_text.count("Traceback")
     kinds = ["http small", "http download", "http upload", "http headers", "websocket session"]
     unsucceeded = [k for k in kinds if result.ledger.counts[(k, "ok")] == 0]
     rss_delta = (a.rss_kib - b.rss_kib) / 1024
     return [
-        ("open fds", str(b.fds), str(a.fds), f"≤ +{FDS_TOLERANCE}", a.fds <= b.fds + FDS_TOLERANCE),
         (
-            "asyncio tasks", str(b.tasks), str(a.tasks), f"≤ +{TASKS_TOLERANCE}",
+            "open fds", str(b.fds), str(p.fds), str(a.fds), f"≤ +{FDS_TOLERANCE}",
+            a.fds <= b.fds + FDS_TOLERANCE,
+        ),
+        (
+            "asyncio tasks", str(b.tasks), str(p.tasks), str(a.tasks), f"≤ +{TASKS_TOLERANCE}",
             a.tasks <= b.tasks + TASKS_TOLERANCE,
         ),
         (
-            "threads", str(b.threads), str(a.threads), f"≤ +{THREADS_TOLERANCE}",
-            a.threads <= b.threads + THREADS_TOLERANCE,
+            "threads", str(b.threads), str(p.threads), str(a.threads),
+            f"≤ +{THREADS_TOLERANCE}", a.threads <= b.threads + THREADS_TOLERANCE,
         ),
         (
-            "RSS MiB", f"{b.rss_kib / 1024:.1f}", f"{a.rss_kib / 1024:.1f} ({rss_delta:+.1f})",
-            f"≤ +{RSS_TOLERANCE_MIB:g}", rss_delta <= RSS_TOLERANCE_MIB,
+            "RSS MiB", f"{b.rss_kib / 1024:.1f}", f"{p.rss_kib / 1024:.1f}",
+            f"{a.rss_kib / 1024:.1f} ({rss_delta:+.1f})", f"≤ +{RSS_TOLERANCE_MIB:g}",
+            rss_delta <= RSS_TOLERANCE_MIB,
         ),
-        ("browser connections", str(b.connections), str(a.connections), "0", a.connections == 0),
-        ("`Traceback` in router log", "", str(tracebacks), "0", tracebacks == 0),
         (
-            "unexpected outcomes", "", str(result.ledger.total("unexpected")), "0",
+            "browser connections", str(b.connections), str(p.connections), str(a.connections),
+            "0", a.connections == 0,
+        ),
+        ("`Traceback` in router log", "", "", str(tracebacks), "0", tracebacks == 0),
+        (
+            "unexpected outcomes", "", "", str(result.ledger.total("unexpected")), "0",
             result.ledger.total("unexpected") == 0,
         ),
-        ("kinds never ok", "", ", ".join(unsucceeded) or "none", "none", not unsucceeded),
-        ("router alive after the mix", "", str(router_alive), "True", router_alive),
-        ("non-loopback listeners", "", str(len(loopback)), "0", not loopback),
-        ("router exit on SIGTERM", "", str(exit_code), "0", exit_code == 0),
+        ("kinds never ok", "", "", ", ".join(unsucceeded) or "none", "none", not unsucceeded),
+        ("router alive after the mix", "", "", str(router_alive), "True", router_alive),
+        ("non-loopback listeners", "", "", str(len(loopback)), "0", not loopback),
+        ("router exit on SIGTERM", "", "", str(exit_code), "0", exit_code == 0),
     ]  # fmt: skip
 
 
-def report(result: Result, rows: list[tuple[str, str, str, str, bool]], log_text: str) -> str:
+def report(result: Result, rows: list[Row], log_text: str) -> str:
     facts = machine_facts()
     out = [
         f"Mix {result.seconds:.0f} s, settled in {result.settle_s:.0f} s. "
@@ -423,12 +453,12 @@ def report(result: Result, rows: list[tuple[str, str, str, str, bool]], log_text
         f"asyncssh {facts['asyncssh']}, {facts['openssh']}, hostmux {facts['hostmux_commit']}, "
         f"load average at the end {os.getloadavg()[0]:.1f}.",
         "",
-        "| check | baseline | after | limit | result |",
-        "|---|---|---|---|---|",
+        "| check | baseline | peak in the mix | after | limit | result |",
+        "|---|---|---|---|---|---|",
     ]
-    out += [
-        f"| {w} | {b} | {a} | {lim} | {'PASS' if ok else 'FAIL'} |" for w, b, a, lim, ok in rows
-    ]
+    for what, before, peak, after, limit, ok in rows:
+        verdict = "PASS" if ok else "FAIL"
+        out.append(f"| {what} | {before} | {peak} | {after} | {limit} | {verdict} |")
     out += ["", "| work | ok | failed, expected | unexpected |", "|---|---:|---:|---:|"]
     kinds = sorted({k for k, _ in result.ledger.counts})
     for kind in kinds:
@@ -476,6 +506,9 @@ def main() -> int:
             soak = Soak(procs, router, args.seed)
             try:
                 result = _run(soak, args.minutes, args.seed)
+            except (RuntimeError, TimeoutError) as exc:  # a tunnel or the app did not come back
+                say(f"soak aborted: {exc!r}")
+                return 1
             finally:
                 alive = router.proc.alive()
                 loopback = non_loopback_listeners(procs.pids())

@@ -28,7 +28,7 @@ import httpx
 import wsproto
 import wsproto.events as ws_events
 
-from examples.sample_app.app import expected_bytes  # type: ignore[import-untyped]
+from examples.sample_app.app import expected_bytes
 
 # Per request: generous, because a SIGSTOPped tunnel client holds requests until
 # the router's connect timeout (5 s in the soak) gives a 504.

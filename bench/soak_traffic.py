@@ -248,8 +248,10 @@ class Traffic:
             start = time.monotonic()
             try:
                 ok, detail = await self._websocket_session(slot, rng)
-            except (OSError, asyncio.IncompleteReadError, wsproto.utilities.LocalProtocolError):
+            except (OSError, wsproto.utilities.LocalProtocolError):
                 ok, detail = False, "ws closed: dropped"
+            except wsproto.utilities.RemoteProtocolError as exc:  # e.g. closed mid-handshake
+                ok, detail = False, f"ws closed: {exc}"
             except TimeoutError:
                 ok, detail = False, "ws timeout"
             self.judge("websocket session", slot, start, ok, detail)

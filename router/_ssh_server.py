@@ -371,7 +371,43 @@ async def _open_channel(
         ) from None
     except (asyncssh.Error, OSError):
         raise UpstreamUnavailable("the tunnel went away") from None
-    return ReaderWriterStream(reader, writer, label=label)
+    return _ChannelStream(reader, writer, label=label)
+
+
+class _ChannelStream(ReaderWriterStream):
+    """An SSH channel as a ``ByteStream``, with asyncssh's errors made connection errors.
+
+    When the tunnel's SSH connection is lost mid-stream (its client was killed),
+    asyncssh raises ``ConnectionLost``, an ``asyncssh.Error`` and no ``OSError``,
+    from reads and drains; the relay ends a connection quietly on
+    ``ConnectionError`` only, so the translation happens here, at the adapter.
+    """
+
+    __slots__ = ()
+
+    async def receive(self) -> bytes:
+        try:
+            return await super().receive()
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(f"{self.label}: {exc}") from None
+
+    async def send_all(self, data: bytes) -> None:
+        try:
+            await super().send_all(data)
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(f"{self.label}: {exc}") from None
+
+    async def drain(self) -> None:
+        try:
+            await super().drain()
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(f"{self.label}: {exc}") from None
+
+    async def send_eof(self) -> None:
+        try:
+            await super().send_eof()
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(f"{self.label}: {exc}") from None
 
 
 def _reason(exc: Exception | None) -> str:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
+import trio_websocket
 
 from .conftest import World
 
@@ -84,3 +88,73 @@ def test_bad_authorized_keys_line_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{keys_file}:1: not a valid authorized_keys line" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_sigusr1_logs_live_task_and_descriptor_counts(world: World) -> None:
+    stack, router, app, key = world.stack, world.router, world.app, world.key
+    await stack.openssh_tunnel(router, key, "counted", app.port)
+    pid = router.proc.process.pid
+
+    async def stats() -> dict[str, int]:
+        mark = len(router.proc.lines)
+        os.kill(pid, signal.SIGUSR1)
+        match = await router.proc.wait_for(
+            r"event=stats tasks=(\d+) fds=(\d+) threads=(\d+) connections=(\d+)", start=mark
+        )
+        names = ("tasks", "fds", "threads", "connections")
+        return dict(zip(names, map(int, match.groups()), strict=True))
+
+    idle = await stats()
+    assert idle["tasks"] >= 1
+    assert idle["connections"] == 0
+    async with await trio.open_tcp_stream("127.0.0.1", router.http_port) as held:
+        # One answered request: the router has accepted the connection and keeps it alive.
+        await held.send_all(b"GET /bytes?n=16 HTTP/1.1\r\nHost: counted.localhost\r\n\r\n")
+        assert (await held.receive_some(65536)).startswith(b"HTTP/1.1 200 ")
+        busy = await stats()
+    assert busy["connections"] == 1
+    assert busy["tasks"] > idle["tasks"]
+    assert busy["fds"] > idle["fds"]
+
+
+async def test_tunnel_client_killed_mid_response_cuts_it_short_without_a_traceback(
+    world: World,
+) -> None:
+    # Found by bench/soak.py: asyncssh's ConnectionLost (not an OSError) escaped the relay.
+    stack, router, app, key = world.stack, world.router, world.app, world.key
+    victim = await stack.openssh_tunnel(router, key, "victim", app.port)
+    size = 256 * 1024 * 1024
+    async with trio.open_nursery() as nursery:
+        # The TLS stream is ours to close: trio-websocket leaves it open when the peer drops.
+        tls = await router.open_tls("victim")
+        ws = await trio_websocket.wrap_client_stream(
+            nursery, tls, f"victim.localhost:{router.https_port}", "/ws"
+        )
+        with trio.fail_after(60):
+            await ws.send_message("before")
+            assert await ws.get_message() == "before"
+            received: list[int] = []
+            async with router.client() as client:
+                request = router.request(client, "GET", "victim", f"/bytes?n={size}&seed=k")
+                response = await client.send(request, stream=True)
+                assert response.status_code == 200
+
+                async def read_killing_the_client() -> None:
+                    async for chunk in response.aiter_raw():
+                        if not received:
+                            victim.process.kill()  # SIGKILL, mid-response
+                        received.append(len(chunk))
+
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await read_killing_the_client()
+                await response.aclose()
+            assert 0 < sum(received) < size
+            with pytest.raises(trio_websocket.ConnectionClosed):
+                await ws.get_message()
+            await tls.aclose()
+    await router.proc.wait_for(rf"event=request .*name=victim .*target=\"?/bytes\?n={size}")
+    await router.proc.wait_for(r"event=request .*name=victim .*target=/ws status=101")
+    # One more full request, so anything the killed connections logged is in by now.
+    await stack.openssh_tunnel(router, key, "after", app.port)
+    assert (await router.get("after", "/bytes?n=16")).status_code == 200
+    assert not [line for line in router.proc.lines if "Traceback" in line or "level=error" in line]

@@ -8,6 +8,7 @@ plain HTTP on 8080, state in ``$XDG_STATE_HOME/hostmux`` — for trying it out.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,14 @@ class RouterConfig:
     max_tunnels_per_key: int = option(256, "tunnels one key (or instance) may hold")
     ssh_auth_failures_burst: int = option(10, "failed SSH logins an IP may have at once")
     ssh_auth_failures_per_minute: float = option(6.0, "...and how fast that allowance refills")
+    trusted_proxies: list[str] = option(
+        [],
+        "proxies in front (addresses or CIDR networks, e.g. 127.0.0.1) whose X-Forwarded-For "
+        "and X-Forwarded-Proto name the real browser",
+    )
+    shutdown_grace_s: float = option(
+        10.0, "on SIGTERM, time requests in flight get to finish (systemd waits 90 s)"
+    )
     log_level: str = option("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
@@ -116,13 +125,20 @@ class RouterConfig:
                 raise ValueError(f"{name}: at least 1")
         if self.ssh_auth_failures_per_minute <= 0:
             raise ValueError("ssh_auth_failures_per_minute: must be positive")
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {network!r} is not an IP address or network"
+                ) from None
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         for name in (
             "header_timeout_s", "keepalive_timeout_s", "body_timeout_s", "send_timeout_s",
             "connect_timeout_s", "response_timeout_s", "upstream_idle_timeout_s",
             "websocket_idle_timeout_s", "tls_handshake_timeout_s", "ssh_login_timeout_s",
-            "portal_timeout_s",
+            "portal_timeout_s", "shutdown_grace_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")

@@ -12,7 +12,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
-from ._headers import ClientInfo
+from ._headers import ClientInfo, TrustedProxies
 from ._limits import ConnectionCounts
 from ._log import fields
 from ._records import RequestRecord
@@ -75,6 +75,7 @@ def connection_handler(
     limits: RelayLimits,
     connections: ConnectionSet,
     counts: ConnectionCounts,
+    trusted_proxies: TrustedProxies | None = None,
 ) -> ConnectionHandler:
     """What each accepted browser connection runs (also used by one-port mode)."""
 
@@ -92,7 +93,7 @@ def connection_handler(
         try:
             info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
             stream = ReaderWriterStream(reader, writer, label=f"{scheme}:{ip}:{peer[1]}")
-            relay = HttpRelay(stream, info, gateway, limits, log_request)
+            relay = HttpRelay(stream, info, gateway, limits, log_request, trusted_proxies)
             connections.add(task, relay)
             await relay.run()
         except asyncio.CancelledError:
@@ -114,13 +115,15 @@ async def start_front_door(
     limits: RelayLimits,
     connections: ConnectionSet,
     counts: ConnectionCounts,
+    trusted_proxies: TrustedProxies | None = None,
     tls: ssl.SSLContext | None,
     tls_handshake_timeout_s: float,
 ) -> asyncio.Server:
     scheme = "https" if tls is not None else "http"
     on_connection = connection_handler(
-        scheme, gateway=gateway, limits=limits, connections=connections, counts=counts
-    )
+        scheme, gateway=gateway, limits=limits, connections=connections, counts=counts,
+        trusted_proxies=trusted_proxies,
+    )  # fmt: skip
     return await asyncio.start_server(
         on_connection,
         host,

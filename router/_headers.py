@@ -50,8 +50,59 @@ class ClientInfo:
     """What the router knows about the browser side of a request."""
 
     peer_ip: str
-    peer_port: int
+    peer_port: int  # 0 when the browser is behind a trusted proxy
     scheme: str  # "https" or "http"
+
+
+class TrustedProxies:
+    """Proxies in front of the router (nginx, a load balancer) whose word is believed.
+
+    Only for a peer in these networks are ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` read: the client is the right-most address that is
+    not itself a trusted proxy (nginx's ``real_ip_recursive on``), so entries a
+    browser wrote further left are ignored. Anything unparsable stops the walk.
+    """
+
+    __slots__ = ("_networks",)
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def __repr__(self) -> str:
+        return f"<TrustedProxies {', '.join(map(str, self._networks))}>"
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def client_of(self, headers: Sequence[tuple[bytes, bytes]], peer: ClientInfo) -> ClientInfo:
+        """The browser behind ``peer``, if ``peer`` is a trusted proxy; else ``peer``."""
+        if not self.trusts(peer.peer_ip):
+            return peer
+        hops: list[str] = []
+        scheme = peer.scheme
+        for name, value in headers:
+            if name == b"x-forwarded-for":
+                hops += (hop.strip() for hop in value.decode("latin-1").split(","))
+            elif name == b"x-forwarded-proto" and value.lower() in (b"http", b"https"):
+                scheme = value.lower().decode()
+        ip = peer.peer_ip
+        for hop in reversed(hops):
+            try:
+                ip = str(ipaddress.ip_address(hop))
+            except ValueError:
+                break
+            if not self.trusts(ip):
+                break
+        if ip == peer.peer_ip:
+            return ClientInfo(peer.peer_ip, peer.peer_port, scheme)
+        return ClientInfo(ip, 0, scheme)
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:

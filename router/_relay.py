@@ -41,6 +41,7 @@ import h11
 from ._headers import (
     ClientInfo,
     Headers,
+    TrustedProxies,
     is_websocket_upgrade,
     request_headers_for_app,
     response_headers_for_client,
@@ -152,9 +153,11 @@ class HttpRelay:
         gateway: Gateway,
         limits: RelayLimits,
         on_request: Callable[[RequestRecord], None],
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self._client = client
         self._info = info
+        self._trusted = trusted_proxies or None
         self._gateway = gateway
         self._limits = limits
         self._on_request = on_request
@@ -262,7 +265,10 @@ class HttpRelay:
             return await refuse(421, "this connection is bound to another host; open a new one")
         self._bound_host = host
 
-        routed = self._gateway.route(host, request, rid, self._info)
+        client = self._info
+        if self._trusted is not None:
+            client = self._trusted.client_of(request.headers, client)
+        routed = self._gateway.route(host, request, rid, client)
         decision = await routed if inspect.isawaitable(routed) else routed
         if isinstance(decision, Page):
             record.status = decision.status
@@ -275,7 +281,7 @@ class HttpRelay:
             headers = decision.request_headers(request.headers, websocket)
         else:
             headers = request_headers_for_app(
-                request.headers, host=host_value, client=self._info, request_id=rid,
+                request.headers, host=host_value, client=client, request_id=rid,
                 websocket=websocket,
             )  # fmt: skip
         upstream_request = h11.Request(

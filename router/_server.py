@@ -24,6 +24,7 @@ import keys
 
 from ._config import RouterConfig
 from ._front_door import ConnectionSet, connection_handler, start_front_door
+from ._headers import TrustedProxies
 from ._layered_config import ConfigError, parse_host_port
 from ._limits import ConnectionCounts, FailureLimiter
 from ._log import fields
@@ -38,10 +39,6 @@ from ._wss import WssAcceptor
 log = logging.getLogger("hostmux.router")
 
 T = TypeVar("T")
-
-# In-flight requests get this long to finish on shutdown (nginx's default
-# worker_shutdown_timeout is unlimited; systemd's stop timeout is 90 s).
-SHUTDOWN_GRACE_S = 10.0
 
 # How often expired name reservations are forgotten (bounds route-table memory).
 _SWEEP_INTERVAL_S = 60.0
@@ -123,6 +120,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
             burst=config.ssh_auth_failures_burst, per_minute=config.ssh_auth_failures_per_minute
         ),
     )
+    trusted = TrustedProxies(config.trusted_proxies)
     browsers = ConnectionCounts(
         max_total=config.max_connections, max_per_key=config.max_connections_per_ip
     )
@@ -173,7 +171,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
                     value,
                     start_front_door(
                         host, port, gateway=gateway, limits=limits, connections=connections,
-                        counts=browsers,
+                        counts=browsers, trusted_proxies=trusted,
                         tls=context, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
                     ),
                 )  # fmt: skip
@@ -219,7 +217,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
                 handlers = {
                     scheme: connection_handler(
                         scheme, gateway=gateway, limits=limits, connections=connections,
-                        counts=browsers,
+                        counts=browsers, trusted_proxies=trusted,
                     )
                     for scheme in ("https", "http")
                 }  # fmt: skip
@@ -240,7 +238,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
     finally:
         for server in http_servers:
             server.close()
-        await connections.drain(SHUTDOWN_GRACE_S)
+        await connections.drain(config.shutdown_grace_s)
         for acceptor in ssh_acceptors:
             acceptor.close()
         for acceptor in ssh_acceptors:

@@ -15,7 +15,7 @@ import trio_websocket
 
 from examples.sample_app.app import expected_bytes
 
-from .conftest import START_TIMEOUT_S, Stack, World, websocket_to
+from .conftest import START_TIMEOUT_S, Router, Stack, World, public_key_of, websocket_to
 
 MIB = 1024 * 1024
 
@@ -234,6 +234,8 @@ http {{
       proxy_set_header Host $http_host;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection $connection_upgrade;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
       proxy_buffering off;
       proxy_request_buffering off;
       proxy_read_timeout 1h;
@@ -243,12 +245,11 @@ http {{
 """
 
 
-async def test_router_behind_nginx_serves_tunnels_and_wss(world: World) -> None:
-    """The README's nginx snippet, for real: nginx terminates TLS, the router does the rest."""
+async def start_nginx(stack: Stack, router: Router) -> int:
+    """nginx with the README's snippet in front of ``router``'s plain HTTP port."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not await trio.Path(nginx).exists():
         pytest.fail("nginx not installed: run the README's test command")
-    stack, router = world.stack, world.router
     work = stack.path("nginx")
     for sub in ("body", "proxy"):
         (work / sub).mkdir(parents=True)
@@ -268,6 +269,13 @@ async def test_router_behind_nginx_serves_tunnels_and_wss(world: World) -> None:
     await stack.spawn(
         "nginx", [nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"]
     )
+    return int(port)
+
+
+async def test_router_behind_nginx_serves_tunnels_and_wss(world: World) -> None:
+    """The README's nginx snippet, for real: nginx terminates TLS, the router does the rest."""
+    stack, router = world.stack, world.router
+    port = await start_nginx(stack, router)
     wss_url = f"wss://localhost:{port}/_hostmux/ssh"
     listener = await stack.spawn(
         "listener-nginx",
@@ -293,3 +301,42 @@ async def test_router_behind_nginx_serves_tunnels_and_wss(world: World) -> None:
             extensions={"sni_hostname": "localhost"},
         )
     assert response.status_code == 200  # the router's own page, through nginx
+
+
+async def test_a_trusted_proxy_names_the_browser_and_nobody_else_can(stack: Stack) -> None:
+    """--trusted-proxies: nginx's X-Forwarded-For is believed, a browser's own is not."""
+    router = await stack.start_router("--trusted-proxies", "127.0.0.1")
+    app = await stack.start_app()
+    key = stack.new_key("proxied")
+    router.authorize(public_key_of(key))
+    await stack.openssh_tunnel(router, key, "proxied", app.port)
+    port = await start_nginx(stack, router)
+    spoof = {"x-forwarded-for": "6.6.6.6", "x-forwarded-proto": "gopher"}
+    # The browser is 127.0.0.5: a loopback address that is not the trusted proxy.
+    # nginx serves the dev CA's *.localhost wildcard, which OpenSSL does not
+    # match one label deep: the chain is still checked, the name is not.
+    tls = router.ssl_context()
+    tls.check_hostname = False
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.5", verify=tls)
+    async with httpx.AsyncClient(transport=transport, timeout=30) as client:
+        with trio.fail_after(START_TIMEOUT_S):  # nginx may take a moment to listen
+            while True:
+                try:
+                    via_nginx = await client.get(
+                        f"https://127.0.0.1:{port}/headers",
+                        headers={"host": "proxied.localhost", **spoof},
+                        extensions={"sni_hostname": "proxied.localhost"},
+                    )
+                    break
+                except httpx.ConnectError:
+                    await trio.lowlevel.checkpoint()
+        direct = await client.send(router.request(client, "GET", "proxied", "/headers",
+                                                  headers=spoof, tls=False))  # fmt: skip
+    assert via_nginx.status_code == 200
+    seen = via_nginx.json()
+    assert seen["x-forwarded-for"] == ["127.0.0.5"]  # not 6.6.6.6, not nginx's 127.0.0.1
+    assert seen["x-forwarded-proto"] == ["https"]
+    assert "for=127.0.0.5;proto=https;" in seen["forwarded"][0]
+    seen = direct.json()  # straight from 127.0.0.5: not a trusted proxy
+    assert seen["x-forwarded-for"] == ["127.0.0.5"]
+    assert seen["x-forwarded-proto"] == ["http"]

@@ -11,6 +11,7 @@ import pytest
 
 from router._headers import (
     ClientInfo,
+    TrustedProxies,
     is_websocket_upgrade,
     request_headers_for_app,
     response_headers_for_client,
@@ -279,3 +280,44 @@ def test_is_websocket_upgrade(headers: Headers, expected: bool) -> None:
 def test_client_info_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         CLIENT.peer_ip = "1.1.1.1"  # type: ignore[misc]
+
+
+# --- trusted proxies --------------------------------------------------------------------------
+
+PROXY = ClientInfo(peer_ip="10.0.0.2", peer_port=40000, scheme="http")
+TRUSTED = TrustedProxies(["10.0.0.0/24", "::1"])
+
+
+@pytest.mark.parametrize(
+    ("headers", "ip", "scheme"),
+    [
+        ([], "10.0.0.2", "http"),  # nothing said: the proxy itself
+        ([(b"x-forwarded-for", b"198.51.100.7")], "198.51.100.7", "http"),
+        ([(b"x-forwarded-for", b"6.6.6.6, 198.51.100.7")], "198.51.100.7", "http"),  # spoof left
+        ([(b"x-forwarded-for", b"198.51.100.7, 10.0.0.9")], "198.51.100.7", "http"),  # 2 proxies
+        (
+            [(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"198.51.100.7")],
+            "198.51.100.7",
+            "http",
+        ),
+        ([(b"x-forwarded-for", b"junk, 10.0.0.9")], "10.0.0.9", "http"),  # stops at junk
+        ([(b"x-forwarded-for", b"2001:db8::1")], "2001:db8::1", "http"),
+        ([(b"x-forwarded-proto", b"HTTPS")], "10.0.0.2", "https"),
+        ([(b"x-forwarded-proto", b"gopher")], "10.0.0.2", "http"),
+    ],
+)
+def test_a_trusted_proxy_names_the_browser(
+    headers: list[tuple[bytes, bytes]], ip: str, scheme: str
+) -> None:
+    client = TRUSTED.client_of(headers, PROXY)
+    assert (client.peer_ip, client.scheme) == (ip, scheme)
+    assert client.peer_port == (PROXY.peer_port if ip == PROXY.peer_ip else 0)
+
+
+def test_an_untrusted_peer_is_the_client_whatever_it_says() -> None:
+    browser = ClientInfo(peer_ip="203.0.113.9", peer_port=5555, scheme="https")
+    said = [(b"x-forwarded-for", b"198.51.100.7"), (b"x-forwarded-proto", b"http")]
+    assert TRUSTED.client_of(said, browser) is browser
+    assert not TrustedProxies([])
+    assert TRUSTED.trusts("::1")
+    assert not TRUSTED.trusts("not an ip")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -14,6 +15,37 @@ def head_size(request: h11.Request) -> int:
     """About the size of the request head on the wire (h11 only bounds partial heads)."""
     size = len(request.method) + len(request.target) + 12
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
+
+
+# The largest body length any peer can represent (nginx: off_t); larger is a parse error.
+_MAX_CONTENT_LENGTH = 2**63 - 1
+
+# Control characters RFC 9110 5.5 calls invalid in a field value (HTAB is allowed);
+# h11 refuses CR, LF and NUL but passes the others on.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def framing_refusal(request: h11.Request) -> tuple[int, str] | None:
+    """(status, reason) if h11 accepted ``request`` but its framing is still in doubt.
+
+    h11 is lenient where an app behind us may not be: it picks Transfer-Encoding
+    over a Content-Length sent with it, accepts chunked in HTTP/1.0 and any
+    ``HTTP/d.d``. RFC 9112 6.1/6.3 call such messages faulty; we refuse them.
+    """
+    if request.http_version not in (b"1.0", b"1.1"):
+        return 505, "only HTTP/1.0 and HTTP/1.1 are supported here"
+    names = {name for name, _ in request.headers}
+    if b"transfer-encoding" in names:
+        if b"content-length" in names:
+            return 400, "the request has both Content-Length and Transfer-Encoding"
+        if request.http_version == b"1.0":
+            return 400, "HTTP/1.0 requests cannot use Transfer-Encoding"
+    length = header(request, b"content-length")
+    if length is not None and int(length) > _MAX_CONTENT_LENGTH:
+        return 400, "the Content-Length is out of range"
+    if any(_CONTROL.search(value) for _, value in request.headers):
+        return 400, "a header value contains control characters"
+    return None
 
 
 def header(request: h11.Request, name: bytes) -> bytes | None:
@@ -37,10 +69,13 @@ def origin_form(target: bytes, host: str) -> bytes | None:
     return (path + ("?" + parts.query if parts.query else "")).encode("ascii")
 
 
-def parse_error_text(exc: h11.RemoteProtocolError) -> str:
+def parse_error_status(exc: h11.RemoteProtocolError, received: bytes) -> tuple[int, str]:
+    """Status and reason for a request h11 could not parse; ``received``: its bytes so far."""
     if exc.error_status_hint == 431:
-        return "the request head is too large"
-    return "the request could not be parsed as HTTP/1.1"
+        if b"\n" not in received:  # still in the request line: its target is what is long
+            return 414, "the request target is too long"
+        return 431, "the request head is too large"
+    return exc.error_status_hint, "the request could not be parsed as HTTP/1.1"
 
 
 def reason_phrase(status: int) -> bytes:

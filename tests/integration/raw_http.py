@@ -136,6 +136,7 @@ class RecordingApp:
 
     port: int = 0
     answer: bool = True  # False: only record (an app still waiting for the body)
+    response: bytes = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
     connections: list[bytearray] = field(default_factory=list)
     closed: int = 0  # connections that ended
     _changed: trio.Event = field(default_factory=trio.Event)
@@ -159,7 +160,7 @@ class RecordingApp:
                 self._notify()
                 while self.answer and received.count(b"\r\n\r\n") > answered:
                     answered += 1
-                    await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                    await stream.send_all(self.response)
         except trio.BrokenResourceError:
             pass
         finally:

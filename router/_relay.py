@@ -257,6 +257,14 @@ class HttpRelay:
             return await refuse(421, "this connection is bound to another host; open a new one")
         self._bound_host = host
 
+        # Parse the body bytes already received before routing: a framing error in
+        # them is refused unseen by the app and before any login redirect. A
+        # bodiless request goes in one write, retried if a reused upstream closed.
+        try:
+            body_events = self._buffered_body_events()
+        except h11.RemoteProtocolError:
+            return await refuse(400, "the request body framing is invalid")
+        bodiless = isinstance(body_events[0], h11.EndOfMessage)
         routed = self._gateway.route(host, request, rid, self._info)
         decision = await routed if inspect.isawaitable(routed) else routed
         if isinstance(decision, Page):
@@ -276,14 +284,6 @@ class HttpRelay:
         upstream_request = h11.Request(
             method=request.method, target=target, headers=headers, http_version="1.1"
         )
-        # Parse the body bytes already received first: a framing error in them is
-        # refused unseen by the app. A bodiless request is sent in one write and
-        # retried if a reused upstream turns out to be closed.
-        try:
-            body_events = self._buffered_body_events()
-        except h11.RemoteProtocolError:
-            return await refuse(400, "the request body framing is invalid")
-        bodiless = isinstance(body_events[0], h11.EndOfMessage)
         # Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
         retryable = bodiless and request.method in _IDEMPOTENT
 

@@ -74,7 +74,11 @@ def _dechunk(data: bytes) -> tuple[bytes, bytes]:
         body, data = body + data[:size], data[size + 2 :]
 
 
-async def open_front_door(router: Router, *, tls: bool = False) -> trio.abc.Stream:
+async def open_front_door(router: Router | int, *, tls: bool = False) -> trio.abc.Stream:
+    """A connection to the router's plain or TLS front door, or to a loopback port."""
+    if isinstance(router, int):
+        assert not tls
+        return await trio.open_tcp_stream("127.0.0.1", router)
     if tls:
         return await router.open_tls("x")
     return await trio.open_tcp_stream("127.0.0.1", router.http_port)
@@ -92,7 +96,9 @@ async def read_to_eof(stream: trio.abc.ReceiveStream) -> bytes:
     return data
 
 
-async def exchange(router: Router, data: bytes, *, tls: bool = False, eof: bool = False) -> bytes:
+async def exchange(
+    router: Router | int, data: bytes, *, tls: bool = False, eof: bool = False
+) -> bytes:
     """Send ``data`` on a new connection; what comes back before the router closes.
 
     ``eof``: shut down our sending side after ``data`` (plain TCP only), for a

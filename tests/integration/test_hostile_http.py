@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -288,3 +289,41 @@ async def test_nothing_after_an_erroneous_request_is_answered(stack: Stack) -> N
         assert [r.status for r in parse_responses(raw)] == [200, 400]
         app.connections.clear()  # the first request reached it, as it should
     assert_no_traceback(router.proc)
+
+
+# The auth helper runs the same relay in front of the app: the same doubts,
+# refused before its login redirect (it would answer 302 to anything else).
+HELPER_CASES = [
+    *TRANSFER_ENCODING[:2], TRANSFER_ENCODING[5], TRANSFER_ENCODING[-1],
+    CONTENT_LENGTH[1], CONTENT_LENGTH[3], CONTENT_LENGTH[-1],
+    CHUNKS[0], CHUNKS[-1],
+    HEADER_SYNTAX[1], HEADER_SYNTAX[3],
+    REQUEST_LINE[2], REQUEST_LINE[-2], REQUEST_LINE[-1],
+]  # fmt: skip
+
+
+async def test_the_auth_helper_refuses_the_same_framing_before_any_login(stack: Stack) -> None:
+    app = await RecordingApp().start(stack.nursery)
+    helper = await stack.spawn(
+        "authhelper",
+        [
+            sys.executable, "-m", "authhelper", "--listen", "127.0.0.1:0",
+            "--app", f"127.0.0.1:{app.port}", "--instance-id", NAME,
+            # Nothing listens there: requests without a session never reach the portal.
+            "--portal-url", "http://127.0.0.1:9",
+            "--cookie-keys-file", str(stack.path("cookie-keys")),
+        ],
+    )  # fmt: skip
+    port = int((await helper.wait_for(r"event=authhelper_ready listen=127\.0\.0\.1:(\d+)"))[1])
+    failures = []
+    for case in HELPER_CASES:
+        responses = parse_responses(await exchange(port, case.request.replace(b"{host}", HOST)))
+        if [r.status for r in responses] != [case.status]:
+            failures.append(f"{case.id}: {[r.status for r in responses]}")
+    assert not failures, "\n".join(failures)
+    login = b"GET /x HTTP/1.1\r\nHost: " + HOST + b"\r\nConnection: close\r\n\r\n"
+    [redirect] = parse_responses(await exchange(port, login))
+    assert redirect.status == 302
+    assert (redirect.header(b"location") or b"").startswith(b"http://127.0.0.1:9/")
+    assert app.connections == []
+    assert_no_traceback(helper)

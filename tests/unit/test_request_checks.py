@@ -69,6 +69,7 @@ def test_a_bad_chunk_already_received_is_refused_before_the_app_is_reached() -> 
     result = relay(gateway, HEAD + b"3\r\nabcX\r\n0\r\n\r\n")
     assert result.response.startswith(b"HTTP/1.1 400 ")
     assert gateway.opened == 0
+    assert gateway.routed == []  # refused before routing: no login redirect in the helper
 
 
 def test_a_bad_chunk_arriving_later_is_a_400_and_the_app_saw_only_clean_chunks() -> None:

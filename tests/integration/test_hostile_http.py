@@ -327,3 +327,24 @@ async def test_the_auth_helper_refuses_the_same_framing_before_any_login(stack: 
     assert (redirect.header(b"location") or b"").startswith(b"http://127.0.0.1:9/")
     assert app.connections == []
     assert_no_traceback(helper)
+
+
+async def test_a_body_breaking_mid_stream_is_400_and_the_app_gets_only_clean_chunks(
+    stack: Stack,
+) -> None:
+    router, app = await _start(stack)
+    app.answer = False  # an app that waits for the whole body before it answers
+    stream = await open_front_door(router)
+    async with stream:
+        await stream.send_all(_post(CHUNKED, body=b"3\r\nabc\r\n").replace(b"{host}", HOST))
+        await app.wait_until(
+            lambda: any(c.endswith(b"\r\n\r\n3\r\nabc\r\n") for c in app.connections)
+        )
+        await stream.send_all(b"zz\r\nGET /smuggled HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n")
+        answer = await read_to_eof(stream)
+    assert [r.status for r in parse_responses(answer)] == [400]
+    await app.wait_until(lambda: app.closed == 1)  # the app is not left waiting for the rest
+    [received] = app.connections
+    assert received.endswith(b"\r\n\r\n3\r\nabc\r\n")
+    assert b"smuggled" not in received
+    assert_no_traceback(router.proc)

@@ -6,9 +6,10 @@ Rules:
    ``Connection``, are removed in both directions: they describe one hop.
 2. Framing (``Content-Length`` / ``Transfer-Encoding: chunked``) is kept as h11
    validated it; h11 re-frames each side on its own.
-3. Forwarding and identity headers are set by the router only. Client-sent
-   copies are removed in every spelling that some server normalises into the
-   same name (case, ``_`` for ``-``), so an app can trust them.
+3. Forwarding and identity headers are set by the router (identity: by the
+   auth helper) only. Client-sent copies are removed in every spelling that
+   some server normalises into the same name (case, ``_`` for ``-``), so an
+   app can trust them.
 4. A WebSocket upgrade keeps exactly ``Connection: upgrade`` and
    ``Upgrade: websocket``; other upgrades (h2c, TLS) are not passed on.
 """
@@ -43,6 +44,13 @@ _FORWARDING = frozenset(
         b"x-request-id", b"x-client-ip", b"true-client-ip", b"client-ip",
     }
 )  # fmt: skip
+
+
+# Identity the auth helper in the pod sets after the router (``X-Hostmux-User``):
+# a browser's copy must not reach an app that trusts it, helper or not.
+_IDENTITY = frozenset({b"x-hostmux-user"})
+
+_NOT_FROM_BROWSERS = _FORWARDING | _IDENTITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +169,7 @@ def request_headers_for_app(
     websocket: bool,
 ) -> Headers:
     """The headers the app receives for a browser's request."""
-    out = _drop(headers, _FORWARDING)
+    out = _drop(headers, _NOT_FROM_BROWSERS)
     if websocket:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
     quoted_host = host.decode("latin-1").replace('"', "")

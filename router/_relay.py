@@ -46,10 +46,9 @@ from ._headers import (
     request_headers_for_app,
     response_headers_for_client,
 )
-from ._names import normalise_host
 from ._pages import Page, status_page, wants_html
 from ._records import RecordBuilder, RequestRecord
-from ._request_checks import head_size, header, origin_form, parse_error_text, reason_phrase
+from ._request_checks import check_request, header, parse_error_status, reason_phrase
 from ._splice import splice
 from ._streams import ByteStream
 
@@ -203,9 +202,8 @@ class HttpRelay:
             except TimeoutError:
                 return  # idle, slowloris or shutdown: close without a word, as nginx does
             except h11.RemoteProtocolError as exc:
-                await self._send_page(
-                    status_page(exc.error_status_hint, parse_error_text(exc)), head_only=False
-                )
+                page = status_page(*parse_error_status(exc, self._h.trailing_data[0]))
+                await self._send_page(page, head_only=False)
                 return
             finally:
                 self._idle_wait = None
@@ -240,31 +238,27 @@ class HttpRelay:
             )
             return False
 
-        if len(request.target) > self._limits.max_target_bytes:
-            return await refuse(414, "the request target is too long")
-        if head_size(request) > self._limits.max_header_bytes:
-            return await refuse(431, "the request head is too large")
-        host_value = header(request, b"host")
-        if host_value is None:
-            return await refuse(400, "the request has no Host header")
-        host = normalise_host(host_value.decode("latin-1"))
-        if host is None:
-            return await refuse(400, "the Host header is not a valid host name")
-        record.host = host
-        if request.method == b"CONNECT":
-            return await refuse(405, "CONNECT is not supported: this is not a proxy")
-        target = request.target
-        if target == b"*":
-            return await refuse(400, "asterisk-form request targets are not supported")
-        if not target.startswith(b"/"):
-            in_origin_form = origin_form(target, host)
-            if in_origin_form is None:
-                return await refuse(400, "the absolute request target does not match Host")
-            target = in_origin_form
+        checked = check_request(
+            request,
+            max_target_bytes=self._limits.max_target_bytes,
+            max_header_bytes=self._limits.max_header_bytes,
+        )
+        record.host = host = checked.host
+        host_value, target = checked.host_value, checked.target
+        if checked.refusal is not None:
+            return await refuse(*checked.refusal)
         if self._bound_host is not None and host != self._bound_host:
             return await refuse(421, "this connection is bound to another host; open a new one")
         self._bound_host = host
 
+        # Parse the body bytes already received before routing: a framing error in
+        # them is refused unseen by the app and before any login redirect. A
+        # bodiless request goes in one write, retried if a reused upstream closed.
+        try:
+            body_events = self._buffered_body_events()
+        except h11.RemoteProtocolError:
+            return await refuse(400, "the request body framing is invalid")
+        bodiless = isinstance(body_events[0], h11.EndOfMessage)
         client = self._info
         if self._trusted is not None:
             client = self._trusted.client_of(request.headers, client)
@@ -287,13 +281,6 @@ class HttpRelay:
         upstream_request = h11.Request(
             method=request.method, target=target, headers=headers, http_version="1.1"
         )
-        # Peek: a request without a body ends right away, so it can be sent in
-        # one write and retried if a reused upstream turns out to be closed.
-        try:
-            first_body_event = self._h.next_event()
-        except h11.RemoteProtocolError:
-            return await refuse(400, "the request body framing is invalid")
-        bodiless = isinstance(first_body_event, h11.EndOfMessage)
         # Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
         retryable = bodiless and request.method in _IDEMPOTENT
 
@@ -324,7 +311,7 @@ class HttpRelay:
                 await upstream.stream.send_all(head)
                 if bodiless:
                     return await self._relay_response(upstream, record, websocket, refuse)
-                return await self._relay_with_body(upstream, first_body_event, record, refuse)
+                return await self._relay_with_body(upstream, body_events, record, refuse)
             except _StaleUpstream:
                 self._close_upstream()
                 if attempt == 2 or not retryable or not reused:
@@ -340,14 +327,30 @@ class HttpRelay:
     async def _relay_with_body(
         self,
         upstream: _Upstream,
-        first_event: _BodyEvent,
+        body_events: list[_BodyEvent],
         record: RecordBuilder,
         refuse: Callable[[int, str], Awaitable[bool]],
     ) -> bool:
         """Stream the request body up while the response comes down."""
-        body_task = asyncio.create_task(self._pump_request_body(upstream, first_event, record))
+        body_task = asyncio.create_task(self._pump_request_body(upstream, body_events, record))
+
+        def body_was_invalid() -> bool:
+            return body_task.done() and isinstance(
+                None if body_task.cancelled() else body_task.exception(), h11.RemoteProtocolError
+            )
+
+        async def refuse_unless_body_invalid(status: int, detail: str) -> bool:
+            # The pump closed the upstream because the body's framing broke: say so.
+            if body_was_invalid():
+                return await refuse(400, "the request body framing is invalid")
+            return await refuse(status, detail)
+
         try:
-            keep = await self._relay_response(upstream, record, False, refuse)
+            keep = await self._relay_response(upstream, record, False, refuse_unless_body_invalid)
+        except (ConnectionError, OSError):
+            if not record.response_started and body_was_invalid():
+                return await refuse(400, "the request body framing is invalid")
+            raise
         except BaseException:
             body_task.cancel()
             with contextlib.suppress(BaseException):
@@ -365,10 +368,12 @@ class HttpRelay:
         return keep
 
     async def _pump_request_body(
-        self, upstream: _Upstream, event: _BodyEvent, record: RecordBuilder
+        self, upstream: _Upstream, events: list[_BodyEvent], record: RecordBuilder
     ) -> None:
+        queued = list(events)
         try:
             while True:
+                event = queued.pop(0) if queued else self._h.next_event()
                 if event is h11.NEED_DATA:
                     async with asyncio.timeout(self._limits.body_timeout_s):
                         data = await self._client.receive()
@@ -381,7 +386,6 @@ class HttpRelay:
                     return
                 else:  # pragma: no cover - h11 yields nothing else mid-body
                     raise h11.RemoteProtocolError(f"unexpected {event!r}")
-                event = self._h.next_event()
         except BaseException as exc:
             # The browser's body broke off (or was too slow): the app must not
             # wait for the rest, and the response cannot be trusted to complete.
@@ -574,6 +578,15 @@ class HttpRelay:
                 continue
             assert not isinstance(event, type), event  # PAUSED never happens here
             return event
+
+    def _buffered_body_events(self) -> list[_BodyEvent]:
+        """The request body's events in what was already received; ends in NEED_DATA or EOM."""
+        events: list[_BodyEvent] = []
+        while True:
+            event = self._h.next_event()
+            events.append(event)
+            if event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage):
+                return events
 
     def _close_upstream(self) -> None:
         if self._upstream is not None:

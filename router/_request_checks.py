@@ -1,7 +1,9 @@
-"""Small pure checks on a parsed request: head size, target form, header lookup, reasons."""
+"""Pure checks on a parsed request before it is routed: size, framing, Host, target form."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -14,6 +16,37 @@ def head_size(request: h11.Request) -> int:
     """About the size of the request head on the wire (h11 only bounds partial heads)."""
     size = len(request.method) + len(request.target) + 12
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
+
+
+# The largest body length any peer can represent (nginx: off_t); larger is a parse error.
+_MAX_CONTENT_LENGTH = 2**63 - 1
+
+# Control characters RFC 9110 5.5 calls invalid in a field value (HTAB is allowed);
+# h11 refuses CR, LF and NUL but passes the others on.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def framing_refusal(request: h11.Request) -> tuple[int, str] | None:
+    """(status, reason) if h11 accepted ``request`` but its framing is still in doubt.
+
+    h11 is lenient where an app behind us may not be: it picks Transfer-Encoding
+    over a Content-Length sent with it, accepts chunked in HTTP/1.0 and any
+    ``HTTP/d.d``. RFC 9112 6.1/6.3 call such messages faulty; we refuse them.
+    """
+    if request.http_version not in (b"1.0", b"1.1"):
+        return 505, "only HTTP/1.0 and HTTP/1.1 are supported here"
+    names = {name for name, _ in request.headers}
+    if b"transfer-encoding" in names:
+        if b"content-length" in names:
+            return 400, "the request has both Content-Length and Transfer-Encoding"
+        if request.http_version == b"1.0":
+            return 400, "HTTP/1.0 requests cannot use Transfer-Encoding"
+    length = header(request, b"content-length")
+    if length is not None and int(length) > _MAX_CONTENT_LENGTH:
+        return 400, "the Content-Length is out of range"
+    if any(_CONTROL.search(value) for _, value in request.headers):
+        return 400, "a header value contains control characters"
+    return None
 
 
 def header(request: h11.Request, name: bytes) -> bytes | None:
@@ -37,10 +70,13 @@ def origin_form(target: bytes, host: str) -> bytes | None:
     return (path + ("?" + parts.query if parts.query else "")).encode("ascii")
 
 
-def parse_error_text(exc: h11.RemoteProtocolError) -> str:
+def parse_error_status(exc: h11.RemoteProtocolError, received: bytes) -> tuple[int, str]:
+    """Status and reason for a request h11 could not parse; ``received``: its bytes so far."""
     if exc.error_status_hint == 431:
-        return "the request head is too large"
-    return "the request could not be parsed as HTTP/1.1"
+        if b"\n" not in received:  # still in the request line: its target is what is long
+            return 414, "the request target is too long"
+        return 431, "the request head is too large"
+    return exc.error_status_hint, "the request could not be parsed as HTTP/1.1"
 
 
 def reason_phrase(status: int) -> bytes:
@@ -48,3 +84,46 @@ def reason_phrase(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRequest:
+    """What the checks made of a request: a refusal, or its Host and origin-form target."""
+
+    refusal: tuple[int, str] | None  # (status, reason shown to the user)
+    host: str = ""  # normalised Host ("" until known)
+    host_value: bytes = b""  # Host as the browser sent it
+    target: bytes = b""  # origin-form
+
+
+def check_request(
+    request: h11.Request, *, max_target_bytes: int, max_header_bytes: int
+) -> CheckedRequest:
+    """Everything decided about a request from its head alone, in refusal order."""
+    if len(request.target) > max_target_bytes:
+        return CheckedRequest((414, "the request target is too long"))
+    if head_size(request) > max_header_bytes:
+        return CheckedRequest((431, "the request head is too large"))
+    if refusal := framing_refusal(request):
+        return CheckedRequest(refusal)
+    host_value = header(request, b"host")
+    if host_value is None:
+        return CheckedRequest((400, "the request has no Host header"))
+    host = normalise_host(host_value.decode("latin-1"))
+    if host is None:
+        return CheckedRequest((400, "the Host header is not a valid host name"))
+
+    def refused(status: int, reason: str) -> CheckedRequest:
+        return CheckedRequest((status, reason), host, host_value)
+
+    if request.method == b"CONNECT":
+        return refused(405, "CONNECT is not supported: this is not a proxy")
+    target = request.target
+    if target == b"*":
+        return refused(400, "asterisk-form request targets are not supported")
+    if not target.startswith(b"/"):
+        in_origin_form = origin_form(target, host)
+        if in_origin_form is None:
+            return refused(400, "the absolute request target does not match Host")
+        target = in_origin_form
+    return CheckedRequest(None, host, host_value, target)

@@ -119,6 +119,8 @@ def test_tokens_of_every_connection_header_are_honoured() -> None:
         b"x-forwarded_host",
         b"x_real_ip",
         b"x_request_id",
+        b"x-hostmux-user",  # identity: set by the auth helper, never by a browser
+        b"x_hostmux_user",
     ],
 )
 def test_client_sent_forwarding_headers_are_dropped_in_every_spelling(name: bytes) -> None:

@@ -1,0 +1,82 @@
+"""Framing doubts h11 lets through, and body framing errors, refused by the relay.
+
+Each case here was found by the hostile-input tests against the real router
+(tests/integration/test_hostile_http.py), where the app received the request.
+"""
+
+from __future__ import annotations
+
+import h11
+import pytest
+
+from router._request_checks import framing_refusal, parse_error_status
+
+from .test_relay import FakeGateway, relay, robust_app
+
+
+def _request(*headers: tuple[bytes, bytes], version: bytes = b"1.1") -> h11.Request:
+    return h11.Request(
+        method=b"POST", target=b"/", headers=[(b"host", b"a.localhost"), *headers],
+        http_version=version,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (_request((b"content-length", b"5"), (b"transfer-encoding", b"chunked")), 400),
+        (_request((b"transfer-encoding", b"chunked"), version=b"1.0"), 400),
+        (_request((b"content-length", b"9223372036854775808")), 400),
+        (_request((b"content-length", b"99999999999999999999")), 400),
+        (_request((b"x-a", b"a\x01b")), 400),
+        (_request((b"x-a", b"a\x7fb")), 400),
+        (_request(version=b"2.0"), 505),
+        (_request(version=b"0.9"), 505),
+    ],
+)
+def test_framing_doubts_h11_accepts_are_refused(request_: h11.Request, status: int) -> None:
+    refusal = framing_refusal(request_)
+    assert refusal is not None
+    assert refusal[0] == status
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        _request((b"content-length", b"9223372036854775807")),
+        _request((b"transfer-encoding", b"chunked")),
+        _request((b"x-a", b"tab\tand obs-text \xff")),
+        _request(version=b"1.0"),
+    ],
+)
+def test_sound_requests_pass(request_: h11.Request) -> None:
+    assert framing_refusal(request_) is None
+
+
+def test_an_overlong_request_line_is_414_and_an_overlong_head_431() -> None:
+    exc = h11.RemoteProtocolError("Receive buffer too long", error_status_hint=431)
+    assert parse_error_status(exc, b"GET /" + b"a" * 40000)[0] == 414
+    assert parse_error_status(exc, b"GET / HTTP/1.1\r\nX: " + b"a" * 40000)[0] == 431
+    other = h11.RemoteProtocolError("illegal request line", error_status_hint=400)
+    assert parse_error_status(other, b"GET\r\n")[0] == 400
+
+
+HEAD = b"POST /up HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_bad_chunk_already_received_is_refused_before_the_app_is_reached() -> None:
+    gateway = FakeGateway(robust_app)
+    result = relay(gateway, HEAD + b"3\r\nabcX\r\n0\r\n\r\n")
+    assert result.response.startswith(b"HTTP/1.1 400 ")
+    assert gateway.opened == 0
+    assert gateway.routed == []  # refused before routing: no login redirect in the helper
+
+
+def test_a_bad_chunk_arriving_later_is_a_400_and_the_app_saw_only_clean_chunks() -> None:
+    gateway = FakeGateway(robust_app)
+    result = relay(gateway, HEAD + b"3\r\nabc\r\n", b"zz\r\nGET /smuggled HTTP/1.1\r\n\r\n")
+    assert result.response.startswith(b"HTTP/1.1 400 ")
+    assert result.response.count(b"HTTP/1.1 ") == 1
+    [app] = gateway.apps
+    assert app.received.endswith(b"\r\n\r\n3\r\nabc\r\n")
+    assert b"smuggled" not in app.received

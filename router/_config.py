@@ -64,6 +64,9 @@ class RouterConfig:
     websocket_idle_timeout_s: float = option(3600.0, "idle time before a WebSocket is closed")
     tls_handshake_timeout_s: float = option(10.0, "time a browser has to finish TLS")
     max_header_bytes: int = option(32 * 1024, "largest request head accepted (else 431)")
+    max_requests_per_connection: int = option(
+        1000, "requests one keep-alive connection may carry; the last gets Connection: close"
+    )
     portal_keys_url: str = option(
         "",
         "portal mode: URL template of an instance's public keys, e.g. "
@@ -110,7 +113,7 @@ class RouterConfig:
             raise ValueError("events_url needs events_secret (events are signed)")
         for name in (
             "max_connections", "max_connections_per_ip", "max_ssh_connections_per_key",
-            "max_tunnels_per_key", "ssh_auth_failures_burst",
+            "max_tunnels_per_key", "ssh_auth_failures_burst", "max_requests_per_connection",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: at least 1")
@@ -147,6 +150,7 @@ class RouterConfig:
             response_timeout_s=self.response_timeout_s,
             upstream_idle_timeout_s=self.upstream_idle_timeout_s,
             websocket_idle_timeout_s=self.websocket_idle_timeout_s,
+            max_requests_per_connection=self.max_requests_per_connection,
         )
 
 

@@ -162,6 +162,7 @@ class HttpRelay:
         self._bound_host: str | None = None
         self._upstream: _Upstream | None = None
         self._out = bytearray()  # response bytes queued for the browser
+        self._served = 0  # requests read on this connection, the current one included
         self._peer = f"{info.peer_ip}:{info.peer_port}"
 
     def __repr__(self) -> str:
@@ -180,6 +181,7 @@ class HttpRelay:
 
     async def _serve(self) -> None:
         for served in range(self._limits.max_requests_per_connection):
+            self._served = served + 1
             timeout = (
                 self._limits.header_timeout_s if served == 0 else self._limits.keepalive_timeout_s
             )
@@ -432,6 +434,10 @@ class HttpRelay:
                 headers = response_headers_for_client(event.headers)
                 if upstream.response_filter is not None:
                     headers = upstream.response_filter(headers)
+                if self._served >= limits.max_requests_per_connection:
+                    # The last request this connection may carry: say so, as
+                    # nginx does after keepalive_requests (h11 then closes).
+                    headers = [*headers, (b"connection", b"close")]
                 await self._send_client(
                     h11.Response(
                         status_code=event.status_code, headers=headers, reason=event.reason

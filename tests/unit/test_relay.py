@@ -1013,7 +1013,8 @@ def test_connection_ends_after_max_requests_per_connection() -> None:
     gateway = FakeGateway(hello_app)
     limits = RelayLimits(max_requests_per_connection=2)
     result = relay(gateway, get(b"/1") + get(b"/2") + get(b"/3"), limits=limits)
-    assert result.response == HELLO_RESPONSE * 2
+    last = HELLO_RESPONSE.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
+    assert result.response == HELLO_RESPONSE + last  # the last answer says it is the last
     assert [r.target for r in result.records] == ["/1", "/2"]
 
 

@@ -56,10 +56,14 @@ class RouterConfig:
     ssh_login_timeout_s: float = option(30.0, "time a client has to authenticate")
     header_timeout_s: float = option(60.0, "time a browser has to send request headers")
     keepalive_timeout_s: float = option(75.0, "idle time before a keep-alive connection closes")
-    body_timeout_s: float = option(60.0, "time between two reads of a request body")
+    body_timeout_s: float = option(60.0, "time between two reads of a request body (else 408)")
     send_timeout_s: float = option(60.0, "time a browser has to accept more response data")
     connect_timeout_s: float = option(10.0, "time to open a channel down a tunnel (else 504)")
-    response_timeout_s: float = option(60.0, "time for the app to start answering (else 504)")
+    response_timeout_s: float = option(
+        60.0,
+        "time for the app to start answering once the request is sent, and to take more "
+        "of a request body (else 504)",
+    )
     upstream_idle_timeout_s: float = option(300.0, "time between two chunks of a response body")
     websocket_idle_timeout_s: float = option(3600.0, "idle time before a WebSocket is closed")
     tls_handshake_timeout_s: float = option(10.0, "time a browser has to finish TLS")

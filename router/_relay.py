@@ -13,6 +13,7 @@ helper (upstream = TCP to the app). The rules it enforces:
    refused, so the relay is never an open proxy.
 5. Bodies stream both ways chunk by chunk with back-pressure; nothing buffers a
    whole body. A response may start before the request body has ended.
+   The deadlines around a request body going up are in ``_upload``.
 6. A WebSocket upgrade becomes a byte splice only after the app answers ``101``;
    any other answer keeps HTTP parsing. The splice propagates half-close.
 7. The upstream stream is reused for the next request of the same connection
@@ -51,6 +52,7 @@ from ._records import RecordBuilder, RequestRecord
 from ._request_checks import head_size, header, origin_form, parse_error_text, reason_phrase
 from ._splice import splice
 from ._streams import ByteStream
+from ._upload import BodyEvent, failure_of, pump_request_body, receive_once_sent
 
 log = logging.getLogger("hostmux.relay")
 
@@ -98,10 +100,6 @@ class Gateway(Protocol):
     ) -> Destination | Page | Awaitable[Destination | Page]:
         """Where the request goes; may be a coroutine when deciding needs I/O."""
         ...
-
-
-# What h11 yields while reading a request body (PAUSED cannot occur mid-body).
-_BodyEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -169,13 +167,20 @@ class HttpRelay:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
 
     async def run(self) -> None:
+        broken = False
         try:
             await self._serve()
         except (_Abort, ConnectionError, TimeoutError, OSError, h11.ProtocolError) as exc:
             log.debug("connection %s ended: %r", self._peer, exc)
+            broken = True
         finally:
             self._close_upstream()
-            self._client.close()
+            if broken:
+                # A browser that stopped reading would keep a graceful close
+                # (and its queued bytes) waiting for ever: reset it instead.
+                self._client.abort()
+            else:
+                self._client.close()
 
     # -- the request loop ----------------------------------------------------
 
@@ -323,54 +328,47 @@ class HttpRelay:
     async def _relay_with_body(
         self,
         upstream: _Upstream,
-        first_event: _BodyEvent,
+        first_event: BodyEvent,
         record: RecordBuilder,
         refuse: Callable[[int, str], Awaitable[bool]],
     ) -> bool:
-        """Stream the request body up while the response comes down."""
-        body_task = asyncio.create_task(self._pump_request_body(upstream, first_event, record))
+        """Stream the request body up while the response comes down.
+
+        The app's response timeout starts once the whole body is up (as
+        nginx's proxy_read_timeout does): a long upload is no slow answer.
+        Meanwhile each read from the browser has ``body_timeout_s`` (else 408)
+        and each write to the app ``response_timeout_s`` (else 504).
+        """
+        body_task = asyncio.create_task(
+            pump_request_body(
+                self._h, self._client, upstream.stream, upstream.conn, first_event, record,
+                body_timeout_s=self._limits.body_timeout_s,
+                app_timeout_s=self._limits.response_timeout_s,
+            )
+        )  # fmt: skip
+        finished = False
         try:
-            keep = await self._relay_response(upstream, record, False, refuse)
-        except BaseException:
-            body_task.cancel()
-            with contextlib.suppress(BaseException):
-                await body_task
-            raise
-        if not body_task.done():
+            try:
+                keep = await self._relay_response(upstream, record, False, refuse, body_task)
+            except (_StaleUpstream, ConnectionError, OSError):
+                failed = failure_of(body_task)
+                if failed is None or record.response_started:
+                    raise
+                self._close_upstream()
+                return await refuse(failed.status, failed.detail)
+        finally:
+            finished = body_task.done()
+            if not finished:
+                body_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await body_task
+        if not finished:
             # The app answered before reading the whole body: the rest of the
             # body cannot be skipped safely, so this connection ends here.
-            body_task.cancel()
-            with contextlib.suppress(BaseException):
-                await body_task
             return False
         if body_task.cancelled() or body_task.exception() is not None:
             return False
         return keep
-
-    async def _pump_request_body(
-        self, upstream: _Upstream, event: _BodyEvent, record: RecordBuilder
-    ) -> None:
-        try:
-            while True:
-                if event is h11.NEED_DATA:
-                    async with asyncio.timeout(self._limits.body_timeout_s):
-                        data = await self._client.receive()
-                    self._h.receive_data(data)
-                elif isinstance(event, h11.Data):
-                    record.bytes_in += len(event.data)
-                    await upstream.stream.send_all(upstream.conn.send(event))
-                elif isinstance(event, h11.EndOfMessage):
-                    await upstream.stream.send_all(upstream.conn.send(h11.EndOfMessage()))
-                    return
-                else:  # pragma: no cover - h11 yields nothing else mid-body
-                    raise h11.RemoteProtocolError(f"unexpected {event!r}")
-                event = self._h.next_event()
-        except BaseException as exc:
-            # The browser's body broke off (or was too slow): the app must not
-            # wait for the rest, and the response cannot be trusted to complete.
-            record.note = record.note or f"request body: {type(exc).__name__}"
-            upstream.stream.close()
-            raise
 
     async def _relay_response(
         self,
@@ -378,16 +376,23 @@ class HttpRelay:
         record: RecordBuilder,
         websocket: bool,
         refuse: Callable[[int, str], Awaitable[bool]],
+        body: asyncio.Task[None] | None = None,
     ) -> bool:
+        """Relay the app's response; ``body`` is the request body still going up, if any."""
         limits = self._limits
         timeout = limits.response_timeout_s
         while True:
             try:
-                event = await self._next_upstream_event(upstream, timeout, record)
+                event = await self._next_upstream_event(
+                    upstream, timeout, record, None if record.response_started else body
+                )
             except TimeoutError:
                 if record.response_started:
                     raise _Abort() from None
-                record.note = "response timeout"
+                failed = failure_of(body)
+                if failed is not None:
+                    return await refuse(failed.status, failed.detail)
+                record.note = record.note or "response timeout"
                 return await refuse(504, "the app did not answer in time")
             except h11.RemoteProtocolError:
                 if record.response_started:
@@ -395,6 +400,9 @@ class HttpRelay:
                 self._close_upstream()
                 return await refuse(502, "the app sent an invalid response")
             if isinstance(event, h11.ConnectionClosed):
+                failed = failure_of(body)
+                if failed is not None and not record.response_started:
+                    return await refuse(failed.status, failed.detail)
                 if not record.response_started and upstream.requests > 1:
                     raise _StaleUpstream()
                 if record.response_started:
@@ -511,9 +519,17 @@ class HttpRelay:
                 raise _Abort() from None
 
     async def _next_upstream_event(
-        self, upstream: _Upstream, timeout_s: float, record: RecordBuilder
+        self,
+        upstream: _Upstream,
+        timeout_s: float,
+        record: RecordBuilder,
+        body: asyncio.Task[None] | None = None,
     ) -> h11.Event:
-        """The app's next event; flushes queued output to the browser before waiting."""
+        """The app's next event; flushes queued output to the browser before waiting.
+
+        While ``body`` (the request body going up) runs, there is no deadline:
+        ``timeout_s`` starts when it has finished.
+        """
         conn = upstream.conn
         while True:
             event = conn.next_event()
@@ -522,8 +538,11 @@ class HttpRelay:
                 return event
             if self._out:
                 await self._flush_client(record)
-            async with asyncio.timeout(timeout_s):
-                data = await upstream.stream.receive()
+            if body is not None and not body.done():
+                data = await receive_once_sent(upstream.stream, body, timeout_s)
+            else:
+                async with asyncio.timeout(timeout_s):
+                    data = await upstream.stream.receive()
             if not data and conn.their_state is h11.SEND_RESPONSE and not upstream.got_response:
                 # Closed before a single byte of answer: h11 would call that a
                 # protocol error; for us it is "closed without answering".

@@ -103,8 +103,10 @@ async def test_tunnel_client_that_never_reads_stalls_an_upload_in_bounded_memory
     assert sent < UPLOAD_BYTES / 4  # back-pressure reached the browser
     assert growth < STALLED_UPLOAD_RSS_BOUND
 
-    # The router gives the stuck request up (the app never answered) ...
-    await router.proc.wait_for(r"event=request .*name=sink .*status=504")
+    # The router gives the stuck request up (the app stopped taking the body) ...
+    await router.proc.wait_for(
+        r"event=request .*name=sink .*status=504 .*note=\"request body: app not reading\""
+    )
     # ... and serves everyone else as before.
     response = await router.get("good", "/bytes?n=1000")
     assert response.status_code == 200
@@ -194,6 +196,8 @@ async def test_dynamic_forward_is_refused(world: World) -> None:
                           "tunnel@127.0.0.1")  # fmt: skip
     ssh = await stack.spawn("ssh-D", argv)
     await ssh.wait_for(rf"Local forwarding listening on 127\.0\.0\.1 port {socks_port}")
+    # OpenSSH logs that between bind() and listen(): the channel comes after listen().
+    await ssh.wait_for(r"new port-listener")
     mark = len(router.proc.lines)
     with trio.fail_after(30):
         async with await trio.open_tcp_stream("127.0.0.1", socks_port) as socks:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,10 +361,21 @@ def _unix_opener(
 
 
 async def _open_channel(
-    opening: Callable[[], Awaitable[tuple[Any, Any]]], *, label: str
+    opening: Callable[[], Coroutine[Any, Any, tuple[Any, Any]]], *, label: str
 ) -> ByteStream:
+    """The channel ``opening`` opens, as a stream.
+
+    Resource handling: if the caller stops waiting (the relay's connect
+    timeout), the open goes on without it, and a channel the client confirms
+    later is closed at once: asyncssh would otherwise keep it, open and unread,
+    for as long as the SSH connection lives.
+    """
+    opened = asyncio.ensure_future(opening())
     try:
-        reader, writer = await opening()
+        reader, writer = await asyncio.shield(opened)
+    except asyncio.CancelledError:
+        opened.add_done_callback(_close_late_channel)
+        raise
     except asyncssh.ChannelOpenError as exc:
         raise UpstreamUnavailable(
             f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
@@ -372,6 +383,12 @@ async def _open_channel(
     except (asyncssh.Error, OSError):
         raise UpstreamUnavailable("the tunnel went away") from None
     return ReaderWriterStream(reader, writer, label=label)
+
+
+def _close_late_channel(opened: asyncio.Future[tuple[Any, Any]]) -> None:
+    if not opened.cancelled() and opened.exception() is None:
+        _, writer = opened.result()
+        writer.close()
 
 
 def _reason(exc: Exception | None) -> str:

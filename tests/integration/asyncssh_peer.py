@@ -11,6 +11,8 @@ Modes (each prints one line per step on stdout, flushed, for ``wait_for``):
                         response whose body is WHO.
 ``never-confirm NAME``  holds NAME, but never confirms (nor refuses) a channel open.
 ``never-read NAME``     holds NAME, accepts channels and never reads from them.
+``late-confirm NAME``   holds NAME; confirms a channel open only when a line
+                        arrives on stdin, then reports what the router does with it.
 ``race PREFIX ROUNDS``  two connections (two keys) ask for the same fresh name
                         in the same event-loop tick, ROUNDS times; each serves
                         its own letter (A or B) where it won.
@@ -86,6 +88,26 @@ async def never_confirm(orig_host: str, orig_port: int) -> asyncssh.SSHTCPSessio
     raise AssertionError("not reached")
 
 
+class LateSession(asyncssh.SSHTCPSession[bytes]):
+    """Reports what happens to a channel confirmed after the router stopped waiting."""
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        say("confirmed")
+
+    def eof_received(self) -> bool:
+        say("eof from the router")
+        return False  # and close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        say("channel closed by the router")
+
+
+async def confirm_when_told(orig_host: str, orig_port: int) -> asyncssh.SSHTCPSession[bytes]:
+    say(f"channel open from {orig_host}:{orig_port}; waiting for a line on stdin")
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    return LateSession()
+
+
 async def run(args: argparse.Namespace) -> int:
     conn = await connect(args, args.key[0])
     say("connected")
@@ -94,6 +116,9 @@ async def run(args: argparse.Namespace) -> int:
         say(f"forwarding {args.name}")
     elif args.mode == "never-confirm":
         await conn.create_server(never_confirm, args.name, LABEL_PORT)
+        say(f"forwarding {args.name}")
+    elif args.mode == "late-confirm":
+        await conn.create_server(confirm_when_told, args.name, LABEL_PORT)
         say(f"forwarding {args.name}")
     elif args.mode == "never-read":
         await conn.start_server(lambda host, port: never_read, args.name, LABEL_PORT)
@@ -162,7 +187,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     serve = modes.add_parser("serve")
     serve.add_argument("name")
     serve.add_argument("who")
-    for mode in ("never-confirm", "never-read", "cancel"):
+    for mode in ("never-confirm", "late-confirm", "never-read", "cancel"):
         modes.add_parser(mode).add_argument("name")
     race_mode = modes.add_parser("race")
     race_mode.add_argument("prefix")

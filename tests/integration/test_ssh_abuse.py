@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,13 +31,15 @@ STALL_S = 5.0
 STALLED_UPLOAD_RSS_BOUND = 32 * MIB
 
 
-async def start_peer(stack: Stack, router: Router, keys: list[Path], *mode: str) -> LoggedProcess:
+async def start_peer(
+    stack: Stack, router: Router, keys: list[Path], *mode: str, stdin: int = subprocess.DEVNULL
+) -> LoggedProcess:
     known_hosts = router.known_hosts(stack.path("known_hosts"))
     argv = [
         sys.executable, "-m", "tests.integration.asyncssh_peer", "--port", str(router.ssh_port),
         "--known-hosts", str(known_hosts), *(f"--key={key}" for key in keys), *mode,
     ]  # fmt: skip
-    return await stack.spawn(f"peer-{mode[0]}", argv)
+    return await stack.spawn(f"peer-{mode[0]}", argv, stdin=stdin)
 
 
 def assert_no_traceback(router: Router) -> None:
@@ -65,6 +68,26 @@ async def test_channel_open_never_confirmed_is_504_after_the_connect_timeout(
         assert 1.0 <= elapsed < 20.0, elapsed
     assert len(peer.lines) >= 3  # it did see the channel opens it never answered
     await peer.wait_for(r"channel open from .*not answering")
+    assert_no_traceback(router)
+
+
+async def test_channel_confirmed_after_the_connect_timeout_is_closed_at_once(
+    stack: Stack,
+) -> None:
+    """The browser already got its 504: a late channel must not live on in the router."""
+    router = await stack.start_router("--connect-timeout-s", "1")
+    key = stack.new_key("late")
+    router.authorize(public_key_of(key))
+    peer = await start_peer(stack, router, [key], "late-confirm", "late", stdin=subprocess.PIPE)
+    await peer.wait_for(r"forwarding late")
+    with trio.fail_after(30):
+        response = await router.get("late", "/")
+    assert response.status_code == 504
+    await peer.wait_for(r"waiting for a line on stdin")
+    assert peer.process.stdin is not None
+    await peer.process.stdin.send_all(b"confirm\n")
+    await peer.wait_for(r"^confirmed$")
+    await peer.wait_for(r"channel closed by the router")
     assert_no_traceback(router)
 
 

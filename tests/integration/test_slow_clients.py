@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass, field
 
 import h11
+import pytest
 import trio
 
 from .conftest import App, Router, Stack, public_key_of
@@ -235,15 +236,23 @@ async def test_upload_slower_than_the_response_timeout_but_steady_succeeds(
 # --- responses -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 async def test_slow_reader_is_dropped_after_the_send_timeout_in_bounded_memory(
-    stack: Stack,
+    stack: Stack, tls: bool
 ) -> None:
     timeout_s = 1.0
     world = await tunnel_world(stack, "--send-timeout-s", str(timeout_s))
     router = world.router
     window = start_rss_window(router.proc.process.pid)
     mark = len(router.proc.lines)
-    async with await trio.open_tcp_stream("127.0.0.1", router.http_port) as stream:
+    stream: trio.abc.Stream
+    if tls:
+        stream = await router.open_tls("slow")
+        sock = stream.transport_stream.socket
+    else:
+        stream = await trio.open_tcp_stream("127.0.0.1", router.http_port)
+        sock = stream.socket
+    async with stream:
         await stream.send_all(
             b"GET /bytes?n=" + str(SLOW_READ_BYTES).encode() + b" HTTP/1.1\r\n"
             b"Host: slow.localhost\r\n\r\n"
@@ -258,12 +267,13 @@ async def test_slow_reader_is_dropped_after_the_send_timeout_in_bounded_memory(
         growth = peak_rss_growth_bytes(window)
         # Given up means closed, not waiting for the browser to take the rest.
         with trio.fail_after(CLOSE_DEADLINE_S):
-            while tcp_state(stream.socket) not in TCP_CLOSE_STATES:
+            while tcp_state(sock) not in TCP_CLOSE_STATES:
                 await trio.lowlevel.checkpoint()
         rest = await wait_closed(stream)
     relayed = int(line[1])
     print(
-        f"slow reader: router relayed {relayed / MIB:.1f} MiB of {SLOW_READ_BYTES / MIB:.0f}, "
+        f"slow reader ({'https' if tls else 'http'}): router relayed {relayed / MIB:.1f} MiB "
+        f"of {SLOW_READ_BYTES / MIB:.0f}, "
         f"browser had {(len(first) + len(rest)) / MIB:.1f} MiB queued; "
         f"router peak RSS growth {growth / MIB:.1f} MiB"
     )

@@ -83,7 +83,10 @@ def connection_handler(
         connections.add(task)
         try:
             info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
-            stream = ReaderWriterStream(reader, writer, label=f"{scheme}:{ip}:{peer[1]}")
+            stream = ReaderWriterStream(
+                reader, writer, label=f"{scheme}:{ip}:{peer[1]}",
+                close_linger_s=limits.send_timeout_s,
+            )  # fmt: skip
             await HttpRelay(stream, info, gateway, limits, log_request).run()
         finally:
             counts.release(ip)

@@ -80,14 +80,23 @@ class _Writer(Protocol):
 class ReaderWriterStream:
     """``ByteStream`` over an asyncio-style (reader, writer) pair."""
 
-    __slots__ = ("_buffered", "_chunk", "_reader", "_writer", "label")
+    __slots__ = ("_buffered", "_chunk", "_close_linger_s", "_reader", "_writer", "label")
 
     def __init__(
-        self, reader: _Reader, writer: _Writer, *, label: str, chunk: int = READ_CHUNK_BYTES
+        self,
+        reader: _Reader,
+        writer: _Writer,
+        *,
+        label: str,
+        chunk: int = READ_CHUNK_BYTES,
+        close_linger_s: float | None = None,
     ) -> None:
+        """``close_linger_s``: how long a closed stream may still flush queued bytes
+        to a peer that does not read them; then it is reset (None: for ever)."""
         self._reader = reader
         self._writer = writer
         self._chunk = chunk
+        self._close_linger_s = close_linger_s
         self.label = label
         # How much the transport holds unsent (asyncio transports); SSH channels
         # have no such transport and always go through their own drain.
@@ -124,6 +133,19 @@ class ReaderWriterStream:
 
     def close(self) -> None:
         self._writer.close()
+        transport = getattr(self._writer, "transport", None)
+        linger = self._close_linger_s
+        if linger is not None and transport is not None and transport.get_write_buffer_size():
+            # asyncio keeps a closing transport (and its descriptor) until the
+            # peer has read what is queued, however long that takes.
+            loop = asyncio.get_running_loop()
+            loop.call_later(linger, self._abort_if_still_flushing, transport)
+
+    def _abort_if_still_flushing(self, transport: asyncio.WriteTransport) -> None:
+        # Still data queued means still open: the socket is ours to reset
+        # (once flushed and closed, its descriptor may belong to someone else).
+        if transport.get_write_buffer_size() > 0:
+            self.abort()
 
     def abort(self) -> None:
         # asyncio's StreamWriter has its transport; an SSH channel's writer does not.

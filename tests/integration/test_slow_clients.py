@@ -67,7 +67,7 @@ async def wait_closed(stream: trio.abc.ReceiveStream) -> bytes:
     return data
 
 
-async def closed_while_waiting(stream: trio.SocketStream, wait_s: float) -> bool:
+async def closed_while_waiting(stream: trio.abc.ReceiveStream, wait_s: float) -> bool:
     """Wait up to ``wait_s`` for the router to close (or say anything): True if it did."""
     with trio.move_on_after(wait_s), contextlib.suppress(trio.BrokenResourceError):
         await stream.receive_some(65536)
@@ -82,14 +82,19 @@ def assert_no_traceback(router: Router) -> None:
 # --- request heads -------------------------------------------------------------------------
 
 
-async def test_slowloris_is_closed_by_the_total_header_deadline(stack: Stack) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_slowloris_is_closed_by_the_total_header_deadline(stack: Stack, tls: bool) -> None:
     """A head trickled a byte every 0.2 s never completes: trickling does not extend it."""
     timeout_s = 2.0
     router = await stack.start_router("--header-timeout-s", str(timeout_s))
     # Long enough to outlast the deadline many times over; the blank line never comes.
     head = b"GET / HTTP/1.1\r\nHost: slow.localhost\r\nX-Slow: " + b"a" * 500
     started = trio.current_time()
-    stream = await trio.open_tcp_stream("127.0.0.1", router.http_port)
+    stream: trio.abc.Stream
+    if tls:
+        stream = await router.open_tls("slow")  # then one TLS record per byte
+    else:
+        stream = await trio.open_tcp_stream("127.0.0.1", router.http_port)
     sent = 0
     with trio.fail_after(CLOSE_DEADLINE_S):
         async with stream:

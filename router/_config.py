@@ -53,6 +53,9 @@ class RouterConfig:
         2 * 1024 * 1024, "SSH channel window per request (>= 2 MiB; 4-8 MiB for WAN)"
     )
     ssh_keepalive_interval_s: float = option(30.0, "SSH keepalive probe interval")
+    max_pending_channel_opens: int = option(
+        1024, "channel opens one SSH connection may leave unanswered at once (more: 502)"
+    )
     ssh_login_timeout_s: float = option(30.0, "time a client has to authenticate")
     header_timeout_s: float = option(60.0, "time a browser has to send request headers")
     keepalive_timeout_s: float = option(75.0, "idle time before a keep-alive connection closes")
@@ -118,6 +121,7 @@ class RouterConfig:
         for name in (
             "max_connections", "max_connections_per_ip", "max_ssh_connections_per_key",
             "max_tunnels_per_key", "ssh_auth_failures_burst", "max_requests_per_connection",
+            "max_pending_channel_opens",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: at least 1")

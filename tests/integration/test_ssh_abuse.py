@@ -52,7 +52,9 @@ def assert_no_traceback(router: Router) -> None:
 async def test_channel_open_never_confirmed_is_504_after_the_connect_timeout(
     stack: Stack,
 ) -> None:
-    router = await stack.start_router("--connect-timeout-s", "1")
+    router = await stack.start_router(
+        "--connect-timeout-s", "1", "--max-pending-channel-opens", "2"
+    )
     key = stack.new_key("stuck")
     router.authorize(public_key_of(key))
     peer = await start_peer(stack, router, [key], "never-confirm", "stuck")
@@ -66,8 +68,14 @@ async def test_channel_open_never_confirmed_is_504_after_the_connect_timeout(
         assert response.status_code == 504, (attempt, response.text)
         assert response.headers["x-hostmux-error"]
         assert 1.0 <= elapsed < 20.0, elapsed
-    assert len(peer.lines) >= 3  # it did see the channel opens it never answered
-    await peer.wait_for(r"channel open from .*not answering")
+    # Each unanswered open stays pending in the router (SSH cannot withdraw it):
+    # with two pending, the tunnel gets no more until it answers some.
+    with trio.fail_after(30):
+        refused = await router.get("stuck", "/")
+    assert refused.status_code == 502
+    assert "not answering" in refused.text
+    opens = [line for line in peer.lines if "not answering" in line]
+    assert len(opens) == 2  # it did see the two opens, and no third
     assert_no_traceback(router)
 
 

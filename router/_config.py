@@ -54,17 +54,27 @@ class RouterConfig:
         2 * 1024 * 1024, "SSH channel window per request (>= 2 MiB; 4-8 MiB for WAN)"
     )
     ssh_keepalive_interval_s: float = option(30.0, "SSH keepalive probe interval")
+    max_pending_channel_opens: int = option(
+        1024, "channel opens one SSH connection may leave unanswered at once (more: 502)"
+    )
     ssh_login_timeout_s: float = option(30.0, "time a client has to authenticate")
     header_timeout_s: float = option(60.0, "time a browser has to send request headers")
     keepalive_timeout_s: float = option(75.0, "idle time before a keep-alive connection closes")
-    body_timeout_s: float = option(60.0, "time between two reads of a request body")
+    body_timeout_s: float = option(60.0, "time between two reads of a request body (else 408)")
     send_timeout_s: float = option(60.0, "time a browser has to accept more response data")
     connect_timeout_s: float = option(10.0, "time to open a channel down a tunnel (else 504)")
-    response_timeout_s: float = option(60.0, "time for the app to start answering (else 504)")
+    response_timeout_s: float = option(
+        60.0,
+        "time for the app to start answering once the request is sent, and to take more "
+        "of a request body (else 504)",
+    )
     upstream_idle_timeout_s: float = option(300.0, "time between two chunks of a response body")
     websocket_idle_timeout_s: float = option(3600.0, "idle time before a WebSocket is closed")
     tls_handshake_timeout_s: float = option(10.0, "time a browser has to finish TLS")
     max_header_bytes: int = option(32 * 1024, "largest request head accepted (else 431)")
+    max_requests_per_connection: int = option(
+        1000, "requests one keep-alive connection may carry; the last gets Connection: close"
+    )
     portal_keys_url: str = option(
         "",
         "portal mode: URL template of an instance's public keys, e.g. "
@@ -119,7 +129,8 @@ class RouterConfig:
             raise ValueError("events_url needs events_secret (events are signed)")
         for name in (
             "max_connections", "max_connections_per_ip", "max_ssh_connections_per_key",
-            "max_tunnels_per_key", "ssh_auth_failures_burst",
+            "max_tunnels_per_key", "ssh_auth_failures_burst", "max_requests_per_connection",
+            "max_pending_channel_opens",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: at least 1")
@@ -163,6 +174,7 @@ class RouterConfig:
             response_timeout_s=self.response_timeout_s,
             upstream_idle_timeout_s=self.upstream_idle_timeout_s,
             websocket_idle_timeout_s=self.websocket_idle_timeout_s,
+            max_requests_per_connection=self.max_requests_per_connection,
         )
 
 

@@ -92,7 +92,10 @@ def connection_handler(
             return
         try:
             info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
-            stream = ReaderWriterStream(reader, writer, label=f"{scheme}:{ip}:{peer[1]}")
+            stream = ReaderWriterStream(
+                reader, writer, label=f"{scheme}:{ip}:{peer[1]}",
+                close_linger_s=limits.send_timeout_s,
+            )  # fmt: skip
             relay = HttpRelay(stream, info, gateway, limits, log_request, trusted_proxies)
             connections.add(task, relay)
             await relay.run()

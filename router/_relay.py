@@ -13,6 +13,7 @@ helper (upstream = TCP to the app). The rules it enforces:
    refused, so the relay is never an open proxy.
 5. Bodies stream both ways chunk by chunk with back-pressure; nothing buffers a
    whole body. A response may start before the request body has ended.
+   The deadlines around a request body going up are in ``_upload``.
 6. A WebSocket upgrade becomes a byte splice only after the app answers ``101``;
    any other answer keeps HTTP parsing. The splice propagates half-close.
 7. The upstream stream is reused for the next request of the same connection
@@ -28,9 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -47,10 +46,17 @@ from ._headers import (
     response_headers_for_client,
 )
 from ._pages import Page, status_page, wants_html
-from ._records import RecordBuilder, RequestRecord
+from ._records import RecordBuilder, RequestRecord, new_request_id
 from ._request_checks import check_request, header, parse_error_status, reason_phrase
 from ._splice import splice
 from ._streams import ByteStream
+from ._upload import (
+    BodyEvent,
+    buffered_body_events,
+    failure_of,
+    pump_request_body,
+    receive_once_sent,
+)
 
 log = logging.getLogger("hostmux.relay")
 
@@ -100,10 +106,6 @@ class Gateway(Protocol):
         ...
 
 
-# What h11 yields while reading a request body (PAUSED cannot occur mid-body).
-_BodyEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
-
-
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
@@ -123,17 +125,6 @@ class _Upstream:
     response_filter: Callable[[Headers], Headers] | None = None
     requests: int = 0
     got_response: bool = False  # any byte of the current response received
-
-
-# Request ids: a random per-process prefix and a counter. Unique for
-# correlating log lines; they need not be secret, and os.urandom per request
-# measured ~2% of a small request.
-_ID_PREFIX = secrets.token_hex(4)
-_ID_COUNTER = itertools.count(1)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 class HttpRelay:
@@ -164,9 +155,11 @@ class HttpRelay:
         self._bound_host: str | None = None
         self._upstream: _Upstream | None = None
         self._out = bytearray()  # response bytes queued for the browser
+        self._served = 0  # requests read on this connection, the current one included
         self._peer = f"{info.peer_ip}:{info.peer_port}"
         self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
         self._idle_wait: asyncio.Timeout | None = None  # while waiting for a request head
+        self._browser_stalled = False  # stopped reading the response: reset, not close
 
     def __repr__(self) -> str:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
@@ -185,12 +178,18 @@ class HttpRelay:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
             self._close_upstream()
-            self._client.close()
+            if self._browser_stalled:
+                # A browser that stopped reading would keep a graceful close
+                # (and its queued bytes) waiting: reset it instead.
+                self._client.abort()
+            else:
+                self._client.close()  # flushes what is queued (bounded by the stream)
 
     # -- the request loop ----------------------------------------------------
 
     async def _serve(self) -> None:
         for served in range(self._limits.max_requests_per_connection):
+            self._served = served + 1
             timeout = (
                 self._limits.header_timeout_s if served == 0 else self._limits.keepalive_timeout_s
             )
@@ -255,7 +254,7 @@ class HttpRelay:
         # them is refused unseen by the app and before any login redirect. A
         # bodiless request goes in one write, retried if a reused upstream closed.
         try:
-            body_events = self._buffered_body_events()
+            body_events = buffered_body_events(self._h)
         except h11.RemoteProtocolError:
             return await refuse(400, "the request body framing is invalid")
         bodiless = isinstance(body_events[0], h11.EndOfMessage)
@@ -327,71 +326,47 @@ class HttpRelay:
     async def _relay_with_body(
         self,
         upstream: _Upstream,
-        body_events: list[_BodyEvent],
+        body_events: list[BodyEvent],
         record: RecordBuilder,
         refuse: Callable[[int, str], Awaitable[bool]],
     ) -> bool:
-        """Stream the request body up while the response comes down."""
-        body_task = asyncio.create_task(self._pump_request_body(upstream, body_events, record))
+        """Stream the request body up while the response comes down.
 
-        def body_was_invalid() -> bool:
-            return body_task.done() and isinstance(
-                None if body_task.cancelled() else body_task.exception(), h11.RemoteProtocolError
+        The app's response timeout starts once the whole body is up (as
+        nginx's proxy_read_timeout does): a long upload is no slow answer.
+        Meanwhile each read from the browser has ``body_timeout_s`` (else 408)
+        and each write to the app ``response_timeout_s`` (else 504).
+        """
+        body_task = asyncio.create_task(
+            pump_request_body(
+                self._h, self._client, upstream.stream, upstream.conn, body_events, record,
+                body_timeout_s=self._limits.body_timeout_s,
+                app_timeout_s=self._limits.response_timeout_s,
             )
-
-        async def refuse_unless_body_invalid(status: int, detail: str) -> bool:
-            # The pump closed the upstream because the body's framing broke: say so.
-            if body_was_invalid():
-                return await refuse(400, "the request body framing is invalid")
-            return await refuse(status, detail)
-
+        )  # fmt: skip
+        finished = False
         try:
-            keep = await self._relay_response(upstream, record, False, refuse_unless_body_invalid)
-        except (ConnectionError, OSError):
-            if not record.response_started and body_was_invalid():
-                return await refuse(400, "the request body framing is invalid")
-            raise
-        except BaseException:
-            body_task.cancel()
-            with contextlib.suppress(BaseException):
-                await body_task
-            raise
-        if not body_task.done():
+            try:
+                keep = await self._relay_response(upstream, record, False, refuse, body_task)
+            except (_StaleUpstream, ConnectionError, OSError):
+                failed = failure_of(body_task)
+                if failed is None or record.response_started:
+                    raise
+                self._close_upstream()
+                return await refuse(failed.status, failed.detail)
+        finally:
+            finished = body_task.done()
+            if not finished:
+                body_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await body_task
+        if not finished:
             # The app answered before reading the whole body: the rest of the
             # body cannot be skipped safely, so this connection ends here.
-            body_task.cancel()
-            with contextlib.suppress(BaseException):
-                await body_task
             return False
         if body_task.cancelled() or body_task.exception() is not None:
             return False
         return keep
-
-    async def _pump_request_body(
-        self, upstream: _Upstream, events: list[_BodyEvent], record: RecordBuilder
-    ) -> None:
-        queued = list(events)
-        try:
-            while True:
-                event = queued.pop(0) if queued else self._h.next_event()
-                if event is h11.NEED_DATA:
-                    async with asyncio.timeout(self._limits.body_timeout_s):
-                        data = await self._client.receive()
-                    self._h.receive_data(data)
-                elif isinstance(event, h11.Data):
-                    record.bytes_in += len(event.data)
-                    await upstream.stream.send_all(upstream.conn.send(event))
-                elif isinstance(event, h11.EndOfMessage):
-                    await upstream.stream.send_all(upstream.conn.send(h11.EndOfMessage()))
-                    return
-                else:  # pragma: no cover - h11 yields nothing else mid-body
-                    raise h11.RemoteProtocolError(f"unexpected {event!r}")
-        except BaseException as exc:
-            # The browser's body broke off (or was too slow): the app must not
-            # wait for the rest, and the response cannot be trusted to complete.
-            record.note = record.note or f"request body: {type(exc).__name__}"
-            upstream.stream.close()
-            raise
 
     async def _relay_response(
         self,
@@ -399,16 +374,23 @@ class HttpRelay:
         record: RecordBuilder,
         websocket: bool,
         refuse: Callable[[int, str], Awaitable[bool]],
+        body: asyncio.Task[None] | None = None,
     ) -> bool:
+        """Relay the app's response; ``body`` is the request body still going up, if any."""
         limits = self._limits
         timeout = limits.response_timeout_s
         while True:
             try:
-                event = await self._next_upstream_event(upstream, timeout, record)
+                event = await self._next_upstream_event(
+                    upstream, timeout, record, None if record.response_started else body
+                )
             except TimeoutError:
                 if record.response_started:
                     raise _Abort() from None
-                record.note = "response timeout"
+                failed = failure_of(body)
+                if failed is not None:
+                    return await refuse(failed.status, failed.detail)
+                record.note = record.note or "response timeout"
                 return await refuse(504, "the app did not answer in time")
             except h11.RemoteProtocolError:
                 if record.response_started:
@@ -416,6 +398,9 @@ class HttpRelay:
                 self._close_upstream()
                 return await refuse(502, "the app sent an invalid response")
             if isinstance(event, h11.ConnectionClosed):
+                failed = failure_of(body)
+                if failed is not None and not record.response_started:
+                    return await refuse(failed.status, failed.detail)
                 if not record.response_started and upstream.requests > 1:
                     raise _StaleUpstream()
                 if record.response_started:
@@ -455,7 +440,9 @@ class HttpRelay:
                 headers = response_headers_for_client(event.headers)
                 if upstream.response_filter is not None:
                     headers = upstream.response_filter(headers)
-                if self._going_away.is_set():
+                if self._going_away.is_set() or self._served >= limits.max_requests_per_connection:
+                    # Shutting down, or the last request this connection may carry:
+                    # say so, as nginx does after keepalive_requests (h11 then closes).
                     headers = [*headers, (b"connection", b"close")]
                 await self._send_client(
                     h11.Response(
@@ -528,12 +515,21 @@ class HttpRelay:
                     await self._client.drain()
             except TimeoutError:
                 record.note = "send timeout"
+                self._browser_stalled = True
                 raise _Abort() from None
 
     async def _next_upstream_event(
-        self, upstream: _Upstream, timeout_s: float, record: RecordBuilder
+        self,
+        upstream: _Upstream,
+        timeout_s: float,
+        record: RecordBuilder,
+        body: asyncio.Task[None] | None = None,
     ) -> h11.Event:
-        """The app's next event; flushes queued output to the browser before waiting."""
+        """The app's next event; flushes queued output to the browser before waiting.
+
+        While ``body`` (the request body going up) runs, there is no deadline:
+        ``timeout_s`` starts when it has finished.
+        """
         conn = upstream.conn
         while True:
             event = conn.next_event()
@@ -542,8 +538,11 @@ class HttpRelay:
                 return event
             if self._out:
                 await self._flush_client(record)
-            async with asyncio.timeout(timeout_s):
-                data = await upstream.stream.receive()
+            if body is not None and not body.done():
+                data = await receive_once_sent(upstream.stream, body, timeout_s)
+            else:
+                async with asyncio.timeout(timeout_s):
+                    data = await upstream.stream.receive()
             if not data and conn.their_state is h11.SEND_RESPONSE and not upstream.got_response:
                 # Closed before a single byte of answer: h11 would call that a
                 # protocol error; for us it is "closed without answering".
@@ -578,15 +577,6 @@ class HttpRelay:
                 continue
             assert not isinstance(event, type), event  # PAUSED never happens here
             return event
-
-    def _buffered_body_events(self) -> list[_BodyEvent]:
-        """The request body's events in what was already received; ends in NEED_DATA or EOM."""
-        events: list[_BodyEvent] = []
-        while True:
-            event = self._h.next_event()
-            events.append(event)
-            if event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage):
-                return events
 
     def _close_upstream(self) -> None:
         if self._upstream is not None:

@@ -110,6 +110,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         window_bytes=config.channel_window_bytes,
         keepalive_interval_s=config.ssh_keepalive_interval_s,
         login_timeout_s=config.ssh_login_timeout_s,
+        max_pending_opens=config.max_pending_channel_opens,
     )
     ssh_limits = SshLimits(
         connections=ConnectionCounts(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,23 @@ class SshSettings:
     keepalive_interval_s: float
     login_timeout_s: float
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+    max_pending_opens: int = 1024
+
+
+@dataclass
+class PendingOpens:
+    """Channel opens one SSH connection has not answered yet, and how many it may have.
+
+    SSH has no way to withdraw a channel open: one the client never answers
+    stays in asyncssh (~7 KiB) until the connection ends. Past the limit the
+    tunnel gets no more opens (502) until it answers some.
+    """
+
+    limit: int
+    count: int = 0
+
+    def release(self, _: object = None) -> None:
+        self.count -= 1
 
 
 @dataclass
@@ -164,6 +181,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._conn: asyncssh.SSHServerConnection | None = None
         self._state = ClientState(peer="?")
         self._counted_owner: str | None = None
+        self._pending = PendingOpens(settings.max_pending_opens)
 
     def __repr__(self) -> str:
         return f"<SSH client {self._state.peer} forwards={len(self._state.forwards)}>"
@@ -263,7 +281,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
                 return self._refuse(where, f"this client may only hold {grant.describe_names()}")
             candidates = [name]
         port = listen_port or 80  # the port is only a label; 0 asks us to pick one
-        opener = _tcp_opener(self._connection, listen_host, port, self._settings.window_bytes)
+        opener = _tcp_opener(
+            self._connection, listen_host, port, self._settings.window_bytes, self._pending
+        )
         return self._claim(candidates, grant, opener, (listen_host, listen_port), port, where)
 
     def unix_server_requested(self, listen_path: str) -> VirtualForward | bool:
@@ -273,7 +293,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
             return self._refuse(listen_path, "stream-local forwards are for portal instances")
         if any(f.listen == (listen_path, 0) for f in self._state.forwards):
             return self._refuse(listen_path, "this connection already forwards that path")
-        opener = _unix_opener(self._connection, listen_path, self._settings.window_bytes)
+        opener = _unix_opener(
+            self._connection, listen_path, self._settings.window_bytes, self._pending
+        )
         return self._claim([grant.default_name], grant, opener, (listen_path, 0), 0, listen_path)
 
     def _claim(
@@ -331,7 +353,11 @@ class _ConnectionHandler(asyncssh.SSHServer):
 
 
 def _tcp_opener(
-    conn: asyncssh.SSHServerConnection, listen_host: str, listen_port: int, window: int
+    conn: asyncssh.SSHServerConnection,
+    listen_host: str,
+    listen_port: int,
+    window: int,
+    pending: PendingOpens,
 ) -> Callable[[str, int], Awaitable[ByteStream]]:
     """How a browser connection becomes a ``forwarded-tcpip`` channel to the client."""
 
@@ -341,13 +367,13 @@ def _tcp_opener(
                 listen_host, listen_port, orig_host, orig_port, window=window
             )
 
-        return await _open_channel(opening, label=f"channel:{listen_host}")
+        return await _open_channel(opening, label=f"channel:{listen_host}", pending=pending)
 
     return open_stream
 
 
 def _unix_opener(
-    conn: asyncssh.SSHServerConnection, listen_path: str, window: int
+    conn: asyncssh.SSHServerConnection, listen_path: str, window: int, pending: PendingOpens
 ) -> Callable[[str, int], Awaitable[ByteStream]]:
     """The same for a ``forwarded-streamlocal@openssh.com`` channel (DIT4C protocol)."""
 
@@ -355,16 +381,34 @@ def _unix_opener(
         async def opening() -> tuple[Any, Any]:
             return await conn.open_unix_connection(listen_path, window=window)
 
-        return await _open_channel(opening, label=f"channel:{listen_path}")
+        return await _open_channel(opening, label=f"channel:{listen_path}", pending=pending)
 
     return open_stream
 
 
 async def _open_channel(
-    opening: Callable[[], Awaitable[tuple[Any, Any]]], *, label: str
+    opening: Callable[[], Coroutine[Any, Any, tuple[Any, Any]]],
+    *,
+    label: str,
+    pending: PendingOpens,
 ) -> ByteStream:
+    """The channel ``opening`` opens, as a stream.
+
+    Resource handling: if the caller stops waiting (the relay's connect
+    timeout), the open goes on without it, and a channel the client confirms
+    later is closed at once: asyncssh would otherwise keep it, open and unread,
+    for as long as the SSH connection lives.
+    """
+    if pending.count >= pending.limit:
+        raise UpstreamUnavailable("the tunnel client is not answering (too many channels pending)")
+    pending.count += 1
+    opened = asyncio.ensure_future(opening())
+    opened.add_done_callback(pending.release)
     try:
-        reader, writer = await opening()
+        reader, writer = await asyncio.shield(opened)
+    except asyncio.CancelledError:
+        opened.add_done_callback(_close_late_channel)
+        raise
     except asyncssh.ChannelOpenError as exc:
         raise UpstreamUnavailable(
             f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
@@ -408,6 +452,12 @@ class _ChannelStream(ReaderWriterStream):
             await super().send_eof()
         except asyncssh.Error as exc:
             raise ConnectionResetError(f"{self.label}: {exc}") from None
+
+
+def _close_late_channel(opened: asyncio.Future[tuple[Any, Any]]) -> None:
+    if not opened.cancelled() and opened.exception() is None:
+        _, writer = opened.result()
+        writer.close()
 
 
 def _reason(exc: Exception | None) -> str:

@@ -14,11 +14,17 @@ sender. Nothing here buffers more than one chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import Protocol
 
 # Reading the front socket in 256 KiB chunks measured +25% bulk throughput
 # over 64 KiB (see shared/design.md); the memory is per active read only.
 READ_CHUNK_BYTES = 256 * 1024
+
+# struct linger {on, seconds}: close with a reset, dropping unsent data.
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 class ByteStream(Protocol):
@@ -52,6 +58,10 @@ class ByteStream(Protocol):
         """Close both directions now; pending data may be dropped."""
         ...
 
+    def abort(self) -> None:
+        """Close at once, dropping unsent data (TCP: a reset): for a peer that stopped reading."""
+        ...
+
 
 class _Reader(Protocol):
     async def read(self, n: int = -1) -> bytes: ...
@@ -70,14 +80,23 @@ class _Writer(Protocol):
 class ReaderWriterStream:
     """``ByteStream`` over an asyncio-style (reader, writer) pair."""
 
-    __slots__ = ("_buffered", "_chunk", "_reader", "_writer", "label")
+    __slots__ = ("_buffered", "_chunk", "_close_linger_s", "_reader", "_writer", "label")
 
     def __init__(
-        self, reader: _Reader, writer: _Writer, *, label: str, chunk: int = READ_CHUNK_BYTES
+        self,
+        reader: _Reader,
+        writer: _Writer,
+        *,
+        label: str,
+        chunk: int = READ_CHUNK_BYTES,
+        close_linger_s: float | None = None,
     ) -> None:
+        """``close_linger_s``: how long a closed stream may still flush queued bytes
+        to a peer that does not read them; then it is reset (None: for ever)."""
         self._reader = reader
         self._writer = writer
         self._chunk = chunk
+        self._close_linger_s = close_linger_s
         self.label = label
         # How much the transport holds unsent (asyncio transports); SSH channels
         # have no such transport and always go through their own drain.
@@ -114,6 +133,34 @@ class ReaderWriterStream:
 
     def close(self) -> None:
         self._writer.close()
+        transport = getattr(self._writer, "transport", None)
+        linger = self._close_linger_s
+        if linger is not None and transport is not None and transport.get_write_buffer_size():
+            # asyncio keeps a closing transport (and its descriptor) until the
+            # peer has read what is queued, however long that takes.
+            loop = asyncio.get_running_loop()
+            loop.call_later(linger, self._abort_if_still_flushing, transport)
+
+    def _abort_if_still_flushing(self, transport: asyncio.WriteTransport) -> None:
+        # Still data queued means still open: the socket is ours to reset
+        # (once flushed and closed, its descriptor may belong to someone else).
+        if transport.get_write_buffer_size() > 0:
+            self.abort()
+
+    def abort(self) -> None:
+        # asyncio's StreamWriter has its transport; an SSH channel's writer does not.
+        transport = getattr(self._writer, "transport", None)
+        if transport is None:
+            self._writer.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Linger 0: the kernel resets the connection and frees what it still
+            # holds for the peer, instead of keeping it, orphaned, for a reader
+            # that will never come (nginx's reset_timedout_connection).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        transport.abort()
 
 
 async def open_tcp_stream(host: str, port: int, *, label: str) -> ReaderWriterStream:

@@ -330,6 +330,9 @@ class _PipeEnd:
             self._end()
             self._other._end()
 
+    def abort(self) -> None:
+        self.close()  # nothing is queued outside the two ends
+
 
 # A pipe holds at most this many chunks before its writer must wait.
 _PIPE_HIGH_WATER = 32

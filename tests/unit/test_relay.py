@@ -79,6 +79,7 @@ class MemoryStream:
         self._at_eof = False
         self.eof_sent = False
         self.closed = False
+        self.aborted = False
 
     def __repr__(self) -> str:
         return f"<MemoryStream {self.label} eof_sent={self.eof_sent} closed={self.closed}>"
@@ -125,6 +126,10 @@ class MemoryStream:
             self.peer._inbox.put_nowait(b"")
         self.eof_sent = self.closed = self._at_eof = True
         self._inbox.put_nowait(b"")  # wakes a receive pending on this end, like a closed socket
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
 
 
 def memory_pipe(left: str, right: str) -> tuple[MemoryStream, MemoryStream]:
@@ -1013,7 +1018,8 @@ def test_connection_ends_after_max_requests_per_connection() -> None:
     gateway = FakeGateway(hello_app)
     limits = RelayLimits(max_requests_per_connection=2)
     result = relay(gateway, get(b"/1") + get(b"/2") + get(b"/3"), limits=limits)
-    assert result.response == HELLO_RESPONSE * 2
+    last = HELLO_RESPONSE.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
+    assert result.response == HELLO_RESPONSE + last  # the last answer says it is the last
     assert [r.target for r in result.records] == ["/1", "/2"]
 
 
@@ -1028,9 +1034,77 @@ def test_browser_breaking_off_its_body_closes_the_upstream() -> None:
         gateway, b"POST / HTTP/1.1\r\nHost: myapp.localhost\r\nContent-Length: 10\r\n\r\nabc"
     )
     record = only_record(result.records)
-    assert record.note == "request body: RemoteProtocolError"
+    assert record.note == "request body: malformed or cut short"
+    assert record.status == 400  # to a browser that may still be there to read it
     assert record.bytes_in == 3
     assert gateway.apps[0].received.endswith(b"\r\n\r\nabc")
+
+
+def test_browser_stalling_its_body_gets_408_and_the_app_no_complete_request() -> None:
+    async def patient_app(app: AppConnection) -> None:
+        await app.read_request()
+        with pytest.raises(h11.RemoteProtocolError):  # the stream ends mid-body
+            await app.read_body()
+
+    async def scenario() -> tuple[bytes, list[RequestRecord]]:
+        gateway = FakeGateway(patient_app)
+        limits = RelayLimits(body_timeout_s=SHORT_S)
+        async with relay_session(gateway, limits) as session:
+            await session.browser.send_all(
+                b"POST / HTTP/1.1\r\nHost: myapp.localhost\r\nContent-Length: 10\r\n\r\nabc"
+            )  # ... and the rest never comes, nor the end of the stream
+            received = await read_until_eof(session.browser)
+        assert gateway.apps[0].received.endswith(b"\r\n\r\nabc")
+        return received, session.records
+
+    received, records = run(scenario())
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert only_record(records).note == "request body: body timeout"
+
+
+def test_response_timeout_starts_once_the_request_body_is_up() -> None:
+    """An upload longer than the response timeout is not a slow answer (nginx-like)."""
+
+    async def scenario() -> bytes:
+        gateway = FakeGateway(hello_app)
+        limits = RelayLimits(response_timeout_s=SHORT_S)
+        async with relay_session(gateway, limits) as session:
+            await session.browser.send_all(
+                b"POST / HTTP/1.1\r\nHost: myapp.localhost\r\nContent-Length: 6\r\n\r\nabc"
+            )
+            # Four response timeouts pass with the body half sent: no 504 comes.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHORT_S * 4):
+                    early = await session.browser.receive()
+                    raise AssertionError(f"answered mid-upload: {early!r}")
+            await session.browser.send_all(b"def")
+            received = await read_until(session.browser, b"", b"hello world")
+            await session.browser.send_eof()
+            await read_until_eof(session.browser)
+        return received
+
+    assert run(scenario()) == HELLO_RESPONSE
+
+
+def test_a_response_cut_short_by_the_app_is_closed_not_reset() -> None:
+    async def truncating_app(app: AppConnection) -> None:
+        await app.read_request()
+        await app.read_body()
+        await app.stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        app.stream.close()  # 7 bytes short: the browser's response cannot complete
+
+    async def scenario(script: AppScript) -> MemoryStream:
+        async with relay_session(FakeGateway(script)) as session:
+            await session.browser.send_all(get())
+            await session.browser.send_eof()
+            await read_until_eof(session.browser)
+        return session.relay_end
+
+    assert not run(scenario(hello_app)).aborted  # served, then the browser left: a clean close
+    # Cut off mid-response: the browser still gets what was sent (its framing
+    # tells it the rest is missing); a reset is only for a browser that stopped
+    # reading (send timeout), and a close that cannot flush is reset by the stream.
+    assert not run(scenario(truncating_app)).aborted
 
 
 def test_interim_100_continue_from_the_app_reaches_the_browser() -> None:

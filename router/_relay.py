@@ -5,8 +5,10 @@ helper (upstream = TCP to the app). The rules it enforces:
 
 1. Every request is parsed by h11 and re-serialised from the parsed events;
    raw client bytes never reach the app (except after a WebSocket ``101``).
-2. Any framing doubt is a 400 (or 431 for an oversized head) and the
-   connection closes: after a parse error nothing on it can be trusted.
+2. Any framing doubt is a 400 (431 for an oversized head, 414 for a long
+   target, 501 for a transfer coding other than chunked, 505 for another
+   HTTP version) and the connection closes: after a parse error nothing on it
+   can be trusted.
 3. A connection is bound to the Host of its first request; a request for
    another Host gets 421 and the connection closes.
 4. Absolute-form targets must agree with Host; CONNECT and asterisk-form are

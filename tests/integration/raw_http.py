@@ -84,10 +84,12 @@ async def open_front_door(router: Router | int, *, tls: bool = False) -> trio.ab
     return await trio.open_tcp_stream("127.0.0.1", router.http_port)
 
 
-async def read_to_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    """Everything until the peer closes; fails if it does not within the deadline."""
+async def read_to_eof(
+    stream: trio.abc.ReceiveStream, deadline_s: float = EXCHANGE_DEADLINE_S
+) -> bytes:
+    """Everything until the peer closes (a reset counts); fails if not within the deadline."""
     data = b""
-    with trio.fail_after(EXCHANGE_DEADLINE_S):
+    with trio.fail_after(deadline_s):
         try:
             while chunk := await stream.receive_some(65536):
                 data += chunk

@@ -15,6 +15,7 @@ import trio
 import trio_websocket
 
 from .conftest import START_TIMEOUT_S, LoggedProcess, Router, Stack, World
+from .raw_http import read_to_eof
 
 # Recovery bounds asserted below: generous for a loaded 2-core machine, far
 # below "hangs" (the listener's back-off is capped at 2 s by the harness).
@@ -26,13 +27,6 @@ async def _read_until(stream: trio.abc.Stream, marker: bytes, received: bytes = 
         while marker not in received:
             data = await stream.receive_some()
             assert data, f"closed before {marker!r}; got {received[-300:]!r}"
-            received += data
-    return received
-
-
-async def _read_until_closed(stream: trio.abc.Stream, received: bytes = b"") -> bytes:
-    with trio.fail_after(START_TIMEOUT_S):
-        while data := await stream.receive_some():
             received += data
     return received
 
@@ -75,7 +69,7 @@ async def test_sigterm_drains_requests_closes_websockets_with_1001_and_exits_0(
     router.proc.process.send_signal(signal.SIGTERM)
     await router.proc.wait_for(r"event=router_stopping", start=mark)
 
-    assert await _read_until_closed(idle) == b""  # closed at once, not after the grace
+    assert await read_to_eof(idle) == b""  # closed at once, not after the grace
     with pytest.raises(trio_websocket.ConnectionClosed) as closed:
         with trio.fail_after(START_TIMEOUT_S):
             await websocket.get_message()
@@ -85,7 +79,7 @@ async def test_sigterm_drains_requests_closes_websockets_with_1001_and_exits_0(
         await trio.open_tcp_stream("127.0.0.1", router.https_port)  # no longer accepting
 
     await upload.send_all(body)
-    response = await _read_until_closed(upload)
+    response = await read_to_eof(upload)
     assert b"HTTP/1.1 200 " in response
     assert b"\r\nconnection: close\r\n" in response.lower()
     assert hashlib.sha256(body).hexdigest().encode() in response

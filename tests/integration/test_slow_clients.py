@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from .conftest import App, Router, Stack, public_key_of
+from .raw_http import read_to_eof
 from .rss import peak_rss_growth_bytes, start_rss_window
 
 MIB = 1024 * 1024
@@ -53,18 +54,6 @@ async def tunnel_world(stack: Stack, *router_flags: str) -> TunnelWorld:
     router.authorize(public_key_of(key))
     await stack.openssh_tunnel(router, key, "slow", app.port)
     return TunnelWorld(router, app)
-
-
-async def wait_closed(stream: trio.abc.ReceiveStream) -> bytes:
-    """Everything until the router closes (EOF, or a reset), within the deadline."""
-    data = b""
-    with trio.fail_after(CLOSE_DEADLINE_S):
-        try:
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-        except trio.BrokenResourceError:
-            pass
-    return data
 
 
 async def closed_while_waiting(stream: trio.abc.ReceiveStream, wait_s: float) -> bool:
@@ -125,7 +114,7 @@ async def test_idle_keep_alive_connection_is_closed(stack: Stack) -> None:
         response, body = await exchange(stream, client, "slow.localhost", "/bytes?n=100")
         assert response.status_code == 200
         assert len(body) == 100
-        assert await wait_closed(stream) == b""  # closed without a word
+        assert await read_to_eof(stream, CLOSE_DEADLINE_S) == b""  # closed without a word
         elapsed = trio.current_time() - before_answer
     assert timeout_s <= elapsed < CLOSE_DEADLINE_S, elapsed
     assert_no_traceback(world.router)
@@ -147,7 +136,7 @@ async def test_last_request_allowed_on_a_connection_says_connection_close(
                 client.start_next_cycle()
         assert said_close == [False, False, True]
         assert client.their_state is h11.MUST_CLOSE
-        assert await wait_closed(stream) == b""  # and the connection ends
+        assert await read_to_eof(stream, CLOSE_DEADLINE_S) == b""  # and the connection ends
     assert_no_traceback(world.router)
 
 
@@ -198,7 +187,7 @@ async def test_slow_post_is_closed_after_the_body_timeout_and_the_app_gets_no_re
             stopped = trio.current_time()
             if number < pieces - 1:
                 assert not await closed_while_waiting(stream, TRICKLE_S)  # still open
-        answer = await wait_closed(stream)  # ... and then the trickle stops
+        answer = await read_to_eof(stream, CLOSE_DEADLINE_S)  # ... and then the trickle stops
         elapsed = trio.current_time() - stopped
     assert timeout_s <= elapsed + 0.05 < CLOSE_DEADLINE_S, elapsed
     assert answer.startswith(b"HTTP/1.1 408 ")  # the browser's fault, and said so
@@ -275,7 +264,7 @@ async def test_slow_reader_is_dropped_after_the_send_timeout_in_bounded_memory(
         with trio.fail_after(CLOSE_DEADLINE_S):
             while tcp_state(sock) not in TCP_CLOSE_STATES:
                 await trio.lowlevel.checkpoint()
-        rest = await wait_closed(stream)
+        rest = await read_to_eof(stream, CLOSE_DEADLINE_S)
     relayed = int(line[1])
     print(
         f"slow reader ({'https' if tls else 'http'}): router relayed {relayed / MIB:.1f} MiB "
@@ -313,7 +302,7 @@ async def test_tls_handshake_timeout_closes_silent_and_half_hello_clients(
         async with await trio.open_tcp_stream("127.0.0.1", router.https_port) as stream:
             if first_bytes:
                 await stream.send_all(first_bytes)
-            answer = await wait_closed(stream)
+            answer = await read_to_eof(stream, CLOSE_DEADLINE_S)
         elapsed = trio.current_time() - started
         assert answer == b"", label  # not even an alert: there was nothing to answer
         assert timeout_s <= elapsed < CLOSE_DEADLINE_S, (label, elapsed)

@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from .conftest import LoggedProcess, Router, Stack, World, public_key_of
+from .raw_http import read_to_eof
 from .rss import peak_rss_growth_bytes, start_rss_window
 
 MIB = 1024 * 1024
@@ -236,7 +237,7 @@ async def test_dynamic_forward_is_refused(world: World) -> None:
             assert await receive_exactly(socks, 2) == b"\x05\x00"
             await socks.send_all(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
                                  + struct.pack("!H", app.port))  # fmt: skip
-            reply = await receive_all(socks)
+            reply = await read_to_eof(socks)
     assert not reply.startswith(b"\x05\x00")  # never "succeeded"
     await router.proc.wait_for(r"event=refused .*what=\"direct-tcpip", start=mark)
     await ssh.wait_for(r"open failed")
@@ -310,15 +311,4 @@ async def receive_exactly(stream: trio.SocketStream, count: int) -> bytes:
         if not chunk:
             break
         data += chunk
-    return data
-
-
-async def receive_all(stream: trio.SocketStream) -> bytes:
-    """Everything until the peer closes (a reset counts as a close)."""
-    data = b""
-    try:
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    except trio.BrokenResourceError:
-        pass
     return data

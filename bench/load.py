@@ -38,6 +38,7 @@ class Target:
     url: str
     host: str | None
     ca_file: Path | None = None  # for curl on https URLs
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (e.g. a session cookie)
 
     @property
     def tls(self) -> bool:
@@ -59,7 +60,10 @@ def http_get(target: Target, path: str, timeout_s: float = 2.0) -> tuple[int, by
     else:
         conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=timeout_s)
     try:
-        conn.request("GET", "/" + path, headers={"Host": target.host} if target.host else {})
+        headers = dict(target.headers)
+        if target.host:
+            headers["Host"] = target.host
+        conn.request("GET", "/" + path, headers=headers)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -117,6 +121,8 @@ def run_wrk(
     cmd += ["--timeout", WRK_TIMEOUT]
     if target.host:
         cmd += ["-H", f"Host: {target.host}"]
+    for name, value in target.headers:
+        cmd += ["-H", f"{name}: {value}"]
     cmd.append(f"{target.url}/{SMALL_NAME}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 30, check=False)
     out = proc.stdout + proc.stderr
@@ -151,6 +157,8 @@ class CurlResult:
 def run_curl(target: Target, path: str, expected_bytes: int, *, timeout_s: int) -> CurlResult:
     cmd = ["curl", "-s", "-o", "/dev/null", "--max-time", str(timeout_s)]
     cmd += ["-w", "%{http_code} %{size_download} %{time_total}"]
+    for name, value in target.headers:
+        cmd += ["-H", f"{name}: {value}"]
     if target.tls and target.host:
         cmd += ["--resolve", f"{target.host}:{target.port}:127.0.0.1"]
         if target.ca_file:

@@ -55,6 +55,7 @@ class Plan:
     router_tree: bool = True  # sum the router processes' children too (nginx workers, sshd)
     client: list[str] | None = None  # the tunnel client; run.py starts it and times set-up
     logs: list[Path] = field(default_factory=list)  # router logs scanned for warnings/errors
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,41 @@ def _hostmux_wss(ctx: RowContext) -> Plan:
     )
 
 
+def _hostmux_authhelper(ctx: RowContext) -> Plan:
+    """The whole chain of a portal instance: router -> OpenSSH -> auth helper -> app,
+    with a valid session cookie (sealed with the helper's key, as a login would)."""
+    # Imported here, like keys in run.py: from the code under test (a snapshot with --rev).
+    from authhelper._session import SESSION_COOKIE, CookieSealer, new_cookie_key
+
+    router = start_hostmux_router(ctx.procs, ctx.work, None, code=ctx.bench.code)
+    key = new_cookie_key()
+    keys_file = ctx.work / "cookie-keys"
+    keys_file.write_text(key + "\n")
+    keys_file.chmod(0o600)
+    helper_port = ctx.port("helper")
+    helper = ctx.procs.spawn(
+        "hostmux-authhelper",
+        [
+            sys.executable, "-m", "authhelper", "--listen", f"127.0.0.1:{helper_port}",
+            "--app", f"127.0.0.1:{ctx.bench.backend_port}", "--instance-id", TUNNEL_NAME,
+            "--portal-url", "http://127.0.0.1:9", "--cookie-keys-file", str(keys_file),
+            "--log-level", "warning",
+        ],
+        cwd=ctx.bench.code,
+        wait_for=[helper_port],
+    )  # fmt: skip
+    session = CookieSealer([key], TUNNEL_NAME, session_lifetime_s=8 * 3600).seal_session("bench")
+    return Plan(
+        url=f"http://127.0.0.1:{router.http_port}",
+        host=router.host(TUNNEL_NAME),
+        router=[router.proc, helper],
+        router_tree=False,
+        client=router.openssh_client(TUNNEL_NAME, helper_port),
+        logs=[router.proc.log_file, helper.log_file],
+        headers=(("Cookie", f"{SESSION_COOKIE}={session}"),),
+    )
+
+
 ROWS: dict[str, Row] = {
     row.name: row
     for row in (
@@ -468,6 +504,14 @@ ROWS: dict[str, Row] = {
             "hostmux router (its default *.localhost, dev CA), plain HTTP front door, + "
             "`hostmux-listener --transport wss` (SSH over WebSocket through the HTTPS port)",
             _hostmux_wss,
+        ),
+        Row(
+            "hostmux-authhelper",
+            "hostmux + OpenSSH + auth helper",
+            "hostmux router, plain HTTP front door, + OpenSSH `ssh -R` to `hostmux-authhelper` "
+            "in front of the backend, requests carrying a valid session cookie "
+            "(router and helper CPU and memory counted together)",
+            _hostmux_authhelper,
         ),
     )
 }

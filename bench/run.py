@@ -68,7 +68,7 @@ def measure_row(name: str, bench: Bench, work: Path, args: argparse.Namespace) -
     with Processes(work) as procs:
         try:
             plan = row.start(RowContext(bench, work, procs))
-            target = Target(plan.url, plan.host, bench.tls.ca_cert)
+            target = Target(plan.url, plan.host, bench.tls.ca_cert, plan.headers)
             _check_loopback(procs)
             started = time.monotonic()
             client = procs.spawn("client", plan.client, cwd=bench.code) if plan.client else None

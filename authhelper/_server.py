@@ -23,13 +23,14 @@ from urllib.parse import parse_qs
 
 import h11
 
-from router._front_door import ConnectionSet, log_request
+from router._front_door import ConnectionSet, connection_handler
 from router._headers import ClientInfo
 from router._layered_config import ConfigError, parse_host_port
+from router._limits import ConnectionCounts
 from router._log import fields
 from router._pages import Page, redirect_page, status_page, wants_html, with_headers
-from router._relay import Destination, HttpRelay, RelayLimits, UpstreamUnavailable
-from router._streams import READ_CHUNK_BYTES, ByteStream, ReaderWriterStream, open_tcp_stream
+from router._relay import Destination, RelayLimits, UpstreamUnavailable
+from router._streams import READ_CHUNK_BYTES, ByteStream, open_tcp_stream
 
 from ._config import AuthHelperConfig
 from ._gate import (
@@ -55,7 +56,10 @@ from ._session import (
 
 log = logging.getLogger("hostmux.authhelper")
 
+# On SIGTERM, requests in flight get this long (as the router's default).
 SHUTDOWN_GRACE_S = 10.0
+# Connections held at once (the router's default max_connections).
+_MAX_CONNECTIONS = 10_000
 
 
 class AuthGateway:
@@ -226,15 +230,11 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        info = ClientInfo(peer_ip=str(peer[0]), peer_port=int(peer[1]), scheme="http")
-        stream = ReaderWriterStream(reader, writer, label=f"helper:{peer[0]}:{peer[1]}")
-        relay = HttpRelay(stream, info, gateway, limits, log_request)
-        connections.add(task, relay)
-        await relay.run()
+    # Its only browser-side peer is the listener (one address): no per-IP cap.
+    counts = ConnectionCounts(max_total=_MAX_CONNECTIONS, max_per_key=_MAX_CONNECTIONS)
+    on_connection = connection_handler(
+        "http", gateway=gateway, limits=limits, connections=connections, counts=counts
+    )
 
     host, port = parse_host_port(config.listen, "listen")
     try:

@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from listener._portal import portal_url_from_update_url
+from listener._portal import portal_url_from_dit4c
 from router._layered_config import (
-    ENV_PREFIX,
     ConfigError,
     build_parser,
     load,
     option,
     parse_host_port,
+    with_defaults,
 )
 from router._names import InvalidName, check_name
 
@@ -64,13 +64,9 @@ def dit4c_environment(environ: Mapping[str, str]) -> dict[str, str]:
         mapped["INSTANCE_ID"] = instance
     if port := environ.get("DIT4C_INSTANCE_HELPER_AUTH_PORT"):
         mapped["LISTEN"] = f"127.0.0.1:{port}"
-    if portal := environ.get("DIT4C_PORTAL_URL"):
+    if portal := portal_url_from_dit4c(environ):
         mapped["PORTAL_URL"] = portal
-    elif update := environ.get("DIT4C_INSTANCE_URI_UPDATE_URL"):
-        mapped["PORTAL_URL"] = portal_url_from_update_url(update)
-    merged = {ENV_PREFIX + key: value for key, value in mapped.items()}
-    merged.update(environ)
-    return merged
+    return with_defaults(environ, mapped)
 
 
 def parser() -> argparse.ArgumentParser:

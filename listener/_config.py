@@ -26,16 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router._layered_config import (
-    ENV_PREFIX,
     ConfigError,
     build_parser,
     load,
     option,
     parse_host_port,
+    with_defaults,
 )
 from router._names import InvalidName, check_name
 
-from ._portal import portal_url_from_update_url
+from ._portal import portal_url_from_dit4c
 
 # Without a router or a portal to ask, try the router's embedded default.
 DEFAULT_ROUTER = "127.0.0.1:2222"
@@ -126,19 +126,16 @@ def dit4c_environment(environ: Mapping[str, str]) -> dict[str, str]:
         ("DIT4C_INSTANCE_JWT_ISS", "JWT_ISS"),
         ("DIT4C_INSTANCE_JWT_KID", "JWT_KID"),
         ("DIT4C_INSTANCE_URI_UPDATE_URL", "URI_UPDATE_URL"),
-        ("DIT4C_PORTAL_URL", "PORTAL_URL"),
     ):
         if value := environ.get(dit4c):
             mapped[ours] = value
-    if "URI_UPDATE_URL" in mapped and "PORTAL_URL" not in mapped:
-        mapped["PORTAL_URL"] = portal_url_from_update_url(mapped["URI_UPDATE_URL"])
+    if portal := portal_url_from_dit4c(environ):
+        mapped["PORTAL_URL"] = portal
     host = environ.get("DIT4C_INSTANCE_HELPER_AUTH_HOST")
     port = environ.get("DIT4C_INSTANCE_HELPER_AUTH_PORT")
     if host and port:
         mapped["TARGET"] = f"{host}:{port}"
-    merged = {ENV_PREFIX + key: value for key, value in mapped.items()}
-    merged.update(environ)
-    return merged
+    return with_defaults(environ, mapped)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -166,6 +166,14 @@ def load(
         raise ConfigError(str(exc)) from None
 
 
+def with_defaults(environ: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` plus ``HOSTMUX_<KEY>`` for each of ``defaults`` it does not set itself
+    (how another program's variables, such as DIT4C's, become ours)."""
+    merged = {ENV_PREFIX + key: value for key, value in defaults.items()}
+    merged.update(environ)
+    return merged
+
+
 def cast_dataclass(cls: type[Any]) -> Any:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")

@@ -46,6 +46,8 @@ class ConnectionSet:
 
 
 def log_request(record: RequestRecord) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return  # formatting the line is most of its cost: skip it when it is not written
     log.info(
         fields(
             "request", rid=record.request_id, name=record.name or None, host=record.host or None,

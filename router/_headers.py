@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ def is_websocket_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     return upgrades == [b"websocket"]
 
 
+# Browsers come back from the same few addresses: parsing each one once is enough.
+@functools.lru_cache(maxsize=1024)
 def _forwarded_for(ip: str) -> str:
     try:
         if ipaddress.ip_address(ip).version == 6:

@@ -8,16 +8,20 @@ or a tunnel across the router, listener and auth helper.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
 
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@[]+,")
+# A value made only of these characters is written as it is; anything else is quoted.
+_NEEDS_QUOTES = re.compile(r"[^a-zA-Z0-9\-_./:@\[\]+,]")
 
 
 def _value(value: Any) -> str:
+    if type(value) is int:
+        return str(value)  # the most common value (status, sizes): always safe
     text = str(value)
-    if text and all(c in _SAFE for c in text):
+    if text and _NEEDS_QUOTES.search(text) is None:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'

@@ -38,6 +38,7 @@ from typing import Protocol
 
 import h11
 
+from ._deadline import Deadline
 from ._headers import (
     ClientInfo,
     Headers,
@@ -107,6 +108,10 @@ _BodyEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
+# The end of a message, without trailers (the app's are not passed on). Events
+# are immutable, so one serves every message; building one costs a header check.
+_END_OF_MESSAGE = h11.EndOfMessage()
+
 # Queued browser output is written once it reaches this size (a bounded buffer).
 _FLUSH_BYTES = 64 * 1024
 
@@ -145,6 +150,10 @@ class HttpRelay:
     propagates.
     """
 
+    # The timeout of the waits in the task running ``run`` (set there: the relay
+    # may be made in another task than the one that runs it).
+    _deadline: Deadline
+
     def __init__(
         self,
         client: ByteStream,
@@ -168,11 +177,13 @@ class HttpRelay:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
 
     async def run(self) -> None:
+        self._deadline = Deadline()
         try:
             await self._serve()
         except (_Abort, ConnectionError, TimeoutError, OSError, h11.ProtocolError) as exc:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
+            self._deadline.close()
             self._close_upstream()
             self._client.close()
 
@@ -184,7 +195,7 @@ class HttpRelay:
                 self._limits.header_timeout_s if served == 0 else self._limits.keepalive_timeout_s
             )
             try:
-                async with asyncio.timeout(timeout):
+                with self._deadline.within(timeout):
                     event = await self._next_client_event()
             except TimeoutError:
                 return  # idle or slowloris: close without a word, as nginx does
@@ -300,7 +311,7 @@ class HttpRelay:
             upstream.got_response = False
             head = upstream.conn.send(upstream_request)
             if bodiless:
-                head += upstream.conn.send(h11.EndOfMessage())
+                head += upstream.conn.send(_END_OF_MESSAGE)
             try:
                 await upstream.stream.send_all(head)
                 if bodiless:
@@ -358,7 +369,7 @@ class HttpRelay:
                     record.bytes_in += len(event.data)
                     await upstream.stream.send_all(upstream.conn.send(event))
                 elif isinstance(event, h11.EndOfMessage):
-                    await upstream.stream.send_all(upstream.conn.send(h11.EndOfMessage()))
+                    await upstream.stream.send_all(upstream.conn.send(_END_OF_MESSAGE))
                     return
                 else:  # pragma: no cover - h11 yields nothing else mid-body
                     raise h11.RemoteProtocolError(f"unexpected {event!r}")
@@ -442,7 +453,7 @@ class HttpRelay:
             elif isinstance(event, h11.Data):
                 await self._send_client(event, record)
             elif isinstance(event, h11.EndOfMessage):
-                await self._send_client(h11.EndOfMessage(), record)
+                await self._send_client(_END_OF_MESSAGE, record)
                 await self._flush_client(record)
                 reusable = (
                     upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE
@@ -516,7 +527,7 @@ class HttpRelay:
                 return event
             if self._out:
                 await self._flush_client(record)
-            async with asyncio.timeout(timeout_s):
+            with self._deadline.within(timeout_s):
                 data = await upstream.stream.receive()
             if not data and conn.their_state is h11.SEND_RESPONSE and not upstream.got_response:
                 # Closed before a single byte of answer: h11 would call that a
@@ -535,7 +546,7 @@ class HttpRelay:
             )
             if not head_only:
                 data += self._h.send(h11.Data(data=page.body))
-            data += self._h.send(h11.EndOfMessage())
+            data += self._h.send(_END_OF_MESSAGE)
         except h11.LocalProtocolError:
             return  # a response already started: closing is all that is left
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):

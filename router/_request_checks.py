@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -10,14 +11,18 @@ import h11
 from ._names import normalise_host
 
 
-def head_size(request: h11.Request) -> int:
-    """About the size of the request head on the wire (h11 only bounds partial heads)."""
+def head_size(request: h11.Request, fields: Sequence[tuple[bytes, bytes]]) -> int:
+    """About the size of the request head on the wire (h11 only bounds partial heads).
+
+    ``fields`` are the request's headers (``list(request.headers)``, listed once).
+    """
     size = len(request.method) + len(request.target) + 12
-    return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
+    return size + sum(len(name) + len(value) + 4 for name, value in fields)
 
 
-def header(request: h11.Request, name: bytes) -> bytes | None:
-    for key, value in request.headers:
+def header(fields: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in ``fields``."""
+    for key, value in fields:
         if key == name:
             return bytes(value)
     return None

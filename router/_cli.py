@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -30,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hostmux-router: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    # What is loaded by now (the modules: asyncssh, cryptography, h11...) lives as
+    # long as the process: keep it out of the collector's full scans, which took
+    # ~60 ms each under load without this (a p99 spike) and ~4% of the CPU.
+    gc.freeze()
     try:
         run_event_loop(run_router(config))
     except ConfigError as exc:

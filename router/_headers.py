@@ -46,6 +46,9 @@ _FORWARDING = frozenset(
 )  # fmt: skip
 
 
+_NONE: frozenset[bytes] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
     """What the router knows about the browser side of a request."""
@@ -69,6 +72,8 @@ def drop_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], also: frozenset[byte
 
 
 def _drop(headers: Sequence[tuple[bytes, bytes]], extra: frozenset[bytes]) -> Headers:
+    if not isinstance(headers, list):
+        headers = list(headers)  # h11's header list iterates in Python: once, not twice
     named = _connection_tokens(headers)
     kept: Headers = []
     for name, value in headers:
@@ -134,7 +139,7 @@ def response_headers_for_client(
     headers: Sequence[tuple[bytes, bytes]], *, websocket_accepted: bool = False
 ) -> Headers:
     """The headers the browser receives for the app's response."""
-    out = _drop(headers, frozenset())
+    out = _drop(headers, _NONE)
     if websocket_accepted:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
     return out

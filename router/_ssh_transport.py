@@ -12,6 +12,8 @@ Nothing waits longer than the rest of the current loop turn.
 ``CoalescingListener`` is handed to ``asyncssh.listen(tunnel=...)`` (the hook
 asyncssh offers for custom transports, also used by ``_wss``): it listens on
 TCP like asyncssh would and wraps each accepted connection's transport.
+``CoalescingConnector`` does the same for ``asyncssh.connect(tunnel=...)``
+(``hostmux-listener``'s side of a tunnel).
 
 Resource handling: ``close`` and ``write_eof`` send what is pending first;
 ``abort`` drops it, as the socket's own ``abort`` drops its buffer.
@@ -135,3 +137,19 @@ class CoalescingListener:
             backlog=_BACKLOG,
             reuse_address=True,
         )
+
+
+class CoalescingConnector:
+    """What ``asyncssh.connect(tunnel=...)`` calls to dial TCP with coalesced writes."""
+
+    def __repr__(self) -> str:
+        return "<CoalescingConnector>"
+
+    async def create_connection(
+        self, factory: Callable[[], asyncio.Protocol], host: str, port: int, **_: object
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        """Called by asyncssh.connect with its connection factory; returns its connection."""
+        ssh = factory()
+        loop = asyncio.get_running_loop()
+        transport, _handover = await loop.create_connection(lambda: _Handover(ssh), host, port)
+        return transport, ssh

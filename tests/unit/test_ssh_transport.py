@@ -4,16 +4,20 @@ Plain functions driving asyncio scenarios with ``asyncio.run`` (the suite's
 async tests run under trio). The wrapped transport is a small recording
 class. "The end of the loop turn" is reached by awaiting a future resolved by
 a ``call_soon`` queued after the writes: asyncio runs ``call_soon`` callbacks
-in order, so the flush has run by then — an ordering, not a wait.
+in order, so the flush has run by then — an ordering, not a wait. The last
+test runs ``CoalescingListener`` and ``CoalescingConnector`` against each other
+over loopback TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
-from router._ssh_transport import CoalescingTransport
+from router._ssh_transport import CoalescingConnector, CoalescingListener, CoalescingTransport
+
+T = TypeVar("T")
 
 TEST_DEADLINE_S = 10.0  # each scenario takes microseconds; this only trips on a hang
 
@@ -125,3 +129,80 @@ def test_writes_to_a_transport_closed_underneath_are_dropped() -> None:
         assert corked.get_extra_info("peername") == ("127.0.0.1", 2222)
 
     run(scenario())
+
+
+class Echo(asyncio.Protocol):
+    """Server side: sends back what it receives (through the transport it was given)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert isinstance(self.transport, asyncio.WriteTransport)
+        self.transport.write(data)
+
+
+class Greeter(asyncio.Protocol):
+    """Client side: three writes in one turn, then collects the echo."""
+
+    def __init__(self, expected: int) -> None:
+        self.transport: asyncio.BaseTransport | None = None
+        self.received = b""
+        self._expected = expected
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        assert isinstance(transport, asyncio.WriteTransport)
+        for part in (b"SSH-2.0-", b"hello", b"\r\n"):
+            transport.write(part)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self._expected and not self.done.done():
+            self.done.set_result(self.received)
+
+
+def test_listener_and_connector_hand_real_sockets_to_the_protocol_wrapped() -> None:
+    """Loopback TCP both ways: each side's protocol gets a CoalescingTransport, bytes in order."""
+
+    async def scenario() -> tuple[bytes, bool, bool, tuple[str, int]]:
+        servers: list[Echo] = []
+
+        def serve(_host: str, _port: int) -> Echo:
+            servers.append(Echo())
+            return servers[-1]
+
+        server = await CoalescingListener().create_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        greeter = Greeter(len(b"SSH-2.0-hello\r\n"))
+        transport, protocol = await CoalescingConnector().create_connection(
+            lambda: greeter, "127.0.0.1", port
+        )
+        try:
+            echoed = await greeter.done
+            peer = greeter.transport.get_extra_info("peername") if greeter.transport else None
+        finally:
+            transport.close()
+            server.close()
+            await server.wait_closed()
+        assert protocol is greeter
+        return (
+            echoed,
+            isinstance(greeter.transport, CoalescingTransport),
+            isinstance(servers[0].transport, CoalescingTransport),
+            peer[:2] if peer else ("", 0),
+        )
+
+    echoed, client_wrapped, server_wrapped, peer = asyncio.run(_bounded(scenario()))
+    assert echoed == b"SSH-2.0-hello\r\n"
+    assert client_wrapped and server_wrapped
+    assert peer[0] == "127.0.0.1"
+
+
+async def _bounded(scenario: Coroutine[Any, Any, T]) -> T:
+    async with asyncio.timeout(TEST_DEADLINE_S):
+        return await scenario

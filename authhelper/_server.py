@@ -24,12 +24,13 @@ from urllib.parse import parse_qs
 import h11
 
 from router._front_door import ConnectionSet, connection_handler
+from router._gateway import Destination, UpstreamUnavailable
 from router._headers import ClientInfo
 from router._layered_config import ConfigError, parse_host_port
 from router._limits import ConnectionCounts
 from router._log import fields
 from router._pages import Page, redirect_page, status_page, wants_html, with_headers
-from router._relay import Destination, RelayLimits, UpstreamUnavailable
+from router._relay import RelayLimits
 from router._streams import READ_CHUNK_BYTES, ByteStream, open_tcp_stream
 
 from ._config import AuthHelperConfig

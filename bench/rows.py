@@ -43,6 +43,9 @@ class Bench:
     tls: keys.TlsFiles
     nginx_workers: str = "auto"
     code: Path = PROJECT  # the product's packages: the working tree or a revision's snapshot
+    # hostmux routers' --log-level: "warning" writes no line per request, "info"
+    # the access log (one line per request), as a router in service would.
+    router_log_level: str = "warning"
 
 
 @dataclass
@@ -308,14 +311,15 @@ def start_hostmux_router(
     extra: Sequence[str] = (),
     *,
     code: Path = PROJECT,
+    log_level: str = "warning",
 ) -> HostmuxRouter:
     """A fresh hostmux router on loopback: own state dir, one authorized client key.
 
     With ``tls`` it serves ``*.bench.test`` with that certificate; without, its
     embedded default (``*.localhost``, certificates from its own dev CA). It
     runs from ``code`` (the working tree, or a snapshot of a revision). It logs
-    at ``warning`` (no line per request), so readiness is "all three ports
-    accept", not the ``router_ready`` log line.
+    at ``log_level`` (default ``warning``: no line per request), so readiness is
+    "all three ports accept", not the ``router_ready`` log line.
     """
     state = work / "hostmux"
     state.mkdir(exist_ok=True)
@@ -335,7 +339,7 @@ def start_hostmux_router(
         "--https-listen", f"127.0.0.1:{https}",
         "--http-listen", f"127.0.0.1:{http}",
         *certs,
-        "--log-level", "warning",
+        "--log-level", log_level,
         *extra,
     ]  # fmt: skip
     proc = procs.spawn("hostmux-router", argv, cwd=code, wait_for=[ssh, http, https])
@@ -380,7 +384,10 @@ def _sshd_nginx(ctx: RowContext, *, tls: bool) -> Plan:
 
 
 def _hostmux(ctx: RowContext, *, client: str, tls: bool) -> Plan:
-    router = start_hostmux_router(ctx.procs, ctx.work, ctx.bench.tls, code=ctx.bench.code)
+    router = start_hostmux_router(
+        ctx.procs, ctx.work, ctx.bench.tls, code=ctx.bench.code,
+        log_level=ctx.bench.router_log_level,
+    )  # fmt: skip
     backend = ctx.bench.backend_port
     if client == "listener":
         argv = router.listener_client(TUNNEL_NAME, backend)
@@ -398,7 +405,10 @@ def _hostmux(ctx: RowContext, *, client: str, tls: bool) -> Plan:
 
 
 def _hostmux_wss(ctx: RowContext) -> Plan:
-    router = start_hostmux_router(ctx.procs, ctx.work, None, code=ctx.bench.code)
+    router = start_hostmux_router(
+        ctx.procs, ctx.work, None, code=ctx.bench.code,
+        log_level=ctx.bench.router_log_level,
+    )  # fmt: skip
     argv = router.listener_client(
         TUNNEL_NAME, ctx.bench.backend_port,
         "--transport", "wss",

@@ -198,6 +198,12 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--bulk-timeout", type=int, default=120, help="curl --max-time")
     p.add_argument("--nginx-workers", default="auto")
+    p.add_argument(
+        "--router-log-level",
+        default="warning",
+        choices=("debug", "info", "warning"),
+        help="hostmux routers' log level (info: one access-log line per request)",
+    )
     p.add_argument("--no-scale", action="store_true", help="skip the scale benchmark")
     p.add_argument("--scale-steps", help="tunnel counts (default 1,100,1000,10000; quick: 1,100)")
     p.add_argument(
@@ -282,7 +288,9 @@ def main() -> int:
         tls, _ = keys.ensure_dev_tls(work / "tls", DOMAIN)
         with Processes(work) as backend_procs:
             backend_port = start_backend(backend_procs, work, cache / "www", args.nginx_workers)
-            bench = Bench(cache / "www", backend_port, tls, args.nginx_workers, code)
+            bench = Bench(
+                cache / "www", backend_port, tls, args.nginx_workers, code, args.router_log_level
+            )
             say(f"backend nginx on 127.0.0.1:{backend_port}")
             for rep in range(args.repeats):
                 turn = rep % len(args.rows)

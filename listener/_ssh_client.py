@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncssh
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
+from router._ssh_transport import CoalescingConnector
 from router._wss import WssConnector
 
 from ._proxy import HttpConnectTunnel, proxy_for
@@ -110,7 +111,8 @@ class TunnelSession:
     async def open(self, name: str) -> Forward:
         spec = self._spec
         client = _PinningClient(spec.fingerprints)
-        tunnel: object = ()
+        # Plain TCP: one socket write per loop turn, not one per SSH packet.
+        tunnel: object = CoalescingConnector()
         proxy = proxy_for(spec.host) if spec.transport == "ssh" else None
         if proxy is not None:
             tunnel = HttpConnectTunnel(proxy)  # HTTPS-only egress: CONNECT, then SSH

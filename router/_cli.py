@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -11,6 +12,10 @@ from ._config import load_config
 from ._layered_config import ConfigError
 from ._log import configure_logging
 from ._server import run_router
+
+# Net new container objects between collections of the youngest generation
+# (Python's default is 700); see ``main``.
+_YOUNG_GC_THRESHOLD = 10_000
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -30,6 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hostmux-router: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    # What is loaded by now (the modules: asyncssh, cryptography, h11...) lives as
+    # long as the process: keep it out of the collector's full scans, which took
+    # ~20 ms of CPU each under load without this (a request waits behind one).
+    gc.freeze()
+    # A request allocates and frees many small objects; with the default 700 the
+    # young generation was collected every few ms, its survivors (live
+    # connections) scanned each time: gc was 1.6% of the CPU, 0.2% with 10,000.
+    gc.set_threshold(_YOUNG_GC_THRESHOLD)
     try:
         run_event_loop(run_router(config))
     except ConfigError as exc:

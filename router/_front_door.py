@@ -12,11 +12,12 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
+from ._gateway import Gateway
 from ._headers import ClientInfo, TrustedProxies
 from ._limits import ConnectionCounts
 from ._log import fields
 from ._records import RequestRecord
-from ._relay import Gateway, HttpRelay, RelayLimits
+from ._relay import HttpRelay, RelayLimits
 from ._streams import READ_CHUNK_BYTES, ReaderWriterStream
 
 log = logging.getLogger("hostmux.http")
@@ -55,6 +56,8 @@ class ConnectionSet:
 
 
 def log_request(record: RequestRecord) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return  # formatting the line is most of its cost: skip it when it is not written
     log.info(
         fields(
             "request", rid=record.request_id, name=record.name or None, host=record.host or None,

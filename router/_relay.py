@@ -30,22 +30,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import h11
 
+from ._deadline import Deadline
+from ._gateway import Destination, Gateway, UpstreamUnavailable
 from ._headers import (
     ClientInfo,
     Headers,
     TrustedProxies,
     is_websocket_upgrade,
     request_headers_for_app,
+    request_with_checked_headers,
     response_headers_for_client,
+    response_with_checked_headers,
 )
 from ._pages import Page, status_page, wants_html
 from ._records import RecordBuilder, RequestRecord, new_request_id
@@ -80,36 +82,12 @@ class RelayLimits:
     max_requests_per_connection: int = 1000  # nginx keepalive_requests
 
 
-class UpstreamUnavailable(Exception):
-    """The upstream could not be opened; the message is safe to show the user."""
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """Where a routed request goes."""
-
-    key: str  # requests with the same key may share one upstream stream
-    label: str  # for logs: the tunnel name
-    open: Callable[[], Awaitable[ByteStream]]  # raises UpstreamUnavailable
-    # The app's request headers from the browser's and "is it a WebSocket
-    # upgrade"; None: the router's rules (``_headers.request_headers_for_app``).
-    request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None
-    # Applied to the app's response headers after the router's own rules.
-    response_headers: Callable[[Headers], Headers] | None = None
-
-
-class Gateway(Protocol):
-    """Decides, per request, where it goes (router: by Host; helper: by session)."""
-
-    def route(
-        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
-    ) -> Destination | Page | Awaitable[Destination | Page]:
-        """Where the request goes; may be a coroutine when deciding needs I/O."""
-        ...
-
-
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
+
+# The end of a message, without trailers (the app's are not passed on). Events
+# are immutable, so one serves every message; building one costs a header check.
+_END_OF_MESSAGE = h11.EndOfMessage()
 
 # Queued browser output is written once it reaches this size (a bounded buffer).
 _FLUSH_BYTES = 64 * 1024
@@ -138,6 +116,10 @@ class HttpRelay:
     propagates.
     """
 
+    # The timeout of the waits in the task running ``run`` (set there: the relay
+    # may be made in another task than the one that runs it).
+    _deadline: Deadline
+
     def __init__(
         self,
         client: ByteStream,
@@ -160,7 +142,7 @@ class HttpRelay:
         self._served = 0  # requests read on this connection, the current one included
         self._peer = f"{info.peer_ip}:{info.peer_port}"
         self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
-        self._idle_wait: asyncio.Timeout | None = None  # while waiting for a request head
+        self._between_requests = False  # waiting for the next request head
         self._browser_stalled = False  # stopped reading the response: reset, not close
 
     def __repr__(self) -> str:
@@ -170,15 +152,17 @@ class HttpRelay:
         """Shutdown: close now if idle, else after the response in flight (with
         ``Connection: close``); a WebSocket gets a 1001 close frame."""
         self._going_away.set()
-        if self._idle_wait is not None:
-            self._idle_wait.reschedule(asyncio.get_running_loop().time())  # time's up now
+        if self._between_requests:
+            self._deadline.expire()  # the wait for a request ends as if its time were up
 
     async def run(self) -> None:
+        self._deadline = Deadline()
         try:
             await self._serve()
         except (_Abort, ConnectionError, TimeoutError, OSError, h11.ProtocolError) as exc:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
+            self._deadline.close()
             self._close_upstream()
             if self._browser_stalled:
                 # A browser that stopped reading would keep a graceful close
@@ -198,7 +182,8 @@ class HttpRelay:
             if self._going_away.is_set():
                 return
             try:
-                async with asyncio.timeout(timeout) as self._idle_wait:
+                self._between_requests = True
+                with self._deadline.within(timeout):
                     event = await self._next_client_event()
             except TimeoutError:
                 return  # idle, slowloris or shutdown: close without a word, as nginx does
@@ -207,7 +192,7 @@ class HttpRelay:
                 await self._send_page(page, head_only=False)
                 return
             finally:
-                self._idle_wait = None
+                self._between_requests = False
             if isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request), event
@@ -229,7 +214,9 @@ class HttpRelay:
         return keep
 
     async def _relay_request(self, request: h11.Request, rid: str, record: RecordBuilder) -> bool:
-        as_html = wants_html(header(request, b"accept"))
+        # h11's header list iterates item by item in Python: list it once per request.
+        fields = list(request.headers)
+        as_html = wants_html(header(fields, b"accept"))
         head_only = request.method == b"HEAD"
 
         async def refuse(status: int, detail: str) -> bool:
@@ -241,6 +228,7 @@ class HttpRelay:
 
         checked = check_request(
             request,
+            fields,
             max_target_bytes=self._limits.max_target_bytes,
             max_header_bytes=self._limits.max_header_bytes,
         )
@@ -262,26 +250,29 @@ class HttpRelay:
         bodiless = isinstance(body_events[0], h11.EndOfMessage)
         client = self._info
         if self._trusted is not None:
-            client = self._trusted.client_of(request.headers, client)
+            client = self._trusted.client_of(fields, client)
         routed = self._gateway.route(host, request, rid, client)
-        decision = await routed if inspect.isawaitable(routed) else routed
+        # (an isinstance check on the two concrete answers is cheaper than isawaitable)
+        decision = routed if isinstance(routed, Destination | Page) else await routed
         if isinstance(decision, Page):
             record.status = decision.status
             await self._send_page(decision, head_only=head_only)
             return False
         record.name = decision.label
 
-        websocket = request.method == b"GET" and is_websocket_upgrade(request.headers)
+        websocket = request.method == b"GET" and is_websocket_upgrade(fields)
         if decision.request_headers is not None:
-            headers = decision.request_headers(request.headers, websocket)
-        else:
-            headers = request_headers_for_app(
-                request.headers, host=host_value, client=client, request_id=rid,
-                websocket=websocket,
+            upstream_request = h11.Request(
+                method=request.method, target=target, http_version=b"1.1",
+                headers=decision.request_headers(fields, websocket),
             )  # fmt: skip
-        upstream_request = h11.Request(
-            method=request.method, target=target, headers=headers, http_version="1.1"
-        )
+        else:
+            upstream_request = request_with_checked_headers(
+                request.method, target,
+                request_headers_for_app(
+                    fields, host=host_value, client=client, request_id=rid, websocket=websocket
+                ),
+            )  # fmt: skip
         # Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
         retryable = bodiless and request.method in _IDEMPOTENT
 
@@ -307,7 +298,7 @@ class HttpRelay:
             upstream.got_response = False
             head = upstream.conn.send(upstream_request)
             if bodiless:
-                head += upstream.conn.send(h11.EndOfMessage())
+                head += upstream.conn.send(_END_OF_MESSAGE)
             try:
                 await upstream.stream.send_all(head)
                 if bodiless:
@@ -440,18 +431,18 @@ class HttpRelay:
                 record.status = event.status_code
                 record.response_started = True
                 headers = response_headers_for_client(event.headers)
-                if upstream.response_filter is not None:
-                    headers = upstream.response_filter(headers)
                 if self._going_away.is_set() or self._served >= limits.max_requests_per_connection:
                     # Shutting down, or the last request this connection may carry:
                     # say so, as nginx does after keepalive_requests (h11 then closes).
-                    headers = [*headers, (b"connection", b"close")]
-                await self._send_client(
-                    h11.Response(
-                        status_code=event.status_code, headers=headers, reason=event.reason
-                    ),
-                    record,
-                )
+                    headers.append((b"connection", b"close"))
+                if upstream.response_filter is not None:
+                    response = h11.Response(
+                        status_code=event.status_code, reason=event.reason,
+                        headers=upstream.response_filter(headers),
+                    )  # fmt: skip
+                else:
+                    response = response_with_checked_headers(event, headers)
+                await self._send_client(response, record)
                 timeout = limits.upstream_idle_timeout_s
             elif isinstance(event, h11.Data):
                 await self._send_client(event, record)
@@ -469,20 +460,13 @@ class HttpRelay:
 
     async def _splice(self, upstream: _Upstream, record: RecordBuilder) -> None:
         """Copy bytes both ways after a 101, until both directions ended."""
-        client_rest, _ = self._h.trailing_data
-        upstream_rest, _ = upstream.conn.trailing_data
         self._upstream = None  # no longer reusable: owned by the splice now
         try:
-            if upstream_rest:
-                await self._client.send_all(bytes(upstream_rest))
-                record.bytes_out += len(upstream_rest)
-            if client_rest:
-                await upstream.stream.send_all(bytes(client_rest))
-                record.bytes_in += len(client_rest)
             await splice(
                 self._client, upstream.stream,
                 idle_timeout_s=self._limits.websocket_idle_timeout_s, counter=record,
-                going_away=self._going_away,
+                going_away=self._going_away, client_rest=bytes(self._h.trailing_data[0]),
+                upstream_rest=bytes(upstream.conn.trailing_data[0]),
             )  # fmt: skip
         except* (ConnectionError, OSError, TimeoutError) as group:
             log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)
@@ -543,7 +527,7 @@ class HttpRelay:
             if body is not None and not body.done():
                 data = await receive_once_sent(upstream.stream, body, timeout_s)
             else:
-                async with asyncio.timeout(timeout_s):
+                with self._deadline.within(timeout_s):
                     data = await upstream.stream.receive()
             if not data and conn.their_state is h11.SEND_RESPONSE and not upstream.got_response:
                 # Closed before a single byte of answer: h11 would call that a
@@ -562,7 +546,7 @@ class HttpRelay:
             )
             if not head_only:
                 data += self._h.send(h11.Data(data=page.body))
-            data += self._h.send(h11.EndOfMessage())
+            data += self._h.send(_END_OF_MESSAGE)
         except h11.LocalProtocolError:
             return  # a response already started: closing is all that is left
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -12,10 +13,13 @@ import h11
 from ._names import normalise_host
 
 
-def head_size(request: h11.Request) -> int:
-    """About the size of the request head on the wire (h11 only bounds partial heads)."""
+def head_size(request: h11.Request, fields: Sequence[tuple[bytes, bytes]]) -> int:
+    """About the size of the request head on the wire (h11 only bounds partial heads).
+
+    ``fields`` are the request's headers (``list(request.headers)``, listed once).
+    """
     size = len(request.method) + len(request.target) + 12
-    return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
+    return size + sum(len(name) + len(value) + 4 for name, value in fields)
 
 
 # The largest body length any peer can represent (nginx: off_t); larger is a parse error.
@@ -26,7 +30,9 @@ _MAX_CONTENT_LENGTH = 2**63 - 1
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def framing_refusal(request: h11.Request) -> tuple[int, str] | None:
+def framing_refusal(
+    request: h11.Request, fields: Sequence[tuple[bytes, bytes]]
+) -> tuple[int, str] | None:
     """(status, reason) if h11 accepted ``request`` but its framing is still in doubt.
 
     h11 is lenient where an app behind us may not be: it picks Transfer-Encoding
@@ -35,22 +41,23 @@ def framing_refusal(request: h11.Request) -> tuple[int, str] | None:
     """
     if request.http_version not in (b"1.0", b"1.1"):
         return 505, "only HTTP/1.0 and HTTP/1.1 are supported here"
-    names = {name for name, _ in request.headers}
+    names = {name for name, _ in fields}
     if b"transfer-encoding" in names:
         if b"content-length" in names:
             return 400, "the request has both Content-Length and Transfer-Encoding"
         if request.http_version == b"1.0":
             return 400, "HTTP/1.0 requests cannot use Transfer-Encoding"
-    length = header(request, b"content-length")
+    length = header(fields, b"content-length")
     if length is not None and int(length) > _MAX_CONTENT_LENGTH:
         return 400, "the Content-Length is out of range"
-    if any(_CONTROL.search(value) for _, value in request.headers):
+    if any(_CONTROL.search(value) for _, value in fields):
         return 400, "a header value contains control characters"
     return None
 
 
-def header(request: h11.Request, name: bytes) -> bytes | None:
-    for key, value in request.headers:
+def header(fields: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in ``fields``."""
+    for key, value in fields:
         if key == name:
             return bytes(value)
     return None
@@ -97,16 +104,23 @@ class CheckedRequest:
 
 
 def check_request(
-    request: h11.Request, *, max_target_bytes: int, max_header_bytes: int
+    request: h11.Request,
+    fields: Sequence[tuple[bytes, bytes]],
+    *,
+    max_target_bytes: int,
+    max_header_bytes: int,
 ) -> CheckedRequest:
-    """Everything decided about a request from its head alone, in refusal order."""
+    """Everything decided about a request from its head alone, in refusal order.
+
+    ``fields`` are its headers, listed once (``list(request.headers)``).
+    """
     if len(request.target) > max_target_bytes:
         return CheckedRequest((414, "the request target is too long"))
-    if head_size(request) > max_header_bytes:
+    if head_size(request, fields) > max_header_bytes:
         return CheckedRequest((431, "the request head is too large"))
-    if refusal := framing_refusal(request):
+    if refusal := framing_refusal(request, fields):
         return CheckedRequest(refusal)
-    host_value = header(request, b"host")
+    host_value = header(fields, b"host")
     if host_value is None:
         return CheckedRequest((400, "the request has no Host header"))
     host = normalise_host(host_value.decode("latin-1"))

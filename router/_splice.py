@@ -62,13 +62,22 @@ async def splice(
     counter: ByteCounter,
     going_away: asyncio.Event | None = None,
     goodbye_s: float = GOODBYE_S,
+    client_rest: bytes = b"",
+    upstream_rest: bytes = b"",
 ) -> None:
-    """Copy both ways until both ended; raises TimeoutError when idle, OSError on I/O failure."""
+    """Copy both ways until both ended; raises TimeoutError when idle, OSError on I/O failure.
+
+    ``client_rest`` and ``upstream_rest``: bytes each side sent right behind the
+    upgrade (read already while parsing HTTP), passed on first.
+    """
     idle = _IdleClock(idle_timeout_s)
     directions = (
         _Direction(client, upstream, inbound=True),
         _Direction(upstream, client, inbound=False),
     )
+    for direction, rest in zip(directions, (client_rest, upstream_rest), strict=True):
+        if rest:
+            await _pass_on(direction, rest, counter)
     async with asyncio.TaskGroup() as tg:
         copies = [tg.create_task(_copy(d, idle, counter)) for d in directions]
         if going_away is not None:
@@ -83,7 +92,7 @@ async def splice(
 
 
 async def _copy(direction: _Direction, idle: _IdleClock, counter: ByteCounter) -> None:
-    source, sink, edges = direction.source, direction.sink, direction.edges
+    source = direction.source
     while True:
         try:
             async with asyncio.timeout(max(idle.remaining(), 0.0)):
@@ -93,16 +102,20 @@ async def _copy(direction: _Direction, idle: _IdleClock, counter: ByteCounter) -
                 continue  # the other direction was active: not idle
             raise
         if not data:
-            await sink.send_eof()
+            await direction.sink.send_eof()
             return
         idle.last = time.monotonic()
-        if direction.inbound:
-            counter.bytes_in += len(data)
-        else:
-            counter.bytes_out += len(data)
-        # Followed before the write: a copy cancelled in send_all has queued all of it.
-        edges.feed(data)
-        await sink.send_all(data)
+        await _pass_on(direction, data, counter)
+
+
+async def _pass_on(direction: _Direction, data: bytes, counter: ByteCounter) -> None:
+    if direction.inbound:
+        counter.bytes_in += len(data)
+    else:
+        counter.bytes_out += len(data)
+    # Followed before the write: a copy cancelled in send_all has queued all of it.
+    direction.edges.feed(data)
+    await direction.sink.send_all(data)
 
 
 async def _goodbye_on(

@@ -33,13 +33,14 @@ from typing import Any
 import asyncssh
 
 from ._access import KeyGrant
+from ._gateway import UpstreamUnavailable
 from ._limits import ConnectionCounts, FailureLimiter
 from ._log import fields
 from ._names import InvalidName, check_name, random_name
-from ._relay import UpstreamUnavailable
 from ._routing import NameTaken
 from ._ssh_auth import Authenticator
 from ._ssh_session import ToolSession
+from ._ssh_transport import CoalescingListener
 from ._streams import ByteStream, ReaderWriterStream
 from ._tunnels import Tunnel, TunnelHub
 
@@ -475,11 +476,14 @@ async def start_ssh_server(
     *,
     tunnel: object = (),
 ) -> asyncssh.SSHAcceptor:
-    """Listen for tunnel clients on ``host:port`` (or through ``tunnel``, e.g. WebSocket)."""
+    """Listen for tunnel clients on ``host:port`` (or through ``tunnel``, e.g. WebSocket).
+
+    Plain TCP goes through ``CoalescingListener``: one send per loop turn, not per packet.
+    """
     return await asyncssh.listen(
         host,
         port,
-        tunnel=tunnel,
+        tunnel=tunnel or CoalescingListener(),
         server_factory=lambda: _ConnectionHandler(hub, auth, settings, limits),
         server_host_keys=[os.fspath(host_key_path)],
         encryption_algs=list(settings.ciphers),

@@ -98,9 +98,13 @@ class ReaderWriterStream:
         self._chunk = chunk
         self._close_linger_s = close_linger_s
         self.label = label
-        # How much the transport holds unsent (asyncio transports); SSH channels
-        # have no such transport and always go through their own drain.
-        transport = writer.get_extra_info("transport") if hasattr(writer, "transport") else None
+        # How much is held unsent: the asyncio transport's buffer, or an SSH
+        # channel's (asyncssh writers have a ``channel``, no transport). A writer
+        # with neither always goes through its own drain.
+        # (StreamWriter.get_extra_info("transport") is None: the attribute it is.)
+        transport = getattr(writer, "transport", None)
+        if transport is None:
+            transport = getattr(writer, "channel", None)
         self._buffered = getattr(transport, "get_write_buffer_size", None)
 
     def __repr__(self) -> str:
@@ -120,7 +124,7 @@ class ReaderWriterStream:
         self._writer.write(data)
 
     def must_drain(self) -> bool:
-        # An asyncio transport that sent everything needs no wait: skipping the
+        # A transport or channel that sent everything needs no wait: skipping the
         # drain coroutine (and the caller's timeout) is most of a small response.
         return self._buffered is None or self._buffered() > 0
 

@@ -16,11 +16,11 @@ from functools import partial
 
 import h11
 
+from ._gateway import Destination
 from ._headers import ClientInfo, is_websocket_upgrade
 from ._log import fields
 from ._names import target_for_host
 from ._pages import Page, router_home_page, status_page, wants_html
-from ._relay import Destination
 from ._routing import Offline, RouteTable
 from ._streams import ByteStream
 from ._wss import WSS_PATH, WssAcceptor
@@ -98,12 +98,12 @@ class TunnelGateway:
     def route(
         self, host: str, request: h11.Request, request_id: str, client: ClientInfo
     ) -> Destination | Page:
-        as_html = any(k == b"accept" and wants_html(v) for k, v in request.headers)
         target = target_for_host(host, self._hub.domain)
         if target is None:
             return status_page(
-                421, f"this router does not serve {host}", request_id=request_id, as_html=as_html
-            )
+                421, f"this router does not serve {host}", request_id=request_id,
+                as_html=_wants_html(request),
+            )  # fmt: skip
         if target.label is None:
             if (
                 self._wss is not None
@@ -115,19 +115,25 @@ class TunnelGateway:
                     key="wss", label="_hostmux",
                     open=partial(self._wss.open_stream, client.peer_ip, client.peer_port),
                 )  # fmt: skip
-            return router_home_page(self._hub.domain, as_html=as_html)
+            return router_home_page(self._hub.domain, as_html=_wants_html(request))
         found = self._hub.routes.lookup(target.label)
         if found is None:
             return status_page(
-                404, f"no tunnel is called {target.label!r}", request_id=request_id, as_html=as_html
-            )
+                404, f"no tunnel is called {target.label!r}", request_id=request_id,
+                as_html=_wants_html(request),
+            )  # fmt: skip
         if isinstance(found, Offline):
             return status_page(
                 502, f"the tunnel {target.label!r} is offline; it may be reconnecting",
-                request_id=request_id, as_html=as_html,
+                request_id=request_id, as_html=_wants_html(request),
             )  # fmt: skip
         return Destination(
             key=host,
             label=found.name,
             open=partial(found.open_stream, client.peer_ip, client.peer_port),
         )
+
+
+def _wants_html(request: h11.Request) -> bool:
+    """Whether a page for ``request`` should be HTML (only asked when a page is the answer)."""
+    return any(k == b"accept" and wants_html(v) for k, v in request.headers)

@@ -25,15 +25,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from router._gateway import Destination, UpstreamUnavailable
 from router._headers import ClientInfo
 from router._pages import Page, status_page
 from router._records import RequestRecord
-from router._relay import (
-    Destination,
-    HttpRelay,
-    RelayLimits,
-    UpstreamUnavailable,
-)
+from router._relay import HttpRelay, RelayLimits
 from router._streams import ByteStream
 
 T = TypeVar("T")

@@ -35,7 +35,7 @@ def _request(*headers: tuple[bytes, bytes], version: bytes = b"1.1") -> h11.Requ
     ],
 )
 def test_framing_doubts_h11_accepts_are_refused(request_: h11.Request, status: int) -> None:
-    refusal = framing_refusal(request_)
+    refusal = framing_refusal(request_, list(request_.headers))
     assert refusal is not None
     assert refusal[0] == status
 
@@ -50,7 +50,7 @@ def test_framing_doubts_h11_accepts_are_refused(request_: h11.Request, status: i
     ],
 )
 def test_sound_requests_pass(request_: h11.Request) -> None:
-    assert framing_refusal(request_) is None
+    assert framing_refusal(request_, list(request_.headers)) is None
 
 
 def test_an_overlong_request_line_is_414_and_an_overlong_head_431() -> None:

@@ -1,0 +1,99 @@
+"""Structured log lines: logfmt quoting, and one write per event-loop turn.
+
+The handler is driven with a recording stream. "The end of the loop turn" is
+reached by awaiting a future resolved by a ``call_soon`` queued after the
+lines were logged: asyncio runs ``call_soon`` callbacks in order, so the
+handler's flush has run by then — an ordering, not a wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from router._log import _LogfmtFormatter, _TurnBufferedHandler, fields
+
+TEST_DEADLINE_S = 10.0  # each scenario takes microseconds; this only trips on a hang
+LINE = re.compile(
+    r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info event=request rid=r1 status=200"
+)
+
+
+class RecordingStream(io.StringIO):
+    """A text stream that remembers each ``write`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.fixture
+def logger() -> Iterator[tuple[logging.Logger, RecordingStream]]:
+    stream = RecordingStream()
+    handler = _TurnBufferedHandler(stream)
+    handler.setFormatter(_LogfmtFormatter())
+    log = logging.getLogger("hostmux.test-log")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        yield log, stream
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+
+
+def test_values_are_quoted_only_when_they_need_it() -> None:
+    line = fields(
+        "request", rid="r1", status=200, peer="[::1]:5000", target="/a b", note='say "hi"\n',
+        name=None, ok=True,
+    )  # fmt: skip
+    assert line == (
+        'event=request rid=r1 status=200 peer=[::1]:5000 target="/a b" '
+        'note="say \\"hi\\"\\n" ok=True'
+    )
+    assert fields("x", empty="", accent="é") == 'event=x empty="" accent="é"'
+
+
+def test_lines_of_one_loop_turn_are_written_together_at_its_end(
+    logger: tuple[logging.Logger, RecordingStream],
+) -> None:
+    log, stream = logger
+
+    async def scenario() -> list[str]:
+        log.info(fields("request", rid="r1", status=200))
+        log.info(fields("request", rid="r1", status=200))
+        assert stream.writes == []  # nothing before the turn ends
+        loop = asyncio.get_running_loop()
+        turn_over = loop.create_future()
+        loop.call_soon(turn_over.set_result, None)
+        await turn_over
+        return stream.writes
+
+    async def bounded() -> list[str]:
+        async with asyncio.timeout(TEST_DEADLINE_S):
+            return await scenario()
+
+    writes = asyncio.run(bounded())
+    assert len(writes) == 1
+    lines = writes[0].splitlines()
+    assert len(lines) == 2
+    assert all(LINE.fullmatch(line) for line in lines), lines
+
+
+def test_lines_logged_with_no_loop_running_are_written_at_once(
+    logger: tuple[logging.Logger, RecordingStream],
+) -> None:
+    log, stream = logger
+    log.info(fields("request", rid="r1", status=200))
+    assert len(stream.writes) == 1
+    assert LINE.fullmatch(stream.writes[0].rstrip("\n"))

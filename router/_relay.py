@@ -37,6 +37,11 @@ from typing import Protocol
 
 import h11
 
+from ._checked_events import (
+    END_OF_MESSAGE,
+    request_of_checked_headers,
+    response_of_checked_headers,
+)
 from ._deadline import Deadline
 from ._headers import (
     ClientInfo,
@@ -107,34 +112,8 @@ _BodyEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
-# The end of a message, without trailers (the app's are not passed on). Events
-# are immutable, so one serves every message; building one costs a header check.
-_END_OF_MESSAGE = h11.EndOfMessage()
-
 # Queued browser output is written once it reaches this size (a bounded buffer).
 _FLUSH_BYTES = 64 * 1024
-
-
-# h11 checks every header of an event it is handed against the HTTP grammar
-# (two regular expressions each), which measured ~6% of a small request. Headers
-# h11 parsed itself, and the router's own built from such values and constants,
-# need no second check: these build events with h11's own flag for "already
-# checked" (how its parser builds them). Headers from anywhere else (a
-# Destination's filters) go through the full check.
-
-
-def _request_of_checked_headers(method: bytes, target: bytes, headers: Headers) -> h11.Request:
-    return h11.Request(
-        method=method, target=target, headers=headers, http_version=b"1.1", _parsed=True
-    )
-
-
-def _response_of_checked_headers(parsed: h11.Response, headers: Headers) -> h11.Response:
-    """A response like ``parsed`` (from h11's parser) with ``headers`` (a subset of its own)."""
-    return h11.Response(
-        status_code=parsed.status_code, headers=headers, reason=parsed.reason,
-        http_version=b"1.1", _parsed=True,
-    )  # fmt: skip
 
 
 class _Abort(Exception):
@@ -299,7 +278,7 @@ class HttpRelay:
                 headers=decision.request_headers(fields, websocket),
             )  # fmt: skip
         else:
-            upstream_request = _request_of_checked_headers(
+            upstream_request = request_of_checked_headers(
                 request.method, target,
                 request_headers_for_app(
                     fields, host=host_value, client=self._info, request_id=rid,
@@ -338,7 +317,7 @@ class HttpRelay:
             upstream.got_response = False
             head = upstream.conn.send(upstream_request)
             if bodiless:
-                head += upstream.conn.send(_END_OF_MESSAGE)
+                head += upstream.conn.send(END_OF_MESSAGE)
             try:
                 await upstream.stream.send_all(head)
                 if bodiless:
@@ -396,7 +375,7 @@ class HttpRelay:
                     record.bytes_in += len(event.data)
                     await upstream.stream.send_all(upstream.conn.send(event))
                 elif isinstance(event, h11.EndOfMessage):
-                    await upstream.stream.send_all(upstream.conn.send(_END_OF_MESSAGE))
+                    await upstream.stream.send_all(upstream.conn.send(END_OF_MESSAGE))
                     return
                 else:  # pragma: no cover - h11 yields nothing else mid-body
                     raise h11.RemoteProtocolError(f"unexpected {event!r}")
@@ -474,13 +453,13 @@ class HttpRelay:
                         headers=upstream.response_filter(headers),
                     )  # fmt: skip
                 else:
-                    response = _response_of_checked_headers(event, headers)
+                    response = response_of_checked_headers(event, headers)
                 await self._send_client(response, record)
                 timeout = limits.upstream_idle_timeout_s
             elif isinstance(event, h11.Data):
                 await self._send_client(event, record)
             elif isinstance(event, h11.EndOfMessage):
-                await self._send_client(_END_OF_MESSAGE, record)
+                await self._send_client(END_OF_MESSAGE, record)
                 await self._flush_client(record)
                 reusable = (
                     upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE
@@ -573,7 +552,7 @@ class HttpRelay:
             )
             if not head_only:
                 data += self._h.send(h11.Data(data=page.body))
-            data += self._h.send(_END_OF_MESSAGE)
+            data += self._h.send(END_OF_MESSAGE)
         except h11.LocalProtocolError:
             return  # a response already started: closing is all that is left
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):

@@ -21,8 +21,6 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import h11
-
 Headers = list[tuple[bytes, bytes]]
 
 _HOP_BY_HOP = frozenset(
@@ -203,25 +201,3 @@ def response_headers_for_client(
     if websocket_accepted:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
     return out
-
-
-# h11 checks every header of an event it is handed against the HTTP grammar
-# (two regular expressions each), which measured ~6% of a small request. Headers
-# h11 parsed itself, and the router's own built from such values and constants,
-# need no second check: these build events with h11's own flag for "already
-# checked" (how its parser builds them). Headers from anywhere else (a
-# Destination's filters) go through the full check.
-
-
-def request_with_checked_headers(method: bytes, target: bytes, headers: Headers) -> h11.Request:
-    return h11.Request(
-        method=method, target=target, headers=headers, http_version=b"1.1", _parsed=True
-    )
-
-
-def response_with_checked_headers(parsed: h11.Response, headers: Headers) -> h11.Response:
-    """A response like ``parsed`` (from h11's parser) with ``headers`` (its own, rewritten)."""
-    return h11.Response(
-        status_code=parsed.status_code, headers=headers, reason=parsed.reason,
-        http_version=b"1.1", _parsed=True,
-    )  # fmt: skip

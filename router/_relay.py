@@ -37,6 +37,11 @@ from dataclasses import dataclass
 
 import h11
 
+from ._checked_events import (
+    END_OF_MESSAGE,
+    request_of_checked_headers,
+    response_of_checked_headers,
+)
 from ._deadline import Deadline
 from ._gateway import Destination, Gateway, UpstreamUnavailable
 from ._headers import (
@@ -45,9 +50,7 @@ from ._headers import (
     TrustedProxies,
     is_websocket_upgrade,
     request_headers_for_app,
-    request_with_checked_headers,
     response_headers_for_client,
-    response_with_checked_headers,
 )
 from ._pages import Page, status_page, wants_html
 from ._records import RecordBuilder, RequestRecord, new_request_id
@@ -84,10 +87,6 @@ class RelayLimits:
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-
-# The end of a message, without trailers (the app's are not passed on). Events
-# are immutable, so one serves every message; building one costs a header check.
-_END_OF_MESSAGE = h11.EndOfMessage()
 
 # Queued browser output is written once it reaches this size (a bounded buffer).
 _FLUSH_BYTES = 64 * 1024
@@ -267,7 +266,7 @@ class HttpRelay:
                 headers=decision.request_headers(fields, websocket),
             )  # fmt: skip
         else:
-            upstream_request = request_with_checked_headers(
+            upstream_request = request_of_checked_headers(
                 request.method, target,
                 request_headers_for_app(
                     fields, host=host_value, client=client, request_id=rid, websocket=websocket
@@ -298,7 +297,7 @@ class HttpRelay:
             upstream.got_response = False
             head = upstream.conn.send(upstream_request)
             if bodiless:
-                head += upstream.conn.send(_END_OF_MESSAGE)
+                head += upstream.conn.send(END_OF_MESSAGE)
             try:
                 await upstream.stream.send_all(head)
                 if bodiless:
@@ -441,13 +440,13 @@ class HttpRelay:
                         headers=upstream.response_filter(headers),
                     )  # fmt: skip
                 else:
-                    response = response_with_checked_headers(event, headers)
+                    response = response_of_checked_headers(event, headers)
                 await self._send_client(response, record)
                 timeout = limits.upstream_idle_timeout_s
             elif isinstance(event, h11.Data):
                 await self._send_client(event, record)
             elif isinstance(event, h11.EndOfMessage):
-                await self._send_client(h11.EndOfMessage(), record)
+                await self._send_client(END_OF_MESSAGE, record)
                 await self._flush_client(record)
                 reusable = (
                     upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE
@@ -546,7 +545,7 @@ class HttpRelay:
             )
             if not head_only:
                 data += self._h.send(h11.Data(data=page.body))
-            data += self._h.send(_END_OF_MESSAGE)
+            data += self._h.send(END_OF_MESSAGE)
         except h11.LocalProtocolError:
             return  # a response already started: closing is all that is left
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):

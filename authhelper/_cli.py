@@ -6,7 +6,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
-from router._cli import run_event_loop
+from router._event_loop import run_event_loop
 from router._layered_config import ConfigError
 from router._log import configure_logging
 

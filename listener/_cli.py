@@ -6,8 +6,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
-import keys
-from router._cli import run_event_loop
+from router._event_loop import run_event_loop
 from router._log import configure_logging
 
 from ._config import ConfigError, load_config
@@ -29,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hostmux-listener: error: no private key at {config.identity_file}", file=sys.stderr)
         return 2
     if config.uri_update_url:
+        import keys  # portal mode only: the JWT stack is slow to import
+
         try:
             keys.InstanceKey.load(config.identity_file)
         except keys.KeysError as exc:

@@ -20,14 +20,18 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
-import keys
 from router._log import fields
 
 from ._reconnect import Backoff
+
+if TYPE_CHECKING:
+    import keys
+
+# httpx and keys (the JWT stack) are imported where used: a plain tunnel never
+# needs them, and they were ~60 ms of the listener's start-up.
 
 log = logging.getLogger("hostmux.listener")
 
@@ -51,6 +55,10 @@ class RouterList:
 
 
 async def fetch_router_list(portal_url: str, *, timeout_s: float) -> RouterList:
+    import httpx
+
+    import keys
+
     url = portal_url.rstrip("/") + "/config.json"
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
@@ -72,6 +80,8 @@ async def fetch_router_list(portal_url: str, *, timeout_s: float) -> RouterList:
 
 async def check_public_url(url: str, *, router_host: str, ca_file: Path | None) -> str | None:
     """None if ``url`` answers through the router, else why not."""
+    import httpx
+
     parts = urlsplit(url)
     host = parts.hostname or ""
     target = url
@@ -112,6 +122,10 @@ async def publish_url(
     stop: asyncio.Event,
 ) -> bool:
     """PUT ``url`` to the portal until it is accepted (True) or ``stop`` is set (False)."""
+    import httpx
+
+    import keys
+
     backoff = Backoff(base_s=0.5, cap_s=30.0)
     async with httpx.AsyncClient(timeout=_CHECK_TIMEOUT_S) as client:
         while not stop.is_set():

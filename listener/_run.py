@@ -21,9 +21,8 @@ import logging
 import signal
 import time
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import keys
 from router._layered_config import parse_host_port
 from router._log import fields
 
@@ -32,6 +31,9 @@ from ._dial import rank_by_latency
 from ._portal import PortalError, check_public_url, fetch_router_list, publish_url
 from ._reconnect import Backoff
 from ._ssh_client import Forward, HostKeyRejected, TunnelError, TunnelSession, TunnelSpec
+
+if TYPE_CHECKING:
+    import keys
 
 log = logging.getLogger("hostmux.listener")
 
@@ -49,7 +51,7 @@ class Listener:
         self._stop = stop
         self._name = config.name  # after the first success: the name we were given
         self._last_url: str | None = None
-        self._key = keys.InstanceKey.load(config.identity_file) if config.uri_update_url else None
+        self._key = _instance_key(config)
         # auto starts with SSH and keeps whichever transport last worked.
         self._transport = "wss" if config.transport == "wss" else "ssh"
 
@@ -183,6 +185,15 @@ async def run_listener(config: ListenerConfig, *, stop: asyncio.Event | None = N
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info(fields("listener_stopped"))
+
+
+def _instance_key(config: ListenerConfig) -> keys.InstanceKey | None:
+    """The key JWTs are signed with, in portal mode (keys is imported only then)."""
+    if not config.uri_update_url:
+        return None
+    import keys
+
+    return keys.InstanceKey.load(config.identity_file)
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

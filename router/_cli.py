@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from ._config import load_config
+from ._event_loop import run_event_loop
 from ._layered_config import ConfigError
 from ._log import configure_logging
 from ._server import run_router
@@ -16,16 +15,6 @@ from ._server import run_router
 # Net new container objects between collections of the youngest generation
 # (Python's default is 700); see ``main``.
 _YOUNG_GC_THRESHOLD = 10_000
-
-
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine on uvloop when installed (measured faster), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

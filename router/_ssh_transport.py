@@ -22,12 +22,20 @@ Resource handling: ``close`` and ``write_eof`` send what is pending first;
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
 # The listening socket's accept queue, as asyncssh's own listener (which uses
 # asyncio's default, 100).
 _BACKLOG = 100
+
+# Reads acknowledged at once on a new SSH connection: its handshake (version,
+# KEXINIT, ECDH, NEWKEYS, service and auth requests, the forward) is ~8 reads.
+_HANDSHAKE_READS = 12
+# Linux's TCP_QUICKACK (the socket module exports it only on some builds).
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -103,20 +111,49 @@ class CoalescingTransport(asyncio.Transport):
 
 
 class _Handover(asyncio.Protocol):
-    """Hands the accepted socket straight to the SSH connection, with a wrapped transport.
+    """Hands the accepted socket to the SSH connection, with a wrapped transport.
 
-    Only ``connection_made`` passes through here: the socket then delivers
-    data to the SSH connection directly, with no extra call per read.
+    The first ``quick_ack_reads`` reads pass through here, each acknowledged at
+    once (``TCP_QUICKACK``): OpenSSH sends the small packets of its handshake
+    back to back without ``TCP_NODELAY``, so its second packet waited for our
+    delayed ACK — 40 ms, twice per tunnel set-up. After those reads the socket
+    delivers data to the SSH connection directly, with no extra call per read.
     """
 
-    def __init__(self, ssh: asyncio.Protocol) -> None:
+    def __init__(self, ssh: asyncio.Protocol, *, quick_ack_reads: int = 0) -> None:
         self._ssh = ssh
+        self._quick_acks_left = quick_ack_reads
+        self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A socket transport (uvloop's do not subclass asyncio.Transport).
         stream = cast(asyncio.Transport, transport)
-        stream.set_protocol(self._ssh)
+        self._transport = stream
+        if self._quick_acks_left <= 0:
+            stream.set_protocol(self._ssh)
         self._ssh.connection_made(CoalescingTransport(stream))
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._quick_acks_left -= 1
+        sock = self._transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        if self._quick_acks_left <= 0:
+            self._transport.set_protocol(self._ssh)
+        self._ssh.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._ssh.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ssh.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._ssh.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._ssh.resume_writing()
 
 
 class CoalescingListener:
@@ -131,7 +168,7 @@ class CoalescingListener:
         """Called by asyncssh.listen with its per-connection factory."""
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            lambda: _Handover(factory("", 0)),
+            lambda: _Handover(factory("", 0), quick_ack_reads=_HANDSHAKE_READS),
             host,
             port,
             backlog=_BACKLOG,

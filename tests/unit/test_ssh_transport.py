@@ -206,3 +206,58 @@ def test_listener_and_connector_hand_real_sockets_to_the_protocol_wrapped() -> N
 async def _bounded(scenario: Coroutine[Any, Any, T]) -> T:
     async with asyncio.timeout(TEST_DEADLINE_S):
         return await scenario
+
+
+class PingPong(asyncio.Protocol):
+    """Client side: one small write per echo received, ``rounds`` times (as a handshake)."""
+
+    def __init__(self, rounds: int) -> None:
+        self.transport: asyncio.WriteTransport | None = None
+        self.echoes: list[bytes] = []
+        self._rounds = rounds
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport = transport
+        transport.write(b"0")
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.echoes.append(data)
+        if len(self.echoes) == self._rounds:
+            self.done.set_result(None)
+        else:
+            self.transport.write(str(len(self.echoes)).encode())
+
+
+def test_the_handshake_reads_pass_through_then_the_socket_is_handed_over() -> None:
+    """Past the first reads (acknowledged at once), the SSH side gets the socket itself."""
+
+    async def scenario() -> tuple[list[bytes], bool]:
+        servers: list[Echo] = []
+
+        def serve(_host: str, _port: int) -> Echo:
+            servers.append(Echo())
+            return servers[-1]
+
+        server = await CoalescingListener().create_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = PingPong(rounds=20)  # more reads than the handshake's quick ACKs
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            lambda: client, "127.0.0.1", port
+        )
+        try:
+            await client.done
+            server_side = servers[0].transport
+            assert isinstance(server_side, CoalescingTransport)
+            handed_over = server_side.get_protocol() is servers[0]
+        finally:
+            transport.close()
+            server.close()
+            await server.wait_closed()
+        return client.echoes, handed_over
+
+    echoes, handed_over = asyncio.run(_bounded(scenario()))
+    assert echoes == [str(n).encode() for n in range(20)]
+    assert handed_over

@@ -72,3 +72,11 @@ class RecordBuilder:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
             note=self.note,
         )
+
+
+def unparsable_request(peer: str, status: int) -> RequestRecord:
+    """The access-log record of bytes that never became a request (refused with ``status``)."""
+    return RequestRecord(
+        request_id=new_request_id(), peer=peer, host="", name="", method="-", target="-",
+        status=status, bytes_in=0, bytes_out=0, duration_ms=0.0, note="unparsable request",
+    )  # fmt: skip

@@ -53,7 +53,7 @@ from ._headers import (
     response_headers_for_client,
 )
 from ._pages import Page, status_page, wants_html
-from ._records import RecordBuilder, RequestRecord, new_request_id
+from ._records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
 from ._request_checks import check_request, header, parse_error_status, reason_phrase
 from ._splice import splice
 from ._streams import ByteStream
@@ -189,6 +189,8 @@ class HttpRelay:
             except h11.RemoteProtocolError as exc:
                 page = status_page(*parse_error_status(exc, self._h.trailing_data[0]))
                 await self._send_page(page, head_only=False)
+                # No request was formed, but the refusal belongs in the access log.
+                self._on_request(unparsable_request(self._peer, page.status))
                 return
             finally:
                 self._between_requests = False

@@ -684,7 +684,9 @@ def test_missing_host_on_http_1_1_is_400_without_a_request() -> None:
     assert result.response == page_bytes(
         400, "Bad Request", "400 Bad request: the request could not be parsed as HTTP/1.1\n"
     )
-    assert result.records == []
+    record = only_record(result.records)  # logged, though no request was formed
+    assert (record.method, record.target, record.status) == ("-", "-", 400)
+    assert record.note == "unparsable request"
 
 
 @pytest.mark.parametrize(
@@ -734,7 +736,9 @@ def test_malformed_request_is_400_and_the_connection_closes(request_bytes: bytes
     assert result.response == page_bytes(
         400, "Bad Request", "400 Bad request: the request could not be parsed as HTTP/1.1\n"
     )
-    assert result.records == []
+    record = only_record(result.records)  # logged, though no request was formed
+    assert (record.method, record.target, record.status) == ("-", "-", 400)
+    assert record.note == "unparsable request"
     assert gateway.opened == 0
 
 

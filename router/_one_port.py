@@ -23,6 +23,7 @@ from typing import Any
 
 from ._front_door import ConnectionHandler
 from ._log import fields
+from ._ssh_transport import accepted_ssh_connection
 from ._streams import READ_CHUNK_BYTES
 
 log = logging.getLogger("hostmux.oneport")
@@ -98,7 +99,9 @@ async def _dispatch(
             if factory is None:
                 conn.close()
                 return
-            await loop.connect_accepted_socket(lambda: factory(str(addr[0]), int(addr[1])), conn)
+            await loop.connect_accepted_socket(
+                lambda: accepted_ssh_connection(factory(str(addr[0]), int(addr[1]))), conn
+            )
         elif head[0] == _TLS_HANDSHAKE_RECORD:
             await _to_front_door(loop, conn, https, tls, tls_handshake_timeout_s)
         else:

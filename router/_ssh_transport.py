@@ -156,6 +156,12 @@ class _Handover(asyncio.Protocol):
         self._ssh.resume_writing()
 
 
+def accepted_ssh_connection(ssh: asyncio.Protocol) -> asyncio.Protocol:
+    """The protocol for an accepted TCP socket that carries the SSH connection ``ssh``:
+    coalesced writes, and a quickly acknowledged handshake."""
+    return _Handover(ssh, quick_ack_reads=_HANDSHAKE_READS)
+
+
 class CoalescingListener:
     """What ``asyncssh.listen(tunnel=...)`` calls to listen on TCP with coalesced writes."""
 
@@ -168,7 +174,7 @@ class CoalescingListener:
         """Called by asyncssh.listen with its per-connection factory."""
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            lambda: _Handover(factory("", 0), quick_ack_reads=_HANDSHAKE_READS),
+            lambda: accepted_ssh_connection(factory("", 0)),
             host,
             port,
             backlog=_BACKLOG,

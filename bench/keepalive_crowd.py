@@ -15,7 +15,9 @@ import asyncio
 import json
 import time
 
-from processes import raise_nofile_limit, run_event_loop, stdin_reader
+from processes import raise_nofile_limit, stdin_reader
+
+from router._event_loop import run_event_loop  # uvloop when installed, as the router
 
 MAX_ERRORS = 5
 # One request must finish within this long, or the connection counts as failed.

@@ -28,10 +28,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # How long a process gets between SIGTERM and SIGKILL.
@@ -323,16 +323,6 @@ def raise_nofile_limit() -> tuple[int, int]:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the bench's own asyncio clients on uvloop when installed, as the router does."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 async def stdin_reader() -> asyncio.StreamReader:

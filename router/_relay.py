@@ -450,8 +450,12 @@ class HttpRelay:
             elif isinstance(event, h11.EndOfMessage):
                 await self._send_client(END_OF_MESSAGE, record)
                 await self._flush_client(record)
+                # After a refused upgrade the app's side of the connection is in
+                # doubt (hypercorn, for one, errors on what follows): not reused.
                 reusable = (
-                    upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE
+                    not websocket
+                    and upstream.conn.our_state is h11.DONE
+                    and upstream.conn.their_state is h11.DONE
                 )
                 if reusable:
                     upstream.conn.start_next_cycle()

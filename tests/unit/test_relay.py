@@ -1246,9 +1246,9 @@ def test_websocket_refused_then_a_normal_request_on_the_same_connection() -> Non
         assert await app.read_request() is not None
         await app.read_body()
         await app.respond(400, b"no websockets here")
-        await hello_app(app)
+        await app.wait_closed()  # the relay lets go of it: not reused after an upgrade
 
-    gateway = FakeGateway(refusing_app)
+    gateway = FakeGateway(refusing_app, hello_app)
 
     async def scenario() -> bytes:
         async with relay_session(gateway) as session:
@@ -1263,8 +1263,9 @@ def test_websocket_refused_then_a_normal_request_on_the_same_connection() -> Non
         b"HTTP/1.1 400 OK\r\ncontent-type: text/plain\r\ncontent-length: 18\r\n\r\n"
         b"no websockets here" + HELLO_RESPONSE
     )
-    assert gateway.opened == 1
-    assert [r.target for r in gateway.apps[0].requests] == [b"/chat", b"/after"]
+    assert gateway.opened == 2  # a fresh upstream after the refused upgrade
+    assert [r.target for r in gateway.apps[0].requests] == [b"/chat"]
+    assert [r.target for r in gateway.apps[1].requests] == [b"/after"]
 
 
 def test_h2c_upgrade_is_not_passed_to_the_app() -> None:

@@ -383,46 +383,53 @@ def _sshd_nginx(ctx: RowContext, *, tls: bool) -> Plan:
     )
 
 
+def _start_router(ctx: RowContext, tls: keys.TlsFiles | None) -> HostmuxRouter:
+    return start_hostmux_router(
+        ctx.procs, ctx.work, tls, code=ctx.bench.code, log_level=ctx.bench.router_log_level
+    )
+
+
+def _hostmux_plan(
+    router: HostmuxRouter,
+    client: list[str],
+    *,
+    tls: bool = False,
+    helpers: Sequence[Proc] = (),
+    headers: tuple[tuple[str, str], ...] = (),
+) -> Plan:
+    """Load through ``router``'s front door to the tunnel ``client`` opens; ``helpers``
+    (the auth helper) count as router side."""
+    scheme, port = ("https", router.https_port) if tls else ("http", router.http_port)
+    return Plan(
+        url=f"{scheme}://127.0.0.1:{port}",
+        host=router.host(TUNNEL_NAME),
+        router=[router.proc, *helpers],
+        router_tree=False,
+        client=client,
+        logs=[router.proc.log_file, *(helper.log_file for helper in helpers)],
+        headers=headers,
+    )
+
+
 def _hostmux(ctx: RowContext, *, client: str, tls: bool) -> Plan:
-    router = start_hostmux_router(
-        ctx.procs, ctx.work, ctx.bench.tls, code=ctx.bench.code,
-        log_level=ctx.bench.router_log_level,
-    )  # fmt: skip
+    router = _start_router(ctx, ctx.bench.tls)
     backend = ctx.bench.backend_port
     if client == "listener":
         argv = router.listener_client(TUNNEL_NAME, backend)
     else:
         argv = router.openssh_client(TUNNEL_NAME, backend)
-    scheme, port = ("https", router.https_port) if tls else ("http", router.http_port)
-    return Plan(
-        url=f"{scheme}://127.0.0.1:{port}",
-        host=router.host(TUNNEL_NAME),
-        router=[router.proc],
-        router_tree=False,
-        client=argv,
-        logs=[router.proc.log_file],
-    )
+    return _hostmux_plan(router, argv, tls=tls)
 
 
 def _hostmux_wss(ctx: RowContext) -> Plan:
-    router = start_hostmux_router(
-        ctx.procs, ctx.work, None, code=ctx.bench.code,
-        log_level=ctx.bench.router_log_level,
-    )  # fmt: skip
+    router = _start_router(ctx, None)
     argv = router.listener_client(
         TUNNEL_NAME, ctx.bench.backend_port,
         "--transport", "wss",
         "--wss-url", f"wss://localhost:{router.https_port}/_hostmux/ssh",
         "--router-ca-file", str(router.state / "tls" / "dev-ca.pem"),
     )  # fmt: skip
-    return Plan(
-        url=f"http://127.0.0.1:{router.http_port}",
-        host=router.host(TUNNEL_NAME),
-        router=[router.proc],
-        router_tree=False,
-        client=argv,
-        logs=[router.proc.log_file],
-    )
+    return _hostmux_plan(router, argv)
 
 
 def _hostmux_authhelper(ctx: RowContext) -> Plan:
@@ -431,7 +438,7 @@ def _hostmux_authhelper(ctx: RowContext) -> Plan:
     # Imported here, like keys in run.py: from the code under test (a snapshot with --rev).
     from authhelper._session import SESSION_COOKIE, CookieSealer, new_cookie_key
 
-    router = start_hostmux_router(ctx.procs, ctx.work, None, code=ctx.bench.code)
+    router = _start_router(ctx, None)
     key = new_cookie_key()
     keys_file = ctx.work / "cookie-keys"
     keys_file.write_text(key + "\n")
@@ -443,19 +450,16 @@ def _hostmux_authhelper(ctx: RowContext) -> Plan:
             sys.executable, "-m", "authhelper", "--listen", f"127.0.0.1:{helper_port}",
             "--app", f"127.0.0.1:{ctx.bench.backend_port}", "--instance-id", TUNNEL_NAME,
             "--portal-url", "http://127.0.0.1:9", "--cookie-keys-file", str(keys_file),
-            "--log-level", "warning",
+            "--log-level", ctx.bench.router_log_level,
         ],
         cwd=ctx.bench.code,
         wait_for=[helper_port],
     )  # fmt: skip
     session = CookieSealer([key], TUNNEL_NAME, session_lifetime_s=8 * 3600).seal_session("bench")
-    return Plan(
-        url=f"http://127.0.0.1:{router.http_port}",
-        host=router.host(TUNNEL_NAME),
-        router=[router.proc, helper],
-        router_tree=False,
-        client=router.openssh_client(TUNNEL_NAME, helper_port),
-        logs=[router.proc.log_file, helper.log_file],
+    return _hostmux_plan(
+        router,
+        router.openssh_client(TUNNEL_NAME, helper_port),
+        helpers=[helper],
         headers=(("Cookie", f"{SESSION_COOKIE}={session}"),),
     )
 

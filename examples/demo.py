@@ -34,6 +34,8 @@ from urllib.request import Request, urlopen
 
 import trio
 
+from examples.portal.pods import instance_environment
+
 # The pieces start in well under a second; a slow machine gets more.
 START_TIMEOUT_S = 60.0
 PORTAL_PORT = 8000
@@ -153,11 +155,7 @@ async def main() -> None:
             app_lines = await procs.start(f"{owner}-app", [python, "-m", "examples.sample_app"])
             app = (await wait_line(app_lines, r"listening on http://(\S+)", "a sample app"))[1]
             env = {
-                "DIT4C_INSTANCE_ID": instance["id"],
-                "DIT4C_INSTANCE_PRIVATE_KEY_PKCS1": str(key),
-                "DIT4C_INSTANCE_JWT_ISS": instance["id"],
-                "DIT4C_INSTANCE_JWT_KID": instance["kid"],
-                "DIT4C_INSTANCE_URI_UPDATE_URL": instance["uri_update_url"],
+                **instance_environment(instance, key),
                 "DIT4C_INSTANCE_HELPER_AUTH_HOST": "127.0.0.1",
                 "DIT4C_INSTANCE_HELPER_AUTH_PORT": str(helper_port),
                 "HOSTMUX_ROUTER_CA_FILE": router_ca,

@@ -26,6 +26,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from examples.portal.pods import instance_environment
+
 from .conftest import START_TIMEOUT_S, LoggedProcess, Router, Stack
 from .test_portal_mode import (
     Portal,
@@ -143,11 +145,7 @@ async def start_pod(stack: Stack, portal: Portal, router: Router, owner: str) ->
     app = await stack.start_app()
     env = {
         **os.environ,
-        "DIT4C_INSTANCE_ID": instance["id"],
-        "DIT4C_INSTANCE_PRIVATE_KEY_PKCS1": str(key),
-        "DIT4C_INSTANCE_JWT_ISS": instance["id"],
-        "DIT4C_INSTANCE_JWT_KID": instance["kid"],
-        "DIT4C_INSTANCE_URI_UPDATE_URL": instance["uri_update_url"],
+        **instance_environment(instance, key),
         "HOSTMUX_ROUTER_CA_FILE": str(router.ca_cert),
     }
     helper = await stack.spawn(

@@ -18,6 +18,7 @@ import httpx
 import trio
 
 import keys
+from examples.portal.pods import instance_environment
 
 from .conftest import App, LoggedProcess, Router, Stack
 
@@ -137,11 +138,7 @@ async def dit4c_listener(
     """hostmux-listener configured only by the original DIT4C environment variables."""
     env = {
         **os.environ,
-        "DIT4C_INSTANCE_ID": instance["id"],
-        "DIT4C_INSTANCE_PRIVATE_KEY_PKCS1": str(key),
-        "DIT4C_INSTANCE_JWT_ISS": instance["id"],
-        "DIT4C_INSTANCE_JWT_KID": instance["kid"],
-        "DIT4C_INSTANCE_URI_UPDATE_URL": instance["uri_update_url"],
+        **instance_environment(instance, key),
         "DIT4C_INSTANCE_HELPER_AUTH_HOST": "127.0.0.1",
         "DIT4C_INSTANCE_HELPER_AUTH_PORT": str(app.port),
         "HOSTMUX_ROUTER_CA_FILE": str(router.ca_cert),

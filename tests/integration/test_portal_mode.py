@@ -97,11 +97,9 @@ async def start_portal(
     return Portal(proc=proc, url=match[1], state_dir=state_dir)
 
 
-async def start_portal_router(stack: Stack, portal: Portal, *extra: str) -> Router:
-    ca_file = stack.path("portal-ca.pub")
-    async with httpx.AsyncClient(base_url=portal.url) as client:
-        ca_file.write_text((await client.get("/ssh-ca.pub")).text)
-    router = await stack.start_router(
+def router_args(portal: Portal, ca_file: Path) -> list[str]:
+    """A router in portal mode: keys and CA from ``portal``, events to it."""
+    return [
         "--portal-keys-url",
         portal.url + "/instances/{id}/keys",
         "--portal-ca-keys-file",
@@ -110,6 +108,15 @@ async def start_portal_router(stack: Stack, portal: Portal, *extra: str) -> Rout
         portal.url + "/router-events",
         "--events-secret",
         EVENTS_SECRET,
+    ]
+
+
+async def start_portal_router(stack: Stack, portal: Portal, *extra: str) -> Router:
+    ca_file = stack.path("portal-ca.pub")
+    async with httpx.AsyncClient(base_url=portal.url) as client:
+        ca_file.write_text((await client.get("/ssh-ca.pub")).text)
+    router = await stack.start_router(
+        *router_args(portal, ca_file),
         "--portal-cache-ttl-s",
         "1",
         "--portal-negative-cache-ttl-s",
@@ -373,8 +380,10 @@ async def test_listener_skips_a_dead_router_and_republishes_after_restart(stack:
     assert await router.proc.stop() == 0
     mark = len(listener.lines)
     await listener.wait_for(r"event=(tunnel_down|tunnel_failed)", start=mark)
+    ca_file = stack.path("portal-ca-again.pub")
+    ca_file.write_text((portal.state_dir / "ssh-ca.pub").read_text())
     restarted = await stack.start_router(
-        *router_args(portal, stack),
+        *router_args(portal, ca_file),
         state_dir=router.state_dir,
         ports=(router.ssh_port, router.https_port, router.http_port),
     )
@@ -383,21 +392,6 @@ async def test_listener_skips_a_dead_router_and_republishes_after_restart(stack:
     assert again["url"] == first["url"]
     assert again["url_updated_at"] != first["url_updated_at"]
     assert (await restarted.get(instance["id"], "/")).status_code == 200
-
-
-def router_args(portal: Portal, stack: Stack) -> list[str]:
-    ca_file = stack.path("portal-ca-again.pub")
-    ca_file.write_text((portal.state_dir / "ssh-ca.pub").read_text())
-    return [
-        "--portal-keys-url",
-        portal.url + "/instances/{id}/keys",
-        "--portal-ca-keys-file",
-        str(ca_file),
-        "--events-url",
-        portal.url + "/router-events",
-        "--events-secret",
-        EVENTS_SECRET,
-    ]
 
 
 async def test_original_dit4c_two_step_ssh_flow(stack: Stack) -> None:

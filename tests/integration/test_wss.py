@@ -142,11 +142,7 @@ async def test_websocket_transport_through_an_http_proxy_with_auth(world: World)
     """HTTPS-only egress: the listener reaches the router via CONNECT on a real tinyproxy."""
     stack, router = world.stack, world.router
     proxy_port = await _start_tinyproxy(stack)
-    env = {
-        **os.environ,
-        "HTTPS_PROXY": f"http://hostmux:s3cret@127.0.0.1:{proxy_port}",
-        "NO_PROXY": "",
-    }
+    env = _through_proxy(proxy_port)
     listener = await stack.spawn(
         "listener-proxy",
         [
@@ -162,7 +158,7 @@ async def test_websocket_transport_through_an_http_proxy_with_auth(world: World)
     await tinyproxy.wait_for(rf"CONNECT localhost:{router.https_port}")
     assert (await router.get("proxied", "/")).status_code == 200
 
-    wrong = {**env, "HTTPS_PROXY": f"http://hostmux:wrong@127.0.0.1:{proxy_port}"}
+    wrong = _through_proxy(proxy_port, password="wrong")
     refused = await stack.spawn(
         "listener-badauth",
         [
@@ -180,11 +176,7 @@ async def test_plain_ssh_transport_through_an_http_proxy(world: World) -> None:
     """HTTPS_PROXY also carries the plain SSH transport, by CONNECT (with basic auth)."""
     stack, router = world.stack, world.router
     proxy_port = await _start_tinyproxy(stack)
-    env = {
-        **os.environ,
-        "HTTPS_PROXY": f"http://hostmux:s3cret@127.0.0.1:{proxy_port}",
-        "NO_PROXY": "",
-    }
+    env = _through_proxy(proxy_port)
     listener = await stack.spawn(
         "listener-ssh-proxy",
         [*stack.listener_argv(router, world.key, world.app.port), "--name", "sshproxied"],
@@ -211,6 +203,12 @@ async def _start_tinyproxy(stack: Stack) -> int:
     proxy = await stack.spawn("tinyproxy", ["tinyproxy", "-d", "-c", str(config)])
     await proxy.wait_for(r"(Accepting|listening|Initializing)")
     return int(port)
+
+
+def _through_proxy(port: int, *, password: str = "s3cret") -> dict[str, str]:
+    """This environment with HTTPS_PROXY set to the tinyproxy on ``port`` (basic auth)."""
+    return {**os.environ, "HTTPS_PROXY": f"http://hostmux:{password}@127.0.0.1:{port}",
+            "NO_PROXY": ""}  # fmt: skip
 
 
 NGINX_CONF = """

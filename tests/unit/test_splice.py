@@ -7,6 +7,7 @@ Frames are built by the ``websockets`` library and cut into arbitrary chunks
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from .test_relay import (
     LIMITS,
     AppConnection,
     FakeGateway,
+    MemoryStream,
     hello_app,
     memory_pipe,
     read_until,
@@ -108,15 +110,31 @@ def test_close_frames_say_1001_masked_only_towards_the_app() -> None:
         assert Close.parse(sent.data).code == CloseCode.GOING_AWAY
 
 
-async def _goodbye_scenario(half: bytes, rest: bytes) -> tuple[bytes, bytes, bytes]:
-    """Splice with a frame half-sent each way; shut down; finish the frames."""
+@dataclasses.dataclass
+class Spliced:
+    """A running splice: the browser's and the app's far ends, and its shutdown signal."""
+
+    browser: MemoryStream
+    app: MemoryStream
+    going_away: asyncio.Event
+    task: asyncio.Task[None]
+
+
+def start_splice() -> Spliced:
     browser, relay_client = memory_pipe("browser", "relay-client")
     relay_app, app = memory_pipe("relay-app", "app")
     going_away = asyncio.Event()
-    spliced = asyncio.create_task(
+    task = asyncio.create_task(
         splice(relay_client, relay_app, idle_timeout_s=60, counter=Counter(),
                going_away=going_away)
     )  # fmt: skip
+    return Spliced(browser, app, going_away, task)
+
+
+async def _goodbye_scenario(half: bytes, rest: bytes) -> tuple[bytes, bytes, bytes]:
+    """Splice with a frame half-sent each way; shut down; finish the frames."""
+    spliced = start_splice()
+    browser, app, going_away = spliced.browser, spliced.app, spliced.going_away
     await app.send_all(half)
     first = await browser.receive()  # the half frame went through before shutdown
     going_away.set()
@@ -126,7 +144,7 @@ async def _goodbye_scenario(half: bytes, rest: bytes) -> tuple[bytes, bytes, byt
     await browser.send_all(frame(b"from browser", masked=True))
     to_browser = first + await read_until_eof(browser)
     to_app = await read_until_eof(app)
-    await spliced
+    await spliced.task
     return first, to_browser, to_app
 
 
@@ -145,18 +163,12 @@ def test_shutdown_finishes_the_frame_in_flight_then_says_going_away_both_ways() 
 
 def test_a_splice_that_ends_by_itself_needs_no_goodbye() -> None:
     async def scenario() -> bytes:
-        browser, relay_client = memory_pipe("browser", "relay-client")
-        relay_app, app = memory_pipe("relay-app", "app")
-        going_away = asyncio.Event()
-        spliced = asyncio.create_task(
-            splice(relay_client, relay_app, idle_timeout_s=60, counter=Counter(),
-                   going_away=going_away)
-        )  # fmt: skip
-        await app.send_all(frame(b"bye"))
-        await app.send_eof()
-        await browser.send_eof()
-        received = await read_until_eof(browser)
-        await spliced  # ends although going_away is never set
+        spliced = start_splice()
+        await spliced.app.send_all(frame(b"bye"))
+        await spliced.app.send_eof()
+        await spliced.browser.send_eof()
+        received = await read_until_eof(spliced.browser)
+        await spliced.task  # ends although going_away is never set
         return received
 
     assert run(scenario()) == frame(b"bye")

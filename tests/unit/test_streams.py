@@ -1,9 +1,13 @@
-"""``ReaderWriterStream`` on a real loopback socket: how it ends a connection.
+"""``ReaderWriterStream``: when it waits to drain, and how it ends a connection.
 
-The relay's other tests use memory pipes; what is tested here is the socket
-underneath: a stream closed (or aborted) while the peer reads nothing must
-not keep its descriptor and queued bytes for ever. Plain functions driving
-asyncio under a hard deadline, as in ``test_relay``.
+Draining: the writers are small recording classes shaped like asyncio's
+``StreamWriter`` (a ``transport``) and asyncssh's ``SSHWriter`` (a
+``channel``); a stream waits only when something is left unsent.
+
+Ending: on a real loopback socket (the relay's other tests use memory pipes),
+a stream closed (or aborted) while the peer reads nothing must not keep its
+descriptor and queued bytes for ever. Plain functions driving asyncio under a
+hard deadline, as in ``test_relay``.
 """
 
 from __future__ import annotations
@@ -104,3 +108,78 @@ def test_aborted_stream_is_reset_at_once() -> None:
         await pair.aclose()
 
     run(scenario())
+
+
+# --- when to drain ---------------------------------------------------------------------------
+
+
+class Reader:
+    async def read(self, n: int = -1) -> bytes:
+        return b""
+
+
+class Buffer:
+    """What holds unsent bytes: an asyncio transport or an SSH channel."""
+
+    def __init__(self) -> None:
+        self.unsent = 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+
+class Writer:
+    """A writer with neither a transport nor a channel: always drains."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    async def drain(self) -> None:
+        return None
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class TcpWriter(Writer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport = Buffer()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.transport if name == "transport" else default
+
+
+class SshWriter(Writer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.channel = Buffer()
+
+
+def test_tcp_and_ssh_writers_drain_only_with_bytes_unsent() -> None:
+    for writer in (TcpWriter(), SshWriter()):
+        stream = ReaderWriterStream(Reader(), writer, label="test")
+        buffer = writer.transport if isinstance(writer, TcpWriter) else writer.channel
+        assert stream.must_drain() is False
+        buffer.unsent = 1
+        assert stream.must_drain() is True
+
+
+def test_a_writer_without_a_buffer_to_look_at_always_drains() -> None:
+    stream = ReaderWriterStream(Reader(), Writer(), label="test")
+    assert stream.must_drain() is True

@@ -124,11 +124,13 @@ class _Handover(asyncio.Protocol):
         self._ssh = ssh
         self._quick_acks_left = quick_ack_reads
         self._transport: asyncio.Transport | None = None
+        self._socket: Any = None  # the transport's socket (uvloop: a socket-like object)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A socket transport (uvloop's do not subclass asyncio.Transport).
         stream = cast(asyncio.Transport, transport)
         self._transport = stream
+        self._socket = stream.get_extra_info("socket")
         if self._quick_acks_left <= 0:
             stream.set_protocol(self._ssh)
         self._ssh.connection_made(CoalescingTransport(stream))
@@ -136,9 +138,8 @@ class _Handover(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
         self._quick_acks_left -= 1
-        sock = self._transport.get_extra_info("socket")
         with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         if self._quick_acks_left <= 0:
             self._transport.set_protocol(self._ssh)
         self._ssh.data_received(data)

@@ -331,8 +331,18 @@ async def websocket_to(
     nursery: trio.Nursery, router: Router, name: str, resource: str = "/ws"
 ) -> trio_websocket.WebSocketConnection:
     """A WebSocket to ``resource`` on NAME.DOMAIN through the router's HTTPS front door."""
+    _, websocket = await websocket_and_stream(nursery, router, name, resource)
+    return websocket
+
+
+async def websocket_and_stream(
+    nursery: trio.Nursery, router: Router, name: str, resource: str = "/ws"
+) -> tuple[trio.SSLStream[trio.SocketStream], trio_websocket.WebSocketConnection]:
+    """``websocket_to``, and its TLS stream for the test to close: trio-websocket
+    leaves the stream open when the peer ends the connection first."""
     stream = await router.open_tls(name)
-    return await trio_websocket.wrap_client_stream(
+    websocket = await trio_websocket.wrap_client_stream(
         nursery, stream, f"{name}.{router.domain}:{router.https_port}", resource,
         max_message_size=16 * 1024 * 1024,
     )  # fmt: skip
+    return stream, websocket

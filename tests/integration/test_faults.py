@@ -14,7 +14,14 @@ import pytest
 import trio
 import trio_websocket
 
-from .conftest import START_TIMEOUT_S, LoggedProcess, Router, Stack, World
+from .conftest import (
+    START_TIMEOUT_S,
+    LoggedProcess,
+    Router,
+    Stack,
+    World,
+    websocket_and_stream,
+)
 from .raw_http import read_to_eof
 
 # Recovery bounds asserted below: generous for a loaded 2-core machine, far
@@ -31,25 +38,13 @@ async def _read_until(stream: trio.abc.Stream, marker: bytes, received: bytes = 
     return received
 
 
-async def _websocket(
-    stack: Stack, router: Router, name: str
-) -> tuple[trio.SSLStream[trio.SocketStream], trio_websocket.WebSocketConnection]:
-    """A WebSocket to /ws and its stream, which the test closes: trio-websocket
-    leaves the stream open when the peer ends the connection first."""
-    stream = await router.open_tls(name)
-    websocket = await trio_websocket.wrap_client_stream(
-        stack.nursery, stream, f"{name}.{router.domain}", "/ws"
-    )
-    return stream, websocket
-
-
 async def test_sigterm_drains_requests_closes_websockets_with_1001_and_exits_0(
     world: World,
 ) -> None:
     stack, router = world.stack, world.router
     await stack.openssh_tunnel(router, world.key, "drain", world.app.port)
 
-    websocket_stream, websocket = await _websocket(stack, router, "drain")
+    websocket_stream, websocket = await websocket_and_stream(stack.nursery, router, "drain")
     await websocket.send_message("before")
     assert await websocket.get_message() == "before"
 
@@ -100,7 +95,7 @@ async def test_router_killed_mid_traffic_is_back_serving_within_seconds(world: W
     stack, router = world.stack, world.router
     listener = await stack.listener(router, world.key, world.app.port, "--name", "phoenix")
     await listener.wait_for(r"event=tunnel_up name=phoenix ")
-    websocket_stream, websocket = await _websocket(stack, router, "phoenix")
+    websocket_stream, websocket = await websocket_and_stream(stack.nursery, router, "phoenix")
     events = await router.open_tls("phoenix")
     await events.send_all(b"GET /events HTTP/1.1\r\nHost: phoenix.localhost\r\n\r\n")
     await _read_until(events, b"data: event 3")

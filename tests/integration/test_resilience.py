@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio_websocket
 
-from .conftest import World
+from .conftest import World, websocket_and_stream
 
 
 async def test_listener_reconnects_after_router_restart_and_keeps_its_name(
@@ -126,10 +126,7 @@ async def test_tunnel_client_killed_mid_response_cuts_it_short_without_a_traceba
     size = 256 * 1024 * 1024
     async with trio.open_nursery() as nursery:
         # The TLS stream is ours to close: trio-websocket leaves it open when the peer drops.
-        tls = await router.open_tls("victim")
-        ws = await trio_websocket.wrap_client_stream(
-            nursery, tls, f"victim.localhost:{router.https_port}", "/ws"
-        )
+        tls, ws = await websocket_and_stream(nursery, router, "victim")
         with trio.fail_after(60):
             await ws.send_message("before")
             assert await ws.get_message() == "before"

@@ -210,6 +210,16 @@ def render_rows(results: dict[str, Any]) -> list[str]:
             f"p99 {_fmt(_ratio(h['p99_ms'], n['p99_ms']), 2, X)}, "
             f"bulk {_fmt(_ratio(h['mb_s'], n['mb_s']), 2, X)}.",
         ]
+    c, o = m.get("pipe-ceiling", {}), m.get(OPENSSH, {})
+    if c and o and anchor:
+        lines += [
+            "",
+            "Ceiling: with no HTTP work at all, asyncssh piping reaches "
+            f"{_fmt(_ratio(c['rps'], anchor.get('rps')), 2, X)} of the anchor's req/s at "
+            f"{_fmt(c['router_cpu_us'])} µs of router CPU per request; the full router "
+            f"(hostmux + OpenSSH) reaches {_fmt(_ratio(o['rps'], c['rps']), 2, X)} of that "
+            f"ceiling at {_fmt(o['router_cpu_us'])} µs.",
+        ]
     lines += ["", "Rows:"]
     lines += [f"- **{ROWS[n].label}** (`{n}`): {ROWS[n].description}" for n in order]
     lines += ["", "## Goals", ""]

@@ -464,6 +464,38 @@ def _hostmux_authhelper(ctx: RowContext) -> Plan:
     )
 
 
+def _pipe_ceiling(ctx: RowContext) -> Plan:
+    """No HTTP at all: ``pipe_router.py`` pipes each connection into a channel."""
+    state = ctx.work / "pipe"
+    state.mkdir(exist_ok=True)
+    host_key, client_key = state / "host_key", state / "client_key"
+    keygen(host_key)
+    keygen(client_key)
+    authorized = state / "authorized_keys"
+    authorized.write_text(client_key.with_name("client_key.pub").read_text())
+    ssh, http = ctx.port("pipe-ssh"), ctx.port("pipe-http")
+    router = ctx.procs.spawn(
+        "pipe-router",
+        [
+            sys.executable, PROJECT / "bench" / "pipe_router.py",
+            "--ssh-port", ssh, "--http-port", http,
+            "--host-key", host_key, "--authorized-keys", authorized,
+        ],
+        cwd=ctx.bench.code,
+        wait_for=[ssh, http],
+    )  # fmt: skip
+    known_hosts = state / "known_hosts"
+    known_hosts.write_text(pin_line(ssh, host_key.with_name("host_key.pub")))
+    client = openssh_reverse(
+        ssh, client_key, known_hosts, f"{TUNNEL_NAME}:80:127.0.0.1:{ctx.bench.backend_port}",
+        TUNNEL_NAME,
+    )  # fmt: skip
+    return Plan(
+        url=f"http://127.0.0.1:{http}", host=HOST, router=[router], router_tree=False,
+        client=client, logs=[router.log_file],
+    )  # fmt: skip
+
+
 ROWS: dict[str, Row] = {
     row.name: row
     for row in (
@@ -526,6 +558,15 @@ ROWS: dict[str, Row] = {
             "in front of the backend, requests carrying a valid session cookie "
             "(router and helper CPU and memory counted together)",
             _hostmux_authhelper,
+        ),
+        Row(
+            "pipe-ceiling",
+            "ceiling: asyncssh pipe, no HTTP",
+            "not a product: `bench/pipe_router.py` holds the forward as the router does "
+            "(asyncssh, same ciphers, window, coalesced writes, uvloop) but pipes each "
+            "connection into a channel with no HTTP work at all, + OpenSSH `ssh -R`: "
+            "the most any Python router on asyncssh can reach here",
+            _pipe_ceiling,
         ),
     )
 }

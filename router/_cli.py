@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import resource
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +19,18 @@ from ._server import run_router
 _YOUNG_GC_THRESHOLD = 10_000
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit to the hard one, as nginx's worker_rlimit_nofile
+    and Go's runtime do: every tunnel and browser connection is a file, and the
+    usual soft default (1,024) would cap a router near a thousand tunnels."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        # (an infinite hard limit above the kernel's nr_open is refused: keep the soft one)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
@@ -24,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hostmux-router: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    raise_open_files_limit()
     # What is loaded by now (the modules: asyncssh, cryptography, h11...) lives as
     # long as the process: keep it out of the collector's full scans, which took
     # ~20 ms of CPU each under load without this (a request waits behind one).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -42,6 +43,8 @@ T = TypeVar("T")
 
 # How often expired name reservations are forgotten (bounds route-table memory).
 _SWEEP_INTERVAL_S = 60.0
+# Files a router holds besides browser connections: listeners, logs, and some tunnels.
+_FILES_BESIDES_CONNECTIONS = 1024
 
 
 @dataclass(frozen=True)
@@ -192,14 +195,24 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
             first = bound["https"][0] if bound["https"] else bound["http"][0]
             hub.set_public_port(scheme, int(first.rsplit(":", 1)[1]))
 
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         log.info(
             fields(
                 "router_ready", domain=config.domain, ssh=",".join(bound["ssh"]),
                 https=",".join(bound["https"]) or None, http=",".join(bound["http"]) or None,
                 host_key=state.host_key_fingerprint, ca=state.ca_cert,
                 pid=os.getpid(), one_port=",".join(bound.get("one_port", [])) or None,
+                open_files=open_files,
             )
         )  # fmt: skip
+        if open_files < config.max_connections + _FILES_BESIDES_CONNECTIONS:
+            log.warning(
+                fields(
+                    "open_files_limit_low", open_files=open_files,
+                    max_connections=config.max_connections,
+                    hint="raise the hard limit (systemd: LimitNOFILE=) above max_connections",
+                )
+            )  # fmt: skip
         _print_welcome(config, bound, state, hub)
         async with asyncio.TaskGroup() as tg:
             background = [tg.create_task(_sweep_reservations(hub))]

@@ -205,7 +205,11 @@ def parse_args() -> argparse.Namespace:
         help="hostmux routers' log level (info: one access-log line per request)",
     )
     p.add_argument("--no-scale", action="store_true", help="skip the scale benchmark")
-    p.add_argument("--scale-steps", help="tunnel counts (default 1,100,1000,10000; quick: 1,100)")
+    p.add_argument(
+        "--scale-steps",
+        help="tunnel counts (default 1,100,1000,10000,stretch; quick: 1,100); stretch: 100,000 "
+        "or what the open-files hard limit allows",
+    )
     p.add_argument(
         "--keepalive-connections",
         type=int,
@@ -230,9 +234,7 @@ def parse_args() -> argparse.Namespace:
     args.bulk_bytes = (args.bulk_mib or (10 if quick else 100)) << 20
     args.bulk_name = install.bulk_name(args.bulk_bytes)
     args.bulk_count = max(1, min(args.bulk_count or (1 if quick else 3), 10))
-    args.scale_steps = tuple(
-        int(s) for s in (args.scale_steps or ("1,100" if quick else "1,100,1000,10000")).split(",")
-    )
+    args.scale_steps = args.scale_steps or ("1,100" if quick else "1,100,1000,10000,stretch")
     if args.keepalive_connections is None:
         args.keepalive_connections = 100 if quick else 10_000
     if args.profile is None:
@@ -308,10 +310,10 @@ def main() -> int:
                 results["profile"] = profile_pass(bench, work / "profile", args.out, args)
                 say(f"  {results['profile'].get('error') or 'ok'}")
             if not args.no_scale:
-                from scale import ScaleOptions, run_scale
+                from scale import ScaleOptions, parse_steps, run_scale
 
                 opts = ScaleOptions(
-                    steps=args.scale_steps,
+                    steps=parse_steps(args.scale_steps, raise_nofile_limit()[1]),
                     wrk_duration_s=2 if args.quick else 5,
                     keepalive_connections=args.keepalive_connections,
                 )

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
-from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from router._ssh_transport import CoalescingConnector
-from router._wss import WssConnector
 
 from ._proxy import HttpConnectTunnel, proxy_for
 
@@ -112,16 +110,10 @@ class TunnelSession:
         spec = self._spec
         client = _PinningClient(spec.fingerprints)
         # Plain TCP: one socket write per loop turn, not one per SSH packet.
-        tunnel: object = CoalescingConnector()
-        proxy = proxy_for(spec.host) if spec.transport == "ssh" else None
-        if proxy is not None:
-            tunnel = HttpConnectTunnel(proxy)  # HTTPS-only egress: CONNECT, then SSH
-        if spec.transport == "wss":
-            context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
-            tunnel = WssConnector(
-                spec.wss_url, ssl_context=context, headers=dict(spec.wss_headers),
-                open_timeout_s=spec.connect_timeout_s,
-            )  # fmt: skip
+        tunnel, foreign_errors = _tunnel_for(spec)
+        failures: tuple[type[BaseException], ...] = (
+            asyncssh.Error, OSError, TimeoutError, *foreign_errors,
+        )  # fmt: skip
         try:
             self._conn = await asyncssh.connect(
                 spec.host,
@@ -147,7 +139,7 @@ class TunnelSession:
             raise TunnelError(
                 "the router refused our key (is it in its authorized_keys?)"
             ) from None
-        except (asyncssh.Error, OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except failures as exc:
             raise TunnelError(f"cannot connect ({spec.transport}): {_describe(exc)}") from None
         conn = self._conn
         try:
@@ -198,6 +190,30 @@ class TunnelSession:
         if not isinstance(report, dict):
             raise TunnelError(f"the router answered {command!r} with {type(report).__name__}")
         return report
+
+
+def _tunnel_for(spec: TunnelSpec) -> tuple[object, tuple[type[Exception], ...]]:
+    """What asyncssh connects through, and the errors of its own that it may raise.
+
+    The WebSocket transport (and the websockets package, ~20 ms of imports) is
+    loaded only when used: a listener's start-up is part of a tunnel's set-up time.
+    """
+    if spec.transport == "wss":
+        from websockets.exceptions import InvalidHandshake, InvalidURI
+
+        from router._wss import WssConnector
+
+        context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
+        connector = WssConnector(
+            spec.wss_url, ssl_context=context, headers=dict(spec.wss_headers),
+            open_timeout_s=spec.connect_timeout_s,
+        )  # fmt: skip
+        return connector, (InvalidHandshake, InvalidURI)
+    proxy = proxy_for(spec.host)
+    if proxy is not None:
+        return HttpConnectTunnel(proxy), ()  # HTTPS-only egress: CONNECT, then SSH
+    # Plain TCP: one socket write per loop turn, not one per SSH packet.
+    return CoalescingConnector(), ()
 
 
 def _describe(exc: BaseException) -> str:

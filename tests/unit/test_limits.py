@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
+
 from router._limits import ConnectionCounts, FailureLimiter
 
 
@@ -52,3 +56,23 @@ def test_failures_spend_tokens_that_refill() -> None:
     for _ in range(3):  # refilled to the burst, not beyond
         limiter.failed("10.0.0.1")
     assert not limiter.allowed("10.0.0.1")
+
+
+def test_the_router_raises_its_open_files_soft_limit_to_the_hard_one() -> None:
+    """A router started under the usual soft limit (1,024 and less) would fail
+    near that many tunnels: it raises the soft limit itself, as nginx does."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+
+    def start_low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    script = (
+        "import resource; from router._cli import raise_open_files_limit; "
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], raise_open_files_limit())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], preexec_fn=start_low, capture_output=True, text=True,
+        check=True, timeout=30,
+    ).stdout.split()  # fmt: skip
+    assert [int(n) for n in out] == [low, hard]

@@ -1,0 +1,634 @@
+"""Sans-IO HTTP/1.1 connections on llhttp (via httptools): the relay's hot path.
+
+One class, ``Http1Connection``, in either role: as the SERVER (the browser's
+side) it parses requests and serialises responses, as the CLIENT (the app's
+side) it serialises requests and parses responses. Its API is the part of h11's
+``Connection`` the relay uses: ``receive_data``, ``next_event``, ``send``,
+``our_state`` / ``their_state``, ``start_next_cycle`` and ``trailing_data``.
+The events, states and errors are in ``_http1_events``.
+
+Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
+
+1. Framing: Content-Length or chunked (trailers are checked, then dropped); a
+   request with neither has no body. Content-Length with Transfer-Encoding, a
+   repeated Content-Length, bad chunk sizes, obs-fold, bare CR or LF, control
+   characters, and whitespace in or around header names are 400
+   (RemoteProtocolError); a Transfer-Encoding other than ``chunked`` is 501.
+2. Versions: HTTP/1.0 and 1.1 (2.0 is parsed for the relay to refuse with
+   505; other versions are 505 here, a request line without one 400). An
+   HTTP/1.1 request has exactly one Host (else 400). The request line is
+   ``method SP target SP version``: the runs of spaces llhttp tolerates are 400.
+3. Limits: a request head still unfinished after ``max_head_bytes`` is 431, a
+   target over ``max_target_bytes`` 414. Bytes are counted as they are fed:
+   nothing is buffered beyond the limit plus one read.
+4. Pipelining: what is fed is parsed at once; the events are handed out one
+   request at a time (``PAUSED`` until the cycle ends), and an error in a later
+   request is raised only once that request is reached.
+5. Keep-alive: ``Connection: close`` on either message, an HTTP/1.0 request
+   without ``keep-alive``, or a body that ends at EOF make both sides
+   MUST_CLOSE once the cycle is done.
+6. Upgrades: parsing pauses after a request asking for one (Connection: upgrade
+   and Upgrade, or CONNECT). A 101 sent back switches protocols, and the bytes
+   after the request are ``trailing_data``; any other response resumes HTTP at
+   the next cycle. (An upgrade request with a chunked body is 400.)
+7. Responses: 1xx, 204 and 304 responses, and responses to HEAD, have no
+   body; one with neither Content-Length nor chunked ends at EOF. ``send``
+   frames responses as h11 does: chunked when the length is unknown (read
+   until close for HTTP/1.0), with ``Connection: close`` when the connection
+   will end, and ``Connection: keep-alive`` for an HTTP/1.0 peer when it won't.
+8. ``send`` refuses (LocalProtocolError) an event out of turn, a body where
+   none is allowed, and more or less data than Content-Length said. It does
+   not check header syntax: build headers from elsewhere with ``checked_headers``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
+
+from ._http1_events import (
+    CONNECTION_CLOSED,
+    END_OF_MESSAGE,
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    Event,
+    Headers,
+    InformationalResponse,
+    LocalProtocolError,
+    Pending,
+    RemoteProtocolError,
+    Request,
+    Response,
+    Role,
+    State,
+)
+
+# h11's default for an unfinished head; the relay sets its own for browsers.
+DEFAULT_MAX_HEAD_BYTES = 16 * 1024
+
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "2.0": b"2.0"}
+# llhttp's reasons for a transfer coding it does not read as chunked: h11 says 501.
+_UNSUPPORTED_CODING = ("Transfer-Encoding` header value", "invalid `Transfer-Encoding`")
+_NO_BODY_STATUSES = frozenset({204, 304})
+_OWS = b" \t"
+# Parser modes.
+_PARSING, _MANUAL_BODY, _PAUSED, _DEAD = range(4)
+# Outgoing body framings.
+_LENGTH, _CHUNKED, _UNTIL_CLOSE = range(3)
+
+
+class _Stop(Exception):
+    """Raised in a callback to stop llhttp at the end of a head (101, HEAD responses)."""
+
+
+class Http1Connection:
+    """One HTTP/1.1 connection's protocol state, in the SERVER or CLIENT role.
+
+    Feed what arrives with ``receive_data`` (``b""`` at EOF), take events with
+    ``next_event`` until it returns ``NEED_DATA`` (or ``PAUSED``: this cycle is
+    over on their side), and turn events into bytes with ``send``.
+    """
+
+    __slots__ = (
+        "_body_in_feed", "_content_length", "_counting", "_data", "_eof", "_events", "_failure",
+        "_head_bytes", "_headers", "_heads_in_feed", "_hosts", "_in_head", "_in_message",
+        "_informational", "_infos", "_keep_alive", "_line_carry", "_line_from", "_line_unknown",
+        "_manual_left", "_max_head", "_max_target", "_mode", "_out_framing", "_out_left",
+        "_parser", "_progress", "_raw", "_reason", "_request_method", "_server", "_skip_end",
+        "_stalled", "_stopping", "_tail", "_te", "_their_version", "_until_close", "_upgrade",
+        "_url", "our_role", "our_state", "their_state",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        max_target_bytes: int | None = None,
+    ) -> None:
+        self.our_role = role
+        self.our_state = State.IDLE
+        self.their_state = State.IDLE
+        self._server = role is Role.SERVER
+        self._max_head = max_head_bytes
+        self._max_target = max_head_bytes if max_target_bytes is None else max_target_bytes
+        self._events: deque[Event | RemoteProtocolError] = deque()
+        # Per parsed head, in order: (keep-alive, upgrade requested).
+        self._infos: deque[tuple[bool, bool]] = deque()
+        self._parser: HttpRequestParser | HttpResponseParser = self._new_parser()
+        self._mode = _PARSING
+        self._raw = b""  # bytes not parsed (after an upgrade or a stop), or those of an error
+        self._eof = False
+        self._failure: RemoteProtocolError | None = None  # raised by a callback
+        self._stopping = False
+        self._data = b""  # the bytes being fed (for the request-line check)
+        self._line_from = 0
+        self._line_carry: list[bytes] = []  # earlier bytes of an unfinished request head
+        self._line_unknown = False  # some of those bytes were let go
+        self._tail = b""  # the last bytes of an unfinished response head
+        self._stalled = 0  # bytes fed mid-body without any progress (trailer floods)
+        self._progress = False
+        self._heads_in_feed = 0
+        self._body_in_feed = False
+        self._manual_left = 0
+        self._skip_end = False
+        self._until_close = False
+        self._informational = False
+        self._begin_message()
+        self._in_message = False
+        self._in_head = False
+        # The current cycle.
+        self._keep_alive = True
+        self._upgrade = False
+        self._request_method: bytes | None = None
+        self._their_version: bytes | None = None
+        self._out_framing = _LENGTH
+        self._out_left = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Http1Connection {self.our_role.value} ours={self.our_state.value}"
+            f" theirs={self.their_state.value} queued={len(self._events)}>"
+        )
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received but not parsed: after a 101, or the read that failed to parse."""
+        return self._raw
+
+    # -- receiving -----------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the peer; ``b""`` means it closed its side."""
+        if not data:
+            self._eof = True
+            if self._until_close and self._in_message:
+                self._in_message = self._until_close = False
+                self._events.append(END_OF_MESSAGE)
+            return
+        mode = self._mode
+        if mode == _PARSING:
+            self._feed(data)
+        elif mode == _MANUAL_BODY:
+            self._feed_manual_body(data)
+        elif mode == _PAUSED:
+            self._raw += data  # the relay reads no more than one read ahead
+
+    def next_event(self) -> Event | Pending:
+        """The next event, NEED_DATA, or PAUSED (their message of this cycle is complete).
+
+        Raises RemoteProtocolError for what cannot be parsed, once it is reached.
+        """
+        their = self.their_state
+        if their is State.DONE or their is State.MUST_CLOSE or their is State.SWITCHED_PROTOCOL:
+            return PAUSED
+        if their is State.ERROR:
+            raise RemoteProtocolError("the peer's previous message could not be parsed")
+        if not self._events:
+            if not self._eof:
+                return NEED_DATA
+            if self._in_message or their is State.SEND_BODY or their is State.SEND_RESPONSE:
+                self.their_state = State.ERROR
+                raise RemoteProtocolError("the peer closed the connection mid-message")
+            self.their_state = State.CLOSED
+            return CONNECTION_CLOSED
+        event = self._events.popleft()
+        if isinstance(event, Data):
+            return event
+        if isinstance(event, EndOfMessage):
+            self.their_state = State.DONE if self._keep_alive else State.MUST_CLOSE
+        elif isinstance(event, Request):
+            self.their_state = State.SEND_BODY
+            self.our_state = State.SEND_RESPONSE
+            keep_alive, self._upgrade = self._infos.popleft()
+            self._request_method = event.method
+            self._their_version = event.http_version
+            if not keep_alive:
+                self._disable_keep_alive()
+        elif isinstance(event, Response):
+            self.their_state = State.SEND_BODY
+            keep_alive, _ = self._infos.popleft()
+            if not keep_alive:
+                self._disable_keep_alive()
+        elif isinstance(event, InformationalResponse):
+            if event.status_code == 101:
+                self.our_state = self.their_state = State.SWITCHED_PROTOCOL
+        elif isinstance(event, RemoteProtocolError):
+            self.their_state = State.ERROR
+            raise event
+        return event
+
+    def start_next_cycle(self) -> None:
+        """Both messages of this cycle are done: get ready for the next request."""
+        if self.our_state is not State.DONE or self.their_state is not State.DONE:
+            raise LocalProtocolError(
+                f"not reusable: ours {self.our_state.value}, theirs {self.their_state.value}"
+            )
+        self.our_state = self.their_state = State.IDLE
+        self._keep_alive = True
+        self._upgrade = False
+        self._request_method = self._their_version = None
+        if self._mode == _PAUSED:  # after a declined upgrade, or the head of a HEAD response
+            self._mode = _PARSING
+            self._parser = self._new_parser()
+            raw, self._raw = self._raw, b""
+            if raw:
+                self._feed(raw)
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, event: Event) -> bytes:
+        """The bytes for ``event``; LocalProtocolError if it may not be sent now."""
+        kind = type(event)
+        if kind is Data:
+            assert isinstance(event, Data)
+            return self._send_data(event.data)
+        if kind is EndOfMessage:
+            return self._send_end()
+        if self._server:
+            if kind is Response:
+                assert isinstance(event, Response)
+                return self._send_response(event)
+            if kind is InformationalResponse:
+                assert isinstance(event, InformationalResponse)
+                return self._send_informational(event)
+        elif kind is Request:
+            assert isinstance(event, Request)
+            return self._send_request(event)
+        raise LocalProtocolError(f"a {self.our_role.value} cannot send {kind.__name__}")
+
+    def _send_request(self, request: Request) -> bytes:
+        if self.our_state is not State.IDLE:
+            raise LocalProtocolError(f"cannot send a request in state {self.our_state.value}")
+        parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+        framing, left, keep_alive = _LENGTH, 0, True
+        for name, value in request.headers:
+            parts += (name, b": ", value, b"\r\n")
+            if name == b"content-length":
+                left = _length_to_send(value)
+            elif name == b"transfer-encoding":
+                framing = _CHUNKED
+            elif name == b"connection" and b"close" in _tokens(value):
+                keep_alive = False
+        parts.append(b"\r\n")
+        self._out_framing, self._out_left = framing, left
+        self._request_method = request.method
+        self.our_state = State.SEND_BODY
+        if self.their_state is State.IDLE:
+            self.their_state = State.SEND_RESPONSE
+        if not keep_alive:
+            self._disable_keep_alive()
+        return b"".join(parts)
+
+    def _send_informational(self, response: InformationalResponse) -> bytes:
+        if self.our_state is not State.SEND_RESPONSE:
+            raise LocalProtocolError(f"cannot send a 1xx in state {self.our_state.value}")
+        if response.status_code == 101:
+            if not self._upgrade:
+                raise LocalProtocolError("101 without an upgrade request")
+            self.our_state = self.their_state = State.SWITCHED_PROTOCOL
+        return _head(b"HTTP/1.1 %d %s\r\n" % (response.status_code, response.reason),
+                     response.headers)  # fmt: skip
+
+    def _send_response(self, response: Response) -> bytes:
+        if self.our_state is not State.SEND_RESPONSE and self.our_state is not State.IDLE:
+            raise LocalProtocolError(f"cannot send a response in state {self.our_state.value}")
+        status = response.status_code
+        headers = response.headers
+        method = self._request_method
+        length: int | None = None
+        chunked = closes = False
+        for name, value in headers:
+            if name == b"content-length":
+                length = _length_to_send(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection" and b"close" in _tokens(value):
+                closes = True
+        need_close = False
+        framing, left = _LENGTH, 0
+        if status not in _NO_BODY_STATUSES:
+            if chunked or length is None:  # length unknown: as h11 frames it
+                headers = [h for h in headers if h[0] not in _FRAMING]
+                if self._their_version == b"1.1":
+                    headers.append((b"Transfer-Encoding", b"chunked"))
+                    framing = _CHUNKED
+                else:
+                    framing = _UNTIL_CLOSE
+                    need_close = method != b"HEAD"
+            else:
+                left = length
+            if method == b"HEAD":
+                framing, left = _LENGTH, 0
+        if not self._keep_alive or need_close:
+            tokens = {b"close"}
+            for name, value in headers:
+                if name == b"connection":
+                    tokens.update(_tokens(value))
+            tokens.discard(b"keep-alive")
+            headers = [h for h in headers if h[0] != b"connection"]
+            headers += [(b"Connection", token) for token in sorted(tokens)]
+            closes = True
+        elif self._their_version == b"1.0" and not closes:
+            headers = [*headers, (b"Connection", b"keep-alive")]  # HTTP/1.0 closes by default
+        self._out_framing, self._out_left = framing, left
+        self.our_state = State.SEND_BODY
+        self._upgrade = False  # declined, if it was asked for
+        if closes:
+            self._disable_keep_alive()
+        return _head(b"HTTP/1.1 %d %s\r\n" % (status, response.reason), headers)
+
+    def _send_data(self, data: bytes) -> bytes:
+        if self.our_state is not State.SEND_BODY:
+            raise LocalProtocolError(f"cannot send data in state {self.our_state.value}")
+        framing = self._out_framing
+        if framing == _LENGTH:
+            if len(data) > self._out_left:
+                raise LocalProtocolError("more data than Content-Length (or a body where none is)")
+            self._out_left -= len(data)
+            return data
+        if framing == _CHUNKED:
+            return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        return data
+
+    def _send_end(self) -> bytes:
+        if self.our_state is not State.SEND_BODY:
+            raise LocalProtocolError(f"cannot end a message in state {self.our_state.value}")
+        if self._out_framing == _LENGTH and self._out_left:
+            raise LocalProtocolError("less data than Content-Length")
+        self.our_state = State.DONE if self._keep_alive else State.MUST_CLOSE
+        return b"0\r\n\r\n" if self._out_framing == _CHUNKED else b""
+
+    def _disable_keep_alive(self) -> None:
+        self._keep_alive = False
+        if self.our_state is State.DONE:
+            self.our_state = State.MUST_CLOSE
+        if self.their_state is State.DONE:
+            self.their_state = State.MUST_CLOSE
+
+    # -- parsing -------------------------------------------------------------
+
+    def _new_parser(self) -> HttpRequestParser | HttpResponseParser:
+        if self._server:
+            return HttpRequestParser(self)
+        return HttpResponseParser(self)
+
+    def _feed(self, data: bytes) -> None:
+        continuing_head = self._in_head
+        if continuing_head:
+            self._head_bytes += len(data)
+        self._counting = False
+        self._progress = self._body_in_feed = False
+        self._heads_in_feed = 0
+        self._data = data
+        self._line_from = 0
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._after_upgrade(data[upgrade.args[0] :])
+            return
+        except HttpParserError as exc:
+            if self._stopping:
+                self._after_stop(data, continuing_head)
+            else:
+                self._fail_feed(data, self._failure or _remote_error(str(exc)))
+            return
+        finally:
+            self._data = b""
+        if self._in_head:
+            if self._head_bytes > self._max_head:
+                self._fail_feed(data, RemoteProtocolError("the head is too large", 431))
+            elif self._server:
+                self._line_carry.append(data)
+                if _keep_last(self._line_carry, self._max_target + 64):
+                    self._line_unknown = True
+            else:
+                self._tail = (self._tail + data)[-3:]
+        elif self._in_message and not self._progress:
+            # Mid-body and nothing came of it: a chunk extension or trailer that never ends.
+            self._stalled += len(data)
+            if self._stalled > self._max_head:
+                self._fail_feed(data, RemoteProtocolError("no progress in the body", 400))
+        else:
+            self._stalled = 0
+
+    def _fail_feed(self, data: bytes, failure: RemoteProtocolError) -> None:
+        self._events.append(failure)
+        self._mode = _DEAD
+        self._raw = data
+        self._in_message = self._until_close = False
+
+    def _after_upgrade(self, rest: bytes) -> None:
+        """llhttp stopped after a request asking for an upgrade: parsing pauses."""
+        self._in_message = self._in_head = False
+        self._mode = _PAUSED
+        if self._manual_left:
+            self._mode = _MANUAL_BODY
+            self._in_message = True
+            self._feed_manual_body(rest)
+        else:
+            self._raw = rest
+
+    def _feed_manual_body(self, data: bytes) -> None:
+        """The Content-Length body of an upgrade request (llhttp skips those)."""
+        body = data[: self._manual_left]
+        self._manual_left -= len(body)
+        if body:
+            self._events.append(Data(body))
+        if not self._manual_left:
+            self._events.append(END_OF_MESSAGE)
+            self._in_message = self._skip_end = False
+            self._mode = _PAUSED
+            self._raw = data[len(body) :]
+
+    def _after_stop(self, data: bytes, continuing_head: bool) -> None:
+        """A callback stopped llhttp at the end of a head: the rest is not parsed."""
+        self._stopping = False
+        self._in_message = self._in_head = False
+        self._mode = _PAUSED
+        carry = self._tail if continuing_head else b""
+        if self._body_in_feed:  # the end of the head cannot be told from a body's bytes
+            self._fail_feed(data, RemoteProtocolError("a response after a body in one read"))
+            return
+        buffer = carry + data
+        at = -4
+        for _ in range(self._heads_in_feed):
+            at = buffer.find(b"\r\n\r\n", at + 4)
+        self._raw = buffer[at + 4 :]
+
+    def _begin_message(self) -> None:
+        self._url = self._reason = b""
+        self._headers: Headers = []
+        self._head_bytes = 16  # request or status line, without its variable parts
+        self._hosts = 0
+        self._te: list[bytes] = []
+        self._content_length: bytes | None = None
+
+    def _fail(self, message: str, status: int = 400) -> RemoteProtocolError:
+        """The error for a callback to raise (llhttp then reports a callback error)."""
+        self._failure = RemoteProtocolError(message, status)
+        return self._failure
+
+    # llhttp's callbacks (httptools calls them by these names).
+
+    def on_message_begin(self) -> None:
+        self._begin_message()
+        self._in_message = self._in_head = self._counting = True
+
+    def on_url(self, piece: bytes) -> None:
+        url = self._url + piece if self._url else piece
+        if len(url) > self._max_target:
+            raise self._fail("the request target is too long", 414)
+        self._url = url
+        if self._counting:
+            self._head_bytes += len(piece)
+
+    def on_status(self, piece: bytes) -> None:
+        self._reason += piece
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer: llhttp checked its syntax; it is not passed on
+        name = name.lower()
+        if value[-1:] in _OWS:
+            value = value.rstrip(_OWS)
+        self._headers.append((name, value))
+        if self._counting:
+            self._head_bytes += len(name) + len(value) + 4
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"transfer-encoding":
+            self._te.append(value)
+        elif name == b"content-length":
+            self._content_length = value
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._progress = True
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            if parser.get_http_version() == "0.9":
+                raise self._fail("no HTTP version (HTTP/0.9 is not supported)")
+            raise self._fail("only HTTP/1.0 and HTTP/1.1 are supported", 505)
+        if self._te and not self._chunked_only():
+            raise self._fail("only the chunked transfer coding is supported", 501)
+        if isinstance(parser, HttpRequestParser):
+            self._request_head(parser, version)
+        else:
+            self._response_head(parser, version)
+
+    def _chunked_only(self) -> bool:
+        codings = [c.strip().lower() for value in self._te for c in value.split(b",")]
+        if codings != [b"chunked"]:
+            return False
+        if self._te != [b"chunked"]:  # h11 passed it on in lower case
+            self._headers = [
+                (n, b"chunked" if n == b"transfer-encoding" else v) for n, v in self._headers
+            ]
+        return True
+
+    def _request_head(self, parser: HttpRequestParser, version: bytes) -> None:
+        if self._hosts > 1 or (self._hosts == 0 and version == b"1.1"):
+            raise self._fail("an HTTP/1.1 request needs exactly one Host header")
+        method = parser.get_method()
+        line = b"%b %b HTTP/%b\r\n" % (method, self._url, version)
+        if self._line_carry:
+            # A head that came in several reads: looked for in what was kept of them
+            # (not at all once a very slow head outgrew that).
+            found = self._line_unknown or (b"".join(self._line_carry) + self._data).find(line) >= 0
+            self._line_carry.clear()
+            self._line_unknown = False
+        else:
+            at = self._data.find(line, self._line_from)
+            found = at >= 0
+            self._line_from = at + len(line)
+        if not found:
+            raise self._fail("the request line has extra spaces")
+        upgrade = parser.should_upgrade()
+        if upgrade and (self._te or self._content_length not in (None, b"0")):
+            if self._te:
+                raise self._fail("an upgrade request with a chunked body is not supported")
+            assert self._content_length is not None
+            self._manual_left = int(self._content_length)
+            self._skip_end = True  # llhttp skips an upgrade request's body: read by hand
+        self._infos.append((parser.should_keep_alive(), upgrade))
+        self._events.append(Request(method, self._url, self._headers, version))
+
+    def _response_head(self, parser: HttpResponseParser, version: bytes) -> None:
+        status = parser.get_status_code()
+        self._heads_in_feed += 1
+        if status < 200:
+            self._events.append(InformationalResponse(status, self._headers, self._reason, version))
+            if status == 101:  # the rest is another protocol's: stop here
+                self._stopping = True
+                raise _Stop()
+            self._informational = True  # 1xx messages have no end-of-message event
+            return
+        self._infos.append((parser.should_keep_alive(), False))
+        self._events.append(Response(status, self._headers, self._reason, version))
+        if self._request_method == b"HEAD":
+            self._events.append(END_OF_MESSAGE)  # whatever it says, no body follows
+            self._stopping = True
+            raise _Stop()
+        self._until_close = (
+            not self._te and self._content_length is None and status not in _NO_BODY_STATUSES
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Data(body))
+        self._progress = self._body_in_feed = True
+
+    def on_message_complete(self) -> None:
+        self._progress = True
+        self._in_message = self._until_close = False
+        if self._informational:
+            self._informational = False
+        elif self._skip_end:
+            pass  # the upgrade request's body is read by hand, then ended
+        else:
+            self._events.append(END_OF_MESSAGE)
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def _head(first_line: bytes, headers: Headers) -> bytes:
+    parts = [first_line]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip().lower() for token in value.split(b",")]
+
+
+def _length_to_send(value: bytes) -> int:
+    if not value.isdigit():
+        raise LocalProtocolError(f"bad Content-Length {value!r}")
+    return int(value)
+
+
+def _keep_last(pieces: list[bytes], size: int) -> bool:
+    """Drop whole pieces from the front of ``pieces`` while the rest hold ``size``
+    bytes; True if any was dropped."""
+    total = sum(len(p) for p in pieces)
+    dropped = False
+    while len(pieces) > 1 and total - len(pieces[0]) >= size:
+        total -= len(pieces.pop(0))
+        dropped = True
+    return dropped
+
+
+def _remote_error(reason: str) -> RemoteProtocolError:
+    """Translate llhttp's complaint (only its reason is exposed) into a status."""
+    if any(text in reason for text in _UNSUPPORTED_CODING):
+        return RemoteProtocolError(reason, 501)
+    if reason == "Invalid HTTP version":
+        return RemoteProtocolError(reason, 505)
+    return RemoteProtocolError(reason, 400)

@@ -493,6 +493,7 @@ class Http1Connection:
         if not self._in_head:
             return  # a trailer: llhttp checked its syntax; it is not passed on
         name = name.lower()
+        raw = value
         if value[-1:] in _OWS:
             value = value.rstrip(_OWS)
         self._headers.append((name, value))
@@ -501,7 +502,7 @@ class Http1Connection:
         if name == b"host":
             self._hosts += 1
         elif name == b"transfer-encoding":
-            self._te.append(value)
+            self._te.append(raw)  # as llhttp read it
         elif name == b"content-length":
             self._content_length = value
 
@@ -522,7 +523,8 @@ class Http1Connection:
             self._response_head(parser, version)
 
     def _chunked_only(self) -> bool:
-        codings = [c.strip().lower() for value in self._te for c in value.split(b",")]
+        # Only spaces around a coding: llhttp does not read "chunked<TAB>" as chunked.
+        codings = [c.strip(b" ").lower() for value in self._te for c in value.split(b",")]
         if codings != [b"chunked"]:
             return False
         if self._te != [b"chunked"]:  # h11 passed it on in lower case

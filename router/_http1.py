@@ -73,6 +73,10 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "2.0": b"2.0"}
 # llhttp's reasons for a transfer coding it does not read as chunked: h11 says 501.
 _UNSUPPORTED_CODING = ("Transfer-Encoding` header value", "invalid `Transfer-Encoding`")
 _NO_BODY_STATUSES = frozenset({204, 304})
+# States, looked up often (module globals are quicker than enum attributes).
+_DONE, _MUST_CLOSE, _SWITCHED, _ERROR = (
+    State.DONE, State.MUST_CLOSE, State.SWITCHED_PROTOCOL, State.ERROR
+)  # fmt: skip
 _OWS = b" \t"
 # Parser modes.
 _PARSING, _MANUAL_BODY, _PAUSED, _DEAD = range(4)
@@ -93,7 +97,7 @@ class Http1Connection:
     """
 
     __slots__ = (
-        "_body_in_feed", "_content_length", "_counting", "_data", "_eof", "_events", "_failure",
+        "_body_in_feed", "_content_length", "_data", "_eof", "_events", "_failure",
         "_head_bytes", "_headers", "_heads_in_feed", "_hosts", "_in_head", "_in_message",
         "_informational", "_infos", "_keep_alive", "_line_carry", "_line_from", "_line_unknown",
         "_manual_left", "_max_head", "_max_target", "_mode", "_out_framing", "_out_left",
@@ -137,7 +141,13 @@ class Http1Connection:
         self._skip_end = False
         self._until_close = False
         self._informational = False
-        self._begin_message()
+        # The message being parsed (reset by on_message_begin).
+        self._url = self._reason = b""
+        self._headers: Headers = []
+        self._head_bytes = 0
+        self._hosts = 0
+        self._te: list[bytes] = []
+        self._content_length: bytes | None = None
         self._in_message = False
         self._in_head = False
         # The current cycle.
@@ -183,10 +193,10 @@ class Http1Connection:
         Raises RemoteProtocolError for what cannot be parsed, once it is reached.
         """
         their = self.their_state
-        if their is State.DONE or their is State.MUST_CLOSE or their is State.SWITCHED_PROTOCOL:
+        if their is _DONE or their is _MUST_CLOSE or their is _SWITCHED or their is _ERROR:
+            if their is _ERROR:
+                raise RemoteProtocolError("the peer's previous message could not be parsed")
             return PAUSED
-        if their is State.ERROR:
-            raise RemoteProtocolError("the peer's previous message could not be parsed")
         if not self._events:
             if not self._eof:
                 return NEED_DATA
@@ -199,7 +209,7 @@ class Http1Connection:
         if isinstance(event, Data):
             return event
         if isinstance(event, EndOfMessage):
-            self.their_state = State.DONE if self._keep_alive else State.MUST_CLOSE
+            self.their_state = _DONE if self._keep_alive else _MUST_CLOSE
         elif isinstance(event, Request):
             self.their_state = State.SEND_BODY
             self.our_state = State.SEND_RESPONSE
@@ -298,20 +308,26 @@ class Http1Connection:
             raise LocalProtocolError(f"cannot send a response in state {self.our_state.value}")
         status = response.status_code
         headers = response.headers
-        method = self._request_method
+        parts = [b"HTTP/1.1 %d %b\r\n" % (status, response.reason)]
         length: int | None = None
         chunked = closes = False
         for name, value in headers:
-            if name == b"content-length":
+            parts += (name, b": ", value, b"\r\n")
+            special = _SPECIAL.get(name)
+            if special is None:
+                continue
+            if special == _CL:
                 length = _length_to_send(value)
-            elif name == b"transfer-encoding":
+            elif special == _TE:
                 chunked = True
-            elif name == b"connection" and b"close" in _tokens(value):
+            elif special == _CONNECTION and b"close" in _tokens(value):
                 closes = True
-        need_close = False
+        method = self._request_method
+        need_close = rewrite = False
         framing, left = _LENGTH, 0
         if status not in _NO_BODY_STATUSES:
-            if chunked or length is None:  # length unknown: as h11 frames it
+            if chunked or length is None:  # length unknown: framed as h11 frames it
+                rewrite = True
                 headers = [h for h in headers if h[0] not in _FRAMING]
                 if self._their_version == b"1.1":
                     headers.append((b"Transfer-Encoding", b"chunked"))
@@ -324,22 +340,20 @@ class Http1Connection:
             if method == b"HEAD":
                 framing, left = _LENGTH, 0
         if not self._keep_alive or need_close:
-            tokens = {b"close"}
-            for name, value in headers:
-                if name == b"connection":
-                    tokens.update(_tokens(value))
-            tokens.discard(b"keep-alive")
-            headers = [h for h in headers if h[0] != b"connection"]
-            headers += [(b"Connection", token) for token in sorted(tokens)]
-            closes = True
+            rewrite = closes = True
+            headers = _connection_close(headers)
         elif self._their_version == b"1.0" and not closes:
+            rewrite = True
             headers = [*headers, (b"Connection", b"keep-alive")]  # HTTP/1.0 closes by default
         self._out_framing, self._out_left = framing, left
         self.our_state = State.SEND_BODY
         self._upgrade = False  # declined, if it was asked for
         if closes:
             self._disable_keep_alive()
-        return _head(b"HTTP/1.1 %d %s\r\n" % (status, response.reason), headers)
+        if rewrite:
+            return _head(parts[0], headers)
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _send_data(self, data: bytes) -> bytes:
         if self.our_state is not State.SEND_BODY:
@@ -380,7 +394,6 @@ class Http1Connection:
         continuing_head = self._in_head
         if continuing_head:
             self._head_bytes += len(data)
-        self._counting = False
         self._progress = self._body_in_feed = False
         self._heads_in_feed = 0
         self._data = data
@@ -399,6 +412,9 @@ class Http1Connection:
         finally:
             self._data = b""
         if self._in_head:
+            if not continuing_head:  # what of this read was head: at least what was parsed
+                self._head_bytes = 16 + len(self._url) + len(self._reason)
+                self._head_bytes += sum(len(n) + len(v) + 4 for n, v in self._headers)
             if self._head_bytes > self._max_head:
                 self._fail_feed(data, RemoteProtocolError("the head is too large", 431))
             elif self._server:
@@ -461,11 +477,11 @@ class Http1Connection:
 
     def _begin_message(self) -> None:
         self._url = self._reason = b""
-        self._headers: Headers = []
-        self._head_bytes = 16  # request or status line, without its variable parts
+        self._headers = []
+        self._head_bytes = 0
         self._hosts = 0
-        self._te: list[bytes] = []
-        self._content_length: bytes | None = None
+        self._te = []
+        self._content_length = None
 
     def _fail(self, message: str, status: int = 400) -> RemoteProtocolError:
         """The error for a callback to raise (llhttp then reports a callback error)."""
@@ -476,15 +492,13 @@ class Http1Connection:
 
     def on_message_begin(self) -> None:
         self._begin_message()
-        self._in_message = self._in_head = self._counting = True
+        self._in_message = self._in_head = True
 
     def on_url(self, piece: bytes) -> None:
         url = self._url + piece if self._url else piece
         if len(url) > self._max_target:
             raise self._fail("the request target is too long", 414)
         self._url = url
-        if self._counting:
-            self._head_bytes += len(piece)
 
     def on_status(self, piece: bytes) -> None:
         self._reason += piece
@@ -493,18 +507,16 @@ class Http1Connection:
         if not self._in_head:
             return  # a trailer: llhttp checked its syntax; it is not passed on
         name = name.lower()
-        raw = value
-        if value[-1:] in _OWS:
-            value = value.rstrip(_OWS)
-        self._headers.append((name, value))
-        if self._counting:
-            self._head_bytes += len(name) + len(value) + 4
-        if name == b"host":
-            self._hosts += 1
-        elif name == b"transfer-encoding":
-            self._te.append(raw)  # as llhttp read it
-        elif name == b"content-length":
-            self._content_length = value
+        trimmed = value.rstrip(_OWS)  # llhttp keeps trailing whitespace
+        self._headers.append((name, trimmed))
+        special = _SPECIAL.get(name)
+        if special is not None:
+            if special == _HOST:
+                self._hosts += 1
+            elif special == _TE:
+                self._te.append(value)  # as llhttp read it
+            elif special == _CL:
+                self._content_length = trimmed
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -596,6 +608,11 @@ class Http1Connection:
 
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# Header names the parser and the sender look at (one dict lookup per header).
+_HOST, _TE, _CL, _CONNECTION = range(4)
+_SPECIAL = {
+    b"host": _HOST, b"transfer-encoding": _TE, b"content-length": _CL, b"connection": _CONNECTION
+}  # fmt: skip
 
 
 def _head(first_line: bytes, headers: Headers) -> bytes:
@@ -604,6 +621,17 @@ def _head(first_line: bytes, headers: Headers) -> bytes:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def _connection_close(headers: Headers) -> Headers:
+    """``headers`` saying ``Connection: close`` (h11's spelling: title case, at the end)."""
+    tokens = {b"close"}
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(_tokens(value))
+    tokens.discard(b"keep-alive")
+    kept = [h for h in headers if h[0] != b"connection"]
+    return kept + [(b"Connection", token) for token in sorted(tokens)]
 
 
 def _tokens(value: bytes) -> list[bytes]:

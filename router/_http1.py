@@ -5,7 +5,8 @@ side) it parses requests and serialises responses, as the CLIENT (the app's
 side) it serialises requests and parses responses. Its API is the part of h11's
 ``Connection`` the relay uses: ``receive_data``, ``next_event``, ``send``,
 ``our_state`` / ``their_state``, ``start_next_cycle`` and ``trailing_data``.
-The events, states and errors are in ``_http1_events``.
+The events, states and errors are in ``_http1_events``, the framing of what
+is sent in ``_http1_framing``.
 
 Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
 
@@ -33,9 +34,7 @@ Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
    the next cycle. (An upgrade request with a chunked body is 400.)
 7. Responses: 1xx, 204 and 304 responses, and responses to HEAD, have no
    body; one with neither Content-Length nor chunked ends at EOF. ``send``
-   frames responses as h11 does: chunked when the length is unknown (read
-   until close for HTTP/1.0), with ``Connection: close`` when the connection
-   will end, and ``Connection: keep-alive`` for an HTTP/1.0 peer when it won't.
+   frames what it sends as h11 does (``_http1_framing``).
 8. ``send`` refuses (LocalProtocolError) an event out of turn, a body where
    none is allowed, and more or less data than Content-Length said. It does
    not check header syntax: build headers from elsewhere with ``checked_headers``.
@@ -65,6 +64,17 @@ from ._http1_events import (
     Role,
     State,
 )
+from ._http1_framing import (
+    CHUNKED,
+    CL,
+    HOST,
+    LENGTH,
+    SPECIAL,
+    TE,
+    head,
+    request_head,
+    response_head,
+)
 
 # h11's default for an unfinished head; the relay sets its own for browsers.
 DEFAULT_MAX_HEAD_BYTES = 16 * 1024
@@ -72,7 +82,7 @@ DEFAULT_MAX_HEAD_BYTES = 16 * 1024
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "2.0": b"2.0"}
 # llhttp's reasons for a transfer coding it does not read as chunked: h11 says 501.
 _UNSUPPORTED_CODING = ("Transfer-Encoding` header value", "invalid `Transfer-Encoding`")
-_NO_BODY_STATUSES = frozenset({204, 304})
+_NO_BODY_STATUSES = frozenset({204, 304})  # (and 1xx: llhttp knows)
 # States, looked up often (module globals are quicker than enum attributes).
 _DONE, _MUST_CLOSE, _SWITCHED, _ERROR = (
     State.DONE, State.MUST_CLOSE, State.SWITCHED_PROTOCOL, State.ERROR
@@ -80,8 +90,6 @@ _DONE, _MUST_CLOSE, _SWITCHED, _ERROR = (
 _OWS = b" \t"
 # Parser modes.
 _PARSING, _MANUAL_BODY, _PAUSED, _DEAD = range(4)
-# Outgoing body framings.
-_LENGTH, _CHUNKED, _UNTIL_CLOSE = range(3)
 
 
 class _Stop(Exception):
@@ -155,7 +163,7 @@ class Http1Connection:
         self._upgrade = False
         self._request_method: bytes | None = None
         self._their_version: bytes | None = None
-        self._out_framing = _LENGTH
+        self._out_framing = LENGTH
         self._out_left = 0
 
     def __repr__(self) -> str:
@@ -273,25 +281,14 @@ class Http1Connection:
     def _send_request(self, request: Request) -> bytes:
         if self.our_state is not State.IDLE:
             raise LocalProtocolError(f"cannot send a request in state {self.our_state.value}")
-        parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
-        framing, left, keep_alive = _LENGTH, 0, True
-        for name, value in request.headers:
-            parts += (name, b": ", value, b"\r\n")
-            if name == b"content-length":
-                left = _length_to_send(value)
-            elif name == b"transfer-encoding":
-                framing = _CHUNKED
-            elif name == b"connection" and b"close" in _tokens(value):
-                keep_alive = False
-        parts.append(b"\r\n")
-        self._out_framing, self._out_left = framing, left
+        data, self._out_framing, self._out_left, keep_alive = request_head(request)
         self._request_method = request.method
         self.our_state = State.SEND_BODY
         if self.their_state is State.IDLE:
             self.their_state = State.SEND_RESPONSE
         if not keep_alive:
             self._disable_keep_alive()
-        return b"".join(parts)
+        return data
 
     def _send_informational(self, response: InformationalResponse) -> bytes:
         if self.our_state is not State.SEND_RESPONSE:
@@ -300,81 +297,44 @@ class Http1Connection:
             if not self._upgrade:
                 raise LocalProtocolError("101 without an upgrade request")
             self.our_state = self.their_state = State.SWITCHED_PROTOCOL
-        return _head(b"HTTP/1.1 %d %s\r\n" % (response.status_code, response.reason),
-                     response.headers)  # fmt: skip
+        return head(b"HTTP/1.1 %d %b\r\n" % (response.status_code, response.reason),
+                    response.headers)  # fmt: skip
 
     def _send_response(self, response: Response) -> bytes:
         if self.our_state is not State.SEND_RESPONSE and self.our_state is not State.IDLE:
             raise LocalProtocolError(f"cannot send a response in state {self.our_state.value}")
-        status = response.status_code
-        headers = response.headers
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, response.reason)]
-        length: int | None = None
-        chunked = closes = False
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-            special = _SPECIAL.get(name)
-            if special is None:
-                continue
-            if special == _CL:
-                length = _length_to_send(value)
-            elif special == _TE:
-                chunked = True
-            elif special == _CONNECTION and b"close" in _tokens(value):
-                closes = True
-        method = self._request_method
-        need_close = rewrite = False
-        framing, left = _LENGTH, 0
-        if status not in _NO_BODY_STATUSES:
-            if chunked or length is None:  # length unknown: framed as h11 frames it
-                rewrite = True
-                headers = [h for h in headers if h[0] not in _FRAMING]
-                if self._their_version == b"1.1":
-                    headers.append((b"Transfer-Encoding", b"chunked"))
-                    framing = _CHUNKED
-                else:
-                    framing = _UNTIL_CLOSE
-                    need_close = method != b"HEAD"
-            else:
-                left = length
-            if method == b"HEAD":
-                framing, left = _LENGTH, 0
-        if not self._keep_alive or need_close:
-            rewrite = closes = True
-            headers = _connection_close(headers)
-        elif self._their_version == b"1.0" and not closes:
-            rewrite = True
-            headers = [*headers, (b"Connection", b"keep-alive")]  # HTTP/1.0 closes by default
-        self._out_framing, self._out_left = framing, left
+        data, self._out_framing, self._out_left, closes = response_head(
+            response,
+            method=self._request_method,
+            peer_version=self._their_version,
+            keep_alive=self._keep_alive,
+        )
         self.our_state = State.SEND_BODY
         self._upgrade = False  # declined, if it was asked for
         if closes:
             self._disable_keep_alive()
-        if rewrite:
-            return _head(parts[0], headers)
-        parts.append(b"\r\n")
-        return b"".join(parts)
+        return data
 
     def _send_data(self, data: bytes) -> bytes:
         if self.our_state is not State.SEND_BODY:
             raise LocalProtocolError(f"cannot send data in state {self.our_state.value}")
         framing = self._out_framing
-        if framing == _LENGTH:
+        if framing == LENGTH:
             if len(data) > self._out_left:
                 raise LocalProtocolError("more data than Content-Length (or a body where none is)")
             self._out_left -= len(data)
             return data
-        if framing == _CHUNKED:
+        if framing == CHUNKED:
             return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
         return data
 
     def _send_end(self) -> bytes:
         if self.our_state is not State.SEND_BODY:
             raise LocalProtocolError(f"cannot end a message in state {self.our_state.value}")
-        if self._out_framing == _LENGTH and self._out_left:
+        if self._out_framing == LENGTH and self._out_left:
             raise LocalProtocolError("less data than Content-Length")
         self.our_state = State.DONE if self._keep_alive else State.MUST_CLOSE
-        return b"0\r\n\r\n" if self._out_framing == _CHUNKED else b""
+        return b"0\r\n\r\n" if self._out_framing == CHUNKED else b""
 
     def _disable_keep_alive(self) -> None:
         self._keep_alive = False
@@ -509,13 +469,13 @@ class Http1Connection:
         name = name.lower()
         trimmed = value.rstrip(_OWS)  # llhttp keeps trailing whitespace
         self._headers.append((name, trimmed))
-        special = _SPECIAL.get(name)
+        special = SPECIAL.get(name)
         if special is not None:
-            if special == _HOST:
+            if special == HOST:
                 self._hosts += 1
-            elif special == _TE:
+            elif special == TE:
                 self._te.append(value)  # as llhttp read it
-            elif special == _CL:
+            elif special == CL:
                 self._content_length = trimmed
 
     def on_headers_complete(self) -> None:
@@ -605,43 +565,6 @@ class Http1Connection:
             pass  # the upgrade request's body is read by hand, then ended
         else:
             self._events.append(END_OF_MESSAGE)
-
-
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-# Header names the parser and the sender look at (one dict lookup per header).
-_HOST, _TE, _CL, _CONNECTION = range(4)
-_SPECIAL = {
-    b"host": _HOST, b"transfer-encoding": _TE, b"content-length": _CL, b"connection": _CONNECTION
-}  # fmt: skip
-
-
-def _head(first_line: bytes, headers: Headers) -> bytes:
-    parts = [first_line]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-def _connection_close(headers: Headers) -> Headers:
-    """``headers`` saying ``Connection: close`` (h11's spelling: title case, at the end)."""
-    tokens = {b"close"}
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(_tokens(value))
-    tokens.discard(b"keep-alive")
-    kept = [h for h in headers if h[0] != b"connection"]
-    return kept + [(b"Connection", token) for token in sorted(tokens)]
-
-
-def _tokens(value: bytes) -> list[bytes]:
-    return [token.strip().lower() for token in value.split(b",")]
-
-
-def _length_to_send(value: bytes) -> int:
-    if not value.isdigit():
-        raise LocalProtocolError(f"bad Content-Length {value!r}")
-    return int(value)
 
 
 def _keep_last(pieces: list[bytes], size: int) -> bool:

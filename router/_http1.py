@@ -107,7 +107,7 @@ class Http1Connection:
     __slots__ = (
         "_body_in_feed", "_content_length", "_data", "_eof", "_events", "_failure",
         "_head_bytes", "_headers", "_heads_in_feed", "_hosts", "_in_head", "_in_message",
-        "_informational", "_infos", "_keep_alive", "_line_carry", "_line_from", "_line_unknown",
+        "_informational", "_infos", "_keep_alive", "_line_carried", "_line_carry", "_line_from",
         "_manual_left", "_max_head", "_max_target", "_mode", "_out_framing", "_out_left",
         "_parser", "_progress", "_raw", "_reason", "_request_method", "_server", "_skip_end",
         "_stalled", "_stopping", "_tail", "_te", "_their_version", "_until_close", "_upgrade",
@@ -138,8 +138,10 @@ class Http1Connection:
         self._stopping = False
         self._data = b""  # the bytes being fed (for the request-line check)
         self._line_from = 0
-        self._line_carry: list[bytes] = []  # earlier bytes of an unfinished request head
-        self._line_unknown = False  # some of those bytes were let go
+        # The reads an unfinished request head came in, up to the one where it
+        # began plus enough to hold its request line (``_line_carried`` bytes).
+        self._line_carry: list[bytes] = []
+        self._line_carried = 0
         self._tail = b""  # the last bytes of an unfinished response head
         self._stalled = 0  # bytes fed mid-body without any progress (trailer floods)
         self._progress = False
@@ -378,9 +380,9 @@ class Http1Connection:
             if self._head_bytes > self._max_head:
                 self._fail_feed(data, RemoteProtocolError("the head is too large", 431))
             elif self._server:
-                self._line_carry.append(data)
-                if _keep_last(self._line_carry, self._max_target + 64):
-                    self._line_unknown = True
+                if not self._line_carry or self._line_carried < self._max_target + 64:
+                    self._line_carried += len(data) if self._line_carry else 0
+                    self._line_carry.append(data)
             else:
                 self._tail = (self._tail + data)[-3:]
         elif self._in_message and not self._progress:
@@ -511,11 +513,10 @@ class Http1Connection:
         method = parser.get_method()
         line = b"%b %b HTTP/%b\r\n" % (method, self._url, version)
         if self._line_carry:
-            # A head that came in several reads: looked for in what was kept of them
-            # (not at all once a very slow head outgrew that).
-            found = self._line_unknown or (b"".join(self._line_carry) + self._data).find(line) >= 0
+            # A head that came in several reads: looked for in what was kept of them.
+            found = (b"".join(self._line_carry) + self._data).find(line) >= 0
             self._line_carry.clear()
-            self._line_unknown = False
+            self._line_carried = 0
         else:
             at = self._data.find(line, self._line_from)
             found = at >= 0
@@ -565,17 +566,6 @@ class Http1Connection:
             pass  # the upgrade request's body is read by hand, then ended
         else:
             self._events.append(END_OF_MESSAGE)
-
-
-def _keep_last(pieces: list[bytes], size: int) -> bool:
-    """Drop whole pieces from the front of ``pieces`` while the rest hold ``size``
-    bytes; True if any was dropped."""
-    total = sum(len(p) for p in pieces)
-    dropped = False
-    while len(pieces) > 1 and total - len(pieces[0]) >= size:
-        total -= len(pieces.pop(0))
-        dropped = True
-    return dropped
 
 
 def _remote_error(reason: str) -> RemoteProtocolError:

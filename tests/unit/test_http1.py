@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router._http1 import Http1Connection
 from router._http1_events import (
@@ -477,3 +481,92 @@ def test_the_app_s_101_hands_over_the_bytes_after_it() -> None:
     ]
     assert client.their_state is State.SWITCHED_PROTOCOL
     assert client.trailing_data == b"hello"
+
+
+# --- reads may end anywhere ---------------------------------------------------------------------
+
+PIPELINE = [
+    GET,
+    b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+    b"PUT /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nT: 1\r\n\r\n",
+    b"\r\nHEAD /h?x=" + b"q" * 300 + b" HTTP/1.1\r\nHost: a\r\nX-Long: " + b"v" * 300 + b"\r\n\r\n",
+    UPGRADE,
+    GET.replace(b"/a", b"/after-upgrade"),
+]
+
+
+def served(chunks: list[bytes]) -> list[object]:
+    """Every request's events (a 404 answers each, so upgrades are refused)."""
+    srv = Http1Connection(Role.SERVER, max_head_bytes=1024, max_target_bytes=512)
+    seen: list[object] = []
+    for chunk in chunks:
+        srv.receive_data(chunk)
+        while (event := srv.next_event()) is not NEED_DATA:
+            if event is PAUSED:
+                seen.append(answer(srv, 404, b""))
+                srv.start_next_cycle()
+            else:
+                seen.append(event)
+    return seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=900), max_size=12))
+def test_requests_parse_the_same_however_the_reads_are_cut(cuts: list[int]) -> None:
+    data = b"".join(PIPELINE)
+    bounds = [0, *sorted({c for c in cuts if c < len(data)}), len(data)]
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds) if a < b]
+    whole = served([data])
+    assert [e for e in whole if isinstance(e, Request)][-1].target == b"/after-upgrade"
+    pieces = served(chunks)
+    # Bodies may come in more pieces; everything else is the same.
+    assert _joined(pieces) == _joined(whole)
+
+
+def _joined(seen: list[object]) -> list[object]:
+    out: list[object] = []
+    for event in seen:
+        if isinstance(event, Data) and out and isinstance(out[-1], Data):
+            out[-1] = Data(out[-1].data + event.data)
+        elif not (isinstance(event, Data) and not event.data):
+            out.append(event)
+    return out
+
+
+RESPONSES = (
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(min_value=1, max_value=80), head=st.booleans())
+def test_responses_parse_the_same_however_the_reads_are_cut(cut: int, head: bool) -> None:
+    data = RESPONSES[0] + (b"" if head else b"body") + RESPONSES[1]
+    requests = [HEAD if head else REQ, REQ]
+
+    def received(chunks: list[bytes]) -> list[object]:
+        client = Http1Connection(Role.CLIENT)
+        client.send(requests[0])
+        client.send(END_OF_MESSAGE)
+        seen: list[object] = []
+        for chunk in chunks:
+            client.receive_data(chunk)
+            while (event := client.next_event()) is not NEED_DATA:
+                if event is PAUSED:
+                    client.start_next_cycle()
+                    client.send(requests[1])
+                    client.send(END_OF_MESSAGE)
+                else:
+                    seen.append(event)
+        return seen
+
+    assert _joined(received([data[:cut], data[cut:]])) == _joined(received([data]))
+
+
+def test_requests_parse_the_same_cut_at_any_byte_or_fed_byte_by_byte() -> None:
+    data = b"".join(PIPELINE)
+    whole = _joined(served([data]))
+    for cut in range(1, len(data)):
+        assert _joined(served([data[:cut], data[cut:]])) == whole, cut
+    assert _joined(served([data[i : i + 1] for i in range(len(data))])) == whole

@@ -46,7 +46,19 @@ class Role(enum.Enum):
 
 
 class State(enum.Enum):
-    """One side's place in the current request/response cycle (h11's names)."""
+    """One side's place in the current request/response cycle (h11's names).
+
+    Transitions (``_http1``; "done" is MUST_CLOSE instead of DONE once either
+    message said the connection ends, and start_next_cycle needs both DONE)::
+
+        client (requester)  IDLE --Request--> SEND_BODY --EndOfMessage--> DONE
+        server (responder)  IDLE --(their Request)--> SEND_RESPONSE
+                            SEND_RESPONSE --1xx--> SEND_RESPONSE
+                            SEND_RESPONSE --101--> SWITCHED_PROTOCOL (both sides)
+                            IDLE | SEND_RESPONSE --Response--> SEND_BODY
+                            SEND_BODY --EndOfMessage--> DONE
+        either side's peer  --unparsable--> ERROR; --EOF between messages--> CLOSED
+    """
 
     IDLE = "idle"
     SEND_RESPONSE = "send-response"  # the server owes a response

@@ -374,7 +374,7 @@ class Http1Connection:
         finally:
             self._data = b""
         if self._in_head:
-            if not continuing_head:  # what of this read was head: at least what was parsed
+            if self._head_bytes < 0:  # it began in this read: at least what was parsed of it
                 self._head_bytes = 16 + len(self._url) + len(self._reason)
                 self._head_bytes += sum(len(n) + len(v) + 4 for n, v in self._headers)
             if self._head_bytes > self._max_head:
@@ -440,7 +440,7 @@ class Http1Connection:
     def _begin_message(self) -> None:
         self._url = self._reason = b""
         self._headers = []
-        self._head_bytes = 0
+        self._head_bytes = -1  # not counted yet (see _feed)
         self._hosts = 0
         self._te = []
         self._content_length = None

@@ -570,3 +570,19 @@ def test_requests_parse_the_same_cut_at_any_byte_or_fed_byte_by_byte() -> None:
     for cut in range(1, len(data)):
         assert _joined(served([data[:cut], data[cut:]])) == whole, cut
     assert _joined(served([data[i : i + 1] for i in range(len(data))])) == whole
+
+
+def test_a_head_begun_after_another_request_in_the_same_read_is_bounded_too() -> None:
+    flood = b"GET /2 HTTP/1.1\r\nHost: a\r\nX: " + b"f" * 600
+    srv = server(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1", b"\r\n\r\n" + flood, max_head_bytes=1024)
+    assert [type(e) for e in events(srv)] == [Request, EndOfMessage, Pending]
+    answer(srv)
+    srv.start_next_cycle()
+    # What of the read the head began in was not parsed yet is not counted: the
+    # bound is the limit plus one read.
+    srv.receive_data(b"f" * 600)
+    assert srv.next_event() is NEED_DATA
+    srv.receive_data(b"f" * 600)
+    with pytest.raises(RemoteProtocolError) as caught:
+        events_until_need_data(srv)
+    assert caught.value.error_status_hint == 431

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from router._gateway import Destination, UpstreamUnavailable
 from router._headers import ClientInfo
+from router._http1_events import Request
 from router._pages import Page, status_page
 from router._records import RequestRecord
 from router._relay import HttpRelay, RelayLimits
@@ -266,7 +267,7 @@ class FakeGateway:
         return f"<FakeGateway opened={self.opened}>"
 
     def route(
-        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+        self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page:
         assert client == CLIENT
         self.routed.append((host, request_id))
@@ -321,7 +322,7 @@ class PageGateway(FakeGateway):
         self.page = page
 
     def route(
-        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+        self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page:
         self.routed.append((host, request_id))
         return self.page

@@ -1,6 +1,6 @@
 """The auth helper: a reverse proxy in front of the app that lets only the instance's users in.
 
-It is the router's relay (``router._relay``: h11, streaming, back-pressure,
+It is the router's relay (``router._relay``: llhttp, streaming, back-pressure,
 WebSocket splice) with a different gateway: instead of routing by Host it
 checks the session cookie, runs the OAuth2 login against the portal, and
 passes allowed requests to the app over TCP with the user's name attached.
@@ -21,11 +21,10 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qs
 
-import h11
-
 from router._front_door import ConnectionSet, connection_handler
 from router._gateway import Destination, UpstreamUnavailable
 from router._headers import ClientInfo
+from router._http1_events import Request
 from router._layered_config import ConfigError, parse_host_port
 from router._limits import ConnectionCounts
 from router._log import fields
@@ -76,7 +75,7 @@ class AuthGateway:
         return f"<AuthGateway {self._config.instance_id} -> {self._config.app}>"
 
     def route(
-        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+        self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page | asyncio.Future[Destination | Page]:
         target = request.target.decode("latin-1")
         path, query = split_target(target)
@@ -184,14 +183,14 @@ def _text_page(status: int, text: str) -> Page:
     ])  # fmt: skip
 
 
-def _header(request: h11.Request, name: bytes) -> bytes | None:
+def _header(request: Request, name: bytes) -> bytes | None:
     for key, value in request.headers:
         if key == name:
             return bytes(value)
     return None
 
 
-def _origin(request: h11.Request) -> str:
+def _origin(request: Request) -> str:
     """The browser's origin for this request, as the router saw it."""
     proto = (_header(request, b"x-forwarded-proto") or b"http").split(b",")[0].strip()
     scheme = "https" if proto == b"https" else "http"

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level)
     raise_open_files_limit()
-    # What is loaded by now (the modules: asyncssh, cryptography, h11...) lives as
+    # What is loaded by now (the modules: asyncssh, cryptography, httptools...) lives as
     # long as the process: keep it out of the collector's full scans, which took
     # ~20 ms of CPU each under load without this (a request waits behind one).
     gc.freeze()

@@ -10,9 +10,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import h11
-
 from ._headers import ClientInfo, Headers
+from ._http1_events import Request
 from ._pages import Page
 from ._streams import ByteStream
 
@@ -39,7 +38,7 @@ class Gateway(Protocol):
     """Decides, per request, where it goes (router: by Host; helper: by session)."""
 
     def route(
-        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+        self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page | Awaitable[Destination | Page]:
         """Where the request goes; may be a coroutine when deciding needs I/O."""
         ...

@@ -4,8 +4,8 @@ Rules:
 
 1. Hop-by-hop headers (RFC 9110 7.6.1), and every header named in
    ``Connection``, are removed in both directions: they describe one hop.
-2. Framing (``Content-Length`` / ``Transfer-Encoding: chunked``) is kept as h11
-   validated it; h11 re-frames each side on its own.
+2. Framing (``Content-Length`` / ``Transfer-Encoding: chunked``) is kept as the
+   parser validated it; ``_http1`` re-frames each side on its own.
 3. Forwarding and identity headers are set by the router (identity: by the
    auth helper) only. Client-sent copies are removed in every spelling that
    some server normalises into the same name (case, ``_`` for ``-``), so an
@@ -31,7 +31,7 @@ _HOP_BY_HOP = frozenset(
 )  # fmt: skip
 
 # Names some servers read for framing or routing once "_" is folded into "-":
-# a client must not smuggle them past h11 in that spelling.
+# a client must not smuggle them past the parser in that spelling.
 _FOLDED_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 # Framing and routing: a client naming them in Connection must not make them vanish.
@@ -131,7 +131,7 @@ def drop_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], also: frozenset[byte
 
 def _drop(headers: Sequence[tuple[bytes, bytes]], extra: frozenset[bytes]) -> Headers:
     if not isinstance(headers, list):
-        headers = list(headers)  # h11's header list iterates in Python: once, not twice
+        headers = list(headers)  # a lazy sequence is iterated once, not twice
     named = _connection_tokens(headers)
     kept: Headers = []
     for name, value in headers:

@@ -7,7 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import h11
+from ._http1_events import Request
 
 # Request ids: a random per-process prefix and a counter. Unique for
 # correlating log lines; they need not be secret, and os.urandom per request
@@ -45,7 +45,7 @@ class RecordBuilder:
         "request_id", "response_started", "status", "target",
     )  # fmt: skip
 
-    def __init__(self, request_id: str, peer: str, request: h11.Request) -> None:
+    def __init__(self, request_id: str, peer: str, request: Request) -> None:
         self.request_id = request_id
         self.peer = peer
         self.method = request.method.decode("latin-1")

@@ -1,9 +1,9 @@
-"""HTTP/1.1 relay: one browser connection, requests parsed by h11, relayed upstream.
+"""HTTP/1.1 relay: one browser connection, requests parsed by llhttp, relayed upstream.
 
 Used by the router (upstream = an SSH channel down a tunnel) and by the auth
 helper (upstream = TCP to the app). The rules it enforces:
 
-1. Every request is parsed by h11 and re-serialised from the parsed events;
+1. Every request is parsed (``_http1``: llhttp) and re-serialised from the parsed events;
    raw client bytes never reach the app (except after a WebSocket ``101``).
 2. Any framing doubt is a 400 (431 for an oversized head, 414 for a long
    target, 501 for a transfer coding other than chunked, 505 for another
@@ -35,11 +35,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import h11
-
 from ._checked_events import (
     END_OF_MESSAGE,
+    request_checking_headers,
     request_of_checked_headers,
+    response_checking_headers,
     response_of_checked_headers,
 )
 from ._deadline import Deadline
@@ -51,6 +51,23 @@ from ._headers import (
     is_websocket_upgrade,
     request_headers_for_app,
     response_headers_for_client,
+)
+from ._http1 import Http1Connection
+from ._http1_events import (
+    NEED_DATA,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Event,
+    InformationalResponse,
+    LocalProtocolError,
+    Pending,
+    ProtocolError,
+    RemoteProtocolError,
+    Request,
+    Response,
+    Role,
+    State,
 )
 from ._pages import Page, status_page, wants_html
 from ._records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
@@ -99,7 +116,7 @@ class _Abort(Exception):
 @dataclass(slots=True)
 class _Upstream:
     stream: ByteStream
-    conn: h11.Connection
+    conn: Http1Connection
     key: str
     response_filter: Callable[[Headers], Headers] | None = None
     requests: int = 0
@@ -134,7 +151,11 @@ class HttpRelay:
         self._gateway = gateway
         self._limits = limits
         self._on_request = on_request
-        self._h = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._h = Http1Connection(
+            Role.SERVER,
+            max_head_bytes=limits.max_header_bytes,
+            max_target_bytes=limits.max_target_bytes,
+        )
         self._bound_host: str | None = None
         self._upstream: _Upstream | None = None
         self._out = bytearray()  # response bytes queued for the browser
@@ -158,7 +179,7 @@ class HttpRelay:
         self._deadline = Deadline()
         try:
             await self._serve()
-        except (_Abort, ConnectionError, TimeoutError, OSError, h11.ProtocolError) as exc:
+        except (_Abort, ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
             self._deadline.close()
@@ -186,24 +207,24 @@ class HttpRelay:
                     event = await self._next_client_event()
             except TimeoutError:
                 return  # idle, slowloris or shutdown: close without a word, as nginx does
-            except h11.RemoteProtocolError as exc:
-                page = status_page(*parse_error_status(exc, self._h.trailing_data[0]))
+            except RemoteProtocolError as exc:
+                page = status_page(*parse_error_status(exc))
                 await self._send_page(page, head_only=False)
                 # No request was formed, but the refusal belongs in the access log.
                 self._on_request(unparsable_request(self._peer, page.status))
                 return
             finally:
                 self._between_requests = False
-            if isinstance(event, h11.ConnectionClosed):
+            if isinstance(event, ConnectionClosed):
                 return
-            assert isinstance(event, h11.Request), event
+            assert isinstance(event, Request), event
             if not await self._handle(event):
                 return
-            if self._h.our_state is not h11.DONE or self._h.their_state is not h11.DONE:
+            if self._h.our_state is not State.DONE or self._h.their_state is not State.DONE:
                 return
             self._h.start_next_cycle()
 
-    async def _handle(self, request: h11.Request) -> bool:
+    async def _handle(self, request: Request) -> bool:
         """Relay one request; True if the connection may carry another."""
         started = time.perf_counter()
         rid = new_request_id()
@@ -214,9 +235,8 @@ class HttpRelay:
             self._on_request(record.finish(started))
         return keep
 
-    async def _relay_request(self, request: h11.Request, rid: str, record: RecordBuilder) -> bool:
-        # h11's header list iterates item by item in Python: list it once per request.
-        fields = list(request.headers)
+    async def _relay_request(self, request: Request, rid: str, record: RecordBuilder) -> bool:
+        fields = request.headers
         as_html = wants_html(header(fields, b"accept"))
         head_only = request.method == b"HEAD"
 
@@ -246,9 +266,9 @@ class HttpRelay:
         # bodiless request goes in one write, retried if a reused upstream closed.
         try:
             body_events = buffered_body_events(self._h)
-        except h11.RemoteProtocolError:
+        except RemoteProtocolError:
             return await refuse(400, "the request body framing is invalid")
-        bodiless = isinstance(body_events[0], h11.EndOfMessage)
+        bodiless = isinstance(body_events[0], EndOfMessage)
         client = self._info
         if self._trusted is not None:
             client = self._trusted.client_of(fields, client)
@@ -263,10 +283,9 @@ class HttpRelay:
 
         websocket = request.method == b"GET" and is_websocket_upgrade(fields)
         if decision.request_headers is not None:
-            upstream_request = h11.Request(
-                method=request.method, target=target, http_version=b"1.1",
-                headers=decision.request_headers(fields, websocket),
-            )  # fmt: skip
+            upstream_request = request_checking_headers(
+                request.method, target, decision.request_headers(fields, websocket)
+            )
         else:
             upstream_request = request_of_checked_headers(
                 request.method, target,
@@ -291,7 +310,7 @@ class HttpRelay:
                 except UpstreamUnavailable as exc:
                     return await refuse(502, str(exc))
                 self._upstream = _Upstream(
-                    stream, h11.Connection(h11.CLIENT), decision.key, decision.response_headers
+                    stream, Http1Connection(Role.CLIENT), decision.key, decision.response_headers
                 )
             upstream = self._upstream
             assert upstream is not None
@@ -386,12 +405,12 @@ class HttpRelay:
                     return await refuse(failed.status, failed.detail)
                 record.note = record.note or "response timeout"
                 return await refuse(504, "the app did not answer in time")
-            except h11.RemoteProtocolError:
+            except RemoteProtocolError:
                 if record.response_started:
                     raise _Abort() from None
                 self._close_upstream()
                 return await refuse(502, "the app sent an invalid response")
-            if isinstance(event, h11.ConnectionClosed):
+            if isinstance(event, ConnectionClosed):
                 failed = failure_of(body)
                 if failed is not None and not record.response_started:
                     return await refuse(failed.status, failed.detail)
@@ -400,17 +419,15 @@ class HttpRelay:
                 if record.response_started:
                     raise _Abort()
                 return await refuse(502, "the app closed the connection without answering")
-            if isinstance(event, h11.InformationalResponse):
+            if isinstance(event, InformationalResponse):
                 if event.status_code == 101:
                     if not websocket:
                         return await refuse(502, "the app switched protocols unasked")
                     await self._send_client(
-                        h11.InformationalResponse(
-                            status_code=101,
-                            headers=response_headers_for_client(
-                                event.headers, websocket_accepted=True
-                            ),
-                            reason=event.reason,
+                        InformationalResponse(
+                            101,
+                            response_headers_for_client(event.headers, websocket_accepted=True),
+                            event.reason,
                         ),
                         record,
                     )
@@ -420,42 +437,39 @@ class HttpRelay:
                     await self._splice(upstream, record)
                     return False
                 await self._send_client(
-                    h11.InformationalResponse(
-                        status_code=event.status_code,
-                        headers=response_headers_for_client(event.headers),
-                        reason=event.reason,
+                    InformationalResponse(
+                        event.status_code, response_headers_for_client(event.headers), event.reason
                     ),
                     record,
                 )
                 continue
-            if isinstance(event, h11.Response):
+            if isinstance(event, Response):
                 record.status = event.status_code
                 record.response_started = True
                 headers = response_headers_for_client(event.headers)
                 if self._going_away.is_set() or self._served >= limits.max_requests_per_connection:
                     # Shutting down, or the last request this connection may carry:
-                    # say so, as nginx does after keepalive_requests (h11 then closes).
+                    # say so, as nginx does after keepalive_requests (then it closes).
                     headers.append((b"connection", b"close"))
                 if upstream.response_filter is not None:
-                    response = h11.Response(
-                        status_code=event.status_code, reason=event.reason,
-                        headers=upstream.response_filter(headers),
-                    )  # fmt: skip
+                    response = response_checking_headers(
+                        event.status_code, event.reason, upstream.response_filter(headers)
+                    )
                 else:
                     response = response_of_checked_headers(event, headers)
                 await self._send_client(response, record)
                 timeout = limits.upstream_idle_timeout_s
-            elif isinstance(event, h11.Data):
+            elif isinstance(event, Data):
                 await self._send_client(event, record)
-            elif isinstance(event, h11.EndOfMessage):
+            elif isinstance(event, EndOfMessage):
                 await self._send_client(END_OF_MESSAGE, record)
                 await self._flush_client(record)
                 # After a refused upgrade the app's side of the connection is in
                 # doubt (hypercorn, for one, errors on what follows): not reused.
                 reusable = (
                     not websocket
-                    and upstream.conn.our_state is h11.DONE
-                    and upstream.conn.their_state is h11.DONE
+                    and upstream.conn.our_state is State.DONE
+                    and upstream.conn.their_state is State.DONE
                 )
                 if reusable:
                     upstream.conn.start_next_cycle()
@@ -470,8 +484,8 @@ class HttpRelay:
             await splice(
                 self._client, upstream.stream,
                 idle_timeout_s=self._limits.websocket_idle_timeout_s, counter=record,
-                going_away=self._going_away, client_rest=bytes(self._h.trailing_data[0]),
-                upstream_rest=bytes(upstream.conn.trailing_data[0]),
+                going_away=self._going_away, client_rest=self._h.trailing_data,
+                upstream_rest=upstream.conn.trailing_data,
             )  # fmt: skip
         except* (ConnectionError, OSError, TimeoutError) as group:
             log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)
@@ -480,11 +494,11 @@ class HttpRelay:
 
     # -- sending to the browser ---------------------------------------------
 
-    async def _send_client(self, event: h11.Event, record: RecordBuilder) -> None:
+    async def _send_client(self, event: Event, record: RecordBuilder) -> None:
         """Queue ``event`` for the browser; written out before the relay next waits."""
         data = self._h.send(event)
         if data:
-            if isinstance(event, h11.Data):
+            if isinstance(event, Data):
                 record.bytes_out += len(event.data)
             if len(self._out) + len(data) < _FLUSH_BYTES:
                 self._out += data  # small pieces: batched into one write
@@ -515,7 +529,7 @@ class HttpRelay:
         timeout_s: float,
         record: RecordBuilder,
         body: asyncio.Task[None] | None = None,
-    ) -> h11.Event:
+    ) -> Event:
         """The app's next event; flushes queued output to the browser before waiting.
 
         While ``body`` (the request body going up) runs, there is no deadline:
@@ -524,8 +538,10 @@ class HttpRelay:
         conn = upstream.conn
         while True:
             event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                assert not isinstance(event, type), event
+            if event is not NEED_DATA:
+                assert not isinstance(event, Pending), (
+                    event
+                )  # PAUSED: not before the response ended
                 return event
             if self._out:
                 await self._flush_client(record)
@@ -534,10 +550,10 @@ class HttpRelay:
             else:
                 with self._deadline.within(timeout_s):
                     data = await upstream.stream.receive()
-            if not data and conn.their_state is h11.SEND_RESPONSE and not upstream.got_response:
-                # Closed before a single byte of answer: h11 would call that a
-                # protocol error; for us it is "closed without answering".
-                return h11.ConnectionClosed()
+            if not data and conn.their_state is State.SEND_RESPONSE and not upstream.got_response:
+                # Closed before a single byte of answer: the parser would call that
+                # a protocol error; for us it is "closed without answering".
+                return ConnectionClosed()
             if data:
                 upstream.got_response = True
             conn.receive_data(data)
@@ -545,14 +561,12 @@ class HttpRelay:
     async def _send_page(self, page: Page, *, head_only: bool) -> None:
         try:
             data = self._h.send(
-                h11.Response(
-                    status_code=page.status, headers=page.headers, reason=reason_phrase(page.status)
-                )
+                response_checking_headers(page.status, reason_phrase(page.status), page.headers)
             )
             if not head_only:
-                data += self._h.send(h11.Data(data=page.body))
+                data += self._h.send(Data(page.body))
             data += self._h.send(END_OF_MESSAGE)
-        except h11.LocalProtocolError:
+        except LocalProtocolError:
             return  # a response already started: closing is all that is left
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             async with asyncio.timeout(self._limits.send_timeout_s):
@@ -560,13 +574,13 @@ class HttpRelay:
 
     # -- helpers -------------------------------------------------------------
 
-    async def _next_client_event(self) -> h11.Event:
+    async def _next_client_event(self) -> Event:
         while True:
             event = self._h.next_event()
-            if event is h11.NEED_DATA:
+            if event is NEED_DATA:
                 self._h.receive_data(await self._client.receive())
                 continue
-            assert not isinstance(event, type), event  # PAUSED never happens here
+            assert not isinstance(event, Pending), event  # PAUSED never happens here
             return event
 
     def _close_upstream(self) -> None:

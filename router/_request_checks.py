@@ -8,15 +8,14 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
-import h11
-
+from ._http1_events import ProtocolError, Request
 from ._names import normalise_host
 
 
-def head_size(request: h11.Request, fields: Sequence[tuple[bytes, bytes]]) -> int:
-    """About the size of the request head on the wire (h11 only bounds partial heads).
+def head_size(request: Request, fields: Sequence[tuple[bytes, bytes]]) -> int:
+    """About the size of the request head on the wire (the parser only bounds partial heads).
 
-    ``fields`` are the request's headers (``list(request.headers)``, listed once).
+    ``fields`` are the request's headers (``request.headers``).
     """
     size = len(request.method) + len(request.target) + 12
     return size + sum(len(name) + len(value) + 4 for name, value in fields)
@@ -26,18 +25,19 @@ def head_size(request: h11.Request, fields: Sequence[tuple[bytes, bytes]]) -> in
 _MAX_CONTENT_LENGTH = 2**63 - 1
 
 # Control characters RFC 9110 5.5 calls invalid in a field value (HTAB is allowed);
-# h11 refuses CR, LF and NUL but passes the others on.
+# llhttp refuses them too: this stays as a second line of defence, it costs little.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def framing_refusal(
-    request: h11.Request, fields: Sequence[tuple[bytes, bytes]]
+    request: Request, fields: Sequence[tuple[bytes, bytes]]
 ) -> tuple[int, str] | None:
-    """(status, reason) if h11 accepted ``request`` but its framing is still in doubt.
+    """(status, reason) if the parser accepted ``request`` but its framing is still in doubt.
 
-    h11 is lenient where an app behind us may not be: it picks Transfer-Encoding
-    over a Content-Length sent with it, accepts chunked in HTTP/1.0 and any
-    ``HTTP/d.d``. RFC 9112 6.1/6.3 call such messages faulty; we refuse them.
+    llhttp accepts chunked in HTTP/1.0, HTTP/2.0 request lines and a
+    Content-Length up to 2**64-1; RFC 9112 6.1/6.3 call such messages faulty
+    (or no peer can represent them): we refuse them. Content-Length with
+    Transfer-Encoding is refused by the parser already, and again here.
     """
     if request.http_version not in (b"1.0", b"1.1"):
         return 505, "only HTTP/1.0 and HTTP/1.1 are supported here"
@@ -77,13 +77,14 @@ def origin_form(target: bytes, host: str) -> bytes | None:
     return (path + ("?" + parts.query if parts.query else "")).encode("ascii")
 
 
-def parse_error_status(exc: h11.RemoteProtocolError, received: bytes) -> tuple[int, str]:
-    """Status and reason for a request h11 could not parse; ``received``: its bytes so far."""
-    if exc.error_status_hint == 431:
-        if b"\n" not in received:  # still in the request line: its target is what is long
-            return 414, "the request target is too long"
+def parse_error_status(exc: ProtocolError) -> tuple[int, str]:
+    """Status and reason for a request the parser refused (its hint is the status)."""
+    status = exc.error_status_hint
+    if status == 414:
+        return 414, "the request target is too long"
+    if status == 431:
         return 431, "the request head is too large"
-    return exc.error_status_hint, "the request could not be parsed as HTTP/1.1"
+    return status, "the request could not be parsed as HTTP/1.1"
 
 
 def reason_phrase(status: int) -> bytes:
@@ -104,7 +105,7 @@ class CheckedRequest:
 
 
 def check_request(
-    request: h11.Request,
+    request: Request,
     fields: Sequence[tuple[bytes, bytes]],
     *,
     max_target_bytes: int,
@@ -112,7 +113,7 @@ def check_request(
 ) -> CheckedRequest:
     """Everything decided about a request from its head alone, in refusal order.
 
-    ``fields`` are its headers, listed once (``list(request.headers)``).
+    ``fields`` are its headers (``request.headers``).
     """
     if len(request.target) > max_target_bytes:
         return CheckedRequest((414, "the request target is too long"))

@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-import h11
-
 from ._gateway import Destination
 from ._headers import ClientInfo, is_websocket_upgrade
+from ._http1_events import Request
 from ._log import fields
 from ._names import target_for_host
 from ._pages import Page, router_home_page, status_page, wants_html
@@ -96,7 +95,7 @@ class TunnelGateway:
         self._wss = wss
 
     def route(
-        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+        self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page:
         target = target_for_host(host, self._hub.domain)
         if target is None:
@@ -134,6 +133,6 @@ class TunnelGateway:
         )
 
 
-def _wants_html(request: h11.Request) -> bool:
+def _wants_html(request: Request) -> bool:
     """Whether a page for ``request`` should be HTML (only asked when a page is the answer)."""
     return any(k == b"accept" and wants_html(v) for k, v in request.headers)

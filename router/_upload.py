@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import h11
-
+from ._http1 import Http1Connection
+from ._http1_events import NEED_DATA, Data, EndOfMessage, Event, Pending, RemoteProtocolError
 from ._records import RecordBuilder
 from ._streams import ByteStream
 
-# What h11 yields while reading a request body (PAUSED cannot occur mid-body).
-BodyEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+# What the parser yields while reading a request body (PAUSED cannot occur mid-body).
+BodyEvent = Event | Pending
 
 
 class BodyFailed(Exception):
@@ -39,17 +39,17 @@ class BodyFailed(Exception):
         self.note = note  # for the request's log line
 
 
-def buffered_body_events(browser_h: h11.Connection) -> list[BodyEvent]:
+def buffered_body_events(browser_h: Http1Connection) -> list[BodyEvent]:
     """The body's events in what already arrived (ends in NEED_DATA or EndOfMessage).
 
-    Raises h11.RemoteProtocolError for a malformed body: it is refused before
+    Raises RemoteProtocolError for a malformed body: it is refused before
     the request is routed, so the app never sees its head.
     """
     events: list[BodyEvent] = []
     while True:
         event = browser_h.next_event()
         events.append(event)
-        if event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage):
+        if event is NEED_DATA or isinstance(event, EndOfMessage):
             return events
 
 
@@ -62,10 +62,10 @@ def failure_of(body: asyncio.Task[None] | None) -> BodyFailed | None:
 
 
 async def pump_request_body(
-    browser_h: h11.Connection,
+    browser_h: Http1Connection,
     browser: ByteStream,
     app: ByteStream,
-    app_h: h11.Connection,
+    app_h: Http1Connection,
     events: Sequence[BodyEvent],
     record: RecordBuilder,
     *,
@@ -83,7 +83,7 @@ async def pump_request_body(
     event = queued.pop(0)
     try:
         while True:
-            if event is h11.NEED_DATA:
+            if event is NEED_DATA:
                 try:
                     async with asyncio.timeout(body_timeout_s):
                         data = await browser.receive()
@@ -92,26 +92,26 @@ async def pump_request_body(
                         408, "the request body did not arrive in time", "body timeout"
                     ) from None
                 browser_h.receive_data(data)
-            elif isinstance(event, h11.Data | h11.EndOfMessage):
-                if isinstance(event, h11.Data):
+            elif isinstance(event, Data | EndOfMessage):
+                if isinstance(event, Data):
                     record.bytes_in += len(event.data)
                 try:
                     async with asyncio.timeout(app_timeout_s):
-                        await app.send_all(app_h.send(event) or b"")
+                        await app.send_all(app_h.send(event))
                 except TimeoutError:
                     raise BodyFailed(
                         504, "the app did not take the request body in time", "app not reading"
                     ) from None
-                if isinstance(event, h11.EndOfMessage):
+                if isinstance(event, EndOfMessage):
                     return
-            else:  # pragma: no cover - h11 yields nothing else mid-body
-                raise h11.RemoteProtocolError(f"unexpected {event!r}")
+            else:  # pragma: no cover - the parser yields nothing else mid-body
+                raise RemoteProtocolError(f"unexpected {event!r}")
             if queued:
                 event = queued.pop(0)
                 continue
             try:
                 event = browser_h.next_event()
-            except h11.RemoteProtocolError:  # also: the browser left mid-body
+            except RemoteProtocolError:  # also: the browser left mid-body
                 raise BodyFailed(
                     400, "the request body is malformed", "malformed or cut short"
                 ) from None

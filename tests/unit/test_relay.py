@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from router._gateway import Destination, UpstreamUnavailable
 from router._headers import ClientInfo
+from router._http1_events import Request
 from router._pages import Page, status_page
 from router._records import RequestRecord
 from router._relay import HttpRelay, RelayLimits
@@ -266,7 +267,7 @@ class FakeGateway:
         return f"<FakeGateway opened={self.opened}>"
 
     def route(
-        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+        self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page:
         assert client == CLIENT
         self.routed.append((host, request_id))
@@ -321,7 +322,7 @@ class PageGateway(FakeGateway):
         self.page = page
 
     def route(
-        self, host: str, request: h11.Request, request_id: str, client: ClientInfo
+        self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page:
         self.routed.append((host, request_id))
         return self.page
@@ -614,7 +615,6 @@ def test_absolute_form_target_agreeing_with_host_is_rewritten_to_origin_form() -
         b"http://other.localhost/",
         b"http://user@myapp.localhost/",
         b"ftp://myapp.localhost/",
-        b"myapp.localhost:80",
         b"http:///path",
         b"http://[::1]/",
     ],
@@ -628,6 +628,16 @@ def test_absolute_form_target_not_matching_host_is_400(target: bytes) -> None:
         "Bad Request",
         f"400 Bad request: the absolute request target does not match Host (request id {rid})\n",
         request_id=rid,
+    )
+    assert gateway.opened == 0
+
+
+def test_authority_form_target_outside_connect_is_a_parse_error() -> None:
+    # llhttp refuses it while parsing (it is CONNECT's form): no request is formed.
+    gateway = FakeGateway(hello_app)
+    result = relay(gateway, b"GET myapp.localhost:80 HTTP/1.1\r\nHost: myapp.localhost\r\n\r\n")
+    assert result.response == page_bytes(
+        400, "Bad Request", "400 Bad request: the request could not be parsed as HTTP/1.1\n"
     )
     assert gateway.opened == 0
 

@@ -88,6 +88,7 @@ def machine_facts(rev: str | None = None) -> dict[str, Any]:
         "hostmux_commit": commit,
         "asyncssh": _version("asyncssh"),
         "h11": _version("h11"),
+        "httptools": _version("httptools"),
         "uvloop": _version("uvloop"),
         "cryptography": _version("cryptography"),
         "nginx": _first_line(["/usr/sbin/nginx", "-v"]),

@@ -187,7 +187,7 @@ def render_header(results: dict[str, Any]) -> list[str]:
         f"{_load(mach['load_average_start'])} at the start, "
         f"{_load(mach.get('load_average_end'))} at the end",
         f"- **Software:** hostmux {mach['hostmux_commit']}; Python {mach['python']}, "
-        f"asyncssh {mach['asyncssh']}, h11 {mach['h11']}, uvloop {mach['uvloop']}, "
+        f"asyncssh {mach['asyncssh']}, httptools {mach.get('httptools')}, uvloop {mach['uvloop']}, "
         f"cryptography {mach['cryptography']}; {mach['nginx']}; {mach['openssh']}; "
         f"{mach['wrk']}; {mach['curl'].split(' (')[0]}",
         f"- **Method:** per row and repeat everything is started from scratch (row order "

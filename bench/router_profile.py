@@ -35,7 +35,7 @@ class Frame:
         """The top-level package (or module) of the frame's file.
 
         py-spy shortens paths relative to ``sys.path``, so the first component
-        is the import name: ``h11/_util.py`` -> ``h11``, ``threading.py`` ->
+        is the import name: ``asyncssh/channel.py`` -> ``asyncssh``, ``threading.py`` ->
         ``threading``.
         """
         path = self.file.replace("\\", "/")
@@ -51,9 +51,11 @@ class Frame:
 # Areas of the router's work, for a short summary: (label, [(function prefix, file
 # prefix)]); a sample counts for an area if any frame of its stack matches.
 AREAS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("h11 parsing requests and responses (`Connection.next_event`)",
-     (("Connection.next_event", "h11/"),)),
-    ("h11 serialising (`Connection.send`)", (("Connection.send", "h11/"),)),
+    ("HTTP parsing: llhttp and its callbacks (`Http1Connection.receive_data`)",
+     (("Http1Connection.receive_data", "router/_http1.py"),)),
+    ("HTTP events handed out (`Http1Connection.next_event`)",
+     (("Http1Connection.next_event", "router/_http1.py"),)),
+    ("HTTP serialising (`Http1Connection.send`)", (("Http1Connection.send", "router/_http1.py"),)),
     ("SSH channel writes: asyncssh framing, AES-GCM (`SSHChannel.write`)",
      (("SSHChannel.write", "asyncssh/"),)),
     ("SSH socket sends, one per loop turn (`CoalescingTransport._flush`)",

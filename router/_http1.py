@@ -432,10 +432,14 @@ class Http1Connection:
             self._fail_feed(data, RemoteProtocolError("a response after a body in one read"))
             return
         buffer = carry + data
-        at = -4
-        for _ in range(self._heads_in_feed):
-            at = buffer.find(b"\r\n\r\n", at + 4)
-        self._raw = buffer[at + 4 :]
+        at = 0
+        for head_number in range(self._heads_in_feed):
+            if head_number or not continuing_head:
+                # llhttp skips empty lines before a message: they are not its end.
+                while buffer[at : at + 1] in (b"\r", b"\n"):
+                    at += 1
+            at = buffer.find(b"\r\n\r\n", at) + 4
+        self._raw = buffer[at:]
 
     def _begin_message(self) -> None:
         self._url = self._reason = b""

@@ -315,6 +315,12 @@ def test_a_head_response_split_across_reads() -> None:
     assert client.trailing_data == b"rest"
 
 
+def test_empty_lines_before_a_head_response_are_not_its_end() -> None:
+    client = client_after(HEAD, b"\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nrest")
+    assert [type(e) for e in events(client)] == [Response, EndOfMessage, Pending]
+    assert client.trailing_data == b"rest"
+
+
 def test_204_304_and_1xx_have_no_body() -> None:
     client = client_after(
         REQ,
@@ -481,6 +487,15 @@ def test_the_app_s_101_hands_over_the_bytes_after_it() -> None:
     ]
     assert client.their_state is State.SWITCHED_PROTOCOL
     assert client.trailing_data == b"hello"
+
+
+def test_empty_lines_before_the_app_s_101_are_not_its_end() -> None:
+    client = client_after(
+        Request(b"GET", b"/ws", [(b"host", b"a"), (b"connection", b"upgrade")]),
+        b"\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n\r\n\r\nhello",
+    )
+    assert [type(e) for e in events(client)] == [InformationalResponse, Pending]
+    assert client.trailing_data == b"\r\n\r\nhello"  # after the head: the new protocol's
 
 
 # --- reads may end anywhere ---------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Not a product: a bench row that answers "how fast could hostmux be if it did
 no HTTP work at all?". It holds remote forwards exactly as the router does
-(asyncssh server, the router's ciphers, coalesced SSH writes, the same
-channel window, uvloop) but its front door parses nothing: every TCP
+(asyncssh server, the router's ciphers, coalesced SSH writes, no needless
+IGNORE packets, the same channel window, uvloop) but its front door parses nothing: every TCP
 connection is piped, both ways, into one new ``forwarded-tcpip`` channel of
 the most recent tunnel — no Host routing, no header rewriting, no log line,
 no limits. The design's spike (``design.md``, "Concurrency") measured the
@@ -35,6 +35,7 @@ import asyncssh
 sys.path.insert(0, str(Path.cwd()))
 
 from router._event_loop import run_event_loop
+from router._ssh_ignore import drop_needless_ignores
 from router._ssh_server import DEFAULT_CIPHERS
 from router._ssh_transport import CoalescingListener
 
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--host-key", type=Path, required=True)
     parser.add_argument("--authorized-keys", type=Path, required=True)
+    drop_needless_ignores()  # as the router does
     run_event_loop(_main(parser.parse_args()))
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from router._event_loop import run_event_loop
 from router._log import configure_logging
+from router._ssh_ignore import drop_needless_ignores
 
 from ._config import ConfigError, load_config
 from ._run import run_listener
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hostmux-listener: error: {exc}", file=sys.stderr)
             return 2
     configure_logging(config.log_level)
+    drop_needless_ignores()
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(run_listener(config))
     return 0

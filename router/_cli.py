@@ -13,6 +13,7 @@ from ._event_loop import run_event_loop
 from ._layered_config import ConfigError
 from ._log import configure_logging
 from ._server import run_router
+from ._ssh_ignore import drop_needless_ignores
 
 # Net new container objects between collections of the youngest generation
 # (Python's default is 700); see ``main``.
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level)
     raise_open_files_limit()
+    drop_needless_ignores()
     # What is loaded by now (the modules: asyncssh, cryptography, httptools...) lives as
     # long as the process: keep it out of the collector's full scans, which took
     # ~20 ms of CPU each under load without this (a request waits behind one).

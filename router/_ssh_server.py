@@ -34,6 +34,7 @@ from typing import Any
 import asyncssh
 
 from ._access import KeyGrant
+from ._channel_stream import ChannelStream
 from ._gateway import UpstreamUnavailable
 from ._limits import ConnectionCounts, FailureLimiter
 from ._log import fields
@@ -42,7 +43,7 @@ from ._routing import NameTaken
 from ._ssh_auth import Authenticator
 from ._ssh_session import ToolSession
 from ._ssh_transport import CoalescingListener
-from ._streams import ByteStream, ReaderWriterStream
+from ._streams import ByteStream
 from ._tunnels import Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
@@ -364,12 +365,15 @@ def _tcp_opener(
     """How a browser connection becomes a ``forwarded-tcpip`` channel to the client."""
 
     async def open_stream(orig_host: str, orig_port: int) -> ByteStream:
-        async def opening() -> tuple[Any, Any]:
-            return await conn.open_connection(
-                listen_host, listen_port, orig_host, orig_port, window=window
-            )
+        label = f"channel:{listen_host}"
 
-        return await _open_channel(opening, label=f"channel:{listen_host}", pending=pending)
+        async def opening() -> tuple[Any, Any]:
+            return await conn.create_connection(
+                lambda: ChannelStream(label), listen_host, listen_port, orig_host, orig_port,
+                window=window,
+            )  # fmt: skip
+
+        return await _open_channel(opening, pending=pending)
 
     return open_stream
 
@@ -380,18 +384,21 @@ def _unix_opener(
     """The same for a ``forwarded-streamlocal@openssh.com`` channel (DIT4C protocol)."""
 
     async def open_stream(orig_host: str, orig_port: int) -> ByteStream:
-        async def opening() -> tuple[Any, Any]:
-            return await conn.open_unix_connection(listen_path, window=window)
+        label = f"channel:{listen_path}"
 
-        return await _open_channel(opening, label=f"channel:{listen_path}", pending=pending)
+        async def opening() -> tuple[Any, Any]:
+            return await conn.create_unix_connection(
+                lambda: ChannelStream(label), listen_path, window=window
+            )
+
+        return await _open_channel(opening, pending=pending)
 
     return open_stream
 
 
 async def _open_channel(
-    opening: Callable[[], Coroutine[Any, Any, tuple[Any, Any]]],
+    opening: Callable[[], Coroutine[Any, Any, tuple[Any, ChannelStream]]],
     *,
-    label: str,
     pending: PendingOpens,
 ) -> ByteStream:
     """The channel ``opening`` opens, as a stream.
@@ -407,7 +414,7 @@ async def _open_channel(
     opened = asyncio.ensure_future(opening())
     opened.add_done_callback(pending.release)
     try:
-        reader, writer = await asyncio.shield(opened)
+        _, stream = await asyncio.shield(opened)
     except asyncio.CancelledError:
         opened.add_done_callback(_close_late_channel)
         raise
@@ -417,49 +424,13 @@ async def _open_channel(
         ) from None
     except (asyncssh.Error, OSError):
         raise UpstreamUnavailable("the tunnel went away") from None
-    return _ChannelStream(reader, writer, label=label)
+    return stream
 
 
-class _ChannelStream(ReaderWriterStream):
-    """An SSH channel as a ``ByteStream``, with asyncssh's errors made connection errors.
-
-    When the tunnel's SSH connection is lost mid-stream (its client was killed),
-    asyncssh raises ``ConnectionLost``, an ``asyncssh.Error`` and no ``OSError``,
-    from reads and drains; the relay ends a connection quietly on
-    ``ConnectionError`` only, so the translation happens here, at the adapter.
-    """
-
-    __slots__ = ()
-
-    async def receive(self) -> bytes:
-        try:
-            return await super().receive()
-        except asyncssh.Error as exc:
-            raise ConnectionResetError(f"{self.label}: {exc}") from None
-
-    async def send_all(self, data: bytes) -> None:
-        try:
-            await super().send_all(data)
-        except asyncssh.Error as exc:
-            raise ConnectionResetError(f"{self.label}: {exc}") from None
-
-    async def drain(self) -> None:
-        try:
-            await super().drain()
-        except asyncssh.Error as exc:
-            raise ConnectionResetError(f"{self.label}: {exc}") from None
-
-    async def send_eof(self) -> None:
-        try:
-            await super().send_eof()
-        except asyncssh.Error as exc:
-            raise ConnectionResetError(f"{self.label}: {exc}") from None
-
-
-def _close_late_channel(opened: asyncio.Future[tuple[Any, Any]]) -> None:
+def _close_late_channel(opened: asyncio.Future[tuple[Any, ChannelStream]]) -> None:
     if not opened.cancelled() and opened.exception() is None:
-        _, writer = opened.result()
-        writer.close()
+        _, stream = opened.result()
+        stream.close()
 
 
 def _reason(exc: Exception | None) -> str:

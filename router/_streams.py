@@ -1,9 +1,9 @@
 """The byte-stream interface the relay moves data over, and its asyncio adapter.
 
 The relay never sees sockets or SSH channels: it sees ``ByteStream``. The
-router's browser side is a TCP/TLS asyncio stream, its app side an SSH
-channel; the auth helper's app side is plain TCP. asyncssh's ``SSHReader`` /
-``SSHWriter`` have the asyncio streams' shape, so one adapter serves all.
+router's browser side is a TCP/TLS asyncio stream (``ReaderWriterStream``,
+here), its app side an SSH channel (``_channel_stream.ChannelStream``, the
+channel's session itself); the auth helper's app side is plain TCP.
 
 Back-pressure: ``send_all`` returns only once the transport below has drained
 under its high-water mark, so a slow reader on one side stops the relay from

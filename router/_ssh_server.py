@@ -52,6 +52,11 @@ log = logging.getLogger("hostmux.ssh")
 # halves small-request throughput in asyncssh: offer AES-GCM only.
 DEFAULT_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
+# The largest SSH packet the router takes on its channels (asyncssh's default:
+# 32 KiB). Fewer, larger packets cost a Python client (hostmux-listener) less per
+# byte: its bulk download 607-628 -> 684-721 MB/s, OpenSSH's unchanged.
+_MAX_PACKET = 128 * 1024
+
 # Bind addresses that mean "no name given": OpenSSH sends "localhost" for
 # ``-R 80:host:port`` and "" or "*" for an explicit wildcard.
 _ANY_NAME = frozenset({"", "localhost", "*", "0.0.0.0", "::", "127.0.0.1", "::1"})
@@ -370,7 +375,7 @@ def _tcp_opener(
         async def opening() -> tuple[Any, Any]:
             return await conn.create_connection(
                 lambda: ChannelStream(label), listen_host, listen_port, orig_host, orig_port,
-                window=window,
+                window=window, max_pktsize=_MAX_PACKET,
             )  # fmt: skip
 
         return await _open_channel(opening, pending=pending)
@@ -388,7 +393,7 @@ def _unix_opener(
 
         async def opening() -> tuple[Any, Any]:
             return await conn.create_unix_connection(
-                lambda: ChannelStream(label), listen_path, window=window
+                lambda: ChannelStream(label), listen_path, window=window, max_pktsize=_MAX_PACKET
             )
 
         return await _open_channel(opening, pending=pending)

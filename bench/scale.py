@@ -51,10 +51,13 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 PREFIX = "bench"
 # Raised router limits: one key holds every tunnel, one address every connection
-# (browser connections: the keep-alive part's 10,000 and some room).
+# (browser connections: the keep-alive part's 10,000 and some room), and the
+# keep-alive part's burst of 10,000 channel opens down one tunnel may all be
+# pending at once (the default 1,024 answers the rest 502, as it should).
 LIMIT_FLAGS = (
     "--max-connections", "12000",
     "--max-connections-per-ip", "12000",
+    "--max-pending-channel-opens", "12000",
     "--max-ssh-connections-per-key", "200000",
     "--max-tunnels-per-key", "200000",
 )  # fmt: skip

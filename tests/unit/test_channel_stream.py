@@ -22,16 +22,14 @@ import pytest
 
 from router._channel_stream import ChannelStream
 
+from .asyncio_bounded import run as bounded_run
+
 DEADLINE_S = 20.0
 WINDOW = 256 * 1024
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(DEADLINE_S):
-            await scenario
-
-    asyncio.run(bounded())
+    bounded_run(scenario, DEADLINE_S)
 
 
 @dataclass

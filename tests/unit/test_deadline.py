@@ -9,26 +9,18 @@ nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from router._deadline import Deadline
 
+from .asyncio_bounded import run
+
 T = TypeVar("T")
 
-TEST_DEADLINE_S = 10.0  # each scenario takes milliseconds; this only trips on a hang
 SHORT_S = 0.02  # a timeout under test
 LONG_S = 60.0  # a timeout that must not fire during a test
-
-
-def run(scenario: Coroutine[Any, Any, T]) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(TEST_DEADLINE_S):
-            return await scenario
-
-    return asyncio.run(bounded())
 
 
 def test_a_wait_longer_than_its_time_raises_timeout_error() -> None:

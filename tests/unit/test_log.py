@@ -18,7 +18,8 @@ import pytest
 
 from router._log import _LogfmtFormatter, _TurnBufferedHandler, fields
 
-TEST_DEADLINE_S = 10.0  # each scenario takes microseconds; this only trips on a hang
+from .asyncio_bounded import run
+
 LINE = re.compile(
     r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info event=request rid=r1 status=200"
 )
@@ -79,11 +80,7 @@ def test_lines_of_one_loop_turn_are_written_together_at_its_end(
         await turn_over
         return stream.writes
 
-    async def bounded() -> list[str]:
-        async with asyncio.timeout(TEST_DEADLINE_S):
-            return await scenario()
-
-    writes = asyncio.run(bounded())
+    writes = run(scenario())
     assert len(writes) == 1
     lines = writes[0].splitlines()
     assert len(lines) == 2

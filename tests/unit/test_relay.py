@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import h11
 import pytest
@@ -33,10 +33,11 @@ from router._records import RequestRecord
 from router._relay import HttpRelay, RelayLimits
 from router._streams import ByteStream
 
+from .asyncio_bounded import run
+
 T = TypeVar("T")
 
 # Each scenario finishes in milliseconds; 10 s only trips on a real hang.
-TEST_DEADLINE_S = 10.0
 # The fuzz scenarios are smaller still; a hang must fail fast across 200 examples.
 FUZZ_DEADLINE_S = 5.0
 # A timeout under test: long enough to be the last thing that happens, short
@@ -46,16 +47,6 @@ SHORT_S = 0.05
 CLIENT = ClientInfo(peer_ip="203.0.113.7", peer_port=50123, scheme="https")
 HOST = b"myapp.localhost"
 LIMITS = RelayLimits()
-
-
-def run(scenario: Coroutine[Any, Any, T], deadline_s: float = TEST_DEADLINE_S) -> T:
-    """Run an asyncio scenario to completion under an absolute deadline."""
-
-    async def bounded() -> T:
-        async with asyncio.timeout(deadline_s):
-            return await scenario
-
-    return asyncio.run(bounded())
 
 
 # --- memory streams ---------------------------------------------------------------------------

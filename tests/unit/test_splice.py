@@ -18,6 +18,7 @@ from router._frame_edges import FrameEdges, close_frame
 from router._relay import HttpRelay
 from router._splice import splice
 
+from .asyncio_bounded import run
 from .test_relay import (
     CLIENT,
     LIMITS,
@@ -28,7 +29,6 @@ from .test_relay import (
     memory_pipe,
     read_until,
     read_until_eof,
-    run,
 )
 
 

@@ -8,13 +8,14 @@ packets were sent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncssh
 import pytest
 
 from router._ssh_ignore import drop_needless_ignores
+
+from .asyncio_bounded import run
 
 TEST_DEADLINE_S = 20.0
 
@@ -66,13 +67,9 @@ async def _sent_packets(cipher: str) -> tuple[str, list[str]]:
 
 
 def _run(cipher: str) -> tuple[str, list[str]]:
-    async def bounded() -> tuple[str, list[str]]:
-        async with asyncio.timeout(TEST_DEADLINE_S):
-            return await _sent_packets(cipher)
-
     drop_needless_ignores()
     drop_needless_ignores()  # idempotent: a second call wraps nothing again
-    return asyncio.run(bounded())
+    return run(_sent_packets(cipher), TEST_DEADLINE_S)
 
 
 @pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])

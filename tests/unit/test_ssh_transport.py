@@ -12,22 +12,13 @@ over loopback TCP.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from router._ssh_transport import CoalescingConnector, CoalescingListener, CoalescingTransport
 
+from .asyncio_bounded import run
+
 T = TypeVar("T")
-
-TEST_DEADLINE_S = 10.0  # each scenario takes microseconds; this only trips on a hang
-
-
-def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(TEST_DEADLINE_S):
-            await scenario
-
-    asyncio.run(bounded())
 
 
 class RecordingTransport(asyncio.Transport):
@@ -197,15 +188,10 @@ def test_listener_and_connector_hand_real_sockets_to_the_protocol_wrapped() -> N
             peer[:2] if peer else ("", 0),
         )
 
-    echoed, client_wrapped, server_wrapped, peer = asyncio.run(_bounded(scenario()))
+    echoed, client_wrapped, server_wrapped, peer = run(scenario())
     assert echoed == b"SSH-2.0-hello\r\n"
     assert client_wrapped and server_wrapped
     assert peer[0] == "127.0.0.1"
-
-
-async def _bounded(scenario: Coroutine[Any, Any, T]) -> T:
-    async with asyncio.timeout(TEST_DEADLINE_S):
-        return await scenario
 
 
 class PingPong(asyncio.Protocol):
@@ -258,6 +244,6 @@ def test_the_handshake_reads_pass_through_then_the_socket_is_handed_over() -> No
             await server.wait_closed()
         return client.echoes, handed_over
 
-    echoes, handed_over = asyncio.run(_bounded(scenario()))
+    echoes, handed_over = run(scenario())
     assert echoes == [str(n).encode() for n in range(20)]
     assert handed_over

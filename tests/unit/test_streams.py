@@ -19,6 +19,8 @@ from typing import Any
 
 from router._streams import ReaderWriterStream
 
+from .asyncio_bounded import run as bounded_run
+
 # Far more than loopback's kernel buffers take: most of it stays in asyncio's.
 QUEUED_BYTES = 64 * 1024 * 1024
 LINGER_S = 0.05
@@ -26,11 +28,7 @@ DEADLINE_S = 20.0
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(DEADLINE_S):
-            await scenario
-
-    asyncio.run(bounded())
+    bounded_run(scenario, DEADLINE_S)
 
 
 @dataclass

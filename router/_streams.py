@@ -98,13 +98,10 @@ class ReaderWriterStream:
         self._chunk = chunk
         self._close_linger_s = close_linger_s
         self.label = label
-        # How much is held unsent: the asyncio transport's buffer, or an SSH
-        # channel's (asyncssh writers have a ``channel``, no transport). A writer
-        # with neither always goes through its own drain.
+        # How much is held unsent: the asyncio transport's buffer. A writer
+        # without one always goes through its own drain.
         # (StreamWriter.get_extra_info("transport") is None: the attribute it is.)
         transport = getattr(writer, "transport", None)
-        if transport is None:
-            transport = getattr(writer, "channel", None)
         self._buffered = getattr(transport, "get_write_buffer_size", None)
 
     def __repr__(self) -> str:
@@ -124,7 +121,7 @@ class ReaderWriterStream:
         self._writer.write(data)
 
     def must_drain(self) -> bool:
-        # A transport or channel that sent everything needs no wait: skipping the
+        # A transport that sent everything needs no wait: skipping the
         # drain coroutine (and the caller's timeout) is most of a small response.
         return self._buffered is None or self._buffered() > 0
 
@@ -152,7 +149,7 @@ class ReaderWriterStream:
             self.abort()
 
     def abort(self) -> None:
-        # asyncio's StreamWriter has its transport; an SSH channel's writer does not.
+        # asyncio's StreamWriter has its transport; a writer without one is closed.
         transport = getattr(self._writer, "transport", None)
         if transport is None:
             self._writer.close()

@@ -1,8 +1,9 @@
 """``ReaderWriterStream``: when it waits to drain, and how it ends a connection.
 
 Draining: the writers are small recording classes shaped like asyncio's
-``StreamWriter`` (a ``transport``) and asyncssh's ``SSHWriter`` (a
-``channel``); a stream waits only when something is left unsent.
+``StreamWriter`` (a ``transport``), or with none; a stream waits only when
+something is left unsent. (SSH channels are ``ChannelStream``s:
+``test_channel_stream``.)
 
 Ending: on a real loopback socket (the relay's other tests use memory pipes),
 a stream closed (or aborted) while the peer reads nothing must not keep its
@@ -117,7 +118,7 @@ class Reader:
 
 
 class Buffer:
-    """What holds unsent bytes: an asyncio transport or an SSH channel."""
+    """What holds unsent bytes: an asyncio transport."""
 
     def __init__(self) -> None:
         self.unsent = 0
@@ -127,7 +128,7 @@ class Buffer:
 
 
 class Writer:
-    """A writer with neither a transport nor a channel: always drains."""
+    """A writer without a transport: always drains."""
 
     def __init__(self) -> None:
         self.written: list[bytes] = []
@@ -163,19 +164,12 @@ class TcpWriter(Writer):
         return self.transport if name == "transport" else default
 
 
-class SshWriter(Writer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.channel = Buffer()
-
-
-def test_tcp_and_ssh_writers_drain_only_with_bytes_unsent() -> None:
-    for writer in (TcpWriter(), SshWriter()):
-        stream = ReaderWriterStream(Reader(), writer, label="test")
-        buffer = writer.transport if isinstance(writer, TcpWriter) else writer.channel
-        assert stream.must_drain() is False
-        buffer.unsent = 1
-        assert stream.must_drain() is True
+def test_a_tcp_writer_drains_only_with_bytes_unsent() -> None:
+    writer = TcpWriter()
+    stream = ReaderWriterStream(Reader(), writer, label="test")
+    assert stream.must_drain() is False
+    writer.transport.unsent = 1
+    assert stream.must_drain() is True
 
 
 def test_a_writer_without_a_buffer_to_look_at_always_drains() -> None:

@@ -269,7 +269,7 @@ def main() -> int:
         install.ensure_pip_package("matplotlib", "matplotlib")
         if args.profile and install.py_spy_path() is None:
             install.ensure_pip_package("py_spy", "py-spy")
-    raise_nofile_limit()
+    _, open_files_hard = raise_nofile_limit()
     cache = Path(os.environ.get("HOSTMUX_BENCH_CACHE", "/tmp/hostmux-bench-cache"))
     install.ensure_content(cache / "www", args.bulk_bytes)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ def main() -> int:
                 from scale import ScaleOptions, parse_steps, run_scale
 
                 opts = ScaleOptions(
-                    steps=parse_steps(args.scale_steps, raise_nofile_limit()[1]),
+                    steps=parse_steps(args.scale_steps, open_files_hard),
                     wrk_duration_s=2 if args.quick else 5,
                     keepalive_connections=args.keepalive_connections,
                 )

@@ -12,6 +12,8 @@ over loopback TCP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from router._ssh_transport import CoalescingConnector, CoalescingListener, CoalescingTransport
@@ -157,29 +159,37 @@ class Greeter(asyncio.Protocol):
             self.done.set_result(self.received)
 
 
+@contextlib.asynccontextmanager
+async def echo_server() -> AsyncIterator[tuple[int, list[Echo]]]:
+    """A ``CoalescingListener`` on a loopback port: (the port, the ``Echo`` of each connection)."""
+    servers: list[Echo] = []
+
+    def serve(_host: str, _port: int) -> Echo:
+        servers.append(Echo())
+        return servers[-1]
+
+    server = await CoalescingListener().create_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], servers
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_listener_and_connector_hand_real_sockets_to_the_protocol_wrapped() -> None:
     """Loopback TCP both ways: each side's protocol gets a CoalescingTransport, bytes in order."""
 
     async def scenario() -> tuple[bytes, bool, bool, tuple[str, int]]:
-        servers: list[Echo] = []
-
-        def serve(_host: str, _port: int) -> Echo:
-            servers.append(Echo())
-            return servers[-1]
-
-        server = await CoalescingListener().create_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        greeter = Greeter(len(b"SSH-2.0-hello\r\n"))
-        transport, protocol = await CoalescingConnector().create_connection(
-            lambda: greeter, "127.0.0.1", port
-        )
-        try:
-            echoed = await greeter.done
-            peer = greeter.transport.get_extra_info("peername") if greeter.transport else None
-        finally:
-            transport.close()
-            server.close()
-            await server.wait_closed()
+        async with echo_server() as (port, servers):
+            greeter = Greeter(len(b"SSH-2.0-hello\r\n"))
+            transport, protocol = await CoalescingConnector().create_connection(
+                lambda: greeter, "127.0.0.1", port
+            )
+            try:
+                echoed = await greeter.done
+                peer = greeter.transport.get_extra_info("peername") if greeter.transport else None
+            finally:
+                transport.close()
         assert protocol is greeter
         return (
             echoed,
@@ -221,27 +231,18 @@ def test_the_handshake_reads_pass_through_then_the_socket_is_handed_over() -> No
     """Past the first reads (acknowledged at once), the SSH side gets the socket itself."""
 
     async def scenario() -> tuple[list[bytes], bool]:
-        servers: list[Echo] = []
-
-        def serve(_host: str, _port: int) -> Echo:
-            servers.append(Echo())
-            return servers[-1]
-
-        server = await CoalescingListener().create_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = PingPong(rounds=20)  # more reads than the handshake's quick ACKs
-        transport, _ = await asyncio.get_running_loop().create_connection(
-            lambda: client, "127.0.0.1", port
-        )
-        try:
-            await client.done
-            server_side = servers[0].transport
-            assert isinstance(server_side, CoalescingTransport)
-            handed_over = server_side.get_protocol() is servers[0]
-        finally:
-            transport.close()
-            server.close()
-            await server.wait_closed()
+        async with echo_server() as (port, servers):
+            client = PingPong(rounds=20)  # more reads than the handshake's quick ACKs
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                lambda: client, "127.0.0.1", port
+            )
+            try:
+                await client.done
+                server_side = servers[0].transport
+                assert isinstance(server_side, CoalescingTransport)
+                handed_over = server_side.get_protocol() is servers[0]
+            finally:
+                transport.close()
         return client.echoes, handed_over
 
     echoes, handed_over = run(scenario())

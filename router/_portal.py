@@ -36,6 +36,7 @@ import httpx
 
 import keys
 
+from ._http_client import HTTP_CALL_FAILURES, describe
 from ._log import fields
 
 log = logging.getLogger("hostmux.portal")
@@ -112,9 +113,9 @@ class PortalKeys:
                     "GET", url, headers={"accept": "application/jwk-set+json, text/plain"}
                 ) as response:
                     body = await _read_bounded(response)
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
-            log.warning(fields("portal_unavailable", url=url, reason=_describe(exc)))
-            raise PortalUnavailable(f"the portal did not answer ({_describe(exc)})") from None
+        except HTTP_CALL_FAILURES as exc:
+            log.warning(fields("portal_unavailable", url=url, reason=describe(exc)))
+            raise PortalUnavailable(f"the portal did not answer ({describe(exc)})") from None
         if response.status_code == 404:
             return self._remember(instance_id, frozenset(), self._negative_ttl_s)
         if response.status_code != 200:
@@ -192,6 +193,8 @@ class TunnelEvents:
     secret: bytes
     router_name: str
     timeout_s: float = 5.0
+    retry_first_s: float = 0.5  # the first back-off after a failed delivery
+    retry_cap_s: float = _EVENT_RETRY_CAP_S
     _queue: deque[dict[str, object]] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -212,7 +215,7 @@ class TunnelEvents:
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-            delay = 0.5
+            delay = self.retry_first_s
             while True:
                 if not self._queue:
                     self._wakeup.clear()
@@ -228,22 +231,18 @@ class TunnelEvents:
                     response = await client.post(self.url, content=body, headers=headers)
                     ok = 200 <= response.status_code < 300
                     reason = f"status {response.status_code}"
-                except httpx.HTTPError as exc:
-                    ok, reason = False, _describe(exc)
+                except HTTP_CALL_FAILURES as exc:
+                    ok, reason = False, describe(exc)
                 if ok:
                     self._queue.popleft()
                     log.info(
                         fields("portal_event_delivered", kind=event["event"], name=event["name"])
                     )
-                    delay = 0.5
+                    delay = self.retry_first_s
                     continue
                 log.warning(
                     fields("portal_event_failed", url=self.url, reason=reason, retry_s=delay)
                 )
                 await asyncio.sleep(delay)  # back-off between delivery attempts
-                delay = min(delay * 2, _EVENT_RETRY_CAP_S)
+                delay = min(delay * 2, self.retry_cap_s)
 
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text or type(exc).__name__

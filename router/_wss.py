@@ -389,7 +389,7 @@ class WssConnector:
         )
         outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
         transport = MessageTransport(
-            outgoing.put_nowait, lambda: outgoing.put_nowait(None), (host, port)
+            outgoing.put_nowait, lambda: outgoing.put_nowait(None), _peer_address(ws)
         )
         protocol = factory()
         protocol.connection_made(transport)
@@ -415,3 +415,15 @@ class WssConnector:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return transport, protocol
+
+
+def _peer_address(ws: Any) -> tuple[str, int]:
+    """The IP address and port the WebSocket is connected to (a proxy's, through one).
+
+    asyncssh parses a transport's peer name as an IP address, so the host name
+    the user gave (``--router tunnels.example.org:2222``) cannot stand in for it.
+    """
+    peer = ws.transport.get_extra_info("peername") if ws.transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]), int(peer[1])
+    return ("0.0.0.0", 0)  # a socket that is already gone: the handshake fails next

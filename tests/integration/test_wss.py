@@ -91,6 +91,27 @@ async def test_auto_transport_falls_back_to_websocket_when_ssh_is_closed(world: 
     assert (await router.get("autowss", "/")).status_code == 200
 
 
+@pytest.mark.parametrize("transport", ["wss", "auto"])
+async def test_websocket_transport_with_a_router_host_name(world: World, transport: str) -> None:
+    """--router names a host (as in the README), not an IP: asyncssh must not parse it as one."""
+    stack, router = world.stack, world.router
+    with trio.socket.socket() as sock:  # auto: nothing listens for plain SSH, so it switches
+        await sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    ssh_port = router.ssh_port if transport == "wss" else dead
+    args = _wss_args(world)
+    args[1] = transport
+    argv = stack.listener_argv(router, world.key, world.app.port)
+    argv[argv.index("--router") + 1] = f"localhost:{ssh_port}"
+    listener = await stack.spawn(
+        f"listener-{transport}-by-name",
+        [*argv, "--name", f"byname-{transport}",
+         "--host-key-fingerprint", router.host_key_fingerprint, *args],
+    )  # fmt: skip
+    await listener.wait_for(rf"event=tunnel_up name=byname-{transport} .*transport=wss")
+    assert (await router.get(f"byname-{transport}", "/")).status_code == 200
+
+
 async def test_silent_or_garbage_websocket_clients_are_dropped(stack: Stack) -> None:
     router = await stack.start_router("--ssh-login-timeout-s", "2")
     for payload in (None, b"this is not SSH\r\n", b"\x00" * 64):

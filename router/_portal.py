@@ -245,4 +245,3 @@ class TunnelEvents:
                 )
                 await asyncio.sleep(delay)  # back-off between delivery attempts
                 delay = min(delay * 2, self.retry_cap_s)
-

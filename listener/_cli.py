@@ -12,6 +12,7 @@ from router._ssh_ignore import drop_needless_ignores
 
 from ._config import ConfigError, load_config
 from ._run import run_listener
+from ._ssh_client import identity_problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not config.identity_file.is_file():
         print(f"hostmux-listener: error: no private key at {config.identity_file}", file=sys.stderr)
+        return 2
+    if (problem := identity_problem(config.identity_file)) is not None:
+        print(f"hostmux-listener: error: identity_file: {problem}", file=sys.stderr)
         return 2
     if config.uri_update_url:
         import keys  # portal mode only: the JWT stack is slow to import

@@ -142,7 +142,10 @@ def parser() -> argparse.ArgumentParser:
     return build_parser(
         ListenerConfig,
         "hostmux-listener",
-        "Expose a local app at https://NAME.DOMAIN through a hostmux router; reconnects for ever.",
+        "Expose a local app at https://NAME.DOMAIN through a hostmux router; reconnects for ever. "
+        "Also: 'hostmux-listener connect WSS_URL' carries stdin/stdout over the router's "
+        "SSH-over-WebSocket endpoint, as an OpenSSH ProxyCommand "
+        "(see 'hostmux-listener connect --help').",
     )
 
 

@@ -192,6 +192,24 @@ class TunnelSession:
         return report
 
 
+def identity_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be the listener's SSH identity (one line), or None if it can."""
+    try:
+        asyncssh.read_private_key(os.fspath(path))
+    except asyncssh.KeyImportError as exc:
+        if "passphrase" in str(exc).lower():
+            return (
+                f"{path} is protected by a passphrase, and the listener runs unattended: "
+                f"use a key without one (ssh-keygen -p -N '' -f {path} removes it)"
+            )
+        if path.suffix == ".pub":
+            return f"{path} is a public key: give the private key (the file without .pub)"
+        return f"{path} is not a private key ({exc})"
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return None
+
+
 def _tunnel_for(spec: TunnelSpec) -> tuple[object, tuple[type[Exception], ...]]:
     """What asyncssh connects through, and the errors of its own that it may raise.
 

@@ -103,9 +103,10 @@ def _link_html(link: tuple[str, str] | None) -> str:
     return f'<p><a href="{html.escape(url, quote=True)}" id=way-out>{html.escape(text)}</a></p>'
 
 
-def router_home_page(domain: str, *, as_html: bool) -> Page:
+def router_home_page(domain: str, *, ssh_port: int, as_html: bool) -> Page:
     """What the router's own host shows: what it is and how to open a tunnel."""
-    hint = f"Open a tunnel: ssh -R myapp:80:localhost:3000 -p 2222 {domain}"
+    port = "" if ssh_port == 22 else f" -p {ssh_port}"  # 22: ssh's own default
+    hint = f"Open a tunnel: ssh{port} -R myapp:80:localhost:3000 {domain}"
     if as_html:
         body = (
             f"<!doctype html><html><head><meta charset=utf-8><title>hostmux</title>"

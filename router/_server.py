@@ -191,6 +191,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
                 raise ConfigError(f"cannot listen on {value}: {exc.strerror or exc}") from None
             one_port_sockets.append(sock)
             bound.setdefault("one_port", []).append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
+        hub.ssh_port = int((bound.get("one_port") or bound["ssh"])[0].rsplit(":", 1)[1])
         if config.public_port == 0:
             first = bound["https"][0] if bound["https"] else bound["http"][0]
             hub.set_public_port(scheme, int(first.rsplit(":", 1)[1]))

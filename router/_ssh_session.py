@@ -6,7 +6,8 @@ Part of the router's asyncssh adapter.
   connection's URLs — and later ones, and refusals with their reasons — on
   stderr, then only listens for Ctrl-C / Ctrl-D, which end it. Nothing typed
   runs.
-* Exec requests run built-in commands only: ``help``, ``tunnels [--json]``;
+* Exec requests run built-in commands only: ``help``, ``tunnels [--json]``
+  (this connection's tunnels: the listener reads its own tunnel from it);
   in portal mode also the DIT4C pair: as user ``register``, ``INSTANCE_ID``
   (cache the instance's portal keys), and as user ``listen``, ``SOCKET`` (wait
   for the forward of that path, print the URL on stdout, stay open). Any
@@ -40,8 +41,16 @@ _FORWARD_WAIT_S = 10.0
 _HELP = """hostmux tunnel router.
   ssh -R NAME:80:localhost:PORT HOST     serve localhost:PORT at https://NAME.DOMAIN
   ssh -R 80:localhost:PORT HOST          the same under a random name
-Commands: help, tunnels [--json]
+Commands:
+  help                                   this text
+  tunnels [--json]                       this connection's tunnels (not the router's others);
+                                         --json adds the names refused on it, with reasons
 """
+
+# What ``ssh register@router`` with no instance id is told (DIT4C's usage).
+_REGISTER_USAGE = (
+    "usage: ssh register@HOST INSTANCE_ID  (caches the instance's keys from the portal)\n"
+)
 
 _BUILTINS = ("help", "tunnels")
 
@@ -68,7 +77,7 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         return True  # ssh asks for one by default; refusing it only adds a warning
 
     def shell_requested(self) -> bool:
-        return self._role() != "register"
+        return True  # as ``register``, only to say how it is used (session_started)
 
     def exec_requested(self, command: str) -> bool:
         words = command.split()
@@ -90,6 +99,10 @@ class ToolSession(asyncssh.SSHServerSession[str]):
     def session_started(self) -> None:
         chan = self._channel
         command = self._command
+        if command is None and self._role() == "register":
+            chan.write_stderr(_REGISTER_USAGE)
+            chan.exit(2)
+            return
         if command is None:
             for line in self._url_lines():
                 self._say(line)
@@ -153,8 +166,9 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             for f in self._state.forwards
         ]  # fmt: skip
         if "--json" in words:
-            return json.dumps({"tunnels": tunnels, "refused": self._state.refusals}) + "\n"
-        return "".join(t["url"] + "\n" for t in tunnels) or "no tunnels\n"
+            report = {"scope": "connection", "tunnels": tunnels, "refused": self._state.refusals}
+            return json.dumps(report) + "\n"
+        return "".join(t["url"] + "\n" for t in tunnels) or "no tunnels on this connection\n"
 
     async def _register(self, instance_id: str) -> None:
         """DIT4C ``ssh register@router INSTANCE_ID``: cache the instance's keys."""

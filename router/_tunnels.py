@@ -50,6 +50,7 @@ class TunnelHub:
         self.routes: RouteTable[Tunnel] = RouteTable(reservation_s=reservation_s)
         self._scheme = scheme
         self._public_port = public_port
+        self.ssh_port = 22  # the port tunnel clients dial, once bound (the home page's hint)
         # Called with ("tunnel_up" | "tunnel_down", name, url): the portal's webhook.
         self.observers: list[Callable[[str, str, str], None]] = []
 
@@ -114,7 +115,9 @@ class TunnelGateway:
                     key="wss", label="_hostmux",
                     open=partial(self._wss.open_stream, client.peer_ip, client.peer_port),
                 )  # fmt: skip
-            return router_home_page(self._hub.domain, as_html=_wants_html(request))
+            return router_home_page(
+                self._hub.domain, ssh_port=self._hub.ssh_port, as_html=_wants_html(request)
+            )
         found = self._hub.routes.lookup(target.label)
         if found is None:
             return status_page(

@@ -76,6 +76,8 @@ async def test_host_normalisation_routes_exactly(stack: Stack) -> None:
         came_from = "router" if from_router else came_from
         if (response.status, came_from) != (status, source):
             failures.append(f"{host!r}: {response.status} from {came_from}, {response.body!r}")
+        if came_from == "home":  # its hint names the SSH port this router listens on
+            assert f"ssh -p {router.ssh_port} -R ".encode() in response.body, response.body
     assert not failures, "\n".join(failures)
     assert_no_traceback(router.proc)
 

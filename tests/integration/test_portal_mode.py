@@ -402,6 +402,13 @@ async def test_original_dit4c_two_step_ssh_flow(stack: Stack) -> None:
     instance = await portal.create_instance("heidi")
     key = write_private_key(stack, instance)
 
+    # Without an instance id: how to use it, not OpenSSH's "shell request failed".
+    usage = await stack.spawn(
+        "ssh-register-usage", stack.ssh_argv(router, key, "register@127.0.0.1")
+    )
+    assert await usage.wait_exit() == 2
+    await usage.wait_for(r"^usage: ssh register@HOST INSTANCE_ID")
+
     register = await stack.spawn(
         "ssh-register", stack.ssh_argv(router, key, "register@127.0.0.1", instance["id"])
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from .conftest import Stack, World, public_key_of
@@ -96,6 +97,20 @@ async def test_exec_subsystem_and_local_forwards_are_refused(
     builtin = await stack.spawn("ssh-help", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "help"))
     assert await builtin.wait_exit() == 0
     await builtin.wait_for(r"hostmux tunnel router")
+    await builtin.wait_for(r"tunnels \[--json\] +this connection's tunnels")
+
+    # tunnels lists the asking connection's tunnels only, and says so.
+    tunnels = await stack.spawn(
+        "ssh-tunnels", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "tunnels")
+    )
+    assert await tunnels.wait_exit() == 0
+    await tunnels.wait_for(r"^no tunnels on this connection$")
+    listed = await stack.spawn(
+        "ssh-tunnels-json", stack.ssh_argv(router, key, "tunnel@127.0.0.1", "tunnels --json")
+    )
+    assert await listed.wait_exit() == 0
+    report = json.loads((await listed.wait_for(r"^\{.*\}$"))[0])
+    assert report == {"scope": "connection", "tunnels": [], "refused": []}
 
     # -W opens the same direct-tcpip channel as -L, without a local port to race for.
     mark = len(router.proc.lines)

@@ -137,10 +137,10 @@ def test_content_length_counts_bytes_not_characters() -> None:
 
 
 def test_home_page_as_text() -> None:
-    page = router_home_page("example.com", as_html=False)
+    page = router_home_page("example.com", ssh_port=2222, as_html=False)
     body = (
         b"hostmux router for *.example.com\n"
-        b"Open a tunnel: ssh -R myapp:80:localhost:3000 -p 2222 example.com\n"
+        b"Open a tunnel: ssh -p 2222 -R myapp:80:localhost:3000 example.com\n"
     )
     assert page == Page(
         status=200,
@@ -156,7 +156,7 @@ def test_home_page_as_text() -> None:
 
 
 def test_home_page_as_html_escapes_the_domain() -> None:
-    page = router_home_page("a<b>.example", as_html=True)
+    page = router_home_page("a<b>.example", ssh_port=2222, as_html=True)
     assert page.status == 200
     assert b"<b>" not in page.body
     assert b"<code>https://NAME.a&lt;b&gt;.example</code>" in page.body
@@ -168,7 +168,15 @@ def test_home_page_as_html_escapes_the_domain() -> None:
 
 def test_home_page_is_not_marked_as_a_router_error() -> None:
     for as_html in (False, True):
-        assert header(router_home_page("example.com", as_html=as_html), b"x-hostmux-error") is None
+        page = router_home_page("example.com", ssh_port=2222, as_html=as_html)
+        assert header(page, b"x-hostmux-error") is None
+
+
+def test_home_page_names_the_ssh_port_the_router_listens_on() -> None:
+    page = router_home_page("example.com", ssh_port=40022, as_html=False)
+    assert b"ssh -p 40022 -R myapp:80:localhost:3000 example.com" in page.body
+    assert b"2222" not in page.body
+    assert b" -p " not in router_home_page("example.com", ssh_port=22, as_html=False).body
 
 
 # --- wants_html -------------------------------------------------------------------------

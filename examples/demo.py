@@ -16,16 +16,25 @@ its own process, exactly as they would run on separate machines:
 Open the portal, log in, click an instance: the auth helper sends you through
 the portal's OAuth2 login and lets you in only to your own instances (or
 those shared with you). Ctrl-C stops everything.
+
+It also makes a demo SSH key that the router accepts, and prints the plain
+``ssh -R`` command that opens a tunnel of your own with it.
+
+Only one demo runs at a time: a second one sees the first (a lock in the state
+directory, then the ports it needs) and says so before it touches anything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -34,6 +43,7 @@ from urllib.request import Request, urlopen
 
 import trio
 
+import keys
 from examples.portal.pods import instance_environment
 
 # The pieces start in well under a second; a slow machine gets more.
@@ -43,6 +53,10 @@ PORTAL_PORT = 8000
 ROUTER_READY = r"event=router_ready .*ssh=(\S+) https=(\S+) http=(\S+) host_key=(\S+) ca=(\S+)"
 USERS = {"alice": "alice-demo-password", "bob": "bob-demo-password"}
 ADMIN_TOKEN_BYTES = 24
+# The auth helpers' ports, one per instance (the listeners' targets).
+HELPER_PORTS = {"alice": 8101, "bob": 8102}
+# The router's embedded default ports (SSH, HTTPS, HTTP) on loopback.
+ROUTER_PORTS = (2222, 8443, 8080)
 
 
 def _state_dir() -> Path:
@@ -97,6 +111,65 @@ async def wait_line(
     raise SystemExit(f"demo: {what} did not start (run with HOSTMUX_DEMO_VERBOSE=1 to see why)")
 
 
+def claim_demo(state: Path) -> int:
+    """Hold the demo lock (kept until the process exits); SystemExit if another demo runs.
+
+    Checked before anything is deleted or started: a second demo must not wipe
+    the running one's keys and then fail on its ports.
+    """
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = state / "demo.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SystemExit(
+            f"demo: another demo is running (pid {pid}); stop it with Ctrl-C first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def ports_in_use(ports: list[int]) -> list[int]:
+    """Which of ``ports`` something already listens on, on loopback."""
+    busy = []
+    for port in ports:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                busy.append(port)
+    return busy
+
+
+def demo_ssh_access(demo: Path, state: Path, host_key_line: str, ssh_port: int) -> str:
+    """A key the demo router accepts, a known_hosts that pins it, and the ssh command.
+
+    The router's authorized_keys file for the demo holds the demo key and the
+    lines of the user's own ``STATE/authorized_keys`` (seeded from ``~/.ssh``),
+    so the user's keys keep working too.
+    """
+    key = demo / "ssh-key"
+    keys.write_keypair(keys.generate_keypair(comment="hostmux-demo"), key)
+    own = state / "authorized_keys"
+    lines = [key.with_suffix(".pub").read_text().strip()]
+    if own.is_file():
+        lines += [line for line in own.read_text().splitlines() if line.strip()]
+    (demo / "authorized_keys").write_text("\n".join(lines) + "\n")
+    known_hosts = demo / "known_hosts"
+    known_hosts.write_text(f"[localhost]:{ssh_port} {host_key_line}\n")
+    return (
+        f"ssh -i {key} -o IdentitiesOnly=yes -o UserKnownHostsFile={known_hosts} "
+        f"-p {ssh_port} -R myapp:80:localhost:3000 localhost"
+    )
+
+
 def portal_call(portal: str, token: str, method: str, path: str, body: object) -> dict[str, str]:
     request = Request(
         portal + path, method=method, data=json.dumps(body).encode(),
@@ -109,6 +182,13 @@ def portal_call(portal: str, token: str, method: str, path: str, body: object) -
 
 async def main() -> None:
     state = _state_dir()
+    claim_demo(state)
+    busy = ports_in_use([PORTAL_PORT, *ROUTER_PORTS, *HELPER_PORTS.values()])
+    if busy:
+        raise SystemExit(
+            f"demo: port {', '.join(map(str, busy))} in use on 127.0.0.1 "
+            "(another program? stop it first)"
+        )
     demo = state / "demo"
     shutil.rmtree(demo, ignore_errors=True)  # a fresh portal and fresh instances each run
     demo.mkdir(parents=True, mode=0o700)
@@ -130,21 +210,26 @@ async def main() -> None:
         ca_file = demo / "portal-ssh-ca.pub"
         ca_file.write_text((demo / "portal" / "ssh-ca.pub").read_text())
 
-        # 2. The router on its embedded default, in portal mode.
+        # 2. The router on its embedded default, in portal mode; the demo's
+        #    authorized_keys is filled in below, once the host key exists (the
+        #    router re-reads it when it changes).
+        (demo / "authorized_keys").touch(mode=0o600)
         lines = await procs.start("router", [
-            python, "-m", "router", "--portal-keys-url", portal + "/instances/{id}/keys",
+            python, "-m", "router", "--authorized-keys-file", str(demo / "authorized_keys"),
+            "--portal-keys-url", portal + "/instances/{id}/keys",
             "--portal-ca-keys-file", str(ca_file), "--events-url", portal + "/router-events",
             "--events-secret", events_secret,
         ])  # fmt: skip
         ready = await wait_line(lines, ROUTER_READY, "the router")
         ssh_address, router_ca = ready[1], ready[5]
         host_key = " ".join((state / "ssh_host_key.pub").read_text().split()[:2])
+        ssh_hint = demo_ssh_access(demo, state, host_key, int(ssh_address.rsplit(":", 1)[1]))
         portal_call(portal, token, "PUT", "/admin/routers",
                     {"servers": [ssh_address], "host_keys": [host_key]})  # fmt: skip
 
         # 3. Two instances: app + auth helper + listener each.
         urls = {}
-        for owner, helper_port in (("alice", 8101), ("bob", 8102)):
+        for owner, helper_port in HELPER_PORTS.items():
             instance = portal_call(portal, token, "POST", "/instances",
                                    {"owner": owner, "id": f"{owner}-lab"})  # fmt: skip
             pod = demo / instance["id"]
@@ -176,8 +261,10 @@ async def main() -> None:
             + f"  Trust   {router_ca} (the router's development CA; import it in your\n"
             "          browser, or accept the warning once per instance)\n"
             f"  curl    curl --cacert {router_ca} {urls['alice']}/_hostmux/health\n"
-            f"  ssh     ssh -p {ssh_address.rsplit(':', 1)[1]} -R myapp:80:localhost:3000 localhost"
-            f"   (keys in {state / 'authorized_keys'})\n\nCtrl-C stops everything.\n",
+            f"  Tunnel  {ssh_hint}\n"
+            "          (then https://myapp.localhost"
+            f":{ready[2].rsplit(':', 1)[1]} serves your localhost:3000)\n"
+            "\nCtrl-C stops everything.\n",
             flush=True,
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -187,5 +274,24 @@ async def main() -> None:
         nursery.cancel_scope.cancel()
 
 
+def run() -> int:
+    """Run the demo; a reason it cannot run is one line, not a traceback."""
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:  # SystemExit from inside the nursery
+        matched, _ = group.split(SystemExit)
+        if matched is None:
+            raise
+        first: BaseException = matched
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(first, file=sys.stderr)
+        return 1
+    except SystemExit as stopped:
+        print(stopped, file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    trio.run(main)
+    sys.exit(run())

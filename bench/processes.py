@@ -12,7 +12,7 @@ Rules:
    by Ctrl-C or by an exception) stops everything, newest first.
 4. Every wait here is bounded.
 
-Adapted from the team's shared harness (``../shared/bench/peers.py``).
+Adapted from the side-by-side harness the team uses to compare tunnel routers.
 """
 
 from __future__ import annotations

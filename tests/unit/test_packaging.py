@@ -27,3 +27,20 @@ def test_dev_help_lists_what_the_script_runs() -> None:
     assert "portal" in done.stdout and "two instances" in done.stdout  # what the demo starts
     wrong = subprocess.run([ROOT / "dev", "nonsense"], capture_output=True, text=True)
     assert wrong.returncode == 2
+
+
+def test_the_docs_stand_alone() -> None:
+    # A clone has no ../shared: the project's own docs carry its design.
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    dangling = [
+        f"{name}:{number}"
+        for name in tracked
+        if name.endswith((".md", ".py", ".sh", ".toml"))
+        for number, line in enumerate((ROOT / name).read_text().splitlines(), 1)
+        if "../shared" in line and name != "tests/unit/test_packaging.py"
+    ]
+    assert dangling == []
+    assert "docs/design.md" in (ROOT / "README.md").read_text()
+    assert (ROOT / "docs" / "design.md").is_file()

@@ -1,0 +1,87 @@
+"""The auth helper's configuration: TOML file, ``HOSTMUX_*`` environment, flags.
+
+DIT4C's variables work too: ``DIT4C_INSTANCE_ID`` (instance_id),
+``DIT4C_INSTANCE_HELPER_AUTH_PORT`` (the port to listen on) and
+``DIT4C_PORTAL_URL`` / the scheme and host of ``DIT4C_INSTANCE_URI_UPDATE_URL``
+(portal_url).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from listener._portal import portal_url_from_dit4c
+from router._layered_config import (
+    ConfigError,
+    build_parser,
+    load,
+    option,
+    parse_host_port,
+    with_defaults,
+)
+from router._names import InvalidName, check_name
+
+
+@dataclass(frozen=True)
+class AuthHelperConfig:
+    listen: str = option("127.0.0.1:8081", "where the listener sends requests, HOST:PORT")
+    app: str = option("127.0.0.1:8888", "the app behind the helper, HOST:PORT")
+    instance_id: str = option("", "this instance's id (its name on the router)")
+    portal_url: str = option("", "the portal: OAuth2 server and access checks")
+    cookie_keys: list[str] = option(
+        [], "Fernet keys sealing cookies, newest first (rotation); default: from cookie_keys_file"
+    )
+    cookie_keys_file: Path | None = option(
+        None, "file with one Fernet key per line, newest first (created if missing)"
+    )
+    session_lifetime_s: int = option(8 * 3600, "how long a login lasts")
+    log_level: str = option("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        parse_host_port(self.listen, "listen")
+        parse_host_port(self.app, "app")
+        try:
+            check_name(self.instance_id)
+        except InvalidName as exc:
+            raise ValueError(f"instance_id: {exc}") from None
+        if not self.portal_url.startswith(("http://", "https://")):
+            raise ValueError("portal_url: an http(s) URL is required")
+        if not self.cookie_keys and self.cookie_keys_file is None:
+            raise ValueError("cookie_keys or cookie_keys_file is required")
+        if self.session_lifetime_s < 60:
+            raise ValueError("session_lifetime_s: at least 60")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+
+
+def dit4c_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    mapped: dict[str, str] = {}
+    if instance := environ.get("DIT4C_INSTANCE_ID"):
+        mapped["INSTANCE_ID"] = instance
+    if port := environ.get("DIT4C_INSTANCE_HELPER_AUTH_PORT"):
+        mapped["LISTEN"] = f"127.0.0.1:{port}"
+    if portal := portal_url_from_dit4c(environ):
+        mapped["PORTAL_URL"] = portal
+    return with_defaults(environ, mapped)
+
+
+def parser() -> argparse.ArgumentParser:
+    return build_parser(
+        AuthHelperConfig,
+        "hostmux-authhelper",
+        "Let only the instance's portal users through to the app (OAuth2 login, session cookie).",
+    )
+
+
+def load_config(
+    argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> AuthHelperConfig:
+    env = os.environ if environ is None else environ
+    return load(AuthHelperConfig, parser().parse_args(argv), dit4c_environment(env))
+
+
+__all__ = ["AuthHelperConfig", "ConfigError", "load_config"]

@@ -1,0 +1,152 @@
+"""Session and login-state cookies: sealed (encrypted + authenticated), expiring (pure).
+
+Sealing is Fernet (AES-128-CBC + HMAC-SHA256 with a timestamp) from
+``cryptography``; ``MultiFernet`` gives key rotation: the first key seals,
+every key opens, so a new key can be put first while old cookies stay valid
+until they expire. A cookie sealed for one instance names that instance
+inside and is refused by every other (each instance has its own keys too).
+
+The rules:
+
+1. Cookies are ``__Host-`` prefixed, ``Secure; HttpOnly; Path=/;
+   SameSite=Lax`` and have no ``Domain``: host-only, so instance A's cookie
+   is never sent to instance B (sibling subdomains).
+2. A cookie that does not open, has expired, or names another instance
+   counts as absent — never as an error shown to the user.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+SESSION_COOKIE = "__Host-hostmux-session"
+LOGIN_COOKIE = "__Host-hostmux-login"
+
+# The login round trip (portal login page, maybe a password manager) must fit.
+LOGIN_STATE_LIFETIME_S = 600
+
+
+def new_cookie_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    user: str
+    instance: str
+    issued_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoginState:
+    """What the callback must find again: binds the OAuth ``state`` to this browser."""
+
+    state: str
+    code_verifier: str
+    nonce: str
+    return_path: str
+    instance: str
+
+
+class CookieSealer:
+    """Seals and opens the helper's cookies for one instance."""
+
+    def __init__(self, keys: Sequence[str], instance: str, *, session_lifetime_s: int) -> None:
+        if not keys:
+            raise ValueError("at least one cookie key is needed")
+        try:
+            self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
+        except (ValueError, TypeError):
+            raise ValueError("cookie keys must be Fernet keys (32 url-safe base64 bytes)") from None
+        self._instance = instance
+        self.session_lifetime_s = session_lifetime_s
+
+    def __repr__(self) -> str:
+        return f"<CookieSealer instance={self._instance}>"
+
+    def seal_session(self, user: str, *, now: int | None = None) -> str:
+        now = int(time.time()) if now is None else now
+        body: dict[str, object] = {"u": user, "i": self._instance, "t": now}
+        return self._seal(body, now)
+
+    def open_session(self, token: str | None, *, now: int | None = None) -> Session | None:
+        body = self._open(token, self.session_lifetime_s, now)
+        if body is None or body.get("i") != self._instance or not isinstance(body.get("u"), str):
+            return None
+        issued = body.get("t")
+        if not isinstance(issued, int):
+            return None
+        return Session(user=str(body["u"]), instance=self._instance, issued_at=issued)
+
+    def seal_login(self, login: LoginState, *, now: int | None = None) -> str:
+        now = int(time.time()) if now is None else now
+        body: dict[str, object] = {"s": login.state, "v": login.code_verifier, "n": login.nonce,
+                "r": login.return_path, "i": login.instance}  # fmt: skip
+        return self._seal(body, now)
+
+    def open_login(self, token: str | None, *, now: int | None = None) -> LoginState | None:
+        body = self._open(token, LOGIN_STATE_LIFETIME_S, now)
+        if body is None or body.get("i") != self._instance:
+            return None
+        try:
+            return LoginState(state=str(body["s"]), code_verifier=str(body["v"]),
+                              nonce=str(body["n"]), return_path=str(body["r"]),
+                              instance=self._instance)  # fmt: skip
+        except KeyError:
+            return None
+
+    def _seal(self, body: dict[str, object], now: int) -> str:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        return self._fernet.encrypt_at_time(data, now).decode()
+
+    def _open(self, token: str | None, ttl: int, now: int | None) -> dict[str, object] | None:
+        if not token:
+            return None
+        now = int(time.time()) if now is None else now
+        try:
+            data = self._fernet.decrypt_at_time(token.encode(), ttl, now)
+            body = json.loads(data)
+        except (InvalidToken, ValueError, UnicodeError):
+            return None
+        return body if isinstance(body, dict) else None
+
+
+def cookie_header(name: str, value: str, *, max_age: int) -> bytes:
+    """A ``Set-Cookie`` value with the helper's fixed attributes."""
+    return (f"{name}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Lax").encode()
+
+
+def clear_cookie_header(name: str) -> bytes:
+    return f"{name}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax".encode()
+
+
+def read_cookies(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Cookie name → value from every ``Cookie`` header (first occurrence wins)."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        if name != b"cookie":
+            continue
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(value.decode("latin-1"))
+        except CookieError:
+            continue
+        for key, morsel in jar.items():
+            found.setdefault(key, morsel.value)
+    return found
+
+
+def without_cookies(value: bytes, names: frozenset[str]) -> bytes:
+    """A ``Cookie`` header value minus the named cookies (the app never sees ours)."""
+    kept = [
+        part
+        for part in value.split(b";")
+        if part.strip() and part.split(b"=", 1)[0].strip().decode("latin-1") not in names
+    ]
+    return b";".join(kept).strip()

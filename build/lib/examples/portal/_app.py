@@ -1,0 +1,346 @@
+"""The portal's HTTP API and page (Starlette, served by hypercorn's trio worker).
+
+Contract (JSON unless said; errors are ``{"error": "..."}``):
+
+* ``GET  /config.json`` — ``{"router": {"ssh": {"servers": [...], "host_keys": [...]}}}``
+  (DIT4C's shape; ``host_keys`` pins the routers' SSH host keys).
+* ``POST /instances`` (admin) ``{"owner", "id"?, "public_key"?, "key_type"?}`` → 201
+  with ``id``, ``kid``, ``public_key``, ``uri_update_url`` and, when the portal
+  made the key, ``private_key_pem`` (never stored here).
+* ``GET  /instances/{id}/keys`` — JWKS, or authorized_keys lines with
+  ``Accept: text/plain``: what the router authenticates the instance with.
+* ``PUT  /instances/{id}/url`` — the public URL (text/plain) with
+  ``Authorization: Bearer <JWT>`` signed by the instance key, ``iss`` = id.
+* ``POST /instances/{id}/certificate`` (admin) — an SSH user certificate,
+  principal = id, from the portal's CA; ``GET /ssh-ca.pub`` — the CA key.
+* ``POST /router-events`` — signed tunnel up/down events (see ``_events``).
+* ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin).
+* ``GET  /`` — a page of instances and their live URLs; ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import html
+import json
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+import keys
+from router._names import InvalidName, check_name
+
+from . import _routers
+from ._events import event_signature_ok
+from ._login import access, authorize, current_user, login_form, login_submit, logout, share, token
+from ._state import PortalState, admin_only, state_of
+
+# Certificates live as long as a job may: at most 30 days, at least a minute.
+_MIN_CERT_S, _MAX_CERT_S = 60, 30 * 24 * 3600
+# A public URL is short; anything longer is not one.
+_MAX_URL_BYTES = 2048
+# An event is a few short fields; the cap bounds what an unsigned sender can make us buffer.
+_MAX_EVENT_BYTES = 16 * 1024
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32, lower case: DNS-safe
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _valid_label(text: str) -> bool:
+    try:
+        check_name(text)
+    except InvalidName:
+        return False
+    return True
+
+
+async def config_json(request: Request) -> Response:
+    routers = await state_of(request).db.setting(_routers.SETTING, _routers.NONE)
+    return JSONResponse({"router": {"ssh": routers}})
+
+
+async def put_routers(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    try:
+        routers = _routers.router_settings(await request.json())
+    except ValueError as exc:  # json.JSONDecodeError is one too
+        return _error(400, str(exc))
+    await state_of(request).db.set_setting(_routers.SETTING, routers)
+    return Response(status_code=204)
+
+
+async def create_instance(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    state = state_of(request)
+    try:
+        body = await request.json()
+        owner = str(body["owner"])
+    except (ValueError, KeyError, TypeError):
+        return _error(400, "expected a JSON object with an owner")
+    if not owner or len(owner) > 64:
+        return _error(400, "owner: 1-64 characters")
+    instance_id = str(
+        body.get("id") or "i-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    )
+    if not _valid_label(instance_id):
+        return _error(400, f"id {instance_id!r} is not a usable DNS label")
+    created: dict[str, Any] = {}
+    if body.get("public_key"):
+        line = str(body["public_key"]).strip()
+        try:
+            jwk = keys.public_jwk_from_openssh(line)
+        except keys.KeysError as exc:
+            return _error(400, f"public_key: {exc}")
+        public_key = line
+    else:
+        key_type = str(body.get("key_type", "rsa"))
+        if key_type not in ("rsa", "ed25519"):
+            return _error(400, "key_type: rsa or ed25519")
+        key = keys.InstanceKey.generate(key_type)  # type: ignore[arg-type]
+        jwk, public_key = key.public_jwk(), key.public_openssh()
+        pem = key.private_pkcs1_pem() if key_type == "rsa" else key.private_pkcs8_pem()
+        created["private_key_pem"] = pem.decode()
+    if not await state.db.add_instance(instance_id, owner, public_key, jwk):
+        return _error(409, f"instance {instance_id!r} exists")
+    state.instance_ids.add(instance_id)
+    base = state.public_url or str(request.base_url).rstrip("/")
+    return JSONResponse(
+        {
+            "id": instance_id,
+            "owner": owner,
+            "kid": jwk["kid"],
+            "public_key": public_key,
+            "uri_update_url": f"{base}/instances/{instance_id}/url",
+            **created,
+        },
+        status_code=201,
+    )
+
+
+async def instance_keys(request: Request) -> Response:
+    instance = await state_of(request).db.instance(request.path_params["id"])
+    if instance is None:
+        return _error(404, "no such instance")
+    if "text/plain" in request.headers.get("accept", "") and "json" not in request.headers.get(
+        "accept", ""
+    ):
+        return PlainTextResponse(instance.public_key + "\n")
+    return Response(json.dumps({"keys": [instance.jwk]}), media_type="application/jwk-set+json")
+
+
+async def update_url(request: Request) -> Response:
+    state = state_of(request)
+    instance_id = request.path_params["id"]
+    instance = await state.db.instance(instance_id)
+    if instance is None:
+        return _error(404, "no such instance")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return _error(401, "a Bearer JWT signed by the instance key is required")
+    try:
+        keys.verify_jwt(token.strip(), [instance.jwk], issuer=instance_id)
+    except keys.JwtError as exc:
+        return _error(401, str(exc))
+    body = await _body_at_most(request, _MAX_URL_BYTES)
+    if body is None:
+        return _error(422, "URL too long")
+    url = body.decode("utf-8", "replace").strip()
+    if not _is_url_of(url, instance_id):
+        return _error(422, f"the URL must be http(s)://{instance_id}.<domain>")
+    await state.db.set_url(instance_id, url)
+    return Response(status_code=204)
+
+
+def _is_url_of(url: str, instance_id: str) -> bool:
+    """An http(s) URL whose host's first label is the instance id (the router's naming)."""
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname or "", parts.port  # .port raises for "h:99999"
+    except ValueError:  # "http://[x", a bad port
+        return False
+    printable = url.isprintable() and " " not in url
+    return printable and parts.scheme in ("http", "https") and host.split(".")[0] == instance_id
+
+
+async def _body_at_most(request: Request, limit: int) -> bytes | None:
+    """The request body, or None if it is longer than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async with contextlib.aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                return None
+    return bytes(body)
+
+
+async def sign_certificate(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    state = state_of(request)
+    instance = await state.db.instance(request.path_params["id"])
+    if instance is None:
+        return _error(404, "no such instance")
+    try:
+        body = await request.json() if await request.body() else {}
+        if not isinstance(body, dict):
+            raise TypeError("not an object")
+        valid_for = int(body.get("valid_for_s", 3600))
+        public_line = str(body.get("public_key") or instance.public_key)
+    except (ValueError, TypeError, OverflowError):  # OverflowError: int(1e999)
+        return _error(400, "expected {public_key?, valid_for_s?}")
+    if not _MIN_CERT_S <= valid_for <= _MAX_CERT_S:
+        return _error(400, f"valid_for_s: {_MIN_CERT_S}..{_MAX_CERT_S}")
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        certificate = state.ca.sign_user_key(
+            public_line,
+            principals=[instance.id],
+            key_id=f"portal:{instance.id}",
+            valid_after=now - datetime.timedelta(seconds=60),
+            valid_before=now + datetime.timedelta(seconds=valid_for),
+        )
+    except keys.KeysError as exc:
+        return _error(400, str(exc))
+    return JSONResponse({"certificate": certificate})
+
+
+async def ssh_ca_public(request: Request) -> Response:
+    return PlainTextResponse(state_of(request).ca.public_line + "\n")
+
+
+async def router_events(request: Request) -> Response:
+    state = state_of(request)
+    body = await _body_at_most(request, _MAX_EVENT_BYTES)
+    if body is None:
+        return _error(413, "event too large")
+    if not event_signature_ok(
+        state.events_secret, body, request.headers.get("x-hostmux-signature")
+    ):
+        return _error(401, "bad or missing X-Hostmux-Signature")
+    try:
+        event = json.loads(body)
+        kind, name = str(event["event"]), str(event["name"])
+        router, since = str(event.get("router", "")), float(event.get("ts", 0))
+    except (ValueError, KeyError, TypeError):
+        return _error(400, "expected {event, name, url, router, ts}")
+    if kind not in ("tunnel_up", "tunnel_down"):
+        return _error(400, f"unknown event {kind!r}")
+    if await state.db.instance(name) is not None:
+        await state.db.set_tunnel(name, "up" if kind == "tunnel_up" else "down", router, since)
+    return Response(status_code=204)
+
+
+async def list_instances(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    return JSONResponse([i.public_view() for i in await state_of(request).db.instances()])
+
+
+async def get_instance(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    instance = await state_of(request).db.instance(request.path_params["id"])
+    if instance is None:
+        return _error(404, "no such instance")
+    return JSONResponse(instance.public_view())
+
+
+async def home(request: Request) -> Response:
+    user = current_user(request)
+    if user is None:
+        body = (
+            '<h1>hostmux portal</h1><p><a href="/login" id=login-link>Log in</a> '
+            "to see your instances.</p>"
+        )
+        return HTMLResponse(_html_page(body), headers={"cache-control": "no-store"})
+    rows = []
+    for instance in await state_of(request).db.instances_for(user):
+        url = html.escape(instance.url or "")
+        link = (
+            f'<a href="{url}" class=instance-url>{url}</a>' if instance.url else "<em>not yet</em>"
+        )
+        tunnel = html.escape(instance.tunnel_state or "unknown")
+        sharing = ""
+        if instance.owner == user:
+            sharing = (
+                f'<form method=post action="/instances/{html.escape(instance.id)}/shares">'
+                '<input name=user placeholder="user name" size=10>'
+                "<button>share</button></form>"
+            )
+        rows.append(
+            f"<tr><td><code>{html.escape(instance.id)}</code></td>"
+            f"<td>{html.escape(instance.owner)}</td><td>{link}</td><td>{tunnel}</td>"
+            f"<td>{sharing}</td></tr>"
+        )
+    body = (
+        f"<h1>Your instances</h1><p>Logged in as <b id=user>{html.escape(user)}</b> &middot; "
+        '<a href="/logout">log out</a></p><table><tr><th>instance</th><th>owner</th>'
+        "<th>URL</th><th>tunnel</th><th></th></tr>" + "".join(rows) + "</table>"
+    )
+    return HTMLResponse(_html_page(body), headers={"cache-control": "no-store"})
+
+
+def _html_page(body: str) -> str:
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>hostmux portal</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;"
+        "padding:.4em;text-align:left}form{margin:0}</style></head><body>" + body + "</body></html>"
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def build_app(state: PortalState, session_secret: str) -> Starlette:
+    app = Starlette(
+        middleware=[
+            # The portal's own login: a signed, host-only cookie (never sent to instances).
+            Middleware(
+                SessionMiddleware,
+                secret_key=session_secret,
+                session_cookie="hostmux_portal",
+                same_site="lax",
+                max_age=12 * 3600,
+            ),
+        ],
+        routes=[
+            Route("/login", login_form, methods=["GET"]),
+            Route("/login", login_submit, methods=["POST"]),
+            Route("/logout", logout),
+            Route("/oauth/authorize", authorize),
+            Route("/oauth/token", token, methods=["POST"]),
+            Route("/instances/{id}/access", access),
+            Route("/instances/{id}/shares", share, methods=["POST"]),
+            Route("/", home),
+            Route("/healthz", healthz),
+            Route("/config.json", config_json),
+            Route("/ssh-ca.pub", ssh_ca_public),
+            Route("/admin/routers", put_routers, methods=["PUT"]),
+            Route("/instances", create_instance, methods=["POST"]),
+            Route("/instances", list_instances, methods=["GET"]),
+            Route("/instances/{id}", get_instance, methods=["GET"]),
+            Route("/instances/{id}/keys", instance_keys, methods=["GET"]),
+            Route("/instances/{id}/url", update_url, methods=["PUT"]),
+            Route("/instances/{id}/certificate", sign_certificate, methods=["POST"]),
+            Route("/router-events", router_events, methods=["POST"]),
+        ],
+    )
+    app.state.portal = state
+    return app

@@ -1,0 +1,229 @@
+"""The portal's state in SQLite: users, instances, their URLs and tunnel state, settings.
+
+One connection, used from worker threads one call at a time (a trio lock), so
+the event loop never blocks on disk and SQLite never sees two writers. WAL
+mode keeps readers of the file (an operator's ``sqlite3`` shell) unblocked.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL REFERENCES users(name),
+    public_key TEXT NOT NULL,
+    jwk TEXT NOT NULL,
+    url TEXT,
+    url_updated_at REAL,
+    tunnel_state TEXT,
+    tunnel_router TEXT,
+    tunnel_since REAL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shares (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    PRIMARY KEY (instance, user)
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    owner: str
+    public_key: str
+    jwk: dict[str, str]
+    url: str | None
+    url_updated_at: float | None
+    tunnel_state: str | None
+    tunnel_router: str | None
+    tunnel_since: float | None
+
+    def public_view(self) -> dict[str, object]:
+        tunnel = None
+        if self.tunnel_state is not None:
+            tunnel = {
+                "state": self.tunnel_state,
+                "router": self.tunnel_router,
+                "since": self.tunnel_since,
+            }
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "url": self.url,
+            "url_updated_at": self.url_updated_at,
+            "tunnel": tunnel,
+        }
+
+
+class Database:
+    """Async access to the portal's SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(_SCHEMA)
+        self._lock = trio.Lock()
+
+    def __repr__(self) -> str:
+        return "<Database>"
+
+    def close(self) -> None:
+        self._conn.close()
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(work, self._conn)
+
+    async def ensure_user(self, name: str, password_hash: str | None = None) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO users (name, password_hash, created) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET password_hash = "
+                "COALESCE(excluded.password_hash, users.password_hash)",
+                (name, password_hash, time.time()),
+            )
+
+        await self._run(work)
+
+    async def password_hash(self, name: str) -> str | None:
+        def work(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT password_hash FROM users WHERE name = ?", (name,)).fetchone()
+            return None if row is None else row["password_hash"]
+
+        return await self._run(work)
+
+    async def add_instance(
+        self, instance_id: str, owner: str, public_key: str, jwk: dict[str, str]
+    ) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            try:
+                conn.execute(
+                    "INSERT INTO instances (id, owner, public_key, jwk, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (instance_id, owner, public_key, json.dumps(jwk), time.time()),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            return True
+
+        await self.ensure_user(owner)
+        return await self._run(work)
+
+    async def instance(self, instance_id: str) -> Instance | None:
+        def work(conn: sqlite3.Connection) -> Instance | None:
+            row = conn.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
+            return None if row is None else _instance(row)
+
+        return await self._run(work)
+
+    async def instances(self) -> list[Instance]:
+        def work(conn: sqlite3.Connection) -> list[Instance]:
+            rows = conn.execute("SELECT * FROM instances ORDER BY created").fetchall()
+            return [_instance(row) for row in rows]
+
+        return await self._run(work)
+
+    async def instances_for(self, user: str) -> list[Instance]:
+        """Instances the user owns or that are shared with them."""
+
+        def work(conn: sqlite3.Connection) -> list[Instance]:
+            rows = conn.execute(
+                "SELECT * FROM instances WHERE owner = ? OR id IN "
+                "(SELECT instance FROM shares WHERE user = ?) ORDER BY created",
+                (user, user),
+            ).fetchall()
+            return [_instance(row) for row in rows]
+
+        return await self._run(work)
+
+    async def set_url(self, instance_id: str, url: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE instances SET url = ?, url_updated_at = ? WHERE id = ?",
+                (url, time.time(), instance_id),
+            )
+
+        await self._run(work)
+
+    async def set_tunnel(self, instance_id: str, state: str, router: str, since: float) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE instances SET tunnel_state = ?, tunnel_router = ?, tunnel_since = ? "
+                "WHERE id = ?",
+                (state, router, since, instance_id),
+            )
+
+        await self._run(work)
+
+    async def share(self, instance_id: str, user: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO shares (instance, user) VALUES (?, ?)", (instance_id, user)
+            )
+
+        await self._run(work)
+
+    async def shared_with(self, instance_id: str) -> list[str]:
+        def work(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT user FROM shares WHERE instance = ? ORDER BY user", (instance_id,)
+            ).fetchall()
+            return [row["user"] for row in rows]
+
+        return await self._run(work)
+
+    async def setting(self, key: str, default: Any) -> Any:
+        def work(conn: sqlite3.Connection) -> Any:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            return default if row is None else json.loads(row["value"])
+
+        return await self._run(work)
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+        await self._run(work)
+
+
+def _instance(row: sqlite3.Row) -> Instance:
+    return Instance(
+        id=row["id"],
+        owner=row["owner"],
+        public_key=row["public_key"],
+        jwk=json.loads(row["jwk"]),
+        url=row["url"],
+        url_updated_at=row["url_updated_at"],
+        tunnel_state=row["tunnel_state"],
+        tunnel_router=row["tunnel_router"],
+        tunnel_since=row["tunnel_since"],
+    )

@@ -1,0 +1,159 @@
+"""The listener's configuration: TOML file, ``HOSTMUX_*`` environment, flags.
+
+The original DIT4C listener's environment variables work too, so the
+listener is a drop-in in a DIT4C pod; a ``HOSTMUX_*`` variable or a flag wins
+over them:
+
+=================================  ====================================
+DIT4C_INSTANCE_ID                  name and user (the instance id)
+DIT4C_INSTANCE_PRIVATE_KEY_PKCS1   identity_file (PEM or OpenSSH key)
+DIT4C_INSTANCE_JWT_ISS             jwt_iss
+DIT4C_INSTANCE_JWT_KID             jwt_kid
+DIT4C_INSTANCE_URI_UPDATE_URL      uri_update_url (and, unless given,
+                                   portal_url = its scheme://host)
+DIT4C_INSTANCE_HELPER_AUTH_HOST    target host
+DIT4C_INSTANCE_HELPER_AUTH_PORT    target port
+DIT4C_PORTAL_URL                   portal_url
+=================================  ====================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from router._layered_config import (
+    ConfigError,
+    build_parser,
+    load,
+    option,
+    parse_host_port,
+    with_defaults,
+)
+from router._names import InvalidName, check_name
+
+from ._portal import portal_url_from_dit4c
+
+# Without a router or a portal to ask, try the router's embedded default.
+DEFAULT_ROUTER = "127.0.0.1:2222"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    router: list[str] = option(
+        [], f"router SSH address(es) HOST:PORT (default: the portal's list, else {DEFAULT_ROUTER})"
+    )
+    name: str = option("", "the name to serve at NAME.DOMAIN (empty: a random name, kept)")
+    target: str = option("127.0.0.1:3000", "the app to expose, HOST:PORT")
+    user: str = option("hostmux", "SSH user name (the instance id in portal mode)")
+    identity_file: Path = option(Path("~/.ssh/id_ed25519").expanduser(), "private key")
+    known_hosts: Path | None = option(
+        None, "known_hosts file pinning the router's host key (default: ~/.ssh/known_hosts)"
+    )
+    host_key_fingerprint: list[str] = option(
+        [], "pin the router's host key by fingerprint (SHA256:...), instead of known_hosts"
+    )
+    portal_url: str = option("", "portal base URL: routers and host keys from its config.json")
+    uri_update_url: str = option("", "PUT the public URL here, signed with the instance key")
+    jwt_iss: str = option("", "JWT issuer for URL updates (default: the user name)")
+    jwt_kid: str = option("", "JWT key id for URL updates (default: the key's RFC 7638 thumbprint)")
+    router_ca_file: Path | None = option(
+        None, "CA to trust when checking the public URL (default: the system's)"
+    )
+    check_url: bool = option(True, "check the public URL answers before publishing it")
+    transport: str = option(
+        "ssh", "ssh, wss (SSH over WebSocket through HTTPS) or auto (ssh, else wss)"
+    )
+    wss_url: str = option("", "the router's WebSocket endpoint, wss://DOMAIN[:PORT]/_hostmux/ssh")
+    wss_header: list[str] = option([], "extra request header for WSS, NAME:VALUE")
+    keepalive_interval_s: float = option(15.0, "SSH keepalive probe interval")
+    connect_timeout_s: float = option(15.0, "time allowed to connect and authenticate")
+    backoff_max_s: float = option(30.0, "longest wait between reconnect attempts")
+    log_level: str = option("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        for router in self.router:
+            parse_host_port(router, "router")
+        parse_host_port(self.target, "target")
+        if self.name:
+            try:
+                check_name(self.name)
+            except InvalidName as exc:
+                raise ValueError(f"name: {exc}") from None
+        for fingerprint in self.host_key_fingerprint:
+            if not fingerprint.startswith("SHA256:"):
+                raise ValueError(f"host_key_fingerprint: {fingerprint!r} is not SHA256:...")
+        for field in ("portal_url", "uri_update_url"):
+            value = getattr(self, field)
+            if value and not value.startswith(("http://", "https://")):
+                raise ValueError(f"{field}: {value!r} is not an http(s) URL")
+        if self.transport not in ("ssh", "wss", "auto"):
+            raise ValueError(f"transport: {self.transport!r} is not ssh, wss or auto")
+        if self.transport != "ssh" and not self.wss_url.startswith(("wss://", "ws://")):
+            raise ValueError("wss_url: a ws:// or wss:// URL is needed for that transport")
+        for header in self.wss_header:
+            if ":" not in header:
+                raise ValueError(f"wss_header: {header!r} is not NAME:VALUE")
+        if self.keepalive_interval_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError("keepalive_interval_s and connect_timeout_s must be positive")
+        if self.backoff_max_s < 1:
+            raise ValueError("backoff_max_s: at least 1")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+
+    @property
+    def target_address(self) -> tuple[str, int]:
+        return parse_host_port(self.target, "target")
+
+    @property
+    def known_hosts_path(self) -> Path | None:
+        if self.known_hosts is not None:
+            return self.known_hosts
+        pinned = self.host_key_fingerprint or self.portal_url
+        return None if pinned else Path("~/.ssh/known_hosts").expanduser()
+
+
+def dit4c_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The original listener's variables as ``HOSTMUX_*`` ones (not overriding those)."""
+    mapped: dict[str, str] = {}
+    if instance := environ.get("DIT4C_INSTANCE_ID"):
+        mapped["NAME"] = mapped["USER"] = instance
+    for dit4c, ours in (
+        ("DIT4C_INSTANCE_PRIVATE_KEY_PKCS1", "IDENTITY_FILE"),
+        ("DIT4C_INSTANCE_JWT_ISS", "JWT_ISS"),
+        ("DIT4C_INSTANCE_JWT_KID", "JWT_KID"),
+        ("DIT4C_INSTANCE_URI_UPDATE_URL", "URI_UPDATE_URL"),
+    ):
+        if value := environ.get(dit4c):
+            mapped[ours] = value
+    if portal := portal_url_from_dit4c(environ):
+        mapped["PORTAL_URL"] = portal
+    host = environ.get("DIT4C_INSTANCE_HELPER_AUTH_HOST")
+    port = environ.get("DIT4C_INSTANCE_HELPER_AUTH_PORT")
+    if host and port:
+        mapped["TARGET"] = f"{host}:{port}"
+    return with_defaults(environ, mapped)
+
+
+def parser() -> argparse.ArgumentParser:
+    return build_parser(
+        ListenerConfig,
+        "hostmux-listener",
+        "Expose a local app at https://NAME.DOMAIN through a hostmux router; reconnects for ever. "
+        "Also: 'hostmux-listener connect WSS_URL' carries stdin/stdout over the router's "
+        "SSH-over-WebSocket endpoint, as an OpenSSH ProxyCommand "
+        "(see 'hostmux-listener connect --help').",
+    )
+
+
+def load_config(
+    argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> ListenerConfig:
+    env = os.environ if environ is None else environ
+    return load(ListenerConfig, parser().parse_args(argv), dit4c_environment(env))
+
+
+__all__ = ["DEFAULT_ROUTER", "ConfigError", "ListenerConfig", "load_config"]

@@ -1,0 +1,176 @@
+"""The listener and the portal: which routers exist, and where the URL goes.
+
+1. ``GET <portal>/config.json`` lists the routers (``.router.ssh.servers[]``
+   as ``host:port``) and the host keys to pin (``.router.ssh.host_keys[]``,
+   OpenSSH public lines) — DIT4C's shape, plus the pins.
+2. Before publishing, the public URL must answer *through the router*: a
+   response without the router's ``X-Hostmux-Error`` marker. ``*.localhost``
+   names are reached at the router's own address (RFC 6761: they are loopback
+   names that no resolver is required to know).
+3. ``PUT <uri-update-url>`` with the URL as ``text/plain`` and
+   ``Authorization: Bearer <JWT>`` signed by the instance key (``iss``, ``kid``,
+   five-minute expiry), retried with jittered back-off until accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from router._log import fields
+
+from ._reconnect import Backoff
+
+if TYPE_CHECKING:
+    import keys
+
+# httpx and keys (the JWT stack) are imported where used: a plain tunnel never
+# needs them, and they were ~60 ms of the listener's start-up.
+
+log = logging.getLogger("hostmux.listener")
+
+# config.json is tiny; a portal that answers more is not answering config.
+_MAX_CONFIG_BYTES = 256 * 1024
+# Each probe of the public URL gets this long; the router answers at once.
+_CHECK_TIMEOUT_S = 10.0
+_CHECK_ATTEMPTS = 5
+# Signed URL updates are short-lived: a leaked token is soon useless.
+JWT_LIFETIME_S = 300
+
+
+class PortalError(Exception):
+    """The portal could not be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class RouterList:
+    servers: tuple[str, ...]
+    host_key_fingerprints: tuple[str, ...]
+
+
+async def fetch_router_list(portal_url: str, *, timeout_s: float) -> RouterList:
+    import httpx
+
+    import keys
+
+    url = portal_url.rstrip("/") + "/config.json"
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.get(url)
+    except httpx.HTTPError as exc:
+        raise PortalError(f"GET {url}: {_describe(exc)}") from None
+    if response.status_code != 200 or len(response.content) > _MAX_CONFIG_BYTES:
+        raise PortalError(f"GET {url}: status {response.status_code}")
+    try:
+        ssh = response.json()["router"]["ssh"]
+        servers = tuple(str(s) for s in ssh["servers"])
+        pins = tuple(keys.fingerprint_of_public_line(line) for line in ssh.get("host_keys", []))
+    except (ValueError, KeyError, TypeError, keys.KeysError) as exc:
+        raise PortalError(f"GET {url}: not a usable config.json ({_describe(exc)})") from None
+    if not servers:
+        raise PortalError(f"GET {url}: lists no routers")
+    return RouterList(servers=servers, host_key_fingerprints=pins)
+
+
+async def check_public_url(url: str, *, router_host: str, ca_file: Path | None) -> str | None:
+    """None if ``url`` answers through the router, else why not."""
+    import httpx
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    target = url
+    extensions: dict[str, object] = {}
+    if host == "localhost" or host.endswith(".localhost"):
+        netloc = f"{router_host}:{parts.port}" if parts.port else router_host
+        target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        if parts.scheme == "https":
+            extensions["sni_hostname"] = host
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None:
+        verify = ssl.create_default_context(cafile=str(ca_file))
+    reason = "no attempt"
+    async with httpx.AsyncClient(verify=verify, timeout=_CHECK_TIMEOUT_S) as client:
+        for attempt in range(_CHECK_ATTEMPTS):
+            try:
+                response = await client.get(
+                    target, headers={"host": parts.netloc}, extensions=extensions
+                )
+            except httpx.HTTPError as exc:
+                reason = _describe(exc)
+            else:
+                marker = response.headers.get("x-hostmux-error")
+                if marker is None:
+                    return None
+                reason = f"the router answered {marker}"
+            await asyncio.sleep(0.2 * (attempt + 1))  # the route may be a moment behind
+    return reason
+
+
+async def publish_url(
+    url: str,
+    *,
+    update_url: str,
+    key: keys.InstanceKey,
+    issuer: str,
+    kid: str | None,
+    stop: asyncio.Event,
+) -> bool:
+    """PUT ``url`` to the portal until it is accepted (True) or ``stop`` is set (False)."""
+    import httpx
+
+    import keys
+
+    backoff = Backoff(base_s=0.5, cap_s=30.0)
+    async with httpx.AsyncClient(timeout=_CHECK_TIMEOUT_S) as client:
+        while not stop.is_set():
+            token = keys.sign_jwt(key, issuer=issuer, kid=kid, lifetime_s=JWT_LIFETIME_S)
+            try:
+                response = await client.put(
+                    update_url,
+                    content=url.encode(),
+                    headers={
+                        "authorization": f"Bearer {token}",
+                        "content-type": "text/plain; charset=utf-8",
+                    },
+                )
+            except httpx.HTTPError as exc:
+                reason = _describe(exc)
+            else:
+                if 200 <= response.status_code < 300:
+                    log.info(fields("url_published", url=url, portal=update_url))
+                    return True
+                reason = f"status {response.status_code}: {response.text[:200]}"
+            delay = backoff.next_delay()
+            log.warning(fields("url_publish_failed", reason=reason, retry_s=round(delay, 2)))
+            try:
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+    return False
+
+
+def portal_url_from_update_url(update_url: str) -> str:
+    """DIT4C derives the portal from the URI update URL: its scheme and host."""
+    parts = urlsplit(update_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def portal_url_from_dit4c(environ: Mapping[str, str]) -> str | None:
+    """The portal a DIT4C pod names: DIT4C_PORTAL_URL, else its URI update URL's origin."""
+    if portal := environ.get("DIT4C_PORTAL_URL"):
+        return portal
+    if update := environ.get("DIT4C_INSTANCE_URI_UPDATE_URL"):
+        return portal_url_from_update_url(update)
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text or type(exc).__name__

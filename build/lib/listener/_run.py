@@ -1,0 +1,211 @@
+"""The listener's life: pick a router, hold the tunnel, publish the URL, for ever.
+
+Each round: the routers to try (given, or the portal's list ranked by
+latency, with the portal's host-key pins), then each router in turn until one
+grants the forward. While the tunnel is up: check that the public URL answers
+through the router, then publish it to the portal (signed). When the tunnel
+drops, or no router would have it: a jittered back-off, then a new round —
+asking for the same name again (also a random one the router gave).
+
+Resource handling: ``run_listener`` owns one ``TunnelSession`` at a time and
+closes it on SIGTERM/SIGINT (or when ``stop`` is set) before returning.
+Error handling: every failure to connect, check or publish is logged and
+retried; only bad configuration ends the process (before this runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from router._layered_config import parse_host_port
+from router._log import fields
+
+from ._config import DEFAULT_ROUTER, ListenerConfig
+from ._dial import rank_by_latency
+from ._portal import PortalError, check_public_url, fetch_router_list, publish_url
+from ._reconnect import Backoff
+from ._ssh_client import Forward, HostKeyRejected, TunnelError, TunnelSession, TunnelSpec
+
+if TYPE_CHECKING:
+    import keys
+
+log = logging.getLogger("hostmux.listener")
+
+T = TypeVar("T")
+
+# How long auto mode waits for plain SSH before trying SSH over WebSocket.
+AUTO_SSH_TIMEOUT_S = 5.0
+
+
+class Listener:
+    """One listener process's state across reconnects."""
+
+    def __init__(self, config: ListenerConfig, stop: asyncio.Event) -> None:
+        self._config = config
+        self._stop = stop
+        self._name = config.name  # after the first success: the name we were given
+        self._last_url: str | None = None
+        self._key = _instance_key(config)
+        # auto starts with SSH and keeps whichever transport last worked.
+        self._transport = "wss" if config.transport == "wss" else "ssh"
+
+    def __repr__(self) -> str:
+        return f"<Listener name={self._name!r} url={self._last_url!r}>"
+
+    async def run(self) -> None:
+        backoff = Backoff(cap_s=self._config.backoff_max_s)
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                servers, pins = await self._routers()
+            except PortalError as exc:
+                log.warning(fields("portal_unavailable", reason=str(exc)))
+            else:
+                for server in servers:
+                    held = await self._try_router(server, pins)
+                    if held or self._stop.is_set():
+                        break  # after a tunnel was up: re-rank before the next round
+            if self._stop.is_set():
+                break
+            backoff.connection_lasted(time.monotonic() - started)
+            delay = backoff.next_delay()
+            log.info(fields("reconnect_wait", seconds=round(delay, 2)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+
+    async def _routers(self) -> tuple[list[str], tuple[str, ...]]:
+        config = self._config
+        pins = tuple(config.host_key_fingerprint)
+        if config.router:
+            return list(config.router), pins
+        if not config.portal_url:
+            return [DEFAULT_ROUTER], pins
+        listed = await fetch_router_list(config.portal_url, timeout_s=config.connect_timeout_s)
+        ranked = await rank_by_latency(listed.servers)
+        log.info(fields("routers_ranked", order=",".join(ranked)))
+        return ranked, pins + listed.host_key_fingerprints
+
+    async def _try_router(self, server: str, pins: tuple[str, ...]) -> bool:
+        """Hold a tunnel through ``server`` until it drops; True if it was ever up."""
+        config = self._config
+        host, port = parse_host_port(server, "router")
+        target_host, target_port = config.target_address
+        spec = TunnelSpec(
+            host=host, port=port, user=config.user, identity_file=config.identity_file,
+            known_hosts=config.known_hosts_path, fingerprints=pins, name=self._name,
+            target_host=target_host, target_port=target_port,
+            keepalive_interval_s=config.keepalive_interval_s,
+            connect_timeout_s=self._connect_timeout_s(),
+            transport=self._transport, wss_url=config.wss_url,
+            wss_headers=tuple(tuple(h.split(":", 1)) for h in config.wss_header),  # type: ignore[misc]
+            ca_file=config.router_ca_file,
+        )  # fmt: skip
+        async with TunnelSession(spec) as session:
+            try:
+                forward = await _unless_stopped(session.open(self._name), self._stop)
+            except TunnelError as exc:
+                level = logging.ERROR if isinstance(exc, HostKeyRejected) else logging.WARNING
+                log.log(level, fields("tunnel_failed", router=server, reason=str(exc)))
+                if config.transport == "auto" and not isinstance(exc, HostKeyRejected):
+                    # auto: SSH first; when it cannot connect, WebSocket — and back.
+                    self._transport = "wss" if self._transport == "ssh" else "ssh"
+                    log.info(fields("transport_switch", to=self._transport))
+                return False
+            if forward is None:
+                return False
+            self._name = forward.name
+            log.info(fields("tunnel_up", name=forward.name, url=forward.url, router=server,
+                            target=config.target, transport=self._transport))  # fmt: skip
+            if forward.url != self._last_url:
+                print(forward.url, flush=True)  # stdout: the URL, for scripts
+                self._last_url = forward.url
+            await self._hold(session, forward, host)
+            if not self._stop.is_set():
+                log.warning(fields("tunnel_down", name=forward.name, router=server))
+        return True
+
+    def _connect_timeout_s(self) -> float:
+        # auto mode gives plain SSH only a short try before it falls back to WSS:
+        # a firewall that drops packets would otherwise cost the whole timeout.
+        if self._config.transport == "auto" and self._transport == "ssh":
+            return min(self._config.connect_timeout_s, AUTO_SSH_TIMEOUT_S)
+        return self._config.connect_timeout_s
+
+    async def _hold(self, session: TunnelSession, forward: Forward, router_host: str) -> None:
+        ended = asyncio.Event()
+
+        async def until(awaitable: Coroutine[Any, Any, object]) -> None:
+            await awaitable
+            ended.set()
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(until(session.wait_closed())),
+                     tg.create_task(until(self._stop.wait()))]  # fmt: skip
+            if self._config.check_url or self._key is not None:
+                tasks.append(tg.create_task(self._announce(session, forward, router_host, ended)))
+            await ended.wait()
+            for task in tasks:
+                task.cancel()
+
+    async def _announce(
+        self, session: TunnelSession, forward: Forward, router_host: str, ended: asyncio.Event
+    ) -> None:
+        config = self._config
+        if config.check_url:
+            problem = await check_public_url(
+                forward.url, router_host=router_host, ca_file=config.router_ca_file
+            )
+            if problem is not None:
+                log.error(fields("url_check_failed", url=forward.url, reason=problem))
+                session.close()  # a tunnel nobody can reach: try again, maybe elsewhere
+                return
+            log.info(fields("url_checked", url=forward.url))
+        if self._key is not None:
+            await publish_url(
+                forward.url, update_url=config.uri_update_url, key=self._key,
+                issuer=config.jwt_iss or config.user, kid=config.jwt_kid or None, stop=ended,
+            )  # fmt: skip
+
+
+async def run_listener(config: ListenerConfig, *, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await Listener(config, stop).run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info(fields("listener_stopped"))
+
+
+def _instance_key(config: ListenerConfig) -> keys.InstanceKey | None:
+    """The key JWTs are signed with, in portal mode (keys is imported only then)."""
+    if not config.uri_update_url:
+        return None
+    import keys
+
+    return keys.InstanceKey.load(config.identity_file)
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """Run ``work`` unless ``stop`` is set first; then cancel it and return None."""
+    task = asyncio.create_task(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return None if task.cancelled() else task.result()

@@ -1,0 +1,239 @@
+"""The listener's SSH side: the one module of the listener that speaks asyncssh.
+
+One ``TunnelSession`` is one SSH connection to a router holding one virtual
+remote forward: channels the router opens are connected to the target app by
+asyncssh's own forwarder. After the forward is granted, the built-in
+``tunnels --json`` command tells the public URL (the router picks random names
+and knows its domain and port).
+
+Host keys are always checked: against a known_hosts file, or against pinned
+SHA256 fingerprints — never accepted silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from router._ssh_transport import CoalescingConnector
+
+from ._proxy import HttpConnectTunnel, proxy_for
+
+# The client's cipher order decides in SSH: AES-GCM is fastest in asyncssh
+# (chacha20-poly1305 halves small-request throughput), the rest are fallbacks.
+_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+
+
+class TunnelError(Exception):
+    """The tunnel could not be set up; the message says why (retryable)."""
+
+
+class HostKeyRejected(TunnelError):
+    """The router's host key did not match what is pinned."""
+
+
+@dataclass(frozen=True)
+class TunnelSpec:
+    host: str
+    port: int
+    user: str
+    identity_file: Path
+    known_hosts: Path | None
+    fingerprints: tuple[str, ...]
+    name: str  # "" asks for a random name
+    target_host: str
+    target_port: int
+    keepalive_interval_s: float
+    connect_timeout_s: float
+    transport: str = "ssh"  # "ssh" or "wss" (the run loop resolves "auto")
+    wss_url: str = ""
+    wss_headers: tuple[tuple[str, str], ...] = ()
+    ca_file: Path | None = None
+
+
+class _PinningClient(asyncssh.SSHClient):
+    """Accepts a host key only if its fingerprint is pinned."""
+
+    def __init__(self, fingerprints: tuple[str, ...]) -> None:
+        self._fingerprints = fingerprints
+        self.offered: str | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.offered = key.get_fingerprint("sha256")
+        return self.offered in self._fingerprints
+
+
+@dataclass(frozen=True)
+class Forward:
+    name: str
+    url: str
+
+
+class TunnelSession:
+    """One SSH connection holding one forward.
+
+    Resource handling: use as ``async with``; leaving closes the connection.
+    Error handling: ``open`` raises TunnelError (HostKeyRejected for a bad
+    host key) for everything the network or router can do wrong.
+    """
+
+    def __init__(self, spec: TunnelSpec) -> None:
+        self._spec = spec
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self.forward: Forward | None = None
+
+    def __repr__(self) -> str:
+        return f"<TunnelSession {self._spec.host}:{self._spec.port} forward={self.forward}>"
+
+    async def __aenter__(self) -> TunnelSession:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+        if self._conn is not None:
+            await self._conn.wait_closed()
+
+    async def open(self, name: str) -> Forward:
+        spec = self._spec
+        client = _PinningClient(spec.fingerprints)
+        # Plain TCP: one socket write per loop turn, not one per SSH packet.
+        tunnel, foreign_errors = _tunnel_for(spec)
+        failures: tuple[type[BaseException], ...] = (
+            asyncssh.Error, OSError, TimeoutError, *foreign_errors,
+        )  # fmt: skip
+        try:
+            self._conn = await asyncssh.connect(
+                spec.host,
+                spec.port,
+                tunnel=tunnel,
+                username=spec.user,
+                client_factory=lambda: client,
+                client_keys=[os.fspath(spec.identity_file)],
+                known_hosts=os.fspath(spec.known_hosts) if spec.known_hosts else (),
+                agent_path=None,
+                preferred_auth=["publickey"],
+                encryption_algs=list(_CIPHERS),
+                keepalive_interval=spec.keepalive_interval_s,
+                keepalive_count_max=3,
+                connect_timeout=spec.connect_timeout_s,
+                login_timeout=spec.connect_timeout_s,
+                request_pty=False,
+            )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            offered = f" (it offered {client.offered})" if client.offered else ""
+            raise HostKeyRejected(f"the router's host key is not trusted{offered}: {exc}") from None
+        except asyncssh.PermissionDenied:
+            raise TunnelError(
+                "the router refused our key (is it in its authorized_keys?)"
+            ) from None
+        except failures as exc:
+            raise TunnelError(f"cannot connect ({spec.transport}): {_describe(exc)}") from None
+        conn = self._conn
+        try:
+            await conn.forward_remote_port(name, 80, spec.target_host, spec.target_port)
+        except asyncssh.ChannelListenError:
+            raise TunnelError(f"the router refused the name: {await self._refusal()}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise TunnelError(f"forward failed: {_describe(exc)}") from None
+        tunnels = await self._tunnels()
+        if not tunnels:
+            raise TunnelError("the router granted the forward but lists no tunnel")
+        first = tunnels[0]
+        self.forward = Forward(name=str(first["name"]), url=str(first["url"]))
+        return self.forward
+
+    async def wait_closed(self) -> str:
+        """Wait until the connection ends; returns why."""
+        assert self._conn is not None
+        await self._conn.wait_closed()
+        return "connection closed"
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    async def _tunnels(self) -> list[dict[str, object]]:
+        report = await self._run_json("tunnels --json")
+        tunnels = report.get("tunnels", [])
+        return tunnels if isinstance(tunnels, list) else []
+
+    async def _refusal(self) -> str:
+        try:
+            report = await self._run_json("tunnels --json")
+        except TunnelError:
+            return "no reason given"
+        refused = report.get("refused") or []
+        if isinstance(refused, list) and refused:
+            return str(refused[-1].get("reason", "no reason given"))
+        return "no reason given"
+
+    async def _run_json(self, command: str) -> dict[str, object]:
+        assert self._conn is not None
+        try:
+            result = await self._conn.run(command, check=True, timeout=self._spec.connect_timeout_s)
+            report = json.loads(str(result.stdout))
+        except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
+            raise TunnelError(f"the router did not answer {command!r}: {_describe(exc)}") from None
+        if not isinstance(report, dict):
+            raise TunnelError(f"the router answered {command!r} with {type(report).__name__}")
+        return report
+
+
+def identity_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be the listener's SSH identity (one line), or None if it can."""
+    try:
+        asyncssh.read_private_key(os.fspath(path))
+    except asyncssh.KeyImportError as exc:
+        if "passphrase" in str(exc).lower():
+            return (
+                f"{path} is protected by a passphrase, and the listener runs unattended: "
+                f"use a key without one (ssh-keygen -p -N '' -f {path} removes it)"
+            )
+        if path.suffix == ".pub":
+            return f"{path} is a public key: give the private key (the file without .pub)"
+        return f"{path} is not a private key ({exc})"
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return None
+
+
+def _tunnel_for(spec: TunnelSpec) -> tuple[object, tuple[type[Exception], ...]]:
+    """What asyncssh connects through, and the errors of its own that it may raise.
+
+    The WebSocket transport (and the websockets package, ~20 ms of imports) is
+    loaded only when used: a listener's start-up is part of a tunnel's set-up time.
+    """
+    if spec.transport == "wss":
+        from websockets.exceptions import InvalidHandshake, InvalidURI
+
+        from router._wss import WssConnector
+
+        context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
+        connector = WssConnector(
+            spec.wss_url, ssl_context=context, headers=dict(spec.wss_headers),
+            open_timeout_s=spec.connect_timeout_s,
+        )  # fmt: skip
+        return connector, (InvalidHandshake, InvalidURI)
+    proxy = proxy_for(spec.host)
+    if proxy is not None:
+        return HttpConnectTunnel(proxy), ()  # HTTPS-only egress: CONNECT, then SSH
+    # Plain TCP: one socket write per loop turn, not one per SSH packet.
+    return CoalescingConnector(), ()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__

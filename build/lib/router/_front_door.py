@@ -1,0 +1,142 @@
+"""The HTTP front door: TCP and TLS listeners whose connections become relays.
+
+Resource handling: every accepted connection runs as a task recorded in a
+``ConnectionSet``, so shutdown can stop accepting, let in-flight requests
+finish for a bounded time, and then cancel the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+from ._gateway import Gateway
+from ._headers import ClientInfo, TrustedProxies
+from ._limits import ConnectionCounts
+from ._log import fields
+from ._records import RequestRecord
+from ._relay import HttpRelay, RelayLimits
+from ._streams import READ_CHUNK_BYTES, ReaderWriterStream
+
+log = logging.getLogger("hostmux.http")
+
+
+class ConnectionSet:
+    """The live browser connections: each one's task and relay."""
+
+    def __init__(self) -> None:
+        self._relays: dict[asyncio.Task[None], HttpRelay] = {}
+
+    def __len__(self) -> int:
+        return len(self._relays)
+
+    def __repr__(self) -> str:
+        return f"<ConnectionSet {len(self._relays)} connections>"
+
+    def add(self, task: asyncio.Task[None], relay: HttpRelay) -> None:
+        self._relays[task] = relay
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._relays.pop(task, None)
+
+    async def drain(self, grace_s: float) -> None:
+        """Shutdown: idle connections close now, requests in flight get ``grace_s``
+        to finish, WebSockets get a 1001 close; whatever is left is cancelled."""
+        for relay in list(self._relays.values()):
+            relay.go_away()
+        if self._relays:
+            await asyncio.wait(set(self._relays), timeout=grace_s)
+        for task in list(self._relays):
+            task.cancel()
+        if self._relays:
+            await asyncio.wait(set(self._relays), timeout=5.0)
+
+
+def log_request(record: RequestRecord) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return  # formatting the line is most of its cost: skip it when it is not written
+    log.info(
+        fields(
+            "request", rid=record.request_id, name=record.name or None, host=record.host or None,
+            peer=record.peer, method=record.method, target=record.target[:200],
+            status=record.status, bytes_in=record.bytes_in, bytes_out=record.bytes_out,
+            ms=record.duration_ms, note=record.note or None,
+        )
+    )  # fmt: skip
+
+
+ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def connection_handler(
+    scheme: str,
+    *,
+    gateway: Gateway,
+    limits: RelayLimits,
+    connections: ConnectionSet,
+    counts: ConnectionCounts,
+    trusted_proxies: TrustedProxies | None = None,
+) -> ConnectionHandler:
+    """What each accepted browser connection runs (also used by one-port mode)."""
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        ip = str(peer[0])
+        if not counts.admit(ip):
+            # Over the limit: close at once (no request read, nothing to answer),
+            # so one address cannot hold the router's descriptors.
+            log.warning(fields("connection_refused", peer=f"{ip}:{peer[1]}", reason="limit"))
+            writer.transport.abort()
+            return
+        try:
+            info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
+            stream = ReaderWriterStream(
+                reader, writer, label=f"{scheme}:{ip}:{peer[1]}",
+                close_linger_s=limits.send_timeout_s,
+            )  # fmt: skip
+            relay = HttpRelay(stream, info, gateway, limits, log_request, trusted_proxies)
+            connections.add(task, relay)
+            await relay.run()
+        except asyncio.CancelledError:
+            # Shutdown cancels what outlived its grace. This task is the root of
+            # the connection: ending quietly keeps Python 3.11's stream callback
+            # from logging the cancellation as an error.
+            writer.transport.abort()
+        finally:
+            counts.release(ip)
+
+    return on_connection
+
+
+async def start_front_door(
+    host: str,
+    port: int,
+    *,
+    gateway: Gateway,
+    limits: RelayLimits,
+    connections: ConnectionSet,
+    counts: ConnectionCounts,
+    trusted_proxies: TrustedProxies | None = None,
+    tls: ssl.SSLContext | None,
+    tls_handshake_timeout_s: float,
+) -> asyncio.Server:
+    scheme = "https" if tls is not None else "http"
+    on_connection = connection_handler(
+        scheme, gateway=gateway, limits=limits, connections=connections, counts=counts,
+        trusted_proxies=trusted_proxies,
+    )  # fmt: skip
+    return await asyncio.start_server(
+        on_connection,
+        host,
+        port,
+        ssl=tls,
+        ssl_handshake_timeout=tls_handshake_timeout_s if tls is not None else None,
+        limit=READ_CHUNK_BYTES,
+        reuse_address=True,
+        backlog=1024,
+    )

@@ -1,0 +1,44 @@
+"""What the relay asks of whoever owns it: where each request goes.
+
+The router answers by Host (a tunnel), the auth helper by session (the app or
+a login page); both hand the relay a ``Destination`` or a ``Page``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ._headers import ClientInfo, Headers
+from ._http1_events import Request
+from ._pages import Page
+from ._streams import ByteStream
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream could not be opened; the message is safe to show the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a routed request goes."""
+
+    key: str  # requests with the same key may share one upstream stream
+    label: str  # for logs: the tunnel name
+    open: Callable[[], Awaitable[ByteStream]]  # raises UpstreamUnavailable
+    # The app's request headers from the browser's and "is it a WebSocket
+    # upgrade"; None: the router's rules (``_headers.request_headers_for_app``).
+    request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None
+    # Applied to the app's response headers after the router's own rules.
+    response_headers: Callable[[Headers], Headers] | None = None
+
+
+class Gateway(Protocol):
+    """Decides, per request, where it goes (router: by Host; helper: by session)."""
+
+    def route(
+        self, host: str, request: Request, request_id: str, client: ClientInfo
+    ) -> Destination | Page | Awaitable[Destination | Page]:
+        """Where the request goes; may be a coroutine when deciding needs I/O."""
+        ...

@@ -1,0 +1,203 @@
+"""Header rewriting between the browser and the app (pure).
+
+Rules:
+
+1. Hop-by-hop headers (RFC 9110 7.6.1), and every header named in
+   ``Connection``, are removed in both directions: they describe one hop.
+2. Framing (``Content-Length`` / ``Transfer-Encoding: chunked``) is kept as the
+   parser validated it; ``_http1`` re-frames each side on its own.
+3. Forwarding and identity headers are set by the router (identity: by the
+   auth helper) only. Client-sent copies are removed in every spelling that
+   some server normalises into the same name (case, ``_`` for ``-``), so an
+   app can trust them.
+4. A WebSocket upgrade keeps exactly ``Connection: upgrade`` and
+   ``Upgrade: websocket``; other upgrades (h2c, TLS) are not passed on.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Headers = list[tuple[bytes, bytes]]
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"http2-settings",
+    }
+)  # fmt: skip
+
+# Names some servers read for framing or routing once "_" is folded into "-":
+# a client must not smuggle them past the parser in that spelling.
+_FOLDED_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+# Framing and routing: a client naming them in Connection must not make them vanish.
+_NEVER_CONNECTION_SCOPED = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+# Set by the router; never passed on from the client.
+_FORWARDING = frozenset(
+    {
+        b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+        b"x-forwarded-server", b"x-forwarded-prefix", b"forwarded", b"x-real-ip",
+        b"x-request-id", b"x-client-ip", b"true-client-ip", b"client-ip",
+    }
+)  # fmt: skip
+
+
+# Identity the auth helper in the pod sets after the router (``X-Hostmux-User``):
+# a browser's copy must not reach an app that trusts it, helper or not.
+_IDENTITY = frozenset({b"x-hostmux-user"})
+
+_NOT_FROM_BROWSERS = _FORWARDING | _IDENTITY
+
+_NONE: frozenset[bytes] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """What the router knows about the browser side of a request."""
+
+    peer_ip: str
+    peer_port: int  # 0 when the browser is behind a trusted proxy
+    scheme: str  # "https" or "http"
+
+
+class TrustedProxies:
+    """Proxies in front of the router (nginx, a load balancer) whose word is believed.
+
+    Only for a peer in these networks are ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` read: the client is the right-most address that is
+    not itself a trusted proxy (nginx's ``real_ip_recursive on``), so entries a
+    browser wrote further left are ignored. Anything unparsable stops the walk.
+    """
+
+    __slots__ = ("_networks",)
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def __repr__(self) -> str:
+        return f"<TrustedProxies {', '.join(map(str, self._networks))}>"
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def client_of(self, headers: Sequence[tuple[bytes, bytes]], peer: ClientInfo) -> ClientInfo:
+        """The browser behind ``peer``, if ``peer`` is a trusted proxy; else ``peer``."""
+        if not self.trusts(peer.peer_ip):
+            return peer
+        hops: list[str] = []
+        scheme = peer.scheme
+        for name, value in headers:
+            if name == b"x-forwarded-for":
+                hops += (hop.strip() for hop in value.decode("latin-1").split(","))
+            elif name == b"x-forwarded-proto" and value.lower() in (b"http", b"https"):
+                scheme = value.lower().decode()
+        ip = peer.peer_ip
+        for hop in reversed(hops):
+            try:
+                ip = str(ipaddress.ip_address(hop))
+            except ValueError:
+                break
+            if not self.trusts(ip):
+                break
+        if ip == peer.peer_ip:
+            return ClientInfo(peer.peer_ip, peer.peer_port, scheme)
+        return ClientInfo(ip, 0, scheme)
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def drop_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], also: frozenset[bytes]) -> Headers:
+    """``headers`` without hop-by-hop ones and without ``also`` (in any ``_`` spelling)."""
+    return _drop(headers, also)
+
+
+def _drop(headers: Sequence[tuple[bytes, bytes]], extra: frozenset[bytes]) -> Headers:
+    if not isinstance(headers, list):
+        headers = list(headers)  # a lazy sequence is iterated once, not twice
+    named = _connection_tokens(headers)
+    kept: Headers = []
+    for name, value in headers:
+        folded = name.replace(b"_", b"-")
+        if (
+            name in _HOP_BY_HOP
+            or folded in _HOP_BY_HOP
+            or (name in named and name not in _NEVER_CONNECTION_SCOPED)
+            or folded in extra
+            or (folded != name and folded in _FOLDED_FRAMING)
+        ):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def is_websocket_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """True if the request asks for a WebSocket upgrade (and nothing else)."""
+    if b"upgrade" not in _connection_tokens(headers):
+        return False
+    upgrades = [v.strip().lower() for n, v in headers if n == b"upgrade"]
+    return upgrades == [b"websocket"]
+
+
+# Browsers come back from the same few addresses: parsing each one once is enough.
+@functools.lru_cache(maxsize=1024)
+def _forwarded_for(ip: str) -> str:
+    try:
+        if ipaddress.ip_address(ip).version == 6:
+            return f'"[{ip}]"'
+    except ValueError:
+        return '"unknown"'
+    return ip
+
+
+def request_headers_for_app(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    host: bytes,
+    client: ClientInfo,
+    request_id: str,
+    websocket: bool,
+) -> Headers:
+    """The headers the app receives for a browser's request."""
+    out = _drop(headers, _NOT_FROM_BROWSERS)
+    if websocket:
+        out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+    quoted_host = host.decode("latin-1").replace('"', "")
+    out += [
+        (b"x-forwarded-for", client.peer_ip.encode()),
+        (b"x-forwarded-proto", client.scheme.encode()),
+        (b"x-forwarded-host", host),
+        (
+            b"forwarded",
+            f'for={_forwarded_for(client.peer_ip)};proto={client.scheme};host="{quoted_host}"'.encode(),
+        ),
+        (b"x-request-id", request_id.encode()),
+    ]
+    return out
+
+
+def response_headers_for_client(
+    headers: Sequence[tuple[bytes, bytes]], *, websocket_accepted: bool = False
+) -> Headers:
+    """The headers the browser receives for the app's response."""
+    out = _drop(headers, _NONE)
+    if websocket_accepted:
+        out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+    return out

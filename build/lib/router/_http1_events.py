@@ -1,0 +1,154 @@
+"""The vocabulary of ``_http1``: events, states, errors, and the header check.
+
+Events are small frozen records that are never validated when built: headers
+that llhttp parsed (or that the router derived from parsed ones and constants)
+are sound already. Headers from anywhere else (status pages, a
+``Destination``'s filters) go through ``checked_headers`` first.
+
+Header names in events are lower case; values have no surrounding whitespace.
+
+Exceptions::
+
+    ProtocolError                 error_status_hint: the status to answer with
+    ├── RemoteProtocolError       the peer sent something that is not HTTP/1.1
+    └── LocalProtocolError        we were about to send something that is not
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ProtocolError(Exception):
+    """A message broke HTTP/1.1; ``error_status_hint`` is the status to answer with."""
+
+    def __init__(self, message: str, error_status_hint: int = 400) -> None:
+        super().__init__(message)
+        self.error_status_hint = error_status_hint
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer's bytes are not a valid HTTP/1.1 message (or not one we accept)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """What we were asked to send would not be a valid HTTP/1.1 message."""
+
+
+class Role(enum.Enum):
+    CLIENT = "client"  # sends requests, parses responses (the app side)
+    SERVER = "server"  # parses requests, sends responses (the browser side)
+
+
+class State(enum.Enum):
+    """One side's place in the current request/response cycle (h11's names).
+
+    Transitions (``_http1``; "done" is MUST_CLOSE instead of DONE once either
+    message said the connection ends, and start_next_cycle needs both DONE)::
+
+        client (requester)  IDLE --Request--> SEND_BODY --EndOfMessage--> DONE
+        server (responder)  IDLE --(their Request)--> SEND_RESPONSE
+                            SEND_RESPONSE --1xx--> SEND_RESPONSE
+                            SEND_RESPONSE --101--> SWITCHED_PROTOCOL (both sides)
+                            IDLE | SEND_RESPONSE --Response--> SEND_BODY
+                            SEND_BODY --EndOfMessage--> DONE
+        either side's peer  --unparsable--> ERROR; --EOF between messages--> CLOSED
+    """
+
+    IDLE = "idle"
+    SEND_RESPONSE = "send-response"  # the server owes a response
+    SEND_BODY = "send-body"
+    DONE = "done"  # this message is complete; the connection may carry another
+    MUST_CLOSE = "must-close"  # complete, and the connection ends after this cycle
+    CLOSED = "closed"
+    SWITCHED_PROTOCOL = "switched-protocol"  # after a 101: bytes, not HTTP
+    ERROR = "error"
+
+
+class Pending(enum.Enum):
+    """What ``next_event`` returns when it has no event to give."""
+
+    NEED_DATA = "need-data"  # feed more bytes (``receive_data``)
+    PAUSED = "paused"  # the next request waits until this cycle ends
+
+
+NEED_DATA = Pending.NEED_DATA
+PAUSED = Pending.PAUSED
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: bytes
+    target: bytes
+    headers: Headers
+    http_version: bytes = b"1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class InformationalResponse:
+    """A 1xx response (100 Continue, 101 Switching Protocols, 103 Early Hints...)."""
+
+    status_code: int
+    headers: Headers
+    reason: bytes = b""
+    http_version: bytes = b"1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A final (2xx-5xx) response head."""
+
+    status_code: int
+    headers: Headers
+    reason: bytes = b""
+    http_version: bytes = b"1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage:
+    """The end of a message body (trailers are parsed, checked and dropped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed its side between messages."""
+
+
+Event = Request | InformationalResponse | Response | Data | EndOfMessage | ConnectionClosed
+
+# Events are immutable: one of each field-less kind serves every message.
+END_OF_MESSAGE = EndOfMessage()
+CONNECTION_CLOSED = ConnectionClosed()
+
+# RFC 9110 5.6.2 token; field values are visible ASCII, obs-text, SP and HTAB inside.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(
+    rb"(?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
+)
+
+
+def checked_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """``headers`` with lower-case names, if each name is a token and each value
+    has no control characters (no CR, LF or NUL: no header injection) and no
+    surrounding whitespace; else LocalProtocolError.
+
+    For headers not parsed from a peer: status pages, a ``Destination``'s filters.
+    """
+    checked: Headers = []
+    for name, value in headers:
+        if _TOKEN.fullmatch(name) is None:
+            raise LocalProtocolError(f"illegal header name {name!r}")
+        if _FIELD_VALUE.fullmatch(value) is None:
+            raise LocalProtocolError(f"illegal header value {value!r}")
+        checked.append((name.lower(), value))
+    return checked

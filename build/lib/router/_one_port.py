@@ -1,0 +1,139 @@
+"""One-port mode: SSH and HTTPS (and plain HTTP) on the same port, told apart by the first bytes.
+
+An SSH client speaks first with ``SSH-2.0-...``; a TLS client with a
+ClientHello (record type 0x16); anything else is taken as plain HTTP. The
+router peeks at those bytes without consuming them (``MSG_PEEK``), then hands
+the socket, untouched, to asyncssh or to the ordinary front door — so a router
+needs only port 443 open. A connection that says nothing within
+``sniff_timeout_s`` is closed.
+
+Resource handling: ``serve_one_port`` owns the listening socket and a task per
+connection being sniffed; once handed over, a connection belongs to asyncssh
+or to the front door's ``ConnectionSet``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from ._front_door import ConnectionHandler
+from ._log import fields
+from ._ssh_transport import accepted_ssh_connection
+from ._streams import READ_CHUNK_BYTES
+
+log = logging.getLogger("hostmux.oneport")
+
+# Enough to tell "SSH-" from a TLS record header from an HTTP method.
+_PEEK_BYTES = 4
+_TLS_HANDSHAKE_RECORD = 0x16
+
+
+def open_listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_one_port(
+    sock: socket.socket,
+    *,
+    ssh_factory: Callable[[], Callable[[str, int], Any] | None],
+    https: ConnectionHandler,
+    http: ConnectionHandler,
+    tls: ssl.SSLContext,
+    tls_handshake_timeout_s: float,
+    sniff_timeout_s: float,
+) -> None:
+    """Accept on ``sock`` for ever (until cancelled), dispatching each connection."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            conn, addr = await loop.sock_accept(sock)
+            task = asyncio.ensure_future(
+                _dispatch(conn, addr, ssh_factory, https, http, tls, tls_handshake_timeout_s,
+                          sniff_timeout_s)
+            )  # fmt: skip
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+    finally:
+        for task in list(pending):
+            task.cancel()
+        sock.close()
+
+
+async def _dispatch(
+    conn: socket.socket,
+    addr: Any,
+    ssh_factory: Callable[[], Callable[[str, int], Any] | None],
+    https: ConnectionHandler,
+    http: ConnectionHandler,
+    tls: ssl.SSLContext,
+    tls_handshake_timeout_s: float,
+    sniff_timeout_s: float,
+) -> None:
+    loop = asyncio.get_running_loop()
+    conn.setblocking(False)
+    peer = f"{addr[0]}:{addr[1]}"
+    try:
+        async with asyncio.timeout(sniff_timeout_s):
+            head = await _peek(loop, conn)
+    except (TimeoutError, OSError):
+        conn.close()
+        return
+    if not head:
+        conn.close()
+        return
+    try:
+        if head.startswith(b"SSH-"):
+            factory = ssh_factory()
+            if factory is None:
+                conn.close()
+                return
+            await loop.connect_accepted_socket(
+                lambda: accepted_ssh_connection(factory(str(addr[0]), int(addr[1]))), conn
+            )
+        elif head[0] == _TLS_HANDSHAKE_RECORD:
+            await _to_front_door(loop, conn, https, tls, tls_handshake_timeout_s)
+        else:
+            await _to_front_door(loop, conn, http, None, None)
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        log.info(fields("one_port_dropped", peer=peer, reason=type(exc).__name__))
+        conn.close()
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    """The first bytes the client sent, left in the socket for whoever reads next."""
+    while True:
+        try:
+            return conn.recv(_PEEK_BYTES, socket.MSG_PEEK)
+        except BlockingIOError:
+            readable = loop.create_future()
+            loop.add_reader(conn.fileno(), readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(conn.fileno())
+
+
+async def _to_front_door(
+    loop: asyncio.AbstractEventLoop,
+    conn: socket.socket,
+    handler: ConnectionHandler,
+    tls: ssl.SSLContext | None,
+    handshake_timeout_s: float | None,
+) -> None:
+    reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
+    protocol = asyncio.StreamReaderProtocol(reader, handler)
+    await loop.connect_accepted_socket(
+        lambda: protocol, conn, ssl=tls, ssl_handshake_timeout=handshake_timeout_s
+    )

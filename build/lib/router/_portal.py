@@ -1,0 +1,247 @@
+"""The portal, seen from the router: instance keys to authenticate, events to report.
+
+Instance keys. In portal mode the SSH user name is an instance id, and the
+keys allowed to hold that instance's name are the portal's:
+``GET <portal_keys_url with {id}>`` answers a JWKS (``{"keys": [jwk, ...]}``)
+or OpenSSH authorized_keys lines. The rules:
+
+1. Answers are cached for ``ttl_s`` (positive) or ``negative_ttl_s`` (404 or
+   no keys), so a reconnect storm does not become a portal storm; concurrent
+   look-ups of one id share one request.
+2. Fail closed: a portal that is down, slow (``timeout_s``), or answers
+   garbage authenticates nobody new. Tunnels already up are not touched.
+3. Answers are bounded (size and key count) and parsed by well-kept code
+   (joserfc via ``keys``; cryptography for OpenSSH lines).
+
+Tunnel events. ``tunnel_up`` / ``tunnel_down`` are POSTed as JSON to
+``events_url`` with ``X-Hostmux-Signature: sha256=<hex HMAC-SHA256 of the
+body>`` under a shared secret, from a bounded queue, retried with back-off;
+when the queue is full the oldest event is dropped (and logged), never the
+router's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+import keys
+
+from ._http_client import HTTP_CALL_FAILURES, describe
+from ._log import fields
+
+log = logging.getLogger("hostmux.portal")
+
+# A JWKS for one instance is a few KiB; anything much larger is not one.
+_MAX_KEYS_RESPONSE_BYTES = 64 * 1024
+_MAX_KEYS_PER_INSTANCE = 32
+# Events waiting for the portal; past this the oldest are dropped.
+_MAX_PENDING_EVENTS = 10_000
+_EVENT_RETRY_CAP_S = 30.0
+
+
+class PortalUnavailable(Exception):
+    """The portal did not give a usable answer; the message says why."""
+
+
+@dataclass(slots=True)
+class _CacheEntry:
+    fingerprints: frozenset[str]
+    expires: float
+
+
+class PortalKeys:
+    """Instance id → the SHA256 fingerprints of the keys the portal lists for it."""
+
+    def __init__(
+        self,
+        url_template: str,
+        *,
+        timeout_s: float,
+        ttl_s: float,
+        negative_ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._template = url_template
+        self._timeout_s = timeout_s
+        self._ttl_s = ttl_s
+        self._negative_ttl_s = negative_ttl_s
+        self._clock = clock
+        self._cache: dict[str, _CacheEntry] = {}
+        self._inflight: dict[str, asyncio.Future[frozenset[str]]] = {}
+        self._client: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"<PortalKeys {self._template} cached={len(self._cache)}>"
+
+    def url_for(self, instance_id: str) -> str:
+        return self._template.replace("{id}", instance_id)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def fingerprints(self, instance_id: str, *, refresh: bool = False) -> frozenset[str]:
+        """The instance's key fingerprints (empty if none); raises PortalUnavailable."""
+        now = self._clock()
+        entry = self._cache.get(instance_id)
+        if entry is not None and entry.expires > now and not refresh:
+            return entry.fingerprints
+        pending = self._inflight.get(instance_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(instance_id))
+            self._inflight[instance_id] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(instance_id, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, instance_id: str) -> frozenset[str]:
+        url = self.url_for(instance_id)
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._client.stream(
+                    "GET", url, headers={"accept": "application/jwk-set+json, text/plain"}
+                ) as response:
+                    body = await _read_bounded(response)
+        except HTTP_CALL_FAILURES as exc:
+            log.warning(fields("portal_unavailable", url=url, reason=describe(exc)))
+            raise PortalUnavailable(f"the portal did not answer ({describe(exc)})") from None
+        if response.status_code == 404:
+            return self._remember(instance_id, frozenset(), self._negative_ttl_s)
+        if response.status_code != 200:
+            log.warning(fields("portal_unavailable", url=url, status=response.status_code))
+            raise PortalUnavailable(f"the portal answered {response.status_code}")
+        try:
+            found = parse_instance_keys(body, response.headers.get("content-type", ""))
+        except ValueError as exc:
+            log.warning(fields("portal_garbage", url=url, reason=str(exc)))
+            raise PortalUnavailable(f"the portal's answer is not usable: {exc}") from None
+        ttl = self._ttl_s if found else self._negative_ttl_s
+        return self._remember(instance_id, found, ttl)
+
+    def _remember(self, instance_id: str, found: frozenset[str], ttl: float) -> frozenset[str]:
+        self._cache[instance_id] = _CacheEntry(found, self._clock() + ttl)
+        if len(self._cache) > 100_000:  # bound memory: forget the oldest half
+            for stale in list(self._cache)[: len(self._cache) // 2]:
+                del self._cache[stale]
+        return found
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > _MAX_KEYS_RESPONSE_BYTES:
+            raise httpx.DecodingError("the answer is too large")
+    return body
+
+
+def parse_instance_keys(body: bytes, content_type: str) -> frozenset[str]:
+    """A JWKS or authorized_keys text → key fingerprints; ValueError for garbage."""
+    text = body.decode("utf-8", "strict") if body else ""
+    lines: list[str] = []
+    if "json" in content_type or text.lstrip().startswith("{"):
+        document = json.loads(text)
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise ValueError("expected a JWKS object with a 'keys' list")
+        for jwk in document["keys"]:
+            if not isinstance(jwk, dict):
+                raise ValueError("a JWKS entry is not an object")
+            try:
+                lines.append(keys.openssh_public_from_jwk(jwk))
+            except keys.KeysError as exc:
+                raise ValueError(str(exc)) from None
+    else:
+        lines = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    if len(lines) > _MAX_KEYS_PER_INSTANCE:
+        raise ValueError(f"more than {_MAX_KEYS_PER_INSTANCE} keys")
+    try:
+        return frozenset(keys.fingerprint_of_public_line(line) for line in lines)
+    except keys.KeysError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def sign_event_body(secret: bytes, body: bytes) -> str:
+    """The ``X-Hostmux-Signature`` header value for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class TunnelEvents:
+    """Reports tunnel up/down to the portal, in order, without blocking the router.
+
+    Resource handling: ``run`` is the one task that sends; ``publish`` only
+    queues. Error handling: failed deliveries are retried with capped
+    exponential back-off; nothing here can fail a tunnel.
+    """
+
+    url: str
+    secret: bytes
+    router_name: str
+    timeout_s: float = 5.0
+    retry_first_s: float = 0.5  # the first back-off after a failed delivery
+    retry_cap_s: float = _EVENT_RETRY_CAP_S
+    _queue: deque[dict[str, object]] = field(default_factory=deque)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def publish(self, event: str, name: str, url: str | None) -> None:
+        if len(self._queue) >= _MAX_PENDING_EVENTS:
+            dropped = self._queue.popleft()
+            log.warning(fields("portal_event_dropped", name=dropped.get("name")))
+        self._queue.append(
+            {
+                "event": event,
+                "name": name,
+                "url": url,
+                "router": self.router_name,
+                "ts": time.time(),
+            }
+        )
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            delay = self.retry_first_s
+            while True:
+                if not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                event = self._queue[0]
+                body = json.dumps(event, separators=(",", ":")).encode()
+                headers = {
+                    "content-type": "application/json",
+                    "x-hostmux-signature": sign_event_body(self.secret, body),
+                }
+                try:
+                    response = await client.post(self.url, content=body, headers=headers)
+                    ok = 200 <= response.status_code < 300
+                    reason = f"status {response.status_code}"
+                except HTTP_CALL_FAILURES as exc:
+                    ok, reason = False, describe(exc)
+                if ok:
+                    self._queue.popleft()
+                    log.info(
+                        fields("portal_event_delivered", kind=event["event"], name=event["name"])
+                    )
+                    delay = self.retry_first_s
+                    continue
+                log.warning(
+                    fields("portal_event_failed", url=self.url, reason=reason, retry_s=delay)
+                )
+                await asyncio.sleep(delay)  # back-off between delivery attempts
+                delay = min(delay * 2, self.retry_cap_s)

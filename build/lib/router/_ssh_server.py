@@ -1,0 +1,489 @@
+"""The router's SSH side: connections, virtual forwards and their channels.
+
+The router's asyncssh adapter is this module with ``_ssh_auth`` (who a client
+is) and ``_ssh_session`` (session channels); nothing else imports asyncssh.
+What an authenticated tunnel client may do, and nothing else:
+
+* remote forwards (``ssh -R NAME:80:localhost:3000``): *virtual* — nothing is
+  bound on the router; the bind address is the requested name, the port only a
+  label. An empty or wildcard bind address asks for the client's default name
+  (a portal instance's id) or else a random one;
+* stream-local remote forwards (``ssh -R /tmp/x.sock:host:port``), for portal
+  instances only (the DIT4C protocol): the name is the instance id;
+* a session: see ``_ssh_session``.
+
+Refused: ``-L``/``-D``/``-W`` (direct-tcpip), direct stream-local, agent and
+X11 forwarding, password and keyboard-interactive auth.
+
+Resource handling: each SSH connection owns its virtual forwards; when the
+connection goes, their names are released (kept reserved for their owner for
+a while, see ``_routing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from ._access import KeyGrant
+from ._channel_stream import ChannelStream
+from ._gateway import UpstreamUnavailable
+from ._limits import ConnectionCounts, FailureLimiter
+from ._log import fields
+from ._names import InvalidName, check_name, random_name
+from ._routing import NameTaken
+from ._ssh_auth import Authenticator
+from ._ssh_session import ToolSession
+from ._ssh_transport import CoalescingListener
+from ._streams import ByteStream
+from ._tunnels import Tunnel, TunnelHub
+
+log = logging.getLogger("hostmux.ssh")
+
+# Client's order wins in SSH and OpenSSH lists chacha20-poly1305 first, which
+# halves small-request throughput in asyncssh: offer AES-GCM only.
+DEFAULT_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+# The largest SSH packet the router takes on its channels (asyncssh's default:
+# 32 KiB). Fewer, larger packets cost a Python client (hostmux-listener) less per
+# byte: its bulk download 607-628 -> 684-721 MB/s, OpenSSH's unchanged.
+_MAX_PACKET = 128 * 1024
+
+# Bind addresses that mean "no name given": OpenSSH sends "localhost" for
+# ``-R 80:host:port`` and "" or "*" for an explicit wildcard.
+_ANY_NAME = frozenset({"", "localhost", "*", "0.0.0.0", "::", "127.0.0.1", "::1"})
+
+# Random names collide with probability ~N/2^60; a few retries make the
+# refusal for "no free random name" practically unreachable.
+_RANDOM_NAME_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    window_bytes: int
+    keepalive_interval_s: float
+    login_timeout_s: float
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+    max_pending_opens: int = 1024
+
+
+@dataclass
+class PendingOpens:
+    """Channel opens one SSH connection has not answered yet, and how many it may have.
+
+    SSH has no way to withdraw a channel open: one the client never answers
+    stays in asyncssh (~7 KiB) until the connection ends. Past the limit the
+    tunnel gets no more opens (502) until it answers some.
+    """
+
+    limit: int
+    count: int = 0
+
+    def release(self, _: object = None) -> None:
+        self.count -= 1
+
+
+@dataclass
+class SshLimits:
+    """Shared by all SSH connections: per-owner caps and the auth-failure limiter."""
+
+    connections: ConnectionCounts
+    max_tunnels_per_owner: int
+    auth_failures: FailureLimiter
+    tunnels: dict[str, int] = field(default_factory=dict)
+
+    def add_tunnel(self, owner: str) -> bool:
+        if self.tunnels.get(owner, 0) >= self.max_tunnels_per_owner:
+            return False
+        self.tunnels[owner] = self.tunnels.get(owner, 0) + 1
+        return True
+
+    def remove_tunnel(self, owner: str) -> None:
+        left = self.tunnels.get(owner, 0) - 1
+        if left > 0:
+            self.tunnels[owner] = left
+        else:
+            self.tunnels.pop(owner, None)
+
+
+class VirtualForward(asyncssh.SSHListener):
+    """A remote forward that binds nothing: closing it releases the name."""
+
+    def __init__(
+        self,
+        hub: TunnelHub,
+        tunnel: Tunnel,
+        listen: tuple[str, int],
+        port: int,
+        on_close: Callable[[VirtualForward], None],
+    ) -> None:
+        super().__init__()
+        self._hub = hub
+        self.tunnel = tunnel
+        self.listen = listen  # as the client asked (path, 0 for stream-local)
+        self._port = port
+        self._on_close = on_close
+
+    def __repr__(self) -> str:
+        return f"<VirtualForward {self.tunnel.name} listen={self.listen}>"
+
+    def get_port(self) -> int:
+        return self._port
+
+    def close(self) -> None:
+        self._hub.release(self.tunnel)
+        self._on_close(self)
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+@dataclass(eq=False)
+class ClientState:
+    """One SSH connection: who it is, its forwards and what it was told."""
+
+    peer: str
+    grant: KeyGrant | None = None
+    forwards: list[VirtualForward] = field(default_factory=list)
+    refusals: list[dict[str, str]] = field(default_factory=list)
+    watchers: list[Callable[[str], None]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, forward: VirtualForward, line: str) -> None:
+        self.forwards.append(forward)
+        self._changed(line)
+
+    def forget(self, forward: VirtualForward) -> None:
+        if forward in self.forwards:
+            self.forwards.remove(forward)
+
+    def refuse(self, listen: str, reason: str) -> None:
+        self.refusals.append({"listen": listen, "reason": reason})
+        self._changed(f"Refused -R {listen}: {reason}")
+
+    def _changed(self, line: str) -> None:
+        for watcher in list(self.watchers):
+            watcher(line)
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class _ConnectionHandler(asyncssh.SSHServer):
+    """asyncssh callbacks for one SSH connection."""
+
+    def __init__(
+        self, hub: TunnelHub, auth: Authenticator, settings: SshSettings, limits: SshLimits
+    ) -> None:
+        self._hub = hub
+        self._auth = auth
+        self._settings = settings
+        self._limits = limits
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._state = ClientState(peer="?")
+        self._counted_owner: str | None = None
+        self._pending = PendingOpens(settings.max_pending_opens)
+
+    def __repr__(self) -> str:
+        return f"<SSH client {self._state.peer} forwards={len(self._state.forwards)}>"
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        host, port = conn.get_extra_info("peername")[:2]
+        self._state.peer = f"{host}:{port}"
+        if not self._limits.auth_failures.allowed(str(host)):
+            log.warning(fields("ssh_rate_limited", peer=self._state.peer))
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many failed logins; wait")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for forward in list(self._state.forwards):
+            forward.close()
+        if self._counted_owner is not None:
+            self._limits.connections.release(self._counted_owner)
+        if self._state.grant is not None:
+            log.info(fields("ssh_disconnect", peer=self._state.peer, reason=_reason(exc)))
+
+    # -- authentication ------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # every client must authenticate
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        peer_ip = self._state.peer.rsplit(":", 1)[0]
+        grant = await self._auth.grant_for_key(username, key, peer_ip)
+        if grant is None:
+            self._limits.auth_failures.failed(peer_ip)
+            log.info(
+                fields(
+                    "ssh_auth_refused", peer=self._state.peer, user=username,
+                    key=key.get_fingerprint("sha256"),
+                )
+            )  # fmt: skip
+            return False
+        self._state.grant = grant  # the last key validated is the one that signs
+        return True
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        grant = self._auth.grant_for_certificate_authority(username, key)
+        if grant is None:
+            return False
+        self._state.grant = grant
+        return True
+
+    def auth_completed(self) -> None:
+        grant = self._state.grant
+        assert grant is not None
+        if not self._limits.connections.admit(grant.owner):
+            log.warning(fields("ssh_connection_limit", peer=self._state.peer, owner=grant.owner))
+            self._connection.disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections for this key"
+            )
+            return
+        self._counted_owner = grant.owner
+        log.info(fields("ssh_connect", peer=self._state.peer, owner=grant.owner, how=grant.comment))
+
+    # -- forwards ------------------------------------------------------------
+
+    def server_requested(self, listen_host: str, listen_port: int) -> VirtualForward | bool:
+        grant = self._state.grant
+        assert grant is not None
+        where = f"{listen_host}:{listen_port}"
+        if any(f.listen == (listen_host, listen_port) for f in self._state.forwards):
+            return self._refuse(where, "this connection already forwards that address")
+        if grant.role == "register":
+            return self._refuse(where, "the register user cannot forward")
+        if listen_host in _ANY_NAME:
+            if grant.default_name is not None:
+                candidates = [grant.default_name]
+            elif grant.name_patterns is not None:
+                return self._refuse(
+                    where, f"this key must ask for a name ({grant.describe_names()})"
+                )
+            else:
+                candidates = [random_name() for _ in range(_RANDOM_NAME_ATTEMPTS)]
+        else:
+            name = listen_host
+            if name.endswith("." + self._hub.domain):
+                name = name[: -len(self._hub.domain) - 1]
+            try:
+                check_name(name)
+            except InvalidName as exc:
+                return self._refuse(where, str(exc))
+            if not grant.may_hold(name):
+                return self._refuse(where, f"this client may only hold {grant.describe_names()}")
+            candidates = [name]
+        port = listen_port or 80  # the port is only a label; 0 asks us to pick one
+        opener = _tcp_opener(
+            self._connection, listen_host, port, self._settings.window_bytes, self._pending
+        )
+        return self._claim(candidates, grant, opener, (listen_host, listen_port), port, where)
+
+    def unix_server_requested(self, listen_path: str) -> VirtualForward | bool:
+        grant = self._state.grant
+        assert grant is not None
+        if grant.default_name is None:
+            return self._refuse(listen_path, "stream-local forwards are for portal instances")
+        if any(f.listen == (listen_path, 0) for f in self._state.forwards):
+            return self._refuse(listen_path, "this connection already forwards that path")
+        opener = _unix_opener(
+            self._connection, listen_path, self._settings.window_bytes, self._pending
+        )
+        return self._claim([grant.default_name], grant, opener, (listen_path, 0), 0, listen_path)
+
+    def _claim(
+        self,
+        candidates: list[str],
+        grant: KeyGrant,
+        opener: Callable[[str, int], Awaitable[ByteStream]],
+        listen: tuple[str, int],
+        port: int,
+        where: str,
+    ) -> VirtualForward | bool:
+        state = self._state
+        if not self._limits.add_tunnel(grant.owner):
+            limit = self._limits.max_tunnels_per_owner
+            return self._refuse(where, f"this key already holds {limit} tunnels")
+        for name in candidates:
+            tunnel = Tunnel(name=name, owner=grant.owner, peer=state.peer, open_stream=opener)
+            try:
+                self._hub.claim(tunnel)
+            except NameTaken:
+                continue
+            forward = VirtualForward(self._hub, tunnel, listen, port, self._forget)
+            state.add(forward, f"Forwarding {self._hub.url_for(name)} -> your {where}")
+            return forward
+        self._limits.remove_tunnel(grant.owner)
+        if len(candidates) == 1:
+            return self._refuse(where, f"the name {candidates[0]!r} is in use by another key")
+        return self._refuse(where, "no free random name was found; try again")
+
+    def _forget(self, forward: VirtualForward) -> None:
+        if forward in self._state.forwards:
+            self._state.forget(forward)
+            self._limits.remove_tunnel(forward.tunnel.owner)
+
+    def _refuse(self, where: str, reason: str) -> bool:
+        self._state.refuse(where, reason)
+        log.info(fields("forward_refused", peer=self._state.peer, listen=where, reason=reason))
+        return False
+
+    @property
+    def _connection(self) -> asyncssh.SSHServerConnection:
+        assert self._conn is not None
+        return self._conn
+
+    def connection_requested(self, *_: object) -> bool:
+        log.info(fields("refused", peer=self._state.peer, what="direct-tcpip (-L/-D/-W)"))
+        return False
+
+    def unix_connection_requested(self, *_: object) -> bool:
+        log.info(fields("refused", peer=self._state.peer, what="direct-streamlocal"))
+        return False
+
+    def session_requested(self) -> asyncssh.SSHServerSession[str]:
+        return ToolSession(self._hub, self._state, self._auth)
+
+
+def _tcp_opener(
+    conn: asyncssh.SSHServerConnection,
+    listen_host: str,
+    listen_port: int,
+    window: int,
+    pending: PendingOpens,
+) -> Callable[[str, int], Awaitable[ByteStream]]:
+    """How a browser connection becomes a ``forwarded-tcpip`` channel to the client."""
+
+    async def open_stream(orig_host: str, orig_port: int) -> ByteStream:
+        label = f"channel:{listen_host}"
+
+        async def opening() -> tuple[Any, Any]:
+            return await conn.create_connection(
+                lambda: ChannelStream(label), listen_host, listen_port, orig_host, orig_port,
+                window=window, max_pktsize=_MAX_PACKET,
+            )  # fmt: skip
+
+        return await _open_channel(opening, pending=pending)
+
+    return open_stream
+
+
+def _unix_opener(
+    conn: asyncssh.SSHServerConnection, listen_path: str, window: int, pending: PendingOpens
+) -> Callable[[str, int], Awaitable[ByteStream]]:
+    """The same for a ``forwarded-streamlocal@openssh.com`` channel (DIT4C protocol)."""
+
+    async def open_stream(orig_host: str, orig_port: int) -> ByteStream:
+        label = f"channel:{listen_path}"
+
+        async def opening() -> tuple[Any, Any]:
+            return await conn.create_unix_connection(
+                lambda: ChannelStream(label), listen_path, window=window, max_pktsize=_MAX_PACKET
+            )
+
+        return await _open_channel(opening, pending=pending)
+
+    return open_stream
+
+
+async def _open_channel(
+    opening: Callable[[], Coroutine[Any, Any, tuple[Any, ChannelStream]]],
+    *,
+    pending: PendingOpens,
+) -> ByteStream:
+    """The channel ``opening`` opens, as a stream.
+
+    Resource handling: if the caller stops waiting (the relay's connect
+    timeout), the open goes on without it, and a channel the client confirms
+    later is closed at once: asyncssh would otherwise keep it, open and unread,
+    for as long as the SSH connection lives.
+    """
+    if pending.count >= pending.limit:
+        raise UpstreamUnavailable("the tunnel client is not answering (too many channels pending)")
+    pending.count += 1
+    opened = asyncio.ensure_future(opening())
+    opened.add_done_callback(pending.release)
+    try:
+        _, stream = await asyncio.shield(opened)
+    except asyncio.CancelledError:
+        opened.add_done_callback(_close_late_channel)
+        raise
+    except asyncssh.ChannelOpenError as exc:
+        raise UpstreamUnavailable(
+            f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
+        ) from None
+    except (asyncssh.Error, OSError):
+        raise UpstreamUnavailable("the tunnel went away") from None
+    return stream
+
+
+def _close_late_channel(opened: asyncio.Future[tuple[Any, ChannelStream]]) -> None:
+    if not opened.cancelled() and opened.exception() is None:
+        _, stream = opened.result()
+        stream.close()
+
+
+def _reason(exc: Exception | None) -> str:
+    return "closed" if exc is None else (str(exc) or type(exc).__name__)
+
+
+async def start_ssh_server(
+    hub: TunnelHub,
+    auth: Authenticator,
+    host_key_path: Path,
+    host: str,
+    port: int,
+    settings: SshSettings,
+    limits: SshLimits,
+    *,
+    tunnel: object = (),
+) -> asyncssh.SSHAcceptor:
+    """Listen for tunnel clients on ``host:port`` (or through ``tunnel``, e.g. WebSocket).
+
+    Plain TCP goes through ``CoalescingListener``: one send per loop turn, not per packet.
+    """
+    return await asyncssh.listen(
+        host,
+        port,
+        tunnel=tunnel or CoalescingListener(),
+        server_factory=lambda: _ConnectionHandler(hub, auth, settings, limits),
+        # asyncssh rebuilds its options for every connection (``reload_config``
+        # at the start of auth): a key object, not a path, spares re-reading and
+        # parsing the key file each time, and gss_host=None the getfqdn() look-up
+        # (no GSS here) — ~0.3 ms of a tunnel's set-up, in a worker thread.
+        server_host_keys=[_host_key(host_key_path)],
+        gss_host=None,
+        encryption_algs=list(settings.ciphers),
+        keepalive_interval=settings.keepalive_interval_s,
+        keepalive_count_max=3,
+        login_timeout=settings.login_timeout_s,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_scp=False,
+        line_editor=False,
+        reuse_address=True,
+    )
+
+
+@functools.cache
+def _host_key(path: Path) -> asyncssh.SSHKey:
+    return asyncssh.read_private_key(os.fspath(path))
+
+
+def acceptor_port(acceptor: asyncssh.SSHAcceptor) -> int:
+    return int(acceptor.get_port())

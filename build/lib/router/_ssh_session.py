@@ -1,0 +1,202 @@
+"""Session channels: what a tunnel client sees, and the few commands it may run.
+
+Part of the router's asyncssh adapter.
+
+* A shell request (``ssh -R ... router`` without ``-N``) prints the
+  connection's URLs — and later ones, and refusals with their reasons — on
+  stderr, then only listens for Ctrl-C / Ctrl-D, which end it. Nothing typed
+  runs.
+* Exec requests run built-in commands only: ``help``, ``tunnels [--json]``
+  (this connection's tunnels: the listener reads its own tunnel from it);
+  in portal mode also the DIT4C pair: as user ``register``, ``INSTANCE_ID``
+  (cache the instance's portal keys), and as user ``listen``, ``SOCKET`` (wait
+  for the forward of that path, print the URL on stdout, stay open). Any
+  other command, and every subsystem (sftp), is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from ._log import fields
+from ._portal import PortalUnavailable
+from ._ssh_auth import Authenticator
+from ._tunnels import TunnelHub
+
+if TYPE_CHECKING:
+    from ._ssh_server import ClientState
+
+log = logging.getLogger("hostmux.ssh")
+
+# A DIT4C client sends ``listen SOCKET`` right after its forward request;
+# asyncssh may still be finishing that forward, so wait this long for it.
+_FORWARD_WAIT_S = 10.0
+
+_HELP = """hostmux tunnel router.
+  ssh -R NAME:80:localhost:PORT HOST     serve localhost:PORT at https://NAME.DOMAIN
+  ssh -R 80:localhost:PORT HOST          the same under a random name
+Commands:
+  help                                   this text
+  tunnels [--json]                       this connection's tunnels (not the router's others);
+                                         --json adds the names refused on it, with reasons
+"""
+
+# What ``ssh register@router`` with no instance id is told (DIT4C's usage).
+_REGISTER_USAGE = (
+    "usage: ssh register@HOST INSTANCE_ID  (caches the instance's keys from the portal)\n"
+)
+
+_BUILTINS = ("help", "tunnels")
+
+
+class ToolSession(asyncssh.SSHServerSession[str]):
+    """A session channel: shows the connection's URLs; runs only built-in commands."""
+
+    def __init__(self, hub: TunnelHub, state: ClientState, auth: Authenticator) -> None:
+        self._hub = hub
+        self._state = state
+        self._auth = auth
+        self._chan: asyncssh.SSHServerChannel[str] | None = None
+        self._command: str | None = None
+        self._hinted = False
+        self._task: asyncio.Task[None] | None = None  # the one running command, if any
+
+    def __repr__(self) -> str:
+        return f"<ToolSession {self._state.peer} command={self._command!r}>"
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
+        self._chan = chan
+
+    def pty_requested(self, *_: object) -> bool:
+        return True  # ssh asks for one by default; refusing it only adds a warning
+
+    def shell_requested(self) -> bool:
+        return True  # as ``register``, only to say how it is used (session_started)
+
+    def exec_requested(self, command: str) -> bool:
+        words = command.split()
+        role = self._role()
+        allowed = bool(words) and (
+            (words[0] in _BUILTINS and role != "register")
+            or (role in ("register", "listen") and len(words) == 1)
+        )
+        if not allowed:
+            log.info(fields("refused", peer=self._state.peer, what="exec", command=command[:80]))
+            return False
+        self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        log.info(fields("refused", peer=self._state.peer, what="subsystem", command=subsystem))
+        return False
+
+    def session_started(self) -> None:
+        chan = self._channel
+        command = self._command
+        if command is None and self._role() == "register":
+            chan.write_stderr(_REGISTER_USAGE)
+            chan.exit(2)
+            return
+        if command is None:
+            for line in self._url_lines():
+                self._say(line)
+            self._say("Press Ctrl-C to close the tunnel.")
+            self._state.watchers.append(self._say)
+            return
+        word = command.split()[0]
+        if word in _BUILTINS:
+            chan.write(self._run_builtin(command))
+            chan.exit(0)
+        elif self._role() == "register":
+            self._task = asyncio.ensure_future(self._register(word))
+        else:
+            self._task = asyncio.ensure_future(self._listen(word))
+
+    def data_received(self, data: str, datatype: int | None) -> None:
+        if "\x03" in data or "\x04" in data:  # Ctrl-C / Ctrl-D end the tunnel
+            self._channel.exit(0)
+        elif not self._hinted and self._command is None:
+            self._hinted = True
+            self._say("This is a tunnel, not a shell: nothing you type runs. Ctrl-C closes it.")
+
+    def eof_received(self) -> bool:
+        # Stdin closed (``ssh ... </dev/null``) says nothing about the tunnel:
+        # keep the channel open for our output until the command or client ends.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._say in self._state.watchers:
+            self._state.watchers.remove(self._say)
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- helpers -------------------------------------------------------------
+
+    @property
+    def _channel(self) -> asyncssh.SSHServerChannel[str]:
+        assert self._chan is not None
+        return self._chan
+
+    def _role(self) -> str:
+        return self._state.grant.role if self._state.grant is not None else "tunnel"
+
+    def _say(self, line: str) -> None:
+        if self._chan is not None:
+            newline = "\r\n" if self._chan.get_terminal_type() else "\n"
+            self._chan.write_stderr(line + newline)
+
+    def _url_lines(self) -> list[str]:
+        lines = [f"Forwarding {self._hub.url_for(f.tunnel.name)}" for f in self._state.forwards]
+        lines += [f"Refused -R {r['listen']}: {r['reason']}" for r in self._state.refusals]
+        return lines or ["No tunnels yet: add -R NAME:80:localhost:PORT to your ssh command."]
+
+    def _run_builtin(self, command: str) -> str:
+        words = command.split()
+        if words[0] == "help":
+            return _HELP
+        tunnels = [
+            {"name": f.tunnel.name, "url": self._hub.url_for(f.tunnel.name),
+             "listen": "{}:{}".format(*f.listen)}
+            for f in self._state.forwards
+        ]  # fmt: skip
+        if "--json" in words:
+            report = {"scope": "connection", "tunnels": tunnels, "refused": self._state.refusals}
+            return json.dumps(report) + "\n"
+        return "".join(t["url"] + "\n" for t in tunnels) or "no tunnels on this connection\n"
+
+    async def _register(self, instance_id: str) -> None:
+        """DIT4C ``ssh register@router INSTANCE_ID``: cache the instance's keys."""
+        chan = self._channel
+        try:
+            count = await self._auth.register(instance_id)
+        except PortalUnavailable as exc:
+            chan.write_stderr(f"Unable to import keys for {instance_id}: {exc}\n")
+            chan.exit(1)
+            return
+        if count == 0:
+            chan.write_stderr(f"Unable to import keys for {instance_id}: the portal lists none\n")
+            chan.exit(1)
+            return
+        log.info(fields("dit4c_register", peer=self._state.peer, instance=instance_id, keys=count))
+        chan.write(f"{count} authentication key(s) imported for {instance_id}\n")
+        chan.exit(0)
+
+    async def _listen(self, socket_path: str) -> None:
+        """DIT4C ``ssh -R SOCKET:host:port listen@router SOCKET``: print the URL, stay open."""
+        chan = self._channel
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_FORWARD_WAIT_S):
+                while not any(f.listen == (socket_path, 0) for f in self._state.forwards):
+                    await self._state.changed.wait()
+        forward = next((f for f in self._state.forwards if f.listen == (socket_path, 0)), None)
+        if forward is None:
+            chan.write_stderr(f"{socket_path} is not forwarded on this connection\n")
+            chan.exit(1)
+            return
+        chan.write(self._hub.url_for(forward.tunnel.name) + "\n")

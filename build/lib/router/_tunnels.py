@@ -1,0 +1,141 @@
+"""Tunnels and the gateway that routes browser requests into them.
+
+A ``Tunnel`` is one virtual remote forward of one SSH connection: it serves one
+name and opens a fresh channel per upstream stream. The ``TunnelHub`` owns the
+route table and logs every tunnel event; ``TunnelGateway`` is the relay's
+routing decision for the router (Host → tunnel, or a status page).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from ._gateway import Destination
+from ._headers import ClientInfo, is_websocket_upgrade
+from ._http1_events import Request
+from ._log import fields
+from ._names import target_for_host
+from ._pages import Page, router_home_page, status_page, wants_html
+from ._routing import Offline, RouteTable
+from ._streams import ByteStream
+from ._wss import WSS_PATH, WssAcceptor
+
+log = logging.getLogger("hostmux.tunnels")
+
+# Opens one stream down the tunnel for a browser at (ip, port).
+StreamOpener = Callable[[str, int], Awaitable[ByteStream]]
+
+
+@dataclass(eq=False)
+class Tunnel:
+    name: str
+    owner: str  # SHA256 fingerprint of the key that claimed the name
+    peer: str  # the SSH client's address
+    open_stream: StreamOpener
+    created: float = field(default_factory=time.monotonic)
+
+    def __repr__(self) -> str:
+        return f"<Tunnel {self.name} owner={self.owner} peer={self.peer}>"
+
+
+class TunnelHub:
+    """The router's tunnels: claims, releases, lookups and their log lines."""
+
+    def __init__(self, *, domain: str, scheme: str, public_port: int, reservation_s: float):
+        self.domain = domain
+        self.routes: RouteTable[Tunnel] = RouteTable(reservation_s=reservation_s)
+        self._scheme = scheme
+        self._public_port = public_port
+        self.ssh_port = 22  # the port tunnel clients dial, once bound (the home page's hint)
+        # Called with ("tunnel_up" | "tunnel_down", name, url): the portal's webhook.
+        self.observers: list[Callable[[str, str, str], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<TunnelHub *.{self.domain} {self.routes!r}>"
+
+    def set_public_port(self, scheme: str, port: int) -> None:
+        self._scheme = scheme
+        self._public_port = port
+
+    def url_for(self, name: str) -> str:
+        default_port = 443 if self._scheme == "https" else 80
+        port = "" if self._public_port in (0, default_port) else f":{self._public_port}"
+        return f"{self._scheme}://{name}.{self.domain}{port}"
+
+    def claim(self, tunnel: Tunnel) -> None:
+        """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner."""
+        replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
+        self._notify("tunnel_up", tunnel.name)
+        log.info(
+            fields(
+                "tunnel_up", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner,
+                url=self.url_for(tunnel.name), replaced=replaced.peer if replaced else None,
+            )
+        )  # fmt: skip
+
+    def _notify(self, event: str, name: str) -> None:
+        for observer in self.observers:
+            observer(event, name, self.url_for(name))
+
+    def release(self, tunnel: Tunnel) -> None:
+        if self.routes.release(tunnel.name, tunnel):
+            self._notify("tunnel_down", tunnel.name)
+            held_s = round(time.monotonic() - tunnel.created, 1)
+            log.info(fields("tunnel_down", name=tunnel.name, peer=tunnel.peer, held_s=held_s))
+
+
+class TunnelGateway:
+    """Routes each request by Host: a tunnel, the router's own page, or an error page."""
+
+    def __init__(self, hub: TunnelHub, wss: WssAcceptor | None = None) -> None:
+        self._hub = hub
+        self._wss = wss
+
+    def route(
+        self, host: str, request: Request, request_id: str, client: ClientInfo
+    ) -> Destination | Page:
+        target = target_for_host(host, self._hub.domain)
+        if target is None:
+            return status_page(
+                421, f"this router does not serve {host}", request_id=request_id,
+                as_html=_wants_html(request),
+            )  # fmt: skip
+        if target.label is None:
+            if (
+                self._wss is not None
+                and request.target.split(b"?")[0] == WSS_PATH.encode()
+                and is_websocket_upgrade(request.headers)
+            ):
+                # SSH over WebSocket: the relay carries it to the in-process endpoint.
+                return Destination(
+                    key="wss", label="_hostmux",
+                    open=partial(self._wss.open_stream, client.peer_ip, client.peer_port),
+                )  # fmt: skip
+            return router_home_page(
+                self._hub.domain, ssh_port=self._hub.ssh_port, as_html=_wants_html(request)
+            )
+        found = self._hub.routes.lookup(target.label)
+        if found is None:
+            return status_page(
+                404, f"no tunnel is called {target.label!r}", request_id=request_id,
+                as_html=_wants_html(request),
+            )  # fmt: skip
+        if isinstance(found, Offline):
+            return status_page(
+                502, f"the tunnel {target.label!r} is offline; it may be reconnecting",
+                request_id=request_id, as_html=_wants_html(request),
+            )  # fmt: skip
+        return Destination(
+            key=host,
+            label=found.name,
+            open=partial(found.open_stream, client.peer_ip, client.peer_port),
+        )
+
+
+def _wants_html(request: Request) -> bool:
+    """Whether a page for ``request`` should be HTML (only asked when a page is the answer)."""
+    return any(k == b"accept" and wants_html(v) for k, v in request.headers)

@@ -1,0 +1,429 @@
+"""SSH over WebSocket: the transport for tunnel clients that may only speak HTTPS.
+
+Binary WebSocket messages carry the SSH byte stream (the chisel design). The
+WebSocket protocol is the ``websockets`` library's sans-IO state machine; the
+SSH protocol is asyncssh's own connection object, driven through a small
+``asyncio.Transport`` shim (``MessageTransport``) — no socketpair, no copy
+through the kernel:
+
+* router side: ``WssAcceptor`` is handed to ``asyncssh.listen(tunnel=...)``, so
+  SSH over WebSocket gets the same host key, authentication, names and limits
+  as plain SSH. Each upgrade request for ``/_hostmux/ssh`` on the router's own
+  host becomes an in-process upstream for the ordinary HTTP relay
+  (``WssAcceptor.open_stream``): the relay forwards the upgrade, the endpoint
+  answers ``101`` and then speaks WebSocket frames.
+* client side: ``WssConnector`` is handed to ``asyncssh.connect(tunnel=...)``;
+  it dials the WebSocket (HTTP proxy from ``HTTPS_PROXY`` honoured by
+  ``websockets``) and drives asyncssh's client connection the same way.
+
+Back-pressure: asyncssh's writes become WebSocket frames queued on the
+underlying stream, and the shim pauses asyncssh's writing while that stream
+asks to drain. A client that never completes the WebSocket handshake is
+dropped after ``handshake_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from websockets.exceptions import InvalidHandshake, InvalidState, ProtocolError
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from ._log import fields
+from ._streams import ByteStream
+
+log = logging.getLogger("hostmux.wss")
+
+WSS_PATH = "/_hostmux/ssh"
+# One WebSocket message per SSH write; SSH packets are at most ~256 KiB here.
+MAX_MESSAGE_BYTES = 1024 * 1024
+# A client has this long to finish the WebSocket handshake after its request.
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class MessageTransport(asyncio.Transport):
+    """asyncio transport for asyncssh whose bytes go out as WebSocket messages."""
+
+    def __init__(
+        self,
+        send: Callable[[bytes], None],
+        close: Callable[[], None],
+        peer: tuple[str, int],
+    ) -> None:
+        super().__init__()
+        self._send = send
+        self._close_cb = close
+        self._peer = peer
+        self._closing = False
+        self._reading_paused = asyncio.Event()
+        self._reading_paused.set()  # set = reading allowed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peer
+        if name == "sockname":
+            return ("0.0.0.0", 0)
+        return default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._closing:
+            self._send(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._close_cb()
+
+    def abort(self) -> None:
+        self.close()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self._reading_paused.clear()
+
+    def resume_reading(self) -> None:
+        self._reading_paused.set()
+
+    def is_reading(self) -> bool:
+        return self._reading_paused.is_set()
+
+    async def wait_readable(self) -> None:
+        await self._reading_paused.wait()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _InProcessServer:
+    """What ``asyncssh.listen(tunnel=...)`` expects back from ``create_server``."""
+
+    sockets: list[object] = []
+
+    def __init__(self, acceptor: WssAcceptor) -> None:
+        self._acceptor = acceptor
+
+    def close(self) -> None:
+        self._acceptor.factory = None
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def get_addresses(self) -> list[tuple[str, int]]:
+        return []
+
+    def get_port(self) -> int:
+        return 0
+
+
+class WssAcceptor:
+    """The router's SSH-over-WebSocket endpoint (see the module docstring)."""
+
+    def __init__(self, *, handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
+        self.factory: Callable[[str, int], Any] | None = None
+        self._handshake_timeout_s = handshake_timeout_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<WssAcceptor sessions={len(self._tasks)}>"
+
+    async def create_server(
+        self, factory: Callable[[str, int], Any], host: str, port: int, **_: object
+    ) -> _InProcessServer:
+        """Called by asyncssh.listen: remember how to make a server connection."""
+        self.factory = factory
+        return _InProcessServer(self)
+
+    async def open_stream(self, peer_ip: str, peer_port: int) -> ByteStream:
+        """An upstream for the relay: the far end of a pipe served by this endpoint."""
+        near, far = _pipe(f"wss:{peer_ip}:{peer_port}")
+        task = asyncio.ensure_future(self._serve(far, (peer_ip, peer_port)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return near
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)
+
+    async def _serve(self, stream: _PipeEnd, peer: tuple[str, int]) -> None:
+        ws = ServerProtocol(max_size=MAX_MESSAGE_BYTES)
+        try:
+            async with asyncio.timeout(self._handshake_timeout_s):
+                request = await _read_handshake(ws, stream)
+            if request is None or request.path != WSS_PATH or self.factory is None:
+                return
+            ws.send_response(ws.accept(request))
+            await stream.send_all(b"".join(ws.data_to_send()))
+            if ws.handshake_exc is not None:
+                return
+            log.info(fields("wss_open", peer=f"{peer[0]}:{peer[1]}"))
+            await _carry_ssh(ws, stream, self.factory(peer[0], peer[1]), peer)
+        except (TimeoutError, OSError, ConnectionError, InvalidHandshake, InvalidState) as exc:
+            log.info(fields("wss_dropped", peer=f"{peer[0]}:{peer[1]}", reason=type(exc).__name__))
+        finally:
+            stream.close()
+
+
+async def _read_handshake(ws: ServerProtocol, stream: _PipeEnd) -> Request | None:
+    while True:
+        data = await stream.receive()
+        if not data:
+            return None
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                return event
+
+
+async def _carry_ssh(
+    ws: ServerProtocol | Any, stream: ByteStream, ssh: Any, peer: tuple[str, int]
+) -> None:
+    """Pump bytes between WebSocket frames on ``stream`` and the asyncssh protocol ``ssh``."""
+    closed = asyncio.Event()
+    out: list[bytes] = []
+    flushing: asyncio.Event = asyncio.Event()
+
+    def send(data: bytes) -> None:
+        try:
+            ws.send_binary(data)
+        except InvalidState:
+            return
+        out.extend(ws.data_to_send())
+        flushing.set()
+
+    def close() -> None:
+        with contextlib.suppress(InvalidState, ProtocolError):
+            ws.send_close(1000)
+            out.extend(ws.data_to_send())
+        closed.set()
+        flushing.set()
+
+    transport = MessageTransport(send, close, peer)
+    ssh.connection_made(transport)
+
+    async def writer() -> None:
+        while True:
+            await flushing.wait()
+            flushing.clear()
+            while out:
+                chunk = b"".join(out)
+                out.clear()
+                await stream.send_all(chunk)  # back-pressure: waits while the peer is slow
+            if closed.is_set():
+                return
+
+    async def reader() -> None:
+        while True:
+            await transport.wait_readable()
+            data = await stream.receive()
+            if not data:
+                ws.receive_eof()
+                return
+            ws.receive_data(data)
+            for event in ws.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
+                    ssh.data_received(event.data)
+                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                    return
+            replies = ws.data_to_send()  # pongs and close replies from the protocol
+            if replies:
+                out.extend(replies)
+                flushing.set()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            write_task = tg.create_task(writer())
+            await reader()
+            closed.set()
+            flushing.set()
+            write_task.cancel()
+    except* (OSError, ConnectionError, ProtocolError):
+        pass
+    finally:
+        ssh.connection_lost(None)
+
+
+class _PipeEnd:
+    """One end of an in-process byte pipe: a ``ByteStream`` with a bounded queue."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.peer: _PipeEnd | None = None
+        self._chunks: deque[bytes] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._eof = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<_PipeEnd {self.label} queued={len(self._chunks)}>"
+
+    # reading side ------------------------------------------------------------
+
+    async def receive(self) -> bytes:
+        while not self._chunks:
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._chunks.popleft()
+        if len(self._chunks) <= _PIPE_LOW_WATER:
+            self._writable.set()
+        return data
+
+    def _deliver(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._readable.set()
+        if len(self._chunks) >= _PIPE_HIGH_WATER:
+            self._writable.clear()
+
+    def _end(self) -> None:
+        self._eof = True
+        self._readable.set()
+        self._writable.set()
+
+    # writing side (into the peer) ----------------------------------------------
+
+    @property
+    def _other(self) -> _PipeEnd:
+        assert self.peer is not None
+        return self.peer
+
+    def write(self, data: bytes) -> None:
+        if self._closed or self._other._eof:
+            raise ConnectionResetError(f"{self.label} is closed")
+        if data:
+            self._other._deliver(bytes(data))
+
+    def must_drain(self) -> bool:
+        return not self._other._writable.is_set()
+
+    async def drain(self) -> None:
+        await self._other._writable.wait()
+
+    async def send_all(self, data: bytes) -> None:
+        self.write(data)
+        if self.must_drain():
+            await self.drain()
+
+    async def send_eof(self) -> None:
+        self._other._end()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._end()
+            self._other._end()
+
+    def abort(self) -> None:
+        self.close()  # nothing is queued outside the two ends
+
+
+# A pipe holds at most this many chunks before its writer must wait.
+_PIPE_HIGH_WATER = 32
+_PIPE_LOW_WATER = 8
+
+
+def _pipe(label: str) -> tuple[_PipeEnd, _PipeEnd]:
+    near, far = _PipeEnd(label + ":relay"), _PipeEnd(label + ":wss")
+    near.peer, far.peer = far, near
+    return near, far
+
+
+class WssConnector:
+    """The client side: ``asyncssh.connect(host, port, tunnel=WssConnector(url))``.
+
+    Resource handling: the WebSocket and its two pump tasks live as long as
+    the SSH connection; closing either side ends both.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ssl_context: Any = None,
+        headers: dict[str, str] | None = None,
+        open_timeout_s: float = 15.0,
+    ) -> None:
+        self._url = url
+        self._ssl = ssl_context
+        self._headers = headers or {}
+        self._open_timeout_s = open_timeout_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<WssConnector {self._url}>"
+
+    async def create_connection(
+        self, factory: Callable[[], Any], host: str, port: int, **_: object
+    ) -> tuple[MessageTransport, Any]:
+        """Called by asyncssh.connect: open the WebSocket and start the SSH protocol on it."""
+        from websockets.asyncio.client import connect
+
+        kwargs: dict[str, Any] = {}
+        if self._url.startswith("wss://") and self._ssl is not None:
+            kwargs["ssl"] = self._ssl
+        ws = await connect(
+            self._url,
+            additional_headers=self._headers,
+            max_size=MAX_MESSAGE_BYTES,
+            compression=None,  # SSH is encrypted: nothing to compress
+            open_timeout=self._open_timeout_s,
+            ping_interval=None,  # SSH keepalives do this job
+            **kwargs,
+        )
+        outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        transport = MessageTransport(
+            outgoing.put_nowait, lambda: outgoing.put_nowait(None), _peer_address(ws)
+        )
+        protocol = factory()
+        protocol.connection_made(transport)
+
+        async def send() -> None:
+            while (data := await outgoing.get()) is not None:
+                await ws.send(data)
+            await ws.close()
+
+        async def receive() -> None:
+            try:
+                async for message in ws:
+                    await transport.wait_readable()
+                    protocol.data_received(message if isinstance(message, bytes) else b"")
+            except Exception as exc:  # websockets' ConnectionClosed family and OS errors
+                log.debug(fields("wss_client_closed", reason=type(exc).__name__))
+            finally:
+                outgoing.put_nowait(None)
+                protocol.connection_lost(None)
+
+        for work in (send(), receive()):
+            task = asyncio.ensure_future(work)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return transport, protocol
+
+
+def _peer_address(ws: Any) -> tuple[str, int]:
+    """The IP address and port the WebSocket is connected to (a proxy's, through one).
+
+    asyncssh parses a transport's peer name as an IP address, so the host name
+    the user gave (``--router tunnels.example.org:2222``) cannot stand in for it.
+    """
+    peer = ws.transport.get_extra_info("peername") if ws.transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]), int(peer[1])
+    return ("0.0.0.0", 0)  # a socket that is already gone: the handshake fails next

@@ -237,7 +237,7 @@ async def test_plain_http_front_door_and_the_routers_own_host(world: World) -> N
         )  # fmt: skip
         home = await client.send(request)
     assert home.status_code == 200
-    assert "ssh -R" in home.text
+    assert f"ssh -p {router.ssh_port} -R myapp:80:localhost:3000" in home.text
 
 
 async def test_certificate_files_from_config_serve_a_real_domain(stack: Stack) -> None:

@@ -39,6 +39,8 @@ def option(
     e.g. "off"; None: 0 is refused). ``metavar`` overrides the one guessed from the name."""
     value_range = None
     if minimum is not None:
+        if isinstance(default, bool) or not isinstance(default, int | float):
+            raise TypeError(f"only numbers have a range, not {default!r}")
         value_range = OptionRange(minimum, maximum, zero)
         if not value_range.accepts(default):
             raise ValueError(f"default {default!r} is outside its own range")

@@ -208,7 +208,9 @@ class Stack:
         *extra: str,
         state_dir: Path | None = None,
         ports: tuple[int, int, int] = (0, 0, 0),
+        **options: object,
     ) -> Router:
+        """The router as a process (``options`` go to the process start, e.g. preexec_fn)."""
         state_dir = state_dir or self.path("router-state")
         state_dir.mkdir(exist_ok=True)
         authorized = state_dir / "authorized_keys"
@@ -222,6 +224,7 @@ class Stack:
                 "--ssh-listen", f"127.0.0.1:{ssh}", "--https-listen", f"127.0.0.1:{https}",
                 "--http-listen", f"127.0.0.1:{http}", *extra,
             ],
+            **options,
         )  # fmt: skip
         ready = await proc.wait_for(
             r"event=router_ready .*ssh=127\.0\.0\.1:(\d+) https=127\.0\.0\.1:(\d+) "

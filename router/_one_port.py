@@ -109,18 +109,12 @@ async def serve_one_port(
                 try:
                     conn, addr = await loop.sock_accept(sock)
                 except OSError as exc:
-                    if exc.errno in _PEER_ERRNOS:
-                        continue
-                    if exc.errno not in _CAPACITY_ERRNOS:
+                    if exc.errno not in _CAPACITY_ERRNOS | _PEER_ERRNOS:
                         raise
-                    if failures.failed():
-                        log.error(
-                            fields(
-                                "one_port_accept_failed", errno=errno.errorcode[exc.errno],
-                                reason=os.strerror(exc.errno), retry_ms=round(_CAPACITY_PAUSE_S * 1000),
-                            )
-                        )  # fmt: skip
-                    await asyncio.sleep(_CAPACITY_PAUSE_S)
+                    if exc.errno in _CAPACITY_ERRNOS:
+                        if failures.failed():
+                            _log_capacity_failure(exc)
+                        await asyncio.sleep(_CAPACITY_PAUSE_S)
                     continue
                 if ended := failures.succeeded():
                     log.info(fields("one_port_accept_resumed", failures=ended))
@@ -130,6 +124,16 @@ async def serve_one_port(
                 )  # fmt: skip
     finally:
         sock.close()
+
+
+def _log_capacity_failure(exc: OSError) -> None:
+    code = exc.errno or 0
+    log.error(
+        fields(
+            "one_port_accept_failed", errno=errno.errorcode.get(code, str(code)),
+            reason=os.strerror(code), retry_ms=round(_CAPACITY_PAUSE_S * 1000),
+        )
+    )  # fmt: skip
 
 
 async def _dispatch(

@@ -96,6 +96,8 @@ def _seed_authorized_keys(path: Path) -> None:
 
 async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+    # The operator's TLS files are checked before anything is created or bound.
+    file_tls = _file_tls(config)
     state = prepare_state(config)
     auth = _authenticator(config)
     # The one-port listener always speaks TLS too (the config refuses it without).
@@ -129,7 +131,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
     browsers = ConnectionCounts(
         max_total=config.max_connections, max_per_key=config.max_connections_per_ip
     )
-    tls = _tls_for(config, state)
+    tls = file_tls or _dev_tls(config, state)
     if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
         raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
 
@@ -256,13 +258,16 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
     log.info(fields("router_stopped"))
 
 
-def _tls_for(config: RouterConfig, state: _State) -> ssl.SSLContext | None:
-    """The front door's TLS context: the operator's files, else the development CA's
-    (None when nothing serves TLS). Bad files are a ConfigError naming the file."""
-    if state.tls_cert is not None and state.tls_key is not None:
-        if config.https_listen or config.one_port_listen:
-            return configured_tls_context(state.tls_cert, state.tls_key)
+def _file_tls(config: RouterConfig) -> ssl.SSLContext | None:
+    """TLS from the operator's files, when something serves TLS; a ConfigError names a bad file."""
+    cert, key = config.tls_cert_file, config.tls_key_file
+    if cert is None or key is None or not (config.https_listen or config.one_port_listen):
         return None
+    return configured_tls_context(cert, key)
+
+
+def _dev_tls(config: RouterConfig, state: _State) -> ssl.SSLContext | None:
+    """TLS from the development CA, when it serves (no files configured)."""
     if state.dev_tls is None:
         return None
     try:

@@ -18,30 +18,37 @@ from listener._portal import portal_url_from_dit4c
 from router._layered_config import (
     ConfigError,
     build_parser,
+    check_ranges,
     load,
     option,
     parse_host_port,
     with_defaults,
 )
 from router._names import InvalidName, check_name
+from router._option_range import MINUTE_S, MONTH_S
 
 
 @dataclass(frozen=True)
 class AuthHelperConfig:
-    listen: str = option("127.0.0.1:8081", "where the listener sends requests, HOST:PORT")
-    app: str = option("127.0.0.1:8888", "the app behind the helper, HOST:PORT")
-    instance_id: str = option("", "this instance's id (its name on the router)")
+    listen: str = option("127.0.0.1:8081", "where the listener sends requests", metavar="HOST:PORT")
+    app: str = option("127.0.0.1:8888", "the app behind the helper", metavar="HOST:PORT")
+    instance_id: str = option("", "this instance's id (its name on the router)", metavar="ID")
     portal_url: str = option("", "the portal: OAuth2 server and access checks")
     cookie_keys: list[str] = option(
-        [], "Fernet keys sealing cookies, newest first (rotation); default: from cookie_keys_file"
+        [],
+        "Fernet keys sealing cookies, newest first (rotation); default: from cookie_keys_file",
+        metavar="KEY",
     )
     cookie_keys_file: Path | None = option(
         None, "file with one Fernet key per line, newest first (created if missing)"
     )
-    session_lifetime_s: int = option(8 * 3600, "how long a login lasts")
-    log_level: str = option("info", "debug, info, warning or error")
+    session_lifetime_s: int = option(
+        8 * 3600, "how long a login lasts", minimum=MINUTE_S, maximum=MONTH_S
+    )
+    log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         parse_host_port(self.listen, "listen")
         parse_host_port(self.app, "app")
         try:
@@ -52,8 +59,6 @@ class AuthHelperConfig:
             raise ValueError("portal_url: an http(s) URL is required")
         if not self.cookie_keys and self.cookie_keys_file is None:
             raise ValueError("cookie_keys or cookie_keys_file is required")
-        if self.session_lifetime_s < 60:
-            raise ValueError("session_lifetime_s: at least 60")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
 

@@ -28,12 +28,14 @@ from pathlib import Path
 from router._layered_config import (
     ConfigError,
     build_parser,
+    check_ranges,
     load,
     option,
     parse_host_port,
     with_defaults,
 )
 from router._names import InvalidName, check_name
+from router._option_range import HOUR_S
 
 from ._portal import portal_url_from_dit4c
 
@@ -44,18 +46,22 @@ DEFAULT_ROUTER = "127.0.0.1:2222"
 @dataclass(frozen=True)
 class ListenerConfig:
     router: list[str] = option(
-        [], f"router SSH address(es) HOST:PORT (default: the portal's list, else {DEFAULT_ROUTER})"
+        [],
+        f"router SSH address(es) HOST:PORT (default: the portal's list, else {DEFAULT_ROUTER})",
+        metavar="HOST:PORT",
     )
     name: str = option("", "the name to serve at NAME.DOMAIN (empty: a random name, kept)")
-    target: str = option("127.0.0.1:3000", "the app to expose, HOST:PORT")
+    target: str = option("127.0.0.1:3000", "the app to expose", metavar="HOST:PORT")
     user: str = option("hostmux", "SSH user name (the instance id in portal mode)")
     identity_file: Path = option(Path("~/.ssh/id_ed25519").expanduser(), "private key")
     known_hosts: Path | None = option(
-        None, "known_hosts file pinning the router's host key (default: ~/.ssh/known_hosts)"
-    )
+        None, "known_hosts file pinning the router's host key (default: ~/.ssh/known_hosts)",
+        metavar="FILE",
+    )  # fmt: skip
     host_key_fingerprint: list[str] = option(
-        [], "pin the router's host key by fingerprint (SHA256:...), instead of known_hosts"
-    )
+        [], "pin the router's host key by fingerprint, instead of known_hosts",
+        metavar="SHA256:...",
+    )  # fmt: skip
     portal_url: str = option("", "portal base URL: routers and host keys from its config.json")
     uri_update_url: str = option("", "PUT the public URL here, signed with the instance key")
     jwt_iss: str = option("", "JWT issuer for URL updates (default: the user name)")
@@ -65,16 +71,24 @@ class ListenerConfig:
     )
     check_url: bool = option(True, "check the public URL answers before publishing it")
     transport: str = option(
-        "ssh", "ssh, wss (SSH over WebSocket through HTTPS) or auto (ssh, else wss)"
-    )
+        "ssh", "ssh, wss (SSH over WebSocket through HTTPS) or auto (ssh, else wss)",
+        metavar="{ssh,wss,auto}",
+    )  # fmt: skip
     wss_url: str = option("", "the router's WebSocket endpoint, wss://DOMAIN[:PORT]/_hostmux/ssh")
-    wss_header: list[str] = option([], "extra request header for WSS, NAME:VALUE")
-    keepalive_interval_s: float = option(15.0, "SSH keepalive probe interval")
-    connect_timeout_s: float = option(15.0, "time allowed to connect and authenticate")
-    backoff_max_s: float = option(30.0, "longest wait between reconnect attempts")
-    log_level: str = option("info", "debug, info, warning or error")
+    wss_header: list[str] = option([], "extra request header for WSS", metavar="NAME:VALUE")
+    keepalive_interval_s: float = option(
+        15.0, "SSH keepalive probe interval", minimum=0, maximum=HOUR_S
+    )
+    connect_timeout_s: float = option(
+        15.0, "time allowed to connect and authenticate", minimum=0, maximum=HOUR_S
+    )
+    backoff_max_s: float = option(
+        30.0, "longest wait between reconnect attempts", minimum=1, maximum=HOUR_S
+    )
+    log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for router in self.router:
             parse_host_port(router, "router")
         parse_host_port(self.target, "target")
@@ -97,10 +111,6 @@ class ListenerConfig:
         for header in self.wss_header:
             if ":" not in header:
                 raise ValueError(f"wss_header: {header!r} is not NAME:VALUE")
-        if self.keepalive_interval_s <= 0 or self.connect_timeout_s <= 0:
-            raise ValueError("keepalive_interval_s and connect_timeout_s must be positive")
-        if self.backoff_max_s < 1:
-            raise ValueError("backoff_max_s: at least 1")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
 

@@ -14,8 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._layered_config import ConfigError, build_parser, load, option, parse_listen_list
+from ._layered_config import (
+    ConfigError,
+    build_parser,
+    check_ranges,
+    load,
+    option,
+    parse_listen_list,
+)
 from ._names import is_dns_label
+from ._option_range import DAY_S, GIB, HOUR_S, KIB, MIB, MINUTE_S, PORT_MAX, WEEK_S
 from ._relay import RelayLimits
 
 
@@ -29,15 +37,14 @@ class RouterConfig:
     domain: str = option("localhost", "the domain tunnels live under: NAME.DOMAIN")
     ssh_listen: list[str] = option(["127.0.0.1:2222"], "SSH address for tunnel clients")
     https_listen: list[str] = option(["127.0.0.1:8443"], "HTTPS front door address")
-    http_listen: list[str] = option(
-        ["127.0.0.1:8080"], "plain HTTP front door address (empty list: none)"
-    )
+    http_listen: list[str] = option(["127.0.0.1:8080"], "plain HTTP front door address")
     one_port_listen: list[str] = option(
         [], "addresses serving SSH, HTTPS and HTTP on one port, told apart by the first bytes"
     )
     public_port: int = option(
-        0, "HTTPS port shown in public URLs (0: the port the front door listens on)"
-    )
+        0, "HTTPS port shown in public URLs", minimum=0, maximum=PORT_MAX,
+        zero="the port the front door listens on",
+    )  # fmt: skip
     state_dir: Path = option(Path(_default_state_dir()), "where host key and dev CA live")
     host_key_file: Path | None = option(None, "SSH host key (default: STATE_DIR/ssh_host_key)")
     authorized_keys_file: Path | None = option(
@@ -47,34 +54,64 @@ class RouterConfig:
     )
     tls_cert_file: Path | None = option(None, "TLS certificate chain (default: dev CA leaf)")
     tls_key_file: Path | None = option(None, "TLS private key (default: dev CA leaf key)")
+    # 0 is refused: with no reservation another key could take a name over while its
+    # owner reconnects, and a negative value must not switch that protection off either.
     name_reservation_s: float = option(
-        600.0, "after a tunnel goes, its name stays reserved for its key this long"
-    )
+        600.0, "after a tunnel goes, its name stays reserved for its key this long",
+        minimum=0, maximum=WEEK_S,
+    )  # fmt: skip
     channel_window_bytes: int = option(
-        2 * 1024 * 1024, "SSH channel window per request (>= 2 MiB; 4-8 MiB for WAN)"
+        2 * MIB, "SSH channel window per request (2 MiB or more; 4-8 MiB for WAN)",
+        minimum=64 * KIB, maximum=GIB,
+    )  # fmt: skip
+    ssh_keepalive_interval_s: float = option(
+        30.0, "SSH keepalive probe interval", minimum=0, maximum=HOUR_S
     )
-    ssh_keepalive_interval_s: float = option(30.0, "SSH keepalive probe interval")
     max_pending_channel_opens: int = option(
-        1024, "channel opens one SSH connection may leave unanswered at once (more: 502)"
+        1024, "channel opens one SSH connection may leave unanswered at once (more: 502)",
+        minimum=1,
+    )  # fmt: skip
+    ssh_login_timeout_s: float = option(
+        30.0, "time a client has to authenticate", minimum=0, maximum=HOUR_S
     )
-    ssh_login_timeout_s: float = option(30.0, "time a client has to authenticate")
-    header_timeout_s: float = option(60.0, "time a browser has to send request headers")
-    keepalive_timeout_s: float = option(75.0, "idle time before a keep-alive connection closes")
-    body_timeout_s: float = option(60.0, "time between two reads of a request body (else 408)")
-    send_timeout_s: float = option(60.0, "time a browser has to accept more response data")
-    connect_timeout_s: float = option(10.0, "time to open a channel down a tunnel (else 504)")
+    header_timeout_s: float = option(
+        60.0, "time a browser has to send request headers", minimum=0, maximum=HOUR_S
+    )
+    keepalive_timeout_s: float = option(
+        75.0, "idle time before a keep-alive connection closes", minimum=0, maximum=DAY_S
+    )
+    body_timeout_s: float = option(
+        60.0, "time between two reads of a request body (else 408)", minimum=0, maximum=DAY_S
+    )
+    send_timeout_s: float = option(
+        60.0, "time a browser has to accept more response data", minimum=0, maximum=DAY_S
+    )
+    connect_timeout_s: float = option(
+        10.0, "time to open a channel down a tunnel (else 504)", minimum=0, maximum=HOUR_S
+    )
     response_timeout_s: float = option(
         60.0,
         "time for the app to start answering once the request is sent, and to take more "
         "of a request body (else 504)",
+        minimum=0,
+        maximum=DAY_S,
     )
-    upstream_idle_timeout_s: float = option(300.0, "time between two chunks of a response body")
-    websocket_idle_timeout_s: float = option(3600.0, "idle time before a WebSocket is closed")
-    tls_handshake_timeout_s: float = option(10.0, "time a browser has to finish TLS")
-    max_header_bytes: int = option(32 * 1024, "largest request head accepted (else 431)")
+    upstream_idle_timeout_s: float = option(
+        300.0, "time between two chunks of a response body", minimum=0, maximum=DAY_S
+    )
+    websocket_idle_timeout_s: float = option(
+        3600.0, "idle time before a WebSocket is closed", minimum=0, maximum=WEEK_S
+    )
+    tls_handshake_timeout_s: float = option(
+        10.0, "time a browser has to finish TLS", minimum=0, maximum=HOUR_S
+    )
+    max_header_bytes: int = option(
+        32 * KIB, "largest request head accepted (else 431)", minimum=KIB, maximum=MIB
+    )
     max_requests_per_connection: int = option(
-        1000, "requests one keep-alive connection may carry; the last gets Connection: close"
-    )
+        1000, "requests one keep-alive connection may carry; the last gets Connection: close",
+        minimum=1,
+    )  # fmt: skip
     portal_keys_url: str = option(
         "",
         "portal mode: URL template of an instance's public keys, e.g. "
@@ -83,59 +120,67 @@ class RouterConfig:
     portal_ca_keys_file: Path | None = option(
         None, "portal mode: trusted SSH CA public keys; certificates with principal = instance id"
     )
-    portal_timeout_s: float = option(5.0, "time the portal has to answer a key look-up")
-    portal_cache_ttl_s: float = option(60.0, "how long an instance's keys are cached")
-    portal_negative_cache_ttl_s: float = option(10.0, "how long 'no such instance' is cached")
+    portal_timeout_s: float = option(
+        5.0, "time the portal has to answer a key look-up", minimum=0, maximum=5 * MINUTE_S
+    )
+    portal_cache_ttl_s: float = option(
+        60.0, "how long an instance's keys are cached", minimum=0, maximum=DAY_S,
+        zero="no caching: every login asks the portal",
+    )  # fmt: skip
+    portal_negative_cache_ttl_s: float = option(
+        10.0, "how long 'no such instance' is cached", minimum=0, maximum=DAY_S,
+        zero="not cached: each login for an unknown instance asks the portal",
+    )  # fmt: skip
     events_url: str = option("", "POST tunnel_up/tunnel_down events here (signed JSON)")
     events_secret: str = option("", "HMAC-SHA256 secret for X-Hostmux-Signature on events")
     router_name: str = option("", "this router's name in events (default: its SSH address)")
-    max_connections: int = option(10_000, "browser connections the router holds at most")
-    max_connections_per_ip: int = option(256, "browser connections one IP may hold")
-    max_ssh_connections_per_key: int = option(64, "SSH connections one key (or instance) may hold")
-    max_tunnels_per_key: int = option(256, "tunnels one key (or instance) may hold")
-    ssh_auth_failures_burst: int = option(10, "failed SSH logins an IP may have at once")
-    ssh_auth_failures_per_minute: float = option(6.0, "...and how fast that allowance refills")
+    max_connections: int = option(10_000, "browser connections the router holds at most", minimum=1)
+    max_connections_per_ip: int = option(256, "browser connections one IP may hold", minimum=1)
+    max_ssh_connections_per_key: int = option(
+        64, "SSH connections one key (or instance) may hold", minimum=1
+    )
+    max_tunnels_per_key: int = option(256, "tunnels one key (or instance) may hold", minimum=1)
+    ssh_auth_failures_burst: int = option(10, "failed SSH logins an IP may have at once", minimum=1)
+    # 0 would never refill: one burst of typos would lock an address out for good.
+    ssh_auth_failures_per_minute: float = option(
+        6.0, "...and how fast that allowance refills", minimum=0
+    )
     trusted_proxies: list[str] = option(
         [],
         "proxies in front (addresses or CIDR networks, e.g. 127.0.0.1) whose X-Forwarded-For "
         "and X-Forwarded-Proto name the real browser",
+        metavar="ADDRESS",
     )
     shutdown_grace_s: float = option(
-        10.0, "on SIGTERM, time requests in flight get to finish (systemd waits 90 s)"
-    )
-    log_level: str = option("info", "debug, info, warning or error")
+        10.0, "on SIGTERM, time requests in flight get to finish (systemd waits 90 s)",
+        minimum=0, maximum=HOUR_S,
+    )  # fmt: skip
+    log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not all(is_dns_label(part) for part in self.domain.split(".")):
             raise ValueError(f"domain: {self.domain!r} is not a valid lower-case domain name")
         for field in ("ssh_listen", "https_listen", "http_listen", "one_port_listen"):
             parse_listen_list(getattr(self, field), field)
         if not self.ssh_listen:
             raise ValueError("ssh_listen: at least one address is needed")
-        if not self.https_listen and not self.http_listen:
-            raise ValueError("https_listen, http_listen: at least one front door is needed")
+        if not (self.https_listen or self.http_listen or self.one_port_listen):
+            raise ValueError(
+                "https_listen, http_listen, one_port_listen: at least one front door is needed"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
-        if not 1024 <= self.max_header_bytes <= 1024 * 1024:
-            raise ValueError("max_header_bytes: between 1024 and 1048576")
-        if not 0 <= self.public_port <= 65535:
-            raise ValueError("public_port: between 0 and 65535")
-        if self.channel_window_bytes < 64 * 1024:
-            raise ValueError("channel_window_bytes: at least 65536")
+        if self.one_port_listen and not self.https_listen and self.tls_cert_file is None:
+            raise ValueError(
+                "one_port_listen needs TLS: an https_listen address (development CA) "
+                "or tls_cert_file and tls_key_file"
+            )
         url = self.portal_keys_url
         if url and ("{id}" not in url or not url.startswith(("http://", "https://"))):
             raise ValueError("portal_keys_url: an http(s) URL template containing {id}")
         if self.events_url and not self.events_secret:
             raise ValueError("events_url needs events_secret (events are signed)")
-        for name in (
-            "max_connections", "max_connections_per_ip", "max_ssh_connections_per_key",
-            "max_tunnels_per_key", "ssh_auth_failures_burst", "max_requests_per_connection",
-            "max_pending_channel_opens",
-        ):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: at least 1")
-        if self.ssh_auth_failures_per_minute <= 0:
-            raise ValueError("ssh_auth_failures_per_minute: must be positive")
         for network in self.trusted_proxies:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -145,14 +190,6 @@ class RouterConfig:
                 ) from None
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
-        for name in (
-            "header_timeout_s", "keepalive_timeout_s", "body_timeout_s", "send_timeout_s",
-            "connect_timeout_s", "response_timeout_s", "upstream_idle_timeout_s",
-            "websocket_idle_timeout_s", "tls_handshake_timeout_s", "ssh_login_timeout_s",
-            "portal_timeout_s", "shutdown_grace_s",
-        ):  # fmt: skip
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive")
 
     @property
     def host_key_path(self) -> Path:

@@ -1,10 +1,13 @@
 """One typed config object from three layers: TOML file, ``HOSTMUX_*`` env, flags.
 
 Every component (router, listener, auth helper) declares a frozen dataclass
-whose fields carry ``help`` metadata; this module turns it into an argparse
-parser and fills it, later layers winning: defaults < TOML < environment <
-flags. Errors are ``ConfigError`` with one line saying which option, from which
-layer, and why — the CLI prints that and exits 2.
+whose fields are ``option(...)`` (see ``_options``: help, and for numbers the
+range); this module turns it into an argparse parser and fills it, later
+layers winning: defaults < TOML < environment < flags. Each value is checked
+against its type and declared range in the layer it comes from, so errors are
+``ConfigError`` with one line saying which option, from which layer (the TOML
+file and key, the variable or the flag), and why — the CLI prints that and
+exits 2.
 
 Supported field types: ``str``, ``int``, ``float``, ``bool``, ``Path``,
 ``Path | None``, ``str | None``, ``list[str]`` (comma-separated in env).
@@ -13,58 +16,43 @@ Supported field types: ``str``, ``int``, ``float``, ``bool``, ``Path``,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import tomllib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-C = TypeVar("C")
+from ._options import ENV_PREFIX, Option, check_ranges, declared_options, help_text, option
 
-ENV_PREFIX = "HOSTMUX_"
+C = TypeVar("C")
 
 
 class ConfigError(Exception):
-    """A config value is missing, unknown or of the wrong type."""
+    """A config value is missing, unknown, of the wrong type or out of range."""
 
 
-def option(default: Any, help: str, *, flag: str | None = None) -> Any:
-    """A config field: ``default`` (a list default is copied), ``help`` for --help."""
-    meta = {"help": help, "flag": flag}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+def _convert(value: Any, opt: Option, where: str) -> Any:
+    """``value`` from one layer as ``opt``'s type, checked against its declared range."""
+    converted = _convert_type(value, opt, where)
+    if (reason := opt.range_error(converted)) is not None:
+        raise ConfigError(f"{where}: {reason}")
+    return converted
 
 
-def _flag(field: dataclasses.Field[Any]) -> str:
-    return str(field.metadata.get("flag") or "--" + field.name.replace("_", "-"))
-
-
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(the type, whether None is allowed)."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    base, optional = _base_type(tp)
+def _convert_type(value: Any, opt: Option, where: str) -> Any:
+    base, optional = opt.base, opt.optional
     if value is None or (optional and value == ""):
         if optional:
             return None
         raise ConfigError(f"{where}: a value is required")
-    origin = typing.get_origin(base)
-    if origin is list:
+    if opt.is_list:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            value = value.split(",")
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-        return list(value)
+        # ``--http-listen ''`` (or an empty variable) is how a list is emptied.
+        return [v.strip() for v in value if v.strip()]
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -92,7 +80,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
-    raise TypeError(f"unsupported config type {tp!r}")  # a programming error
+    raise TypeError(f"unsupported config type {opt.base!r}")  # a programming error
 
 
 def build_parser(cls: type[Any], prog: str, description: str) -> argparse.ArgumentParser:
@@ -108,28 +96,16 @@ def build_parser(cls: type[Any], prog: str, description: str) -> argparse.Argume
     parser.add_argument(
         "--config", metavar="FILE", help=f"TOML config file (env {ENV_PREFIX}CONFIG)"
     )
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        base, _ = _base_type(hints[field.name])
-        env = ENV_PREFIX + field.name.upper()
-        default = field.default if field.default is not dataclasses.MISSING else None
-        if field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        help_text = f"{field.metadata['help']} (env {env}; default: {default!r})"
-        if base is bool:
+    for opt in declared_options(cls):
+        if opt.base is bool:
             parser.add_argument(
-                _flag(field), dest=field.name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=help_text,
-            )  # fmt: skip
-        elif typing.get_origin(base) is list:
-            parser.add_argument(
-                _flag(field), dest=field.name, action="append", metavar="VALUE",
-                default=argparse.SUPPRESS, help=help_text + "; repeat for several",
+                opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS, help=help_text(opt),
             )  # fmt: skip
         else:
             parser.add_argument(
-                _flag(field), dest=field.name, metavar=field.name.split("_")[-1].upper(),
-                default=argparse.SUPPRESS, help=help_text,
+                opt.flag, dest=opt.name, metavar=opt.metavar, default=argparse.SUPPRESS,
+                action="append" if opt.is_list else "store", help=help_text(opt),
             )  # fmt: skip
     return parser
 
@@ -141,25 +117,22 @@ def load(
 ) -> C:
     """Fill ``cls`` from defaults, the TOML file, the environment and parsed flags."""
     environ = os.environ if environ is None else environ
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cast_dataclass(cls))}
+    options = {opt.name: opt for opt in declared_options(cls)}
     values: dict[str, Any] = {}
 
     config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
     if config_path:
         for key, value in _read_toml(Path(config_path)).items():
             name = key.replace("-", "_")
-            if name not in names:
+            if name not in options:
                 raise ConfigError(f"{config_path}: unknown option {key!r}")
-            values[name] = _convert(value, hints[name], f"{config_path}: {key}")
-    for name in names:
-        env = ENV_PREFIX + name.upper()
-        if env in environ:
-            values[name] = _convert(environ[env], hints[name], env)
-    for name in names:
+            values[name] = _convert(value, options[name], f"{config_path}: {key}")
+    for name, opt in options.items():
+        if opt.env in environ:
+            values[name] = _convert(environ[opt.env], opt, opt.env)
+    for name, opt in options.items():
         if hasattr(args, name):
-            field = next(f for f in dataclasses.fields(cast_dataclass(cls)) if f.name == name)
-            values[name] = _convert(getattr(args, name), hints[name], _flag(field))
+            values[name] = _convert(getattr(args, name), opt, opt.flag)
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -172,12 +145,6 @@ def with_defaults(environ: Mapping[str, str], defaults: Mapping[str, str]) -> di
     merged = {ENV_PREFIX + key: value for key, value in defaults.items()}
     merged.update(environ)
     return merged
-
-
-def cast_dataclass(cls: type[Any]) -> Any:
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    return cls
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -203,3 +170,9 @@ def parse_host_port(value: str, where: str, *, default_host: str = "127.0.0.1") 
 
 def parse_listen_list(values: Sequence[str], where: str) -> list[tuple[str, int]]:
     return [parse_host_port(v, where) for v in values]
+
+
+__all__ = [
+    "ConfigError", "build_parser", "check_ranges", "load", "option", "parse_host_port",
+    "parse_listen_list", "with_defaults",
+]  # fmt: skip

@@ -7,15 +7,25 @@ the socket, untouched, to asyncssh or to the ordinary front door — so a router
 needs only port 443 open. A connection that says nothing within
 ``sniff_timeout_s`` is closed.
 
-Resource handling: ``serve_one_port`` owns the listening socket and a task per
-connection being sniffed; once handed over, a connection belongs to asyncssh
-or to the front door's ``ConnectionSet``.
+Resource handling: ``serve_one_port`` owns the listening socket and, in a
+TaskGroup, a task per connection being sniffed (cancelled and awaited when it
+stops); once handed over, a connection belongs to asyncssh or to the front
+door's ``ConnectionSet``.
+
+Error handling: as trio's ``serve_listeners``, an accept that fails for want of
+descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS) is logged once per
+burst (``one_port_accept_failed``, then ``one_port_accept_resumed``), and the
+loop pauses briefly and goes on: connections closing free what it needs. An
+accept that fails for one connection's sake (ECONNABORTED and the like) is
+skipped. Either way the router, and every tunnel it holds, stays up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -31,6 +41,43 @@ log = logging.getLogger("hostmux.oneport")
 # Enough to tell "SSH-" from a TLS record header from an HTTP method.
 _PEEK_BYTES = 4
 _TLS_HANDSHAKE_RECORD = 0x16
+# accept(2) errors that say the process or the system is out of something
+# (trio's ACCEPT_CAPACITY_ERRNOS): wait for connections to close, then retry.
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+# trio's pause after one of those: long enough not to spin on a listening socket
+# that stays readable, short enough that a freed descriptor is soon used.
+_CAPACITY_PAUSE_S = 0.1
+# accept(2) errors about one connection that died before it was accepted
+# (trio's ignorable list; not every platform defines every name).
+_PEER_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+
+
+class AcceptFailures:
+    """Counts a burst of failed accepts, so that it is logged once, not ten times a second."""
+
+    def __init__(self) -> None:
+        self.in_burst = 0
+
+    def __repr__(self) -> str:
+        return f"<AcceptFailures in_burst={self.in_burst}>"
+
+    def failed(self) -> bool:
+        """Count one failure; True when it starts a burst (log it)."""
+        self.in_burst += 1
+        return self.in_burst == 1
+
+    def succeeded(self) -> int:
+        """An accept worked: the failures of the burst it ends (0: there was none)."""
+        ended, self.in_burst = self.in_burst, 0
+        return ended
 
 
 def open_listening_socket(host: str, port: int) -> socket.socket:
@@ -55,20 +102,38 @@ async def serve_one_port(
 ) -> None:
     """Accept on ``sock`` for ever (until cancelled), dispatching each connection."""
     loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task[None]] = set()
+    failures = AcceptFailures()
     try:
-        while True:
-            conn, addr = await loop.sock_accept(sock)
-            task = asyncio.ensure_future(
-                _dispatch(conn, addr, ssh_factory, https, http, tls, tls_handshake_timeout_s,
-                          sniff_timeout_s)
-            )  # fmt: skip
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+        async with asyncio.TaskGroup() as sniffing:
+            while True:
+                try:
+                    conn, addr = await loop.sock_accept(sock)
+                except OSError as exc:
+                    if exc.errno not in _CAPACITY_ERRNOS | _PEER_ERRNOS:
+                        raise
+                    if exc.errno in _CAPACITY_ERRNOS:
+                        if failures.failed():
+                            _log_capacity_failure(exc)
+                        await asyncio.sleep(_CAPACITY_PAUSE_S)
+                    continue
+                if ended := failures.succeeded():
+                    log.info(fields("one_port_accept_resumed", failures=ended))
+                sniffing.create_task(
+                    _dispatch(conn, addr, ssh_factory, https, http, tls, tls_handshake_timeout_s,
+                              sniff_timeout_s)
+                )  # fmt: skip
     finally:
-        for task in list(pending):
-            task.cancel()
         sock.close()
+
+
+def _log_capacity_failure(exc: OSError) -> None:
+    code = exc.errno or 0
+    log.error(
+        fields(
+            "one_port_accept_failed", errno=errno.errorcode.get(code, str(code)),
+            reason=os.strerror(code), retry_ms=round(_CAPACITY_PAUSE_S * 1000),
+        )
+    )  # fmt: skip
 
 
 async def _dispatch(
@@ -90,6 +155,9 @@ async def _dispatch(
     except (TimeoutError, OSError):
         conn.close()
         return
+    except asyncio.CancelledError:  # the server stops before this one was handed over
+        conn.close()
+        raise
     if not head:
         conn.close()
         return

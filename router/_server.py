@@ -33,7 +33,7 @@ from ._one_port import open_listening_socket, serve_one_port
 from ._portal import PortalKeys, TunnelEvents
 from ._ssh_auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
 from ._ssh_server import SshLimits, SshSettings, acceptor_port, start_ssh_server
-from ._tls import DevCertificates, tls_context
+from ._tls import DevCertificates, configured_tls_context
 from ._tunnels import TunnelGateway, TunnelHub
 from ._wss import WssAcceptor
 
@@ -96,9 +96,12 @@ def _seed_authorized_keys(path: Path) -> None:
 
 async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+    # The operator's TLS files are checked before anything is created or bound.
+    file_tls = _file_tls(config)
     state = prepare_state(config)
     auth = _authenticator(config)
-    scheme = "https" if config.https_listen else "http"
+    # The one-port listener always speaks TLS too (the config refuses it without).
+    scheme = "https" if config.https_listen or config.one_port_listen else "http"
     hub = TunnelHub(
         domain=config.domain,
         scheme=scheme,
@@ -128,17 +131,9 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
     browsers = ConnectionCounts(
         max_total=config.max_connections, max_per_key=config.max_connections_per_ip
     )
-    tls: ssl.SSLContext | None = None
-    if config.https_listen:
-        try:
-            if state.dev_tls is not None:
-                tls = DevCertificates(state.dev_tls, config.domain).default_context
-            else:
-                assert state.tls_cert is not None
-                assert state.tls_key is not None
-                tls = tls_context(state.tls_cert, state.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"TLS certificate: {exc}") from None
+    tls = file_tls or _dev_tls(config, state)
+    if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
+        raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -193,7 +188,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
             bound.setdefault("one_port", []).append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
         hub.ssh_port = int((bound.get("one_port") or bound["ssh"])[0].rsplit(":", 1)[1])
         if config.public_port == 0:
-            first = bound["https"][0] if bound["https"] else bound["http"][0]
+            first = (bound["https"] or bound.get("one_port") or bound["http"])[0]
             hub.set_public_port(scheme, int(first.rsplit(":", 1)[1]))
 
         open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -227,8 +222,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
                 hub.observers.append(lambda event, name, url: events.publish(event, name, url))
                 background.append(tg.create_task(events.run()))
             for sock in one_port_sockets:
-                if tls is None:
-                    raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
+                assert tls is not None  # checked before listening
                 handlers = {
                     scheme: connection_handler(
                         scheme, gateway=gateway, limits=limits, connections=connections,
@@ -263,6 +257,24 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
     log.info(fields("router_stopped"))
+
+
+def _file_tls(config: RouterConfig) -> ssl.SSLContext | None:
+    """TLS from the operator's files, when something serves TLS; a ConfigError names a bad file."""
+    cert, key = config.tls_cert_file, config.tls_key_file
+    if cert is None or key is None or not (config.https_listen or config.one_port_listen):
+        return None
+    return configured_tls_context(cert, key)
+
+
+def _dev_tls(config: RouterConfig, state: _State) -> ssl.SSLContext | None:
+    """TLS from the development CA, when it serves (no files configured)."""
+    if state.dev_tls is None:
+        return None
+    try:
+        return DevCertificates(state.dev_tls, config.domain).default_context
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"development CA in {config.state_dir / 'tls'}: {exc}") from None
 
 
 def _log_stats(connections: ConnectionSet) -> None:

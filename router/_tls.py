@@ -17,6 +17,7 @@ from pathlib import Path
 
 import keys
 
+from ._layered_config import ConfigError
 from ._log import fields
 from ._names import normalise_host, target_for_host
 
@@ -32,6 +33,46 @@ def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     context.load_cert_chain(cert_file, key_file)
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+class _EncryptedKey(Exception):
+    """Raised from OpenSSL's password callback: a server cannot stop to ask for one."""
+
+
+def _refuse_password() -> str:
+    raise _EncryptedKey
+
+
+def configured_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """``tls_context`` for the operator's files; a ConfigError names the file at fault.
+
+    OpenSSL's own errors ("PEM lib", errno 2) do not say which of the two files
+    is missing or wrong, so each file is read first and the certificate checked
+    on its own before the pair is loaded.
+    """
+    for option_name, path in (("tls_cert_file", cert_file), ("tls_key_file", key_file)):
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{option_name} {path}: {exc.strerror or exc}") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=cert_file)
+    except ssl.SSLError:
+        raise ConfigError(f"tls_cert_file {cert_file}: no PEM certificate in it") from None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file, password=_refuse_password)
+    except _EncryptedKey:
+        raise ConfigError(
+            f"tls_key_file {key_file}: the key is encrypted (give an unencrypted one)"
+        ) from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"tls_key_file {key_file} does not match the certificate in {cert_file}"
+            ) from None
+        raise ConfigError(f"tls_key_file {key_file}: not a PEM private key") from None
+    return tls_context(cert_file, key_file)
 
 
 class DevCertificates:

@@ -14,7 +14,7 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -208,7 +208,9 @@ class Stack:
         *extra: str,
         state_dir: Path | None = None,
         ports: tuple[int, int, int] = (0, 0, 0),
+        preexec_fn: Callable[[], None] | None = None,
     ) -> Router:
+        """The router as a process; ``preexec_fn`` runs in the child before it starts."""
         state_dir = state_dir or self.path("router-state")
         state_dir.mkdir(exist_ok=True)
         authorized = state_dir / "authorized_keys"
@@ -222,6 +224,7 @@ class Stack:
                 "--ssh-listen", f"127.0.0.1:{ssh}", "--https-listen", f"127.0.0.1:{https}",
                 "--http-listen", f"127.0.0.1:{http}", *extra,
             ],
+            preexec_fn=preexec_fn,
         )  # fmt: skip
         ready = await proc.wait_for(
             r"event=router_ready .*ssh=127\.0\.0\.1:(\d+) https=127\.0\.0\.1:(\d+) "

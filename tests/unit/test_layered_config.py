@@ -76,7 +76,7 @@ def test_env_beats_toml(tmp_path: Path) -> None:
 
 
 def test_flags_beat_env_and_toml(tmp_path: Path) -> None:
-    path = write_toml(tmp_path, 'domain = "toml.example"\nmax_header_bytes = 1000\n')
+    path = write_toml(tmp_path, 'domain = "toml.example"\nmax_header_bytes = 1500\n')
     config = load_config(
         ["--config", str(path), "--domain", "flag.example", "--max-header-bytes", "4096"],
         {"HOSTMUX_DOMAIN": "env.example", "HOSTMUX_MAX_HEADER_BYTES": "2048"},
@@ -113,6 +113,15 @@ def test_list_from_env_is_comma_separated_and_trimmed() -> None:
 
 def test_empty_list_from_env_turns_the_plain_http_door_off() -> None:
     assert load_config([], {"HOSTMUX_HTTP_LISTEN": ""}).http_listen == []
+
+
+@pytest.mark.parametrize(
+    "argv", [["--http-listen", ""], ["--http-listen="], ["--http-listen", " "]]
+)
+def test_empty_flag_turns_the_plain_http_door_off(argv: list[str]) -> None:
+    # The help says '' means none; it used to be refused as a bad HOST:PORT.
+    config = load_config(argv, {"HOSTMUX_HTTP_LISTEN": "127.0.0.1:1"})
+    assert config.http_listen == []
 
 
 def test_list_flags_repeat_and_replace_lower_layers() -> None:
@@ -196,13 +205,26 @@ def test_bad_host_port_in_env_list_names_the_option() -> None:
         ({"HOSTMUX_SSH_LISTEN": ""}, "ssh_listen: at least one address is needed"),
         (
             {"HOSTMUX_HTTPS_LISTEN": "", "HOSTMUX_HTTP_LISTEN": ""},
-            "https_listen, http_listen: at least one front door is needed",
+            "https_listen, http_listen, one_port_listen: at least one front door is needed",
         ),
         ({"HOSTMUX_TLS_CERT_FILE": "/x.pem"}, "tls_cert_file and tls_key_file go together"),
-        ({"HOSTMUX_CHANNEL_WINDOW_BYTES": "1024"}, "channel_window_bytes: at least 65536"),
+        (
+            {"HOSTMUX_CHANNEL_WINDOW_BYTES": "1024"},
+            "HOSTMUX_CHANNEL_WINDOW_BYTES: 1024 is out of range: 65536..1073741824",
+        ),
         ({"HOSTMUX_LOG_LEVEL": "loud"}, "log_level: 'loud' is not debug, info"),
-        ({"HOSTMUX_HEADER_TIMEOUT_S": "0"}, "header_timeout_s: must be positive"),
-        ({"HOSTMUX_SSH_LOGIN_TIMEOUT_S": "-1"}, "ssh_login_timeout_s: must be positive"),
+        (
+            {"HOSTMUX_HEADER_TIMEOUT_S": "0"},
+            "HOSTMUX_HEADER_TIMEOUT_S: 0 is out of range: more than 0, at most 3600",
+        ),
+        (
+            {"HOSTMUX_SSH_LOGIN_TIMEOUT_S": "-1"},
+            "HOSTMUX_SSH_LOGIN_TIMEOUT_S: -1 is out of range: more than 0, at most 3600",
+        ),
+        (
+            {"HOSTMUX_ONE_PORT_LISTEN": "127.0.0.1:0", "HOSTMUX_HTTPS_LISTEN": ""},
+            "one_port_listen needs TLS: an https_listen address",
+        ),
         (
             {"HOSTMUX_PORTAL_KEYS_URL": "https://portal.example/keys"},
             "portal_keys_url: an http(s) URL template containing {id}",
@@ -272,8 +294,8 @@ def test_empty_optional_path_means_none() -> None:
 class SampleConfig:
     name: str = option("anon", "a string")
     verbose: bool = option(False, "a bool")
-    count: int = option(1, "an int")
-    ratio: float = option(0.5, "a float")
+    count: int = option(1, "an int", minimum=0, zero="none")
+    ratio: float = option(0.5, "a float", minimum=0, maximum=1)
     home: Path = option(Path("/tmp"), "a path")
     extra: Path | None = option(None, "an optional path")
     label: str | None = option(None, "an optional string")

@@ -100,6 +100,11 @@ class RouterConfig:
         "proxies in front (addresses or CIDR networks, e.g. 127.0.0.1) whose X-Forwarded-For "
         "and X-Forwarded-Proto name the real browser",
     )
+    keep_cookie_domain: bool = option(
+        False,
+        "keep the Domain attribute of the apps' Set-Cookie headers (default: removed, so an "
+        "app's cookies stay on its own host and cannot reach sibling instances)",
+    )
     shutdown_grace_s: float = option(
         10.0, "on SIGTERM, time requests in flight get to finish (systemd waits 90 s)"
     )

@@ -312,6 +312,7 @@ def _logout_page(session: Session | None) -> Page:
         # Not in a frame: a page that frames it cannot trick a click on the button.
         (b"content-security-policy", b"frame-ancestors 'none'"),
         (b"x-frame-options", b"DENY"),
+        (b"connection", b"close"),  # as every page of the helper's: the relay closes after it
     ])  # fmt: skip
 
 

@@ -271,7 +271,7 @@ async def test_login_app_websocket_sharing_and_logout(world: World, browser: Bro
 
 async def _session_cookie(browser: Browser) -> str:
     cookies = await browser.run(lambda d: d.get_cookies())
-    return next(c["value"] for c in cookies if c["name"] == "__Host-hostmux-session")
+    return str(next(c["value"] for c in cookies if c["name"] == "__Host-hostmux-session"))
 
 
 async def _get(world: World, pod: Pod, path: str, cookie: str | None) -> httpx.Response:

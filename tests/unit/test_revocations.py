@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,16 +83,16 @@ def test_a_signed_revocation_for_this_instance_is_read() -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "reason"),
+    ("make", "reason"),
     [
-        (_token(aud="inst-b"), "another instance"),
-        (_token(keys.InstanceKey.generate("ed25519")), "unknown kid"),
-        (_token(sub=""), "no user"),
-        (_token(jti=7), "no user"),
-        ("not.a.jwt", "JWT"),
-        (keys.sign_jwt(PORTAL_KEY, issuer="someone", claims={"aud": "inst-a"}), "issuer"),
+        (lambda: _token(aud="inst-b"), "another instance"),
+        (lambda: _token(keys.InstanceKey.generate("ed25519")), "unknown kid"),
+        (lambda: _token(sub=""), "no user"),
+        (lambda: _token(jti=7), "no user"),
+        (lambda: "not.a.jwt", "JWT"),
+        (lambda: keys.sign_jwt(PORTAL_KEY, issuer="someone", claims={"aud": "inst-a"}), "issuer"),
         (
-            keys.sign_jwt(
+            lambda: keys.sign_jwt(
                 PORTAL_KEY,
                 issuer=PORTAL_ISSUER,
                 lifetime_s=120,
@@ -100,10 +101,11 @@ def test_a_signed_revocation_for_this_instance_is_read() -> None:
             ),
             "expired",
         ),
-        (keys.sign_jwt(PORTAL_KEY, issuer=PORTAL_ISSUER, lifetime_s=3000), "lifetime"),
+        (lambda: keys.sign_jwt(PORTAL_KEY, issuer=PORTAL_ISSUER, lifetime_s=3000), "lifetime"),
     ],
 )
-def test_revocations_not_for_us_are_refused(token: str, reason: str) -> None:
+def test_revocations_not_for_us_are_refused(make: Callable[[], str], reason: str) -> None:
+    token = make()  # signed now, not at import: the suite may run longer than a lifetime
     with pytest.raises(RevocationRefused, match=reason):
         read_revocation(token, JWKS, "inst-a")
 

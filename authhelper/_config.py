@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from listener._portal import portal_url_from_dit4c
 from router._layered_config import (
@@ -25,7 +26,7 @@ from router._layered_config import (
     with_defaults,
 )
 from router._names import InvalidName, check_name
-from router._option_range import MINUTE_S, MONTH_S
+from router._option_range import DAY_S, MINUTE_S, MONTH_S
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,20 @@ class AuthHelperConfig:
     session_lifetime_s: int = option(
         8 * 3600, "how long a login lasts", minimum=MINUTE_S, maximum=MONTH_S
     )
+    public_url: str = option(
+        "",
+        "this instance's published URL, https://ID.DOMAIN[:PORT]: the OAuth2 redirect URI is "
+        "its origin + /_hostmux/callback (default: the URL the portal holds for the instance)",
+    )
+    state_dir: Path | None = option(
+        None, "where revoked sessions are kept across a restart (default: in memory only)"
+    )
+    access_recheck_s: float = option(
+        300.0,
+        "ask the portal again whether a session's user may still come in this often",
+        minimum=1,
+        maximum=DAY_S,
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 
     def __post_init__(self) -> None:
@@ -59,8 +74,29 @@ class AuthHelperConfig:
             raise ValueError("portal_url: an http(s) URL is required")
         if not self.cookie_keys and self.cookie_keys_file is None:
             raise ValueError("cookie_keys or cookie_keys_file is required")
+        if self.public_url:
+            check_public_url(self.public_url, self.instance_id)
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+
+
+def check_public_url(url: str, instance_id: str) -> None:
+    """ValueError unless ``url`` is http(s)://INSTANCE_ID.DOMAIN[:PORT] with nothing after."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises for a bad port)
+    except ValueError:
+        raise ValueError(f"public_url: {url!r} has a bad port") from None
+    host = parts.hostname or ""
+    if (
+        parts.scheme not in ("http", "https")
+        or not host.startswith(instance_id + ".")
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(f"public_url: expected http(s)://{instance_id}.DOMAIN[:PORT], not {url!r}")
 
 
 def dit4c_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -3,9 +3,13 @@
 Rules, in order:
 
 1. ``/_hostmux/health`` answers the pod's health checks without a session.
-2. ``/_hostmux/callback`` is the OAuth2 redirect target; ``/_hostmux/logout``
-   clears the session.
-3. A request with a valid session cookie for this instance goes to the app —
+2. ``/_hostmux/callback`` is the OAuth2 redirect target. ``/_hostmux/logout``:
+   a GET shows a confirmation page whose form POSTs back with the session's
+   logout token; the POST must be same-origin (``Sec-Fetch-Site``/``Origin``)
+   and carry that token, then the session is revoked. ``/_hostmux/revoke`` takes
+   the portal's signed revocations (``_revoke``).
+3. A request with a valid, unrevoked session cookie for this instance goes to
+   the app (after a re-check with the portal when one is due, ``_access``) —
    without the helper's cookies, with the user's name in ``X-Hostmux-User``
    (any client-sent copy, in any spelling, is dropped first).
 4. Anything else starts a login: redirect to the portal; afterwards the
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from router._headers import Headers, drop_hop_by_hop
 
@@ -25,6 +30,7 @@ from ._session import LOGIN_COOKIE, SESSION_COOKIE, without_cookies
 HEALTH_PATH = "/_hostmux/health"
 CALLBACK_PATH = "/_hostmux/callback"
 LOGOUT_PATH = "/_hostmux/logout"
+REVOKE_PATH = "/_hostmux/revoke"
 
 USER_HEADER = b"x-hostmux-user"
 _OUR_COOKIES = frozenset({SESSION_COOKIE, LOGIN_COOKIE})
@@ -34,6 +40,7 @@ class Action(enum.Enum):
     HEALTH = "health"
     CALLBACK = "callback"
     LOGOUT = "logout"
+    REVOKE = "revoke"
     PASS = "pass"
     LOGIN = "login"
 
@@ -45,6 +52,8 @@ def action_for(path: str, *, has_session: bool) -> Action:
         return Action.CALLBACK
     if path == LOGOUT_PATH:
         return Action.LOGOUT
+    if path == REVOKE_PATH:
+        return Action.REVOKE
     return Action.PASS if has_session else Action.LOGIN
 
 
@@ -64,6 +73,41 @@ def safe_return_path(target: str) -> str:
     ):
         return "/"
     return target
+
+
+def origin_of(url: str) -> str:
+    """The origin (RFC 6454) of an http(s) URL: scheme://host[:port], the default port
+    omitted and the host lower-cased, as browsers write it in ``Origin``."""
+    parts = urlsplit(url)
+    port = parts.port
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    netloc = (parts.hostname or "").lower()
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if port is not None and port != default:
+        netloc += f":{port}"
+    return f"{parts.scheme}://{netloc}"
+
+
+def redirect_uri_for(public_url: str) -> str:
+    """The one redirect URI of an instance: its published URL's origin + the callback path."""
+    return origin_of(public_url) + CALLBACK_PATH
+
+
+def same_origin_request(headers: Sequence[tuple[bytes, bytes]], origin: str) -> bool:
+    """Whether a state-changing request comes from a page of ``origin`` itself.
+
+    ``Sec-Fetch-Site`` (every current browser sends it) must be ``same-origin``
+    when present; ``Origin`` (sent with every POST) must equal ``origin`` when
+    present; at least one of them must be there.
+    """
+    site = [v for n, v in headers if n == b"sec-fetch-site"]
+    sent_origin = [v for n, v in headers if n == b"origin"]
+    if not site and not sent_origin:
+        return False
+    if site and site != [b"same-origin"]:
+        return False
+    return not sent_origin or sent_origin == [origin.encode("latin-1")]
 
 
 def app_request_headers(

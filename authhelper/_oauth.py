@@ -1,9 +1,12 @@
 """The helper as an OAuth2 client of the portal: authorization code + PKCE (authlib).
 
-The instance is a public client (``client_id`` = instance id, no secret): the
-portal only redirects to ``https://<instance-id>.<domain>/_hostmux/callback``,
-and only the instance's tunnel can serve that host — the router enforces
-name ownership — so a code can only reach this helper. PKCE (S256) binds the
+The instance is a public client (``client_id`` = instance id, no secret). Its
+one redirect URI is its published URL's origin + ``/_hostmux/callback``
+(``https://<instance-id>.<domain>[:port]``, default port omitted), built from
+that URL, never from request headers; the portal registered the same URI when
+it accepted the URL and compares exactly (RFC 9700 2.1). Only the instance's
+tunnel can serve that host — the router enforces name ownership — so a code
+can only reach this helper. PKCE (S256) binds the
 code to the browser's login attempt; ``state`` (sealed in a host-only cookie
 with the verifier and a nonce) defeats cross-site request forgery and replay.
 
@@ -12,7 +15,8 @@ Portal endpoints used (see examples/portal):
 * ``GET  {portal}/oauth/authorize``   the login page, then a redirect back;
 * ``POST {portal}/oauth/token``       code + verifier → access token;
 * ``GET  {portal}/instances/{id}/access`` with the user's token →
-  ``{"user": "...", "allowed": true|false}``.
+  ``{"user": "...", "allowed": true|false}``. The access token is kept (sealed
+  in the session cookie) as the session's *grant*: re-checks ask with it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class LoginFailed(Exception):
 class Access:
     user: str
     allowed: bool
+    grant: str = ""  # the access token the answer was given for
 
 
 class PortalOAuth:
@@ -96,7 +101,8 @@ class PortalOAuth:
             raise LoginFailed(f"the portal answered {response.status_code} to the access check")
         try:
             body = response.json()
-            return Access(user=str(body["user"]), allowed=bool(body["allowed"]))
+            return Access(user=str(body["user"]), allowed=body["allowed"] is True,
+                          grant=str(token["access_token"]))  # fmt: skip
         except (ValueError, KeyError, TypeError):
             raise LoginFailed("the portal's access answer is not usable") from None
 

@@ -205,6 +205,9 @@ async def main() -> None:
             python, "-m", "examples.portal", "serve", "--port", str(PORTAL_PORT),
             "--host", "127.0.0.1", "--state-dir", str(demo / "portal"), "--public-url", portal,
             "--admin-token", token, "--events-secret", events_secret, *users,
+            # Instances live under localhost; revocations are pushed through the router,
+            # whose development CA will be in its state directory.
+            "--router-domain", "localhost", "--router-ca-file", str(state / "tls" / "dev-ca.pem"),
         ])  # fmt: skip
         await wait_line(lines, r"portal listening on", "the portal")
         ca_file = demo / "portal-ssh-ca.pub"
@@ -247,7 +250,7 @@ async def main() -> None:
             }
             helper_lines = await procs.start(f"{owner}-helper", [
                 python, "-m", "authhelper", "--app", app, "--cookie-keys-file",
-                str(pod / "cookie-keys"),
+                str(pod / "cookie-keys"), "--state-dir", str(pod / "helper-state"),
             ], env)  # fmt: skip
             await wait_line(helper_lines, r"event=authhelper_ready", "an auth helper")
             listener_lines = await procs.start(f"{owner}-listener", [python, "-m", "listener"], env)

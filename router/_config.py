@@ -151,6 +151,11 @@ class RouterConfig:
         "and X-Forwarded-Proto name the real browser",
         metavar="ADDRESS",
     )
+    keep_cookie_domain: bool = option(
+        False,
+        "keep the Domain attribute of the apps' Set-Cookie headers (default: removed, so an "
+        "app's cookies stay on its own host and cannot reach sibling instances)",
+    )
     shutdown_grace_s: float = option(
         10.0, "on SIGTERM, time requests in flight get to finish (systemd waits 90 s)",
         minimum=0, maximum=HOUR_S,

@@ -423,13 +423,11 @@ class HttpRelay:
                 if event.status_code == 101:
                     if not websocket:
                         return await refuse(502, "the app switched protocols unasked")
+                    switched = response_headers_for_client(event.headers, websocket_accepted=True)
+                    if upstream.response_filter is not None:  # a 101 may set cookies too
+                        switched = upstream.response_filter(switched)
                     await self._send_client(
-                        InformationalResponse(
-                            101,
-                            response_headers_for_client(event.headers, websocket_accepted=True),
-                            event.reason,
-                        ),
-                        record,
+                        InformationalResponse(101, switched, event.reason), record
                     )
                     record.status = 101
                     record.response_started = True

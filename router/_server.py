@@ -109,7 +109,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         reservation_s=config.name_reservation_s,
     )
     wss = WssAcceptor()
-    gateway = TunnelGateway(hub, wss)
+    gateway = TunnelGateway(hub, wss, keep_cookie_domain=config.keep_cookie_domain)
     connections = ConnectionSet()
     limits = config.relay_limits
     settings = SshSettings(

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from ._cookies import host_only_cookies
 from ._gateway import Destination
 from ._headers import ClientInfo, is_websocket_upgrade
 from ._http1_events import Request
@@ -91,9 +92,13 @@ class TunnelHub:
 class TunnelGateway:
     """Routes each request by Host: a tunnel, the router's own page, or an error page."""
 
-    def __init__(self, hub: TunnelHub, wss: WssAcceptor | None = None) -> None:
+    def __init__(
+        self, hub: TunnelHub, wss: WssAcceptor | None = None, *, keep_cookie_domain: bool = False
+    ) -> None:
         self._hub = hub
         self._wss = wss
+        # Apps' cookies stay host-only unless the operator wants them shared (``_cookies``).
+        self._response_headers = None if keep_cookie_domain else host_only_cookies
 
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
@@ -133,6 +138,7 @@ class TunnelGateway:
             key=host,
             label=found.name,
             open=partial(found.open_stream, client.peer_ip, client.peer_port),
+            response_headers=self._response_headers,
         )
 
 

@@ -1,7 +1,8 @@
 """``python -m examples.portal serve``: run the example portal (trio + hypercorn).
 
 State lives in ``--state-dir``: ``portal.sqlite3``, the SSH CA key ``ssh-ca``
-(created on first run) and, unless given, an ``admin-token`` (0600). Once
+and the key that signs revocations, ``signing-key`` (both created on first
+run) and, unless given, an ``admin-token`` (0600). Once
 listening, exactly one line goes to stdout::
 
     portal listening on http://127.0.0.1:PORT
@@ -34,6 +35,7 @@ from . import _routers
 from ._app import build_app
 from ._db import Database
 from ._login import hash_password
+from ._oauth import redirect_uri_for
 from ._state import PortalState
 
 # What an operator can fix (a taken port, an unreadable state dir or CA key, a broken
@@ -103,6 +105,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LINE",
         help="a router's SSH host public key line (repeatable)",
     )
+    serve_cmd.add_argument(
+        "--router-domain",
+        action="append",
+        default=[],
+        type=_checked(_routers.router_domain),
+        metavar="DOMAIN",
+        help="a domain the routers serve instances under: only URLs "
+        "http(s)://<instance id>.DOMAIN[:port] are accepted (repeatable)",
+    )
+    serve_cmd.add_argument(
+        "--router-ca-file",
+        type=Path,
+        default=None,
+        help="CA certificate(s) of the routers' TLS, for revocation pushes "
+        "(default: the system's trust; read at each push)",
+    )
     serve_cmd.add_argument("--events-secret", default=os.environ.get("HOSTMUX_EVENTS_SECRET"))
     serve_cmd.add_argument("--admin-token", default=os.environ.get("HOSTMUX_PORTAL_ADMIN_TOKEN"))
     serve_cmd.add_argument(
@@ -129,6 +147,16 @@ def _secret_file(path: Path) -> str:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32) + "\n")
     return path.read_text().strip()
+
+
+def _signing_key(path: Path) -> keys.InstanceKey:
+    """The portal's Ed25519 signing key, created (0600) on first use."""
+    if not path.exists():
+        key = keys.InstanceKey.generate("ed25519")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key.private_pkcs8_pem())
+    return keys.InstanceKey.load(path)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -160,13 +188,19 @@ async def _serve(
         if args.router or args.router_host_key:
             routers = {"servers": args.router, "host_keys": args.router_host_key}
             await db.set_setting(_routers.SETTING, routers)
+        if args.router_domain:
+            await db.set_setting(_routers.DOMAINS_SETTING, args.router_domain)
         state = PortalState(
             db=db,
             ca=ca,
             admin_token=args.admin_token or _secret_file(state_dir / "admin-token"),
             events_secret=args.events_secret.encode() if args.events_secret else None,
             public_url=args.public_url or "",
-            instance_ids={i.id for i in await db.instances()},
+            redirect_uris={
+                i.id: redirect_uri_for(i.url) if i.url else None for i in await db.instances()
+            },
+            signing_key=_signing_key(state_dir / "signing-key"),
+            router_ca_file=args.router_ca_file,
         )
         app = build_app(state, _secret_file(state_dir / "session-secret"))
         config = Config()

@@ -11,10 +11,20 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
   ``Accept: text/plain``: what the router authenticates the instance with.
 * ``PUT  /instances/{id}/url`` — the public URL (text/plain) with
   ``Authorization: Bearer <JWT>`` signed by the instance key, ``iss`` = id.
+  Accepted only when its host is exactly ``<id>.<domain>`` for one of the
+  routers' domains, or when it is the URL a router's signed ``tunnel_up``
+  event already gave for the instance; else 422 naming the rule. Accepting it
+  registers its origin + ``/_hostmux/callback`` as the instance's only
+  redirect URI. ``GET /instances/{id}/url`` — that URL (text/plain; 404 none yet).
+* ``GET  /.well-known/jwks.json`` — the portal's public signing key (revocations).
 * ``POST /instances/{id}/certificate`` (admin) — an SSH user certificate,
   principal = id, from the portal's CA; ``GET /ssh-ca.pub`` — the CA key.
-* ``POST /router-events`` — signed tunnel up/down events (see ``_events``).
-* ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin).
+* ``POST /router-events`` — signed tunnel up/down events (see ``_events``); a
+  ``tunnel_up`` event's URL becomes the instance's URL (the router vouches for it).
+* ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin):
+  ``{"servers", "host_keys", "domains"?}``.
+* The OAuth2 and sharing endpoints are in ``_login`` (``DELETE
+  /instances/{id}/shares/{user}`` among them).
 * ``GET  /`` — a page of instances and their live URLs; ``GET /healthz``.
 """
 
@@ -40,7 +50,18 @@ from router._names import InvalidName, check_name
 
 from . import _routers
 from ._events import event_signature_ok
-from ._login import access, authorize, current_user, login_form, login_submit, logout, share, token
+from ._login import (
+    access,
+    authorize,
+    current_user,
+    login_form,
+    login_submit,
+    logout,
+    share,
+    token,
+    unshare,
+)
+from ._oauth import redirect_uri_for
 from ._state import PortalState, admin_only, state_of
 
 # Certificates live as long as a job may: at most 30 days, at least a minute.
@@ -73,10 +94,15 @@ async def put_routers(request: Request) -> Response:
     if (refused := admin_only(request)) is not None:
         return refused
     try:
-        routers = _routers.router_settings(await request.json())
+        body = await request.json()
+        routers = _routers.router_settings(body)
     except ValueError as exc:  # json.JSONDecodeError is one too
         return _error(400, str(exc))
-    await state_of(request).db.set_setting(_routers.SETTING, routers)
+    db = state_of(request).db
+    domains = routers.pop("domains")
+    await db.set_setting(_routers.SETTING, routers)
+    if "domains" in body:  # absent: the domains stay as they are
+        await db.set_setting(_routers.DOMAINS_SETTING, domains)
     return Response(status_code=204)
 
 
@@ -114,7 +140,7 @@ async def create_instance(request: Request) -> Response:
         created["private_key_pem"] = pem.decode()
     if not await state.db.add_instance(instance_id, owner, public_key, jwk):
         return _error(409, f"instance {instance_id!r} exists")
-    state.instance_ids.add(instance_id)
+    state.redirect_uris[instance_id] = None  # none until it publishes its URL
     base = state.public_url or str(request.base_url).rstrip("/")
     return JSONResponse(
         {
@@ -156,22 +182,33 @@ async def update_url(request: Request) -> Response:
     body = await _body_at_most(request, _MAX_URL_BYTES)
     if body is None:
         return _error(422, "URL too long")
-    url = body.decode("utf-8", "replace").strip()
-    if not _is_url_of(url, instance_id):
-        return _error(422, f"the URL must be http(s)://{instance_id}.<domain>")
-    await state.db.set_url(instance_id, url)
+    url = body.decode("utf-8", "replace").strip().rstrip("/")
+    domains: list[str] = await state.db.setting(_routers.DOMAINS_SETTING, [])
+    vouched = instance.url is not None and url == instance.url  # from a signed tunnel_up
+    if not (vouched or _routers.is_instance_url(url, instance_id, domains)):
+        shown = ", ".join(domains) or "none configured"
+        rule = f"http(s)://{instance_id}.<domain>[:port] for a router domain ({shown})"
+        return _error(422, f"the URL must be {rule}, or the URL a router reported for it")
+    await _register_url(state, instance_id, url)
     return Response(status_code=204)
 
 
-def _is_url_of(url: str, instance_id: str) -> bool:
-    """An http(s) URL whose host's first label is the instance id (the router's naming)."""
-    try:
-        parts = urlsplit(url)
-        host, _ = parts.hostname or "", parts.port  # .port raises for "h:99999"
-    except ValueError:  # "http://[x", a bad port
-        return False
-    printable = url.isprintable() and " " not in url
-    return printable and parts.scheme in ("http", "https") and host.split(".")[0] == instance_id
+async def _register_url(state: PortalState, instance_id: str, url: str) -> None:
+    """Record the instance's URL and make its origin + callback the only redirect URI."""
+    await state.db.set_url(instance_id, url)
+    state.redirect_uris[instance_id] = redirect_uri_for(url)
+
+
+async def published_url(request: Request) -> Response:
+    instance = await state_of(request).db.instance(request.path_params["id"])
+    if instance is None or not instance.url:
+        return _error(404, "no URL published for this instance")
+    return PlainTextResponse(instance.url + "\n")
+
+
+async def jwks(request: Request) -> Response:
+    key = state_of(request).signing_key.public_jwk()
+    return Response(json.dumps({"keys": [key]}), media_type="application/jwk-set+json")
 
 
 async def _body_at_most(request: Request, limit: int) -> bytes | None:
@@ -236,12 +273,19 @@ async def router_events(request: Request) -> Response:
         event = json.loads(body)
         kind, name = str(event["event"]), str(event["name"])
         router, since = str(event.get("router", "")), float(event.get("ts", 0))
+        url = str(event.get("url") or "").rstrip("/")
     except (ValueError, KeyError, TypeError):
         return _error(400, "expected {event, name, url, router, ts}")
     if kind not in ("tunnel_up", "tunnel_down"):
         return _error(400, f"unknown event {kind!r}")
     if await state.db.instance(name) is not None:
         await state.db.set_tunnel(name, "up" if kind == "tunnel_up" else "down", router, since)
+        # The router names the URL it serves the instance at, under the events secret:
+        # that URL is the instance's (host exactly <name>.<the router's domain>).
+        host = urlsplit(url).hostname or ""
+        domain = host.split(".", 1)[1] if "." in host else ""
+        if kind == "tunnel_up" and _routers.is_instance_url(url, name, [domain]):
+            await _register_url(state, name, url)
     return Response(status_code=204)
 
 
@@ -328,6 +372,9 @@ def build_app(state: PortalState, session_secret: str) -> Starlette:
             Route("/oauth/token", token, methods=["POST"]),
             Route("/instances/{id}/access", access),
             Route("/instances/{id}/shares", share, methods=["POST"]),
+            Route("/instances/{id}/shares/{user}", unshare, methods=["DELETE"]),
+            Route("/instances/{id}/url", published_url, methods=["GET"]),
+            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
             Route("/", home),
             Route("/healthz", healthz),
             Route("/config.json", config_json),

@@ -1,4 +1,5 @@
-"""The portal's state in SQLite: users, instances, their URLs and tunnel state, settings.
+"""The portal's state in SQLite: users, instances, their URLs and tunnel state, the
+helpers' grants (access tokens, stored hashed), settings.
 
 One connection, used from worker threads one call at a time (a trio lock), so
 the event loop never blocks on disk and SQLite never sees two writers. WAL
@@ -41,6 +42,12 @@ CREATE TABLE IF NOT EXISTS shares (
     instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
     user TEXT NOT NULL,
     PRIMARY KEY (instance, user)
+);
+CREATE TABLE IF NOT EXISTS grants (
+    token_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    expires REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
@@ -185,6 +192,51 @@ class Database:
             conn.execute(
                 "INSERT OR IGNORE INTO shares (instance, user) VALUES (?, ?)", (instance_id, user)
             )
+
+        await self._run(work)
+
+    async def unshare(self, instance_id: str, user: str) -> bool:
+        """Remove a share; False if there was none."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM shares WHERE instance = ? AND user = ?", (instance_id, user)
+            )
+            return cursor.rowcount > 0
+
+        return await self._run(work)
+
+    async def add_grant(self, token_hash: str, user: str, instance: str, expires: float) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM grants WHERE expires < ?", (time.time(),))
+            conn.execute(
+                "INSERT OR REPLACE INTO grants (token_hash, user, instance, expires) "
+                "VALUES (?, ?, ?, ?)",
+                (token_hash, user, instance, expires),
+            )
+
+        await self._run(work)
+
+    async def grant(self, token_hash: str) -> tuple[str, str] | None:
+        """(user, instance) of an unexpired grant."""
+
+        def work(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            row = conn.execute(
+                "SELECT user, instance FROM grants WHERE token_hash = ? AND expires > ?",
+                (token_hash, time.time()),
+            ).fetchone()
+            return None if row is None else (row["user"], row["instance"])
+
+        return await self._run(work)
+
+    async def revoke_grants(self, user: str, instance: str | None = None) -> None:
+        """Forget the user's grants (on one instance, or all): their re-checks now fail."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            if instance is None:
+                conn.execute("DELETE FROM grants WHERE user = ?", (user,))
+            else:
+                conn.execute("DELETE FROM grants WHERE user = ? AND instance = ?", (user, instance))
 
         await self._run(work)
 

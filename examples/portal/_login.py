@@ -2,12 +2,19 @@
 
 * ``GET/POST /login`` (``next`` must be a path on the portal), ``GET /logout``;
   the portal's own session is a signed, host-only cookie (Starlette's
-  SessionMiddleware).
+  SessionMiddleware). Logging out also deletes the user's grants and pushes a
+  revocation to every instance the user may use (``_revoke``).
 * ``GET /oauth/authorize`` — a logged-in user is sent straight back to the
   instance with a code (first-party: no consent page); others log in first.
-* ``POST /oauth/token`` — code + PKCE verifier → short-lived access token.
-* ``GET /instances/{id}/access`` — with that token: may its user use the instance?
-* ``POST /instances/{id}/shares`` — the owner (or admin) shares with a user.
+  A ``redirect_uri`` other than the instance's registered one is refused with
+  a page that says so, and nobody is redirected anywhere.
+* ``POST /oauth/token`` — code + PKCE verifier → access token (the grant,
+  stored hashed, ``GRANT_LIFETIME_S``).
+* ``GET /instances/{id}/access`` — with that token: may its user use the
+  instance? (the helper asks again every ``access_recheck_s``).
+* ``POST /instances/{id}/shares`` — the owner (or admin) shares with a user;
+  ``DELETE /instances/{id}/shares/{user}`` removes the share, deletes that
+  user's grants for the instance and pushes a revocation to it.
 
 Passwords are hashed with scrypt (stdlib), compared in constant time.
 """
@@ -22,11 +29,13 @@ import secrets
 from typing import Any
 from urllib.parse import quote
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from ._oauth import PortalAuthorizationServer, PortalRequest
-from ._state import is_admin, state_of
+from ._revoke import push_revocations
+from ._state import PortalState, is_admin, state_of
 
 # scrypt parameters: interactive-login cost (RFC 7914 suggests N=2^14 for that).
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -104,8 +113,26 @@ async def login_submit(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    user = current_user(request)
     request.session.clear()
-    return _page("Logged out", '<h1>Logged out</h1><p><a href="/login">Log in again</a></p>')
+    page = _page("Logged out", '<h1>Logged out</h1><p><a href="/login">Log in again</a></p>')
+    if user is None:
+        return page
+    state = state_of(request)
+    await state.db.revoke_grants(user)
+    targets = [(i.id, i.url) for i in await state.db.instances_for(user) if i.url]
+    page.background = _push(state, user, targets)
+    return page
+
+
+def _push(state: PortalState, user: str, targets: list[tuple[str, str]]) -> BackgroundTask:
+    """The revocation pushes, run after the response is sent (``_revoke``)."""
+    return BackgroundTask(push_revocations, state.signing_key, user, targets, state.router_ca_file)
+
+
+def grant_hash(token_value: str) -> str:
+    """Grants are stored as SHA-256 digests: a leaked database holds no usable token."""
+    return hashlib.sha256(token_value.encode()).hexdigest()
 
 
 def _oauth_request(request: Request, data: dict[str, str]) -> PortalRequest:
@@ -124,8 +151,11 @@ async def authorize(request: Request) -> Response:
     if user is None:
         here = request.url.path + ("?" + request.url.query if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=303)
-    server: PortalAuthorizationServer = state_of(request).oauth
+    state = state_of(request)
+    server: PortalAuthorizationServer = state.oauth
     oauth_request = _oauth_request(request, dict(request.query_params))
+    if (refused := _redirect_uri_refusal(state, request)) is not None:
+        return _page("Login refused", f"<h1>Login refused</h1><p>{html.escape(refused)}</p>", 400)
     try:
         grant = server.get_consent_grant(oauth_request, end_user=user)
     except Exception as exc:  # authlib's OAuth2Error family: a bad client or redirect URI
@@ -134,26 +164,56 @@ async def authorize(request: Request) -> Response:
     return _authlib_response(*server.create_authorization_response(oauth_request, user, grant))
 
 
+def _redirect_uri_refusal(state: PortalState, request: Request) -> str | None:
+    """Why this authorize request's ``redirect_uri`` is refused (None: it is the one).
+
+    RFC 9700 2.1: exact string comparison with the registered URI. Unknown
+    clients are left to authlib's own error.
+    """
+    instance_id = request.query_params.get("client_id", "")
+    if instance_id not in state.redirect_uris:
+        return None
+    registered = state.redirect_uris[instance_id]
+    asked = request.query_params.get("redirect_uri", "")
+    if registered is None:
+        return (f"instance {instance_id} has not published its URL yet, so it has no "
+                "redirect URI; try again once it is running")  # fmt: skip
+    if asked != registered:
+        return (f"redirect_uri {asked!r} is not the one registered for instance {instance_id} "
+                f"({registered!r}); redirect URIs must match exactly")  # fmt: skip
+    return None
+
+
 async def token(request: Request) -> Response:
     form = await request.form()
     data = {k: str(v) for k, v in form.items()}
-    server: PortalAuthorizationServer = state_of(request).oauth
+    state = state_of(request)
+    server: PortalAuthorizationServer = state.oauth
     server.store.expire()
-    return _authlib_response(*server.create_token_response(_oauth_request(request, data)))
+    status, body, headers = server.create_token_response(_oauth_request(request, data))
+    if status == 200 and isinstance(body, dict):
+        # The grant goes to the database (hashed) so that a restart keeps it.
+        issued = server.store.tokens.pop(str(body.get("access_token")), None)
+        if issued is not None:
+            await state.db.add_grant(
+                grant_hash(body["access_token"]), issued.user, issued.client_id, issued.expires
+            )
+    return _authlib_response(status, body, headers)
 
 
 async def access(request: Request) -> Response:
     state = state_of(request)
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    grant = state.oauth.store.token(value.strip()) if scheme.lower() == "bearer" else None
+    grant = await state.db.grant(grant_hash(value.strip())) if scheme.lower() == "bearer" else None
     instance_id = request.path_params["id"]
-    if grant is None or grant.client_id != instance_id:
+    if grant is None or grant[1] != instance_id:
         return JSONResponse({"error": "invalid or expired token"}, status_code=401)
+    user = grant[0]
     instance = await state.db.instance(instance_id)
     if instance is None:
         return JSONResponse({"error": "no such instance"}, status_code=404)
-    allowed = grant.user == instance.owner or grant.user in await state.db.shared_with(instance_id)
-    return JSONResponse({"user": grant.user, "allowed": allowed})
+    allowed = user == instance.owner or user in await state.db.shared_with(instance_id)
+    return JSONResponse({"user": user, "allowed": allowed})
 
 
 async def share(request: Request) -> Response:
@@ -176,3 +236,23 @@ async def share(request: Request) -> Response:
     if user is not None and not is_admin(request):
         return RedirectResponse("/", status_code=303)
     return Response(status_code=204)
+
+
+async def unshare(request: Request) -> Response:
+    """``DELETE /instances/{id}/shares/{user}``: the user is out of the instance.
+
+    The share goes, the user's grants for the instance are deleted (the next
+    access re-check fails) and a revocation is pushed to the instance's helper.
+    """
+    state = state_of(request)
+    instance = await state.db.instance(request.path_params["id"])
+    if instance is None:
+        return JSONResponse({"error": "no such instance"}, status_code=404)
+    if not (is_admin(request) or current_user(request) == instance.owner):
+        return JSONResponse({"error": "only the owner may unshare"}, status_code=403)
+    user = request.path_params["user"]
+    if not await state.db.unshare(instance.id, user):
+        return JSONResponse({"error": f"not shared with {user}"}, status_code=404)
+    await state.db.revoke_grants(user, instance.id)
+    targets = [(instance.id, instance.url)] if instance.url else []
+    return Response(status_code=204, background=_push(state, user, targets))

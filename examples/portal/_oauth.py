@@ -1,16 +1,23 @@
 """The portal as an OAuth2 authorization server for the instances' auth helpers (authlib).
 
 Each instance is a *public* client: ``client_id`` = instance id, no secret,
-authorization code + PKCE (S256) only. Its one redirect URI is
-``http(s)://<instance-id>.<domain>[:port]/_hostmux/callback``: only the
-instance's tunnel serves that host (the router enforces name ownership), so a
-code can only reach that instance's helper.
+authorization code + PKCE (S256) only. Its one redirect URI is registered when
+the portal accepts the instance's published URL (``_app.update_url``): that
+URL's origin (default port omitted) + ``/_hostmux/callback``. A ``redirect_uri``
+is compared with it exactly, as RFC 9700 2.1 requires — no pattern, no "first
+label is the id": ``https://<id>.evil.example/...`` is refused, and so is any
+URI before the instance has published one. Only the instance's tunnel serves
+that host (the router enforces name ownership), so a code can only reach that
+instance's helper.
 
 After the code exchange the helper asks ``GET /instances/{id}/access`` with
-the user's access token: ``{"user": ..., "allowed": owner-or-shared-with}``.
-Codes (10 minutes) and tokens (10 minutes: they are used once, right away)
-live in memory; a portal restart costs only logins in flight, never the
-helpers' sessions, which are theirs.
+the access token, and keeps asking with it every ``access_recheck_s``:
+``{"user": ..., "allowed": owner-or-shared-with}``. The token is the helper
+session's *grant*: it lives ``GRANT_LIFETIME_S``, is stored hashed in the
+database (a portal restart keeps it), and is deleted when its user logs out of
+the portal or is removed from the instance's shares, so the next re-check
+fails. Codes (10 minutes) live in memory: a portal restart costs only logins
+in flight.
 """
 
 from __future__ import annotations
@@ -27,8 +34,23 @@ from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
 from authlib.oauth2.rfc7636 import CodeChallenge
 
 CODE_LIFETIME_S = 600
-TOKEN_LIFETIME_S = 600
+# A helper session can last no longer than its grant: longer than a day of work.
+GRANT_LIFETIME_S = 24 * 3600
 CALLBACK_PATH = "/_hostmux/callback"
+
+
+def redirect_uri_for(url: str) -> str:
+    """An instance's one redirect URI: its published URL's origin + the callback path.
+
+    The origin as RFC 6454 writes it: scheme, lower-cased host, the port only
+    when it is not the scheme's default.
+    """
+    parts = urlsplit(url)
+    port = parts.port
+    netloc = (parts.hostname or "").lower()
+    if port is not None and port != {"https": 443, "http": 80}.get(parts.scheme):
+        netloc += f":{port}"
+    return f"{parts.scheme}://{netloc}{CALLBACK_PATH}"
 
 
 @dataclass
@@ -36,6 +58,7 @@ class InstanceClient(ClientMixin):  # type: ignore[misc]
     """An instance as an OAuth2 client."""
 
     instance_id: str
+    redirect_uri: str | None  # registered from the published URL; None: none yet
 
     def get_client_id(self) -> str:
         return self.instance_id
@@ -47,17 +70,7 @@ class InstanceClient(ClientMixin):  # type: ignore[misc]
         return "openid" if scope and "openid" in scope.split() else ""
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        parts = urlsplit(redirect_uri)
-        host = parts.hostname or ""
-        return (
-            parts.scheme in ("http", "https")
-            and host.split(".")[0] == self.instance_id
-            and host.count(".") >= 1
-            and parts.path == CALLBACK_PATH
-            and not parts.query
-            and not parts.fragment
-            and not parts.username
-        )
+        return self.redirect_uri is not None and redirect_uri == self.redirect_uri
 
     def check_client_secret(self, client_secret: str) -> bool:
         return False
@@ -204,27 +217,29 @@ class _S256Only(CodeChallenge):  # type: ignore[misc]
 
 
 class PortalAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, store: OAuthStore, known_instance: Any) -> None:
+    def __init__(self, store: OAuthStore, redirect_uris: dict[str, str | None]) -> None:
         super().__init__(scopes_supported=["openid"])
         self.store = store
-        self._known_instance = known_instance  # id -> bool (sync cache of the DB)
+        self._redirect_uris = redirect_uris  # id -> registered URI (a sync view of the DB)
         self.register_grant(_CodeGrant, [_S256Only(required=True)])
 
     def query_client(self, client_id: str) -> InstanceClient | None:
-        return InstanceClient(client_id) if self._known_instance(client_id) else None
+        if client_id not in self._redirect_uris:
+            return None
+        return InstanceClient(client_id, self._redirect_uris[client_id])
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         self.store.tokens[token["access_token"]] = TokenGrant(
             user=request.user,
             client_id=request.client.get_client_id(),
-            expires=time.time() + TOKEN_LIFETIME_S,
+            expires=time.time() + GRANT_LIFETIME_S,
         )
 
     def generate_token(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {
             "token_type": "Bearer",
             "access_token": secrets.token_urlsafe(32),
-            "expires_in": TOKEN_LIFETIME_S,
+            "expires_in": GRANT_LIFETIME_S,
         }
 
     def create_oauth2_request(self, request: PortalRequest) -> PortalRequest:

@@ -7,15 +7,23 @@ checking off). Both come from flags at start-up or from ``PUT /admin/routers``
 and both paths check them here, so a typo fails where an operator makes it,
 not later in a listener on a compute node.
 
+The routers' domains (``--router-domain``, or ``domains`` in the same PUT)
+decide which published URLs the portal accepts: exactly
+``http(s)://<instance id>.<domain>[:port]`` for one of them (``is_instance_url``).
+
 Every check raises ``ValueError`` with a one-line message fit to show.
 """
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import keys
+from router._names import is_dns_label
 
 SETTING = "routers"  # the settings row that holds {"servers": [...], "host_keys": [...]}
 NONE: dict[str, list[str]] = {"servers": [], "host_keys": []}
+DOMAINS_SETTING = "router_domains"  # the settings row that holds the routers' domains
 
 
 def router_address(text: str) -> str:
@@ -40,6 +48,34 @@ def router_host_key(text: str) -> str:
     return line
 
 
+def router_domain(text: str) -> str:
+    """A domain the routers serve instances under (``<id>.<domain>``), lower case."""
+    domain = text.strip().lower().rstrip(".")
+    if not domain or not all(is_dns_label(label) for label in domain.split(".")):
+        raise ValueError(f"router domain {text!r}: expected a domain name such as tunnels.example")
+    return domain
+
+
+def is_instance_url(url: str, instance_id: str, domains: list[str]) -> bool:
+    """Whether ``url`` is http(s)://INSTANCE_ID.DOMAIN[:PORT][/] for one of ``domains``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for "h:99999")
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return (
+        url.isprintable()
+        and " " not in url
+        and parts.scheme in ("http", "https")
+        and parts.username is None
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and any(host == f"{instance_id}.{domain}" for domain in domains)
+    )
+
+
 def router_settings(body: object) -> dict[str, list[str]]:
     """A ``PUT /admin/routers`` body, ``{"servers": [...], "host_keys": [...]}``, checked."""
     if not isinstance(body, dict):
@@ -49,7 +85,11 @@ def router_settings(body: object) -> dict[str, list[str]]:
         raise ValueError("servers and host_keys are lists of strings")
     if not all(isinstance(item, str) for item in [*servers, *host_keys]):
         raise ValueError("servers and host_keys are lists of strings")
+    domains = body.get("domains", [])
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        raise ValueError("domains is a list of strings")
     return {
         "servers": [router_address(s) for s in servers],
         "host_keys": [router_host_key(k) for k in host_keys],
+        "domains": [router_domain(d) for d in domains],
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,11 +22,23 @@ class PortalState:
     admin_token: str
     events_secret: bytes | None
     public_url: str = ""
-    instance_ids: set[str] = field(default_factory=set)  # a sync view for authlib's callbacks
+    # Instance id -> its registered redirect URI (None until it publishes a URL):
+    # a sync view of the database for authlib's callbacks.
+    redirect_uris: dict[str, str | None] = field(default_factory=dict)
+    # Signs the revocations pushed to the helpers; its public half is /.well-known/jwks.json.
+    signing_key: keys.InstanceKey = field(
+        default_factory=lambda: keys.InstanceKey.generate("ed25519")
+    )
+    # The CA that signs the routers' certificates, for pushes (None: the system's trust).
+    router_ca_file: Path | None = None
     oauth: PortalAuthorizationServer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.oauth = PortalAuthorizationServer(OAuthStore(), self.instance_ids.__contains__)
+        self.oauth = PortalAuthorizationServer(OAuthStore(), self.redirect_uris)
+
+
+def _new_signing_key() -> keys.InstanceKey:
+    return keys.InstanceKey.generate("ed25519")
 
 
 def state_of(request: Request) -> PortalState:

@@ -160,6 +160,8 @@ async def start_pod(stack: Stack, portal: Portal, router: Router, owner: str) ->
             f"127.0.0.1:{app.port}",
             "--cookie-keys-file",
             str(stack.path(f"{owner}-cookies")),
+            "--state-dir",
+            str(stack.path(f"{owner}-helper-state")),
         ],
         env=env,
     )
@@ -176,10 +178,14 @@ async def start_pod(stack: Stack, portal: Portal, router: Router, owner: str) ->
 @pytest.fixture
 async def world(stack: Stack) -> World:
     users = [arg for name, pw in PASSWORDS.items() for arg in ("--user", f"{name}:{pw}")]
-    portal = await start_portal(stack, None, 0, *users)
+    # The portal pushes revocations through the router: it trusts the router's dev CA,
+    # which the router creates in its state directory when it starts.
+    router_state = stack.path("router-state")
+    ca = ["--router-ca-file", str(router_state / "tls" / "dev-ca.pem")]
+    portal = await start_portal(stack, None, 0, *users, *ca)
     # authlib allows plain http only to "localhost": the browser must use that name.
     portal.url = portal.url.replace("127.0.0.1", "localhost")
-    router = await start_portal_router(stack, portal)
+    router = await start_portal_router(stack, portal, state_dir=router_state)
     pods = {owner: await start_pod(stack, portal, router, owner) for owner in ("alice", "bob")}
     return World(stack, portal, router, pods)
 
@@ -242,13 +248,38 @@ async def test_login_app_websocket_sharing_and_logout(world: World, browser: Bro
     await browser.open(alice.url + "/headers")
     await browser.wait_until(lambda d: "x-hostmux-user" in d.page_source, "the app, portal down")
 
-    # Logout ends the instance session (and the portal's).
-    restarted = await start_portal(world.stack, world.portal.state_dir, _port(world.portal))
+    # Logout ends the instance session (and the portal's) — and revokes it: a copy of
+    # the cookie taken before logout is refused after it.
+    ca = world.router.state_dir / "tls" / "dev-ca.pem"
+    restarted = await start_portal(
+        world.stack, world.portal.state_dir, _port(world.portal), "--router-ca-file", str(ca)
+    )
     assert restarted.url.endswith(world.portal.url.rsplit(":", 1)[1])
-    await browser.open(alice.url + "/_hostmux/logout")
+    copied = await _session_cookie(browser)
+    assert (await _get(world, alice, "/headers", copied)).status_code == 200
+    await browser.open(alice.url + "/_hostmux/logout")  # a GET only asks
+    await browser.wait_until(lambda d: d.find_elements(By.ID, "logout"), "the logout button")
+    assert (await _get(world, alice, "/headers", copied)).status_code == 200
+    await browser.run(lambda d: d.find_element(By.ID, "logout").click())
     await browser.wait_until(lambda d: "Logged out" in d.page_source, "the portal's logout page")
+    after = await _get(world, alice, "/headers", copied)
+    assert after.status_code == 302
+    assert "/oauth/authorize" in after.headers["location"]
     await browser.open(alice.url + "/")
     await browser.wait_until(lambda d: "/login" in d.current_url, "a new login")
+
+
+async def _session_cookie(browser: Browser) -> str:
+    cookies = await browser.run(lambda d: d.get_cookies())
+    return str(next(c["value"] for c in cookies if c["name"] == "__Host-hostmux-session"))
+
+
+async def _get(world: World, pod: Pod, path: str, cookie: str | None) -> httpx.Response:
+    async with world.router.client() as client:
+        headers = {"cookie": f"__Host-hostmux-session={cookie}"} if cookie else {}
+        return await client.send(
+            world.router.request(client, "GET", pod.instance_id, path, headers=headers)
+        )
 
 
 def _port(portal: Portal) -> int:
@@ -262,15 +293,10 @@ async def test_cookies_and_states_that_are_not_ours_are_refused(
     await browser.open(alice.url + "/")
     await browser.login("alice")
     await browser.wait_until(lambda d: "hostmux sample app" in d.page_source, "alice's app")
-    cookies = await browser.run(lambda d: d.get_cookies())
-    sealed = next(c["value"] for c in cookies if c["name"] == "__Host-hostmux-session")
+    sealed = await _session_cookie(browser)
 
     async def get(pod: Pod, path: str, cookie: str | None) -> httpx.Response:
-        async with world.router.client() as client:
-            headers = {"cookie": f"__Host-hostmux-session={cookie}"} if cookie else {}
-            return await client.send(
-                world.router.request(client, "GET", pod.instance_id, path, headers=headers)
-            )
+        return await _get(world, pod, path, cookie)
 
     assert (await get(alice, "/headers", sealed)).status_code == 200  # the real thing works
     # alice's cookie carried to bob's instance (as app A setting it for B would): refused.

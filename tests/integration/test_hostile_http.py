@@ -317,6 +317,7 @@ async def test_the_auth_helper_refuses_the_same_framing_before_any_login(stack: 
             "--app", f"127.0.0.1:{app.port}", "--instance-id", NAME,
             # Nothing listens there: requests without a session never reach the portal.
             "--portal-url", "http://127.0.0.1:9",
+            "--public-url", f"https://{NAME}.localhost",
             "--cookie-keys-file", str(stack.path("cookie-keys")),
         ],
     )  # fmt: skip

@@ -57,11 +57,14 @@ class Portal:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
-    async def set_routers(self, servers: list[str], host_keys: list[str]) -> None:
+    async def set_routers(
+        self, servers: list[str], host_keys: list[str], domains: list[str] | None = None
+    ) -> None:
+        body: dict[str, list[str]] = {"servers": servers, "host_keys": host_keys}
+        if domains is not None:
+            body["domains"] = domains
         async with self.admin() as client:
-            response = await client.put(
-                "/admin/routers", json={"servers": servers, "host_keys": host_keys}
-            )
+            response = await client.put("/admin/routers", json=body)
         assert response.status_code in (200, 204), response.text
 
     async def recorded_url(self, instance_id: str) -> str:
@@ -111,7 +114,9 @@ def router_args(portal: Portal, ca_file: Path) -> list[str]:
     ]
 
 
-async def start_portal_router(stack: Stack, portal: Portal, *extra: str) -> Router:
+async def start_portal_router(
+    stack: Stack, portal: Portal, *extra: str, state_dir: Path | None = None
+) -> Router:
     ca_file = stack.path("portal-ca.pub")
     async with httpx.AsyncClient(base_url=portal.url) as client:
         ca_file.write_text((await client.get("/ssh-ca.pub")).text)
@@ -122,8 +127,11 @@ async def start_portal_router(stack: Stack, portal: Portal, *extra: str) -> Rout
         "--portal-negative-cache-ttl-s",
         "0.5",
         *extra,
+        state_dir=state_dir,
     )
-    await portal.set_routers([f"127.0.0.1:{router.ssh_port}"], [router_host_key(router)])
+    await portal.set_routers(
+        [f"127.0.0.1:{router.ssh_port}"], [router_host_key(router)], [router.domain]
+    )
     return router
 
 

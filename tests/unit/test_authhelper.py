@@ -9,7 +9,10 @@ from authhelper._gate import (
     action_for,
     app_request_headers,
     app_response_headers,
+    origin_of,
+    redirect_uri_for,
     safe_return_path,
+    same_origin_request,
 )
 from authhelper._session import (
     LOGIN_COOKIE,
@@ -30,15 +33,17 @@ def sealer(instance: str = "inst-a", keys: list[str] | None = None) -> CookieSea
 
 
 def test_session_round_trip_and_expiry() -> None:
-    token = sealer().seal_session("alice", now=1_000_000)
+    token, made = sealer().seal_session("alice", grant="g-1", now=1_000_000)
     opened = sealer().open_session(token, now=1_000_100)
-    assert opened is not None
+    assert opened == made
     assert (opened.user, opened.instance, opened.issued_at) == ("alice", "inst-a", 1_000_000)
+    assert (opened.grant, len(opened.sid)) == ("g-1", 22)
+    assert sealer().seal_session("alice")[1].sid != made.sid  # every login: a new id
     assert sealer().open_session(token, now=1_000_000 + 3601) is None
 
 
 def test_session_for_another_instance_or_key_is_refused() -> None:
-    token = sealer("inst-a").seal_session("alice")
+    token, _ = sealer("inst-a").seal_session("alice")
     assert sealer("inst-b").open_session(token) is None  # same key, other instance
     assert sealer(keys=[new_cookie_key()]).open_session(token) is None
 
@@ -50,13 +55,13 @@ def test_garbage_cookies_count_as_absent(token: str | None) -> None:
 
 
 def test_tampered_session_is_refused() -> None:
-    token = sealer().seal_session("alice")
+    token, _ = sealer().seal_session("alice")
     flipped = token[:-5] + ("A" if token[-5] != "A" else "B") + token[-4:]
     assert sealer().open_session(flipped) is None
 
 
 def test_key_rotation_keeps_old_sessions_valid() -> None:
-    old = sealer(keys=[KEY]).seal_session("alice")
+    old, _ = sealer(keys=[KEY]).seal_session("alice")
     rotated = sealer(keys=[new_cookie_key(), KEY])
     opened = rotated.open_session(old)
     assert opened is not None
@@ -84,6 +89,7 @@ def test_cookie_attributes_are_host_only_and_strict() -> None:
         ("/_hostmux/health", False, Action.HEALTH),
         ("/_hostmux/callback", False, Action.CALLBACK),
         ("/_hostmux/logout", True, Action.LOGOUT),
+        ("/_hostmux/revoke", False, Action.REVOKE),
         ("/", True, Action.PASS),
         ("/", False, Action.LOGIN),
         ("/_hostmux/other", False, Action.LOGIN),
@@ -149,5 +155,71 @@ def test_app_cannot_set_the_helpers_cookies() -> None:
 
 def test_read_cookies_and_without_cookies() -> None:
     headers = [(b"cookie", b"a=1; b=2"), (b"cookie", b"a=3; c=4")]
-    assert read_cookies(headers) == {"a": "1", "b": "2", "c": "4"}
+    assert read_cookies(headers) == {"a": ["1", "3"], "b": ["2"], "c": ["4"]}
     assert without_cookies(b"a=1; b=2; c=3", frozenset({"b"})) == b"a=1; c=3"
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "sib=a b",  # a space in the value: SimpleCookie stopped at it
+        'sib="unterminated',
+        "sib=a,b",
+        "no-equals-sign",
+        "=empty-name",
+        "sib=\\x",
+        "sib=a\x01b",
+        ";;",
+    ],
+)
+def test_a_malformed_sibling_cookie_does_not_hide_ours(planted: str) -> None:
+    """Issue 15, point 2: a cookie another instance's app planted for the parent domain."""
+    token, session = sealer().seal_session("alice")
+    for header in (f"{planted}; {SESSION_COOKIE}={token}", f"{SESSION_COOKIE}={token}; {planted}"):
+        found = read_cookies([(b"cookie", header.encode("latin-1"))])
+        assert found[SESSION_COOKIE] == [token], header
+        assert sealer().first_session(found[SESSION_COOKIE]) == session
+
+
+def test_a_planted_copy_of_our_cookie_name_does_not_shadow_the_real_one() -> None:
+    token, session = sealer().seal_session("alice")
+    found = read_cookies(
+        [(b"cookie", f"{SESSION_COOKIE}=planted; {SESSION_COOKIE}={token}".encode())]
+    )
+    assert sealer().first_session(found[SESSION_COOKIE]) == session
+
+
+def test_logout_token_is_bound_to_the_session() -> None:
+    _, one = sealer().seal_session("alice")
+    _, other = sealer().seal_session("alice")
+    assert one.logout_token_ok(one.logout_token())
+    assert not one.logout_token_ok(other.logout_token())
+    assert not one.logout_token_ok(None)
+    assert not one.logout_token_ok("")
+
+
+def test_origin_and_redirect_uri_come_from_the_public_url() -> None:
+    assert origin_of("https://i-1.tunnels.example:443") == "https://i-1.tunnels.example"
+    assert origin_of("https://I-1.Tunnels.example:8443/") == "https://i-1.tunnels.example:8443"
+    assert origin_of("http://i-1.localhost:80") == "http://i-1.localhost"
+    assert (
+        redirect_uri_for("https://i-1.t.example:443") == "https://i-1.t.example/_hostmux/callback"
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "ok"),
+    [
+        ([(b"sec-fetch-site", b"same-origin"), (b"origin", b"https://i.t")], True),
+        ([(b"origin", b"https://i.t")], True),
+        ([(b"sec-fetch-site", b"same-origin")], True),
+        ([], False),
+        ([(b"sec-fetch-site", b"same-site"), (b"origin", b"https://i.t")], False),
+        ([(b"sec-fetch-site", b"cross-site")], False),
+        ([(b"origin", b"https://sibling.t")], False),
+        ([(b"origin", b"null")], False),
+        ([(b"sec-fetch-site", b"same-origin"), (b"origin", b"https://evil.example")], False),
+    ],
+)
+def test_logout_posts_must_be_same_origin(headers: list[tuple[bytes, bytes]], ok: bool) -> None:
+    assert same_origin_request(headers, "https://i.t") is ok

@@ -28,6 +28,10 @@ from examples.portal._login import hash_password
 from examples.portal._state import PortalState
 
 ADMIN = {"authorization": "Bearer admin-token"}
+_URL_RULE = (
+    "the URL must be http(s)://lab-2.<domain>[:port] for a router domain (tunnels.test), "
+    "or the URL a router reported for it"
+)
 SECRET = b"events-secret"
 
 
@@ -51,6 +55,7 @@ async def _portal_client(
     try:
         for user in ("alice", "bob", "<script>alert(1)</script>"):
             await db.ensure_user(user, hash_password("pw-" + user[:5]))
+        await db.set_setting("router_domains", ["tunnels.test"])
         transport = httpx.ASGITransport(app=build_app(state, "test-session-secret"))
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client
@@ -127,6 +132,11 @@ async def test_url_updates_need_the_instance_signature(portal: httpx.AsyncClient
     for not_ours in (
         "https://other.tunnels.test",
         "https://lab-2x.tunnels.test",
+        # The id as first label on a host that is not a router domain (issue 15, point 1):
+        "https://lab-2.evil.example",
+        "https://lab-2.tunnels.test.evil.example",
+        "https://lab-2.sub.tunnels.test",
+        "https://lab-2.tunnels.test/not-the-root",
         "ftp://lab-2.tunnels.test",
         "https://lab-2@evil.example/",
         "http://[lab-2",
@@ -136,6 +146,7 @@ async def test_url_updates_need_the_instance_signature(portal: httpx.AsyncClient
     ):
         refused = await put(keys.sign_jwt(key, issuer="lab-2"), not_ours)
         assert refused.status_code == 422, not_ours
+        assert refused.json()["error"] in ("URL too long", _URL_RULE), not_ours
     assert (await put("not.a.jwt")).status_code == 401
     unknown = await portal.put(
         "/instances/lab-9/url", content=url, headers={"authorization": "Bearer x"}
@@ -144,6 +155,9 @@ async def test_url_updates_need_the_instance_signature(portal: httpx.AsyncClient
     assert (await put(keys.sign_jwt(key, issuer="lab-2"))).status_code == 204
     record = (await portal.get("/instances/lab-2", headers=ADMIN)).json()
     assert record["url"] == url
+    published = await portal.get("/instances/lab-2/url")  # what the helper builds its URI from
+    assert (published.status_code, published.text) == (200, url + "\n")
+    assert (await portal.get("/instances/lab-3/url")).status_code == 404
     await login(portal, "alice")
     assert url in (await portal.get("/")).text
 
@@ -220,8 +234,17 @@ def _pkce() -> tuple[str, str]:
     return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+async def _publish(client: httpx.AsyncClient, created: dict[str, Any], url: str) -> None:
+    key = keys.InstanceKey.from_private_bytes(created["private_key_pem"].encode())
+    response = await client.put(
+        f"/instances/{created['id']}/url", content=url,
+        headers={"authorization": f"Bearer {keys.sign_jwt(key, issuer=created['id'])}"},
+    )  # fmt: skip
+    assert response.status_code == 204, response.text
+
+
 async def test_oauth_code_flow_with_pkce_and_access_check(portal: httpx.AsyncClient) -> None:
-    await _create(portal, id="lab-6")
+    await _publish(portal, await _create(portal, id="lab-6"), "https://lab-6.tunnels.test:8443")
     redirect_uri = "https://lab-6.tunnels.test:8443/_hostmux/callback"
     verifier, challenge = _pkce()
     params = {
@@ -267,25 +290,44 @@ async def test_oauth_code_flow_with_pkce_and_access_check(portal: httpx.AsyncCli
 async def test_authorize_refuses_foreign_redirects_and_unknown_clients(
     portal: httpx.AsyncClient,
 ) -> None:
-    await _create(portal, id="lab-7")
+    created = await _create(portal, id="lab-7")
     await login(portal, "alice")
     _, challenge = _pkce()
     base = {"response_type": "code", "client_id": "lab-7", "state": "s",
             "code_challenge": challenge, "code_challenge_method": "S256"}  # fmt: skip
+    registered = "https://lab-7.tunnels.test/_hostmux/callback"
+    # No URL published yet: no redirect URI at all, so nothing is sent anywhere.
+    early = await portal.get("/oauth/authorize", params={**base, "redirect_uri": registered})
+    assert early.status_code == 400
+    assert "has not published its URL yet" in early.text
+    await _publish(portal, created, "https://lab-7.tunnels.test:443")  # default port: omitted
     for redirect_uri in (
         "https://evil.example/_hostmux/callback",
         "https://lab-8.tunnels.test/_hostmux/callback",
         "https://lab-7.tunnels.test/elsewhere",
+        # The id as first label of an attacker's host (issue 15, point 1): refused.
+        "https://lab-7.evil.example/_hostmux/callback",
+        "https://lab-7.tunnels.test.evil.example/_hostmux/callback",
+        # Not byte-for-byte the registered URI: refused too (RFC 9700 2.1).
+        "https://lab-7.tunnels.test:443/_hostmux/callback",
+        "https://LAB-7.tunnels.test/_hostmux/callback",
+        "http://lab-7.tunnels.test/_hostmux/callback",
+        "https://lab-7.tunnels.test/_hostmux/callback?x=1",
     ):
         refused = await portal.get(
             "/oauth/authorize", params={**base, "redirect_uri": redirect_uri}
         )
         assert refused.status_code == 400, redirect_uri
-        assert "evil" not in refused.headers.get("location", "")
+        assert "location" not in refused.headers
+        assert "must match exactly" in refused.text, redirect_uri
+        assert registered in refused.text  # the error names the one that would do
+    exact = await portal.get("/oauth/authorize", params={**base, "redirect_uri": registered})
+    assert exact.status_code == 302
+    assert exact.headers["location"].startswith(registered + "?code=")
     unknown = {**base, "client_id": "nobody", "redirect_uri": "https://nobody.t/_hostmux/callback"}
     assert (await portal.get("/oauth/authorize", params=unknown)).status_code == 400
     no_pkce = {k: v for k, v in base.items() if not k.startswith("code_")}
-    no_pkce["redirect_uri"] = "https://lab-7.tunnels.test/_hostmux/callback"
+    no_pkce["redirect_uri"] = registered
     for pkce in ({}, {"code_challenge": challenge, "code_challenge_method": "plain"}):
         refused_pkce = await portal.get("/oauth/authorize", params={**no_pkce, **pkce})
         assert refused_pkce.status_code == 400  # S256 PKCE only: no code, no redirect

@@ -1,0 +1,38 @@
+"""The router keeps apps' cookies host-only: ``Domain`` leaves every ``Set-Cookie``."""
+
+from __future__ import annotations
+
+import pytest
+
+from router._cookies import host_only_cookies, without_cookie_domain
+
+
+@pytest.mark.parametrize(
+    ("app_sent", "browser_gets"),
+    [
+        (b"a=1; Domain=.tunnels.example; Path=/", b"a=1; Path=/"),
+        (b"a=1; domain=tunnels.example", b"a=1"),
+        (b"a=1;DOMAIN = tunnels.example ;Secure", b"a=1;Secure"),
+        (b"a=1; Path=/; Domain=x; Domain=y; HttpOnly", b"a=1; Path=/; HttpOnly"),
+        (b"a=1; Domain", b"a=1"),
+        # No Domain: the exact bytes go through.
+        (b"a=1; Path=/; Secure", b"a=1; Path=/; Secure"),
+        (b"domain=1; Path=/", b"domain=1; Path=/"),  # a cookie *named* domain stays
+        (b"a=b c; Max-Age=5", b"a=b c; Max-Age=5"),
+    ],
+)
+def test_domain_attribute_is_removed(app_sent: bytes, browser_gets: bytes) -> None:
+    assert without_cookie_domain(app_sent) == browser_gets
+
+
+def test_only_set_cookie_headers_change() -> None:
+    headers = [
+        (b"content-type", b"text/html; domain=x"),
+        (b"set-cookie", b"sib=a b; Domain=tunnels.example"),
+        (b"set-cookie", b"ok=1"),
+    ]
+    assert host_only_cookies(headers) == [
+        (b"content-type", b"text/html; domain=x"),
+        (b"set-cookie", b"sib=a b"),
+        (b"set-cookie", b"ok=1"),
+    ]

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from router._http_client import HTTP_CALL_FAILURES, describe
+
 from ._oauth import PORTAL_TIMEOUT_S
 
 # A URL, an access answer or a JWKS is a few hundred bytes; more is not one.
@@ -116,9 +118,8 @@ class PortalClient:
                     body += chunk
                     if len(body) > _MAX_ANSWER_BYTES:
                         raise PortalUnreachable(f"GET {path}: the answer is too large")
-        except httpx.HTTPError as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise PortalUnreachable(f"the portal could not be reached ({reason})") from None
+        except HTTP_CALL_FAILURES as exc:
+            raise PortalUnreachable(f"the portal could not be reached ({describe(exc)})") from None
         return response.status_code, body
 
 

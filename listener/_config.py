@@ -61,9 +61,16 @@ class ListenerConfig:
     jwt_iss: str = option("", "JWT issuer for URL updates (default: the user name)")
     jwt_kid: str = option("", "JWT key id for URL updates (default: the key's RFC 7638 thumbprint)")
     router_ca_file: Path | None = option(
-        None, "CA to trust when checking the public URL (default: the system's)"
+        None,
+        "CA to trust for the router's TLS (URL check, wss) (default: the system's, plus "
+        "for the URL check the router's own dev CA, fetched over the pinned SSH connection)",
     )
-    check_url: bool = option(True, "check the public URL answers before publishing it")
+    check_url: bool = option(
+        True, "check that the public URL answers (advice only: never closes the tunnel)"
+    )
+    url_check_max_wait_s: float = option(
+        60.0, "publish the URL after at most this long without a passing check (0: at once)"
+    )
     transport: str = option(
         "ssh", "ssh, wss (SSH over WebSocket through HTTPS) or auto (ssh, else wss)"
     )
@@ -99,6 +106,8 @@ class ListenerConfig:
                 raise ValueError(f"wss_header: {header!r} is not NAME:VALUE")
         if self.keepalive_interval_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("keepalive_interval_s and connect_timeout_s must be positive")
+        if self.url_check_max_wait_s < 0:
+            raise ValueError("url_check_max_wait_s: at least 0")
         if self.backoff_max_s < 1:
             raise ValueError("backoff_max_s: at least 1")
         if self.log_level not in ("debug", "info", "warning", "error"):

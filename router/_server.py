@@ -114,6 +114,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         keepalive_interval_s=config.ssh_keepalive_interval_s,
         login_timeout_s=config.ssh_login_timeout_s,
         max_pending_opens=config.max_pending_channel_opens,
+        dev_ca_pem=_read_dev_ca(state),
     )
     ssh_limits = SshLimits(
         connections=ConnectionCounts(
@@ -262,6 +263,16 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
     log.info(fields("router_stopped"))
+
+
+def _read_dev_ca(state: _State) -> str | None:
+    """The development CA's certificate for the ``ca`` command (read once: it is made at start)."""
+    if state.ca_cert is None:
+        return None
+    try:
+        return state.ca_cert.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"development CA {state.ca_cert}: {exc}") from None
 
 
 def _log_stats(connections: ConnectionSet) -> None:

@@ -6,11 +6,13 @@ Part of the router's asyncssh adapter.
   connection's URLs — and later ones, and refusals with their reasons — on
   stderr, then only listens for Ctrl-C / Ctrl-D, which end it. Nothing typed
   runs.
-* Exec requests run built-in commands only: ``help``, ``tunnels [--json]``;
-  in portal mode also the DIT4C pair: as user ``register``, ``INSTANCE_ID``
-  (cache the instance's portal keys), and as user ``listen``, ``SOCKET`` (wait
-  for the forward of that path, print the URL on stdout, stay open). Any
-  other command, and every subsystem (sftp), is refused.
+* Exec requests run built-in commands only: ``help``, ``tunnels [--json]``,
+  ``ca`` (the development CA's certificate as PEM, so a client that pinned
+  the host key can trust the router's TLS without a CA file); in portal
+  mode also the DIT4C pair: as user ``register``, ``INSTANCE_ID`` (cache the
+  instance's portal keys), and as user ``listen``, ``SOCKET`` (wait for the
+  forward of that path, print the URL on stdout, stay open). Any other
+  command, and every subsystem (sftp), is refused.
 """
 
 from __future__ import annotations
@@ -40,19 +42,29 @@ _FORWARD_WAIT_S = 10.0
 _HELP = """hostmux tunnel router.
   ssh -R NAME:80:localhost:PORT HOST     serve localhost:PORT at https://NAME.DOMAIN
   ssh -R 80:localhost:PORT HOST          the same under a random name
-Commands: help, tunnels [--json]
+Commands: help, tunnels [--json], ca (the development CA's certificate, PEM)
 """
 
-_BUILTINS = ("help", "tunnels")
+_BUILTINS = ("help", "tunnels", "ca")
+
+# What ``ca`` says when there is no development CA: certificates from files are
+# trusted through the client's own CA store, so there is nothing to hand out.
+_NO_DEV_CA = (
+    "this router has no development CA to hand out: it serves certificates from files "
+    "(or no HTTPS); trust them through your system's CA store\n"
+)
 
 
 class ToolSession(asyncssh.SSHServerSession[str]):
     """A session channel: shows the connection's URLs; runs only built-in commands."""
 
-    def __init__(self, hub: TunnelHub, state: ClientState, auth: Authenticator) -> None:
+    def __init__(
+        self, hub: TunnelHub, state: ClientState, auth: Authenticator, dev_ca_pem: str | None
+    ) -> None:
         self._hub = hub
         self._state = state
         self._auth = auth
+        self._dev_ca_pem = dev_ca_pem
         self._chan: asyncssh.SSHServerChannel[str] | None = None
         self._command: str | None = None
         self._hinted = False
@@ -97,7 +109,14 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             self._state.watchers.append(self._say)
             return
         word = command.split()[0]
-        if word in _BUILTINS:
+        if word == "ca":
+            if self._dev_ca_pem is None:
+                chan.write_stderr(_NO_DEV_CA)
+                chan.exit(1)
+            else:
+                chan.write(self._dev_ca_pem)
+                chan.exit(0)
+        elif word in _BUILTINS:
             chan.write(self._run_builtin(command))
             chan.exit(0)
         elif self._role() == "register":

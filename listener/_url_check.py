@@ -45,12 +45,17 @@ _MAX_NOTED_REASONS = 16
 # The first re-check comes after about this long, then doubles up to the cap.
 _RECHECK_BASE_S = 1.0
 
-# What to change, per kind of failure (the log line's ``hint=``).
-HINTS = {
-    "certificate": (
+# What to change when the certificate is not trusted, per source of trust.
+CERTIFICATE_HINTS = {
+    "system": (
         "trust the router's CA with --router-ca-file, or pin its host key so the listener "
         "fetches it (the router's ca command); browsers may still trust it"
     ),
+    "file": "--router-ca-file does not hold the CA that signed the router's certificate",
+    "router": "the router's certificate is signed by neither the CA it hands out nor a system CA",
+}
+# What to change, per kind of failure (the log line's ``hint=``).
+HINTS = {
     "tls": "the TLS handshake with the router failed; check the router's certificate setup",
     "connect": (
         "this pod cannot reach its own public URL (hairpin NAT, egress rules?); "
@@ -72,8 +77,10 @@ class UrlProblem:
     kind: str
     reason: str
 
-    @property
-    def hint(self) -> str:
+    def hint(self, trusted: str) -> str:
+        """What to change; ``trusted`` is where the CAs came from: system, file or router."""
+        if self.kind == "certificate":
+            return CERTIFICATE_HINTS[trusted]
         return HINTS[self.kind]
 
 
@@ -91,17 +98,26 @@ class FailureNotes:
         return True
 
 
-def trust_for_check(ca_file: Path | None, ca_pem: str | None) -> ssl.SSLContext:
-    """The CAs the check trusts: ``ca_file`` alone, else the system's plus ``ca_pem``.
+@dataclass(frozen=True)
+class Trust:
+    """The CAs the check trusts, and where they came from (system, file or router)."""
+
+    context: ssl.SSLContext
+    source: str
+
+
+def trust_for_check(ca_file: Path | None, ca_pem: str | None) -> Trust:
+    """``ca_file`` alone, else the system's CAs plus ``ca_pem`` (the router's).
 
     Raises ``ssl.SSLError`` (or ``OSError``) when ``ca_pem``/``ca_file`` hold no certificate.
     """
     if ca_file is not None:
-        return ssl.create_default_context(cafile=str(ca_file))
+        return Trust(ssl.create_default_context(cafile=str(ca_file)), "file")
     context = ssl.create_default_context()
-    if ca_pem is not None:
-        context.load_verify_locations(cadata=ca_pem)
-    return context
+    if ca_pem is None:
+        return Trust(context, "system")
+    context.load_verify_locations(cadata=ca_pem)
+    return Trust(context, "router")
 
 
 def problem_of(exc: BaseException) -> UrlProblem:
@@ -123,9 +139,7 @@ def problem_of(exc: BaseException) -> UrlProblem:
     return UrlProblem("http", reason)
 
 
-async def check_public_url(
-    url: str, *, router_host: str, trust: ssl.SSLContext
-) -> UrlProblem | None:
+async def check_public_url(url: str, *, router_host: str, trust: Trust) -> UrlProblem | None:
     """None if ``url`` answers through the router (no ``X-Hostmux-Error`` marker), else why not."""
     import httpx
 
@@ -139,7 +153,7 @@ async def check_public_url(
         if parts.scheme == "https":
             extensions["sni_hostname"] = host
     problem = UrlProblem("router", "no attempt")
-    async with httpx.AsyncClient(verify=trust, timeout=_PROBE_TIMEOUT_S) as client:
+    async with httpx.AsyncClient(verify=trust.context, timeout=_PROBE_TIMEOUT_S) as client:
         for attempt in range(_ROUTE_ATTEMPTS):
             try:
                 response = await client.get(
@@ -156,7 +170,7 @@ async def check_public_url(
 
 
 async def watch_public_url(
-    url: str, *, router_host: str, trust: ssl.SSLContext, backoff_max_s: float
+    url: str, *, router_host: str, trust: Trust, backoff_max_s: float
 ) -> None:
     """Check ``url`` until it passes; return then. Never ends the tunnel.
 
@@ -177,7 +191,7 @@ async def watch_public_url(
             log.warning(
                 fields(
                     "url_check_failed", url=url, kind=problem.kind, reason=problem.reason,
-                    hint=problem.hint, tunnel="kept", recheck="with back-off",
+                    hint=problem.hint(trust.source), tunnel="kept", recheck="with back-off",
                 )
             )  # fmt: skip
         else:

@@ -76,8 +76,8 @@ def test_trust_is_the_file_alone_else_the_system_plus_the_routers_ca(tmp_path: P
     assert system.source == "system"
     router = trust_for_check(None, pem)
     assert router.source == "router"
-    subjects = [dict(x[0] for x in c["subject"]) for c in router.context.get_ca_certs()]
-    assert any("hostmux" in s.get("commonName", "").lower() for s in subjects), subjects
+    subjects = [str(c["subject"]).lower() for c in router.context.get_ca_certs()]
+    assert any("hostmux" in subject for subject in subjects), subjects
     assert len(router.context.get_ca_certs()) == len(system.context.get_ca_certs()) + 1
     only_file = trust_for_check(files.ca_cert, None)
     assert only_file.source == "file"

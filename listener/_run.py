@@ -159,12 +159,21 @@ class Listener:
             tasks = [tg.create_task(until(session.wait_closed())),
                      tg.create_task(until(self._stop.wait()))]  # fmt: skip
             if self._config.check_url:
-                tasks.append(tg.create_task(self._check(session, forward, router_host, checked)))
+                tasks.append(tg.create_task(self._advise(session, forward, router_host, checked)))
             if self._key is not None:
                 tasks.append(tg.create_task(self._publish(forward, checked, ended)))
             await ended.wait()
             for task in tasks:
                 task.cancel()
+
+    async def _advise(
+        self, session: TunnelSession, forward: Forward, router_host: str, checked: asyncio.Event
+    ) -> None:
+        """The URL check, fenced: whatever goes wrong in it is logged, the tunnel stays."""
+        try:
+            await self._check(session, forward, router_host, checked)
+        except Exception:  # advice must never take down a tunnel the router granted
+            log.exception(fields("url_check_broken", url=forward.url, tunnel="kept"))
 
     async def _check(
         self, session: TunnelSession, forward: Forward, router_host: str, checked: asyncio.Event

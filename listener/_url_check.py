@@ -124,6 +124,8 @@ def problem_of(exc: BaseException) -> UrlProblem:
     """An httpx failure as a problem kind (certificate, tls, timeout, connect, http)."""
     import httpx
 
+    if isinstance(exc, AttributeError):  # uvloop + anyio: a reset (see check_public_url)
+        return UrlProblem("connect", "connection reset by the peer")
     reason = _describe(exc)
     cause: BaseException | None = exc
     while cause is not None:  # httpx wraps ssl's error in ConnectError
@@ -134,7 +136,7 @@ def problem_of(exc: BaseException) -> UrlProblem:
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, httpx.TimeoutException):
         return UrlProblem("timeout", reason)
-    if isinstance(exc, httpx.ConnectError | httpx.NetworkError):
+    if isinstance(exc, httpx.ConnectError | httpx.NetworkError | OSError):
         return UrlProblem("connect", reason)
     return UrlProblem("http", reason)
 
@@ -159,7 +161,9 @@ async def check_public_url(url: str, *, router_host: str, trust: Trust) -> UrlPr
                 response = await client.get(
                     target, headers={"host": parts.netloc}, extensions=extensions
                 )
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, OSError, AttributeError) as exc:
+                # AttributeError: under uvloop, anyio on a connection reset at once
+                # (MagicStack/uvloop#560) — a network failure like the others.
                 return problem_of(exc)  # not a route a moment behind: the caller backs off
             marker = response.headers.get("x-hostmux-error")
             if marker is None:

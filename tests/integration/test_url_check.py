@@ -116,7 +116,7 @@ async def test_the_ca_built_in_prints_the_dev_ca_to_openssh(world: World) -> Non
         helped = await trio.run_process([*argv, "help"], capture_stdout=True)
     assert ca.stdout.decode() == router.ca_cert.read_text()
     assert ca.stdout.startswith(b"-----BEGIN CERTIFICATE-----")
-    assert b"ca (the development CA" in helped.stdout
+    assert b"ca" in helped.stdout and b"development CA" in helped.stdout
 
 
 async def test_a_router_on_certificate_files_has_no_ca_to_hand_out(stack: Stack) -> None:

@@ -57,6 +57,10 @@ def test_failures_are_sorted_into_kinds() -> None:
     assert problem_of(httpx.ConnectError("All connection attempts failed")).kind == "connect"
     assert problem_of(httpx.RemoteProtocolError("bad")).kind == "http"
     assert problem_of(httpx.ConnectError("")).reason == "ConnectError"
+    assert problem_of(ConnectionResetError(104, "reset")).kind == "connect"
+    assert problem_of(AttributeError("'NoneType' ...")) == UrlProblem(
+        "connect", "connection reset by the peer"
+    )
 
 
 def test_hints_say_what_to_change_for_the_trust_in_use() -> None:

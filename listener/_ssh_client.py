@@ -20,6 +20,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import asyncssh
 
@@ -175,8 +176,8 @@ class TunnelSession:
             async with asyncio.timeout(self._spec.connect_timeout_s):
                 process = await self._conn.create_process("ca", encoding=None)
                 try:
-                    pem = await _read_bounded(process.stdout, MAX_CA_BYTES)
-                    refusal = await _read_bounded(process.stderr, _MAX_REFUSAL_BYTES)
+                    pem = await read_bounded(process.stdout, MAX_CA_BYTES)
+                    refusal = await read_bounded(process.stderr, _MAX_REFUSAL_BYTES)
                     completed = await process.wait()
                 finally:
                     process.close()
@@ -227,7 +228,13 @@ class TunnelSession:
         return report
 
 
-async def _read_bounded(stream: asyncssh.SSHReader[bytes], limit: int) -> bytes:
+class ByteReader(Protocol):
+    """What ``read_bounded`` reads: an asyncssh ``SSHReader[bytes]``, say."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def read_bounded(stream: ByteReader, limit: int) -> bytes:
     """All of ``stream`` up to EOF; TunnelError past ``limit`` bytes (nothing more is read)."""
     data = b""
     while chunk := await stream.read(limit + 1 - len(data)):

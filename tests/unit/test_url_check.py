@@ -1,7 +1,9 @@
-"""The pure parts of the listener's URL self-check, and its option (``listener._url_check``)."""
+"""The pure parts of the listener's URL self-check (``listener._url_check``), its option,
+and the bounded read of the router's ``ca`` answer."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 import keys
 from listener._cli import main as listener_main
+from listener._ssh_client import MAX_CA_BYTES, TunnelError, read_bounded
 from listener._url_check import (
     CERTIFICATE_HINTS,
     FailureNotes,
@@ -17,6 +20,8 @@ from listener._url_check import (
     problem_of,
     trust_for_check,
 )
+
+from .asyncio_bounded import run
 
 
 def test_each_distinct_failure_is_noted_once() -> None:
@@ -103,3 +108,33 @@ def test_a_negative_url_check_wait_is_one_line_naming_the_option_and_exit_2(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert "url_check_max_wait_s" in lines[0]
+
+
+def _reader(data: bytes, *, eof: bool) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+def test_the_routers_ca_answer_is_read_whole_up_to_64_kib() -> None:
+    async def scenario() -> bytes:
+        return await read_bounded(
+            _reader(b"-----BEGIN CERTIFICATE-----\n" * 3, eof=True), MAX_CA_BYTES
+        )
+
+    assert run(scenario()) == b"-----BEGIN CERTIFICATE-----\n" * 3
+
+
+def test_a_ca_answer_over_64_kib_is_refused_without_reading_on() -> None:
+    async def scenario() -> tuple[str, int]:
+        # No EOF: a router streaming for ever is cut off at the limit, not waited for.
+        reader = _reader(b"x" * (MAX_CA_BYTES + 4096), eof=False)
+        with pytest.raises(TunnelError) as refused:
+            await read_bounded(reader, MAX_CA_BYTES)
+        return str(refused.value), len(await reader.read(8192))
+
+    message, left = run(scenario())
+    assert f"over {MAX_CA_BYTES} bytes" in message
+    assert left == 4096 - 1  # one byte past the limit was read, no more

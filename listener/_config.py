@@ -67,9 +67,20 @@ class ListenerConfig:
     jwt_iss: str = option("", "JWT issuer for URL updates (default: the user name)")
     jwt_kid: str = option("", "JWT key id for URL updates (default: the key's RFC 7638 thumbprint)")
     router_ca_file: Path | None = option(
-        None, "CA to trust when checking the public URL (default: the system's)"
+        None,
+        "CA to trust for the router's TLS (URL check, wss) (default: the system's, plus "
+        "for the URL check the router's own dev CA, fetched over the pinned SSH connection)",
     )
-    check_url: bool = option(True, "check the public URL answers before publishing it")
+    check_url: bool = option(
+        True, "check that the public URL answers (advice only: never closes the tunnel)"
+    )
+    url_check_max_wait_s: float = option(
+        60.0,
+        "publish the URL after at most this long without a passing check",
+        minimum=0,
+        maximum=HOUR_S,
+        zero="publish at once, without waiting for the check",
+    )
     transport: str = option(
         "ssh", "ssh, wss (SSH over WebSocket through HTTPS) or auto (ssh, else wss)",
         metavar="{ssh,wss,auto}",

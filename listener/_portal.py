@@ -3,10 +3,8 @@
 1. ``GET <portal>/config.json`` lists the routers (``.router.ssh.servers[]``
    as ``host:port``) and the host keys to pin (``.router.ssh.host_keys[]``,
    OpenSSH public lines) — DIT4C's shape, plus the pins.
-2. Before publishing, the public URL must answer *through the router*: a
-   response without the router's ``X-Hostmux-Error`` marker. ``*.localhost``
-   names are reached at the router's own address (RFC 6761: they are loopback
-   names that no resolver is required to know).
+2. Before publishing, the run loop waits (for a while, see ``_url_check``)
+   for the public URL to answer through the router.
 3. ``PUT <uri-update-url>`` with the URL as ``text/plain`` and
    ``Authorization: Bearer <JWT>`` signed by the instance key (``iss``, ``kid``,
    five-minute expiry), retried with jittered back-off until accepted.
@@ -16,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from router._log import fields
 
@@ -37,9 +33,8 @@ log = logging.getLogger("hostmux.listener")
 
 # config.json is tiny; a portal that answers more is not answering config.
 _MAX_CONFIG_BYTES = 256 * 1024
-# Each probe of the public URL gets this long; the router answers at once.
-_CHECK_TIMEOUT_S = 10.0
-_CHECK_ATTEMPTS = 5
+# Each PUT to the portal gets this long.
+_PUT_TIMEOUT_S = 10.0
 # Signed URL updates are short-lived: a leaked token is soon useless.
 JWT_LIFETIME_S = 300
 
@@ -58,13 +53,14 @@ async def fetch_router_list(portal_url: str, *, timeout_s: float) -> RouterList:
     import httpx
 
     import keys
+    from router._http_client import HTTP_CALL_FAILURES, describe
 
     url = portal_url.rstrip("/") + "/config.json"
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
             response = await client.get(url)
-    except httpx.HTTPError as exc:
-        raise PortalError(f"GET {url}: {_describe(exc)}") from None
+    except HTTP_CALL_FAILURES as exc:
+        raise PortalError(f"GET {url}: {describe(exc)}") from None
     if response.status_code != 200 or len(response.content) > _MAX_CONFIG_BYTES:
         raise PortalError(f"GET {url}: status {response.status_code}")
     try:
@@ -72,44 +68,10 @@ async def fetch_router_list(portal_url: str, *, timeout_s: float) -> RouterList:
         servers = tuple(str(s) for s in ssh["servers"])
         pins = tuple(keys.fingerprint_of_public_line(line) for line in ssh.get("host_keys", []))
     except (ValueError, KeyError, TypeError, keys.KeysError) as exc:
-        raise PortalError(f"GET {url}: not a usable config.json ({_describe(exc)})") from None
+        raise PortalError(f"GET {url}: not a usable config.json ({describe(exc)})") from None
     if not servers:
         raise PortalError(f"GET {url}: lists no routers")
     return RouterList(servers=servers, host_key_fingerprints=pins)
-
-
-async def check_public_url(url: str, *, router_host: str, ca_file: Path | None) -> str | None:
-    """None if ``url`` answers through the router, else why not."""
-    import httpx
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    target = url
-    extensions: dict[str, object] = {}
-    if host == "localhost" or host.endswith(".localhost"):
-        netloc = f"{router_host}:{parts.port}" if parts.port else router_host
-        target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-        if parts.scheme == "https":
-            extensions["sni_hostname"] = host
-    verify: ssl.SSLContext | bool = True
-    if ca_file is not None:
-        verify = ssl.create_default_context(cafile=str(ca_file))
-    reason = "no attempt"
-    async with httpx.AsyncClient(verify=verify, timeout=_CHECK_TIMEOUT_S) as client:
-        for attempt in range(_CHECK_ATTEMPTS):
-            try:
-                response = await client.get(
-                    target, headers={"host": parts.netloc}, extensions=extensions
-                )
-            except httpx.HTTPError as exc:
-                reason = _describe(exc)
-            else:
-                marker = response.headers.get("x-hostmux-error")
-                if marker is None:
-                    return None
-                reason = f"the router answered {marker}"
-            await asyncio.sleep(0.2 * (attempt + 1))  # the route may be a moment behind
-    return reason
 
 
 async def publish_url(
@@ -120,14 +82,19 @@ async def publish_url(
     issuer: str,
     kid: str | None,
     stop: asyncio.Event,
+    checked: bool = True,
 ) -> bool:
-    """PUT ``url`` to the portal until it is accepted (True) or ``stop`` is set (False)."""
+    """PUT ``url`` to the portal until it is accepted (True) or ``stop`` is set (False).
+
+    ``checked`` says whether the URL's self-check passed first (it is logged).
+    """
     import httpx
 
     import keys
+    from router._http_client import HTTP_CALL_FAILURES, describe
 
     backoff = Backoff(base_s=0.5, cap_s=30.0)
-    async with httpx.AsyncClient(timeout=_CHECK_TIMEOUT_S) as client:
+    async with httpx.AsyncClient(timeout=_PUT_TIMEOUT_S) as client:
         while not stop.is_set():
             token = keys.sign_jwt(key, issuer=issuer, kid=kid, lifetime_s=JWT_LIFETIME_S)
             try:
@@ -139,11 +106,16 @@ async def publish_url(
                         "content-type": "text/plain; charset=utf-8",
                     },
                 )
-            except httpx.HTTPError as exc:
-                reason = _describe(exc)
+            except HTTP_CALL_FAILURES as exc:
+                reason = describe(exc)
             else:
                 if 200 <= response.status_code < 300:
-                    log.info(fields("url_published", url=url, portal=update_url))
+                    log.info(
+                        fields(
+                            "url_published", url=url, portal=update_url,
+                            checked="yes" if checked else "no",
+                        )
+                    )  # fmt: skip
                     return True
                 reason = f"status {response.status_code}: {response.text[:200]}"
             delay = backoff.next_delay()
@@ -169,8 +141,3 @@ def portal_url_from_dit4c(environ: Mapping[str, str]) -> str | None:
     if update := environ.get("DIT4C_INSTANCE_URI_UPDATE_URL"):
         return portal_url_from_update_url(update)
     return None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text or type(exc).__name__

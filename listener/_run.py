@@ -3,9 +3,11 @@
 Each round: the routers to try (given, or the portal's list ranked by
 latency, with the portal's host-key pins), then each router in turn until one
 grants the forward. While the tunnel is up: check that the public URL answers
-through the router, then publish it to the portal (signed). When the tunnel
-drops, or no router would have it: a jittered back-off, then a new round —
-asking for the same name again (also a random one the router gave).
+through the router (advice only: a failing check is logged and retried, never
+a reason to drop a tunnel the router granted), and publish it to the portal
+(signed) once the check passed or ``url_check_max_wait_s`` ran out. When the
+tunnel drops, or no router would have it: a jittered back-off, then a new
+round — asking for the same name again (also a random one the router gave).
 
 Resource handling: ``run_listener`` owns one ``TunnelSession`` at a time and
 closes it on SIGTERM/SIGINT (or when ``stop`` is set) before returning.
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,9 +31,10 @@ from router._log import fields
 
 from ._config import DEFAULT_ROUTER, ListenerConfig
 from ._dial import rank_by_latency
-from ._portal import PortalError, check_public_url, fetch_router_list, publish_url
+from ._portal import PortalError, fetch_router_list, publish_url
 from ._reconnect import Backoff
 from ._ssh_client import Forward, HostKeyRejected, TunnelError, TunnelSession, TunnelSpec
+from ._url_check import trust_for_check, watch_public_url
 
 if TYPE_CHECKING:
     import keys
@@ -139,7 +143,13 @@ class Listener:
         return self._config.connect_timeout_s
 
     async def _hold(self, session: TunnelSession, forward: Forward, router_host: str) -> None:
+        """Until the tunnel ends: the URL check and the publication run beside it.
+
+        Neither ever closes the tunnel: the router granted it, so it works
+        whatever a check from inside this pod finds.
+        """
         ended = asyncio.Event()
+        checked = asyncio.Event()
 
         async def until(awaitable: Coroutine[Any, Any, object]) -> None:
             await awaitable
@@ -148,29 +158,71 @@ class Listener:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(until(session.wait_closed())),
                      tg.create_task(until(self._stop.wait()))]  # fmt: skip
-            if self._config.check_url or self._key is not None:
-                tasks.append(tg.create_task(self._announce(session, forward, router_host, ended)))
+            if self._config.check_url:
+                tasks.append(tg.create_task(self._advise(session, forward, router_host, checked)))
+            if self._key is not None:
+                tasks.append(tg.create_task(self._publish(forward, checked, ended)))
             await ended.wait()
             for task in tasks:
                 task.cancel()
 
-    async def _announce(
-        self, session: TunnelSession, forward: Forward, router_host: str, ended: asyncio.Event
+    async def _advise(
+        self, session: TunnelSession, forward: Forward, router_host: str, checked: asyncio.Event
+    ) -> None:
+        """The URL check, fenced: whatever goes wrong in it is logged, the tunnel stays."""
+        try:
+            await self._check(session, forward, router_host, checked)
+        except Exception:  # advice must never take down a tunnel the router granted
+            log.exception(fields("url_check_broken", url=forward.url, tunnel="kept"))
+
+    async def _check(
+        self, session: TunnelSession, forward: Forward, router_host: str, checked: asyncio.Event
     ) -> None:
         config = self._config
-        if config.check_url:
-            problem = await check_public_url(
-                forward.url, router_host=router_host, ca_file=config.router_ca_file
-            )
-            if problem is not None:
-                log.error(fields("url_check_failed", url=forward.url, reason=problem))
-                session.close()  # a tunnel nobody can reach: try again, maybe elsewhere
-                return
-            log.info(fields("url_checked", url=forward.url))
-        if self._key is not None:
-            await publish_url(
-                forward.url, update_url=config.uri_update_url, key=self._key,
-                issuer=config.jwt_iss or config.user, kid=config.jwt_kid or None, stop=ended,
+        ca_pem = None
+        if config.router_ca_file is None:
+            # The host key was checked (pinned), so the router's CA is the pinned router's.
+            try:
+                ca_pem = await session.router_ca()
+            except TunnelError as exc:
+                log.info(fields("router_ca_unavailable", reason=str(exc), using="system CAs"))
+        try:
+            trust = trust_for_check(config.router_ca_file, ca_pem)
+        except (ssl.SSLError, OSError) as exc:
+            log.warning(fields("router_ca_unusable", reason=_first_line(exc), using="system CAs"))
+            trust = trust_for_check(None, None)
+        else:
+            if ca_pem is not None:
+                log.info(fields("router_ca_trusted", url=forward.url, bytes=len(ca_pem)))
+        await watch_public_url(
+            forward.url, router_host=router_host, trust=trust, backoff_max_s=config.backoff_max_s
+        )
+        checked.set()
+
+    async def _publish(
+        self, forward: Forward, checked: asyncio.Event, ended: asyncio.Event
+    ) -> None:
+        """Publish once the check passed, or after ``url_check_max_wait_s`` regardless."""
+        config = self._config
+        assert self._key is not None
+        wait_s = config.url_check_max_wait_s if config.check_url else 0.0
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await checked.wait()
+        passed = checked.is_set() or not config.check_url
+        published = await publish_url(
+            forward.url, update_url=config.uri_update_url, key=self._key,
+            issuer=config.jwt_iss or config.user, kid=config.jwt_kid or None, stop=ended,
+            checked=passed,
+        )  # fmt: skip
+        if published and not passed and wait_s > 0:
+            log.warning(
+                fields(
+                    "url_published_unchecked", url=forward.url, waited_s=wait_s,
+                    hint="browsers may still reach it; see the url_check_failed lines for why "
+                    "this pod could not",
+                )
             )  # fmt: skip
 
 
@@ -209,3 +261,8 @@ async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     return None if task.cancelled() else task.result()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]

@@ -4,7 +4,9 @@ One ``TunnelSession`` is one SSH connection to a router holding one virtual
 remote forward: channels the router opens are connected to the target app by
 asyncssh's own forwarder. After the forward is granted, the built-in
 ``tunnels --json`` command tells the public URL (the router picks random names
-and knows its domain and port).
+and knows its domain and port), and ``ca`` hands out the router's development
+CA, if it has one, for the URL self-check: over a connection whose host key
+was checked, so the certificate comes from the router we pinned.
 
 Host keys are always checked: against a known_hosts file, or against pinned
 SHA256 fingerprints — never accepted silently.
@@ -12,11 +14,13 @@ SHA256 fingerprints — never accepted silently.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import asyncssh
 
@@ -33,6 +37,11 @@ _CIPHERS = (
     "aes128-ctr",
     "aes256-ctr",
 )
+
+# A CA certificate in PEM is 1-2 KiB; a router that sends more is not sending one.
+MAX_CA_BYTES = 64 * 1024
+# What the router says on stderr when it has no CA: one short line is enough.
+_MAX_REFUSAL_BYTES = 1024
 
 
 class TunnelError(Exception):
@@ -155,6 +164,33 @@ class TunnelSession:
         self.forward = Forward(name=str(first["name"]), url=str(first["url"]))
         return self.forward
 
+    async def router_ca(self) -> str:
+        """The router's development CA certificate (PEM), from its ``ca`` command.
+
+        Error handling: TunnelError when the router has none (a router serving
+        certificates from files says so), says more than ``MAX_CA_BYTES``,
+        does not answer within the connect timeout, or is an older router.
+        """
+        assert self._conn is not None
+        try:
+            async with asyncio.timeout(self._spec.connect_timeout_s):
+                process = await self._conn.create_process("ca", encoding=None)
+                try:
+                    pem = await read_bounded(process.stdout, MAX_CA_BYTES)
+                    refusal = await read_bounded(process.stderr, _MAX_REFUSAL_BYTES)
+                    completed = await process.wait()
+                finally:
+                    process.close()
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise TunnelError(f"the router did not answer 'ca': {_describe(exc)}") from None
+        if completed.exit_status != 0:
+            why = refusal.decode("utf-8", "replace").strip() or f"exit {completed.exit_status}"
+            raise TunnelError(f"the router has no CA to hand out: {why.splitlines()[0]}")
+        try:
+            return pem.decode("ascii")
+        except UnicodeDecodeError:
+            raise TunnelError("the router's 'ca' answer is not PEM") from None
+
     async def wait_closed(self) -> str:
         """Wait until the connection ends; returns why."""
         assert self._conn is not None
@@ -208,6 +244,22 @@ def identity_problem(path: Path) -> str | None:
     except OSError as exc:
         return f"{path}: {exc.strerror or exc}"
     return None
+
+
+class ByteReader(Protocol):
+    """What ``read_bounded`` reads: an asyncssh ``SSHReader[bytes]``, say."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def read_bounded(stream: ByteReader, limit: int) -> bytes:
+    """All of ``stream`` up to EOF; TunnelError past ``limit`` bytes (nothing more is read)."""
+    data = b""
+    while chunk := await stream.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise TunnelError(f"the router's answer is over {limit} bytes")
+    return data
 
 
 def _tunnel_for(spec: TunnelSpec) -> tuple[object, tuple[type[Exception], ...]]:

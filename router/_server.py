@@ -117,6 +117,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
         keepalive_interval_s=config.ssh_keepalive_interval_s,
         login_timeout_s=config.ssh_login_timeout_s,
         max_pending_opens=config.max_pending_channel_opens,
+        dev_ca_pem=_read_dev_ca(state),
     )
     ssh_limits = SshLimits(
         connections=ConnectionCounts(
@@ -275,6 +276,16 @@ def _dev_tls(config: RouterConfig, state: _State) -> ssl.SSLContext | None:
         return DevCertificates(state.dev_tls, config.domain).default_context
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"development CA in {config.state_dir / 'tls'}: {exc}") from None
+
+
+def _read_dev_ca(state: _State) -> str | None:
+    """The development CA's certificate for the ``ca`` command (read once: it is made at start)."""
+    if state.ca_cert is None:
+        return None
+    try:
+        return state.ca_cert.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"development CA {state.ca_cert}: {exc}") from None
 
 
 def _log_stats(connections: ConnectionSet) -> None:

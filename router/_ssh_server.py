@@ -73,6 +73,9 @@ class SshSettings:
     login_timeout_s: float
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     max_pending_opens: int = 1024
+    # The development CA certificate (PEM) the ``ca`` command hands out; None
+    # when the router serves certificates from files (it has no CA to give).
+    dev_ca_pem: str | None = None
 
 
 @dataclass
@@ -357,7 +360,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         return False
 
     def session_requested(self) -> asyncssh.SSHServerSession[str]:
-        return ToolSession(self._hub, self._state, self._auth)
+        return ToolSession(self._hub, self._state, self._auth, self._settings.dev_ca_pem)
 
 
 def _tcp_opener(

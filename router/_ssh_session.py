@@ -7,11 +7,13 @@ Part of the router's asyncssh adapter.
   stderr, then only listens for Ctrl-C / Ctrl-D, which end it. Nothing typed
   runs.
 * Exec requests run built-in commands only: ``help``, ``tunnels [--json]``
-  (this connection's tunnels: the listener reads its own tunnel from it);
-  in portal mode also the DIT4C pair: as user ``register``, ``INSTANCE_ID``
-  (cache the instance's portal keys), and as user ``listen``, ``SOCKET`` (wait
-  for the forward of that path, print the URL on stdout, stay open). Any
-  other command, and every subsystem (sftp), is refused.
+  (this connection's tunnels: the listener reads its own tunnel from it),
+  ``ca`` (the development CA's certificate as PEM, so a client that pinned
+  the host key can trust the router's TLS without a CA file); in portal
+  mode also the DIT4C pair: as user ``register``, ``INSTANCE_ID`` (cache the
+  instance's portal keys), and as user ``listen``, ``SOCKET`` (wait for the
+  forward of that path, print the URL on stdout, stay open). Any other
+  command, and every subsystem (sftp), is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ Commands:
   help                                   this text
   tunnels [--json]                       this connection's tunnels (not the router's others);
                                          --json adds the names refused on it, with reasons
+  ca                                     the development CA's certificate (PEM), if it has one
 """
 
 # What ``ssh register@router`` with no instance id is told (DIT4C's usage).
@@ -52,16 +55,26 @@ _REGISTER_USAGE = (
     "usage: ssh register@HOST INSTANCE_ID  (caches the instance's keys from the portal)\n"
 )
 
-_BUILTINS = ("help", "tunnels")
+_BUILTINS = ("help", "tunnels", "ca")
+
+# What ``ca`` says when there is no development CA: certificates from files are
+# trusted through the client's own CA store, so there is nothing to hand out.
+_NO_DEV_CA = (
+    "this router has no development CA to hand out: it serves certificates from files "
+    "(or no HTTPS); trust them through your system's CA store\n"
+)
 
 
 class ToolSession(asyncssh.SSHServerSession[str]):
     """A session channel: shows the connection's URLs; runs only built-in commands."""
 
-    def __init__(self, hub: TunnelHub, state: ClientState, auth: Authenticator) -> None:
+    def __init__(
+        self, hub: TunnelHub, state: ClientState, auth: Authenticator, dev_ca_pem: str | None
+    ) -> None:
         self._hub = hub
         self._state = state
         self._auth = auth
+        self._dev_ca_pem = dev_ca_pem
         self._chan: asyncssh.SSHServerChannel[str] | None = None
         self._command: str | None = None
         self._hinted = False
@@ -110,7 +123,14 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             self._state.watchers.append(self._say)
             return
         word = command.split()[0]
-        if word in _BUILTINS:
+        if word == "ca":
+            if self._dev_ca_pem is None:
+                chan.write_stderr(_NO_DEV_CA)
+                chan.exit(1)
+            else:
+                chan.write(self._dev_ca_pem)
+                chan.exit(0)
+        elif word in _BUILTINS:
             chan.write(self._run_builtin(command))
             chan.exit(0)
         elif self._role() == "register":

@@ -148,17 +148,25 @@ def write_private_key(stack: Stack, instance: dict[str, str]) -> Path:
 
 
 async def dit4c_listener(
-    stack: Stack, router: Router, instance: dict[str, str], key: Path, app: App, *extra: str
+    stack: Stack,
+    router: Router,
+    instance: dict[str, str],
+    key: Path,
+    app: App,
+    *extra: str,
+    trust_router_ca: bool = True,
 ) -> LoggedProcess:
-    """hostmux-listener configured only by the original DIT4C environment variables."""
+    """hostmux-listener configured only by the original DIT4C environment variables
+    (and, with ``trust_router_ca``, the router's CA file as HOSTMUX_ROUTER_CA_FILE)."""
     env = {
         **os.environ,
         **instance_environment(instance, key),
         "DIT4C_INSTANCE_HELPER_AUTH_HOST": "127.0.0.1",
         "DIT4C_INSTANCE_HELPER_AUTH_PORT": str(app.port),
-        "HOSTMUX_ROUTER_CA_FILE": str(router.ca_cert),
         "HOSTMUX_BACKOFF_MAX_S": "2",
     }
+    if trust_router_ca:
+        env["HOSTMUX_ROUTER_CA_FILE"] = str(router.ca_cert)
     return await stack.spawn(
         f"listener-{instance['id']}", [sys.executable, "-m", "listener", *extra], env=env
     )

@@ -240,7 +240,7 @@ def test_router_help_says_what_each_value_is(expected: str) -> None:
 
 def test_a_switch_has_no_metavar() -> None:
     text = " ".join(listener._config.parser().format_help().split())
-    assert "--check-url, --no-check-url check the public URL" in text
+    assert "--check-url, --no-check-url check that the public URL" in text
     assert "(env HOSTMUX_CHECK_URL; default: true)" in text
 
 

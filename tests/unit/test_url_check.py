@@ -107,7 +107,7 @@ def test_a_negative_url_check_wait_is_one_line_naming_the_option_and_exit_2(
     assert status == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
-    assert "url_check_max_wait_s" in lines[0]
+    assert "--url-check-max-wait-s" in lines[0]
 
 
 def _reader(data: bytes, *, eof: bool) -> asyncio.StreamReader:

@@ -6,9 +6,9 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
-from router._event_loop import run_event_loop
-from router._layered_config import ConfigError
-from router._log import configure_logging
+from hostmux.config.layered import ConfigError
+from hostmux.log import configure_logging
+from hostmux.process import run_event_loop
 
 from ._config import load_config
 from ._server import run_authhelper

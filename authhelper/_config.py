@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from listener._portal import portal_url_from_dit4c
-from router._layered_config import (
+from hostmux.config.layered import (
     ConfigError,
     build_parser,
     check_ranges,
@@ -25,8 +24,9 @@ from router._layered_config import (
     parse_host_port,
     with_defaults,
 )
-from router._names import InvalidName, check_name
-from router._option_range import DAY_S, MINUTE_S, MONTH_S
+from hostmux.config.ranges import DAY_S, MINUTE_S, MONTH_S
+from hostmux.names import InvalidName, check_name
+from listener._portal import portal_url_from_dit4c
 
 
 @dataclass(frozen=True)

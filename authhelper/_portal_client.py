@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from router._http_client import HTTP_CALL_FAILURES, describe
+from hostmux.http_client import HTTP_CALL_FAILURES, describe
 
 from ._oauth import PORTAL_TIMEOUT_S
 

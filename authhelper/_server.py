@@ -1,6 +1,6 @@
 """The auth helper: a reverse proxy in front of the app that lets only the instance's users in.
 
-It is the router's relay (``router._relay``: llhttp, streaming, back-pressure,
+It is the router's relay (``hostmux.relay.relay``: llhttp, streaming, back-pressure,
 WebSocket splice) with a different gateway (``_auth_gateway``): instead of
 routing by Host it checks the session cookie, runs the OAuth2 login against the
 portal, and passes allowed requests to the app over TCP with the user's name
@@ -20,13 +20,13 @@ import signal
 from functools import partial
 from pathlib import Path
 
-from router._front_door import ConnectionSet, connection_handler
-from router._gateway import UpstreamUnavailable
-from router._layered_config import ConfigError, parse_host_port
-from router._limits import ConnectionCounts
-from router._log import fields
-from router._relay import RelayLimits
-from router._streams import READ_CHUNK_BYTES, ByteStream, open_tcp_stream
+from hostmux.config.layered import ConfigError, parse_host_port
+from hostmux.limits import ConnectionCounts
+from hostmux.log import fields
+from hostmux.relay.front_door import ConnectionSet, connection_handler
+from hostmux.relay.gateway import UpstreamUnavailable
+from hostmux.relay.relay import RelayLimits
+from hostmux.relay.streams import READ_CHUNK_BYTES, ByteStream, open_tcp_stream
 
 from ._auth_gateway import AuthGateway
 from ._config import AuthHelperConfig

@@ -17,7 +17,7 @@ import time
 
 from processes import raise_nofile_limit, stdin_reader
 
-from router._event_loop import run_event_loop  # uvloop when installed, as the router
+from hostmux.process import run_event_loop  # uvloop when installed, as the router
 
 MAX_ERRORS = 5
 # One request must finish within this long, or the connection counts as failed.

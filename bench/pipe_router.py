@@ -34,10 +34,10 @@ import asyncssh
 # The product's packages from the working directory: the tree or a --rev snapshot.
 sys.path.insert(0, str(Path.cwd()))
 
-from router._event_loop import run_event_loop
-from router._ssh_ignore import drop_needless_ignores
-from router._ssh_server import DEFAULT_CIPHERS
-from router._ssh_transport import CoalescingListener
+from hostmux.process import run_event_loop
+from hostmux.tunnel.coalescing import CoalescingListener
+from hostmux.tunnel.ssh_ignore import drop_needless_ignores
+from router.ssh.server import DEFAULT_CIPHERS
 
 WINDOW = 2 * 1024 * 1024  # the router's default channel window
 READ = 256 * 1024

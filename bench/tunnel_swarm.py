@@ -27,7 +27,7 @@ from typing import Any
 import asyncssh
 from processes import raise_nofile_limit, stdin_reader
 
-from router._event_loop import run_event_loop  # uvloop when installed, as the router
+from hostmux.process import run_event_loop  # uvloop when installed, as the router
 
 # The listener's cipher order: AES-GCM is the fastest in asyncssh.
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]

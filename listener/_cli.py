@@ -6,9 +6,9 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
-from router._event_loop import run_event_loop
-from router._log import configure_logging
-from router._ssh_ignore import drop_needless_ignores
+from hostmux.log import configure_logging
+from hostmux.process import run_event_loop
+from hostmux.tunnel.ssh_ignore import drop_needless_ignores
 
 from ._config import ConfigError, load_config
 from ._run import run_listener

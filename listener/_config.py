@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from router._layered_config import (
+from hostmux.config.layered import (
     ConfigError,
     build_parser,
     check_ranges,
@@ -34,8 +34,8 @@ from router._layered_config import (
     parse_host_port,
     with_defaults,
 )
-from router._names import InvalidName, check_name
-from router._option_range import HOUR_S
+from hostmux.config.ranges import HOUR_S
+from hostmux.names import InvalidName, check_name
 
 from ._portal import portal_url_from_dit4c
 

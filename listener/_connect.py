@@ -23,7 +23,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from router._wss import MAX_MESSAGE_BYTES
+from hostmux.tunnel.websocket import MAX_MESSAGE_BYTES
 
 # Read stdin in chunks of this size: one WebSocket message each.
 _CHUNK = 256 * 1024

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-from router._layered_config import parse_host_port
+from hostmux.config.layered import parse_host_port
 
 # A router that cannot show its banner in this long is ranked last.
 PROBE_TIMEOUT_S = 3.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from router._log import fields
+from hostmux.log import fields
 
 from ._reconnect import Backoff
 
@@ -53,7 +53,7 @@ async def fetch_router_list(portal_url: str, *, timeout_s: float) -> RouterList:
     import httpx
 
     import keys
-    from router._http_client import HTTP_CALL_FAILURES, describe
+    from hostmux.http_client import HTTP_CALL_FAILURES, describe
 
     url = portal_url.rstrip("/") + "/config.json"
     try:
@@ -91,7 +91,7 @@ async def publish_url(
     import httpx
 
     import keys
-    from router._http_client import HTTP_CALL_FAILURES, describe
+    from hostmux.http_client import HTTP_CALL_FAILURES, describe
 
     backoff = Backoff(base_s=0.5, cap_s=30.0)
     async with httpx.AsyncClient(timeout=_PUT_TIMEOUT_S) as client:

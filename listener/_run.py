@@ -26,8 +26,8 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from router._layered_config import parse_host_port
-from router._log import fields
+from hostmux.config.layered import parse_host_port
+from hostmux.log import fields
 
 from ._config import DEFAULT_ROUTER, ListenerConfig
 from ._dial import rank_by_latency

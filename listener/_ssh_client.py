@@ -24,7 +24,7 @@ from typing import Protocol
 
 import asyncssh
 
-from router._ssh_transport import CoalescingConnector
+from hostmux.tunnel.coalescing import CoalescingConnector
 
 from ._proxy import HttpConnectTunnel, proxy_for
 
@@ -271,7 +271,7 @@ def _tunnel_for(spec: TunnelSpec) -> tuple[object, tuple[type[Exception], ...]]:
     if spec.transport == "wss":
         from websockets.exceptions import InvalidHandshake, InvalidURI
 
-        from router._wss import WssConnector
+        from hostmux.tunnel.websocket import WssConnector
 
         context = ssl.create_default_context(cafile=str(spec.ca_file) if spec.ca_file else None)
         connector = WssConnector(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from router._log import fields
+from hostmux.log import fields
 
 from ._reconnect import Backoff
 
@@ -124,7 +124,7 @@ def problem_of(exc: BaseException) -> UrlProblem:
     """An httpx failure as a problem kind (certificate, tls, timeout, connect, http)."""
     import httpx
 
-    from router._http_client import describe
+    from hostmux.http_client import describe
 
     if isinstance(exc, AttributeError):  # uvloop + anyio: a reset (router/_http_client.py)
         return UrlProblem("connect", describe(exc))
@@ -147,7 +147,7 @@ async def check_public_url(url: str, *, router_host: str, trust: Trust) -> UrlPr
     """None if ``url`` answers through the router (no ``X-Hostmux-Error`` marker), else why not."""
     import httpx
 
-    from router._http_client import HTTP_CALL_FAILURES
+    from hostmux.http_client import HTTP_CALL_FAILURES
 
     parts = urlsplit(url)
     host = parts.hostname or ""

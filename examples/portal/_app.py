@@ -46,7 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 import keys
-from router._names import InvalidName, check_name
+from hostmux.names import InvalidName, check_name
 
 from . import _routers
 from ._events import event_signature_ok

@@ -19,7 +19,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import keys
-from router._names import is_dns_label
+from hostmux.names import is_dns_label
 
 SETTING = "routers"  # the settings row that holds {"servers": [...], "host_keys": [...]}
 NONE: dict[str, list[str]] = {"servers": [], "host_keys": []}

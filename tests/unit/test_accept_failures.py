@@ -1,8 +1,8 @@
-"""The one-port accept loop's burst counter (``router._one_port.AcceptFailures``)."""
+"""The one-port accept loop's burst counter (``router.one_port.AcceptFailures``)."""
 
 from __future__ import annotations
 
-from router._one_port import AcceptFailures
+from router.one_port import AcceptFailures
 
 
 def test_a_burst_is_logged_once_and_counted_when_it_ends() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from router._channel_stream import ChannelStream
+from router.ssh.channel import ChannelStream
 
 from .asyncio_bounded import run as bounded_run
 

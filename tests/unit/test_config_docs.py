@@ -36,11 +36,11 @@ accepted, the range says what it means; otherwise 0 is refused.
 def configuration_markdown() -> str:
     import authhelper._config
     import listener._config
-    import router._config
-    from router._options import options_markdown
+    import router.config
+    from hostmux.config.options import options_markdown
 
     sections = [
-        ("hostmux-router", router._config.RouterConfig),
+        ("hostmux-router", router.config.RouterConfig),
         ("hostmux-listener", listener._config.ListenerConfig),
         ("hostmux-authhelper", authhelper._config.AuthHelperConfig),
     ]

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from router._deadline import Deadline
+from hostmux.relay.deadline import Deadline
 
 from .asyncio_bounded import run
 

@@ -1,4 +1,4 @@
-"""Header rewriting (``router._headers``): what the app and the browser each receive.
+"""Header rewriting (``hostmux.http1.headers``): what the app and the browser each receive.
 
 Header names are given lower-case, as h11 hands them to the relay.
 """
@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 
-from router._headers import (
+from hostmux.http1.headers import (
     ClientInfo,
     TrustedProxies,
     is_websocket_upgrade,

@@ -1,4 +1,4 @@
-"""``router._http1``: a client and a server connection back to back in memory, exact bytes."""
+"""``hostmux.http1.connection``: client and server back to back in memory, exact bytes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router._http1 import Http1Connection
-from router._http1_events import (
+from hostmux.http1.connection import Http1Connection
+from hostmux.http1.events import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
     NEED_DATA,

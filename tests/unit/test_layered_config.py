@@ -1,4 +1,4 @@
-"""Layered configuration (``router._layered_config`` and ``router._config``).
+"""Layered configuration (``hostmux.config.layered`` and ``router.config``).
 
 defaults < TOML < ``HOSTMUX_*`` environment < flags. The environment is always
 passed explicitly, so the tests never read or change ``os.environ``.
@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from router._config import RouterConfig, load_config
-from router._layered_config import (
+from hostmux.config.layered import (
     ConfigError,
     build_parser,
     load,
     option,
     parse_host_port,
 )
-from router._relay import RelayLimits
+from hostmux.relay.relay import RelayLimits
+from router.config import RouterConfig, load_config
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:

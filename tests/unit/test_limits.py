@@ -6,7 +6,7 @@ import resource
 import subprocess
 import sys
 
-from router._limits import ConnectionCounts, FailureLimiter
+from hostmux.limits import ConnectionCounts, FailureLimiter
 
 
 class FakeClock:
@@ -68,7 +68,7 @@ def test_the_router_raises_its_open_files_soft_limit_to_the_hard_one() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
 
     script = (
-        "import resource; from router._cli import raise_open_files_limit; "
+        "import resource; from router.cli import raise_open_files_limit; "
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], raise_open_files_limit())"
     )
     out = subprocess.run(

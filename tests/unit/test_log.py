@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from router._log import _LogfmtFormatter, _TurnBufferedHandler, fields
+from hostmux.log import _LogfmtFormatter, _TurnBufferedHandler, fields
 
 from .asyncio_bounded import run
 

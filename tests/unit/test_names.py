@@ -1,4 +1,4 @@
-"""Tunnel names and request hosts (``router._names``): pure rules, exact answers."""
+"""Tunnel names and request hosts (``hostmux.names``): pure rules, exact answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router._names import (
+from hostmux.names import (
     RESERVED_NAMES,
     HostTarget,
     InvalidName,

@@ -1,4 +1,4 @@
-"""Declared ranges of numeric options (``router._option_range``, ``router._options``).
+"""Declared ranges of numeric options (``hostmux.config.ranges``, ``hostmux.config.options``).
 
 Every ``int``/``float`` option of every component declares its range where it
 is declared; the walk below fails for one that does not, and tries every
@@ -17,10 +17,10 @@ import pytest
 
 import authhelper._config
 import listener._config
-import router._config
-from router._layered_config import ConfigError, build_parser, load
-from router._option_range import OptionRange, format_number
-from router._options import Option, declared_options, option
+import router.config
+from hostmux.config.layered import ConfigError, build_parser, load
+from hostmux.config.options import Option, declared_options, option
+from hostmux.config.ranges import OptionRange, format_number
 
 Loader = Callable[[Sequence[str] | None, Mapping[str, str] | None], Any]
 
@@ -36,7 +36,7 @@ class Component:
 
 COMPONENTS = [
     Component(
-        "router", router._config.RouterConfig, router._config.parser, router._config.load_config,
+        "router", router.config.RouterConfig, router.config.parser, router.config.load_config,
         (),
     ),
     Component(
@@ -161,7 +161,7 @@ def test_out_of_range_in_toml_names_the_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "router.toml"
     path.write_text("name_reservation_s = -1\n", encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
-        router._config.load_config(["--config", str(path)], {})
+        router.config.load_config(["--config", str(path)], {})
     assert str(caught.value) == (
         f"{path}: name_reservation_s: -1 is out of range: more than 0, at most 604800"
     )
@@ -172,7 +172,7 @@ def test_each_layer_is_checked_even_when_a_later_one_wins(tmp_path: Path) -> Non
     path = tmp_path / "router.toml"
     path.write_text("portal_cache_ttl_s = -5\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="portal_cache_ttl_s: -5 is out of range"):
-        router._config.load_config(["--config", str(path), "--portal-cache-ttl-s", "5"], {})
+        router.config.load_config(["--config", str(path), "--portal-cache-ttl-s", "5"], {})
 
 
 @pytest.mark.parametrize(
@@ -187,11 +187,11 @@ def test_each_layer_is_checked_even_when_a_later_one_wins(tmp_path: Path) -> Non
 )
 def test_the_issue_s_out_of_range_values_are_refused(flag: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{flag}: {value} is out of range: "):
-        router._config.load_config([f"{flag}={value}"], {})
+        router.config.load_config([f"{flag}={value}"], {})
 
 
 def test_the_edges_of_a_range_are_accepted() -> None:
-    config = router._config.load_config(
+    config = router.config.load_config(
         ["--portal-cache-ttl-s", "0", "--public-port", "65535", "--max-header-bytes", "1024",
          "--name-reservation-s", "604800"],
         {},
@@ -202,7 +202,7 @@ def test_the_edges_of_a_range_are_accepted() -> None:
 
 def test_a_config_built_in_code_is_checked_too() -> None:
     with pytest.raises(ValueError, match=r"^name_reservation_s: -1 is out of range"):
-        router._config.RouterConfig(name_reservation_s=-1)
+        router.config.RouterConfig(name_reservation_s=-1)
 
 
 # --- --help -------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_help_shows_no_python_reprs(component: Component) -> None:
     ],
 )
 def test_router_help_says_what_each_value_is(expected: str) -> None:
-    assert expected in " ".join(router._config.parser().format_help().split())
+    assert expected in " ".join(router.config.parser().format_help().split())
 
 
 def test_a_switch_has_no_metavar() -> None:

@@ -1,10 +1,10 @@
-"""The router's status pages (``router._pages``): exact bodies and headers."""
+"""The router's status pages (``hostmux.http1.pages``): exact bodies and headers."""
 
 from __future__ import annotations
 
 import pytest
 
-from router._pages import Page, router_home_page, status_page, wants_html
+from hostmux.http1.pages import Page, router_home_page, status_page, wants_html
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;"

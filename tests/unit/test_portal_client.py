@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from router._portal import PortalKeys, PortalUnavailable, TunnelEvents
+from router.portal import PortalKeys, PortalUnavailable, TunnelEvents
 
 from .asyncio_bounded import run
 

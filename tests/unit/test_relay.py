@@ -1,4 +1,4 @@
-"""The HTTP relay (``router._relay.HttpRelay``) on memory streams, asserted byte for byte.
+"""The HTTP relay (``hostmux.relay.relay.HttpRelay``) on memory streams, asserted byte for byte.
 
 The relay is asyncio code, while the suite's async tests run under trio; so
 every test here is a plain function that drives its scenario with
@@ -25,13 +25,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from router._gateway import Destination, UpstreamUnavailable
-from router._headers import ClientInfo
-from router._http1_events import Request
-from router._pages import Page, status_page
-from router._records import RequestRecord
-from router._relay import HttpRelay, RelayLimits
-from router._streams import ByteStream
+from hostmux.http1.events import Request
+from hostmux.http1.headers import ClientInfo
+from hostmux.http1.pages import Page, status_page
+from hostmux.relay.gateway import Destination, UpstreamUnavailable
+from hostmux.relay.records import RequestRecord
+from hostmux.relay.relay import HttpRelay, RelayLimits
+from hostmux.relay.streams import ByteStream
 
 from .asyncio_bounded import run
 

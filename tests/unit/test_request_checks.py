@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from router._http1_events import RemoteProtocolError, Request
-from router._request_checks import framing_refusal, parse_error_status
+from hostmux.http1.checks import framing_refusal, parse_error_status
+from hostmux.http1.events import RemoteProtocolError, Request
 
 from .test_relay import FakeGateway, relay, robust_app
 

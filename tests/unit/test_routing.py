@@ -1,4 +1,4 @@
-"""The route table (``router._routing``): ownership, replacement and reservation.
+"""The route table (``router.routing``): ownership, replacement and reservation.
 
 Time is a ``FakeClock`` the tests move by hand, so the reservation window is
 exact: a name is still reserved at ``reservation_s - epsilon`` and free at
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from router._routing import NameState, NameTaken, Offline, RouteTable
+from router.routing import NameState, NameTaken, Offline, RouteTable
 
 RESERVATION_S = 600.0
 

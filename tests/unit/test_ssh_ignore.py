@@ -13,7 +13,7 @@ import logging
 import asyncssh
 import pytest
 
-from router._ssh_ignore import drop_needless_ignores
+from hostmux.tunnel.ssh_ignore import drop_needless_ignores
 
 from .asyncio_bounded import run
 

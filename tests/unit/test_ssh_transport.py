@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-from router._ssh_transport import CoalescingConnector, CoalescingListener, CoalescingTransport
+from hostmux.tunnel.coalescing import CoalescingConnector, CoalescingListener, CoalescingTransport
 
 from .asyncio_bounded import run
 

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._headers import ClientInfo, Headers
-from ._http1_events import Request
-from ._pages import Page
-from ._streams import ByteStream
+from hostmux.http1.events import Request
+from hostmux.http1.headers import ClientInfo, Headers
+from hostmux.http1.pages import Page
+from hostmux.relay.streams import ByteStream
 
 
 class UpstreamUnavailable(Exception):

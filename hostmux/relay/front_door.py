@@ -12,13 +12,13 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
-from ._gateway import Gateway
-from ._headers import ClientInfo, TrustedProxies
-from ._limits import ConnectionCounts
-from ._log import fields
-from ._records import RequestRecord
-from ._relay import HttpRelay, RelayLimits
-from ._streams import READ_CHUNK_BYTES, ReaderWriterStream
+from hostmux.http1.headers import ClientInfo, TrustedProxies
+from hostmux.limits import ConnectionCounts
+from hostmux.log import fields
+from hostmux.relay.gateway import Gateway
+from hostmux.relay.records import RequestRecord
+from hostmux.relay.relay import HttpRelay, RelayLimits
+from hostmux.relay.streams import READ_CHUNK_BYTES, ReaderWriterStream
 
 log = logging.getLogger("hostmux.http")
 

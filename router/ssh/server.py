@@ -33,18 +33,18 @@ from typing import Any
 
 import asyncssh
 
-from ._access import KeyGrant
-from ._channel_stream import ChannelStream
-from ._gateway import UpstreamUnavailable
-from ._limits import ConnectionCounts, FailureLimiter
-from ._log import fields
-from ._names import InvalidName, check_name, random_name
-from ._routing import NameTaken
-from ._ssh_auth import Authenticator
-from ._ssh_session import ToolSession
-from ._ssh_transport import CoalescingListener
-from ._streams import ByteStream
-from ._tunnels import Tunnel, TunnelHub
+from hostmux.limits import ConnectionCounts, FailureLimiter
+from hostmux.log import fields
+from hostmux.names import InvalidName, check_name, random_name
+from hostmux.relay.gateway import UpstreamUnavailable
+from hostmux.relay.streams import ByteStream
+from hostmux.tunnel.coalescing import CoalescingListener
+from router.access import KeyGrant
+from router.routing import NameTaken
+from router.ssh.auth import Authenticator
+from router.ssh.channel import ChannelStream
+from router.ssh.session import ToolSession
+from router.tunnels import Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._http1_events import END_OF_MESSAGE, Headers, Request, Response, checked_headers
+from hostmux.http1.events import END_OF_MESSAGE, Headers, Request, Response, checked_headers
 
 __all__ = [
     "END_OF_MESSAGE",

@@ -14,16 +14,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from ._cookies import host_only_cookies
-from ._gateway import Destination
-from ._headers import ClientInfo, is_websocket_upgrade
-from ._http1_events import Request
-from ._log import fields
-from ._names import target_for_host
-from ._pages import Page, router_home_page, status_page, wants_html
-from ._routing import Offline, RouteTable
-from ._streams import ByteStream
-from ._wss import WSS_PATH, WssAcceptor
+from hostmux.http1.cookies import host_only_cookies
+from hostmux.http1.events import Request
+from hostmux.http1.headers import ClientInfo, is_websocket_upgrade
+from hostmux.http1.pages import Page, router_home_page, status_page, wants_html
+from hostmux.log import fields
+from hostmux.names import target_for_host
+from hostmux.relay.gateway import Destination
+from hostmux.relay.streams import ByteStream
+from hostmux.tunnel.websocket import WSS_PATH, WssAcceptor
+from router.routing import Offline, RouteTable
 
 log = logging.getLogger("hostmux.tunnels")
 

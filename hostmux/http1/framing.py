@@ -17,7 +17,7 @@ Rules (h11's, so that what the relay sends is byte for byte what it sent):
 
 from __future__ import annotations
 
-from ._http1_events import Headers, LocalProtocolError, Request, Response
+from hostmux.http1.events import Headers, LocalProtocolError, Request, Response
 
 # How a body is framed on the wire.
 LENGTH, CHUNKED, UNTIL_CLOSE = range(3)

@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncssh
 
-from ._streams import READ_CHUNK_BYTES
+from hostmux.relay.streams import READ_CHUNK_BYTES
 
 
 class ChannelStream(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes]):

@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 import httpx
 
 import keys
-
-from ._http_client import HTTP_CALL_FAILURES, describe
-from ._log import fields
+from hostmux.http_client import HTTP_CALL_FAILURES, describe
+from hostmux.log import fields
 
 log = logging.getLogger("hostmux.portal")
 

@@ -36,8 +36,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from ._log import fields
-from ._streams import ByteStream
+from hostmux.log import fields
+from hostmux.relay.streams import ByteStream
 
 log = logging.getLogger("hostmux.wss")
 

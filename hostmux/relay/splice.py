@@ -16,8 +16,8 @@ import asyncio
 import time
 from typing import Protocol
 
-from ._frame_edges import FrameEdges, close_frame
-from ._streams import ByteStream
+from hostmux.http1.frame_edges import FrameEdges, close_frame
+from hostmux.relay.streams import ByteStream
 
 # Time to finish the frame in flight and say goodbye on shutdown; a frame
 # that takes longer is cut (the WebSocket then closes with 1006, as on a crash).

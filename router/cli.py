@@ -8,12 +8,12 @@ import resource
 import sys
 from collections.abc import Sequence
 
-from ._config import load_config
-from ._event_loop import run_event_loop
-from ._layered_config import ConfigError
-from ._log import configure_logging
-from ._server import run_router
-from ._ssh_ignore import drop_needless_ignores
+from hostmux.config.layered import ConfigError
+from hostmux.log import configure_logging
+from hostmux.process import run_event_loop
+from hostmux.tunnel.ssh_ignore import drop_needless_ignores
+from router.config import load_config
+from router.server import run_router
 
 # Net new container objects between collections of the youngest generation
 # (Python's default is 700); see ``main``.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._option_range import OptionRange, format_number
+from hostmux.config.ranges import OptionRange, format_number
 
 ENV_PREFIX = "HOSTMUX_"
 

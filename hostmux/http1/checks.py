@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
-from ._http1_events import ProtocolError, Request
-from ._names import normalise_host
+from hostmux.http1.events import ProtocolError, Request
+from hostmux.names import normalise_host
 
 
 def head_size(request: Request, fields: Sequence[tuple[bytes, bytes]]) -> int:

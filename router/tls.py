@@ -16,10 +16,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 import keys
-
-from ._layered_config import ConfigError
-from ._log import fields
-from ._names import normalise_host, target_for_host
+from hostmux.config.layered import ConfigError
+from hostmux.log import fields
+from hostmux.names import normalise_host, target_for_host
 
 log = logging.getLogger("hostmux.tls")
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ._http1 import Http1Connection
-from ._http1_events import NEED_DATA, Data, EndOfMessage, Event, Pending, RemoteProtocolError
-from ._records import RecordBuilder
-from ._streams import ByteStream
+from hostmux.http1.connection import Http1Connection
+from hostmux.http1.events import NEED_DATA, Data, EndOfMessage, Event, Pending, RemoteProtocolError
+from hostmux.relay.records import RecordBuilder
+from hostmux.relay.streams import ByteStream
 
 # What the parser yields while reading a request body (PAUSED cannot occur mid-body).
 BodyEvent = Event | Pending

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from ._log import fields
-from ._portal import PortalUnavailable
-from ._ssh_auth import Authenticator
-from ._tunnels import TunnelHub
+from hostmux.log import fields
+from router.portal import PortalUnavailable
+from router.ssh.auth import Authenticator
+from router.tunnels import TunnelHub
 
 if TYPE_CHECKING:
-    from ._ssh_server import ClientState
+    from router.ssh.server import ClientState
 
 log = logging.getLogger("hostmux.ssh")
 

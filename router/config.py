@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._layered_config import (
+from hostmux.config.layered import (
     ConfigError,
     build_parser,
     check_ranges,
@@ -22,9 +22,9 @@ from ._layered_config import (
     option,
     parse_listen_list,
 )
-from ._names import is_dns_label
-from ._option_range import DAY_S, GIB, HOUR_S, KIB, MIB, MINUTE_S, PORT_MAX, WEEK_S
-from ._relay import RelayLimits
+from hostmux.config.ranges import DAY_S, GIB, HOUR_S, KIB, MIB, MINUTE_S, PORT_MAX, WEEK_S
+from hostmux.names import is_dns_label
+from hostmux.relay.relay import RelayLimits
 
 
 def _default_state_dir() -> str:

@@ -31,10 +31,10 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from ._front_door import ConnectionHandler
-from ._log import fields
-from ._ssh_transport import accepted_ssh_connection
-from ._streams import READ_CHUNK_BYTES
+from hostmux.log import fields
+from hostmux.relay.front_door import ConnectionHandler
+from hostmux.relay.streams import READ_CHUNK_BYTES
+from hostmux.tunnel.coalescing import accepted_ssh_connection
 
 log = logging.getLogger("hostmux.oneport")
 

@@ -23,12 +23,11 @@ from pathlib import Path
 import asyncssh
 
 import keys
-
-from ._access import KeyGrant, name_patterns_from_options
-from ._layered_config import ConfigError
-from ._log import fields
-from ._names import InvalidName, check_name
-from ._portal import PortalKeys, PortalUnavailable
+from hostmux.config.layered import ConfigError
+from hostmux.log import fields
+from hostmux.names import InvalidName, check_name
+from router.access import KeyGrant, name_patterns_from_options
+from router.portal import PortalKeys, PortalUnavailable
 
 log = logging.getLogger("hostmux.ssh")
 

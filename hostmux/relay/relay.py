@@ -35,25 +35,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ._checked_events import (
+from hostmux.http1.checked_events import (
     END_OF_MESSAGE,
     request_checking_headers,
     request_of_checked_headers,
     response_checking_headers,
     response_of_checked_headers,
 )
-from ._deadline import Deadline
-from ._gateway import Destination, Gateway, UpstreamUnavailable
-from ._headers import (
-    ClientInfo,
-    Headers,
-    TrustedProxies,
-    is_websocket_upgrade,
-    request_headers_for_app,
-    response_headers_for_client,
-)
-from ._http1 import Http1Connection
-from ._http1_events import (
+from hostmux.http1.checks import check_request, header, parse_error_status, reason_phrase
+from hostmux.http1.connection import Http1Connection
+from hostmux.http1.events import (
     NEED_DATA,
     ConnectionClosed,
     Data,
@@ -69,12 +60,21 @@ from ._http1_events import (
     Role,
     State,
 )
-from ._pages import Page, status_page, wants_html
-from ._records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
-from ._request_checks import check_request, header, parse_error_status, reason_phrase
-from ._splice import splice
-from ._streams import ByteStream
-from ._upload import (
+from hostmux.http1.headers import (
+    ClientInfo,
+    Headers,
+    TrustedProxies,
+    is_websocket_upgrade,
+    request_headers_for_app,
+    response_headers_for_client,
+)
+from hostmux.http1.pages import Page, status_page, wants_html
+from hostmux.relay.deadline import Deadline
+from hostmux.relay.gateway import Destination, Gateway, UpstreamUnavailable
+from hostmux.relay.records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
+from hostmux.relay.splice import splice
+from hostmux.relay.streams import ByteStream
+from hostmux.relay.upload import (
     BodyEvent,
     buffered_body_events,
     failure_of,

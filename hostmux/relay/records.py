@@ -7,7 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from ._http1_events import Request
+from hostmux.http1.events import Request
 
 # Request ids: a random per-process prefix and a counter. Unique for
 # correlating log lines; they need not be secret, and os.urandom per request

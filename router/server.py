@@ -22,20 +22,19 @@ from pathlib import Path
 from typing import TypeVar
 
 import keys
-
-from ._config import RouterConfig
-from ._front_door import ConnectionSet, connection_handler, start_front_door
-from ._headers import TrustedProxies
-from ._layered_config import ConfigError, parse_host_port
-from ._limits import ConnectionCounts, FailureLimiter
-from ._log import fields
-from ._one_port import open_listening_socket, serve_one_port
-from ._portal import PortalKeys, TunnelEvents
-from ._ssh_auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
-from ._ssh_server import SshLimits, SshSettings, acceptor_port, start_ssh_server
-from ._tls import DevCertificates, configured_tls_context
-from ._tunnels import TunnelGateway, TunnelHub
-from ._wss import WssAcceptor
+from hostmux.config.layered import ConfigError, parse_host_port
+from hostmux.http1.headers import TrustedProxies
+from hostmux.limits import ConnectionCounts, FailureLimiter
+from hostmux.log import fields
+from hostmux.relay.front_door import ConnectionSet, connection_handler, start_front_door
+from hostmux.tunnel.websocket import WssAcceptor
+from router.config import RouterConfig
+from router.one_port import open_listening_socket, serve_one_port
+from router.portal import PortalKeys, TunnelEvents
+from router.ssh.auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
+from router.ssh.server import SshLimits, SshSettings, acceptor_port, start_ssh_server
+from router.tls import DevCertificates, configured_tls_context
+from router.tunnels import TunnelGateway, TunnelHub
 
 log = logging.getLogger("hostmux.router")
 

@@ -46,7 +46,7 @@ from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
-from ._http1_events import (
+from hostmux.http1.events import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
     NEED_DATA,
@@ -64,7 +64,7 @@ from ._http1_events import (
     Role,
     State,
 )
-from ._http1_framing import (
+from hostmux.http1.framing import (
     CHUNKED,
     CL,
     HOST,

@@ -23,7 +23,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._options import ENV_PREFIX, Option, check_ranges, declared_options, help_text, option
+from hostmux.config.options import (
+    ENV_PREFIX,
+    Option,
+    check_ranges,
+    declared_options,
+    help_text,
+    option,
+)
 
 C = TypeVar("C")
 

@@ -1,0 +1,1 @@
+"""The asyncio shell relaying one browser connection to any ByteStream (router and auth helper)."""

@@ -1,9 +1,6 @@
 """The auth helper's configuration: TOML file, ``HOSTMUX_*`` environment, flags.
 
-DIT4C's variables work too: ``DIT4C_INSTANCE_ID`` (instance_id),
-``DIT4C_INSTANCE_HELPER_AUTH_PORT`` (the port to listen on) and
-``DIT4C_PORTAL_URL`` / the scheme and host of ``DIT4C_INSTANCE_URI_UPDATE_URL``
-(portal_url).
+A DIT4C pod's variables work too (``hostmux.dit4c`` lists them).
 """
 
 from __future__ import annotations
@@ -22,11 +19,10 @@ from hostmux.config.layered import (
     load,
     option,
     parse_host_port,
-    with_defaults,
 )
 from hostmux.config.ranges import DAY_S, MINUTE_S, MONTH_S
+from hostmux.dit4c import authhelper_environment
 from hostmux.names import InvalidName, check_name
-from listener._portal import portal_url_from_dit4c
 
 
 @dataclass(frozen=True)
@@ -99,17 +95,6 @@ def check_public_url(url: str, instance_id: str) -> None:
         raise ValueError(f"public_url: expected http(s)://{instance_id}.DOMAIN[:PORT], not {url!r}")
 
 
-def dit4c_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    mapped: dict[str, str] = {}
-    if instance := environ.get("DIT4C_INSTANCE_ID"):
-        mapped["INSTANCE_ID"] = instance
-    if port := environ.get("DIT4C_INSTANCE_HELPER_AUTH_PORT"):
-        mapped["LISTEN"] = f"127.0.0.1:{port}"
-    if portal := portal_url_from_dit4c(environ):
-        mapped["PORTAL_URL"] = portal
-    return with_defaults(environ, mapped)
-
-
 def parser() -> argparse.ArgumentParser:
     return build_parser(
         AuthHelperConfig,
@@ -122,7 +107,7 @@ def load_config(
     argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
 ) -> AuthHelperConfig:
     env = os.environ if environ is None else environ
-    return load(AuthHelperConfig, parser().parse_args(argv), dit4c_environment(env))
+    return load(AuthHelperConfig, parser().parse_args(argv), authhelper_environment(env))
 
 
 __all__ = ["AuthHelperConfig", "ConfigError", "load_config"]

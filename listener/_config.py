@@ -1,20 +1,8 @@
 """The listener's configuration: TOML file, ``HOSTMUX_*`` environment, flags.
 
 The original DIT4C listener's environment variables work too, so the
-listener is a drop-in in a DIT4C pod; a ``HOSTMUX_*`` variable or a flag wins
-over them:
-
-=================================  ====================================
-DIT4C_INSTANCE_ID                  name and user (the instance id)
-DIT4C_INSTANCE_PRIVATE_KEY_PKCS1   identity_file (PEM or OpenSSH key)
-DIT4C_INSTANCE_JWT_ISS             jwt_iss
-DIT4C_INSTANCE_JWT_KID             jwt_kid
-DIT4C_INSTANCE_URI_UPDATE_URL      uri_update_url (and, unless given,
-                                   portal_url = its scheme://host)
-DIT4C_INSTANCE_HELPER_AUTH_HOST    target host
-DIT4C_INSTANCE_HELPER_AUTH_PORT    target port
-DIT4C_PORTAL_URL                   portal_url
-=================================  ====================================
+listener is a drop-in in a DIT4C pod (``hostmux.dit4c`` lists them); a
+``HOSTMUX_*`` variable or a flag wins over them.
 """
 
 from __future__ import annotations
@@ -32,12 +20,10 @@ from hostmux.config.layered import (
     load,
     option,
     parse_host_port,
-    with_defaults,
 )
 from hostmux.config.ranges import HOUR_S
+from hostmux.dit4c import listener_environment
 from hostmux.names import InvalidName, check_name
-
-from ._portal import portal_url_from_dit4c
 
 # Without a router or a portal to ask, try the router's embedded default.
 DEFAULT_ROUTER = "127.0.0.1:2222"
@@ -137,28 +123,6 @@ class ListenerConfig:
         return None if pinned else Path("~/.ssh/known_hosts").expanduser()
 
 
-def dit4c_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The original listener's variables as ``HOSTMUX_*`` ones (not overriding those)."""
-    mapped: dict[str, str] = {}
-    if instance := environ.get("DIT4C_INSTANCE_ID"):
-        mapped["NAME"] = mapped["USER"] = instance
-    for dit4c, ours in (
-        ("DIT4C_INSTANCE_PRIVATE_KEY_PKCS1", "IDENTITY_FILE"),
-        ("DIT4C_INSTANCE_JWT_ISS", "JWT_ISS"),
-        ("DIT4C_INSTANCE_JWT_KID", "JWT_KID"),
-        ("DIT4C_INSTANCE_URI_UPDATE_URL", "URI_UPDATE_URL"),
-    ):
-        if value := environ.get(dit4c):
-            mapped[ours] = value
-    if portal := portal_url_from_dit4c(environ):
-        mapped["PORTAL_URL"] = portal
-    host = environ.get("DIT4C_INSTANCE_HELPER_AUTH_HOST")
-    port = environ.get("DIT4C_INSTANCE_HELPER_AUTH_PORT")
-    if host and port:
-        mapped["TARGET"] = f"{host}:{port}"
-    return with_defaults(environ, mapped)
-
-
 def parser() -> argparse.ArgumentParser:
     return build_parser(
         ListenerConfig,
@@ -174,7 +138,7 @@ def load_config(
     argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
 ) -> ListenerConfig:
     env = os.environ if environ is None else environ
-    return load(ListenerConfig, parser().parse_args(argv), dit4c_environment(env))
+    return load(ListenerConfig, parser().parse_args(argv), listener_environment(env))
 
 
 __all__ = ["DEFAULT_ROUTER", "ConfigError", "ListenerConfig", "load_config"]

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from hostmux.log import fields
 
@@ -126,18 +124,3 @@ async def publish_url(
             except TimeoutError:
                 pass
     return False
-
-
-def portal_url_from_update_url(update_url: str) -> str:
-    """DIT4C derives the portal from the URI update URL: its scheme and host."""
-    parts = urlsplit(update_url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def portal_url_from_dit4c(environ: Mapping[str, str]) -> str | None:
-    """The portal a DIT4C pod names: DIT4C_PORTAL_URL, else its URI update URL's origin."""
-    if portal := environ.get("DIT4C_PORTAL_URL"):
-        return portal
-    if update := environ.get("DIT4C_INSTANCE_URI_UPDATE_URL"):
-        return portal_url_from_update_url(update)
-    return None

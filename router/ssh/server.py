@@ -1,7 +1,9 @@
 """The router's SSH side: connections, virtual forwards and their channels.
 
-The router's asyncssh adapter is this module with ``_ssh_auth`` (who a client
-is) and ``_ssh_session`` (session channels); nothing else imports asyncssh.
+Part of the router's asyncssh adapter, ``router.ssh``: this module (the
+server and each connection's callbacks), ``client_state`` (one connection's
+forwards and what it was told), ``auth`` (who a client is), ``session``
+(session channels) and ``channel`` (a forwarded channel as a byte stream).
 What an authenticated tunnel client may do, and nothing else:
 
 * remote forwards (``ssh -R NAME:80:localhost:3000``): *virtual* — nothing is
@@ -10,14 +12,14 @@ What an authenticated tunnel client may do, and nothing else:
   (a portal instance's id) or else a random one;
 * stream-local remote forwards (``ssh -R /tmp/x.sock:host:port``), for portal
   instances only (the DIT4C protocol): the name is the instance id;
-* a session: see ``_ssh_session``.
+* a session: see ``router.ssh.session``.
 
 Refused: ``-L``/``-D``/``-W`` (direct-tcpip), direct stream-local, agent and
 X11 forwarding, password and keyboard-interactive auth.
 
 Resource handling: each SSH connection owns its virtual forwards; when the
 connection goes, their names are released (kept reserved for their owner for
-a while, see ``_routing``).
+a while, see ``router.routing``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from router.access import KeyGrant
 from router.routing import NameTaken
 from router.ssh.auth import Authenticator
 from router.ssh.channel import ChannelStream
+from router.ssh.client_state import ClientState, VirtualForward
 from router.ssh.session import ToolSession
 from router.tunnels import Tunnel, TunnelHub
 
@@ -115,68 +118,6 @@ class SshLimits:
             self.tunnels[owner] = left
         else:
             self.tunnels.pop(owner, None)
-
-
-class VirtualForward(asyncssh.SSHListener):
-    """A remote forward that binds nothing: closing it releases the name."""
-
-    def __init__(
-        self,
-        hub: TunnelHub,
-        tunnel: Tunnel,
-        listen: tuple[str, int],
-        port: int,
-        on_close: Callable[[VirtualForward], None],
-    ) -> None:
-        super().__init__()
-        self._hub = hub
-        self.tunnel = tunnel
-        self.listen = listen  # as the client asked (path, 0 for stream-local)
-        self._port = port
-        self._on_close = on_close
-
-    def __repr__(self) -> str:
-        return f"<VirtualForward {self.tunnel.name} listen={self.listen}>"
-
-    def get_port(self) -> int:
-        return self._port
-
-    def close(self) -> None:
-        self._hub.release(self.tunnel)
-        self._on_close(self)
-
-    async def wait_closed(self) -> None:
-        return None
-
-
-@dataclass(eq=False)
-class ClientState:
-    """One SSH connection: who it is, its forwards and what it was told."""
-
-    peer: str
-    grant: KeyGrant | None = None
-    forwards: list[VirtualForward] = field(default_factory=list)
-    refusals: list[dict[str, str]] = field(default_factory=list)
-    watchers: list[Callable[[str], None]] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def add(self, forward: VirtualForward, line: str) -> None:
-        self.forwards.append(forward)
-        self._changed(line)
-
-    def forget(self, forward: VirtualForward) -> None:
-        if forward in self.forwards:
-            self.forwards.remove(forward)
-
-    def refuse(self, listen: str, reason: str) -> None:
-        self.refusals.append({"listen": listen, "reason": reason})
-        self._changed(f"Refused -R {listen}: {reason}")
-
-    def _changed(self, line: str) -> None:
-        for watcher in list(self.watchers):
-            watcher(line)
-        self.changed.set()
-        self.changed = asyncio.Event()
 
 
 class _ConnectionHandler(asyncssh.SSHServer):

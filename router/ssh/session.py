@@ -22,17 +22,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING
 
 import asyncssh
 
 from hostmux.log import fields
 from router.portal import PortalUnavailable
 from router.ssh.auth import Authenticator
+from router.ssh.client_state import ClientState
 from router.tunnels import TunnelHub
-
-if TYPE_CHECKING:
-    from router.ssh.server import ClientState
 
 log = logging.getLogger("hostmux.ssh")
 

@@ -1,27 +1,41 @@
-"""Wires the router together: state, SSH listeners, front doors, shutdown.
+"""The router's life: build it, bind its listeners, serve, shut down.
+
+``run_router`` is four steps, each its own function:
+
+1. ``build_router``: check the config's files and make the state (host key,
+   development CA, authorized_keys), the tunnel hub, the authenticator and the
+   limits — everything that can fail on bad configuration, before any port is
+   bound or ``router_ready`` is logged;
+2. ``bind_router``: the SSH listeners, the HTTPS/HTTP front doors and the
+   one-port sockets; a port that cannot be had is a one-line ConfigError;
+3. ``serve_router``: ``router_ready``, then the background tasks (reservation
+   sweep, portal events, one-port accept loops) until ``stop`` is set;
+4. ``shut_down_router``: stop accepting, give browser connections
+   ``shutdown_grace_s`` to finish, then close the SSH side (tunnel clients
+   reconnect, to this router when it is back or to another).
 
 Resource handling: ``run_router`` owns every listener and connection it
-starts; on SIGTERM/SIGINT it stops accepting, gives in-flight browser
-connections ``shutdown_grace_s`` to finish, then closes the SSH side (tunnel
-clients reconnect, to this router when it is back or to another).
+starts (in ``Listening``) and releases them in step 4 whatever happened.
+Error handling: configuration faults are ``ConfigError`` (the CLI prints one
+line, exit 2); nothing a client does ends the router.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 import threading
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass, field
 from typing import TypeVar
 
-import keys
 from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.http1.headers import TrustedProxies
 from hostmux.limits import ConnectionCounts, FailureLimiter
@@ -32,8 +46,20 @@ from router.config import RouterConfig
 from router.one_port import open_listening_socket, serve_one_port
 from router.portal import PortalKeys, TunnelEvents
 from router.ssh.auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
-from router.ssh.server import SshLimits, SshSettings, acceptor_port, start_ssh_server
-from router.tls import DevCertificates, configured_tls_context
+from router.ssh.server import (
+    SshAcceptor,
+    SshLimits,
+    SshSettings,
+    acceptor_port,
+    start_ssh_server,
+)
+from router.state import (
+    RouterState,
+    dev_ca_pem,
+    dev_tls_context,
+    file_tls_context,
+    prepare_state,
+)
 from router.tunnels import TunnelGateway, TunnelHub
 
 log = logging.getLogger("hostmux.router")
@@ -46,245 +72,243 @@ _SWEEP_INTERVAL_S = 60.0
 _FILES_BESIDES_CONNECTIONS = 1024
 
 
-@dataclass(frozen=True)
-class _State:
-    host_key: Path
-    host_key_fingerprint: str
-    tls_cert: Path | None
-    tls_key: Path | None
-    dev_tls: keys.TlsFiles | None  # set when the development CA serves TLS
+@dataclass
+class Router:
+    """What a router is made of, built before anything listens (step 1)."""
 
-    @property
-    def ca_cert(self) -> Path | None:
-        return self.dev_tls.ca_cert if self.dev_tls else None
-
-
-def prepare_state(config: RouterConfig) -> _State:
-    """Create the host key, dev CA and authorized_keys on first run."""
-    try:
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pair, created = keys.load_or_create_host_key(config.host_key_path)
-    except (OSError, keys.KeysError) as exc:
-        raise ConfigError(f"host key {config.host_key_path}: {exc}") from None
-    if created:
-        log.info(fields("host_key_created", path=str(config.host_key_path), key=pair.fingerprint))
-    tls_cert, tls_key, dev_tls = config.tls_cert_file, config.tls_key_file, None
-    if config.https_listen and tls_cert is None:
-        try:
-            dev_tls, created = keys.ensure_dev_tls(config.state_dir / "tls", config.domain)
-        except (OSError, keys.KeysError) as exc:
-            raise ConfigError(f"development CA in {config.state_dir / 'tls'}: {exc}") from None
-        if created:
-            log.info(fields("dev_ca_created", ca=dev_tls.ca_cert, cert=dev_tls.cert))
-    if config.authorized_keys_file is None and not config.authorized_keys_path.exists():
-        _seed_authorized_keys(config.authorized_keys_path)
-    return _State(config.host_key_path, pair.fingerprint, tls_cert, tls_key, dev_tls)
+    config: RouterConfig
+    state: RouterState
+    auth: Authenticator
+    hub: TunnelHub
+    wss: WssAcceptor
+    gateway: TunnelGateway
+    connections: ConnectionSet
+    ssh_settings: SshSettings
+    ssh_limits: SshLimits
+    trusted: TrustedProxies
+    browsers: ConnectionCounts
+    tls: ssl.SSLContext | None
+    scheme: str
 
 
-def _seed_authorized_keys(path: Path) -> None:
-    """First run with the default file: trust the user's own SSH keys, as a try-out."""
-    home_keys = sorted(Path("~/.ssh").expanduser().glob("id_*.pub"))
-    lines = [p.read_text().strip() for p in home_keys if p.is_file()]
-    header = "# Keys allowed to open tunnels (OpenSSH authorized_keys format).\n"
-    header += '# Restrict a key to names with: permitlisten="name1",permitlisten="dev-*" ssh-...\n'
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(header + "".join(line + "\n" for line in lines))
-    log.info(fields("authorized_keys_created", path=str(path), keys=len(lines)))
+@dataclass
+class Listening:
+    """What the router has bound (step 2), released by ``shut_down_router``."""
+
+    ssh_acceptors: list[SshAcceptor] = field(default_factory=list)
+    http_servers: list[asyncio.Server] = field(default_factory=list)
+    one_port_sockets: list[socket.socket] = field(default_factory=list)
+    addresses: dict[str, list[str]] = field(
+        default_factory=lambda: {"ssh": [], "https": [], "http": [], "one_port": []}
+    )
 
 
 async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
-    # The operator's TLS files are checked before anything is created or bound.
-    file_tls = _file_tls(config)
-    state = prepare_state(config)
-    auth = _authenticator(config)
-    # The one-port listener always speaks TLS too (the config refuses it without).
-    scheme = "https" if config.https_listen or config.one_port_listen else "http"
-    hub = TunnelHub(
-        domain=config.domain,
-        scheme=scheme,
-        public_port=config.public_port,
-        reservation_s=config.name_reservation_s,
-    )
-    wss = WssAcceptor()
-    gateway = TunnelGateway(hub, wss, keep_cookie_domain=config.keep_cookie_domain)
-    connections = ConnectionSet()
-    limits = config.relay_limits
-    settings = SshSettings(
-        window_bytes=config.channel_window_bytes,
-        keepalive_interval_s=config.ssh_keepalive_interval_s,
-        login_timeout_s=config.ssh_login_timeout_s,
-        max_pending_opens=config.max_pending_channel_opens,
-        dev_ca_pem=_read_dev_ca(state),
-    )
-    ssh_limits = SshLimits(
-        connections=ConnectionCounts(
-            max_total=1_000_000, max_per_key=config.max_ssh_connections_per_key
-        ),
-        max_tunnels_per_owner=config.max_tunnels_per_key,
-        auth_failures=FailureLimiter(
-            burst=config.ssh_auth_failures_burst, per_minute=config.ssh_auth_failures_per_minute
-        ),
-    )
-    trusted = TrustedProxies(config.trusted_proxies)
-    browsers = ConnectionCounts(
-        max_total=config.max_connections, max_per_key=config.max_connections_per_ip
-    )
-    tls = file_tls or _dev_tls(config, state)
-    if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
-        raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
-
+    router = build_router(config)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    # An operator's (and bench/soak.py's) leak check: the task count is visible nowhere else.
-    loop.add_signal_handler(signal.SIGUSR1, _log_stats, connections)
-
-    ssh_acceptors = []
-    http_servers: list[asyncio.Server] = []
-    bound: dict[str, list[str]] = {"ssh": [], "https": [], "http": []}
-    try:
-        for value in config.ssh_listen:
-            host, port = parse_host_port(value, "ssh_listen")
-            acceptor = await _bind(
-                value,
-                start_ssh_server(hub, auth, state.host_key, host, port, settings, ssh_limits),
-            )
-            ssh_acceptors.append(acceptor)
-            bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
-        # SSH over WebSocket: the same SSH server, reached through the HTTPS front door.
-        ssh_acceptors.append(
-            await start_ssh_server(
-                hub, auth, state.host_key, "", 0, settings, ssh_limits, tunnel=wss
-            )
-        )
-        for kind, values, context in (
-            ("https", config.https_listen, tls),
-            ("http", config.http_listen, None),
-        ):
-            for value in values:
-                host, port = parse_host_port(value, f"{kind}_listen")
-                server = await _bind(
-                    value,
-                    start_front_door(
-                        host, port, gateway=gateway, limits=limits, connections=connections,
-                        counts=browsers, trusted_proxies=trusted,
-                        tls=context, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
-                    ),
-                )  # fmt: skip
-                http_servers.append(server)
-                real_port = server.sockets[0].getsockname()[1]
-                bound[kind].append(f"{_fmt_host(host)}:{real_port}")
-        one_port_sockets = []
-        for value in config.one_port_listen:
-            host, port = parse_host_port(value, "one_port_listen")
-            try:
-                sock = open_listening_socket(host, port)
-            except OSError as exc:
-                raise ConfigError(f"cannot listen on {value}: {exc.strerror or exc}") from None
-            one_port_sockets.append(sock)
-            bound.setdefault("one_port", []).append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
-        hub.ssh_port = int((bound.get("one_port") or bound["ssh"])[0].rsplit(":", 1)[1])
-        if config.public_port == 0:
-            first = (bound["https"] or bound.get("one_port") or bound["http"])[0]
-            hub.set_public_port(scheme, int(first.rsplit(":", 1)[1]))
-
-        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        log.info(
-            fields(
-                "router_ready", domain=config.domain, ssh=",".join(bound["ssh"]),
-                https=",".join(bound["https"]) or None, http=",".join(bound["http"]) or None,
-                host_key=state.host_key_fingerprint, ca=state.ca_cert,
-                pid=os.getpid(), one_port=",".join(bound.get("one_port", [])) or None,
-                open_files=open_files,
-            )
-        )  # fmt: skip
-        if open_files < config.max_connections + _FILES_BESIDES_CONNECTIONS:
-            log.warning(
-                fields(
-                    "open_files_limit_low", open_files=open_files,
-                    max_connections=config.max_connections,
-                    hint="raise the hard limit (systemd: LimitNOFILE=) above max_connections",
-                )
-            )  # fmt: skip
-        _print_welcome(config, bound, state, hub)
-        async with asyncio.TaskGroup() as tg:
-            background = [tg.create_task(_sweep_reservations(hub))]
-            if config.events_url:
-                events = TunnelEvents(
-                    url=config.events_url,
-                    secret=config.events_secret.encode(),
-                    router_name=config.router_name or bound["ssh"][0],
-                    timeout_s=config.portal_timeout_s,
-                )
-                hub.observers.append(lambda event, name, url: events.publish(event, name, url))
-                background.append(tg.create_task(events.run()))
-            for sock in one_port_sockets:
-                assert tls is not None  # checked before listening
-                handlers = {
-                    scheme: connection_handler(
-                        scheme, gateway=gateway, limits=limits, connections=connections,
-                        counts=browsers, trusted_proxies=trusted,
-                    )
-                    for scheme in ("https", "http")
-                }  # fmt: skip
-                background.append(
-                    tg.create_task(
-                        serve_one_port(
-                            sock, ssh_factory=lambda: wss.factory, https=handlers["https"],
-                            http=handlers["http"], tls=tls,
-                            tls_handshake_timeout_s=config.tls_handshake_timeout_s,
-                            sniff_timeout_s=config.tls_handshake_timeout_s,
-                        )
-                    )
-                )  # fmt: skip
-            await stop.wait()
-            for task in background:
-                task.cancel()
-        log.info(fields("router_stopping", connections=len(connections)))
-    finally:
-        for server in http_servers:
-            server.close()
-        await connections.drain(config.shutdown_grace_s)
-        for acceptor in ssh_acceptors:
-            acceptor.close()
-        for acceptor in ssh_acceptors:
-            await acceptor.wait_closed()
-        await wss.aclose()
-        await auth.aclose()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            loop.remove_signal_handler(signum)
+    listening = Listening()
+    with _signals(stop, router.connections):
+        try:
+            await bind_router(router, listening)
+            await serve_router(router, listening, stop)
+        finally:
+            await shut_down_router(router, listening)
     log.info(fields("router_stopped"))
 
 
-def _file_tls(config: RouterConfig) -> ssl.SSLContext | None:
-    """TLS from the operator's files, when something serves TLS; a ConfigError names a bad file."""
-    cert, key = config.tls_cert_file, config.tls_key_file
-    if cert is None or key is None or not (config.https_listen or config.one_port_listen):
-        return None
-    return configured_tls_context(cert, key)
+def build_router(config: RouterConfig) -> Router:
+    """Step 1: everything but the listeners; a ConfigError for any bad file or setting."""
+    # The operator's TLS files are checked before anything is created or bound.
+    file_tls = file_tls_context(config)
+    state = prepare_state(config)
+    # The one-port listener always speaks TLS too (the config refuses it without).
+    scheme = "https" if config.https_listen or config.one_port_listen else "http"
+    hub = TunnelHub(
+        domain=config.domain, scheme=scheme, public_port=config.public_port,
+        reservation_s=config.name_reservation_s,
+    )  # fmt: skip
+    wss = WssAcceptor()
+    tls = file_tls or dev_tls_context(config, state)
+    if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
+        raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
+    return Router(
+        config=config,
+        state=state,
+        auth=_authenticator(config),
+        hub=hub,
+        wss=wss,
+        gateway=TunnelGateway(hub, wss, keep_cookie_domain=config.keep_cookie_domain),
+        connections=ConnectionSet(),
+        ssh_settings=SshSettings(
+            window_bytes=config.channel_window_bytes,
+            keepalive_interval_s=config.ssh_keepalive_interval_s,
+            login_timeout_s=config.ssh_login_timeout_s,
+            max_pending_opens=config.max_pending_channel_opens,
+            dev_ca_pem=dev_ca_pem(state),
+        ),
+        ssh_limits=SshLimits(
+            connections=ConnectionCounts(
+                max_total=1_000_000, max_per_key=config.max_ssh_connections_per_key
+            ),
+            max_tunnels_per_owner=config.max_tunnels_per_key,
+            auth_failures=FailureLimiter(
+                burst=config.ssh_auth_failures_burst,
+                per_minute=config.ssh_auth_failures_per_minute,
+            ),
+        ),
+        trusted=TrustedProxies(config.trusted_proxies),
+        browsers=ConnectionCounts(
+            max_total=config.max_connections, max_per_key=config.max_connections_per_ip
+        ),
+        tls=tls,
+        scheme=scheme,
+    )
 
 
-def _dev_tls(config: RouterConfig, state: _State) -> ssl.SSLContext | None:
-    """TLS from the development CA, when it serves (no files configured)."""
-    if state.dev_tls is None:
-        return None
+async def bind_router(router: Router, listening: Listening) -> None:
+    """Step 2: bind every listener into ``listening`` (kept there even when a later one fails)."""
+    config, hub, bound = router.config, router.hub, listening.addresses
+    for value in config.ssh_listen:
+        host, port = parse_host_port(value, "ssh_listen")
+        acceptor = await _bind(value, _start_ssh(router, host, port))
+        listening.ssh_acceptors.append(acceptor)
+        bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
+    # SSH over WebSocket: the same SSH server, reached through the HTTPS front door.
+    listening.ssh_acceptors.append(await _start_ssh(router, "", 0, tunnel=router.wss))
+    for kind, values, context in (
+        ("https", config.https_listen, router.tls),
+        ("http", config.http_listen, None),
+    ):
+        for value in values:
+            host, port = parse_host_port(value, f"{kind}_listen")
+            server = await _bind(
+                value,
+                start_front_door(
+                    host, port, gateway=router.gateway, limits=config.relay_limits,
+                    connections=router.connections, counts=router.browsers,
+                    trusted_proxies=router.trusted, tls=context,
+                    tls_handshake_timeout_s=config.tls_handshake_timeout_s,
+                ),
+            )  # fmt: skip
+            listening.http_servers.append(server)
+            bound[kind].append(f"{_fmt_host(host)}:{server.sockets[0].getsockname()[1]}")
+    for value in config.one_port_listen:
+        host, port = parse_host_port(value, "one_port_listen")
+        try:
+            sock = open_listening_socket(host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {value}: {exc.strerror or exc}") from None
+        listening.one_port_sockets.append(sock)
+        bound["one_port"].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
+    hub.ssh_port = _port_of((bound["one_port"] or bound["ssh"])[0])
+    if config.public_port == 0:
+        hub.set_public_port(
+            router.scheme, _port_of((bound["https"] or bound["one_port"] or bound["http"])[0])
+        )
+
+
+async def serve_router(router: Router, listening: Listening, stop: asyncio.Event) -> None:
+    """Step 3: say ``router_ready``, run the background tasks, return once ``stop`` is set."""
+    config = router.config
+    _announce_ready(router, listening.addresses)
+    async with asyncio.TaskGroup() as tg:
+        background = [tg.create_task(_sweep_reservations(router.hub))]
+        if config.events_url:
+            events = TunnelEvents(
+                url=config.events_url, secret=config.events_secret.encode(),
+                router_name=config.router_name or listening.addresses["ssh"][0],
+                timeout_s=config.portal_timeout_s,
+            )  # fmt: skip
+            router.hub.observers.append(lambda event, name, url: events.publish(event, name, url))
+            background.append(tg.create_task(events.run()))
+        for sock in listening.one_port_sockets:
+            background.append(tg.create_task(_serve_one_port(router, sock)))
+        await stop.wait()
+        for task in background:
+            task.cancel()
+    log.info(fields("router_stopping", connections=len(router.connections)))
+
+
+async def shut_down_router(router: Router, listening: Listening) -> None:
+    """Step 4: stop accepting, drain browser connections (bounded), then close the SSH side."""
+    for server in listening.http_servers:
+        server.close()
+    await router.connections.drain(router.config.shutdown_grace_s)
+    for acceptor in listening.ssh_acceptors:
+        acceptor.close()
+    for acceptor in listening.ssh_acceptors:
+        await acceptor.wait_closed()
+    await router.wss.aclose()
+    await router.auth.aclose()
+
+
+def _start_ssh(
+    router: Router, host: str, port: int, *, tunnel: object = ()
+) -> Awaitable[SshAcceptor]:
+    return start_ssh_server(
+        router.hub, router.auth, router.state.host_key, host, port,
+        router.ssh_settings, router.ssh_limits, tunnel=tunnel,
+    )  # fmt: skip
+
+
+async def _serve_one_port(router: Router, sock: socket.socket) -> None:
+    config, wss = router.config, router.wss
+    assert router.tls is not None  # build_router refused one_port_listen without TLS
+    handlers = {
+        scheme: connection_handler(
+            scheme, gateway=router.gateway, limits=config.relay_limits,
+            connections=router.connections, counts=router.browsers,
+            trusted_proxies=router.trusted,
+        )
+        for scheme in ("https", "http")
+    }  # fmt: skip
+    await serve_one_port(
+        sock, ssh_factory=lambda: wss.factory, https=handlers["https"], http=handlers["http"],
+        tls=router.tls, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
+        sniff_timeout_s=config.tls_handshake_timeout_s,
+    )  # fmt: skip
+
+
+def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
+    config, state = router.config, router.state
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    log.info(
+        fields(
+            "router_ready", domain=config.domain, ssh=",".join(bound["ssh"]),
+            https=",".join(bound["https"]) or None, http=",".join(bound["http"]) or None,
+            host_key=state.host_key_fingerprint, ca=state.ca_cert,
+            pid=os.getpid(), one_port=",".join(bound["one_port"]) or None,
+            open_files=open_files,
+        )
+    )  # fmt: skip
+    if open_files < config.max_connections + _FILES_BESIDES_CONNECTIONS:
+        log.warning(
+            fields(
+                "open_files_limit_low", open_files=open_files,
+                max_connections=config.max_connections,
+                hint="raise the hard limit (systemd: LimitNOFILE=) above max_connections",
+            )
+        )  # fmt: skip
+    _print_welcome(config, bound, state, router.hub)
+
+
+@contextlib.contextmanager
+def _signals(stop: asyncio.Event, connections: ConnectionSet) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop``; SIGUSR1 logs the live counts (an operator's leak check)."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _log_stats, connections)
     try:
-        return DevCertificates(state.dev_tls, config.domain).default_context
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"development CA in {config.state_dir / 'tls'}: {exc}") from None
+        yield
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            loop.remove_signal_handler(signum)
 
 
-def _read_dev_ca(state: _State) -> str | None:
-    """The development CA's certificate for the ``ca`` command (read once: it is made at start)."""
-    if state.ca_cert is None:
-        return None
-    try:
-        return state.ca_cert.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"development CA {state.ca_cert}: {exc}") from None
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
 
 
 def _log_stats(connections: ConnectionSet) -> None:
@@ -337,7 +361,7 @@ async def _sweep_reservations(hub: TunnelHub) -> None:
 
 
 def _print_welcome(
-    config: RouterConfig, bound: dict[str, list[str]], state: _State, hub: TunnelHub
+    config: RouterConfig, bound: dict[str, list[str]], state: RouterState, hub: TunnelHub
 ) -> None:
     if not sys.stderr.isatty():
         return

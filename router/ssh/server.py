@@ -51,6 +51,9 @@ from router.tunnels import Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
 
+# What start_ssh_server returns: the rest of the router names it without importing asyncssh.
+SshAcceptor = asyncssh.SSHAcceptor
+
 # Client's order wins in SSH and OpenSSH lists chacha20-poly1305 first, which
 # halves small-request throughput in asyncssh: offer AES-GCM only.
 DEFAULT_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
@@ -429,5 +432,5 @@ def _host_key(path: Path) -> asyncssh.SSHKey:
     return asyncssh.read_private_key(os.fspath(path))
 
 
-def acceptor_port(acceptor: asyncssh.SSHAcceptor) -> int:
+def acceptor_port(acceptor: SshAcceptor) -> int:
     return int(acceptor.get_port())

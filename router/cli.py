@@ -1,18 +1,15 @@
-"""``hostmux-router``: parse the config, run the router, exit 2 on bad config."""
+"""``hostmux-router``: the router as a process (``hostmux.process.run_component``)."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import resource
-import sys
 from collections.abc import Sequence
 
-from hostmux.config.layered import ConfigError
-from hostmux.log import configure_logging
-from hostmux.process import run_event_loop
+from hostmux.process import run_component
 from hostmux.tunnel.ssh_ignore import drop_needless_ignores
-from router.config import load_config
+from router.config import RouterConfig, load_config
 from router.server import run_router
 
 # Net new container objects between collections of the youngest generation
@@ -33,12 +30,12 @@ def raise_open_files_limit() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = load_config(argv)
-    except ConfigError as exc:
-        print(f"hostmux-router: error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(config.log_level)
+    return run_component(
+        "hostmux-router", argv, load=load_config, main=run_router, prepare=_tune_process
+    )
+
+
+def _tune_process(_: RouterConfig) -> None:
     raise_open_files_limit()
     drop_needless_ignores()
     # What is loaded by now (the modules: asyncssh, cryptography, httptools...) lives as
@@ -49,11 +46,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     # young generation was collected every few ms, its survivors (live
     # connections) scanned each time: gc was 1.6% of the CPU, 0.2% with 10,000.
     gc.set_threshold(_YOUNG_GC_THRESHOLD)
-    try:
-        run_event_loop(run_router(config))
-    except ConfigError as exc:
-        print(f"hostmux-router: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0

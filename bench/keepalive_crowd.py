@@ -13,9 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 
 from processes import raise_nofile_limit, stdin_reader
+
+# The product's packages from the working directory (scale.py starts this in the tree or
+# a --rev snapshot), not whichever tree the environment happens to have installed.
+sys.path.insert(0, str(Path.cwd()))
 
 from hostmux.process import run_event_loop  # uvloop when installed, as the router
 

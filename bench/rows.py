@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import os
 import resource
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from portal_grant import instance_grant, start_portal
 from processes import Proc, Processes, free_port
 
 if TYPE_CHECKING:
@@ -32,6 +34,9 @@ DOMAIN = "bench.test"
 TUNNEL_NAME = "bench"
 HOST = f"{TUNNEL_NAME}.{DOMAIN}"
 ANCHOR = "sshd-nginx-ka"
+# The auth-helper row's portal user (owner of the instance TUNNEL_NAME), and its password's size.
+BENCH_USER = "bench"
+BENCH_PASSWORD_BYTES = 24
 
 
 @dataclass(frozen=True)
@@ -435,11 +440,20 @@ def _hostmux_wss(ctx: RowContext) -> Plan:
 
 def _hostmux_authhelper(ctx: RowContext) -> Plan:
     """The whole chain of a portal instance: router -> OpenSSH -> auth helper -> app,
-    with a valid session cookie (sealed with the helper's key, as a login would)."""
+    with the session cookie a login gives: sealed with the helper's key around a
+    grant the example portal issued, so the helper's access re-checks (on the
+    first request, then every ``access_recheck_s``, the default) ask that portal."""
     # Imported here, like keys in run.py: from the code under test (a snapshot with --rev).
     from authhelper._session import SESSION_COOKIE, CookieSealer, new_cookie_key
 
     router = _start_router(ctx, None)
+    password = secrets.token_urlsafe(BENCH_PASSWORD_BYTES)
+    portal = start_portal(
+        ctx.procs, ctx.work / "portal", ctx.port("portal"), ctx.bench.code,
+        user=BENCH_USER, password=password, router_domain=router.domain,
+    )  # fmt: skip
+    instance_url = f"http://{router.host(TUNNEL_NAME)}:{router.http_port}"
+    grant = instance_grant(portal, TUNNEL_NAME, instance_url, user=BENCH_USER, password=password)
     key = new_cookie_key()
     keys_file = ctx.work / "cookie-keys"
     keys_file.write_text(key + "\n")
@@ -450,19 +464,23 @@ def _hostmux_authhelper(ctx: RowContext) -> Plan:
         [
             sys.executable, "-m", "authhelper", "--listen", f"127.0.0.1:{helper_port}",
             "--app", f"127.0.0.1:{ctx.bench.backend_port}", "--instance-id", TUNNEL_NAME,
-            "--portal-url", "http://127.0.0.1:9", "--cookie-keys-file", str(keys_file),
+            "--portal-url", portal.url, "--cookie-keys-file", str(keys_file),
             "--log-level", ctx.bench.router_log_level,
         ],
         cwd=ctx.bench.code,
         wait_for=[helper_port],
     )  # fmt: skip
-    session = CookieSealer([key], TUNNEL_NAME, session_lifetime_s=8 * 3600).seal_session("bench")
-    return _hostmux_plan(
+    sealer = CookieSealer([key], TUNNEL_NAME, session_lifetime_s=8 * 3600)
+    session, _ = sealer.seal_session(BENCH_USER, grant=grant)
+    plan = _hostmux_plan(
         router,
         router.openssh_client(TUNNEL_NAME, helper_port),
         helpers=[helper],
         headers=(("Cookie", f"{SESSION_COOKIE}={session}"),),
     )
+    # The portal's log is scanned like the others; its CPU and memory are not the router side's.
+    plan.logs.append(portal.proc.log_file)
+    return plan
 
 
 def _pipe_ceiling(ctx: RowContext) -> Plan:
@@ -556,8 +574,10 @@ ROWS: dict[str, Row] = {
             "hostmux-authhelper",
             "hostmux + OpenSSH + auth helper",
             "hostmux router, plain HTTP front door, + OpenSSH `ssh -R` to `hostmux-authhelper` "
-            "in front of the backend, requests carrying a valid session cookie "
-            "(router and helper CPU and memory counted together)",
+            "in front of the backend, requests carrying a session cookie from a real login "
+            "(a grant from the example portal, which the helper re-checks access with every "
+            "access_recheck_s); router and helper CPU and memory counted together, the "
+            "portal's not",
             _hostmux_authhelper,
         ),
         Row(

@@ -180,7 +180,7 @@ def scale_tunnels(
             "--sources", sources,
         ]  # fmt: skip
         for c in range(opts.clients):
-            proc = procs.spawn(f"swarm{c}", argv, pipes=True)
+            proc = procs.spawn(f"swarm{c}", argv, cwd=code, pipes=True)
             pipes.append(ControlPipe(proc))
         for pipe in pipes:
             pipe.receive(time.monotonic() + 60)  # {"ready": true}
@@ -271,7 +271,7 @@ def scale_keepalive(
             "--count", count,
             "--hold-s", 60 + count / 50,
         ]  # fmt: skip
-        crowd = procs.spawn("keepalive-crowd", argv, pipes=True)
+        crowd = procs.spawn("keepalive-crowd", argv, cwd=code, pipes=True)
         pipe = ControlPipe(crowd)
         report = pipe.receive(time.monotonic() + 60 + count / 50)
         result.update(report)

@@ -11,6 +11,7 @@ count for the direction rules (they still tie the code together) but not for cir
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,13 @@ def test_a_doc_without_markers_is_one_line_exit_2(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1 and "import-graph:begin" in done.stderr
     missing = _run_script("--check", tmp_path / "absent.md")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+
+
+def test_the_architecture_doc_stands_alone_and_links_the_design() -> None:
+    # Its links stay inside the repository and resolve; design.md links back.
+    text = DOC.read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert "design.md" in links
+    assert [link for link in links if "://" in link or link.startswith("/")] == []
+    assert [link for link in links if not (DOC.parent / link).exists()] == []
+    assert "(architecture.md)" in (ROOT / "docs" / "design.md").read_text()

@@ -114,5 +114,5 @@ def configure_logging(level: str) -> None:
     # asyncssh logs every channel at info: far too chatty for a router.
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     # httpx/httpcore log every portal request at info; our own lines say what matters.
-    for chatty in ("httpx", "httpcore", "httpx2"):
+    for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -1,7 +1,10 @@
 """The router's SSH side: connections, virtual forwards and their channels.
 
-The router's asyncssh adapter is this module with ``_ssh_auth`` (who a client
-is) and ``_ssh_session`` (session channels); nothing else imports asyncssh.
+This module is the router's asyncssh adapter together with the rest of
+``router.ssh`` (``auth``: who a client is, ``session``: session channels,
+``channel``: a forward's channel as a byte stream); no other router module
+imports asyncssh. (The SSH byte transports in ``hostmux.tunnel``, used by both
+ends, and the listener's SSH client import it too.)
 What an authenticated tunnel client may do, and nothing else:
 
 * remote forwards (``ssh -R NAME:80:localhost:3000``): *virtual* — nothing is
@@ -10,14 +13,14 @@ What an authenticated tunnel client may do, and nothing else:
   (a portal instance's id) or else a random one;
 * stream-local remote forwards (``ssh -R /tmp/x.sock:host:port``), for portal
   instances only (the DIT4C protocol): the name is the instance id;
-* a session: see ``_ssh_session``.
+* a session: see ``router.ssh.session``.
 
 Refused: ``-L``/``-D``/``-W`` (direct-tcpip), direct stream-local, agent and
 X11 forwarding, password and keyboard-interactive auth.
 
 Resource handling: each SSH connection owns its virtual forwards; when the
 connection goes, their names are released (kept reserved for their owner for
-a while, see ``_routing``).
+a while, see ``router.routing``).
 """
 
 from __future__ import annotations

@@ -115,14 +115,13 @@ class PortalOAuth:
         }
         try:
             async with httpx.AsyncClient(
-                timeout=PORTAL_TIMEOUT_S, follow_redirects=False, transport=self._transport
-            ) as client:
-                status, body = await _call(
-                    client, "POST", "/oauth/token", self._portal, data=exchange
-                )
+                base_url=self._portal, timeout=PORTAL_TIMEOUT_S, follow_redirects=False,
+                transport=self._transport,
+            ) as client:  # fmt: skip
+                status, body = await _call(client, "POST", "/oauth/token", data=exchange)
                 token = _access_token(status, body)
                 status, body = await _call(
-                    client, "GET", f"/instances/{self._instance}/access", self._portal,
+                    client, "GET", f"/instances/{self._instance}/access",
                     headers={"authorization": f"Bearer {token}"},
                 )  # fmt: skip
         except HTTP_CALL_FAILURES as exc:
@@ -140,14 +139,13 @@ async def _call(
     client: httpx.AsyncClient,
     method: str,
     path: str,
-    portal: str,
     *,
     data: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """One request to the portal; the status and the body, read up to ``_MAX_ANSWER_BYTES``."""
     request = client.build_request(
-        method, portal + path, data=data, headers={"accept": "application/json", **(headers or {})}
+        method, path, data=data, headers={"accept": "application/json", **(headers or {})}
     )
     response = await client.send(request, stream=True)
     try:

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import httpx
 
+from hostmux.log import describe  # one describe for every failure; here for the call sites
+
+__all__ = ["HTTP_CALL_FAILURES", "describe"]
+
 HTTP_CALL_FAILURES: tuple[type[BaseException], ...] = (
     httpx.HTTPError,
     OSError,
     TimeoutError,
     AttributeError,  # uvloop + anyio on a reset connection (see above)
 )
-
-
-def describe(exc: BaseException) -> str:
-    """One line for a log or an error message: the first line of ``exc``, else its type."""
-    if isinstance(exc, AttributeError):
-        return "connection reset by the peer"
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text or type(exc).__name__

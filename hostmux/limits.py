@@ -3,9 +3,10 @@
 Rules:
 
 1. A new browser connection is admitted only while the router holds fewer
-   than ``max_total`` and its IP fewer than ``max_per_ip``; a refused one gets
-   a 503 and is closed at once, so an address cannot hold the router's file
-   descriptors hostage.
+   than ``max_total`` and its IP fewer than ``max_per_ip``; a refused one is
+   aborted at once (``hostmux.relay.front_door``): no request is read and no
+   status is sent, so an address cannot hold the router's file descriptors
+   hostage.
 2. SSH clients are counted per key (or instance): connections and tunnels
    each have a cap, so one leaked key cannot fill the route table.
 3. Failed SSH authentications are rate-limited per IP with a token bucket

@@ -35,6 +35,19 @@ def fields(event: str, **values: Any) -> str:
     return " ".join(parts)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception in one line, for a log or an error message: its first line, else its type.
+
+    An ``AttributeError`` reaches here only from an outgoing HTTP call, where
+    uvloop + anyio raise it for a connection the peer reset (see
+    ``hostmux.http_client``); it is said as what it means.
+    """
+    if isinstance(exc, AttributeError):
+        return "connection reset by the peer"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text or type(exc).__name__
+
+
 class _LogfmtFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
@@ -114,5 +127,5 @@ def configure_logging(level: str) -> None:
     # asyncssh logs every channel at info: far too chatty for a router.
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     # httpx/httpcore log every portal request at info; our own lines say what matters.
-    for chatty in ("httpx", "httpcore", "httpx2"):
+    for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

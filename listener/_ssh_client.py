@@ -24,6 +24,7 @@ from typing import Protocol
 
 import asyncssh
 
+from hostmux.log import describe
 from hostmux.tunnel.coalescing import CoalescingConnector
 
 from ._proxy import HttpConnectTunnel, proxy_for
@@ -149,14 +150,14 @@ class TunnelSession:
                 "the router refused our key (is it in its authorized_keys?)"
             ) from None
         except failures as exc:
-            raise TunnelError(f"cannot connect ({spec.transport}): {_describe(exc)}") from None
+            raise TunnelError(f"cannot connect ({spec.transport}): {describe(exc)}") from None
         conn = self._conn
         try:
             await conn.forward_remote_port(name, 80, spec.target_host, spec.target_port)
         except asyncssh.ChannelListenError:
             raise TunnelError(f"the router refused the name: {await self._refusal()}") from None
         except (asyncssh.Error, OSError) as exc:
-            raise TunnelError(f"forward failed: {_describe(exc)}") from None
+            raise TunnelError(f"forward failed: {describe(exc)}") from None
         tunnels = await self._tunnels()
         if not tunnels:
             raise TunnelError("the router granted the forward but lists no tunnel")
@@ -182,7 +183,7 @@ class TunnelSession:
                 finally:
                     process.close()
         except (asyncssh.Error, OSError, TimeoutError) as exc:
-            raise TunnelError(f"the router did not answer 'ca': {_describe(exc)}") from None
+            raise TunnelError(f"the router did not answer 'ca': {describe(exc)}") from None
         if completed.exit_status != 0:
             why = refusal.decode("utf-8", "replace").strip() or f"exit {completed.exit_status}"
             raise TunnelError(f"the router has no CA to hand out: {why.splitlines()[0]}")
@@ -222,7 +223,7 @@ class TunnelSession:
             result = await self._conn.run(command, check=True, timeout=self._spec.connect_timeout_s)
             report = json.loads(str(result.stdout))
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
-            raise TunnelError(f"the router did not answer {command!r}: {_describe(exc)}") from None
+            raise TunnelError(f"the router did not answer {command!r}: {describe(exc)}") from None
         if not isinstance(report, dict):
             raise TunnelError(f"the router answered {command!r} with {type(report).__name__}")
         return report
@@ -284,8 +285,3 @@ def _tunnel_for(spec: TunnelSpec) -> tuple[object, tuple[type[Exception], ...]]:
         return HttpConnectTunnel(proxy), ()  # HTTPS-only egress: CONNECT, then SSH
     # Plain TCP: one socket write per loop turn, not one per SSH packet.
     return CoalescingConnector(), ()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__

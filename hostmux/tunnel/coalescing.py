@@ -10,7 +10,7 @@ and under load many requests' packets — share one segment, as sshd's are.
 Nothing waits longer than the rest of the current loop turn.
 
 ``CoalescingListener`` is handed to ``asyncssh.listen(tunnel=...)`` (the hook
-asyncssh offers for custom transports, also used by ``_wss``): it listens on
+asyncssh offers for custom transports, also used by ``hostmux.tunnel.websocket``): it listens on
 TCP like asyncssh would and wraps each accepted connection's transport.
 ``CoalescingConnector`` does the same for ``asyncssh.connect(tunnel=...)``
 (``hostmux-listener``'s side of a tunnel).

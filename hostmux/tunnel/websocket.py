@@ -16,9 +16,16 @@ through the kernel:
   it dials the WebSocket (HTTP proxy from ``HTTPS_PROXY`` honoured by
   ``websockets``) and drives asyncssh's client connection the same way.
 
-Back-pressure: asyncssh's writes become WebSocket frames queued on the
-underlying stream, and the shim pauses asyncssh's writing while that stream
-asks to drain. A client that never completes the WebSocket handshake is
+Back-pressure comes from SSH flow control, not from the shim: asyncssh ignores
+``pause_writing`` (its connection does nothing with it), so the shim never
+calls it and reports an empty write buffer. Each SSH write is framed at once
+and queued for a pump task, which waits while the stream under it is slow
+(``send_all`` on the router's in-process pipe, ``ws.send`` on the client);
+what waits in that queue is bounded by the SSH channel windows, since asyncssh
+sends channel data only as far as the peer's window, and the peer reopens it
+only as its reader consumes. The shim stops reading while its transport is
+paused (``pause_reading``), though asyncssh does not pause its connection's
+transport today. A client that never completes the WebSocket handshake is
 dropped after ``handshake_timeout_s``.
 """
 

@@ -148,10 +148,6 @@ class Authenticator:
     def __repr__(self) -> str:
         return f"<Authenticator portal={self._portal!r} cas={len(self._ca_fingerprints)}>"
 
-    @property
-    def portal_mode(self) -> bool:
-        return self._portal is not None or bool(self._ca_fingerprints)
-
     async def grant_for_key(
         self, username: str, key: asyncssh.SSHKey, peer_ip: str
     ) -> KeyGrant | None:

@@ -3,7 +3,10 @@
 Part of the router's asyncssh adapter, ``router.ssh``: this module (the
 server and each connection's callbacks), ``client_state`` (one connection's
 forwards and what it was told), ``auth`` (who a client is), ``session``
-(session channels) and ``channel`` (a forwarded channel as a byte stream).
+(session channels) and ``channel`` (a forwarded channel as a byte stream); no
+other router module imports asyncssh. (The SSH byte transports in
+``hostmux.tunnel``, used by both ends, and the listener's SSH client import it
+too.)
 What an authenticated tunnel client may do, and nothing else:
 
 * remote forwards (``ssh -R NAME:80:localhost:3000``): *virtual* — nothing is

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hostmux.log import _LogfmtFormatter, _TurnBufferedHandler, fields
+from hostmux.log import _LogfmtFormatter, _TurnBufferedHandler, describe, fields
 
 from .asyncio_bounded import run
 
@@ -94,3 +94,13 @@ def test_lines_logged_with_no_loop_running_are_written_at_once(
     log.info(fields("request", rid="r1", status=200))
     assert len(stream.writes) == 1
     assert LINE.fullmatch(stream.writes[0].rstrip("\n"))
+
+
+def test_describe_says_an_exception_in_one_line() -> None:
+    assert describe(OSError("connect failed\nsecond line")) == "connect failed"
+    assert describe(TimeoutError()) == "TimeoutError"  # no message: its type
+    assert describe(ValueError("\nonly later lines")) == "ValueError"
+    # uvloop + anyio's AttributeError on a reset connection (hostmux.http_client)
+    assert describe(AttributeError("'NoneType' object has no attribute 'getpeername'")) == (
+        "connection reset by the peer"
+    )

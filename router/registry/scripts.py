@@ -13,7 +13,8 @@ Keys under the prefix P (see docs/cluster.md)::
     P name:<name>     hash: owner, generation, reserved_until (ms; 0 while held)
     P holders:<name>  hash: router id -> "<lease expiry ms> <connection id>"
     P router:<id>     set: the names this router holds (for release_router)
-    P generation      counter: every change of any name's holders INCRs it
+    P generation      counter: every change of any name's holders INCRs it; starts
+                      at the server's time in microseconds (monotonic across a restart)
     P routes          pub/sub channel: "<generation> <name>" on every change
 
 Every script takes ARGV = prefix, reservation_ms, lease_ms, then its own.
@@ -42,9 +43,15 @@ local function split(value)  -- "<expiry ms> <connection id>"
 end
 
 -- A new fencing token for the name, announced to every router's route cache.
+-- A missing counter (a new or restarted, empty Redis) starts at the server's
+-- time in microseconds, so tokens keep growing across a restart that lost them.
 local function changed(name)
-  local generation = redis.call('INCR', prefix .. 'generation')
-  redis.call('PUBLISH', prefix .. 'routes', generation .. ' ' .. name)
+  local counter = prefix .. 'generation'
+  if redis.call('EXISTS', counter) == 0 then
+    redis.call('SET', counter, string.format('%.0f', now * 1000))
+  end
+  local generation = redis.call('INCR', counter)
+  redis.call('PUBLISH', prefix .. 'routes', string.format('%.0f %s', generation, name))
   return generation
 end
 

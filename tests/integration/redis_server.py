@@ -40,13 +40,16 @@ def _answers_ping(port: int) -> bool:
 
 
 class RedisServer:
-    """One redis-server process; ``url`` is where to reach it."""
+    """One redis-server process; ``url`` is where to reach it.
 
-    def __init__(self, workdir: Path) -> None:
+    ``port`` starts it where an earlier one ran (a restart: it comes back empty).
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is missing: run ./dev (it installs Debian's redis-server)")
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]

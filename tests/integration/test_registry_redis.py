@@ -27,11 +27,13 @@ from router.registry.model import (
     Lease,
     LeaseLost,
     NameTaken,
+    RegistryError,
     RegistryUnavailable,
     Route,
     RouteRegistry,
 )
 from router.registry.redis_store import RedisRegistry
+from router.registry.renewal import LeaseKeeper
 from router.routing import NameState
 from router.routing import NameTaken as RoutingNameTaken
 
@@ -353,6 +355,84 @@ def test_every_change_is_announced_with_its_generation(backend: Backend) -> None
             assert await anext(changes) == Invalidation("app", route.generation)
 
     scenario(body)
+
+
+# --- the lease keeper ----------------------------------------------------------------------
+
+
+def test_the_lease_keeper_holds_names_past_the_ttl_and_reports_a_lost_one(
+    backend: Backend,
+) -> None:
+    async def body() -> None:
+        async with backend.pair(reservation_s=LONG_S, lease_ttl_s=SHORT_S) as (a, b):
+            lost: list[RegistryError] = []
+            lost_one = asyncio.Event()
+
+            def on_lost(error: RegistryError) -> None:
+                lost.append(error)
+                lost_one.set()
+
+            leases = [Lease("app", "key-a", "conn-1"), Lease("web", "key-a", "conn-2")]
+            for lease in leases:
+                await a.claim(lease.name, lease.owner, "router-a", lease.connection_id)
+            keeper = LeaseKeeper(a, "router-a", lambda: leases, on_lost)
+            async with asyncio.TaskGroup() as tasks:
+                running = tasks.create_task(keeper.run())
+                started = time.monotonic()
+                await wait_for_route(  # rounds are the keeper's own clock: wait out 2 TTLs
+                    b, "app", lambda _: time.monotonic() - started > 2 * SHORT_S
+                )
+                for name in ("app", "web"):
+                    route = await b.lookup(name)
+                    assert route is not None and route.state is NameState.HELD, name
+                # A newer connection on router-a takes "web" over: the keeper must say so.
+                await b.claim("web", "key-a", "router-a", "conn-3")
+                async with asyncio.timeout(WAIT_S):
+                    await lost_one.wait()
+                running.cancel()
+            assert len(lost) == 1 and isinstance(lost[0], LeaseLost)
+            assert lost[0].name == "web" and keeper.unavailable_since is None
+
+    scenario(body)
+
+
+def test_the_lease_keeper_reasserts_leases_when_redis_comes_back_empty(tmp_path: Path) -> None:
+    first = RedisServer(tmp_path)
+    servers = [first]
+
+    async def body() -> None:
+        registry = RedisRegistry.from_url(
+            first.url, prefix="keep:", reservation_s=LONG_S, timeout_s=0.5
+        )
+        lost: list[RegistryError] = []
+        lease = Lease("app", "key-a", "conn-1")
+        keeper = LeaseKeeper(registry, "router-a", lambda: [lease], lost.append)
+        try:
+            claim = await registry.claim("app", "key-a", "router-a", "conn-1")
+            await keeper.renew_once()
+            assert keeper.unavailable_since is None
+            first.stop()
+            await keeper.renew_once()
+            assert keeper.unavailable_since is not None  # the router fails static from here
+            servers.append(RedisServer(tmp_path, port=first.port))  # back, and empty
+            assert await registry.lookup("app") is None
+            await keeper.renew_once()
+            assert keeper.unavailable_since is None and lost == []
+            route = await registry.lookup("app")
+            assert route is not None and route.owner == "key-a"
+            assert [(h.router_id, h.connection_id) for h in route.holders] == [
+                ("router-a", "conn-1")
+            ]
+            # The fresh Redis's counter starts at its clock: tokens never repeat.
+            assert route.generation > claim.generation
+        finally:
+            await registry.aclose()
+
+    try:
+        scenario(body)
+    finally:
+        for server in servers:
+            server.stop()
 
 
 # --- Redis only ------------------------------------------------------------------------------

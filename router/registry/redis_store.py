@@ -81,12 +81,15 @@ class RedisRegistry:
         self,
         client: redis.asyncio.Redis,
         *,
+        subscriber: redis.asyncio.Redis | None = None,
         reservation_s: float,
         lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
         prefix: str = DEFAULT_PREFIX,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self._client = client
+        # Subscriptions without retries: a silent reconnect would hide missed messages.
+        self._subscriber = subscriber or client
         self._prefix = prefix
         self._channel = f"{prefix}routes"
         self._lease_ttl_s = lease_ttl_s
@@ -113,15 +116,19 @@ class RedisRegistry:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> RedisRegistry:
         """``redis://[user:password@]host:port/db`` or ``rediss://`` (TLS); connects lazily."""
-        client = redis.asyncio.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), RETRIES),
+        client, subscriber = (
+            redis.asyncio.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries),
+            )
+            for retries in (RETRIES, 0)
         )
         return cls(
             client,
+            subscriber=subscriber,
             reservation_s=reservation_s,
             lease_ttl_s=lease_ttl_s,
             prefix=prefix,
@@ -209,7 +216,7 @@ class RedisRegistry:
         the connection drops or a keep-alive PING goes unanswered: messages may
         have been missed, so the caller drops its whole cache and subscribes again.
         """
-        pubsub = self._client.pubsub()
+        pubsub = self._subscriber.pubsub()
         try:
             with _translated("subscribe"):
                 async with asyncio.timeout(self._timeout_s):
@@ -243,6 +250,8 @@ class RedisRegistry:
     async def aclose(self) -> None:
         with _translated("close"):
             await self._client.aclose()
+            if self._subscriber is not self._client:
+                await self._subscriber.aclose()
 
 
 def _claim_from(name: str, connection_id: str, reply: list[Any]) -> Claim:

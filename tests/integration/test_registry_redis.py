@@ -526,3 +526,35 @@ def test_an_unreachable_redis_is_an_error_within_the_timeout_not_a_hang(
         scenario(body)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("fault", ["stopped", "stalled"])
+def test_a_lost_subscription_is_an_error_so_caches_are_dropped(tmp_path: Path, fault: str) -> None:
+    server = RedisServer(tmp_path)
+    timeout_s = 0.3
+
+    async def body() -> None:
+        registry = RedisRegistry.from_url(
+            server.url, prefix="sub:", reservation_s=LONG_S, timeout_s=timeout_s
+        )
+        try:
+            async with registry.invalidations() as changes:
+                claim = await registry.claim("app", "key-a", "router-a", "conn-1")
+                assert await anext(changes) == Invalidation("app", claim.generation)
+                if fault == "stopped":
+                    server.stop()
+                else:
+                    server.pause()
+                started = time.monotonic()
+                with pytest.raises(RegistryUnavailable, match="invalidations"):
+                    await anext(changes)
+                # stalled: found by an unanswered keep-alive PING, within a few timeouts
+                assert time.monotonic() - started < 4 * timeout_s + 1.0
+        finally:
+            server.stop()
+            await registry.aclose()
+
+    try:
+        scenario(body)
+    finally:
+        server.stop()

@@ -70,6 +70,15 @@ def test_the_wheel_installs_the_components_and_not_the_examples(tmp_path: Path) 
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("hostmux-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        tops = {name.split("/")[0] for name in archive.namelist()}
-    tops = {top for top in tops if not top.endswith(".dist-info")}
+        names = archive.namelist()
+    tops = {name.split("/")[0] for name in names if ".dist-info/" not in name}
     assert tops == {"hostmux", "router", "listener", "authhelper", "keys"}
+    # Every package of the tree is in the wheel: a subpackage missing from
+    # pyproject's list would install a router that cannot import it.
+    packaged = {name.rsplit("/", 1)[0] for name in names if name.endswith("/__init__.py")}
+    in_tree = {
+        init.parent.relative_to(ROOT).as_posix()
+        for top in tops
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert packaged == in_tree

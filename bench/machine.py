@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from rows import PROJECT
@@ -65,15 +66,25 @@ def _git(*args: str) -> str:
     return _first_line(["git", "-C", str(PROJECT), *args])
 
 
-def machine_facts(rev: str | None = None) -> dict[str, Any]:
-    """Hardware, OS, tool and library versions; the product's commit (``rev`` if given)."""
+def machine_facts(rev: str | None = None, code: Path | None = None) -> dict[str, Any]:
+    """Hardware, OS, tool and library versions; the product's commit (``rev`` if given).
+
+    With ``code`` (an unpacked tree, where there may be no git): the line in its
+    ``REVISION`` file, if it has one.
+    """
     if rev:
         commit = _git("rev-parse", "--short", rev) + f" ({rev}, a snapshot)"
+    elif code is not None:
+        label = code / "REVISION"
+        commit = label.read_text().strip() if label.is_file() else f"the files in {code}"
     else:
-        dirty = subprocess.run(
-            ["git", "-C", str(PROJECT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=20, check=False,
-        ).stdout.strip()  # fmt: skip
+        try:
+            dirty = subprocess.run(
+                ["git", "-C", str(PROJECT), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=20, check=False,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):  # no git (a copy of the tree)
+            dirty = ""
         commit = _git("rev-parse", "--short", "HEAD") + (
             " + uncommitted changes in the working tree" if dirty else ""
         )

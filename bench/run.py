@@ -223,6 +223,11 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--profile-duration", type=int, default=10, help="py-spy seconds")
     p.add_argument("--rev", help="benchmark this git revision (a snapshot), not the working tree")
+    p.add_argument(
+        "--code", type=Path,
+        help="benchmark the product files in this directory (an unpacked tree, e.g. where "
+        "there is no git), not the working tree",
+    )  # fmt: skip
     p.add_argument("--note", action="append", default=[], help="a line for RESULTS.md's notes")
     p.add_argument("--no-install", action="store_true", help="do not apt-get / pip install")
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
@@ -277,14 +282,14 @@ def main() -> int:
     say(f"work dir {work}")
     results: dict[str, Any] = {"runs": []}
     try:
-        code = snapshot(args.rev, work / "src") if args.rev else PROJECT
+        code = snapshot(args.rev, work / "src") if args.rev else (args.code or PROJECT).resolve()
         sys.path.insert(0, str(code))
         import keys  # the product's (from the snapshot with --rev)
 
         results.update(
             command=command_line(),
             started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            machine=machine_facts(args.rev),
+            machine=machine_facts(args.rev, args.code),
             options={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         )
         tls, _ = keys.ensure_dev_tls(work / "tls", DOMAIN)

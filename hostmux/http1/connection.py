@@ -75,6 +75,7 @@ from hostmux.http1.framing import (
     request_head,
     response_head,
 )
+from hostmux.http1.header_facts import HeaderScan
 
 # h11's default for an unfinished head; the relay sets its own for browsers.
 DEFAULT_MAX_HEAD_BYTES = 16 * 1024
@@ -92,6 +93,7 @@ _OWS = b" \t"
 # nothing appends to these).
 _NO_HEADERS: Headers = []
 _NO_CODINGS: list[bytes] = []
+_IDLE_SCAN = HeaderScan()  # nothing is added to it: replaced when a request begins
 # Parser modes.
 _PARSING, _MANUAL_BODY, _PAUSED, _DEAD = range(4)
 
@@ -113,9 +115,9 @@ class Http1Connection:
         "_head_bytes", "_headers", "_heads_in_feed", "_hosts", "_in_head", "_in_message",
         "_informational", "_keep_alive", "_line_carried", "_line_carry", "_line_from",
         "_manual_left", "_max_head", "_max_target", "_mode", "_out_framing", "_out_left",
-        "_parser", "_progress", "_raw", "_reason", "_request_method", "_server", "_skip_end",
-        "_stalled", "_stopping", "_tail", "_te", "_their_version", "_until_close", "_upgrade",
-        "_url", "our_role", "our_state", "their_state",
+        "_parser", "_progress", "_raw", "_reason", "_request_method", "_scan", "_server",
+        "_skip_end", "_stalled", "_stopping", "_tail", "_te", "_their_version", "_until_close",
+        "_upgrade", "_url", "our_role", "our_state", "their_state",
     )  # fmt: skip
 
     def __init__(
@@ -158,6 +160,7 @@ class Http1Connection:
         # The message being parsed (reset by on_message_begin).
         self._url = self._reason = b""
         self._headers: Headers = []
+        self._scan = _IDLE_SCAN  # a request's header facts, gathered as they arrive
         self._head_bytes = 0
         self._hosts = 0
         self._te: list[bytes] = []
@@ -452,6 +455,8 @@ class Http1Connection:
     def _begin_message(self) -> None:
         self._url = self._reason = b""
         self._headers = []
+        if self._server:
+            self._scan = HeaderScan()
         self._head_bytes = -1  # not counted yet (see _feed)
         self._hosts = 0
         self._te = []
@@ -483,6 +488,8 @@ class Http1Connection:
         name = name.lower()
         trimmed = value.rstrip(_OWS)  # llhttp keeps trailing whitespace
         self._headers.append((name, trimmed))
+        if self._server:
+            self._scan.add(name, trimmed)
         special = SPECIAL.get(name)
         if special is not None:
             if special == HOST:
@@ -543,7 +550,7 @@ class Http1Connection:
             self._manual_left = int(self._content_length)
             self._skip_end = True  # llhttp skips an upgrade request's body: read by hand
         self._events.append((parser.should_keep_alive(), upgrade))
-        self._events.append(Request(method, self._url, self._headers, version))
+        self._events.append(Request(method, self._url, self._headers, version, self._scan.facts()))
 
     def _response_head(self, parser: HttpResponseParser, version: bytes) -> None:
         status = parser.get_status_code()
@@ -573,6 +580,7 @@ class Http1Connection:
         # The message's head belongs to its event now: an idle keep-alive
         # connection holds no copy of its last request or response.
         self._headers, self._te, self._url, self._reason = _NO_HEADERS, _NO_CODINGS, b"", b""
+        self._scan = _IDLE_SCAN
         self._progress = True
         self._in_message = self._until_close = False
         if self._informational:

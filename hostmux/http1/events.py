@@ -19,7 +19,9 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from hostmux.http1.header_facts import HeaderFacts
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -87,6 +89,9 @@ class Request:
     target: bytes
     headers: Headers
     http_version: bytes = b"1.1"
+    # What the headers say, gathered as they were parsed (``header_facts``);
+    # None for a request built by hand (``facts_of`` scans it then).
+    facts: HeaderFacts | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

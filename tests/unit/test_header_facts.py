@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from hostmux.http1.connection import Http1Connection
-from hostmux.http1.events import Request, Role
-from hostmux.http1.header_facts import facts_of, header_facts
-from hostmux.http1.headers import ClientInfo, request_headers_for_app
+from hostmux.http1 import (
+    ClientInfo,
+    Http1Connection,
+    Request,
+    Role,
+    facts_of,
+    header_facts,
+    request_headers_for_app,
+)
 
 HEADS = [
     b"GET / HTTP/1.1\r\nHost: a.localhost\r\n\r\n",

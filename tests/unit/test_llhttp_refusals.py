@@ -17,8 +17,7 @@ from __future__ import annotations
 import httptools
 import pytest
 
-from hostmux.http1.connection import Http1Connection
-from hostmux.http1.events import RemoteProtocolError, Role
+from hostmux.http1 import Http1Connection, RemoteProtocolError, Role
 
 # The httptools (and so llhttp) these refusals were shown for.
 PINNED = "0.9"

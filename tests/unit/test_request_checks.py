@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from hostmux.http1.checks import framing_refusal, parse_error_status
-from hostmux.http1.events import RemoteProtocolError, Request
+from hostmux.http1 import RemoteProtocolError, Request, framing_refusal, parse_error_status
 
 from .test_relay import FakeGateway, relay, robust_app
 

@@ -8,20 +8,22 @@ from http import HTTPStatus
 from urllib.parse import urlsplit
 
 from hostmux.http1.events import ProtocolError, Request
-from hostmux.http1.header_facts import facts_of
+from hostmux.http1.header_facts import HeaderFacts, facts_of
 from hostmux.names import normalise_host
 
 
-def head_size(request: Request) -> int:
+def head_size(request: Request, facts: HeaderFacts | None = None) -> int:
     """About the size of the request head on the wire (the parser only bounds partial heads)."""
-    return len(request.method) + len(request.target) + 12 + facts_of(request).size
+    if facts is None:
+        facts = facts_of(request)
+    return len(request.method) + len(request.target) + 12 + facts.size
 
 
 # The largest body length any peer can represent (nginx: off_t); larger is a parse error.
 _MAX_CONTENT_LENGTH = 2**63 - 1
 
 
-def framing_refusal(request: Request) -> tuple[int, str] | None:
+def framing_refusal(request: Request, facts: HeaderFacts | None = None) -> tuple[int, str] | None:
     """(status, reason) if the parser accepted ``request`` but its framing is still in doubt.
 
     llhttp accepts chunked in HTTP/1.0, HTTP/2.0 request lines and a
@@ -35,7 +37,8 @@ def framing_refusal(request: Request) -> tuple[int, str] | None:
     """
     if request.http_version not in (b"1.0", b"1.1"):
         return 505, "only HTTP/1.0 and HTTP/1.1 are supported here"
-    facts = facts_of(request)
+    if facts is None:
+        facts = facts_of(request)
     if facts.transfer_encoding and request.http_version == b"1.0":
         return 400, "HTTP/1.0 requests cannot use Transfer-Encoding"
     length = facts.content_length
@@ -104,11 +107,12 @@ def check_request(
     """
     if len(request.target) > max_target_bytes:
         return CheckedRequest((414, "the request target is too long"))
-    if head_size(request) > max_header_bytes:
+    facts = facts_of(request)
+    if head_size(request, facts) > max_header_bytes:
         return CheckedRequest((431, "the request head is too large"))
-    if refusal := framing_refusal(request):
+    if refusal := framing_refusal(request, facts):
         return CheckedRequest(refusal)
-    host_value = facts_of(request).host
+    host_value = facts.host
     if host_value is None:
         return CheckedRequest((400, "the request has no Host header"))
     host = normalise_host(host_value.decode("latin-1"))

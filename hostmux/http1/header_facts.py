@@ -2,8 +2,8 @@
 
 The checks (``checks``), the WebSocket upgrade test and the hop-by-hop filter
 (``headers``) read a request's ``HeaderFacts`` instead of each walking its
-header list again. ``Http1Connection`` feeds each header to a ``HeaderScan``
-as llhttp hands it over and puts the facts on the ``Request`` event;
+header list again. ``Http1Connection`` collects them as llhttp hands it each
+header and puts them on the ``Request`` event;
 ``facts_of`` scans a request built by hand (tests, a gateway) once.
 
 The names below are also the hop-by-hop filter's: a header the filter may
@@ -13,6 +13,7 @@ passed on without a second look at each header.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -42,13 +43,13 @@ IDENTITY = frozenset({b"x-hostmux-user"})
 
 NOT_FROM_BROWSERS = FORWARDING | IDENTITY
 
-# What each name means to the scan (one dict lookup per header finds it).
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _ACCEPT, _CONNECTION, _UPGRADE, _DROPPED = range(7)
-_KIND = {
-    b"host": _HOST, b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING, b"accept": _ACCEPT,
-    **dict.fromkeys(HOP_BY_HOP | NOT_FROM_BROWSERS, _DROPPED),
-    b"connection": _CONNECTION, b"upgrade": _UPGRADE,
+# What each name means to the facts (one dict lookup per header finds it).
+HOST, CONTENT_LENGTH, TRANSFER_ENCODING, ACCEPT, CONNECTION, UPGRADE, DROPPED = range(7)
+NAME_KINDS = {
+    b"host": HOST, b"content-length": CONTENT_LENGTH,
+    b"transfer-encoding": TRANSFER_ENCODING, b"accept": ACCEPT,
+    **dict.fromkeys(HOP_BY_HOP | NOT_FROM_BROWSERS, DROPPED),
+    b"connection": CONNECTION, b"upgrade": UPGRADE,
 }  # fmt: skip
 
 
@@ -60,7 +61,7 @@ class HeaderFacts(NamedTuple):
     """
 
     host: bytes | None  # the first Host value
-    content_length: bytes | None  # the first Content-Length value
+    content_length: bytes | None  # the Content-Length value (llhttp refuses two)
     transfer_encoding: bool  # any Transfer-Encoding
     accept: bytes | None  # the first Accept value (error pages in HTML or text)
     connection: frozenset[bytes]  # the tokens of every Connection header, lower case
@@ -76,67 +77,7 @@ class HeaderFacts(NamedTuple):
         return b"upgrade" in self.connection and self.upgrade == (b"websocket",)
 
 
-class HeaderScan:
-    """Collects ``HeaderFacts`` one header at a time (``add``), in one pass."""
-
-    __slots__ = (
-        "_accept", "_connection", "_content_length", "_droppable", "_host",
-        "_size", "_transfer_encoding", "_upgrade",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self._host: bytes | None = None
-        self._content_length: bytes | None = None
-        self._transfer_encoding = False
-        self._accept: bytes | None = None
-        self._connection: set[bytes] | None = None  # most requests have none
-        self._upgrade: list[bytes] | None = None
-        self._size = 0
-        self._droppable = False
-
-    def add(self, name: bytes, value: bytes) -> None:
-        """One header: ``name`` lower case, ``value`` without surrounding whitespace."""
-        self._size += len(name) + len(value) + 4
-        kind = _KIND.get(name)
-        if kind is None:
-            if b"_" in name:  # some servers fold "_" into "-": the filter decides
-                self._droppable = True
-        elif kind == _HOST:
-            if self._host is None:
-                self._host = value
-        elif kind == _CONTENT_LENGTH:
-            if self._content_length is None:
-                self._content_length = value
-        elif kind == _TRANSFER_ENCODING:
-            self._transfer_encoding = True
-        elif kind == _ACCEPT:
-            if self._accept is None:
-                self._accept = value
-        else:
-            self._droppable = True
-            if kind == _CONNECTION:
-                if self._connection is None:
-                    self._connection = set()
-                self._connection.update(connection_tokens(value))
-            elif kind == _UPGRADE:
-                if self._upgrade is None:
-                    self._upgrade = []
-                self._upgrade.append(value.strip().lower())
-
-    def facts(self) -> HeaderFacts:
-        return HeaderFacts(
-            self._host,
-            self._content_length,
-            self._transfer_encoding,
-            self._accept,
-            _NO_TOKENS if self._connection is None else frozenset(self._connection),
-            () if self._upgrade is None else tuple(self._upgrade),
-            self._size,
-            self._droppable,
-        )
-
-
-_NO_TOKENS: frozenset[bytes] = frozenset()
+NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 def connection_tokens(value: bytes) -> Iterable[bytes]:
@@ -144,12 +85,73 @@ def connection_tokens(value: bytes) -> Iterable[bytes]:
     return (t.strip().lower() for t in value.split(b",") if t.strip())
 
 
+# Browsers send the same few Connection values ("keep-alive", "Upgrade"): their
+# tokens are split once. Bounded: a value is at most a head long, 256 of them.
+@functools.lru_cache(maxsize=256)
+def token_set(value: bytes) -> frozenset[bytes]:
+    """The tokens of a Connection value (several joined with ","), lower case."""
+    return frozenset(connection_tokens(value))
+
+
+def upgrade_tuple(values: list[bytes]) -> tuple[bytes, ...]:
+    """Each Upgrade value, stripped, lower case."""
+    return tuple(value.strip().lower() for value in values)
+
+
+def assembled_facts(
+    host: bytes | None,
+    content_length: bytes | None,
+    transfer_encoding: bool,
+    accept: bytes | None,
+    connection_values: list[bytes] | None,
+    upgrade_values: list[bytes] | None,
+    size: int,
+    droppable: bool,
+) -> HeaderFacts:
+    """The facts from what a pass collected (Connection and Upgrade values as sent)."""
+    tokens = NO_TOKENS
+    if connection_values is not None:
+        tokens = token_set(b",".join(connection_values))
+    upgrade = () if upgrade_values is None else upgrade_tuple(upgrade_values)
+    return HeaderFacts(
+        host, content_length, transfer_encoding, accept, tokens, upgrade, size, droppable
+    )
+
+
 def header_facts(headers: Iterable[tuple[bytes, bytes]]) -> HeaderFacts:
-    """The facts of ``headers`` (names lower case, values trimmed), in one pass."""
-    scan = HeaderScan()
+    """The facts of ``headers`` (names lower case, values trimmed), in one pass.
+
+    The parser collects the same as llhttp hands it each header
+    (``LlhttpParsing.on_header``); ``tests/unit/test_header_facts.py`` holds
+    the two to the same answers.
+    """
+    host = content_length = accept = None
+    transfer_encoding = droppable = False
+    connection: list[bytes] | None = None
+    upgrade: list[bytes] | None = None
+    size = 0
     for name, value in headers:
-        scan.add(name, value)
-    return scan.facts()
+        size += len(name) + len(value) + 4
+        kind = NAME_KINDS.get(name)
+        if kind is None:
+            droppable = droppable or b"_" in name  # some servers fold "_" into "-"
+        elif kind == HOST:
+            host = value if host is None else host
+        elif kind == CONTENT_LENGTH:
+            content_length = value if content_length is None else content_length
+        elif kind == TRANSFER_ENCODING:
+            transfer_encoding = True
+        elif kind == ACCEPT:
+            accept = value if accept is None else accept
+        else:
+            droppable = True
+            if kind == CONNECTION:
+                connection = [*(connection or ()), value]
+            elif kind == UPGRADE:
+                upgrade = [*(upgrade or ()), value]
+    return assembled_facts(
+        host, content_length, transfer_encoding, accept, connection, upgrade, size, droppable
+    )
 
 
 def facts_of(request: Request) -> HeaderFacts:

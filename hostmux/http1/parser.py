@@ -23,8 +23,19 @@ from hostmux.http1.events import (
     Request,
     Response,
 )
-from hostmux.http1.framing import CL, HOST, SPECIAL, TE
-from hostmux.http1.header_facts import HeaderScan
+from hostmux.http1.header_facts import (
+    ACCEPT,
+    CONNECTION,
+    CONTENT_LENGTH,
+    HOST,
+    NAME_KINDS,
+    NO_TOKENS,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderFacts,
+    token_set,
+    upgrade_tuple,
+)
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "2.0": b"2.0"}
 # llhttp's reasons for a transfer coding it does not read as chunked: h11 says 501.
@@ -35,7 +46,6 @@ _OWS = b" \t"
 # nothing appends to these).
 _NO_HEADERS: Headers = []
 _NO_CODINGS: list[bytes] = []
-_IDLE_SCAN = HeaderScan()  # nothing is added to it: replaced when a request begins
 # Parser modes: llhttp parses what is fed; an upgrade request's Content-Length
 # body is read by hand; parsing waits for the next cycle; an error ended it.
 MODE_PARSING, MODE_MANUAL_BODY, MODE_PAUSED, MODE_DEAD = range(4)
@@ -49,12 +59,44 @@ class LlhttpParsing:
     """The parsing half of ``Http1Connection``: llhttp, its callbacks, the queued events."""
 
     __slots__ = (
-        "_body_in_feed", "_content_length", "_data", "_events", "_failure", "_head_bytes",
-        "_headers", "_heads_in_feed", "_hosts", "_in_head", "_in_message", "_informational",
-        "_line_carried", "_line_carry", "_line_from", "_manual_left", "_max_head",
-        "_max_target", "_mode", "_parser", "_progress", "_raw", "_reason", "_request_method",
-        "_scan", "_server", "_skip_end", "_stalled", "_stopping", "_tail", "_te",
-        "_until_close", "_url",
+        "_accept",
+        "_body_in_feed",
+        "_connection",
+        "_content_length",
+        "_data",
+        "_droppable",
+        "_events",
+        "_failure",
+        "_head_bytes",
+        "_headers",
+        "_heads_in_feed",
+        "_host",
+        "_hosts",
+        "_in_head",
+        "_in_message",
+        "_informational",
+        "_line_carried",
+        "_line_carry",
+        "_line_from",
+        "_manual_left",
+        "_max_head",
+        "_max_target",
+        "_mode",
+        "_parser",
+        "_progress",
+        "_raw",
+        "_reason",
+        "_request_method",
+        "_server",
+        "_size",
+        "_skip_end",
+        "_stalled",
+        "_stopping",
+        "_tail",
+        "_te",
+        "_until_close",
+        "_upgrade_values",
+        "_url",
     )  # fmt: skip
 
     def __init__(self, *, server: bool, max_head_bytes: int, max_target_bytes: int) -> None:
@@ -87,11 +129,17 @@ class LlhttpParsing:
         # The message being parsed (reset by on_message_begin).
         self._url = self._reason = b""
         self._headers: Headers = []
-        self._scan = _IDLE_SCAN  # a request's header facts, gathered as they arrive
         self._head_bytes = 0
         self._hosts = 0
         self._te: list[bytes] = []
         self._content_length: bytes | None = None
+        # A request's header facts, collected as llhttp hands over each header.
+        self._host: bytes | None = None
+        self._accept: bytes | None = None
+        self._connection: bytes | None = None  # every value, joined
+        self._upgrade_values: list[bytes] | None = None
+        self._size = 0
+        self._droppable = False
         self._in_message = False
         self._in_head = False
         self._request_method: bytes | None = None  # of the current cycle
@@ -195,12 +243,14 @@ class LlhttpParsing:
     def _begin_message(self) -> None:
         self._url = self._reason = b""
         self._headers = []
-        if self._server:
-            self._scan = HeaderScan()
         self._head_bytes = -1  # not counted yet (see _feed)
         self._hosts = 0
         self._te = []
         self._content_length = None
+        self._host = self._accept = None
+        self._connection = self._upgrade_values = None
+        self._size = 0
+        self._droppable = False
 
     def _fail(self, message: str, status: int = 400) -> RemoteProtocolError:
         """The error for a callback to raise (llhttp then reports a callback error)."""
@@ -228,16 +278,33 @@ class LlhttpParsing:
         name = name.lower()
         trimmed = value.rstrip(_OWS)  # llhttp keeps trailing whitespace
         self._headers.append((name, trimmed))
-        if self._server:
-            self._scan.add(name, trimmed)
-        special = SPECIAL.get(name)
-        if special is not None:
-            if special == HOST:
-                self._hosts += 1
-            elif special == TE:
-                self._te.append(value)  # as llhttp read it
-            elif special == CL:
-                self._content_length = trimmed
+        self._size += len(name) + len(trimmed) + 4
+        kind = NAME_KINDS.get(name)
+        if kind is None:
+            if b"_" in name:  # some servers fold "_" into "-": the filter decides
+                self._droppable = True
+        elif kind == HOST:
+            self._hosts += 1
+            if self._host is None:
+                self._host = trimmed
+        elif kind == TRANSFER_ENCODING:
+            self._te.append(value)  # as llhttp read it
+        elif kind == CONTENT_LENGTH:
+            self._content_length = trimmed
+        elif kind == ACCEPT:
+            if self._accept is None:
+                self._accept = trimmed
+        else:  # the rest is for the hop-by-hop filter
+            self._droppable = True
+            if kind == CONNECTION:  # several are one comma-separated list (RFC 9110 5.3)
+                if self._connection is None:
+                    self._connection = trimmed
+                else:
+                    self._connection += b"," + trimmed
+            elif kind == UPGRADE:
+                if self._upgrade_values is None:
+                    self._upgrade_values = []
+                self._upgrade_values.append(trimmed)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -290,7 +357,14 @@ class LlhttpParsing:
             self._manual_left = int(self._content_length)
             self._skip_end = True  # llhttp skips an upgrade request's body: read by hand
         self._events.append((parser.should_keep_alive(), upgrade))
-        self._events.append(Request(method, self._url, self._headers, version, self._scan.facts()))
+        connection, upgrades = self._connection, self._upgrade_values
+        # (tuple.__new__: HeaderFacts's own __new__ is a Python call more per request)
+        facts = tuple.__new__(HeaderFacts, (
+            self._host, self._content_length, bool(self._te), self._accept,
+            NO_TOKENS if connection is None else token_set(connection),
+            () if upgrades is None else upgrade_tuple(upgrades), self._size, self._droppable,
+        ))  # fmt: skip
+        self._events.append(Request(method, self._url, self._headers, version, facts))
 
     def _response_head(self, parser: HttpResponseParser, version: bytes) -> None:
         status = parser.get_status_code()
@@ -320,7 +394,6 @@ class LlhttpParsing:
         # The message's head belongs to its event now: an idle keep-alive
         # connection holds no copy of its last request or response.
         self._headers, self._te, self._url, self._reason = _NO_HEADERS, _NO_CODINGS, b"", b""
-        self._scan = _IDLE_SCAN
         self._progress = True
         self._in_message = self._until_close = False
         if self._informational:

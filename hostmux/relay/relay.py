@@ -60,7 +60,7 @@ from hostmux.relay.deadline import Deadline
 from hostmux.relay.gateway import Destination, Gateway, UpstreamUnavailable
 from hostmux.relay.outcomes import Abort, Refusal, StaleUpstream
 from hostmux.relay.records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
-from hostmux.relay.response import ResponseEnd, ResponseTimeouts, relay_response
+from hostmux.relay.response import ResponseEnd, ResponsePath
 from hostmux.relay.splice import splice
 from hostmux.relay.streams import ByteStream
 from hostmux.relay.upload import BodyEvent, buffered_body_events, failure_of, pump_request_body
@@ -90,16 +90,6 @@ class RelayLimits:
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
-@dataclass(frozen=True, slots=True)
-class _Routed:
-    """A checked, routed request, ready to go upstream."""
-
-    destination: Destination
-    upstream_request: Request  # the request the app receives
-    body_events: list[BodyEvent]  # of the body bytes already received
-    websocket: bool  # a WebSocket upgrade
-
-
 class HttpRelay:
     """Serves one browser connection until it closes.
 
@@ -112,6 +102,7 @@ class HttpRelay:
     # The timeout of the waits in the task running ``run`` (set there: the relay
     # may be made in another task than the one that runs it).
     _deadline: Deadline
+    _responses: ResponsePath  # (made there too: it uses the deadline)
 
     def __init__(
         self,
@@ -132,7 +123,6 @@ class HttpRelay:
         self._trusted = trusted_proxies or None
         self._gateway = gateway
         self._limits = limits
-        self._timeouts = ResponseTimeouts(limits.response_timeout_s, limits.upstream_idle_timeout_s)
         self._on_request = on_request
         self._bound_host: str | None = None
         self._upstream: Upstream | None = None
@@ -153,6 +143,11 @@ class HttpRelay:
 
     async def run(self) -> None:
         self._deadline = Deadline()
+        self._responses = ResponsePath(
+            self._browser, self._deadline, self._going_away,
+            response_timeout_s=self._limits.response_timeout_s,
+            idle_timeout_s=self._limits.upstream_idle_timeout_s,
+        )  # fmt: skip
         try:
             await self._serve()
         except (Abort, ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
@@ -206,12 +201,25 @@ class HttpRelay:
         rid = new_request_id()
         record = RecordBuilder(rid, self._peer, request)
         try:
-            routed = await self._route(request, rid, record)
-            if isinstance(routed, Page):
-                record.status = routed.status
-                await self._browser.send_page(routed, head_only=request.method == b"HEAD")
+            checked, body_events = self._check(request, record)
+            client = self._info
+            if self._trusted is not None:
+                client = self._trusted.client_of(request.headers, client)
+            routed = self._gateway.route(checked.host, request, rid, client)
+            # (an isinstance check on the two concrete answers is cheaper than isawaitable)
+            decision = routed if isinstance(routed, Destination | Page) else await routed
+            if isinstance(decision, Page):
+                record.status = decision.status
+                await self._browser.send_page(decision, head_only=request.method == b"HEAD")
                 return False
-            return await self._relay(request, routed, record)
+            record.name = decision.label
+            websocket = request.method == b"GET" and facts_of(request).websocket_upgrade
+            upstream_request = self._upstream_request(
+                request, checked, decision, client, rid, websocket
+            )
+            return await self._relay(
+                request, decision, upstream_request, body_events, websocket, record
+            )
         except Refusal as refusal:
             self._close_upstream()  # the connection ends after the page
             record.status = refusal.status
@@ -224,8 +232,10 @@ class HttpRelay:
         finally:
             self._on_request(record.finish(started))
 
-    async def _route(self, request: Request, rid: str, record: RecordBuilder) -> _Routed | Page:
-        """Check ``request``, read what came of its body, and ask the gateway where it goes."""
+    def _check(
+        self, request: Request, record: RecordBuilder
+    ) -> tuple[CheckedRequest, list[BodyEvent]]:
+        """Check ``request`` and read what already came of its body (Refusal if either fails)."""
         checked = check_request(
             request,
             max_target_bytes=self._limits.max_target_bytes,
@@ -237,27 +247,12 @@ class HttpRelay:
         if self._bound_host is not None and host != self._bound_host:
             raise Refusal(421, "this connection is bound to another host; open a new one")
         self._bound_host = host
-
         # Parse the body bytes already received before routing: a framing error in
         # them is refused unseen by the app and before any login redirect.
         try:
-            body_events = buffered_body_events(self._browser.h)
+            return checked, buffered_body_events(self._browser.h)
         except RemoteProtocolError:
             raise Refusal(400, "the request body framing is invalid") from None
-        client = self._info
-        if self._trusted is not None:
-            client = self._trusted.client_of(request.headers, client)
-        routed = self._gateway.route(host, request, rid, client)
-        # (an isinstance check on the two concrete answers is cheaper than isawaitable)
-        decision = routed if isinstance(routed, Destination | Page) else await routed
-        if isinstance(decision, Page):
-            return decision
-        record.name = decision.label
-        websocket = request.method == b"GET" and facts_of(request).websocket_upgrade
-        upstream_request = self._upstream_request(
-            request, checked, decision, client, rid, websocket
-        )
-        return _Routed(decision, upstream_request, body_events, websocket)
 
     def _upstream_request(
         self,
@@ -280,12 +275,19 @@ class HttpRelay:
         )  # fmt: skip
         return request_of_checked_headers(request.method, checked.target, headers)
 
-    async def _relay(self, request: Request, routed: _Routed, record: RecordBuilder) -> bool:
-        """Send the request up (retried once on a fresh upstream if a reused one
-        had closed) and relay the answer; True if the connection may go on."""
-        decision = routed.destination
+    async def _relay(
+        self,
+        request: Request,
+        decision: Destination,
+        upstream_request: Request,
+        body_events: list[BodyEvent],
+        websocket: bool,
+        record: RecordBuilder,
+    ) -> bool:
+        """Send ``upstream_request`` up (retried once on a fresh upstream if a reused
+        one had closed) and relay the answer; True if the connection may go on."""
         # A bodiless request goes in one write, retried if a reused upstream closed.
-        bodiless = isinstance(routed.body_events[0], EndOfMessage)
+        bodiless = isinstance(body_events[0], EndOfMessage)
         retryable = bodiless and request.method in _IDEMPOTENT
         for attempt in (1, 2):
             reused = self._upstream is not None and self._upstream.key == decision.key
@@ -293,15 +295,19 @@ class HttpRelay:
             assert upstream is not None
             upstream.requests += 1
             upstream.got_response = False
-            head = upstream.conn.send(routed.upstream_request)
+            head = upstream.conn.send(upstream_request)
             if bodiless:
                 head += upstream.conn.send(END_OF_MESSAGE)
             last_try = attempt == 2 or not retryable or not reused
             try:
                 await upstream.stream.send_all(head)
                 if bodiless:
-                    return await self._respond(upstream, record, routed.websocket)
-                return await self._relay_with_body(upstream, routed.body_events, record)
+                    end = await self._responses.relay(upstream, record, websocket, self._last())
+                    if end is ResponseEnd.SWITCHED:
+                        await self._splice(upstream, record)
+                        return False
+                    return self._after_response(end)
+                return await self._relay_with_body(upstream, body_events, record)
             except StaleUpstream:
                 self._close_upstream()
                 if last_try:
@@ -327,22 +333,12 @@ class HttpRelay:
         self._upstream = Upstream(stream, decision.key, decision.response_headers)
         return self._upstream
 
-    async def _respond(
-        self,
-        upstream: Upstream,
-        record: RecordBuilder,
-        websocket: bool,
-        body: asyncio.Task[None] | None = None,
-    ) -> bool:
-        """Relay the app's response (``response``); True if the connection may go on."""
-        end = await relay_response(
-            self._browser, upstream, self._deadline, record,
-            timeouts=self._timeouts, websocket=websocket, going_away=self._going_away,
-            last_request=self._served >= self._limits.max_requests_per_connection, body=body,
-        )  # fmt: skip
-        if end is ResponseEnd.SWITCHED:
-            await self._splice(upstream, record)
-            return False
+    def _last(self) -> bool:
+        """Whether the request in flight is the last this connection may carry."""
+        return self._served >= self._limits.max_requests_per_connection
+
+    def _after_response(self, end: ResponseEnd) -> bool:
+        """Keep or close the upstream after a complete response: the connection goes on."""
         if end is ResponseEnd.FINISHED:
             self._close_upstream()
         return True
@@ -368,7 +364,9 @@ class HttpRelay:
         finished = False
         try:
             try:
-                keep = await self._respond(upstream, record, False, body_task)
+                end = await self._responses.relay(upstream, record, False, self._last(), body_task)
+                # (no 101 here: a request with a body is no upgrade the relay splices)
+                keep = self._after_response(end)
             except (StaleUpstream, ConnectionError, OSError):
                 failed = failure_of(body_task)
                 if failed is None or record.response_started:

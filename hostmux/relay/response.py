@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass
 
 from hostmux.http1.checked_events import (
     END_OF_MESSAGE,
@@ -29,7 +28,6 @@ from hostmux.http1.events import (
     ConnectionClosed,
     Data,
     EndOfMessage,
-    Event,
     InformationalResponse,
     RemoteProtocolError,
     Response,
@@ -52,96 +50,110 @@ class ResponseEnd(enum.Enum):
     SWITCHED = "switched"  # a 101 was relayed: bytes are spliced from now on
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseTimeouts:
-    response_s: float  # for the app's response head (nginx proxy_read_timeout)
-    idle_s: float  # between the response's body chunks
+class ResponsePath:
+    """Relays the app's responses on one browser connection (one per ``HttpRelay``)."""
+
+    __slots__ = ("_browser", "_deadline", "_going_away", "_idle_s", "_response_s")
+
+    def __init__(
+        self,
+        browser: BrowserSide,
+        deadline: Deadline,
+        going_away: asyncio.Event,
+        *,
+        response_timeout_s: float,
+        idle_timeout_s: float,
+    ) -> None:
+        self._browser = browser
+        self._deadline = deadline  # the waits' timer, in the task that relays
+        self._going_away = going_away  # set: the response says Connection: close
+        self._response_s = response_timeout_s  # for the head (nginx proxy_read_timeout)
+        self._idle_s = idle_timeout_s  # between the body's chunks
+
+    async def relay(
+        self,
+        upstream: Upstream,
+        record: RecordBuilder,
+        websocket: bool,
+        last_request: bool,
+        body: asyncio.Task[None] | None = None,
+    ) -> ResponseEnd:
+        """Relay the app's response; ``body`` is the request body still going up, if any.
+
+        The response says ``Connection: close`` if it is the ``last_request`` the
+        connection may carry, or ``going_away`` is set when its head arrives.
+        Error handling: raises Refusal, Abort or StaleUpstream (above), and what
+        either stream raised.
+        """
+        browser = self._browser
+        timeout = self._response_s
+        while True:
+            try:
+                event = await upstream.next_event(
+                    browser, self._deadline, timeout, record,
+                    None if record.response_started else body,
+                )  # fmt: skip
+            except (TimeoutError, RemoteProtocolError) as exc:
+                raise _failure(exc, record, body) from None
+            if isinstance(event, Data):
+                await browser.send(event, record)
+            elif isinstance(event, Response):
+                last = last_request or self._going_away.is_set()
+                await browser.send(_response_head(upstream, record, event, last), record)
+                timeout = self._idle_s
+            elif isinstance(event, EndOfMessage):
+                await browser.send(END_OF_MESSAGE, record)
+                await browser.flush(record)
+                return _reuse(upstream, websocket)
+            elif isinstance(event, InformationalResponse):
+                if event.status_code == 101:
+                    await _switch(browser, upstream, record, event, websocket)
+                    return ResponseEnd.SWITCHED
+                headers = response_headers_for_client(event.headers)
+                await browser.send(
+                    InformationalResponse(event.status_code, headers, event.reason), record
+                )
+            else:
+                assert isinstance(event, ConnectionClosed), event
+                raise _closed(upstream, record, body)
 
 
-async def relay_response(
-    browser: BrowserSide,
-    upstream: Upstream,
-    deadline: Deadline,
-    record: RecordBuilder,
-    *,
-    timeouts: ResponseTimeouts,
-    websocket: bool,
-    going_away: asyncio.Event,
-    last_request: bool,
-    body: asyncio.Task[None] | None = None,
-) -> ResponseEnd:
-    """Relay the app's response; ``body`` is the request body still going up, if any.
-
-    The response says ``Connection: close`` if it is the ``last_request`` the
-    connection may carry, or ``going_away`` is set when its head arrives.
-    Error handling: raises Refusal, Abort or StaleUpstream (above), and what
-    either stream raised.
-    """
-    timeout = timeouts.response_s
-    while True:
-        event = await _next_event(browser, upstream, deadline, record, timeout, body)
-        if isinstance(event, InformationalResponse):
-            if event.status_code == 101:
-                await _switch(browser, upstream, record, event, websocket)
-                return ResponseEnd.SWITCHED
-            headers = response_headers_for_client(event.headers)
-            await browser.send(
-                InformationalResponse(event.status_code, headers, event.reason), record
-            )
-        elif isinstance(event, Response):
-            last = last_request or going_away.is_set()
-            await _send_head(browser, upstream, record, event, last)
-            timeout = timeouts.idle_s
-        elif isinstance(event, Data):
-            await browser.send(event, record)
-        elif isinstance(event, EndOfMessage):
-            await browser.send(END_OF_MESSAGE, record)
-            await browser.flush(record)
-            # After a refused upgrade the app's side of the connection is in
-            # doubt (hypercorn, for one, errors on what follows): not reused.
-            conn = upstream.conn
-            if not websocket and conn.our_state is State.DONE and conn.their_state is State.DONE:
-                conn.start_next_cycle()
-                return ResponseEnd.REUSABLE
-            return ResponseEnd.FINISHED
+def _reuse(upstream: Upstream, websocket: bool) -> ResponseEnd:
+    """Whether ``upstream`` may carry the next request, its response complete."""
+    # After a refused upgrade the app's side of the connection is in
+    # doubt (hypercorn, for one, errors on what follows): not reused.
+    conn = upstream.conn
+    if not websocket and conn.our_state is State.DONE and conn.their_state is State.DONE:
+        conn.start_next_cycle()
+        return ResponseEnd.REUSABLE
+    return ResponseEnd.FINISHED
 
 
-async def _next_event(
-    browser: BrowserSide,
-    upstream: Upstream,
-    deadline: Deadline,
-    record: RecordBuilder,
-    timeout_s: float,
-    body: asyncio.Task[None] | None,
-) -> Event:
-    """The app's next event, or the failure it amounts to (rules 1 and 2)."""
-    started = record.response_started
-    try:
-        event = await upstream.next_event(
-            browser, deadline, timeout_s, record, None if started else body
-        )
-    except TimeoutError:
-        if record.response_started:
-            raise Abort() from None
-        failed = failure_of(body)
-        if failed is not None:
-            raise Refusal(failed.status, failed.detail) from None
-        record.note = record.note or "response timeout"
-        raise Refusal(504, "the app did not answer in time") from None
-    except RemoteProtocolError:
-        if record.response_started:
-            raise Abort() from None
-        raise Refusal(502, "the app sent an invalid response") from None
-    if isinstance(event, ConnectionClosed):
-        failed = failure_of(body)
-        if failed is not None and not record.response_started:
-            raise Refusal(failed.status, failed.detail)
-        if not record.response_started and upstream.requests > 1:
-            raise StaleUpstream()
-        if record.response_started:
-            raise Abort()
-        raise Refusal(502, "the app closed the connection without answering")
-    return event
+def _failure(exc: Exception, record: RecordBuilder, body: asyncio.Task[None] | None) -> Exception:
+    """What a timeout or an invalid answer amounts to (rules 1 and 2)."""
+    if record.response_started:
+        return Abort()
+    if isinstance(exc, RemoteProtocolError):
+        return Refusal(502, "the app sent an invalid response")
+    failed = failure_of(body)
+    if failed is not None:
+        return Refusal(failed.status, failed.detail)
+    record.note = record.note or "response timeout"
+    return Refusal(504, "the app did not answer in time")
+
+
+def _closed(
+    upstream: Upstream, record: RecordBuilder, body: asyncio.Task[None] | None
+) -> Exception:
+    """What the app's close amounts to (rules 1 and 2; a reused upstream is retried)."""
+    failed = failure_of(body)
+    if failed is not None and not record.response_started:
+        return Refusal(failed.status, failed.detail)
+    if not record.response_started and upstream.requests > 1:
+        return StaleUpstream()
+    if record.response_started:
+        return Abort()
+    return Refusal(502, "the app closed the connection without answering")
 
 
 async def _switch(
@@ -163,10 +175,10 @@ async def _switch(
     await browser.flush(record)
 
 
-async def _send_head(
-    browser: BrowserSide, upstream: Upstream, record: RecordBuilder, event: Response, last: bool
-) -> None:
-    """Relay the final response head (rule 4)."""
+def _response_head(
+    upstream: Upstream, record: RecordBuilder, event: Response, last: bool
+) -> Response:
+    """The final response head for the browser (rule 4)."""
     record.status = event.status_code
     record.response_started = True
     headers = response_headers_for_client(event.headers)
@@ -175,9 +187,7 @@ async def _send_head(
         # say so, as nginx does after keepalive_requests (then it closes).
         headers.append((b"connection", b"close"))
     if upstream.response_filter is not None:
-        response = response_checking_headers(
+        return response_checking_headers(
             event.status_code, event.reason, upstream.response_filter(headers)
         )
-    else:
-        response = response_of_checked_headers(event, headers)
-    await browser.send(response, record)
+    return response_of_checked_headers(event, headers)

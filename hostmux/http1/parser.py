@@ -149,7 +149,7 @@ class LlhttpParsing:
     def _new_parser(self) -> HttpRequestParser | HttpResponseParser:
         if self._server:
             return HttpRequestParser(self)
-        return HttpResponseParser(self)
+        return HttpResponseParser(_ResponseCallbacks(self))
 
     def _feed(self, data: bytes) -> None:
         continuing_head = self._in_head
@@ -272,7 +272,21 @@ class LlhttpParsing:
     def on_status(self, piece: bytes) -> None:
         self._reason += piece
 
+    def on_response_header(self, name: bytes, value: bytes) -> None:
+        """A response's header: only what its framing needs is noted (no facts)."""
+        if not self._in_head:
+            return  # a trailer: llhttp checked its syntax; it is not passed on
+        name = name.lower()
+        trimmed = value.rstrip(_OWS)  # llhttp keeps trailing whitespace
+        self._headers.append((name, trimmed))
+        kind = NAME_KINDS.get(name)
+        if kind == TRANSFER_ENCODING:
+            self._te.append(value)  # as llhttp read it
+        elif kind == CONTENT_LENGTH:
+            self._content_length = trimmed
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        """A request's header, and what it adds to the request's facts."""
         if not self._in_head:
             return  # a trailer: llhttp checked its syntax; it is not passed on
         name = name.lower()
@@ -411,3 +425,22 @@ def _remote_error(reason: str) -> RemoteProtocolError:
     if reason == "Invalid HTTP version":
         return RemoteProtocolError(reason, 505)
     return RemoteProtocolError(reason, 400)
+
+
+class _ResponseCallbacks:
+    """llhttp's callbacks for parsing responses: the connection's own, but for
+    ``on_header`` (a response has no facts to collect: its headers are many
+    and each costs less so). httptools looks them up once, per parser."""
+
+    __slots__ = (
+        "on_body", "on_header", "on_headers_complete", "on_message_begin",
+        "on_message_complete", "on_status",
+    )  # fmt: skip
+
+    def __init__(self, parsing: LlhttpParsing) -> None:
+        self.on_message_begin = parsing.on_message_begin
+        self.on_status = parsing.on_status
+        self.on_header = parsing.on_response_header
+        self.on_headers_complete = parsing.on_headers_complete
+        self.on_body = parsing.on_body
+        self.on_message_complete = parsing.on_message_complete

@@ -6,13 +6,13 @@
 One ``HttpRelay`` serves one keep-alive browser connection over an
 in-memory pipe; its gateway routes every request to an in-memory app that
 answers each with nginx's 1 KiB response. The browser sends what ``wrk``
-sends (or, ``--request browser``, Chromium's 15 headers), one request at a time, and reads each response whole. It prints the
-best of ``--repeats`` runs in µs of process CPU per request: the HTTP core
-and the relay (parse, check, route, rewrite, serialise both ways) plus the
-event loop's share, without the noise of the machine's other processes that
-the full row (``run.py``) carries. ``--src`` puts another checkout's
-``hostmux`` first on the path (e.g. ``git archive layout | tar -x -C DIR``),
-for an A/B in one run.
+sends (or, ``--request browser``, Chromium's 15 headers), one request at a
+time, and reads each response whole. It prints the best of ``--repeats``
+runs in µs of process CPU per request: the HTTP core and the relay (parse,
+check, route, rewrite, serialise both ways) plus the event loop's share,
+without the noise of the machine's other processes that the full row
+(``run.py``) carries. ``--src`` puts another checkout's ``hostmux`` first on
+the path (e.g. ``git archive layout | tar -x -C DIR``), for an A/B in one run.
 
 Bounded: ``--requests`` per run, ``--repeats`` runs, each under a 120 s deadline.
 """

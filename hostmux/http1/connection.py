@@ -34,7 +34,7 @@ Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
    the next cycle. (An upgrade request with a chunked body is 400.)
 7. Responses: 1xx, 204 and 304 responses, and responses to HEAD, have no
    body; one with neither Content-Length nor chunked ends at EOF. ``send``
-   frames what it sends as h11 does (``_http1_framing``).
+   frames what it sends as h11 does (``framing``).
 8. ``send`` refuses (LocalProtocolError) an event out of turn, a body where
    none is allowed, and more or less data than Content-Length said. It does
    not check header syntax: build headers from elsewhere with ``checked_headers``.

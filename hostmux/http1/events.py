@@ -1,4 +1,4 @@
-"""The vocabulary of ``_http1``: events, states, errors, and the header check.
+"""The vocabulary of ``hostmux.http1``: events, states, errors, and the header check.
 
 Events are small frozen records that are never validated when built: headers
 that llhttp parsed (or that the router derived from parsed ones and constants)
@@ -50,7 +50,7 @@ class Role(enum.Enum):
 class State(enum.Enum):
     """One side's place in the current request/response cycle (h11's names).
 
-    Transitions (``_http1``; "done" is MUST_CLOSE instead of DONE once either
+    Transitions (``connection``; "done" is MUST_CLOSE instead of DONE once either
     message said the connection ends, and start_next_cycle needs both DONE)::
 
         client (requester)  IDLE --Request--> SEND_BODY --EndOfMessage--> DONE

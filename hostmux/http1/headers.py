@@ -5,7 +5,7 @@ Rules:
 1. Hop-by-hop headers (RFC 9110 7.6.1), and every header named in
    ``Connection``, are removed in both directions: they describe one hop.
 2. Framing (``Content-Length`` / ``Transfer-Encoding: chunked``) is kept as the
-   parser validated it; ``_http1`` re-frames each side on its own.
+   parser validated it; ``Http1Connection`` re-frames each side on its own.
 3. Forwarding and identity headers are set by the router (identity: by the
    auth helper) only. Client-sent copies are removed in every spelling that
    some server normalises into the same name (case, ``_`` for ``-``), so an

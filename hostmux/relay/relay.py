@@ -3,7 +3,7 @@
 Used by the router (upstream = an SSH channel down a tunnel) and by the auth
 helper (upstream = TCP to the app). The rules it enforces:
 
-1. Every request is parsed (``_http1``: llhttp) and re-serialised from the parsed events;
+1. Every request is parsed (``hostmux.http1``: llhttp) and re-serialised from the parsed events;
    raw client bytes never reach the app (except after a WebSocket ``101``).
 2. Any framing doubt is a 400 (431 for an oversized head, 414 for a long
    target, 501 for a transfer coding other than chunked, 505 for another
@@ -15,7 +15,7 @@ helper (upstream = TCP to the app). The rules it enforces:
    refused, so the relay is never an open proxy.
 5. Bodies stream both ways chunk by chunk with back-pressure; nothing buffers a
    whole body. A response may start before the request body has ended.
-   The deadlines around a request body going up are in ``_upload``.
+   The deadlines around a request body going up are in ``upload``.
 6. A WebSocket upgrade becomes a byte splice only after the app answers ``101``;
    any other answer keeps HTTP parsing. The splice propagates half-close.
 7. The upstream stream is reused for the next request of the same connection

@@ -19,12 +19,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from urllib.parse import parse_qs
 
-from hostmux.http1.events import Request
-from hostmux.http1.headers import ClientInfo
-from hostmux.http1.pages import Page, redirect_page, status_page, wants_html, with_headers
+from hostmux.http1 import (
+    ClientInfo,
+    Page,
+    Request,
+    redirect_page,
+    status_page,
+    wants_html,
+    with_headers,
+)
 from hostmux.log import fields
-from hostmux.relay.gateway import Destination
-from hostmux.relay.streams import ByteStream
+from hostmux.relay import ByteStream, Destination
 
 from ._access import RETRY_UNREACHABLE_S, AccessChecks
 from ._config import AuthHelperConfig

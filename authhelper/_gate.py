@@ -23,7 +23,7 @@ import enum
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from hostmux.http1.headers import Headers, drop_hop_by_hop
+from hostmux.http1 import Headers, drop_hop_by_hop
 
 from ._session import LOGIN_COOKIE, SESSION_COOKIE, without_cookies
 

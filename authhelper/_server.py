@@ -23,10 +23,15 @@ from pathlib import Path
 from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.limits import ConnectionCounts
 from hostmux.log import fields
-from hostmux.relay.front_door import ConnectionSet, connection_handler
-from hostmux.relay.gateway import UpstreamUnavailable
-from hostmux.relay.relay import RelayLimits
-from hostmux.relay.streams import READ_CHUNK_BYTES, ByteStream, open_tcp_stream
+from hostmux.relay import (
+    READ_CHUNK_BYTES,
+    ByteStream,
+    ConnectionSet,
+    RelayLimits,
+    UpstreamUnavailable,
+    connection_handler,
+    open_tcp_stream,
+)
 
 from ._auth_gateway import AuthGateway
 from ._config import AuthHelperConfig

@@ -24,7 +24,7 @@ from hostmux.config.layered import (
 )
 from hostmux.config.ranges import DAY_S, GIB, HOUR_S, KIB, MIB, MINUTE_S, PORT_MAX, WEEK_S
 from hostmux.names import is_dns_label
-from hostmux.relay.relay import RelayLimits
+from hostmux.relay import RelayLimits
 
 
 def _default_state_dir() -> str:

@@ -32,8 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hostmux.log import fields
-from hostmux.relay.front_door import ConnectionHandler
-from hostmux.relay.streams import READ_CHUNK_BYTES
+from hostmux.relay import READ_CHUNK_BYTES, ConnectionHandler
 from hostmux.tunnel.coalescing import accepted_ssh_connection
 
 log = logging.getLogger("hostmux.oneport")

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from hostmux.config.layered import ConfigError, parse_host_port
-from hostmux.http1.headers import TrustedProxies
+from hostmux.http1 import TrustedProxies
 from hostmux.limits import ConnectionCounts, FailureLimiter
 from hostmux.log import fields
-from hostmux.relay.front_door import ConnectionSet, connection_handler, start_front_door
+from hostmux.relay import ConnectionSet, connection_handler, start_front_door
 from hostmux.tunnel.websocket import WssAcceptor
 from router.config import RouterConfig
 from router.one_port import open_listening_socket, serve_one_port

@@ -14,14 +14,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from hostmux.http1.cookies import host_only_cookies
-from hostmux.http1.events import Request
-from hostmux.http1.headers import ClientInfo, is_websocket_upgrade
-from hostmux.http1.pages import Page, router_home_page, status_page, wants_html
+from hostmux.http1 import (
+    ClientInfo,
+    Page,
+    Request,
+    host_only_cookies,
+    is_websocket_upgrade,
+    router_home_page,
+    status_page,
+    wants_html,
+)
 from hostmux.log import fields
 from hostmux.names import target_for_host
-from hostmux.relay.gateway import Destination
-from hostmux.relay.streams import ByteStream
+from hostmux.relay import ByteStream, Destination
 from hostmux.tunnel.websocket import WSS_PATH, WssAcceptor
 from router.routing import Offline, RouteTable
 

@@ -1,6 +1,6 @@
 """Events the relay sends, split by where their headers come from.
 
-``_http1`` never checks the headers of an event it is handed (llhttp checked
+``Http1Connection`` never checks the headers of an event it is handed (llhttp checked
 what it parsed; checking again measured ~6% of a small request under h11).
 Headers parsed from a peer, and the router's own built from such values and
 constants, need no second check: ``*_of_checked_headers`` wrap them as they

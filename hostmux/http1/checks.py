@@ -2,56 +2,48 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
 from hostmux.http1.events import ProtocolError, Request
+from hostmux.http1.header_facts import HeaderFacts, facts_of
 from hostmux.names import normalise_host
 
 
-def head_size(request: Request, fields: Sequence[tuple[bytes, bytes]]) -> int:
-    """About the size of the request head on the wire (the parser only bounds partial heads).
-
-    ``fields`` are the request's headers (``request.headers``).
-    """
-    size = len(request.method) + len(request.target) + 12
-    return size + sum(len(name) + len(value) + 4 for name, value in fields)
+def head_size(request: Request, facts: HeaderFacts | None = None) -> int:
+    """About the size of the request head on the wire (the parser only bounds partial heads)."""
+    if facts is None:
+        facts = facts_of(request)
+    return len(request.method) + len(request.target) + 12 + facts.size
 
 
 # The largest body length any peer can represent (nginx: off_t); larger is a parse error.
 _MAX_CONTENT_LENGTH = 2**63 - 1
 
-# Control characters RFC 9110 5.5 calls invalid in a field value (HTAB is allowed);
-# llhttp refuses them too: this stays as a second line of defence, it costs little.
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
-
-def framing_refusal(
-    request: Request, fields: Sequence[tuple[bytes, bytes]]
-) -> tuple[int, str] | None:
+def framing_refusal(request: Request, facts: HeaderFacts | None = None) -> tuple[int, str] | None:
     """(status, reason) if the parser accepted ``request`` but its framing is still in doubt.
 
     llhttp accepts chunked in HTTP/1.0, HTTP/2.0 request lines and a
     Content-Length up to 2**64-1; RFC 9112 6.1/6.3 call such messages faulty
-    (or no peer can represent them): we refuse them. Content-Length with
-    Transfer-Encoding is refused by the parser already, and again here.
+    (or no peer can represent them): we refuse them.
+
+    Not checked again here: what llhttp refuses itself (pinned to the
+    httptools version in use by ``tests/unit/test_llhttp_refusals.py``):
+    Content-Length with Transfer-Encoding, and control characters in a
+    header value (RFC 9110 5.5).
     """
     if request.http_version not in (b"1.0", b"1.1"):
         return 505, "only HTTP/1.0 and HTTP/1.1 are supported here"
-    names = {name for name, _ in fields}
-    if b"transfer-encoding" in names:
-        if b"content-length" in names:
-            return 400, "the request has both Content-Length and Transfer-Encoding"
-        if request.http_version == b"1.0":
-            return 400, "HTTP/1.0 requests cannot use Transfer-Encoding"
-    length = header(fields, b"content-length")
+    if facts is None:
+        facts = facts_of(request)
+    if facts.transfer_encoding and request.http_version == b"1.0":
+        return 400, "HTTP/1.0 requests cannot use Transfer-Encoding"
+    length = facts.content_length
     if length is not None and int(length) > _MAX_CONTENT_LENGTH:
         return 400, "the Content-Length is out of range"
-    if any(_CONTROL.search(value) for _, value in fields):
-        return 400, "a header value contains control characters"
     return None
 
 
@@ -105,40 +97,41 @@ class CheckedRequest:
 
 
 def check_request(
-    request: Request,
-    fields: Sequence[tuple[bytes, bytes]],
-    *,
-    max_target_bytes: int,
-    max_header_bytes: int,
+    request: Request, *, max_target_bytes: int, max_header_bytes: int
 ) -> CheckedRequest:
     """Everything decided about a request from its head alone, in refusal order.
 
-    ``fields`` are its headers (``request.headers``).
+    The target's length is checked again here although the parser refuses a
+    longer one (414) with the same limit: llhttp itself has no such limit (the
+    parser's callback counts it), and a length compared costs nothing.
     """
     if len(request.target) > max_target_bytes:
         return CheckedRequest((414, "the request target is too long"))
-    if head_size(request, fields) > max_header_bytes:
+    facts = facts_of(request)
+    if head_size(request, facts) > max_header_bytes:
         return CheckedRequest((431, "the request head is too large"))
-    if refusal := framing_refusal(request, fields):
+    if refusal := framing_refusal(request, facts):
         return CheckedRequest(refusal)
-    host_value = header(fields, b"host")
+    host_value = facts.host
     if host_value is None:
         return CheckedRequest((400, "the request has no Host header"))
     host = normalise_host(host_value.decode("latin-1"))
     if host is None:
         return CheckedRequest((400, "the Host header is not a valid host name"))
-
-    def refused(status: int, reason: str) -> CheckedRequest:
-        return CheckedRequest((status, reason), host, host_value)
-
     if request.method == b"CONNECT":
-        return refused(405, "CONNECT is not supported: this is not a proxy")
+        return CheckedRequest(
+            (405, "CONNECT is not supported: this is not a proxy"), host, host_value
+        )
     target = request.target
     if target == b"*":
-        return refused(400, "asterisk-form request targets are not supported")
+        return CheckedRequest(
+            (400, "asterisk-form request targets are not supported"), host, host_value
+        )
     if not target.startswith(b"/"):
         in_origin_form = origin_form(target, host)
         if in_origin_form is None:
-            return refused(400, "the absolute request target does not match Host")
+            return CheckedRequest(
+                (400, "the absolute request target does not match Host"), host, host_value
+            )
         target = in_origin_form
     return CheckedRequest(None, host, host_value, target)

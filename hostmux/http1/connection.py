@@ -5,8 +5,8 @@ side) it parses requests and serialises responses, as the CLIENT (the app's
 side) it serialises requests and parses responses. Its API is the part of h11's
 ``Connection`` the relay uses: ``receive_data``, ``next_event``, ``send``,
 ``our_state`` / ``their_state``, ``start_next_cycle`` and ``trailing_data``.
-The events, states and errors are in ``_http1_events``, the framing of what
-is sent in ``_http1_framing``.
+The events, states and errors are in ``events``, the framing of what is sent
+in ``framing``; the parsing half (llhttp and its callbacks) is ``parser``.
 
 Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
 
@@ -34,17 +34,13 @@ Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
    the next cycle. (An upgrade request with a chunked body is 400.)
 7. Responses: 1xx, 204 and 304 responses, and responses to HEAD, have no
    body; one with neither Content-Length nor chunked ends at EOF. ``send``
-   frames what it sends as h11 does (``_http1_framing``).
+   frames what it sends as h11 does (``framing``).
 8. ``send`` refuses (LocalProtocolError) an event out of turn, a body where
    none is allowed, and more or less data than Content-Length said. It does
    not check header syntax: build headers from elsewhere with ``checked_headers``.
 """
 
 from __future__ import annotations
-
-from collections import deque
-
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
 from hostmux.http1.events import (
     CONNECTION_CLOSED,
@@ -54,7 +50,6 @@ from hostmux.http1.events import (
     Data,
     EndOfMessage,
     Event,
-    Headers,
     InformationalResponse,
     LocalProtocolError,
     Pending,
@@ -64,43 +59,19 @@ from hostmux.http1.events import (
     Role,
     State,
 )
-from hostmux.http1.framing import (
-    CHUNKED,
-    CL,
-    HOST,
-    LENGTH,
-    SPECIAL,
-    TE,
-    head,
-    request_head,
-    response_head,
-)
+from hostmux.http1.framing import CHUNKED, LENGTH, head, request_head, response_head
+from hostmux.http1.parser import MODE_MANUAL_BODY, MODE_PARSING, MODE_PAUSED, LlhttpParsing
 
 # h11's default for an unfinished head; the relay sets its own for browsers.
 DEFAULT_MAX_HEAD_BYTES = 16 * 1024
 
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "2.0": b"2.0"}
-# llhttp's reasons for a transfer coding it does not read as chunked: h11 says 501.
-_UNSUPPORTED_CODING = ("Transfer-Encoding` header value", "invalid `Transfer-Encoding`")
-_NO_BODY_STATUSES = frozenset({204, 304})  # (and 1xx: llhttp knows)
 # States, looked up often (module globals are quicker than enum attributes).
 _DONE, _MUST_CLOSE, _SWITCHED, _ERROR = (
     State.DONE, State.MUST_CLOSE, State.SWITCHED_PROTOCOL, State.ERROR
 )  # fmt: skip
-_OWS = b" \t"
-# Empty until the next message begins (``_begin_message`` gives it fresh lists;
-# nothing appends to these).
-_NO_HEADERS: Headers = []
-_NO_CODINGS: list[bytes] = []
-# Parser modes.
-_PARSING, _MANUAL_BODY, _PAUSED, _DEAD = range(4)
 
 
-class _Stop(Exception):
-    """Raised in a callback to stop llhttp at the end of a head (101, HEAD responses)."""
-
-
-class Http1Connection:
+class Http1Connection(LlhttpParsing):
     """One HTTP/1.1 connection's protocol state, in the SERVER or CLIENT role.
 
     Feed what arrives with ``receive_data`` (``b""`` at EOF), take events with
@@ -109,13 +80,8 @@ class Http1Connection:
     """
 
     __slots__ = (
-        "_body_in_feed", "_content_length", "_data", "_eof", "_events", "_failure",
-        "_head_bytes", "_headers", "_heads_in_feed", "_hosts", "_in_head", "_in_message",
-        "_informational", "_keep_alive", "_line_carried", "_line_carry", "_line_from",
-        "_manual_left", "_max_head", "_max_target", "_mode", "_out_framing", "_out_left",
-        "_parser", "_progress", "_raw", "_reason", "_request_method", "_server", "_skip_end",
-        "_stalled", "_stopping", "_tail", "_te", "_their_version", "_until_close", "_upgrade",
-        "_url", "our_role", "our_state", "their_state",
+        "_eof", "_keep_alive", "_out_framing", "_out_left", "_their_version", "_upgrade",
+        "our_role", "our_state", "their_state",
     )  # fmt: skip
 
     def __init__(
@@ -125,49 +91,18 @@ class Http1Connection:
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
         max_target_bytes: int | None = None,
     ) -> None:
+        super().__init__(
+            server=role is Role.SERVER,
+            max_head_bytes=max_head_bytes,
+            max_target_bytes=max_head_bytes if max_target_bytes is None else max_target_bytes,
+        )
         self.our_role = role
         self.our_state = State.IDLE
         self.their_state = State.IDLE
-        self._server = role is Role.SERVER
-        self._max_head = max_head_bytes
-        self._max_target = max_head_bytes if max_target_bytes is None else max_target_bytes
-        # What was parsed, in order; a head's (keep-alive, upgrade requested) goes
-        # just before it (one deque: an idle connection holds it, ~0.4 KiB each).
-        self._events: deque[Event | RemoteProtocolError | tuple[bool, bool]] = deque()
-        self._parser: HttpRequestParser | HttpResponseParser = self._new_parser()
-        self._mode = _PARSING
-        self._raw = b""  # bytes not parsed (after an upgrade or a stop), or those of an error
         self._eof = False
-        self._failure: RemoteProtocolError | None = None  # raised by a callback
-        self._stopping = False
-        self._data = b""  # the bytes being fed (for the request-line check)
-        self._line_from = 0
-        # The reads an unfinished request head came in, up to the one where it
-        # began plus enough to hold its request line (``_line_carried`` bytes).
-        self._line_carry: list[bytes] = []
-        self._line_carried = 0
-        self._tail = b""  # the last bytes of an unfinished response head
-        self._stalled = 0  # bytes fed mid-body without any progress (trailer floods)
-        self._progress = False
-        self._heads_in_feed = 0
-        self._body_in_feed = False
-        self._manual_left = 0
-        self._skip_end = False
-        self._until_close = False
-        self._informational = False
-        # The message being parsed (reset by on_message_begin).
-        self._url = self._reason = b""
-        self._headers: Headers = []
-        self._head_bytes = 0
-        self._hosts = 0
-        self._te: list[bytes] = []
-        self._content_length: bytes | None = None
-        self._in_message = False
-        self._in_head = False
         # The current cycle.
         self._keep_alive = True
         self._upgrade = False
-        self._request_method: bytes | None = None
         self._their_version: bytes | None = None
         self._out_framing = LENGTH
         self._out_left = 0
@@ -194,11 +129,11 @@ class Http1Connection:
                 self._events.append(END_OF_MESSAGE)
             return
         mode = self._mode
-        if mode == _PARSING:
+        if mode == MODE_PARSING:
             self._feed(data)
-        elif mode == _MANUAL_BODY:
+        elif mode == MODE_MANUAL_BODY:
             self._feed_manual_body(data)
-        elif mode == _PAUSED:
+        elif mode == MODE_PAUSED:
             self._raw += data  # the relay reads no more than one read ahead
 
     def next_event(self) -> Event | Pending:
@@ -259,8 +194,8 @@ class Http1Connection:
         self._keep_alive = True
         self._upgrade = False
         self._request_method = self._their_version = None
-        if self._mode == _PAUSED:  # after a declined upgrade, or the head of a HEAD response
-            self._mode = _PARSING
+        if self._mode == MODE_PAUSED:  # after a declined upgrade, or the head of a HEAD response
+            self._mode = MODE_PARSING
             self._parser = self._new_parser()
             raw, self._raw = self._raw, b""
             if raw:
@@ -352,241 +287,3 @@ class Http1Connection:
             self.our_state = State.MUST_CLOSE
         if self.their_state is State.DONE:
             self.their_state = State.MUST_CLOSE
-
-    # -- parsing -------------------------------------------------------------
-
-    def _new_parser(self) -> HttpRequestParser | HttpResponseParser:
-        if self._server:
-            return HttpRequestParser(self)
-        return HttpResponseParser(self)
-
-    def _feed(self, data: bytes) -> None:
-        continuing_head = self._in_head
-        if continuing_head:
-            self._head_bytes += len(data)
-        self._progress = self._body_in_feed = False
-        self._heads_in_feed = 0
-        self._data = data
-        self._line_from = 0
-        try:
-            self._parser.feed_data(data)
-        except HttpParserUpgrade as upgrade:
-            self._after_upgrade(data[upgrade.args[0] :])
-            return
-        except HttpParserError as exc:
-            if self._stopping:
-                self._after_stop(data, continuing_head)
-            else:
-                self._fail_feed(data, self._failure or _remote_error(str(exc)))
-            return
-        finally:
-            self._data = b""
-        if self._in_head:
-            if self._head_bytes < 0:  # it began in this read: at least what was parsed of it
-                self._head_bytes = 16 + len(self._url) + len(self._reason)
-                self._head_bytes += sum(len(n) + len(v) + 4 for n, v in self._headers)
-            if self._head_bytes > self._max_head:
-                self._fail_feed(data, RemoteProtocolError("the head is too large", 431))
-            elif self._server:
-                if not self._line_carry or self._line_carried < self._max_target + 64:
-                    self._line_carried += len(data) if self._line_carry else 0
-                    self._line_carry.append(data)
-            else:
-                self._tail = (self._tail + data)[-3:]
-        elif self._in_message and not self._progress:
-            # Mid-body and nothing came of it: a chunk extension or trailer that never ends.
-            self._stalled += len(data)
-            if self._stalled > self._max_head:
-                self._fail_feed(data, RemoteProtocolError("no progress in the body", 400))
-        else:
-            self._stalled = 0
-
-    def _fail_feed(self, data: bytes, failure: RemoteProtocolError) -> None:
-        self._events.append(failure)
-        self._mode = _DEAD
-        self._raw = data
-        self._in_message = self._until_close = False
-
-    def _after_upgrade(self, rest: bytes) -> None:
-        """llhttp stopped after a request asking for an upgrade: parsing pauses."""
-        self._in_message = self._in_head = False
-        self._mode = _PAUSED
-        if self._manual_left:
-            self._mode = _MANUAL_BODY
-            self._in_message = True
-            self._feed_manual_body(rest)
-        else:
-            self._raw = rest
-
-    def _feed_manual_body(self, data: bytes) -> None:
-        """The Content-Length body of an upgrade request (llhttp skips those)."""
-        body = data[: self._manual_left]
-        self._manual_left -= len(body)
-        if body:
-            self._events.append(Data(body))
-        if not self._manual_left:
-            self._events.append(END_OF_MESSAGE)
-            self._in_message = self._skip_end = False
-            self._mode = _PAUSED
-            self._raw = data[len(body) :]
-
-    def _after_stop(self, data: bytes, continuing_head: bool) -> None:
-        """A callback stopped llhttp at the end of a head: the rest is not parsed."""
-        self._stopping = False
-        self._in_message = self._in_head = False
-        self._mode = _PAUSED
-        carry = self._tail if continuing_head else b""
-        if self._body_in_feed:  # the end of the head cannot be told from a body's bytes
-            self._fail_feed(data, RemoteProtocolError("a response after a body in one read"))
-            return
-        buffer = carry + data
-        at = 0
-        for head_number in range(self._heads_in_feed):
-            if head_number or not continuing_head:
-                # llhttp skips empty lines before a message: they are not its end.
-                while buffer[at : at + 1] in (b"\r", b"\n"):
-                    at += 1
-            at = buffer.find(b"\r\n\r\n", at) + 4
-        self._raw = buffer[at:]
-
-    def _begin_message(self) -> None:
-        self._url = self._reason = b""
-        self._headers = []
-        self._head_bytes = -1  # not counted yet (see _feed)
-        self._hosts = 0
-        self._te = []
-        self._content_length = None
-
-    def _fail(self, message: str, status: int = 400) -> RemoteProtocolError:
-        """The error for a callback to raise (llhttp then reports a callback error)."""
-        self._failure = RemoteProtocolError(message, status)
-        return self._failure
-
-    # llhttp's callbacks (httptools calls them by these names).
-
-    def on_message_begin(self) -> None:
-        self._begin_message()
-        self._in_message = self._in_head = True
-
-    def on_url(self, piece: bytes) -> None:
-        url = self._url + piece if self._url else piece
-        if len(url) > self._max_target:
-            raise self._fail("the request target is too long", 414)
-        self._url = url
-
-    def on_status(self, piece: bytes) -> None:
-        self._reason += piece
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a trailer: llhttp checked its syntax; it is not passed on
-        name = name.lower()
-        trimmed = value.rstrip(_OWS)  # llhttp keeps trailing whitespace
-        self._headers.append((name, trimmed))
-        special = SPECIAL.get(name)
-        if special is not None:
-            if special == HOST:
-                self._hosts += 1
-            elif special == TE:
-                self._te.append(value)  # as llhttp read it
-            elif special == CL:
-                self._content_length = trimmed
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._progress = True
-        parser = self._parser
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            if parser.get_http_version() == "0.9":
-                raise self._fail("no HTTP version (HTTP/0.9 is not supported)")
-            raise self._fail("only HTTP/1.0 and HTTP/1.1 are supported", 505)
-        if self._te and not self._chunked_only():
-            raise self._fail("only the chunked transfer coding is supported", 501)
-        if isinstance(parser, HttpRequestParser):
-            self._request_head(parser, version)
-        else:
-            self._response_head(parser, version)
-
-    def _chunked_only(self) -> bool:
-        # Only spaces around a coding: llhttp does not read "chunked<TAB>" as chunked.
-        codings = [c.strip(b" ").lower() for value in self._te for c in value.split(b",")]
-        if codings != [b"chunked"]:
-            return False
-        if self._te != [b"chunked"]:  # h11 passed it on in lower case
-            self._headers = [
-                (n, b"chunked" if n == b"transfer-encoding" else v) for n, v in self._headers
-            ]
-        return True
-
-    def _request_head(self, parser: HttpRequestParser, version: bytes) -> None:
-        if self._hosts > 1 or (self._hosts == 0 and version == b"1.1"):
-            raise self._fail("an HTTP/1.1 request needs exactly one Host header")
-        method = parser.get_method()
-        line = b"%b %b HTTP/%b\r\n" % (method, self._url, version)
-        if self._line_carry:
-            # A head that came in several reads: looked for in what was kept of them.
-            found = (b"".join(self._line_carry) + self._data).find(line) >= 0
-            self._line_carry.clear()
-            self._line_carried = 0
-        else:
-            at = self._data.find(line, self._line_from)
-            found = at >= 0
-            self._line_from = at + len(line)
-        if not found:
-            raise self._fail("the request line has extra spaces")
-        upgrade = parser.should_upgrade()
-        if upgrade and (self._te or self._content_length not in (None, b"0")):
-            if self._te:
-                raise self._fail("an upgrade request with a chunked body is not supported")
-            assert self._content_length is not None
-            self._manual_left = int(self._content_length)
-            self._skip_end = True  # llhttp skips an upgrade request's body: read by hand
-        self._events.append((parser.should_keep_alive(), upgrade))
-        self._events.append(Request(method, self._url, self._headers, version))
-
-    def _response_head(self, parser: HttpResponseParser, version: bytes) -> None:
-        status = parser.get_status_code()
-        self._heads_in_feed += 1
-        if status < 200:
-            self._events.append(InformationalResponse(status, self._headers, self._reason, version))
-            if status == 101:  # the rest is another protocol's: stop here
-                self._stopping = True
-                raise _Stop()
-            self._informational = True  # 1xx messages have no end-of-message event
-            return
-        self._events.append((parser.should_keep_alive(), False))
-        self._events.append(Response(status, self._headers, self._reason, version))
-        if self._request_method == b"HEAD":
-            self._events.append(END_OF_MESSAGE)  # whatever it says, no body follows
-            self._stopping = True
-            raise _Stop()
-        self._until_close = (
-            not self._te and self._content_length is None and status not in _NO_BODY_STATUSES
-        )
-
-    def on_body(self, body: bytes) -> None:
-        self._events.append(Data(body))
-        self._progress = self._body_in_feed = True
-
-    def on_message_complete(self) -> None:
-        # The message's head belongs to its event now: an idle keep-alive
-        # connection holds no copy of its last request or response.
-        self._headers, self._te, self._url, self._reason = _NO_HEADERS, _NO_CODINGS, b"", b""
-        self._progress = True
-        self._in_message = self._until_close = False
-        if self._informational:
-            self._informational = False
-        elif self._skip_end:
-            pass  # the upgrade request's body is read by hand, then ended
-        else:
-            self._events.append(END_OF_MESSAGE)
-
-
-def _remote_error(reason: str) -> RemoteProtocolError:
-    """Translate llhttp's complaint (only its reason is exposed) into a status."""
-    if any(text in reason for text in _UNSUPPORTED_CODING):
-        return RemoteProtocolError(reason, 501)
-    if reason == "Invalid HTTP version":
-        return RemoteProtocolError(reason, 505)
-    return RemoteProtocolError(reason, 400)

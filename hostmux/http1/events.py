@@ -1,4 +1,4 @@
-"""The vocabulary of ``_http1``: events, states, errors, and the header check.
+"""The vocabulary of ``hostmux.http1``: events, states, errors, and the header check.
 
 Events are small frozen records that are never validated when built: headers
 that llhttp parsed (or that the router derived from parsed ones and constants)
@@ -19,7 +19,9 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from hostmux.http1.header_facts import HeaderFacts
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -48,7 +50,7 @@ class Role(enum.Enum):
 class State(enum.Enum):
     """One side's place in the current request/response cycle (h11's names).
 
-    Transitions (``_http1``; "done" is MUST_CLOSE instead of DONE once either
+    Transitions (``connection``; "done" is MUST_CLOSE instead of DONE once either
     message said the connection ends, and start_next_cycle needs both DONE)::
 
         client (requester)  IDLE --Request--> SEND_BODY --EndOfMessage--> DONE
@@ -87,6 +89,9 @@ class Request:
     target: bytes
     headers: Headers
     http_version: bytes = b"1.1"
+    # What the headers say, gathered as they were parsed (``header_facts``);
+    # None for a request built by hand (``facts_of`` scans it then).
+    facts: HeaderFacts | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

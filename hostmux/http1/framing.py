@@ -1,4 +1,4 @@
-"""How ``_http1`` frames what it sends: message heads and their bodies' framing (pure).
+"""How ``Http1Connection`` frames what it sends: message heads and their bodies' framing (pure).
 
 Rules (h11's, so that what the relay sends is byte for byte what it sent):
 

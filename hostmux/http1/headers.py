@@ -5,7 +5,7 @@ Rules:
 1. Hop-by-hop headers (RFC 9110 7.6.1), and every header named in
    ``Connection``, are removed in both directions: they describe one hop.
 2. Framing (``Content-Length`` / ``Transfer-Encoding: chunked``) is kept as the
-   parser validated it; ``_http1`` re-frames each side on its own.
+   parser validated it; ``Http1Connection`` re-frames each side on its own.
 3. Forwarding and identity headers are set by the router (identity: by the
    auth helper) only. Client-sent copies are removed in every spelling that
    some server normalises into the same name (case, ``_`` for ``-``), so an
@@ -21,14 +21,15 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-Headers = list[tuple[bytes, bytes]]
+from hostmux.http1.header_facts import (
+    HOP_BY_HOP,
+    NOT_FROM_BROWSERS,
+    HeaderFacts,
+    connection_tokens,
+    header_facts,
+)
 
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-        b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"http2-settings",
-    }
-)  # fmt: skip
+Headers = list[tuple[bytes, bytes]]
 
 # Names some servers read for framing or routing once "_" is folded into "-":
 # a client must not smuggle them past the parser in that spelling.
@@ -36,22 +37,6 @@ _FOLDED_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 # Framing and routing: a client naming them in Connection must not make them vanish.
 _NEVER_CONNECTION_SCOPED = frozenset({b"content-length", b"transfer-encoding", b"host"})
-
-# Set by the router; never passed on from the client.
-_FORWARDING = frozenset(
-    {
-        b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-        b"x-forwarded-server", b"x-forwarded-prefix", b"forwarded", b"x-real-ip",
-        b"x-request-id", b"x-client-ip", b"true-client-ip", b"client-ip",
-    }
-)  # fmt: skip
-
-
-# Identity the auth helper in the pod sets after the router (``X-Hostmux-User``):
-# a browser's copy must not reach an app that trusts it, helper or not.
-_IDENTITY = frozenset({b"x-hostmux-user"})
-
-_NOT_FROM_BROWSERS = _FORWARDING | _IDENTITY
 
 _NONE: frozenset[bytes] = frozenset()
 
@@ -120,7 +105,7 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            tokens.update(connection_tokens(value))
     return tokens
 
 
@@ -129,16 +114,23 @@ def drop_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], also: frozenset[byte
     return _drop(headers, also)
 
 
-def _drop(headers: Sequence[tuple[bytes, bytes]], extra: frozenset[bytes]) -> Headers:
+def _drop(
+    headers: Sequence[tuple[bytes, bytes]],
+    extra: frozenset[bytes],
+    named: set[bytes] | frozenset[bytes] | None = None,
+) -> Headers:
+    """``headers`` less hop-by-hop ones, ``extra`` and those ``named`` in Connection
+    (found here when None)."""
     if not isinstance(headers, list):
         headers = list(headers)  # a lazy sequence is iterated once, not twice
-    named = _connection_tokens(headers)
+    if named is None:
+        named = _connection_tokens(headers)
     kept: Headers = []
     for name, value in headers:
         folded = name.replace(b"_", b"-")
         if (
-            name in _HOP_BY_HOP
-            or folded in _HOP_BY_HOP
+            name in HOP_BY_HOP
+            or folded in HOP_BY_HOP
             or (name in named and name not in _NEVER_CONNECTION_SCOPED)
             or folded in extra
             or (folded != name and folded in _FOLDED_FRAMING)
@@ -148,12 +140,12 @@ def _drop(headers: Sequence[tuple[bytes, bytes]], extra: frozenset[bytes]) -> He
     return kept
 
 
-def is_websocket_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """True if the request asks for a WebSocket upgrade (and nothing else)."""
-    if b"upgrade" not in _connection_tokens(headers):
-        return False
-    upgrades = [v.strip().lower() for n, v in headers if n == b"upgrade"]
-    return upgrades == [b"websocket"]
+def is_websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """True if the request asks for a WebSocket upgrade (and nothing else).
+
+    A parsed request has the answer already: ``request.facts.websocket_upgrade``.
+    """
+    return header_facts(headers).websocket_upgrade
 
 
 # Browsers come back from the same few addresses: parsing each one once is enough.
@@ -174,9 +166,19 @@ def request_headers_for_app(
     client: ClientInfo,
     request_id: str,
     websocket: bool,
+    facts: HeaderFacts | None = None,
 ) -> Headers:
-    """The headers the app receives for a browser's request."""
-    out = _drop(headers, _NOT_FROM_BROWSERS)
+    """The headers the app receives for a browser's request.
+
+    ``facts`` (the request's, from the parser) spare a walk over ``headers``:
+    without a header the filter may remove, they are passed on as they are.
+    """
+    if facts is None:
+        out = _drop(headers, NOT_FROM_BROWSERS)
+    elif facts.droppable:
+        out = _drop(headers, NOT_FROM_BROWSERS, facts.connection)
+    else:
+        out = list(headers)
     if websocket:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
     quoted_host = host.decode("latin-1").replace('"', "")

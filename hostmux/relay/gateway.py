@@ -28,7 +28,7 @@ class Destination:
     label: str  # for logs: the tunnel name
     open: Callable[[], Awaitable[ByteStream]]  # raises UpstreamUnavailable
     # The app's request headers from the browser's and "is it a WebSocket
-    # upgrade"; None: the router's rules (``_headers.request_headers_for_app``).
+    # upgrade"; None: the router's rules (``hostmux.http1.request_headers_for_app``).
     request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None
     # Applied to the app's response headers after the router's own rules.
     response_headers: Callable[[Headers], Headers] | None = None

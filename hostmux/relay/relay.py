@@ -3,7 +3,7 @@
 Used by the router (upstream = an SSH channel down a tunnel) and by the auth
 helper (upstream = TCP to the app). The rules it enforces:
 
-1. Every request is parsed (``_http1``: llhttp) and re-serialised from the parsed events;
+1. Every request is parsed (``hostmux.http1``: llhttp) and re-serialised from the parsed events;
    raw client bytes never reach the app (except after a WebSocket ``101``).
 2. Any framing doubt is a 400 (431 for an oversized head, 414 for a long
    target, 501 for a transfer coding other than chunked, 505 for another
@@ -15,15 +15,18 @@ helper (upstream = TCP to the app). The rules it enforces:
    refused, so the relay is never an open proxy.
 5. Bodies stream both ways chunk by chunk with back-pressure; nothing buffers a
    whole body. A response may start before the request body has ended.
-   The deadlines around a request body going up are in ``_upload``.
+   The deadlines around a request body going up are in ``upload``.
 6. A WebSocket upgrade becomes a byte splice only after the app answers ``101``;
    any other answer keeps HTTP parsing. The splice propagates half-close.
 7. The upstream stream is reused for the next request of the same connection
    while both sides keep the connection alive; a request without a body that
    finds a reused upstream already closed is retried once on a fresh one.
 
-Error handling: client-visible failures are status pages from ``_pages``;
-exceptions from either stream end the connection quietly (logged at debug).
+Error handling: a refusal anywhere on the way is one exception (``Refusal``,
+``outcomes``) caught in one place, ``HttpRelay._handle``, which sends its status
+page (``pages``); exceptions from either stream end the connection quietly
+(logged at debug). The response path is ``response``, the browser's side
+``browser``, the app's ``upstream``, a request body ``upload``.
 """
 
 from __future__ import annotations
@@ -32,55 +35,36 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hostmux.http1.checked_events import (
     END_OF_MESSAGE,
     request_checking_headers,
     request_of_checked_headers,
-    response_checking_headers,
-    response_of_checked_headers,
 )
-from hostmux.http1.checks import check_request, header, parse_error_status, reason_phrase
-from hostmux.http1.connection import Http1Connection
+from hostmux.http1.checks import CheckedRequest, check_request, parse_error_status
 from hostmux.http1.events import (
-    NEED_DATA,
     ConnectionClosed,
-    Data,
     EndOfMessage,
-    Event,
-    InformationalResponse,
-    LocalProtocolError,
-    Pending,
     ProtocolError,
     RemoteProtocolError,
     Request,
-    Response,
-    Role,
     State,
 )
-from hostmux.http1.headers import (
-    ClientInfo,
-    Headers,
-    TrustedProxies,
-    is_websocket_upgrade,
-    request_headers_for_app,
-    response_headers_for_client,
-)
+from hostmux.http1.header_facts import facts_of
+from hostmux.http1.headers import ClientInfo, TrustedProxies, request_headers_for_app
 from hostmux.http1.pages import Page, status_page, wants_html
+from hostmux.relay.browser import BrowserSide
 from hostmux.relay.deadline import Deadline
 from hostmux.relay.gateway import Destination, Gateway, UpstreamUnavailable
+from hostmux.relay.outcomes import Abort, Refusal, StaleUpstream
 from hostmux.relay.records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
+from hostmux.relay.response import ResponseEnd, ResponsePath
 from hostmux.relay.splice import splice
 from hostmux.relay.streams import ByteStream
-from hostmux.relay.upload import (
-    BodyEvent,
-    buffered_body_events,
-    failure_of,
-    pump_request_body,
-    receive_once_sent,
-)
+from hostmux.relay.upload import BodyEvent, buffered_body_events, failure_of, pump_request_body
+from hostmux.relay.upstream import Upstream
 
 log = logging.getLogger("hostmux.relay")
 
@@ -102,25 +86,8 @@ class RelayLimits:
     max_requests_per_connection: int = 1000  # nginx keepalive_requests
 
 
+# Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-
-# Queued browser output is written once it reaches this size (a bounded buffer).
-_FLUSH_BYTES = 64 * 1024
-
-
-class _Abort(Exception):
-    """Ends the browser connection without a response (it cannot get one now)."""
-
-
-@dataclass(slots=True)
-class _Upstream:
-    stream: ByteStream
-    conn: Http1Connection
-    key: str
-    response_filter: Callable[[Headers], Headers] | None = None
-    requests: int = 0
-    got_response: bool = False  # any byte of the current response received
 
 
 class HttpRelay:
@@ -135,6 +102,7 @@ class HttpRelay:
     # The timeout of the waits in the task running ``run`` (set there: the relay
     # may be made in another task than the one that runs it).
     _deadline: Deadline
+    _responses: ResponsePath  # (made there too: it uses the deadline)
 
     def __init__(
         self,
@@ -145,25 +113,23 @@ class HttpRelay:
         on_request: Callable[[RequestRecord], None],
         trusted_proxies: TrustedProxies | None = None,
     ) -> None:
-        self._client = client
+        self._browser = BrowserSide(
+            client,
+            max_head_bytes=limits.max_header_bytes,
+            max_target_bytes=limits.max_target_bytes,
+            send_timeout_s=limits.send_timeout_s,
+        )
         self._info = info
         self._trusted = trusted_proxies or None
         self._gateway = gateway
         self._limits = limits
         self._on_request = on_request
-        self._h = Http1Connection(
-            Role.SERVER,
-            max_head_bytes=limits.max_header_bytes,
-            max_target_bytes=limits.max_target_bytes,
-        )
         self._bound_host: str | None = None
-        self._upstream: _Upstream | None = None
-        self._out = bytearray()  # response bytes queued for the browser
+        self._upstream: Upstream | None = None
         self._served = 0  # requests read on this connection, the current one included
         self._peer = f"{info.peer_ip}:{info.peer_port}"
         self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
         self._between_requests = False  # waiting for the next request head
-        self._browser_stalled = False  # stopped reading the response: reset, not close
 
     def __repr__(self) -> str:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
@@ -177,23 +143,24 @@ class HttpRelay:
 
     async def run(self) -> None:
         self._deadline = Deadline()
+        self._responses = ResponsePath(
+            self._browser, self._deadline, self._going_away,
+            response_timeout_s=self._limits.response_timeout_s,
+            idle_timeout_s=self._limits.upstream_idle_timeout_s,
+        )  # fmt: skip
         try:
             await self._serve()
-        except (_Abort, ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
+        except (Abort, ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
             self._deadline.close()
             self._close_upstream()
-            if self._browser_stalled:
-                # A browser that stopped reading would keep a graceful close
-                # (and its queued bytes) waiting: reset it instead.
-                self._client.abort()
-            else:
-                self._client.close()  # flushes what is queued (bounded by the stream)
+            self._browser.close()
 
     # -- the request loop ----------------------------------------------------
 
     async def _serve(self) -> None:
+        h = self._browser.h
         for served in range(self._limits.max_requests_per_connection):
             self._served = served + 1
             timeout = (
@@ -204,12 +171,12 @@ class HttpRelay:
             try:
                 self._between_requests = True
                 with self._deadline.within(timeout):
-                    event = await self._next_client_event()
+                    event = await self._browser.next_event()
             except TimeoutError:
                 return  # idle, slowloris or shutdown: close without a word, as nginx does
             except RemoteProtocolError as exc:
                 page = status_page(*parse_error_status(exc))
-                await self._send_page(page, head_only=False)
+                await self._browser.send_page(page, head_only=False)
                 # No request was formed, but the refusal belongs in the access log.
                 self._on_request(unparsable_request(self._peer, page.status))
                 return
@@ -220,128 +187,164 @@ class HttpRelay:
             assert isinstance(event, Request), event
             if not await self._handle(event):
                 return
-            if self._h.our_state is not State.DONE or self._h.their_state is not State.DONE:
+            if h.our_state is not State.DONE or h.their_state is not State.DONE:
                 return
-            self._h.start_next_cycle()
+            h.start_next_cycle()
 
     async def _handle(self, request: Request) -> bool:
-        """Relay one request; True if the connection may carry another."""
+        """Relay one request; True if the connection may carry another.
+
+        A ``Refusal`` raised anywhere on the way ends here: its status page is
+        the answer, and the connection closes after it.
+        """
         started = time.perf_counter()
         rid = new_request_id()
         record = RecordBuilder(rid, self._peer, request)
         try:
-            keep = await self._relay_request(request, rid, record)
+            checked, body_events = self._check(request, record)
+            client = self._info
+            if self._trusted is not None:
+                client = self._trusted.client_of(request.headers, client)
+            routed = self._gateway.route(checked.host, request, rid, client)
+            # (an isinstance check on the two concrete answers is cheaper than isawaitable)
+            decision = routed if isinstance(routed, Destination | Page) else await routed
+            if isinstance(decision, Page):
+                record.status = decision.status
+                await self._browser.send_page(decision, head_only=request.method == b"HEAD")
+                return False
+            record.name = decision.label
+            websocket = request.method == b"GET" and facts_of(request).websocket_upgrade
+            upstream_request = self._upstream_request(
+                request, checked, decision, client, rid, websocket
+            )
+            return await self._relay(
+                request, decision, upstream_request, body_events, websocket, record
+            )
+        except Refusal as refusal:
+            self._close_upstream()  # the connection ends after the page
+            record.status = refusal.status
+            page = status_page(
+                refusal.status, refusal.detail, request_id=rid,
+                as_html=wants_html(facts_of(request).accept),
+            )  # fmt: skip
+            await self._browser.send_page(page, head_only=request.method == b"HEAD")
+            return False
         finally:
             self._on_request(record.finish(started))
-        return keep
 
-    async def _relay_request(self, request: Request, rid: str, record: RecordBuilder) -> bool:
-        fields = request.headers
-        as_html = wants_html(header(fields, b"accept"))
-        head_only = request.method == b"HEAD"
-
-        async def refuse(status: int, detail: str) -> bool:
-            record.status = status
-            await self._send_page(
-                status_page(status, detail, request_id=rid, as_html=as_html), head_only=head_only
-            )
-            return False
-
+    def _check(
+        self, request: Request, record: RecordBuilder
+    ) -> tuple[CheckedRequest, list[BodyEvent]]:
+        """Check ``request`` and read what already came of its body (Refusal if either fails)."""
         checked = check_request(
             request,
-            fields,
             max_target_bytes=self._limits.max_target_bytes,
             max_header_bytes=self._limits.max_header_bytes,
         )
         record.host = host = checked.host
-        host_value, target = checked.host_value, checked.target
         if checked.refusal is not None:
-            return await refuse(*checked.refusal)
+            raise Refusal(*checked.refusal)
         if self._bound_host is not None and host != self._bound_host:
-            return await refuse(421, "this connection is bound to another host; open a new one")
+            raise Refusal(421, "this connection is bound to another host; open a new one")
         self._bound_host = host
-
         # Parse the body bytes already received before routing: a framing error in
-        # them is refused unseen by the app and before any login redirect. A
-        # bodiless request goes in one write, retried if a reused upstream closed.
+        # them is refused unseen by the app and before any login redirect.
         try:
-            body_events = buffered_body_events(self._h)
+            return checked, buffered_body_events(self._browser.h)
         except RemoteProtocolError:
-            return await refuse(400, "the request body framing is invalid")
-        bodiless = isinstance(body_events[0], EndOfMessage)
-        client = self._info
-        if self._trusted is not None:
-            client = self._trusted.client_of(fields, client)
-        routed = self._gateway.route(host, request, rid, client)
-        # (an isinstance check on the two concrete answers is cheaper than isawaitable)
-        decision = routed if isinstance(routed, Destination | Page) else await routed
-        if isinstance(decision, Page):
-            record.status = decision.status
-            await self._send_page(decision, head_only=head_only)
-            return False
-        record.name = decision.label
+            raise Refusal(400, "the request body framing is invalid") from None
 
-        websocket = request.method == b"GET" and is_websocket_upgrade(fields)
+    def _upstream_request(
+        self,
+        request: Request,
+        checked: CheckedRequest,
+        decision: Destination,
+        client: ClientInfo,
+        rid: str,
+        websocket: bool,
+    ) -> Request:
+        """The request the app receives: the browser's, its headers rewritten."""
+        fields = request.headers
         if decision.request_headers is not None:
-            upstream_request = request_checking_headers(
-                request.method, target, decision.request_headers(fields, websocket)
+            return request_checking_headers(
+                request.method, checked.target, decision.request_headers(fields, websocket)
             )
-        else:
-            upstream_request = request_of_checked_headers(
-                request.method, target,
-                request_headers_for_app(
-                    fields, host=host_value, client=client, request_id=rid, websocket=websocket
-                ),
-            )  # fmt: skip
-        # Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
-        retryable = bodiless and request.method in _IDEMPOTENT
+        headers = request_headers_for_app(
+            fields, host=checked.host_value, client=client, request_id=rid,
+            websocket=websocket, facts=request.facts,
+        )  # fmt: skip
+        return request_of_checked_headers(request.method, checked.target, headers)
 
+    async def _relay(
+        self,
+        request: Request,
+        decision: Destination,
+        upstream_request: Request,
+        body_events: list[BodyEvent],
+        websocket: bool,
+        record: RecordBuilder,
+    ) -> bool:
+        """Send ``upstream_request`` up (retried once on a fresh upstream if a reused
+        one had closed) and relay the answer; True if the connection may go on."""
+        # A bodiless request goes in one write, retried if a reused upstream closed.
+        bodiless = isinstance(body_events[0], EndOfMessage)
+        retryable = bodiless and request.method in _IDEMPOTENT
         for attempt in (1, 2):
             reused = self._upstream is not None and self._upstream.key == decision.key
-            if not reused:
-                self._close_upstream()
-                try:
-                    async with asyncio.timeout(self._limits.connect_timeout_s):
-                        stream = await decision.open()
-                except TimeoutError:
-                    return await refuse(
-                        504, f"the tunnel {decision.label!r} did not answer in time"
-                    )
-                except UpstreamUnavailable as exc:
-                    return await refuse(502, str(exc))
-                self._upstream = _Upstream(
-                    stream, Http1Connection(Role.CLIENT), decision.key, decision.response_headers
-                )
-            upstream = self._upstream
+            upstream = self._upstream if reused else await self._open(decision)
             assert upstream is not None
             upstream.requests += 1
             upstream.got_response = False
             head = upstream.conn.send(upstream_request)
             if bodiless:
                 head += upstream.conn.send(END_OF_MESSAGE)
+            last_try = attempt == 2 or not retryable or not reused
             try:
                 await upstream.stream.send_all(head)
                 if bodiless:
-                    return await self._relay_response(upstream, record, websocket, refuse)
-                return await self._relay_with_body(upstream, body_events, record, refuse)
-            except _StaleUpstream:
+                    end = await self._responses.relay(upstream, record, websocket, self._last())
+                    if end is ResponseEnd.SWITCHED:
+                        await self._splice(upstream, record)
+                        return False
+                    return self._after_response(end)
+                return await self._relay_with_body(upstream, body_events, record)
+            except StaleUpstream:
                 self._close_upstream()
-                if attempt == 2 or not retryable or not reused:
-                    return await refuse(502, "the app closed the connection without answering")
+                if last_try:
+                    raise Refusal(502, "the app closed the connection without answering") from None
             except (ConnectionError, OSError):
                 if record.response_started:
-                    raise _Abort() from None
+                    raise Abort() from None
                 self._close_upstream()
-                if attempt == 2 or not retryable or not reused:
-                    return await refuse(502, "the connection to the app failed")
-        return False  # not reached: the second attempt always returns
+                if last_try:
+                    raise Refusal(502, "the connection to the app failed") from None
+        return False  # not reached: the second attempt always returns or raises
+
+    async def _open(self, decision: Destination) -> Upstream:
+        """A fresh upstream for ``decision`` (the previous one, if any, closed)."""
+        self._close_upstream()
+        try:
+            async with asyncio.timeout(self._limits.connect_timeout_s):
+                stream = await decision.open()
+        except TimeoutError:
+            raise Refusal(504, f"the tunnel {decision.label!r} did not answer in time") from None
+        except UpstreamUnavailable as exc:
+            raise Refusal(502, str(exc)) from None
+        self._upstream = Upstream(stream, decision.key, decision.response_headers)
+        return self._upstream
+
+    def _last(self) -> bool:
+        """Whether the request in flight is the last this connection may carry."""
+        return self._served >= self._limits.max_requests_per_connection
+
+    def _after_response(self, end: ResponseEnd) -> bool:
+        """Keep or close the upstream after a complete response: the connection goes on."""
+        if end is ResponseEnd.FINISHED:
+            self._close_upstream()
+        return True
 
     async def _relay_with_body(
-        self,
-        upstream: _Upstream,
-        body_events: list[BodyEvent],
-        record: RecordBuilder,
-        refuse: Callable[[int, str], Awaitable[bool]],
+        self, upstream: Upstream, body_events: list[BodyEvent], record: RecordBuilder
     ) -> bool:
         """Stream the request body up while the response comes down.
 
@@ -350,9 +353,10 @@ class HttpRelay:
         Meanwhile each read from the browser has ``body_timeout_s`` (else 408)
         and each write to the app ``response_timeout_s`` (else 504).
         """
+        browser = self._browser
         body_task = asyncio.create_task(
             pump_request_body(
-                self._h, self._client, upstream.stream, upstream.conn, body_events, record,
+                browser.h, browser.stream, upstream.stream, upstream.conn, body_events, record,
                 body_timeout_s=self._limits.body_timeout_s,
                 app_timeout_s=self._limits.response_timeout_s,
             )
@@ -360,13 +364,14 @@ class HttpRelay:
         finished = False
         try:
             try:
-                keep = await self._relay_response(upstream, record, False, refuse, body_task)
-            except (_StaleUpstream, ConnectionError, OSError):
+                end = await self._responses.relay(upstream, record, False, self._last(), body_task)
+                # (no 101 here: a request with a body is no upgrade the relay splices)
+                keep = self._after_response(end)
+            except (StaleUpstream, ConnectionError, OSError):
                 failed = failure_of(body_task)
                 if failed is None or record.response_started:
                     raise
-                self._close_upstream()
-                return await refuse(failed.status, failed.detail)
+                raise Refusal(failed.status, failed.detail) from None
         finally:
             finished = body_task.done()
             if not finished:
@@ -381,108 +386,14 @@ class HttpRelay:
             return False
         return keep
 
-    async def _relay_response(
-        self,
-        upstream: _Upstream,
-        record: RecordBuilder,
-        websocket: bool,
-        refuse: Callable[[int, str], Awaitable[bool]],
-        body: asyncio.Task[None] | None = None,
-    ) -> bool:
-        """Relay the app's response; ``body`` is the request body still going up, if any."""
-        limits = self._limits
-        timeout = limits.response_timeout_s
-        while True:
-            try:
-                event = await self._next_upstream_event(
-                    upstream, timeout, record, None if record.response_started else body
-                )
-            except TimeoutError:
-                if record.response_started:
-                    raise _Abort() from None
-                failed = failure_of(body)
-                if failed is not None:
-                    return await refuse(failed.status, failed.detail)
-                record.note = record.note or "response timeout"
-                return await refuse(504, "the app did not answer in time")
-            except RemoteProtocolError:
-                if record.response_started:
-                    raise _Abort() from None
-                self._close_upstream()
-                return await refuse(502, "the app sent an invalid response")
-            if isinstance(event, ConnectionClosed):
-                failed = failure_of(body)
-                if failed is not None and not record.response_started:
-                    return await refuse(failed.status, failed.detail)
-                if not record.response_started and upstream.requests > 1:
-                    raise _StaleUpstream()
-                if record.response_started:
-                    raise _Abort()
-                return await refuse(502, "the app closed the connection without answering")
-            if isinstance(event, InformationalResponse):
-                if event.status_code == 101:
-                    if not websocket:
-                        return await refuse(502, "the app switched protocols unasked")
-                    switched = response_headers_for_client(event.headers, websocket_accepted=True)
-                    if upstream.response_filter is not None:  # a 101 may set cookies too
-                        switched = upstream.response_filter(switched)
-                    await self._send_client(
-                        InformationalResponse(101, switched, event.reason), record
-                    )
-                    record.status = 101
-                    record.response_started = True
-                    await self._flush_client(record)
-                    await self._splice(upstream, record)
-                    return False
-                await self._send_client(
-                    InformationalResponse(
-                        event.status_code, response_headers_for_client(event.headers), event.reason
-                    ),
-                    record,
-                )
-                continue
-            if isinstance(event, Response):
-                record.status = event.status_code
-                record.response_started = True
-                headers = response_headers_for_client(event.headers)
-                if self._going_away.is_set() or self._served >= limits.max_requests_per_connection:
-                    # Shutting down, or the last request this connection may carry:
-                    # say so, as nginx does after keepalive_requests (then it closes).
-                    headers.append((b"connection", b"close"))
-                if upstream.response_filter is not None:
-                    response = response_checking_headers(
-                        event.status_code, event.reason, upstream.response_filter(headers)
-                    )
-                else:
-                    response = response_of_checked_headers(event, headers)
-                await self._send_client(response, record)
-                timeout = limits.upstream_idle_timeout_s
-            elif isinstance(event, Data):
-                await self._send_client(event, record)
-            elif isinstance(event, EndOfMessage):
-                await self._send_client(END_OF_MESSAGE, record)
-                await self._flush_client(record)
-                # After a refused upgrade the app's side of the connection is in
-                # doubt (hypercorn, for one, errors on what follows): not reused.
-                reusable = (
-                    not websocket
-                    and upstream.conn.our_state is State.DONE
-                    and upstream.conn.their_state is State.DONE
-                )
-                if reusable:
-                    upstream.conn.start_next_cycle()
-                else:
-                    self._close_upstream()
-                return True
-
-    async def _splice(self, upstream: _Upstream, record: RecordBuilder) -> None:
+    async def _splice(self, upstream: Upstream, record: RecordBuilder) -> None:
         """Copy bytes both ways after a 101, until both directions ended."""
         self._upstream = None  # no longer reusable: owned by the splice now
         try:
             await splice(
-                self._client, upstream.stream,
+                self._browser.stream, upstream.stream,
                 idle_timeout_s=self._limits.websocket_idle_timeout_s, counter=record,
-                going_away=self._going_away, client_rest=self._h.trailing_data,
+                going_away=self._going_away, client_rest=self._browser.h.trailing_data,
                 upstream_rest=upstream.conn.trailing_data,
             )  # fmt: skip
         except* (ConnectionError, OSError, TimeoutError) as group:
@@ -490,102 +401,7 @@ class HttpRelay:
         finally:
             upstream.stream.close()
 
-    # -- sending to the browser ---------------------------------------------
-
-    async def _send_client(self, event: Event, record: RecordBuilder) -> None:
-        """Queue ``event`` for the browser; written out before the relay next waits."""
-        data = self._h.send(event)
-        if data:
-            if isinstance(event, Data):
-                record.bytes_out += len(event.data)
-            if len(self._out) + len(data) < _FLUSH_BYTES:
-                self._out += data  # small pieces: batched into one write
-                return
-            if self._out:
-                self._client.write(bytes(self._out))
-                self._out.clear()
-            self._client.write(data)  # large pieces go as they are: no copies
-            await self._flush_client(record)
-
-    async def _flush_client(self, record: RecordBuilder) -> None:
-        """Write what is queued in one go; wait (bounded) only if the browser is slow."""
-        if self._out:
-            self._client.write(bytes(self._out))
-            self._out.clear()
-        if self._client.must_drain():
-            try:
-                async with asyncio.timeout(self._limits.send_timeout_s):
-                    await self._client.drain()
-            except TimeoutError:
-                record.note = "send timeout"
-                self._browser_stalled = True
-                raise _Abort() from None
-
-    async def _next_upstream_event(
-        self,
-        upstream: _Upstream,
-        timeout_s: float,
-        record: RecordBuilder,
-        body: asyncio.Task[None] | None = None,
-    ) -> Event:
-        """The app's next event; flushes queued output to the browser before waiting.
-
-        While ``body`` (the request body going up) runs, there is no deadline:
-        ``timeout_s`` starts when it has finished.
-        """
-        conn = upstream.conn
-        while True:
-            event = conn.next_event()
-            if event is not NEED_DATA:
-                assert not isinstance(event, Pending), (
-                    event
-                )  # PAUSED: not before the response ended
-                return event
-            if self._out:
-                await self._flush_client(record)
-            if body is not None and not body.done():
-                data = await receive_once_sent(upstream.stream, body, timeout_s)
-            else:
-                with self._deadline.within(timeout_s):
-                    data = await upstream.stream.receive()
-            if not data and conn.their_state is State.SEND_RESPONSE and not upstream.got_response:
-                # Closed before a single byte of answer: the parser would call that
-                # a protocol error; for us it is "closed without answering".
-                return ConnectionClosed()
-            if data:
-                upstream.got_response = True
-            conn.receive_data(data)
-
-    async def _send_page(self, page: Page, *, head_only: bool) -> None:
-        try:
-            data = self._h.send(
-                response_checking_headers(page.status, reason_phrase(page.status), page.headers)
-            )
-            if not head_only:
-                data += self._h.send(Data(page.body))
-            data += self._h.send(END_OF_MESSAGE)
-        except LocalProtocolError:
-            return  # a response already started: closing is all that is left
-        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-            async with asyncio.timeout(self._limits.send_timeout_s):
-                await self._client.send_all(data)
-
-    # -- helpers -------------------------------------------------------------
-
-    async def _next_client_event(self) -> Event:
-        while True:
-            event = self._h.next_event()
-            if event is NEED_DATA:
-                self._h.receive_data(await self._client.receive())
-                continue
-            assert not isinstance(event, Pending), event  # PAUSED never happens here
-            return event
-
     def _close_upstream(self) -> None:
         if self._upstream is not None:
             self._upstream.stream.close()
             self._upstream = None
-
-
-class _StaleUpstream(Exception):
-    """A reused upstream stream was closed by the app before it answered."""

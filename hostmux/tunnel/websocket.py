@@ -44,7 +44,7 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from hostmux.log import fields
-from hostmux.relay.streams import ByteStream
+from hostmux.relay import ByteStream
 
 log = logging.getLogger("hostmux.wss")
 

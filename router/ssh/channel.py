@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncssh
 
-from hostmux.relay.streams import READ_CHUNK_BYTES
+from hostmux.relay import READ_CHUNK_BYTES
 
 
 class ChannelStream(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes]):

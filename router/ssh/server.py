@@ -41,8 +41,7 @@ import asyncssh
 from hostmux.limits import ConnectionCounts, FailureLimiter
 from hostmux.log import fields
 from hostmux.names import InvalidName, check_name, random_name
-from hostmux.relay.gateway import UpstreamUnavailable
-from hostmux.relay.streams import ByteStream
+from hostmux.relay import ByteStream, UpstreamUnavailable
 from hostmux.tunnel.coalescing import CoalescingListener
 from router.access import KeyGrant
 from router.routing import NameTaken

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from hostmux.http1.checked_events import (
+from hostmux.http1 import (
     END_OF_MESSAGE,
+    Http1Connection,
+    LocalProtocolError,
+    Request,
+    Response,
+    Role,
     request_checking_headers,
     request_of_checked_headers,
     response_checking_headers,
     response_of_checked_headers,
 )
-from hostmux.http1.connection import Http1Connection
-from hostmux.http1.events import LocalProtocolError, Request, Response, Role
 
 HEADERS = [(b"host", b"myapp.localhost"), (b"x-forwarded-for", b"203.0.113.7")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hostmux.http1.cookies import host_only_cookies, without_cookie_domain
+from hostmux.http1 import host_only_cookies, without_cookie_domain
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from hostmux.relay.deadline import Deadline
+from hostmux.relay import Deadline
 
 from .asyncio_bounded import run
 

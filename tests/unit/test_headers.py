@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 
-from hostmux.http1.headers import (
+from hostmux.http1 import (
     ClientInfo,
     TrustedProxies,
     is_websocket_upgrade,

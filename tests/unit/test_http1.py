@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hostmux.http1.connection import Http1Connection
-from hostmux.http1.events import (
+from hostmux.http1 import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
     NEED_DATA,
@@ -18,6 +17,7 @@ from hostmux.http1.events import (
     Data,
     EndOfMessage,
     Event,
+    Http1Connection,
     InformationalResponse,
     LocalProtocolError,
     Pending,

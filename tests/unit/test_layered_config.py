@@ -18,7 +18,7 @@ from hostmux.config.layered import (
     option,
     parse_host_port,
 )
-from hostmux.relay.relay import RelayLimits
+from hostmux.relay import RelayLimits
 from router.config import RouterConfig, load_config
 
 

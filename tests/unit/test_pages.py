@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hostmux.http1.pages import Page, router_home_page, status_page, wants_html
+from hostmux.http1 import Page, router_home_page, status_page, wants_html
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;"

@@ -25,13 +25,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from hostmux.http1.events import Request
-from hostmux.http1.headers import ClientInfo
-from hostmux.http1.pages import Page, status_page
-from hostmux.relay.gateway import Destination, UpstreamUnavailable
-from hostmux.relay.records import RequestRecord
-from hostmux.relay.relay import HttpRelay, RelayLimits
-from hostmux.relay.streams import ByteStream
+from hostmux.http1 import ClientInfo, Page, Request, status_page
+from hostmux.relay import (
+    ByteStream,
+    Destination,
+    HttpRelay,
+    RelayLimits,
+    RequestRecord,
+    UpstreamUnavailable,
+)
 
 from .asyncio_bounded import run
 

@@ -14,9 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.frames import Close, CloseCode, Frame, Opcode
 
-from hostmux.http1.frame_edges import FrameEdges, close_frame
-from hostmux.relay.relay import HttpRelay
-from hostmux.relay.splice import splice
+from hostmux.http1 import FrameEdges, close_frame
+from hostmux.relay import HttpRelay, splice
 
 from .asyncio_bounded import run
 from .test_relay import (

@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from hostmux.relay.streams import ReaderWriterStream
+from hostmux.relay import ReaderWriterStream
 
 from .asyncio_bounded import run as bounded_run
 

@@ -200,68 +200,85 @@ async def _carry_ssh(
     ws: ServerProtocol | Any, stream: ByteStream, ssh: Any, peer: tuple[str, int]
 ) -> None:
     """Pump bytes between WebSocket frames on ``stream`` and the asyncssh protocol ``ssh``."""
-    closed = asyncio.Event()
-    out: list[bytes] = []
-    flushing: asyncio.Event = asyncio.Event()
+    await _FramePump(ws, stream, ssh).run(peer)
 
-    def send(data: bytes) -> None:
+
+class _FramePump:
+    """One SSH connection carried in WebSocket frames over a byte stream (server side).
+
+    asyncssh writes through ``send`` (a binary frame each) and closes through
+    ``close``; ``_write`` flushes what is queued to the stream, waiting while
+    the peer is slow; ``_read`` feeds the frames received to asyncssh.
+    """
+
+    def __init__(self, ws: ServerProtocol | Any, stream: ByteStream, ssh: Any) -> None:
+        self._ws = ws
+        self._stream = stream
+        self._ssh = ssh
+        self._closed = asyncio.Event()
+        self._out: list[bytes] = []
+        self._flushing = asyncio.Event()
+
+    async def run(self, peer: tuple[str, int]) -> None:
+        transport = MessageTransport(self._send, self._close, peer)
+        self._ssh.connection_made(transport)
         try:
-            ws.send_binary(data)
+            async with asyncio.TaskGroup() as tg:
+                write_task = tg.create_task(self._write())
+                await self._read(transport)
+                self._closed.set()
+                self._flushing.set()
+                write_task.cancel()
+        except* (OSError, ConnectionError, ProtocolError):
+            pass
+        finally:
+            self._ssh.connection_lost(None)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._ws.send_binary(data)
         except InvalidState:
             return
-        out.extend(ws.data_to_send())
-        flushing.set()
+        self._queue(self._ws.data_to_send())
 
-    def close() -> None:
+    def _close(self) -> None:
         with contextlib.suppress(InvalidState, ProtocolError):
-            ws.send_close(1000)
-            out.extend(ws.data_to_send())
-        closed.set()
-        flushing.set()
+            self._ws.send_close(1000)
+            self._out.extend(self._ws.data_to_send())
+        self._closed.set()
+        self._flushing.set()
 
-    transport = MessageTransport(send, close, peer)
-    ssh.connection_made(transport)
+    def _queue(self, data: list[bytes]) -> None:
+        if data:
+            self._out.extend(data)
+            self._flushing.set()
 
-    async def writer() -> None:
+    async def _write(self) -> None:
         while True:
-            await flushing.wait()
-            flushing.clear()
-            while out:
-                chunk = b"".join(out)
-                out.clear()
-                await stream.send_all(chunk)  # back-pressure: waits while the peer is slow
-            if closed.is_set():
+            await self._flushing.wait()
+            self._flushing.clear()
+            while self._out:
+                chunk = b"".join(self._out)
+                self._out.clear()
+                await self._stream.send_all(chunk)  # back-pressure: waits while the peer is slow
+            if self._closed.is_set():
                 return
 
-    async def reader() -> None:
+    async def _read(self, transport: MessageTransport) -> None:
+        ws = self._ws
         while True:
             await transport.wait_readable()
-            data = await stream.receive()
+            data = await self._stream.receive()
             if not data:
                 ws.receive_eof()
                 return
             ws.receive_data(data)
             for event in ws.events_received():
                 if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
-                    ssh.data_received(event.data)
+                    self._ssh.data_received(event.data)
                 elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
                     return
-            replies = ws.data_to_send()  # pongs and close replies from the protocol
-            if replies:
-                out.extend(replies)
-                flushing.set()
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            write_task = tg.create_task(writer())
-            await reader()
-            closed.set()
-            flushing.set()
-            write_task.cancel()
-    except* (OSError, ConnectionError, ProtocolError):
-        pass
-    finally:
-        ssh.connection_lost(None)
+            self._queue(ws.data_to_send())  # pongs and close replies from the protocol
 
 
 class _PipeEnd:

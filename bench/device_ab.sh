@@ -3,7 +3,7 @@
 # machine without network: the hostmux + OpenSSH row (and the sshd + nginx anchor),
 # the two trees run alternately, ROUNDS rounds (medians over them). Bounded: each run
 # is a few seconds of wrk; the whole script is about 5 minutes.
-#   Here:   ../shared/bench/device/make-bundle.sh (writes .device-bundle/), then
+#   Here:   bash bench/device_bundle.sh (writes .device-bundle/), then
 #           git archive BEFORE_REV | tar -x -C .device-before && echo BEFORE_REV > .device-before/REVISION
 #   There:  bash bench/device_ab.sh            (tables under $OUT, default /tmp/device-ab)
 set -euo pipefail

@@ -25,6 +25,7 @@ from hostmux.config.layered import (
 from hostmux.config.ranges import DAY_S, GIB, HOUR_S, KIB, MIB, MINUTE_S, PORT_MAX, WEEK_S
 from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
+from router.registry.model import MAX_ID_CHARS
 
 
 def _default_state_dir() -> str:
@@ -134,6 +135,23 @@ class RouterConfig:
     events_url: str = option("", "POST tunnel_up/tunnel_down events here (signed JSON)")
     events_secret: str = option("", "HMAC-SHA256 secret for X-Hostmux-Signature on events")
     router_name: str = option("", "this router's name in events (default: its SSH address)")
+    registry: str = option(
+        "",
+        "route registry shared by a cluster of routers: redis://[USER:PASSWORD@]HOST:PORT/DB "
+        "or rediss:// (TLS); empty: names live in this process only",
+        metavar="URL",
+    )
+    registry_prefix: str = option(
+        "hostmux:", "prefix of the registry's keys and channel (clusters sharing one Redis)"
+    )
+    router_id: str = option(
+        "", "this router's id in the registry (default: router_name, else its first SSH address)"
+    )
+    # Below 3 s a renewal every lease_ttl_s/3 would beat the registry's 2 s answer time.
+    lease_ttl_s: float = option(
+        15.0, "a dead router's names move after this long (leases renewed every third)",
+        minimum=3, maximum=HOUR_S,
+    )  # fmt: skip
     max_connections: int = option(10_000, "browser connections the router holds at most", minimum=1)
     max_connections_per_ip: int = option(256, "browser connections one IP may hold", minimum=1)
     max_ssh_connections_per_key: int = option(
@@ -193,6 +211,12 @@ class RouterConfig:
                 raise ValueError(
                     f"trusted_proxies: {network!r} is not an IP address or network"
                 ) from None
+        if self.registry and not self.registry.startswith(("redis://", "rediss://")):
+            raise ValueError("registry: a redis:// or rediss:// URL (or empty)")
+        for field in ("registry_prefix", "router_id"):
+            value = getattr(self, field)
+            if value and (len(value) > MAX_ID_CHARS or not value.isprintable() or " " in value):
+                raise ValueError(f"{field}: 1-{MAX_ID_CHARS} printable characters without spaces")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
 

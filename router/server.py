@@ -43,6 +43,7 @@ from hostmux.log import fields
 from hostmux.relay import ConnectionSet, connection_handler, start_front_door
 from hostmux.tunnel.websocket import WssAcceptor
 from router.config import RouterConfig
+from router.membership import Membership
 from router.one_port import open_listening_socket, serve_one_port
 from router.portal import PortalKeys, TunnelEvents
 from router.ssh.auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
@@ -128,6 +129,8 @@ def build_router(config: RouterConfig) -> Router:
         domain=config.domain, scheme=scheme, public_port=config.public_port,
         reservation_s=config.name_reservation_s,
     )  # fmt: skip
+    if config.registry:
+        hub.cluster = _membership(config, hub)
     wss = WssAcceptor()
     tls = file_tls or dev_tls_context(config, state)
     if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
@@ -202,6 +205,8 @@ async def bind_router(router: Router, listening: Listening) -> None:
         listening.one_port_sockets.append(sock)
         bound["one_port"].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
     hub.ssh_port = _port_of((bound["one_port"] or bound["ssh"])[0])
+    if hub.cluster is not None:  # claims wait for the id, which may name the bound address
+        hub.cluster.router_id = config.router_id or config.router_name or bound["ssh"][0]
     if config.public_port == 0:
         hub.set_public_port(
             router.scheme, _port_of((bound["https"] or bound["one_port"] or bound["http"])[0])
@@ -214,6 +219,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
     _announce_ready(router, listening.addresses)
     async with asyncio.TaskGroup() as tg:
         background = [tg.create_task(_sweep_reservations(router.hub))]
+        if router.hub.cluster is not None:
+            background.append(tg.create_task(router.hub.cluster.run()))
         if config.events_url:
             events = TunnelEvents(
                 url=config.events_url, secret=config.events_secret.encode(),
@@ -231,9 +238,13 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
 
 
 async def shut_down_router(router: Router, listening: Listening) -> None:
-    """Step 4: stop accepting, drain browser connections (bounded), then close the SSH side."""
+    """Step 4: stop accepting, release this router's leases (cluster), drain browser
+    connections (bounded), then close the SSH side."""
     for server in listening.http_servers:
         server.close()
+    cluster = router.hub.cluster
+    if cluster is not None:  # names move to other routers now, not at lease expiry
+        await cluster.leave()
     await router.connections.drain(router.config.shutdown_grace_s)
     for acceptor in listening.ssh_acceptors:
         acceptor.close()
@@ -241,6 +252,8 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
         await acceptor.wait_closed()
     await router.wss.aclose()
     await router.auth.aclose()
+    if cluster is not None:
+        await cluster.aclose()
 
 
 def _start_ssh(
@@ -348,6 +361,20 @@ def _authenticator(config: RouterConfig) -> Authenticator:
     return Authenticator(
         AuthorizedKeys(config.authorized_keys_path), portal=portal, ca_fingerprints=cas
     )
+
+
+def _membership(config: RouterConfig, hub: TunnelHub) -> Membership:
+    # Imported here: redis-py is loaded only by routers that use a registry.
+    from router.registry.redis_store import RedisRegistry
+
+    try:
+        registry = RedisRegistry.from_url(
+            config.registry, prefix=config.registry_prefix,
+            reservation_s=config.name_reservation_s, lease_ttl_s=config.lease_ttl_s,
+        )  # fmt: skip
+    except ValueError as exc:  # redis-py's verdict on the URL
+        raise ConfigError(f"registry: {exc}") from None
+    return Membership(registry, hub, reservation_s=config.name_reservation_s)
 
 
 def _fmt_host(host: str) -> str:

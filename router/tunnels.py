@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 from hostmux.http1 import (
     ClientInfo,
@@ -28,7 +30,10 @@ from hostmux.log import fields
 from hostmux.names import target_for_host
 from hostmux.relay import ByteStream, Destination
 from hostmux.tunnel.websocket import WSS_PATH, WssAcceptor
-from router.routing import Offline, RouteTable
+from router.routing import NameTaken, Offline, RouteTable
+
+if TYPE_CHECKING:
+    from router.membership import Membership
 
 log = logging.getLogger("hostmux.tunnels")
 
@@ -43,6 +48,10 @@ class Tunnel:
     peer: str  # the SSH client's address
     open_stream: StreamOpener
     created: float = field(default_factory=time.monotonic)
+    # The tunnel's connection id in the route registry (release is by tunnel, not by name).
+    lease_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Ends the tunnel from the router's side, with a reason (a lost lease); set by the SSH layer.
+    close: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.name} owner={self.owner} peer={self.peer}>"
@@ -59,6 +68,8 @@ class TunnelHub:
         self.ssh_port = 22  # the port tunnel clients dial, once bound (the home page's hint)
         # Called with ("tunnel_up" | "tunnel_down", name, url): the portal's webhook.
         self.observers: list[Callable[[str, str, str], None]] = []
+        # This router's part in a cluster; None: names live in this process only.
+        self.cluster: Membership | None = None
 
     def __repr__(self) -> str:
         return f"<TunnelHub *.{self.domain} {self.routes!r}>"
@@ -71,6 +82,20 @@ class TunnelHub:
         default_port = 443 if self._scheme == "https" else 80
         port = "" if self._public_port in (0, default_port) else f":{self._public_port}"
         return f"{self._scheme}://{name}.{self.domain}{port}"
+
+    async def claim_in_cluster(self, tunnel: Tunnel) -> None:
+        """``claim``, after claiming the name in the cluster's registry (``cluster`` set).
+
+        Raises NameTaken (another owner, anywhere in the cluster) or
+        RegistryUnavailable (ownership is never guessed).
+        """
+        assert self.cluster is not None
+        await self.cluster.claim(tunnel)
+        try:
+            self.claim(tunnel)
+        except NameTaken:
+            self.cluster.release(tunnel)  # reserved here for another key: give it back
+            raise
 
     def claim(self, tunnel: Tunnel) -> None:
         """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner."""
@@ -89,6 +114,8 @@ class TunnelHub:
 
     def release(self, tunnel: Tunnel) -> None:
         if self.routes.release(tunnel.name, tunnel):
+            if self.cluster is not None:
+                self.cluster.release(tunnel)  # in the background: never blocks the caller
             self._notify("tunnel_down", tunnel.name)
             held_s = round(time.monotonic() - tunnel.created, 1)
             log.info(fields("tunnel_down", name=tunnel.name, peer=tunnel.peer, held_s=held_s))

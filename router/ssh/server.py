@@ -44,6 +44,8 @@ from hostmux.names import InvalidName, check_name, random_name
 from hostmux.relay import ByteStream, UpstreamUnavailable
 from hostmux.tunnel.coalescing import CoalescingListener
 from router.access import KeyGrant
+from router.membership import UNREACHABLE
+from router.registry.model import RegistryUnavailable
 from router.routing import NameTaken
 from router.ssh.auth import Authenticator
 from router.ssh.channel import ChannelStream
@@ -139,6 +141,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._state = ClientState(peer="?")
         self._counted_owner: str | None = None
         self._pending = PendingOpens(settings.max_pending_opens)
+        self._lost = False  # connection_lost ran (a cluster claim may still be in flight)
 
     def __repr__(self) -> str:
         return f"<SSH client {self._state.peer} forwards={len(self._state.forwards)}>"
@@ -152,6 +155,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many failed logins; wait")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         for forward in list(self._state.forwards):
             forward.close()
         if self._counted_owner is not None:
@@ -209,7 +213,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
 
     # -- forwards ------------------------------------------------------------
 
-    def server_requested(self, listen_host: str, listen_port: int) -> VirtualForward | bool:
+    def server_requested(
+        self, listen_host: str, listen_port: int
+    ) -> VirtualForward | bool | Awaitable[VirtualForward | bool]:
         grant = self._state.grant
         assert grant is not None
         where = f"{listen_host}:{listen_port}"
@@ -243,7 +249,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
         )
         return self._claim(candidates, grant, opener, (listen_host, listen_port), port, where)
 
-    def unix_server_requested(self, listen_path: str) -> VirtualForward | bool:
+    def unix_server_requested(
+        self, listen_path: str
+    ) -> VirtualForward | bool | Awaitable[VirtualForward | bool]:
         grant = self._state.grant
         assert grant is not None
         if grant.default_name is None:
@@ -263,24 +271,65 @@ class _ConnectionHandler(asyncssh.SSHServer):
         listen: tuple[str, int],
         port: int,
         where: str,
-    ) -> VirtualForward | bool:
-        state = self._state
+    ) -> VirtualForward | bool | Awaitable[VirtualForward | bool]:
+        """Claim the first free candidate; in a cluster an awaitable (asyncssh awaits it)."""
         if not self._limits.add_tunnel(grant.owner):
             limit = self._limits.max_tunnels_per_owner
             return self._refuse(where, f"this key already holds {limit} tunnels")
-        for name in candidates:
-            tunnel = Tunnel(name=name, owner=grant.owner, peer=state.peer, open_stream=opener)
+        tunnels = [
+            Tunnel(name=name, owner=grant.owner, peer=self._state.peer, open_stream=opener)
+            for name in candidates
+        ]
+        if self._hub.cluster is not None:
+            return self._claim_in_cluster(tunnels, listen, port, where)
+        for tunnel in tunnels:  # no registry: synchronous, as fast as ever
             try:
                 self._hub.claim(tunnel)
             except NameTaken:
                 continue
-            forward = VirtualForward(self._hub, tunnel, listen, port, self._forget)
-            state.add(forward, f"Forwarding {self._hub.url_for(name)} -> your {where}")
-            return forward
-        self._limits.remove_tunnel(grant.owner)
-        if len(candidates) == 1:
-            return self._refuse(where, f"the name {candidates[0]!r} is in use by another key")
+            return self._forward(tunnel, listen, port, where)
+        return self._no_name(tunnels, where)
+
+    async def _claim_in_cluster(
+        self, tunnels: list[Tunnel], listen: tuple[str, int], port: int, where: str
+    ) -> VirtualForward | bool:
+        for tunnel in tunnels:
+            try:
+                await self._hub.claim_in_cluster(tunnel)
+            except NameTaken:
+                continue
+            except RegistryUnavailable as error:
+                log.warning(fields("registry_unavailable", name=tunnel.name, error=str(error)))
+                self._limits.remove_tunnel(tunnel.owner)
+                return self._refuse(where, UNREACHABLE)
+            if self._lost:  # the client went away while the registry answered
+                self._hub.release(tunnel)
+                self._limits.remove_tunnel(tunnel.owner)
+                return False
+            return self._forward(tunnel, listen, port, where)
+        return self._no_name(tunnels, where)
+
+    def _forward(
+        self, tunnel: Tunnel, listen: tuple[str, int], port: int, where: str
+    ) -> VirtualForward:
+        forward = VirtualForward(self._hub, tunnel, listen, port, self._forget)
+        tunnel.close = functools.partial(self._close_forward, forward)
+        self._state.add(forward, f"Forwarding {self._hub.url_for(tunnel.name)} -> your {where}")
+        return forward
+
+    def _no_name(self, tunnels: list[Tunnel], where: str) -> bool:
+        self._limits.remove_tunnel(tunnels[0].owner)
+        if len(tunnels) == 1:
+            return self._refuse(where, f"the name {tunnels[0].name!r} is in use by another key")
         return self._refuse(where, "no free random name was found; try again")
+
+    def _close_forward(self, forward: VirtualForward, reason: str) -> None:
+        """The router ends a forward (a lost lease); a connection left with none is closed,
+        so its client reconnects instead of holding a forward that serves nothing."""
+        forward.close()
+        self._state.refuse(f"{forward.tunnel.name}", reason)
+        if not self._state.forwards and self._conn is not None and not self._lost:
+            self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
 
     def _forget(self, forward: VirtualForward) -> None:
         if forward in self._state.forwards:

@@ -149,3 +149,41 @@ async def test_a_lost_lease_closes_its_tunnel_at_once(
     assert await tunnel.wait_exit() != 0  # its only forward went: the client is told
     assert (await one.get("contested", "/")).status_code == 502
     assert set(holders(redis_server, "contested")) == {"r2"}
+
+
+async def test_hostmux_listener_claims_through_the_registry(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    app = await stack.start_app()
+    key = stack.new_key("pod")
+    router = await clustered(stack, redis_server, "r1", key)
+    listener = await stack.listener(router, key, app.port)
+    url = await listener.wait_for(rf"^https://([a-z0-9]+)\.localhost:{router.https_port}$")
+    assert set(holders(redis_server, url[1])) == {"r1"}
+    assert (await router.get(url[1], "/")).status_code == 200
+    assert await listener.stop() == 0
+    # The listener's goodbye releases the lease in the background (no holder left).
+    await router.proc.wait_for(rf"event=tunnel_down name={url[1]} ")
+    with trio.fail_after(REFUSAL_WITHIN_S):
+        await router.proc.wait_for(rf"event=registry_released_tunnel name={url[1]} ")
+    assert holders(redis_server, url[1]) == {}
+
+
+async def test_tunnels_close_after_name_reservation_s_without_the_registry(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    app = await stack.start_app()
+    key = stack.new_key("alice")
+    router = await stack.start_router(
+        "--registry", redis_server.url, "--router-id", "r1",
+        "--lease-ttl-s", "3", "--name-reservation-s", "2",
+    )  # fmt: skip
+    router.authorize(public_key_of(key))
+    tunnel = await stack.openssh_tunnel(router, key, "static", app.port)
+    redis_server.stop()
+    assert (await router.get("static", "/")).status_code == 200  # fail static ...
+    await router.proc.wait_for(
+        r"event=tunnel_closed name=static .*reason=.*unreachable for name_reservation_s"
+    )  # ... for at most name_reservation_s
+    assert await tunnel.wait_exit() != 0
+    assert (await router.get("static", "/")).status_code == 502

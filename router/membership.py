@@ -112,9 +112,11 @@ class Membership:
 
     async def _release(self, tunnel: Tunnel, router_id: str) -> None:
         try:
-            await self.registry.release(tunnel.name, router_id, tunnel.lease_id)
+            released = await self.registry.release(tunnel.name, router_id, tunnel.lease_id)
         except RegistryError as error:
             log.warning(fields("registry_release_failed", name=tunnel.name, error=str(error)))
+        else:
+            log.info(fields("registry_released_tunnel", name=tunnel.name, held=released))
 
     def leases(self) -> list[Lease]:
         return [

@@ -45,7 +45,7 @@ from hostmux.relay import ByteStream, UpstreamUnavailable
 from hostmux.tunnel.coalescing import CoalescingListener
 from router.access import KeyGrant
 from router.membership import UNREACHABLE
-from router.registry.model import RegistryUnavailable
+from router.registry.model import RegistryError, RegistryUnavailable
 from router.routing import NameTaken
 from router.ssh.auth import Authenticator
 from router.ssh.channel import ChannelStream
@@ -302,6 +302,10 @@ class _ConnectionHandler(asyncssh.SSHServer):
                 log.warning(fields("registry_unavailable", name=tunnel.name, error=str(error)))
                 self._limits.remove_tunnel(tunnel.owner)
                 return self._refuse(where, UNREACHABLE)
+            except RegistryError as error:  # e.g. refused credentials: the operator's to fix
+                log.error(fields("registry_error", name=tunnel.name, error=str(error)))
+                self._limits.remove_tunnel(tunnel.owner)
+                return self._refuse(where, "the route registry refused the claim: try again later")
             if self._lost:  # the client went away while the registry answered
                 self._hub.release(tunnel)
                 self._limits.remove_tunnel(tunnel.owner)

@@ -8,6 +8,7 @@ never our CA key), since an attacker does not use our API.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import socket
@@ -37,6 +38,8 @@ from keys import (
 )
 from keys._certificates import BACKDATE, leaf_builder, load_ca, write_leaf
 from keys._cli import main
+
+from . import asyncio_bounded
 
 # OpenSSL's verify codes (x509_vfy.h); their texts differ between OpenSSL versions.
 X509_V_ERR_CERT_HAS_EXPIRED = 10
@@ -151,6 +154,37 @@ def test_two_routers_of_one_cluster_authenticate_each_other(
     assert (server.error, client.error) == (None, None)
     assert (server.peer_id, client.peer_id) == ("router-b.1", "router-a")
     assert (server.received, client.received) == (b"from client", b"from server")
+
+
+def test_asyncio_streams_see_each_others_router_id(
+    cluster: ClusterCA, router_a: RouterCertFiles, router_b: RouterCertFiles
+) -> None:
+    # The router is asyncio: there the peer is an ssl.SSLObject, not an SSLSocket.
+    server_context, _ = contexts(cluster, router_a)
+    _, client_context = contexts(cluster, router_b)
+
+    async def scenario() -> tuple[str, str]:
+        seen: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.set_result(peer_router_id(writer.get_extra_info("ssl_object")))
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_context, server_hostname="router-a"
+            )
+            client_saw = peer_router_id(writer.get_extra_info("ssl_object"))
+            server_saw = await seen
+            assert await reader.read() == b""
+            writer.close()
+            await writer.wait_closed()
+        return server_saw, client_saw
+
+    assert asyncio_bounded.run(scenario()) == ("router-b.1", "router-a")
 
 
 def test_a_client_without_a_certificate_is_refused(

@@ -11,6 +11,13 @@ Subcommands::
     hostmux-keys ssh-ca init PATH
     hostmux-keys ssh-ca sign --ca PATH --principal ID [--principal ...]
                              --key-id ID --valid-for SECONDS PUBKEYFILE
+    hostmux-keys cluster-ca init [--force] DIR
+    hostmux-keys cluster-ca issue [--out OUTDIR] [--days N] DIR ROUTER_ID
+
+``cluster-ca init`` writes ``DIR/ca.crt`` and ``DIR/ca.key`` and refuses to
+replace an existing CA without ``--force``; ``cluster-ca issue`` writes
+``ROUTER_ID.crt`` and ``ROUTER_ID.key`` into OUTDIR (default: DIR), replacing
+an earlier certificate for the same router (that is how one renews it).
 
 ``instance-key`` writes ``instance-key.pem`` (PKCS#1 for RSA, as DIT4C's
 listener reads it; PKCS#8 for Ed25519, which PKCS#1 cannot hold),
@@ -34,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from ._cluster_ca import CA_CERT_NAME, CA_KEY_NAME, ROUTER_CERT_VALIDITY, ClusterCA
 from ._dev_ca import ensure_dev_tls
 from ._errors import KeyFileError, KeysError
 from ._files import read_key_file, write_key_file
@@ -72,6 +80,9 @@ _INSTANCE_JWK = "instance-key.jwk.json"
 # a little behind the signer's does not find it not yet valid.
 _CLOCK_SKEW = datetime.timedelta(minutes=1)
 
+# `cluster-ca issue --days`: at least a day; at most the CA's own ten years.
+_MAX_ROUTER_CERT_DAYS = 3650
+
 
 def _default_dev_ca_dir() -> Path:
     # The router's default state_dir + "/tls", so `dev-ca` shows the CA it serves.
@@ -106,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _jwt(args)
         elif command == "ssh-ca":
             _ssh_ca(args)
+        elif command == "cluster-ca":
+            _cluster_ca(args)
         else:
             _fingerprint(args)
     except (_UsageError, KeysError) as error:
@@ -172,7 +185,54 @@ def _build_parser() -> argparse.ArgumentParser:
     ca_sign.add_argument("--key-id", required=True)
     ca_sign.add_argument("--valid-for", type=int, required=True, metavar="SECONDS")
     ca_sign.add_argument("public_key", metavar="PUBKEYFILE", type=Path)
+
+    cluster = commands.add_parser(
+        "cluster-ca", help="the cluster CA for mutual TLS between routers"
+    )
+    cluster_commands = cluster.add_subparsers(
+        dest="cluster_command", required=True, metavar="ACTION"
+    )
+    cluster_init = cluster_commands.add_parser(
+        "init", help=f"create the cluster CA: DIR/{CA_CERT_NAME}, DIR/{CA_KEY_NAME}"
+    )
+    cluster_init.add_argument(
+        "--force", action="store_true",
+        help="replace an existing CA (every router certificate must then be issued again)",
+    )  # fmt: skip
+    cluster_init.add_argument("directory", metavar="DIR", type=Path)
+    cluster_issue = cluster_commands.add_parser(
+        "issue", help="issue ROUTER_ID.crt and ROUTER_ID.key, signed by DIR's CA"
+    )
+    cluster_issue.add_argument("directory", metavar="DIR", type=Path)
+    cluster_issue.add_argument("router_id", metavar="ROUTER_ID")
+    cluster_issue.add_argument(
+        "--out", dest="out_dir", type=Path, metavar="OUTDIR", help="default: DIR"
+    )
+    cluster_issue.add_argument(
+        "--days", type=int, default=ROUTER_CERT_VALIDITY.days,
+        help=f"validity in days, 1..{_MAX_ROUTER_CERT_DAYS} (default {ROUTER_CERT_VALIDITY.days})",
+    )  # fmt: skip
     return parser
+
+
+def _cluster_ca(args: argparse.Namespace) -> None:
+    directory: Path = args.directory
+    if args.cluster_command == "init":
+        ca = ClusterCA.init(directory, force=args.force)
+        print(f"created {ca.certificate.subject.rfc4514_string()}:")
+        print(f"  certificate  {ca.ca_file}   (cluster_ca_file on every router)")
+        print(f"  key          {directory / CA_KEY_NAME}   (keep it off the routers)")
+        print(f"next: {_PROG} cluster-ca issue {directory} ROUTER_ID, once per router")
+        return
+    days: int = args.days
+    if not 1 <= days <= _MAX_ROUTER_CERT_DAYS:
+        raise _UsageError(f"--days must be 1..{_MAX_ROUTER_CERT_DAYS}, not {days}")
+    ca = ClusterCA.load(directory)
+    files = ca.issue(args.router_id, args.out_dir, valid_for=datetime.timedelta(days=days))
+    print(f"router {files.router_id}, valid until {files.not_after:%Y-%m-%d}:")
+    print(f"  certificate  {files.cert}   (cluster_cert_file)")
+    print(f"  key          {files.key}   (cluster_key_file)")
+    print(f"  CA           {ca.ca_file}   (cluster_ca_file)")
 
 
 def _instance_key(args: argparse.Namespace) -> None:

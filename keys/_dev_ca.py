@@ -38,26 +38,19 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from ._certificates import BACKDATE, create_ca, leaf_builder, load_ca, load_certificate, write_leaf
 from ._errors import KeyFileError, KeysError
-from ._files import read_key_file, write_key_file
+from ._files import read_key_file
 
 # Shown in trust stores and browser certificate viewers; says what to delete.
 CA_COMMON_NAME = "hostmux development CA"
 
-# Long enough that nobody has to re-trust a CA during a project's life.
-_CA_VALIDITY = datetime.timedelta(days=3650)
 # The longest validity Apple platforms accept for a TLS server certificate.
 _LEAF_VALIDITY = datetime.timedelta(days=825)
 # Re-issue before expiry so a long-running dev server never serves a dead cert.
 _LEAF_RENEW_BEFORE = datetime.timedelta(days=30)
-# Tolerate a client clock that is a little behind the one that issued the cert.
-_BACKDATE = datetime.timedelta(hours=1)
-
-# Other users must not read the keys; the certificates are public.
-_KEY_MODE = 0o600
-_CERT_MODE = 0o644
 
 # Loopback addresses a "localhost" certificate also covers, for https://127.0.0.1.
 _LOCALHOST_IPS = ("127.0.0.1", "::1")
@@ -94,9 +87,9 @@ def ensure_dev_tls(
     files = TlsFiles(directory / f"{domain}.pem", directory / f"{domain}-key.pem", ca_cert_path)
     created = False
     if not (ca_cert_path.exists() and ca_key_path.exists()):
-        _create_ca(ca_cert_path, ca_key_path)
+        create_ca(ca_cert_path, ca_key_path, CA_COMMON_NAME)
         created = True
-    ca_cert, _ = _load_ca(ca_cert_path, ca_key_path)
+    ca_cert, _ = load_ca(ca_cert_path, ca_key_path)
     names = _names_for_domain(domain, extra_names)
     if created or not _leaf_is_current(files, ca_cert, names):
         issue_leaf_certificate(ca_cert_path, ca_key_path, names, files.cert, files.key)
@@ -120,81 +113,21 @@ def issue_leaf_certificate(
     if not names:
         raise KeysError("a certificate needs at least one name")
     names = [_normalise_name(name, allow_wildcard=True) for name in names]
-    ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
+    ca_cert, ca_key = load_ca(ca_cert_path, ca_key_path)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _LEAF_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
+        leaf_builder(names[0], key, ca_cert, ca_key, now - BACKDATE, now + _LEAF_VALIDITY)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(map(_general_name, names)), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
         .sign(ca_key, hashes.SHA256())
     )
-    # Key first: a certificate on disk without its key would look current.
-    write_key_file(out_key, _private_pem(key), mode=_KEY_MODE)
-    write_key_file(out_cert, certificate.public_bytes(serialization.Encoding.PEM), mode=_CERT_MODE)
-
-
-def _create_ca(cert_path: Path, key_path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME)])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    write_key_file(key_path, _private_pem(key), mode=_KEY_MODE)
-    write_key_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=_CERT_MODE)
-
-
-def _load_ca(
-    cert_path: Path, key_path: Path
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    certificate = _load_certificate(cert_path)
-    data = read_key_file(key_path, "CA key")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as error:
-        raise KeyFileError(f"{key_path} is not an unencrypted PEM private key") from error
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise KeyFileError(f"CA key {key_path} is not an EC key")
-    if key.public_key() != certificate.public_key():
-        raise KeyFileError(f"CA key {key_path} does not belong to {cert_path}")
-    return certificate, key
-
-
-def _load_certificate(path: Path) -> x509.Certificate:
-    data = read_key_file(path, "certificate")
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as error:
-        raise KeyFileError(f"{path} is not a PEM certificate") from error
+    write_leaf(out_key, key, out_cert, certificate)
 
 
 def _leaf_is_current(files: TlsFiles, ca_cert: x509.Certificate, names: Sequence[str]) -> bool:
     try:
-        leaf = _load_certificate(files.cert)
+        leaf = load_certificate(files.cert)
         key = serialization.load_pem_private_key(read_key_file(files.key, "key"), password=None)
         leaf.verify_directly_issued_by(ca_cert)
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -243,27 +176,3 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         return x509.DNSName(name)
-
-
-def _key_usage(
-    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
-) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )

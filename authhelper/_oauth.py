@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from hostmux.http_client import HTTP_CALL_FAILURES, describe
+from hostmux.http_client import HTTP_CALL_FAILURES, AnswerTooLarge, describe, read_bounded
 
 from ._session import LoginState
 
@@ -149,11 +149,9 @@ async def _call(
     )
     response = await client.send(request, stream=True)
     try:
-        body = b""
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > _MAX_ANSWER_BYTES:
-                raise LoginFailed(f"{method} {path}: the portal's answer is too large")
+        body = await read_bounded(response, _MAX_ANSWER_BYTES)
+    except AnswerTooLarge:
+        raise LoginFailed(f"{method} {path}: the portal's answer is too large") from None
     finally:
         await response.aclose()
     return response.status_code, body

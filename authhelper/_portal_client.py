@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from hostmux.http_client import HTTP_CALL_FAILURES, describe
+from hostmux.http_client import HTTP_CALL_FAILURES, AnswerTooLarge, describe, read_bounded
 
 from ._oauth import PORTAL_TIMEOUT_S
 
@@ -113,11 +113,10 @@ class PortalClient:
         url = self._portal + path
         try:
             async with self._client.stream("GET", url, headers=dict(headers)) as response:
-                body = b""
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > _MAX_ANSWER_BYTES:
-                        raise PortalUnreachable(f"GET {path}: the answer is too large")
+                try:
+                    body = await read_bounded(response, _MAX_ANSWER_BYTES)
+                except AnswerTooLarge:
+                    raise PortalUnreachable(f"GET {path}: the answer is too large") from None
         except HTTP_CALL_FAILURES as exc:
             raise PortalUnreachable(f"the portal could not be reached ({describe(exc)})") from None
         return response.status_code, body

@@ -16,7 +16,7 @@ import httpx
 
 from hostmux.log import describe  # one describe for every failure; here for the call sites
 
-__all__ = ["HTTP_CALL_FAILURES", "describe"]
+__all__ = ["HTTP_CALL_FAILURES", "AnswerTooLarge", "describe", "read_bounded"]
 
 HTTP_CALL_FAILURES: tuple[type[BaseException], ...] = (
     httpx.HTTPError,
@@ -24,3 +24,17 @@ HTTP_CALL_FAILURES: tuple[type[BaseException], ...] = (
     TimeoutError,
     AttributeError,  # uvloop + anyio on a reset connection (see above)
 )
+
+
+class AnswerTooLarge(httpx.DecodingError):
+    """The answer's body is over the caller's limit (an ``httpx.HTTPError`` like the others)."""
+
+
+async def read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """A streamed response's body; ``AnswerTooLarge`` as soon as it passes ``limit`` bytes."""
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise AnswerTooLarge("the answer is too large")
+    return body

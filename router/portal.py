@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import httpx
 
 import keys
-from hostmux.http_client import HTTP_CALL_FAILURES, describe
+from hostmux.http_client import HTTP_CALL_FAILURES, describe, read_bounded
 from hostmux.log import fields
 
 log = logging.getLogger("hostmux.portal")
@@ -111,7 +111,7 @@ class PortalKeys:
                 async with self._client.stream(
                     "GET", url, headers={"accept": "application/jwk-set+json, text/plain"}
                 ) as response:
-                    body = await _read_bounded(response)
+                    body = await read_bounded(response, _MAX_KEYS_RESPONSE_BYTES)
         except HTTP_CALL_FAILURES as exc:
             log.warning(fields("portal_unavailable", url=url, reason=describe(exc)))
             raise PortalUnavailable(f"the portal did not answer ({describe(exc)})") from None
@@ -134,15 +134,6 @@ class PortalKeys:
             for stale in list(self._cache)[: len(self._cache) // 2]:
                 del self._cache[stale]
         return found
-
-
-async def _read_bounded(response: httpx.Response) -> bytes:
-    body = b""
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > _MAX_KEYS_RESPONSE_BYTES:
-            raise httpx.DecodingError("the answer is too large")
-    return body
 
 
 def parse_instance_keys(body: bytes, content_type: str) -> frozenset[str]:

@@ -7,7 +7,9 @@ Part of the router's asyncssh adapter.
   stderr, then only listens for Ctrl-C / Ctrl-D, which end it. Nothing typed
   runs.
 * Exec requests run built-in commands only: ``help``, ``tunnels [--json]``
-  (this connection's tunnels: the listener reads its own tunnel from it),
+  (this connection's tunnels: the listener reads its own tunnel from it, and
+  from ``router``, the cluster router id — top level and per tunnel, ``null``
+  without a registry — which router its connection reached),
   ``ca`` (the development CA's certificate as PEM, so a client that pinned
   the host key can trust the router's TLS without a CA file); in portal
   mode also the DIT4C pair: as user ``register``, ``INSTANCE_ID`` (cache the
@@ -43,7 +45,8 @@ _HELP = """hostmux tunnel router.
 Commands:
   help                                   this text
   tunnels [--json]                       this connection's tunnels (not the router's others);
-                                         --json adds the names refused on it, with reasons
+                                         --json adds the names refused on it, with reasons,
+                                         and the id of the router that holds them (cluster)
   ca                                     the development CA's certificate (PEM), if it has one
 """
 
@@ -177,15 +180,23 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         words = command.split()
         if words[0] == "help":
             return _HELP
+        router_id = self._hub.cluster.router_id if self._hub.cluster is not None else None
         tunnels = [
             {"name": f.tunnel.name, "url": self._hub.url_for(f.tunnel.name),
-             "listen": "{}:{}".format(*f.listen)}
+             "listen": "{}:{}".format(*f.listen), "router": router_id}
             for f in self._state.forwards
         ]  # fmt: skip
         if "--json" in words:
-            report = {"scope": "connection", "tunnels": tunnels, "refused": self._state.refusals}
+            # ``router`` at the top too: a listener asks before its forward, to learn
+            # which router it reached without claiming (and so replacing) anything.
+            report = {
+                "scope": "connection", "router": router_id, "tunnels": tunnels,
+                "refused": self._state.refusals,
+            }  # fmt: skip
             return json.dumps(report) + "\n"
-        return "".join(t["url"] + "\n" for t in tunnels) or "no tunnels on this connection\n"
+        where = f" (router {router_id})" if router_id is not None else ""
+        lines = "".join(f"{t['url']}{where}\n" for t in tunnels)
+        return lines or "no tunnels on this connection\n"
 
     async def _register(self, instance_id: str) -> None:
         """DIT4C ``ssh register@router INSTANCE_ID``: cache the instance's keys."""

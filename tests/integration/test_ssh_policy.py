@@ -110,7 +110,7 @@ async def test_exec_subsystem_and_local_forwards_are_refused(
     )
     assert await listed.wait_exit() == 0
     report = json.loads((await listed.wait_for(r"^\{.*\}$"))[0])
-    assert report == {"scope": "connection", "tunnels": [], "refused": []}
+    assert report == {"scope": "connection", "router": None, "tunnels": [], "refused": []}
 
     # -W opens the same direct-tcpip channel as -L, without a local port to race for.
     mark = len(router.proc.lines)

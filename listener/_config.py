@@ -27,6 +27,9 @@ from hostmux.names import InvalidName, check_name
 
 # Without a router or a portal to ask, try the router's embedded default.
 DEFAULT_ROUTER = "127.0.0.1:2222"
+# Reason: each connection is one more tunnel per name in the registry and one more
+# SSH connection per pod; cloudflared's four per connector are already generous.
+MAX_HA_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,14 @@ class ListenerConfig:
     )
     backoff_max_s: float = option(
         30.0, "longest wait between reconnect attempts", minimum=1, maximum=HOUR_S
+    )
+    ha_connections: int = option(
+        0,
+        "SSH connections to hold, each to a different router, each carrying the name",
+        minimum=0,
+        maximum=MAX_HA_CONNECTIONS,
+        zero="2 when more than one router address is known (routers given or listed, or "
+        "one name's DNS addresses), else 1",
     )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 

@@ -1,4 +1,4 @@
-"""When to try again: jittered, capped exponential back-off (pure).
+"""When to try again: jittered, capped exponential back-off (pure), and work a stop cuts short.
 
 "Full jitter" (AWS architecture blog, 2015): the n-th delay is uniform in
 [0, min(cap, base * 2**n)], so a router restart does not see every listener
@@ -9,8 +9,14 @@ while a brief blip is retried at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -31,3 +37,18 @@ class Backoff:
         """Record how long the last connection stayed up."""
         if seconds >= self.stable_after_s:
             self.attempt = 0
+
+
+async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """Run ``work`` unless ``stop`` is set first; then cancel it and return None."""
+    task = asyncio.create_task(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return None if task.cancelled() else task.result()

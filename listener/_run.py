@@ -31,8 +31,10 @@ from hostmux.log import fields
 
 from ._config import DEFAULT_ROUTER, ListenerConfig
 from ._dial import rank_by_latency
+from ._ha import HaConnections, resolve_hosts
 from ._portal import PortalError, fetch_router_list, publish_url
-from ._reconnect import Backoff
+from ._reconnect import Backoff, unless_stopped
+from ._routers import expand_addresses, wanted_connections
 from ._ssh_client import Forward, HostKeyRejected, TunnelError, TunnelSession, TunnelSpec
 from ._url_check import trust_for_check, watch_public_url
 
@@ -63,6 +65,38 @@ class Listener:
         return f"<Listener name={self._name!r} url={self._last_url!r}>"
 
     async def run(self) -> None:
+        wanted = await self._wanted_connections()
+        if wanted > 1:
+            await HaConnections(self, wanted).run()
+        elif wanted == 1:
+            await self._run_one()
+
+    async def _wanted_connections(self) -> int:
+        """``ha_connections``, or for 0 (auto): 2 when more than one router address is known.
+
+        0 when stopped before the portal said which routers there are.
+        """
+        config = self._config
+        if config.ha_connections > 0:
+            return config.ha_connections
+        backoff = Backoff(cap_s=config.backoff_max_s)
+        while not self._stop.is_set():
+            try:
+                servers, _ = await self._routers()
+            except PortalError as exc:
+                log.warning(fields("portal_unavailable", reason=str(exc)))
+            else:
+                if len(servers) > 1 or config.transport != "ssh":
+                    return wanted_connections(0, len(servers))
+                resolved = await resolve_hosts(servers, timeout_s=config.connect_timeout_s)
+                return wanted_connections(0, len(expand_addresses(servers, resolved)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff.next_delay()):
+                    await self._stop.wait()
+        return 0
+
+    async def _run_one(self) -> None:
+        """One connection (``ha_connections`` 1): the loop of the module's docstring."""
         backoff = Backoff(cap_s=self._config.backoff_max_s)
         while not self._stop.is_set():
             started = time.monotonic()
@@ -100,20 +134,10 @@ class Listener:
         """Hold a tunnel through ``server`` until it drops; True if it was ever up."""
         config = self._config
         host, port = parse_host_port(server, "router")
-        target_host, target_port = config.target_address
-        spec = TunnelSpec(
-            host=host, port=port, user=config.user, identity_file=config.identity_file,
-            known_hosts=config.known_hosts_path, fingerprints=pins, name=self._name,
-            target_host=target_host, target_port=target_port,
-            keepalive_interval_s=config.keepalive_interval_s,
-            connect_timeout_s=self._connect_timeout_s(),
-            transport=self._transport, wss_url=config.wss_url,
-            wss_headers=tuple(tuple(h.split(":", 1)) for h in config.wss_header),  # type: ignore[misc]
-            ca_file=config.router_ca_file,
-        )  # fmt: skip
+        spec = self.spec_for(host, port, pins, self._transport)
         async with TunnelSession(spec) as session:
             try:
-                forward = await _unless_stopped(session.open(self._name), self._stop)
+                forward = await unless_stopped(session.open(self._name), self._stop)
             except TunnelError as exc:
                 level = logging.ERROR if isinstance(exc, HostKeyRejected) else logging.WARNING
                 log.log(level, fields("tunnel_failed", router=server, reason=str(exc)))
@@ -135,10 +159,27 @@ class Listener:
                 log.warning(fields("tunnel_down", name=forward.name, router=server))
         return True
 
-    def _connect_timeout_s(self) -> float:
+    def spec_for(
+        self, host: str, port: int, pins: tuple[str, ...], transport: str, dial_host: str = ""
+    ) -> TunnelSpec:
+        """What one connection to ``host:port`` (at ``dial_host``, if given) is made of."""
+        config = self._config
+        target_host, target_port = config.target_address
+        return TunnelSpec(
+            host=host, port=port, user=config.user, identity_file=config.identity_file,
+            known_hosts=config.known_hosts_path, fingerprints=pins, name=self._name,
+            target_host=target_host, target_port=target_port,
+            keepalive_interval_s=config.keepalive_interval_s,
+            connect_timeout_s=self._connect_timeout_s(transport),
+            transport=transport, wss_url=config.wss_url,
+            wss_headers=tuple(tuple(h.split(":", 1)) for h in config.wss_header),  # type: ignore[misc]
+            ca_file=config.router_ca_file, dial_host=dial_host,
+        )  # fmt: skip
+
+    def _connect_timeout_s(self, transport: str) -> float:
         # auto mode gives plain SSH only a short try before it falls back to WSS:
         # a firewall that drops packets would otherwise cost the whole timeout.
-        if self._config.transport == "auto" and self._transport == "ssh":
+        if self._config.transport == "auto" and transport == "ssh":
             return min(self._config.connect_timeout_s, AUTO_SSH_TIMEOUT_S)
         return self._config.connect_timeout_s
 
@@ -246,21 +287,6 @@ def _instance_key(config: ListenerConfig) -> keys.InstanceKey | None:
     import keys
 
     return keys.InstanceKey.load(config.identity_file)
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
-    """Run ``work`` unless ``stop`` is set first; then cancel it and return None."""
-    task = asyncio.create_task(work)
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    return None if task.cancelled() else task.result()
 
 
 def _first_line(exc: BaseException) -> str:

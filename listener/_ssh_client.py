@@ -70,6 +70,9 @@ class TunnelSpec:
     wss_url: str = ""
     wss_headers: tuple[tuple[str, str], ...] = ()
     ca_file: Path | None = None
+    # The address to connect to when it is not ``host`` (one of a name's DNS
+    # addresses): the host key is still checked for ``host``.
+    dial_host: str = ""
 
 
 class _PinningClient(asyncssh.SSHClient):
@@ -90,6 +93,7 @@ class _PinningClient(asyncssh.SSHClient):
 class Forward:
     name: str
     url: str
+    router_id: str | None = None  # the cluster router holding it (``tunnels --json``)
 
 
 class TunnelSession:
@@ -103,10 +107,10 @@ class TunnelSession:
     def __init__(self, spec: TunnelSpec) -> None:
         self._spec = spec
         self._conn: asyncssh.SSHClientConnection | None = None
-        self.forward: Forward | None = None
+        self.granted: Forward | None = None
 
     def __repr__(self) -> str:
-        return f"<TunnelSession {self._spec.host}:{self._spec.port} forward={self.forward}>"
+        return f"<TunnelSession {self._spec.host}:{self._spec.port} forward={self.granted}>"
 
     async def __aenter__(self) -> TunnelSession:
         return self
@@ -117,6 +121,12 @@ class TunnelSession:
             await self._conn.wait_closed()
 
     async def open(self, name: str) -> Forward:
+        """Connect, then ask for the forward of ``name`` ("" asks for a random one)."""
+        await self.connect()
+        return await self.forward(name)
+
+    async def connect(self) -> None:
+        """Connect and authenticate (host key checked); TunnelError if not."""
         spec = self._spec
         client = _PinningClient(spec.fingerprints)
         # Plain TCP: one socket write per loop turn, not one per SSH packet.
@@ -124,10 +134,13 @@ class TunnelSession:
         failures: tuple[type[BaseException], ...] = (
             asyncssh.Error, OSError, TimeoutError, *foreign_errors,
         )  # fmt: skip
+        # Only when dialling one of a name's addresses: the key is checked for the name.
+        alias: dict[str, str] = {"host_key_alias": spec.host} if spec.dial_host else {}
         try:
             self._conn = await asyncssh.connect(
-                spec.host,
+                spec.dial_host or spec.host,
                 spec.port,
+                **alias,
                 tunnel=tunnel,
                 username=spec.user,
                 client_factory=lambda: client,
@@ -151,6 +164,11 @@ class TunnelSession:
             ) from None
         except failures as exc:
             raise TunnelError(f"cannot connect ({spec.transport}): {describe(exc)}") from None
+
+    async def forward(self, name: str) -> Forward:
+        """Ask the connected router for the forward of ``name``; TunnelError if refused."""
+        spec = self._spec
+        assert self._conn is not None
         conn = self._conn
         try:
             await conn.forward_remote_port(name, 80, spec.target_host, spec.target_port)
@@ -162,8 +180,20 @@ class TunnelSession:
         if not tunnels:
             raise TunnelError("the router granted the forward but lists no tunnel")
         first = tunnels[0]
-        self.forward = Forward(name=str(first["name"]), url=str(first["url"]))
-        return self.forward
+        router = first.get("router")
+        self.granted = Forward(
+            name=str(first["name"]), url=str(first["url"]),
+            router_id=router if isinstance(router, str) and router else None,
+        )  # fmt: skip
+        return self.granted
+
+    async def router_id(self) -> str | None:
+        """The id of the router this connection reached (None: no registry, or an older router).
+
+        Asked before the forward, so learning it claims (and replaces) nothing.
+        """
+        router = (await self._run_json("tunnels --json")).get("router")
+        return router if isinstance(router, str) and router else None
 
     async def router_ca(self) -> str:
         """The router's development CA certificate (PEM), from its ``ca`` command.

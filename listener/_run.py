@@ -9,6 +9,10 @@ a reason to drop a tunnel the router granted), and publish it to the portal
 tunnel drops, or no router would have it: a jittered back-off, then a new
 round — asking for the same name again (also a random one the router gave).
 
+That is one connection (``ha_connections`` 1, or 0 with one router address).
+With more, ``HaConnections`` (``_ha.py``) runs this loop once per connection,
+each to a different router, all carrying the same name.
+
 Resource handling: ``run_listener`` owns one ``TunnelSession`` at a time and
 closes it on SIGTERM/SIGINT (or when ``stop`` is set) before returning.
 Error handling: every failure to connect, check or publish is logged and
@@ -24,7 +28,7 @@ import signal
 import ssl
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from hostmux.config.layered import parse_host_port
 from hostmux.log import fields
@@ -42,8 +46,6 @@ if TYPE_CHECKING:
     import keys
 
 log = logging.getLogger("hostmux.listener")
-
-T = TypeVar("T")
 
 # How long auto mode waits for plain SSH before trying SSH over WebSocket.
 AUTO_SSH_TIMEOUT_S = 5.0

@@ -122,18 +122,29 @@ async def clustered_at(stack: Stack, server: RedisServer, old: Router) -> Router
 async def test_two_connections_that_reach_one_router_redial_instead_of_replacing(
     stack: Stack, redis_server: RedisServer
 ) -> None:
-    """A balancer (here: one address) sends both connections to one router; a
-    same-owner tunnel there would replace the other, so the second hangs up
-    before claiming and redials with back-off, and the router sees one tunnel."""
+    """A balancer (here: one name, one address) sends both connections to one
+    router; a same-owner tunnel there would replace the other, so the second
+    hangs up before claiming and redials with back-off: the router sees one
+    tunnel. The name is dialled at its DNS address, its host key checked for
+    the name (known_hosts has ``[localhost]:PORT`` only)."""
     app = await stack.start_app()
     key = stack.new_key("pod")
     router = await clustered(stack, redis_server, "solo", key)
+    known_hosts = stack.path("known_hosts")
+    public = (router.state_dir / "ssh_host_key.pub").read_text().split()
+    known_hosts.write_text(f"[localhost]:{router.ssh_port} {public[0]} {public[1]}\n")
     mark = len(router.proc.lines)
-    argv = ha_listener_argv(
-        key, app.port, router, extra=("--name", "once", "--ha-connections", "2")
-    )
+    argv = [
+        sys.executable, "-m", "listener", "--router", f"localhost:{router.ssh_port}",
+        "--known-hosts", str(known_hosts), "--identity-file", str(key),
+        "--target", f"127.0.0.1:{app.port}", "--backoff-max-s", "2",
+        "--name", "once", "--ha-connections", "2",
+    ]  # fmt: skip
     listener = await stack.spawn("listener", argv)
-    await listener.wait_for(r"event=tunnel_up name=once .*router_id=solo ")
+    await listener.wait_for(
+        rf"event=tunnel_up name=once .*router=localhost:{router.ssh_port}@127\.0\.0\.1 "
+        r"router_id=solo "
+    )
     await listener.wait_for(r"event=connections_short up=1 wanted=2")
     seen = 0
     for _ in range(REDIALS_WATCHED):

@@ -31,7 +31,7 @@ async def end_with_supervisor(stop: asyncio.Event) -> None:
         pidfd = os.pidfd_open(STARTED_BY)
     except ProcessLookupError:
         pidfd = None
-    except (AttributeError, OSError) as exc:  # not Linux 5.3+: serve on; a supervisor killed with -9 is noticed
+    except (AttributeError, OSError) as exc:  # not Linux 5.3+: serve on, unwatched
         log.warning(fields("supervisor_watch_unavailable", reason=describe(exc)))
         return
     try:

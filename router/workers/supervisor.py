@@ -69,6 +69,9 @@ _STOP_MARGIN_S = 15.0
 # the same configuration would fail the same way, so the supervisor stops.
 _CONFIG_FAULT = 2
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A stop signal this soon after the first is the same request delivered twice, not an
+# impatient operator: timeout(1) signals its child and then the child's process group.
+_SAME_REQUEST_S = 1.0
 
 
 async def run_supervisor(config: RouterConfig, argv: Sequence[str]) -> None:
@@ -130,6 +133,7 @@ class Supervisor:
         self._workers: dict[int, asyncio.subprocess.Process] = {}
         self._hup_sent: set[int] = set()  # workers whose current process was sent SIGHUP
         self._stopping = asyncio.Event()
+        self._stop_asked_at: float | None = None  # loop time of the first stop signal
         self._fault: str | None = None
 
     def __repr__(self) -> str:
@@ -176,6 +180,7 @@ class Supervisor:
                 return
             if returncode == _CONFIG_FAULT:
                 self._fault = f"worker {n} refused the configuration (exit 2; its line says why)"
+                log.error(fields("worker_refused_config", worker_index=n, pid=process.pid))
                 self._stop(signal.SIGTERM)
                 return
             sighup = hup_sent and returncode == -signal.SIGHUP
@@ -208,12 +213,17 @@ class Supervisor:
         return process
 
     def _stop(self, signum: int) -> None:
-        """First stop signal: pass it on to every worker; a second: kill them."""
-        if self._stopping.is_set():
-            log.warning(fields("workers_kill", reason=f"second {signal.Signals(signum).name}"))
-            self._kill_all()
+        """First stop signal: pass it on to every worker; a second (later than
+        ``_SAME_REQUEST_S``): kill them."""
+        now = asyncio.get_running_loop().time()
+        if self._stop_asked_at is not None:
+            if now - self._stop_asked_at >= _SAME_REQUEST_S:
+                reason = f"second {signal.Signals(signum).name}"
+                log.warning(fields("workers_kill", reason=reason))
+                self._kill_all()
             return
         log.info(fields("supervisor_stopping", signal=signal.Signals(signum).name))
+        self._stop_asked_at = now
         self._stopping.set()
         self._send_all(signum)
 

@@ -134,6 +134,32 @@ async def test_workers_without_a_registry_stop_at_start_with_one_line(stack: Sta
     ]
 
 
+async def test_a_worker_refusing_its_configuration_stops_the_supervisor_with_exit_2(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A fault only a worker finds (here a missing portal CA file): restarting would
+    fail the same way, so the supervisor stops the others and exits 2, as a router would."""
+    missing = tmp_path / "no-such-ca.pub"
+    proc = await stack.spawn(
+        "supervisor",
+        [
+            sys.executable, "-m", "router", "--state-dir", str(stack.path("state")),
+            "--ssh-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0", "--workers", "2",
+            "--registry", "redis://127.0.0.1:1/0", "--portal-ca-keys-file", str(missing),
+        ],
+    )  # fmt: skip
+    assert await proc.wait_exit() == 2
+    assert proc.find(rf"^hostmux-router: error: {re.escape(str(missing))}: cannot read") is not None
+    assert re.fullmatch(
+        r"hostmux-router: error: worker [12] refused the configuration \(exit 2; its line says "
+        r"why\)",
+        proc.lines[-1],
+    )
+    assert proc.find(r"event=worker_started worker_index=1 .*pid=\d+") is not None
+    assert proc.find(r"event=worker_exited") is None  # never restarted
+
+
 async def test_a_killed_worker_is_restarted_and_the_ports_keep_answering(
     stack: Stack, redis_server: RedisServer
 ) -> None:

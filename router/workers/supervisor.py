@@ -16,6 +16,7 @@ It never serves a request and never loads asyncssh. In order:
    shutdown (leases released at once, requests drained); a second signal, or
    ``shutdown_grace_s + _STOP_MARGIN_S`` without an end, kills the rest with
    SIGKILL. SIGHUP is passed on; a worker that ends of it starts again at once.
+   SIGUSR1 (a router's live counts) is passed on too.
 
 Why subprocesses and not ``multiprocessing``: each worker is exactly the
 router an operator would start by hand (``ps`` shows its command line, its
@@ -44,7 +45,7 @@ from typing import Any
 
 import keys
 from hostmux.config.layered import ConfigError
-from hostmux.log import fields
+from hostmux.log import describe, fields
 from router.config import RouterConfig
 from router.state import file_tls_context, prepare_state
 from router.workers.cluster_files import own_cluster_link
@@ -168,7 +169,16 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         backoff = RestartBackoff()
         while not self._stopping.is_set():
-            process = await self._start(n)
+            try:
+                process = await self._start(n)
+            except OSError as exc:  # no process could be made (EAGAIN, ENOMEM, EMFILE...)
+                delay = backoff.delay_after(0.0)
+                log.error(
+                    fields("worker_start_failed", worker_index=n, reason=describe(exc),
+                           retry_in_s=delay)
+                )  # fmt: skip
+                await self._wait_unless_stopping(delay)
+                continue
             started = loop.time()
             returncode = await process.wait()
             del self._workers[n]
@@ -191,9 +201,12 @@ class Supervisor:
                     lived_s=lived_s, restart_in_s=delay,
                 )
             )  # fmt: skip
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stopping.wait()
+            await self._wait_unless_stopping(delay)
+
+    async def _wait_unless_stopping(self, delay_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self._stopping.wait()
 
     async def _start(self, n: int) -> asyncio.subprocess.Process:
         flags = worker_flags(n, self._base, self._bound.fds(), self._cluster)
@@ -246,8 +259,10 @@ class Supervisor:
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, self._stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._pass_hup)
+        # A router's live counts (event=stats): each worker logs its own.
+        loop.add_signal_handler(signal.SIGUSR1, self._send_all, signal.SIGUSR1)
         try:
             yield
         finally:
-            for signum in (*_STOP_SIGNALS, signal.SIGHUP):
+            for signum in (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)

@@ -122,7 +122,12 @@ async def test_two_workers_serve_the_same_ports(stack: Stack, redis_server: Redi
     # The HTTPS port is served by both workers (a name neither holds: 404 from each).
     statuses = await requests_until_both_workers_answer(workers, "nobody")
     assert set(statuses) == {404}
-    assert workers.supervisor.process.returncode is None
+    # SIGUSR1 (a router's live counts) reaches every worker; the supervisor stays up.
+    proc, mark = workers.supervisor, len(workers.supervisor.lines)
+    proc.process.send_signal(signal.SIGUSR1)
+    for n in workers.pids:
+        await proc.wait_for(rf"event=stats .* worker={n}$", start=mark)
+    assert proc.process.returncode is None
 
 
 async def test_workers_without_a_registry_stop_at_start_with_one_line(stack: Stack) -> None:

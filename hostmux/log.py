@@ -10,12 +10,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import select
 import sys
 import time
 from typing import Any, TextIO
 
 # A value made only of these characters is written as it is; anything else is quoted.
 _NEEDS_QUOTES = re.compile(r"[^a-zA-Z0-9\-_./:@\[\]+,]")
+
+
+# Written whole by one write to a pipe, however many processes share it (POSIX).
+_ATOMIC_WRITE_BYTES = select.PIPE_BUF
+
+
+class _Context:
+    """Fields every line ends with (``set_log_context``), and whether other processes
+    write to the same stream."""
+
+    suffix = ""
+    shared_stream = False
+
+
+def set_log_context(*, shared_stream: bool = False, **values: Any) -> None:
+    """End every line from now on with ``values`` (e.g. ``worker=2``: which of several
+    processes said it). With ``shared_stream`` (sibling processes inherit one stderr)
+    lines are written in writes of at most PIPE_BUF bytes that end at a line's end, so
+    no two processes' lines are spliced together."""
+    _Context.suffix = "".join(f" {key}={_value(v)}" for key, v in values.items())
+    _Context.shared_stream = shared_stream
 
 
 def _value(value: Any) -> str:
@@ -63,7 +85,7 @@ class _LogfmtFormatter(logging.Formatter):
         message = record.getMessage()
         if not message.startswith("event="):
             message = fields("message", logger=record.name, text=message)
-        line += message
+        line += message + _Context.suffix
         if record.exc_info and record.levelno >= logging.ERROR:
             line += " exc=" + _value(self.formatException(record.exc_info))
         return line
@@ -102,14 +124,35 @@ class _TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.acquire()
         try:
             if self._pending:
-                text = "".join(self._pending)
-                self._pending.clear()
-                self.stream.write(text)
+                pending, self._pending = self._pending, []
+                if _Context.shared_stream:
+                    for text in _whole_line_writes(pending):
+                        self.stream.write(text)
+                        self.stream.flush()
+                else:
+                    self.stream.write("".join(pending))
             self.stream.flush()
         except (OSError, ValueError):
             self._pending.clear()  # the stream is gone (closed at exit): nothing to do
         finally:
             self.release()
+
+
+def _whole_line_writes(lines: list[str]) -> list[str]:
+    """``lines`` joined into texts of at most ``_ATOMIC_WRITE_BYTES`` (a longer line alone)."""
+    writes: list[str] = []
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode())
+        if batch and size + length > _ATOMIC_WRITE_BYTES:
+            writes.append("".join(batch))
+            batch, size = [], 0
+        batch.append(line)
+        size += length
+    if batch:
+        writes.append("".join(batch))
+    return writes
 
 
 def configure_logging(level: str) -> None:

@@ -1,16 +1,23 @@
-"""``hostmux-router``: the router as a process (``hostmux.process.run_component``)."""
+"""``hostmux-router``: the router as a process (``hostmux.process.run_component``).
+
+With ``workers`` other than 1 the process is the workers' supervisor
+(``router.workers.supervisor``), which starts the routers; a worker (started
+with ``--worker-index N``) and a plain router run ``router.server``. The
+server and the supervisor are imported only once that choice is made: the
+supervisor never loads asyncssh.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import resource
+import sys
 from collections.abc import Sequence
 
+from hostmux.log import set_log_context
 from hostmux.process import run_component
-from hostmux.tunnel.ssh_ignore import drop_needless_ignores
 from router.config import RouterConfig, load_config
-from router.server import run_router
 
 # Net new container objects between collections of the youngest generation
 # (Python's default is 700); see ``main``.
@@ -30,12 +37,35 @@ def raise_open_files_limit() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_component(
-        "hostmux-router", argv, load=load_config, main=run_router, prepare=_tune_process
-    )
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    async def run(config: RouterConfig) -> None:
+        if is_supervisor(config):
+            from router.workers.supervisor import run_supervisor
+
+            await run_supervisor(config, args)
+        else:
+            from router.server import run_router
+
+            await run_router(config)
+
+    return run_component("hostmux-router", args, load=load_config, main=run, prepare=_tune_process)
 
 
-def _tune_process(_: RouterConfig) -> None:
+def is_supervisor(config: RouterConfig) -> bool:
+    """This process starts workers (``workers`` other than 1) rather than being one."""
+    return config.workers != 1 and config.worker_index == 0
+
+
+def _tune_process(config: RouterConfig) -> None:
+    if is_supervisor(config):
+        # Its lines interleave with its workers' on the stderr they share.
+        set_log_context(shared_stream=True, worker="supervisor")
+        return
+    if config.worker_index:
+        set_log_context(shared_stream=True, worker=config.worker_index)
+    from hostmux.tunnel.ssh_ignore import drop_needless_ignores
+
     raise_open_files_limit()
     drop_needless_ignores()
     # What is loaded by now (the modules: asyncssh, cryptography, httptools...) lives as

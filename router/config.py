@@ -27,6 +27,12 @@ from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
 from router.registry.model import MAX_ID_CHARS
 
+# Beyond 256 router processes on one machine a second machine is the answer, and each
+# worker holds a registry connection and a lease round of its own.
+MAX_WORKERS = 256
+# What a supervisor may hand a worker (``listen_fds``): a socket per kind of listener.
+LISTEN_KINDS = ("ssh", "https", "http", "one_port")
+
 
 def _default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
@@ -152,6 +158,20 @@ class RouterConfig:
         15.0, "a dead router's names move after this long (leases renewed every third)",
         minimum=3, maximum=HOUR_S,
     )  # fmt: skip
+    workers: int = option(
+        1, "router processes on this machine, one supervisor starting them (needs registry)",
+        minimum=0, maximum=MAX_WORKERS, zero="one per usable CPU",
+    )  # fmt: skip
+    worker_index: int = option(
+        0, "set by the workers supervisor for its worker N (its logs say worker=N)",
+        minimum=0, maximum=MAX_WORKERS, zero="not a supervisor's worker",
+    )  # fmt: skip
+    listen_fds: list[str] = option(
+        [],
+        "set by the workers supervisor: listening sockets inherited as KIND=FD (KIND: ssh, "
+        "https, http, one_port), served instead of binding the *_listen addresses",
+        metavar="KIND=FD",
+    )
     max_connections: int = option(10_000, "browser connections the router holds at most", minimum=1)
     max_connections_per_ip: int = option(256, "browser connections one IP may hold", minimum=1)
     max_ssh_connections_per_key: int = option(
@@ -217,8 +237,34 @@ class RouterConfig:
             value = getattr(self, field)
             if value and (len(value) > MAX_ID_CHARS or not value.isprintable() or " " in value):
                 raise ValueError(f"{field}: 1-{MAX_ID_CHARS} printable characters without spaces")
+        if self.workers != 1 and not self.registry:
+            raise ValueError(
+                f"workers: {self.workers} workers need a registry (registry = redis://...); "
+                "without one a router is one process"
+            )
+        self.inherited_sockets()  # checks listen_fds
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+
+    def inherited_sockets(self) -> dict[str, list[int]]:
+        """``listen_fds`` by kind (every kind present, in LISTEN_KINDS order); a
+        ValueError says what does not fit the *_listen addresses."""
+        found: dict[str, list[int]] = {kind: [] for kind in LISTEN_KINDS}
+        for entry in self.listen_fds:
+            kind, _, fd = entry.partition("=")
+            if kind not in found or not fd.isdigit() or int(fd) < 3:
+                raise ValueError(
+                    f"listen_fds: {entry!r} is not KIND=FD (KIND: {', '.join(LISTEN_KINDS)};"
+                    " FD: 3 or more)"
+                )
+            found[kind].append(int(fd))
+        if self.listen_fds:
+            for kind, fds in found.items():
+                if bool(fds) != bool(getattr(self, f"{kind}_listen")):
+                    raise ValueError(
+                        f"listen_fds: {kind} sockets are given exactly when {kind}_listen is"
+                    )
+        return found
 
     @property
     def host_key_path(self) -> Path:

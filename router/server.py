@@ -62,6 +62,8 @@ from router.state import (
     prepare_state,
 )
 from router.tunnels import TunnelGateway, TunnelHub
+from router.workers.sockets import adopt
+from router.workers.worker import end_with_supervisor
 
 log = logging.getLogger("hostmux.router")
 
@@ -170,38 +172,34 @@ def build_router(config: RouterConfig) -> Router:
 
 
 async def bind_router(router: Router, listening: Listening) -> None:
-    """Step 2: bind every listener into ``listening`` (kept there even when a later one fails)."""
+    """Step 2: bind every listener into ``listening`` (kept there even when a later one
+    fails); a worker serves the sockets its supervisor bound (``listen_fds``) instead."""
     config, hub, bound = router.config, router.hub, listening.addresses
-    for value in config.ssh_listen:
-        host, port = parse_host_port(value, "ssh_listen")
-        acceptor = await _bind(value, _start_ssh(router, host, port))
+    for where, host, port, sock in _listen_on(config, "ssh"):
+        acceptor = await _bind(where, _start_ssh(router, host, port, sock=sock))
         listening.ssh_acceptors.append(acceptor)
         bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
     # SSH over WebSocket: the same SSH server, reached through the HTTPS front door.
     listening.ssh_acceptors.append(await _start_ssh(router, "", 0, tunnel=router.wss))
-    for kind, values, context in (
-        ("https", config.https_listen, router.tls),
-        ("http", config.http_listen, None),
-    ):
-        for value in values:
-            host, port = parse_host_port(value, f"{kind}_listen")
+    for kind, context in (("https", router.tls), ("http", None)):
+        for where, host, port, sock in _listen_on(config, kind):
             server = await _bind(
-                value,
+                where,
                 start_front_door(
                     host, port, gateway=router.gateway, limits=config.relay_limits,
                     connections=router.connections, counts=router.browsers,
                     trusted_proxies=router.trusted, tls=context,
-                    tls_handshake_timeout_s=config.tls_handshake_timeout_s,
+                    tls_handshake_timeout_s=config.tls_handshake_timeout_s, sock=sock,
                 ),
             )  # fmt: skip
             listening.http_servers.append(server)
             bound[kind].append(f"{_fmt_host(host)}:{server.sockets[0].getsockname()[1]}")
-    for value in config.one_port_listen:
-        host, port = parse_host_port(value, "one_port_listen")
-        try:
-            sock = open_listening_socket(host, port)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {value}: {exc.strerror or exc}") from None
+    for where, host, port, sock in _listen_on(config, "one_port"):
+        if sock is None:
+            try:
+                sock = open_listening_socket(host, port)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         listening.one_port_sockets.append(sock)
         bound["one_port"].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
     hub.ssh_port = _port_of((bound["one_port"] or bound["ssh"])[0])
@@ -219,6 +217,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
     _announce_ready(router, listening.addresses)
     async with asyncio.TaskGroup() as tg:
         background = [tg.create_task(_sweep_reservations(router.hub))]
+        if config.worker_index:  # a supervisor's worker ends with it (killed: no signal)
+            background.append(tg.create_task(end_with_supervisor(stop)))
         if router.hub.cluster is not None:
             background.append(tg.create_task(router.hub.cluster.run()))
         if config.events_url:
@@ -257,12 +257,29 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
 
 
 def _start_ssh(
-    router: Router, host: str, port: int, *, tunnel: object = ()
+    router: Router, host: str, port: int, *, tunnel: object = (), sock: socket.socket | None = None
 ) -> Awaitable[SshAcceptor]:
     return start_ssh_server(
         router.hub, router.auth, router.state.host_key, host, port,
-        router.ssh_settings, router.ssh_limits, tunnel=tunnel,
+        router.ssh_settings, router.ssh_limits, tunnel=tunnel, sock=sock,
     )  # fmt: skip
+
+
+def _listen_on(config: RouterConfig, kind: str) -> list[tuple[str, str, int, socket.socket | None]]:
+    """``(where, host, port, socket)`` per listener of ``kind``: its ``*_listen`` addresses
+    (socket None: bind it), or in a worker the sockets inherited through ``listen_fds``."""
+    if not config.listen_fds:
+        values: list[str] = getattr(config, f"{kind}_listen")
+        return [(v, *parse_host_port(v, f"{kind}_listen"), None) for v in values]
+    listeners: list[tuple[str, str, int, socket.socket | None]] = []
+    for fd in config.inherited_sockets()[kind]:
+        try:
+            sock = adopt(fd)
+            host, port = sock.getsockname()[:2]
+        except OSError as exc:
+            raise ConfigError(f"listen_fds: {kind}={fd}: {exc.strerror or exc}") from None
+        listeners.append((f"{kind}={fd}", host, port, sock))
+    return listeners
 
 
 async def _serve_one_port(router: Router, sock: socket.socket) -> None:
@@ -293,6 +310,7 @@ def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
             host_key=state.host_key_fingerprint, ca=state.ca_cert,
             pid=os.getpid(), one_port=",".join(bound["one_port"]) or None,
             open_files=open_files,
+            router_id=router.hub.cluster.router_id if router.hub.cluster is not None else None,
         )
     )  # fmt: skip
     if open_files < config.max_connections + _FILES_BESIDES_CONNECTIONS:
@@ -303,7 +321,8 @@ def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
                 hint="raise the hard limit (systemd: LimitNOFILE=) above max_connections",
             )
         )  # fmt: skip
-    _print_welcome(config, bound, state, router.hub)
+    if config.worker_index <= 1:  # the same ports for every worker: said once
+        _print_welcome(config, bound, state, router.hub)
 
 
 @contextlib.contextmanager

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from hostmux.http1.headers import ClientInfo, TrustedProxies
 from hostmux.limits import ConnectionCounts
@@ -124,19 +126,22 @@ async def start_front_door(
     trusted_proxies: TrustedProxies | None = None,
     tls: ssl.SSLContext | None,
     tls_handshake_timeout_s: float,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
+    """Serve ``host:port``, or ``sock`` when given (already bound: ``host``/``port`` unused)."""
     scheme = "https" if tls is not None else "http"
     on_connection = connection_handler(
         scheme, gateway=gateway, limits=limits, connections=connections, counts=counts,
         trusted_proxies=trusted_proxies,
     )  # fmt: skip
+    where: dict[str, Any] = (
+        {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_address": True}
+    )
     return await asyncio.start_server(
         on_connection,
-        host,
-        port,
         ssl=tls,
         ssl_handshake_timeout=tls_handshake_timeout_s if tls is not None else None,
         limit=READ_CHUNK_BYTES,
-        reuse_address=True,
         backlog=1024,
+        **where,
     )

@@ -164,23 +164,30 @@ def accepted_ssh_connection(ssh: asyncio.Protocol) -> asyncio.Protocol:
 
 
 class CoalescingListener:
-    """What ``asyncssh.listen(tunnel=...)`` calls to listen on TCP with coalesced writes."""
+    """What ``asyncssh.listen(tunnel=...)`` calls to listen on TCP with coalesced writes.
+
+    With ``sock`` (a socket already bound, e.g. inherited from a supervisor that
+    binds once for several processes) it accepts there instead of binding.
+    """
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self._sock = sock
 
     def __repr__(self) -> str:
-        return "<CoalescingListener>"
+        return f"<CoalescingListener sock={self._sock.fileno() if self._sock else None}>"
 
     async def create_server(
         self, factory: Callable[[str, int], asyncio.Protocol], host: str, port: int, **_: object
     ) -> asyncio.Server:
         """Called by asyncssh.listen with its per-connection factory."""
         loop = asyncio.get_running_loop()
-        return await loop.create_server(
-            lambda: accepted_ssh_connection(factory("", 0)),
-            host,
-            port,
-            backlog=_BACKLOG,
-            reuse_address=True,
-        )
+
+        def protocol() -> asyncio.Protocol:
+            return accepted_ssh_connection(factory("", 0))
+
+        if self._sock is not None:
+            return await loop.create_server(protocol, sock=self._sock, backlog=_BACKLOG)
+        return await loop.create_server(protocol, host, port, backlog=_BACKLOG, reuse_address=True)
 
 
 class CoalescingConnector:

@@ -31,6 +31,7 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,15 +455,17 @@ async def start_ssh_server(
     limits: SshLimits,
     *,
     tunnel: object = (),
+    sock: socket.socket | None = None,
 ) -> asyncssh.SSHAcceptor:
-    """Listen for tunnel clients on ``host:port`` (or through ``tunnel``, e.g. WebSocket).
+    """Listen for tunnel clients on ``host:port`` (or through ``tunnel``, e.g. WebSocket),
+    or on ``sock``, a socket already bound (a worker's, bound by its supervisor).
 
     Plain TCP goes through ``CoalescingListener``: one send per loop turn, not per packet.
     """
     return await asyncssh.listen(
         host,
         port,
-        tunnel=tunnel or CoalescingListener(),
+        tunnel=tunnel or CoalescingListener(sock),
         server_factory=lambda: _ConnectionHandler(hub, auth, settings, limits),
         # asyncssh rebuilds its options for every connection (``reload_config``
         # at the start of auth): a key object, not a path, spares re-reading and

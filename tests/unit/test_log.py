@@ -13,10 +13,11 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from select import PIPE_BUF
 
 import pytest
 
-from hostmux.log import _LogfmtFormatter, _TurnBufferedHandler, describe, fields
+from hostmux.log import _LogfmtFormatter, _TurnBufferedHandler, describe, fields, set_log_context
 
 from .asyncio_bounded import run
 
@@ -104,3 +105,43 @@ def test_describe_says_an_exception_in_one_line() -> None:
     assert describe(AttributeError("'NoneType' object has no attribute 'getpeername'")) == (
         "connection reset by the peer"
     )
+
+
+@pytest.fixture
+def worker_context() -> Iterator[None]:
+    set_log_context(shared_stream=True, worker=2)
+    try:
+        yield
+    finally:
+        set_log_context()
+
+
+@pytest.mark.usefixtures("worker_context")
+def test_a_log_context_ends_every_line_and_shared_writes_stay_whole_lines(
+    logger: tuple[logging.Logger, RecordingStream],
+) -> None:
+    """Workers share one stderr: each write is whole lines of at most PIPE_BUF bytes
+    (a pipe writes those without splicing in another process's), a longer line alone."""
+    log, stream = logger
+    long_text = "x" * (PIPE_BUF + 100)
+
+    async def scenario() -> list[str]:
+        for _ in range(100):  # ~7 KB of lines in one turn
+            log.info(fields("request", rid="r1", status=200))
+        log.info(fields("long", text=long_text))
+        log.info(fields("request", rid="r1", status=200))
+        loop = asyncio.get_running_loop()
+        turn_over = loop.create_future()
+        loop.call_soon(turn_over.set_result, None)
+        await turn_over
+        return stream.writes
+
+    writes = run(scenario())
+    assert len(writes) == 4  # two of short lines, the long one alone, the last one
+    assert all(text.endswith("\n") for text in writes)
+    assert [len(t.encode()) <= PIPE_BUF for t in writes] == [True, True, False, True]
+    assert writes[2].startswith("ts=") and writes[2].count("\n") == 1
+    lines = "".join(writes).splitlines()
+    assert len(lines) == 102
+    assert all(line.endswith(" worker=2") for line in lines), lines[0]
+    assert LINE.fullmatch(lines[0].removesuffix(" worker=2"))

@@ -33,6 +33,7 @@ from hostmux.tunnel.websocket import WSS_PATH, WssAcceptor
 from router.routing import NameTaken, Offline, RouteTable
 
 if TYPE_CHECKING:
+    from router.cluster.forwarding import Forwarder
     from router.membership import Membership
 
 log = logging.getLogger("hostmux.tunnels")
@@ -50,6 +51,9 @@ class Tunnel:
     created: float = field(default_factory=time.monotonic)
     # The tunnel's connection id in the route registry (release is by tunnel, not by name).
     lease_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The name's generation in the route registry when this tunnel claimed it (0: no
+    # registry); a peer's request routed by an older generation is answered "moved".
+    generation: int = 0
     # Ends the tunnel from the router's side, with a reason (a lost lease); set by the SSH layer.
     close: Callable[[str], None] | None = None
 
@@ -130,11 +134,13 @@ class TunnelGateway:
         self._hub = hub
         self._wss = wss
         # Apps' cookies stay host-only unless the operator wants them shared (``_cookies``).
-        self._response_headers = None if keep_cookie_domain else host_only_cookies
+        self.response_headers = None if keep_cookie_domain else host_only_cookies
+        # Names held on other routers of the cluster (``cluster_listen`` set); None: 404/502.
+        self.forwarder: Forwarder | None = None
 
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
-    ) -> Destination | Page:
+    ) -> Destination | Page | Awaitable[Destination | Page]:
         target = target_for_host(host, self._hub.domain)
         if target is None:
             return status_page(
@@ -156,6 +162,11 @@ class TunnelGateway:
                 self._hub.domain, ssh_port=self._hub.ssh_port, as_html=_wants_html(request)
             )
         found = self._hub.routes.lookup(target.label)
+        if self.forwarder is not None and not isinstance(found, Tunnel):
+            # Held here: served here, as without a cluster. Else another router may hold it.
+            return self.forwarder.route(
+                target.label, host, request_id, client, _wants_html(request)
+            )
         if found is None:
             return status_page(
                 404, f"no tunnel is called {target.label!r}", request_id=request_id,
@@ -170,7 +181,7 @@ class TunnelGateway:
             key=host,
             label=found.name,
             open=partial(found.open_stream, client.peer_ip, client.peer_port),
-            response_headers=self._response_headers,
+            response_headers=self.response_headers,
         )
 
 

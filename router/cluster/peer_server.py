@@ -68,9 +68,12 @@ class PeerServer:
         self._tasks: dict[asyncio.Task[None], bool] = {}  # task: carrying a stream now
         self._going_away = False
         self.streams = 0  # streams served (logs and tests)
+        self.moved = 0  # streams answered route-moved (logs and tests)
 
     def __repr__(self) -> str:
-        return f"<PeerServer connections={len(self._tasks)} streams={self.streams}>"
+        return (
+            f"<PeerServer connections={len(self._tasks)} streams={self.streams} moved={self.moved}>"
+        )
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One link connection (``asyncio.start_server``'s callback)."""
@@ -135,6 +138,7 @@ class PeerServer:
             return False
         tunnel = self._tunnel_for(wanted)
         if tunnel is None:
+            self.moved += 1
             log.info(
                 fields(
                     "link_route_moved", name=wanted.name, router=peer,

@@ -146,6 +146,8 @@ async def test_the_link_refuses_a_client_without_a_cluster_certificate(
                 answer += chunk
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass  # TLS 1.3: the server's refusal arrives as an alert on the first read
+        finally:
+            await trio.aclose_forcefully(stream)
     assert b"HTTP/1.1" not in answer
 
 

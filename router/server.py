@@ -127,6 +127,12 @@ def build_router(config: RouterConfig) -> Router:
     """Step 1: everything but the listeners; a ConfigError for any bad file or setting."""
     # The operator's TLS files are checked before anything is created or bound.
     file_tls = file_tls_context(config)
+    link_contexts = None
+    if config.cluster_listen:
+        # Imported here: the link's code is loaded only by routers that use it.
+        from router.cluster.setup import link_tls
+
+        link_contexts = link_tls(config)  # its files too, before anything is created
     state = prepare_state(config)
     # The one-port listener always speaks TLS too (the config refuses it without).
     scheme = "https" if config.https_listen or config.one_port_listen else "http"
@@ -139,11 +145,11 @@ def build_router(config: RouterConfig) -> Router:
     wss = WssAcceptor()
     gateway = TunnelGateway(hub, wss, keep_cookie_domain=config.keep_cookie_domain)
     link = None
-    if config.cluster_listen and hub.cluster is not None:
-        # Imported here: the link's code is loaded only by routers that use it.
+    if link_contexts is not None and hub.cluster is not None:
         from router.cluster.setup import build_link
 
-        link = build_link(config, hub, hub.cluster.registry, gateway.response_headers)
+        registry, headers = hub.cluster.registry, gateway.response_headers
+        link = build_link(config, link_contexts, hub, registry, headers)
         gateway.forwarder = link.forwarder
     tls = file_tls or dev_tls_context(config, state)
     if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash

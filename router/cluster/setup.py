@@ -1,7 +1,7 @@
 """The router link's parts, built from the config (``router.server`` calls this).
 
-``build_link`` checks the cluster certificate files (a bad one is a one-line
-ConfigError before anything listens) and makes the three parts: the
+``link_tls`` checks the cluster certificate files (a bad one is a one-line
+ConfigError before anything is created or listens); ``build_link`` makes the three parts: the
 ``Forwarder`` (sender), its ``LinkPool`` and the ``PeerServer`` (holder).
 """
 
@@ -46,12 +46,8 @@ class ClusterLink:
         )  # fmt: skip
 
 
-def build_link(
-    config: RouterConfig,
-    hub: TunnelHub,
-    registry: RouteRegistry,
-    response_headers: Callable[[Headers], Headers] | None,
-) -> ClusterLink:
+def link_tls(config: RouterConfig) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The link's (server, client) TLS contexts; a one-line ConfigError for a bad file."""
     assert config.cluster_ca_file and config.cluster_cert_file and config.cluster_key_file
     try:
         server, client = link_contexts(
@@ -67,6 +63,17 @@ def build_link(
             f"cluster_cert_file: it is for {certificate_id!r}, which does not speak for "
             f"router_id {config.router_id!r} (nor {certificate_id}.N)"
         )
+    return server, client
+
+
+def build_link(
+    config: RouterConfig,
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+    hub: TunnelHub,
+    registry: RouteRegistry,
+    response_headers: Callable[[Headers], Headers] | None,
+) -> ClusterLink:
+    server, client = contexts
     pool = LinkPool(client, handshake_timeout_s=config.connect_timeout_s)
     forwarder = Forwarder(
         registry, hub, pool, connect_timeout_s=config.connect_timeout_s,

@@ -254,9 +254,10 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
             events = TunnelEvents(
                 url=config.events_url, secret=config.events_secret.encode(),
                 router_name=config.router_name or listening.addresses["ssh"][0],
+                router_id=router.hub.cluster.router_id if router.hub.cluster else None,
                 timeout_s=config.portal_timeout_s,
             )  # fmt: skip
-            router.hub.observers.append(lambda event, name, url: events.publish(event, name, url))
+            router.hub.observers.append(events.publish)
             background.append(tg.create_task(events.run()))
         for sock in listening.one_port_sockets:
             background.append(tg.create_task(_serve_one_port(router, sock)))

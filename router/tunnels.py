@@ -70,8 +70,9 @@ class TunnelHub:
         self._scheme = scheme
         self._public_port = public_port
         self.ssh_port = 22  # the port tunnel clients dial, once bound (the home page's hint)
-        # Called with ("tunnel_up" | "tunnel_down", name, url): the portal's webhook.
-        self.observers: list[Callable[[str, str, str], None]] = []
+        # Called with ("tunnel_up" | "tunnel_down", name, url, generation): the portal's
+        # webhook. The generation is the name's in the route registry (0 without one).
+        self.observers: list[Callable[[str, str, str, int], None]] = []
         # This router's part in a cluster; None: names live in this process only.
         self.cluster: Membership | None = None
 
@@ -104,7 +105,7 @@ class TunnelHub:
     def claim(self, tunnel: Tunnel) -> None:
         """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner."""
         replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
-        self._notify("tunnel_up", tunnel.name)
+        self._notify("tunnel_up", tunnel)
         log.info(
             fields(
                 "tunnel_up", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner,
@@ -112,15 +113,15 @@ class TunnelHub:
             )
         )  # fmt: skip
 
-    def _notify(self, event: str, name: str) -> None:
+    def _notify(self, event: str, tunnel: Tunnel) -> None:
         for observer in self.observers:
-            observer(event, name, self.url_for(name))
+            observer(event, tunnel.name, self.url_for(tunnel.name), tunnel.generation)
 
     def release(self, tunnel: Tunnel) -> None:
         if self.routes.release(tunnel.name, tunnel):
             if self.cluster is not None:
                 self.cluster.release(tunnel)  # in the background: never blocks the caller
-            self._notify("tunnel_down", tunnel.name)
+            self._notify("tunnel_down", tunnel)
             held_s = round(time.monotonic() - tunnel.created, 1)
             log.info(fields("tunnel_down", name=tunnel.name, peer=tunnel.peer, held_s=held_s))
 

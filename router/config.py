@@ -20,11 +20,13 @@ from hostmux.config.layered import (
     check_ranges,
     load,
     option,
+    parse_host_port,
     parse_listen_list,
 )
 from hostmux.config.ranges import DAY_S, GIB, HOUR_S, KIB, MIB, MINUTE_S, PORT_MAX, WEEK_S
 from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
+from keys import KeysError, check_router_id
 from router.registry.model import MAX_ID_CHARS
 
 # Beyond 256 router processes on one machine a second machine is the answer, and each
@@ -153,6 +155,24 @@ class RouterConfig:
     router_id: str = option(
         "", "this router's id in the registry (default: router_name, else its first SSH address)"
     )
+    cluster_listen: str = option(
+        "",
+        "address of the router-to-router link (HOST:PORT, port 0 allowed): other routers "
+        "forward requests for the names this router holds here; empty: no link, names held "
+        "elsewhere answer 404",
+        metavar="HOST:PORT",
+    )
+    cluster_advertise: str = option(
+        "", "HOST:PORT other routers dial for the link (default: cluster_listen as bound)",
+        metavar="HOST:PORT",
+    )  # fmt: skip
+    cluster_ca_file: Path | None = option(
+        None, "the cluster CA certificate (hostmux-keys cluster-ca init DIR writes DIR/ca.crt)"
+    )
+    cluster_cert_file: Path | None = option(
+        None, "this router's cluster certificate (hostmux-keys cluster-ca issue DIR ROUTER_ID)"
+    )
+    cluster_key_file: Path | None = option(None, "the key of cluster_cert_file")
     # Below 3 s a renewal every lease_ttl_s/3 would beat the registry's 2 s answer time.
     lease_ttl_s: float = option(
         15.0, "a dead router's names move after this long (leases renewed every third)",
@@ -243,6 +263,7 @@ class RouterConfig:
                 "without one a router is one process"
             )
         self.inherited_sockets()  # checks listen_fds
+        self._check_cluster()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
 
@@ -265,6 +286,37 @@ class RouterConfig:
                         f"listen_fds: {kind} sockets are given exactly when {kind}_listen is"
                     )
         return found
+
+    def _check_cluster(self) -> None:
+        link = {
+            "cluster_listen": bool(self.cluster_listen),
+            "cluster_ca_file": self.cluster_ca_file is not None,
+            "cluster_cert_file": self.cluster_cert_file is not None,
+            "cluster_key_file": self.cluster_key_file is not None,
+        }
+        if not any(link.values()):
+            if self.cluster_advertise:
+                raise ValueError("cluster_advertise needs cluster_listen")
+            return
+        if not all(link.values()):
+            missing = ", ".join(name for name, given in link.items() if not given)
+            raise ValueError(
+                "cluster_listen, cluster_ca_file, cluster_cert_file and cluster_key_file go "
+                f"together: {missing} missing"
+            )
+        if not self.registry:
+            raise ValueError("cluster_listen needs registry (routers find each other there)")
+        for field in ("cluster_listen", "cluster_advertise"):
+            if getattr(self, field):
+                parse_listen_list([getattr(self, field)], field)
+        if self.cluster_advertise and parse_host_port(self.cluster_advertise, "")[1] == 0:
+            raise ValueError("cluster_advertise: give the port peers dial, not 0")
+        if not self.router_id:
+            raise ValueError("cluster_listen needs router_id (the id in its cluster certificate)")
+        try:
+            check_router_id(self.router_id)
+        except KeysError as error:
+            raise ValueError(f"router_id: {error}") from None
 
     @property
     def host_key_path(self) -> Path:

@@ -72,6 +72,8 @@ class Membership:
         self._leaving = False  # SIGTERM: no new claims
         self._background: set[asyncio.Task[None]] = set()
         self.keeper: LeaseKeeper | None = None
+        # HOST:PORT where peers reach this router's cluster link (published each round).
+        self.advertise_address: str | None = None
 
     def __repr__(self) -> str:
         return f"<Membership router={self.router_id!r} {self.registry!r} keeper={self.keeper!r}>"
@@ -95,6 +97,7 @@ class Membership:
                 # first, and the fail-static clock runs from here.
                 self.keeper.unavailable_since = self._clock()
             raise
+        tunnel.generation = claim.generation
         log.info(
             fields(
                 "registry_claim", name=tunnel.name, kind=claim.kind.value,
@@ -158,8 +161,19 @@ class Membership:
                 await self.keeper.renew_once()
             except RegistryError as error:
                 log.error(fields("lease_renewal_failed", error=str(error)))
+            await self._advertise()
             self._fail_static()
             await asyncio.sleep(interval_s)  # the renewal period, not a synchronisation
+
+    async def _advertise(self) -> None:
+        """Publish this router's link address for a lease's time (renewed each round)."""
+        if self.advertise_address is None or self.router_id is None:
+            return
+        registry = self.registry
+        try:
+            await registry.advertise(self.router_id, self.advertise_address, registry.lease_ttl_s)
+        except RegistryError as error:
+            log.warning(fields("registry_advertise_failed", error=str(error)))
 
     def _fail_static(self) -> None:
         since = self.keeper.unavailable_since if self.keeper is not None else None

@@ -16,6 +16,8 @@ or OpenSSH authorized_keys lines. The rules:
 Tunnel events. ``tunnel_up`` / ``tunnel_down`` are POSTed as JSON to
 ``events_url`` with ``X-Hostmux-Signature: sha256=<hex HMAC-SHA256 of the
 body>`` under a shared secret, from a bounded queue, retried with back-off;
+in a cluster each also carries ``router_id`` and the name's ``generation`` (a
+name is up while any router holds it: track it per router);
 when the queue is full the oldest event is dropped (and logged), never the
 router's memory.
 """
@@ -182,25 +184,29 @@ class TunnelEvents:
     url: str
     secret: bytes
     router_name: str
+    # This router's id in a cluster: each event then says which router holds (or let go
+    # of) the name, and the name's generation; a name is up while any router holds it.
+    router_id: str | None = None
     timeout_s: float = 5.0
     retry_first_s: float = 0.5  # the first back-off after a failed delivery
     retry_cap_s: float = _EVENT_RETRY_CAP_S
     _queue: deque[dict[str, object]] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def publish(self, event: str, name: str, url: str | None) -> None:
+    def publish(self, event: str, name: str, url: str | None, generation: int = 0) -> None:
         if len(self._queue) >= _MAX_PENDING_EVENTS:
             dropped = self._queue.popleft()
             log.warning(fields("portal_event_dropped", name=dropped.get("name")))
-        self._queue.append(
-            {
-                "event": event,
-                "name": name,
-                "url": url,
-                "router": self.router_name,
-                "ts": time.time(),
-            }
-        )
+        body: dict[str, object] = {
+            "event": event,
+            "name": name,
+            "url": url,
+            "router": self.router_name,
+            "ts": time.time(),
+        }
+        if self.router_id is not None:
+            body |= {"router_id": self.router_id, "generation": generation}
+        self._queue.append(body)
         self._wakeup.set()
 
     async def run(self) -> None:

@@ -34,7 +34,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.http1 import TrustedProxies
@@ -65,6 +65,9 @@ from router.tunnels import TunnelGateway, TunnelHub
 from router.workers.sockets import adopt
 from router.workers.worker import end_with_supervisor
 
+if TYPE_CHECKING:
+    from router.cluster.setup import ClusterLink
+
 log = logging.getLogger("hostmux.router")
 
 T = TypeVar("T")
@@ -92,6 +95,7 @@ class Router:
     browsers: ConnectionCounts
     tls: ssl.SSLContext | None
     scheme: str
+    link: ClusterLink | None = None  # the router-to-router link (cluster_listen set)
 
 
 @dataclass
@@ -100,9 +104,10 @@ class Listening:
 
     ssh_acceptors: list[SshAcceptor] = field(default_factory=list)
     http_servers: list[asyncio.Server] = field(default_factory=list)
+    cluster_servers: list[asyncio.Server] = field(default_factory=list)
     one_port_sockets: list[socket.socket] = field(default_factory=list)
     addresses: dict[str, list[str]] = field(
-        default_factory=lambda: {"ssh": [], "https": [], "http": [], "one_port": []}
+        default_factory=lambda: {k: [] for k in ("ssh", "https", "http", "one_port", "cluster")}
     )
 
 
@@ -124,6 +129,12 @@ def build_router(config: RouterConfig) -> Router:
     """Step 1: everything but the listeners; a ConfigError for any bad file or setting."""
     # The operator's TLS files are checked before anything is created or bound.
     file_tls = file_tls_context(config)
+    link_contexts = None
+    if config.cluster_listen:
+        # Imported here: the link's code is loaded only by routers that use it.
+        from router.cluster.setup import link_tls
+
+        link_contexts = link_tls(config)  # its files too, before anything is created
     state = prepare_state(config)
     # The one-port listener always speaks TLS too (the config refuses it without).
     scheme = "https" if config.https_listen or config.one_port_listen else "http"
@@ -134,6 +145,14 @@ def build_router(config: RouterConfig) -> Router:
     if config.registry:
         hub.cluster = _membership(config, hub)
     wss = WssAcceptor()
+    gateway = TunnelGateway(hub, wss, keep_cookie_domain=config.keep_cookie_domain)
+    link = None
+    if link_contexts is not None and hub.cluster is not None:
+        from router.cluster.setup import build_link
+
+        registry, headers = hub.cluster.registry, gateway.response_headers
+        link = build_link(config, link_contexts, hub, registry, headers)
+        gateway.forwarder = link.forwarder
     tls = file_tls or dev_tls_context(config, state)
     if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
         raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
@@ -143,7 +162,7 @@ def build_router(config: RouterConfig) -> Router:
         auth=_authenticator(config),
         hub=hub,
         wss=wss,
-        gateway=TunnelGateway(hub, wss, keep_cookie_domain=config.keep_cookie_domain),
+        gateway=gateway,
         connections=ConnectionSet(),
         ssh_settings=SshSettings(
             window_bytes=config.channel_window_bytes,
@@ -168,6 +187,7 @@ def build_router(config: RouterConfig) -> Router:
         ),
         tls=tls,
         scheme=scheme,
+        link=link,
     )
 
 
@@ -205,6 +225,13 @@ async def bind_router(router: Router, listening: Listening) -> None:
     hub.ssh_port = _port_of((bound["one_port"] or bound["ssh"])[0])
     if hub.cluster is not None:  # claims wait for the id, which may name the bound address
         hub.cluster.router_id = config.router_id or config.router_name or bound["ssh"][0]
+    if router.link is not None and hub.cluster is not None:
+        host, port = parse_host_port(config.cluster_listen, "cluster_listen")
+        server = await _bind(config.cluster_listen, router.link.start_server(host, port))
+        listening.cluster_servers.append(server)
+        bound["cluster"].append(f"{_fmt_host(host)}:{server.sockets[0].getsockname()[1]}")
+        hub.cluster.advertise_address = config.cluster_advertise or bound["cluster"][0]
+        router.link.forwarder.router_id = hub.cluster.router_id or ""
     if config.public_port == 0:
         hub.set_public_port(
             router.scheme, _port_of((bound["https"] or bound["one_port"] or bound["http"])[0])
@@ -221,13 +248,16 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
             background.append(tg.create_task(end_with_supervisor(stop)))
         if router.hub.cluster is not None:
             background.append(tg.create_task(router.hub.cluster.run()))
+        if router.link is not None:
+            background.append(tg.create_task(router.link.forwarder.run()))
         if config.events_url:
             events = TunnelEvents(
                 url=config.events_url, secret=config.events_secret.encode(),
                 router_name=config.router_name or listening.addresses["ssh"][0],
+                router_id=router.hub.cluster.router_id if router.hub.cluster else None,
                 timeout_s=config.portal_timeout_s,
             )  # fmt: skip
-            router.hub.observers.append(lambda event, name, url: events.publish(event, name, url))
+            router.hub.observers.append(events.publish)
             background.append(tg.create_task(events.run()))
         for sock in listening.one_port_sockets:
             background.append(tg.create_task(_serve_one_port(router, sock)))
@@ -240,18 +270,24 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
 async def shut_down_router(router: Router, listening: Listening) -> None:
     """Step 4: stop accepting, release this router's leases (cluster), drain browser
     connections (bounded), then close the SSH side."""
-    for server in listening.http_servers:
+    for server in [*listening.cluster_servers, *listening.http_servers]:
         server.close()
     cluster = router.hub.cluster
     if cluster is not None:  # names move to other routers now, not at lease expiry
         await cluster.leave()
-    await router.connections.drain(router.config.shutdown_grace_s)
+    grace_s = router.config.shutdown_grace_s
+    if router.link is None:
+        await router.connections.drain(grace_s)
+    else:  # streams from peers drain like browser connections, at the same time
+        await asyncio.gather(router.connections.drain(grace_s), router.link.peers.drain(grace_s))
     for acceptor in listening.ssh_acceptors:
         acceptor.close()
     for acceptor in listening.ssh_acceptors:
         await acceptor.wait_closed()
     await router.wss.aclose()
     await router.auth.aclose()
+    if router.link is not None:
+        await router.link.pool.close()
     if cluster is not None:
         await cluster.aclose()
 
@@ -309,7 +345,7 @@ def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
             https=",".join(bound["https"]) or None, http=",".join(bound["http"]) or None,
             host_key=state.host_key_fingerprint, ca=state.ca_cert,
             pid=os.getpid(), one_port=",".join(bound["one_port"]) or None,
-            open_files=open_files,
+            open_files=open_files, cluster=",".join(bound["cluster"]) or None,
             router_id=router.hub.cluster.router_id if router.hub.cluster is not None else None,
         )
     )  # fmt: skip

@@ -33,6 +33,7 @@ from hostmux.tunnel.websocket import WSS_PATH, WssAcceptor
 from router.routing import NameTaken, Offline, RouteTable
 
 if TYPE_CHECKING:
+    from router.cluster.forwarding import Forwarder
     from router.membership import Membership
 
 log = logging.getLogger("hostmux.tunnels")
@@ -50,6 +51,9 @@ class Tunnel:
     created: float = field(default_factory=time.monotonic)
     # The tunnel's connection id in the route registry (release is by tunnel, not by name).
     lease_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The name's generation in the route registry when this tunnel claimed it (0: no
+    # registry); a peer's request routed by an older generation is answered "moved".
+    generation: int = 0
     # Ends the tunnel from the router's side, with a reason (a lost lease); set by the SSH layer.
     close: Callable[[str], None] | None = None
 
@@ -66,8 +70,9 @@ class TunnelHub:
         self._scheme = scheme
         self._public_port = public_port
         self.ssh_port = 22  # the port tunnel clients dial, once bound (the home page's hint)
-        # Called with ("tunnel_up" | "tunnel_down", name, url): the portal's webhook.
-        self.observers: list[Callable[[str, str, str], None]] = []
+        # Called with ("tunnel_up" | "tunnel_down", name, url, generation): the portal's
+        # webhook. The generation is the name's in the route registry (0 without one).
+        self.observers: list[Callable[[str, str, str, int], None]] = []
         # This router's part in a cluster; None: names live in this process only.
         self.cluster: Membership | None = None
 
@@ -100,7 +105,7 @@ class TunnelHub:
     def claim(self, tunnel: Tunnel) -> None:
         """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner."""
         replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
-        self._notify("tunnel_up", tunnel.name)
+        self._notify("tunnel_up", tunnel)
         log.info(
             fields(
                 "tunnel_up", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner,
@@ -108,15 +113,15 @@ class TunnelHub:
             )
         )  # fmt: skip
 
-    def _notify(self, event: str, name: str) -> None:
+    def _notify(self, event: str, tunnel: Tunnel) -> None:
         for observer in self.observers:
-            observer(event, name, self.url_for(name))
+            observer(event, tunnel.name, self.url_for(tunnel.name), tunnel.generation)
 
     def release(self, tunnel: Tunnel) -> None:
         if self.routes.release(tunnel.name, tunnel):
             if self.cluster is not None:
                 self.cluster.release(tunnel)  # in the background: never blocks the caller
-            self._notify("tunnel_down", tunnel.name)
+            self._notify("tunnel_down", tunnel)
             held_s = round(time.monotonic() - tunnel.created, 1)
             log.info(fields("tunnel_down", name=tunnel.name, peer=tunnel.peer, held_s=held_s))
 
@@ -130,11 +135,13 @@ class TunnelGateway:
         self._hub = hub
         self._wss = wss
         # Apps' cookies stay host-only unless the operator wants them shared (``_cookies``).
-        self._response_headers = None if keep_cookie_domain else host_only_cookies
+        self.response_headers = None if keep_cookie_domain else host_only_cookies
+        # Names held on other routers of the cluster (``cluster_listen`` set); None: 404/502.
+        self.forwarder: Forwarder | None = None
 
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
-    ) -> Destination | Page:
+    ) -> Destination | Page | Awaitable[Destination | Page]:
         target = target_for_host(host, self._hub.domain)
         if target is None:
             return status_page(
@@ -156,6 +163,11 @@ class TunnelGateway:
                 self._hub.domain, ssh_port=self._hub.ssh_port, as_html=_wants_html(request)
             )
         found = self._hub.routes.lookup(target.label)
+        if self.forwarder is not None and not isinstance(found, Tunnel):
+            # Held here: served here, as without a cluster. Else another router may hold it.
+            return self.forwarder.route(
+                target.label, host, request_id, client, _wants_html(request)
+            )
         if found is None:
             return status_page(
                 404, f"no tunnel is called {target.label!r}", request_id=request_id,
@@ -170,7 +182,7 @@ class TunnelGateway:
             key=host,
             label=found.name,
             open=partial(found.open_stream, client.peer_ip, client.peer_port),
-            response_headers=self._response_headers,
+            response_headers=self.response_headers,
         )
 
 

@@ -272,7 +272,9 @@ async def router_events(request: Request) -> Response:
     try:
         event = json.loads(body)
         kind, name = str(event["event"]), str(event["name"])
-        router, since = str(event.get("router", "")), float(event.get("ts", 0))
+        # In a cluster each router says its id: the name is up while any holds it.
+        router = str(event.get("router_id") or event.get("router", ""))
+        since = float(event.get("ts", 0))
         url = str(event.get("url") or "").rstrip("/")
     except (ValueError, KeyError, TypeError):
         return _error(400, "expected {event, name, url, router, ts}")

@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS instances (
     tunnel_since REAL,
     created REAL NOT NULL
 );
+-- Which routers hold an instance's tunnel now (a cluster: one row per router).
+CREATE TABLE IF NOT EXISTS tunnel_holders (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    router TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (instance, router)
+);
 CREATE TABLE IF NOT EXISTS shares (
     instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
     user TEXT NOT NULL,
@@ -178,11 +185,35 @@ class Database:
         await self._run(work)
 
     async def set_tunnel(self, instance_id: str, state: str, router: str, since: float) -> None:
+        """Record one router's event: the tunnel is up while any router holds it.
+
+        ``tunnel_router`` lists the routers holding it (comma-separated), or the
+        one that let it go last.
+        """
+
         def work(conn: sqlite3.Connection) -> None:
+            if state == "up":
+                conn.execute(
+                    "INSERT OR REPLACE INTO tunnel_holders (instance, router, since) "
+                    "VALUES (?, ?, ?)",
+                    (instance_id, router, since),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM tunnel_holders WHERE instance = ? AND router = ?",
+                    (instance_id, router),
+                )
+            holders = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT router FROM tunnel_holders WHERE instance = ? ORDER BY router",
+                    (instance_id,),
+                )
+            ]
             conn.execute(
                 "UPDATE instances SET tunnel_state = ?, tunnel_router = ?, tunnel_since = ? "
                 "WHERE id = ?",
-                (state, router, since, instance_id),
+                ("up" if holders else "down", ",".join(holders) or router, since, instance_id),
             )
 
         await self._run(work)

@@ -1,7 +1,8 @@
 """Tunnel events from routers: HMAC-SHA256 signed JSON bodies.
 
 A router POSTs ``{"event": "tunnel_up"|"tunnel_down", "name", "url",
-"router", "ts"}`` with the header ``X-Hostmux-Signature: sha256=<hex>``, the
+"router", "ts"}`` (in a cluster also "router_id" and "generation": a name is up
+while any router holds it) with the header ``X-Hostmux-Signature: sha256=<hex>``, the
 HMAC-SHA256 of the exact body under the secret both sides share (the
 GitHub-webhook scheme). The portal recomputes it and compares in constant
 time; without a configured secret every event is refused.

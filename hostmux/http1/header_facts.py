@@ -42,6 +42,9 @@ FORWARDING = frozenset(
 IDENTITY = frozenset({b"x-hostmux-user"})
 
 NOT_FROM_BROWSERS = FORWARDING | IDENTITY
+# Every header of this prefix is the router's (the router link's, the auth helper's):
+# a browser's is dropped, so nothing downstream can mistake it for the router's word.
+HOSTMUX_PREFIX = b"x-hostmux-"
 
 # What each name means to the facts (one dict lookup per header finds it).
 HOST, CONTENT_LENGTH, TRANSFER_ENCODING, ACCEPT, CONNECTION, UPGRADE, DROPPED = range(7)
@@ -134,7 +137,8 @@ def header_facts(headers: Iterable[tuple[bytes, bytes]]) -> HeaderFacts:
         size += len(name) + len(value) + 4
         kind = NAME_KINDS.get(name)
         if kind is None:
-            droppable = droppable or b"_" in name  # some servers fold "_" into "-"
+            # Some servers fold "_" into "-"; x-hostmux-* is the router's own.
+            droppable = droppable or b"_" in name or name.startswith(HOSTMUX_PREFIX)
         elif kind == HOST:
             host = value if host is None else host
         elif kind == CONTENT_LENGTH:

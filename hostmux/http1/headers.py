@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from hostmux.http1.header_facts import (
     HOP_BY_HOP,
+    HOSTMUX_PREFIX,
     NOT_FROM_BROWSERS,
     HeaderFacts,
     connection_tokens,
@@ -134,6 +135,7 @@ def _drop(
             or (name in named and name not in _NEVER_CONNECTION_SCOPED)
             or folded in extra
             or (folded != name and folded in _FOLDED_FRAMING)
+            or (extra is NOT_FROM_BROWSERS and folded.startswith(HOSTMUX_PREFIX))
         ):
             continue
         kept.append((name, value))

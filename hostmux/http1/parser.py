@@ -28,6 +28,7 @@ from hostmux.http1.header_facts import (
     CONNECTION,
     CONTENT_LENGTH,
     HOST,
+    HOSTMUX_PREFIX,
     NAME_KINDS,
     NO_TOKENS,
     TRANSFER_ENCODING,
@@ -295,7 +296,8 @@ class LlhttpParsing:
         self._size += len(name) + len(trimmed) + 4
         kind = NAME_KINDS.get(name)
         if kind is None:
-            if b"_" in name:  # some servers fold "_" into "-": the filter decides
+            # Some servers fold "_" into "-": the filter decides; x-hostmux-* is the router's.
+            if b"_" in name or name.startswith(HOSTMUX_PREFIX):
                 self._droppable = True
         elif kind == HOST:
             self._hosts += 1

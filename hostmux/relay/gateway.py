@@ -17,7 +17,14 @@ from hostmux.relay.streams import ByteStream
 
 
 class UpstreamUnavailable(Exception):
-    """The upstream could not be opened; the message is safe to show the user."""
+    """The upstream could not be opened; the message is safe to show the user.
+
+    ``headers`` go on the 502 page (e.g. ``X-Hostmux-Error`` from the router link).
+    """
+
+    def __init__(self, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        super().__init__(message)
+        self.headers = list(headers)
 
 
 @dataclass(frozen=True, slots=True)

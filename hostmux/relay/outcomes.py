@@ -17,10 +17,13 @@ class Refusal(Exception):
     body, the response) and caught once, in ``HttpRelay``.
     """
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(
+        self, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         super().__init__(f"{status} {detail}")
         self.status = status
         self.detail = detail  # shown to the user on the status page
+        self.headers = headers or []  # added to the status page (checked names and values)
 
 
 class Abort(Exception):

@@ -51,10 +51,11 @@ from hostmux.http1.events import (
     RemoteProtocolError,
     Request,
     State,
+    checked_headers,
 )
 from hostmux.http1.header_facts import facts_of
 from hostmux.http1.headers import ClientInfo, TrustedProxies, request_headers_for_app
-from hostmux.http1.pages import Page, status_page, wants_html
+from hostmux.http1.pages import Page, status_page, wants_html, with_headers
 from hostmux.relay.browser import BrowserSide
 from hostmux.relay.deadline import Deadline
 from hostmux.relay.gateway import Destination, Gateway, UpstreamUnavailable
@@ -227,6 +228,11 @@ class HttpRelay:
                 refusal.status, refusal.detail, request_id=rid,
                 as_html=wants_html(facts_of(request).accept),
             )  # fmt: skip
+            if refusal.headers:  # they replace the page's own of the same names
+                extra = checked_headers(refusal.headers)
+                names = {name for name, _ in extra}
+                kept = Page(page.status, [h for h in page.headers if h[0] not in names], page.body)
+                page = with_headers(kept, extra)
             await self._browser.send_page(page, head_only=request.method == b"HEAD")
             return False
         finally:
@@ -329,7 +335,7 @@ class HttpRelay:
         except TimeoutError:
             raise Refusal(504, f"the tunnel {decision.label!r} did not answer in time") from None
         except UpstreamUnavailable as exc:
-            raise Refusal(502, str(exc)) from None
+            raise Refusal(502, str(exc), exc.headers) from None
         self._upstream = Upstream(stream, decision.key, decision.response_headers)
         return self._upstream
 

@@ -68,6 +68,7 @@ class MemoryRegistry:
         self._names: dict[str, _Name] = {}
         self._generation = 0
         self._subscribers: set[_Subscriber] = set()
+        self._peers: dict[str, tuple[str, float]] = {}  # router id: (address, expiry)
 
     def __repr__(self) -> str:
         held = sum(1 for entry in self._names.values() if entry.holders)
@@ -132,6 +133,17 @@ class MemoryRegistry:
             holders=holders,
             reserved_until=None if holders else entry.reserved_until,
         )
+
+    async def advertise(self, router_id: str, address: str, ttl_s: float) -> None:
+        check_id("router id", router_id)
+        self._peers[router_id] = (check_id("address", address), self._clock() + ttl_s)
+
+    async def peer_address(self, router_id: str) -> str | None:
+        found = self._peers.get(router_id)
+        if found is None or found[1] <= self._clock():
+            self._peers.pop(router_id, None)
+            return None
+        return found[0]
 
     @asynccontextmanager
     async def invalidations(self) -> AsyncIterator[AsyncIterator[Invalidation]]:

@@ -179,6 +179,14 @@ class RouteRegistry(Protocol):
         """The name's owner, generation and live holders; None if it is free."""
         ...
 
+    async def advertise(self, router_id: str, address: str, ttl_s: float) -> None:
+        """Publish where peers reach this router's cluster link (HOST:PORT) for ``ttl_s``."""
+        ...
+
+    async def peer_address(self, router_id: str) -> str | None:
+        """Where ``router_id``'s cluster link listens, if it advertised it and it has not lapsed."""
+        ...
+
     def invalidations(self) -> AbstractAsyncContextManager[AsyncIterator[Invalidation]]:
         """Subscribe to changes; subscribed once entered. A lost subscription raises
         RegistryUnavailable from the iterator: drop the whole route cache then."""

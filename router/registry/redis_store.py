@@ -205,6 +205,16 @@ class RedisRegistry:
             reserved_until=None if holders else _seconds(reserved_until),
         )
 
+    async def advertise(self, router_id: str, address: str, ttl_s: float) -> None:
+        key = f"{self._prefix}peer:{check_id('router id', router_id)}"
+        with _translated("advertise"):
+            await self._client.set(key, check_id("address", address), px=round(ttl_s * 1000))
+
+    async def peer_address(self, router_id: str) -> str | None:
+        with _translated("peer address"):
+            value = await self._client.get(f"{self._prefix}peer:{check_id('router id', router_id)}")
+        return None if value is None else _text(value)
+
     @asynccontextmanager
     async def invalidations(self) -> AsyncIterator[AsyncIterator[Invalidation]]:
         """Subscribe to ``<prefix>routes``; subscribed (acknowledged) once entered.

@@ -14,7 +14,7 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +25,8 @@ import trio
 import trio_websocket
 
 import keys
+
+from .redis_server import RedisServer
 
 # Generous: a 2-core CI machine runs a router, OpenSSH and an app per test.
 START_TIMEOUT_S = 30.0
@@ -305,6 +307,14 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                 print(f"----- {proc.name} (pid {proc.process.pid}) -----")
                 print("\n".join(proc.lines[-40:]))
             nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Debian's redis-server on a free loopback port, stopped by its PID at the end."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
 
 
 @dataclass

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 import trio
 
+from .cluster_world import holders
 from .conftest import Router, Stack, public_key_of
 from .redis_server import RedisServer
 
@@ -23,23 +22,6 @@ from .redis_server import RedisServer
 RELEASE_WITHIN_S = 1.5
 # Reason: the registry's 2 s timeout and one retry, plus a loaded 2-core machine.
 REFUSAL_WITHIN_S = 20.0
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
-
-
-def holders(server: RedisServer, name: str) -> dict[str, str]:
-    """``router id -> "<lease expiry ms> <connection id>"`` as Redis has it now."""
-    client = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
-    try:
-        found: dict[str, str] = client.hgetall(f"hostmux:holders:{name}")  # type: ignore[assignment]
-        return found
-    finally:
-        client.close()
 
 
 async def clustered(stack: Stack, server: RedisServer, router_id: str, *keys: Path) -> Router:

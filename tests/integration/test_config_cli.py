@@ -170,3 +170,41 @@ def test_bad_tls_files_name_the_file(
         ),
     )
     assert_one_line_exit_2(done, "hostmux-router", expected)
+
+
+def test_cluster_link_options_are_checked_before_listening(tmp_path: Path) -> None:
+    ca = keys.ClusterCA.init(tmp_path / "ca")
+    files = ca.issue("b")
+    other = keys.ClusterCA.init(tmp_path / "other-ca").issue("a")
+    link = ["--cluster-listen", "127.0.0.1:0", "--cluster-ca-file", str(tmp_path / "ca" / "ca.crt")]
+    certs = ["--cluster-cert-file", str(files.cert), "--cluster-key-file", str(files.key)]
+    registry = ["--registry", "redis://127.0.0.1:1/0"]
+    cases = [
+        (
+            ["--cluster-listen", "127.0.0.1:0"],
+            "cluster_listen, cluster_ca_file, cluster_cert_file and cluster_key_file go "
+            "together: cluster_ca_file, cluster_cert_file, cluster_key_file missing",
+        ),
+        ([*link, *certs], "cluster_listen needs registry (routers find each other there)"),
+        (
+            [*link, *certs, *registry],
+            "cluster_listen needs router_id (the id in its cluster certificate)",
+        ),
+        (
+            [*link, *certs, *registry, "--router-id", "Router_B"],
+            "router_id: router id 'Router_B' is not valid: use lower-case DNS labels (a-z, "
+            "0-9, '-') joined by dots, at most 253 characters, e.g. router-a or router-a.1",
+        ),
+        (
+            [*link, *certs, *registry, "--router-id", "a"],
+            "cluster_cert_file: it is for 'b', which does not speak for router_id 'a' (nor b.N)",
+        ),
+        (
+            [*link, *registry, "--router-id", "a", "--cluster-cert-file", str(other.cert),
+             "--cluster-key-file", str(other.key)],
+            f"cluster_cert_file: {other.cert} is not signed by the cluster CA "
+            f"{tmp_path / 'ca' / 'ca.crt'}",
+        ),
+    ]  # fmt: skip
+    for argv, line in cases:
+        assert_one_line_exit_2(run("router", *router_argv(tmp_path, *argv)), "hostmux-router", line)

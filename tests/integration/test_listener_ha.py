@@ -14,11 +14,10 @@ from pathlib import Path
 
 import trio
 
+from .cluster_world import holders
 from .conftest import Router, Stack, public_key_of
 from .redis_server import RedisServer
-from .test_cluster_claims import clustered, holders, redis_server
-
-__all__ = ["redis_server"]  # the fixture, used by name
+from .test_cluster_claims import clustered
 
 # Reason: a bounded load loop: enough requests to span router a's SIGTERM and exit.
 MAX_REQUESTS = 400

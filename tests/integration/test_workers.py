@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import httpx
 import pytest
 import trio
 
+from .cluster_world import holders
 from .conftest import START_TIMEOUT_S, LoggedProcess, Router, Stack, public_key_of
 from .redis_server import RedisServer
-from .test_cluster_claims import holders
 
 BASE_ID = "edge"
 # Reason: the kernel hands a connection to whichever worker accepts first; this many
@@ -36,13 +35,6 @@ READY = (
     r"http=127\.0\.0\.1:(?P<http>\d+) host_key=(?P<key>\S+) ca=(?P<ca>\S+) pid=(?P<pid>\d+) "
     r".*router_id={id} worker={n}$"
 )
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 @dataclass

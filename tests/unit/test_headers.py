@@ -11,6 +11,9 @@ import pytest
 
 from hostmux.http1 import (
     ClientInfo,
+    Http1Connection,
+    Request,
+    Role,
     TrustedProxies,
     is_websocket_upgrade,
     request_headers_for_app,
@@ -121,10 +124,28 @@ def test_tokens_of_every_connection_header_are_honoured() -> None:
         b"x_request_id",
         b"x-hostmux-user",  # identity: set by the auth helper, never by a browser
         b"x_hostmux_user",
+        b"x-hostmux-name",  # the router link's: only a peer router may send them
+        b"x-hostmux-generation",
+        b"x_hostmux_client",
+        b"x-hostmux-anything-new",
     ],
 )
 def test_client_sent_forwarding_headers_are_dropped_in_every_spelling(name: bytes) -> None:
     assert for_app([(name, b"6.6.6.6")]) == FORWARDING
+
+
+def test_the_parsers_facts_mark_x_hostmux_headers_for_the_filter() -> None:
+    """The hot path skips the filter for requests whose facts say nothing is droppable."""
+    server = Http1Connection(Role.SERVER)
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\nX-Hostmux-Owner: me\r\n\r\n")
+    request = server.next_event()
+    assert isinstance(request, Request) and request.facts is not None
+    assert request.facts.droppable
+    out = request_headers_for_app(
+        request.headers, host=HOST, client=CLIENT, request_id="rid-1", websocket=False,
+        facts=request.facts,
+    )  # fmt: skip
+    assert out == [(b"host", b"a"), *FORWARDING]
 
 
 def test_forwarding_headers_are_dropped_from_responses_only_as_hop_by_hop() -> None:

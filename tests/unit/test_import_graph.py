@@ -143,6 +143,27 @@ def test_the_helper_and_the_relay_never_load_asyncssh(graph: Any) -> None:
         assert eager == set(), package
 
 
+def test_the_cluster_link_is_loaded_only_by_routers_that_use_it(graph: Any) -> None:
+    # router/cluster/ (router-to-router forwarding) is built only with cluster_listen set:
+    # the server imports it inside a function, the gateway for type checking only.
+    importers = {
+        i.importer
+        for i in graph.imports
+        if (i.internal or "").startswith("router.cluster")
+        and not i.importer.startswith("router.cluster")
+    }
+    assert importers == {"router.server", "router.tunnels"}
+    assert not {m for m in graph.loaded_with("router.server") if m.startswith("router.cluster")}
+    # Only the cluster package builds the link's TLS contexts.
+    users = {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("router", "hostmux", "listener", "authhelper")
+        for path in (ROOT / folder).rglob("*.py")
+        if "cluster_tls_contexts(" in path.read_text()
+    }
+    assert users == {"router/cluster/identity.py"}
+
+
 def test_no_import_circles(graph: Any) -> None:
     # Lazy imports count: a circle through a function is still a circle in the design.
     edges = graph.edges(lazy=True)

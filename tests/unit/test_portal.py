@@ -199,6 +199,29 @@ async def test_router_events_are_signed(portal: httpx.AsyncClient) -> None:
     assert tunnel == {"state": "up", "router": "r1", "since": 1.5}
 
 
+async def test_a_name_is_up_while_any_router_of_a_cluster_holds_it(
+    portal: httpx.AsyncClient,
+) -> None:
+    await _create(portal, id="lab-6")
+
+    async def event(kind: str, router_id: str, ts: float) -> dict[str, Any]:
+        body = json.dumps(
+            {"event": kind, "name": "lab-6", "url": "https://lab-6.t", "router": "addr",
+             "router_id": router_id, "generation": int(ts), "ts": ts}
+        ).encode()  # fmt: skip
+        signed = {"x-hostmux-signature": sign_event_body(SECRET, body)}
+        response = await portal.post("/router-events", content=body, headers=signed)
+        assert response.status_code == 204
+        tunnel: dict[str, Any] = (await portal.get("/instances/lab-6", headers=ADMIN)).json()
+        return tunnel["tunnel"]  # type: ignore[no-any-return]
+
+    assert await event("tunnel_up", "a", 1.0) == {"state": "up", "router": "a", "since": 1.0}
+    assert await event("tunnel_up", "b", 2.0) == {"state": "up", "router": "a,b", "since": 2.0}
+    # Router a lets go: b still holds it, so it stays up.
+    assert await event("tunnel_down", "a", 3.0) == {"state": "up", "router": "b", "since": 3.0}
+    assert await event("tunnel_down", "b", 4.0) == {"state": "down", "router": "b", "since": 4.0}
+
+
 async def test_page_escapes_what_users_chose(portal: httpx.AsyncClient) -> None:
     await _create(portal, owner="<script>alert(1)</script>")
     await login(portal, "<script>alert(1)</script>")

@@ -1,0 +1,140 @@
+"""The router link's whole vocabulary: one request, three answers (pure).
+
+Each forwarded stream is one HTTP/1.1 exchange on a persistent mutual-TLS
+connection from the sender (the router a browser reached) to the holder (the
+router whose tunnel serves the name)::
+
+    POST /_hostmux/stream HTTP/1.1
+    Host: <holder's router id>
+    X-Hostmux-Name: <name>
+    X-Hostmux-Owner: <owner the sender's route names>
+    X-Hostmux-Generation: <the route's generation the sender saw>
+    X-Hostmux-Client: <browser IP> <browser port>
+    X-Hostmux-Scheme: https | http
+    Transfer-Encoding: chunked
+
+The holder answers at once, before the request body:
+
+- ``409`` + ``X-Hostmux-Error: route-moved``, empty body: it holds no tunnel
+  for the name, or one of another owner, or one claimed at a newer
+  generation than the sender saw. The sender looks the name up again.
+- ``502`` + ``X-Hostmux-Error: tunnel-failed``, empty body: the SSH channel
+  could not be opened in time.
+- ``400`` + ``X-Hostmux-Error: bad-request``: not a stream request.
+- ``200``, chunked: the channel is open. From here on the request body's
+  chunks are the bytes for the channel and the response body's chunks the
+  channel's bytes, both ways at once; a terminating chunk is a half-close,
+  a closed TLS connection an abort.
+
+After an error answer the sender ends its (empty) request body, and the
+connection carries the next stream. The inner bytes are the browser's
+request as the sender's relay rewrote it: the holder does not parse them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from hostmux.http1 import Request, Response
+from hostmux.names import check_name
+
+STREAM_PATH = b"/_hostmux/stream"
+NAME, OWNER, GENERATION = b"x-hostmux-name", b"x-hostmux-owner", b"x-hostmux-generation"
+CLIENT, SCHEME, ERROR = b"x-hostmux-client", b"x-hostmux-scheme", b"x-hostmux-error"
+# Reason: a header that peers outside the link never see; the sender's error pages carry it.
+ERROR_HEADER = b"X-Hostmux-Error"
+# Reason: an owner is a key fingerprint or an instance id; bounds what a peer may send.
+_MAX_FIELD = 200
+
+
+class LinkError(enum.Enum):
+    """The ``X-Hostmux-Error`` codes (the last also goes to browsers, on 502 pages)."""
+
+    ROUTE_MOVED = "route-moved"  # 409: look the name up again
+    TUNNEL_FAILED = "tunnel-failed"  # 502: the holder could not open its channel
+    BAD_REQUEST = "bad-request"  # 400: not a stream request
+    ROUTER_UNREACHABLE = "router-unreachable"  # the sender's own: the holder did not answer
+
+
+class BadStreamRequest(ValueError):
+    """A link request the holder cannot act on; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """What the holder needs to pick and check its tunnel, and to log the browser."""
+
+    name: str
+    owner: str
+    generation: int
+    client_ip: str
+    client_port: int
+    scheme: str
+
+    def request(self, holder_id: str) -> Request:
+        """The link request's head (its body is the stream's bytes, chunked)."""
+        headers = [
+            (b"host", holder_id.encode()),
+            (NAME, self.name.encode()),
+            (OWNER, self.owner.encode()),
+            (GENERATION, b"%d" % self.generation),
+            (CLIENT, f"{self.client_ip} {self.client_port}".encode()),
+            (SCHEME, self.scheme.encode()),
+            (b"transfer-encoding", b"chunked"),
+        ]
+        return Request(method=b"POST", target=STREAM_PATH, headers=headers)
+
+
+def parse_stream_request(request: Request) -> StreamRequest:
+    """The stream request in ``request``; BadStreamRequest (one line) if it is not one."""
+    if request.method != b"POST" or request.target != STREAM_PATH:
+        raise BadStreamRequest(f"not a stream request: {request.method!r} {request.target!r}")
+    values: dict[bytes, str] = {}
+    for name, value in request.headers:
+        if name in (NAME, OWNER, GENERATION, CLIENT, SCHEME):
+            if name in values or len(value) > _MAX_FIELD:
+                raise BadStreamRequest(f"{name.decode()}: repeated or too long")
+            values[name] = value.decode("ascii", "replace")
+    missing = [n.decode() for n in (NAME, OWNER, GENERATION, CLIENT, SCHEME) if n not in values]
+    if missing:
+        raise BadStreamRequest(f"missing {', '.join(missing)}")
+    try:
+        checked = check_name(values[NAME])
+    except ValueError as error:
+        raise BadStreamRequest(f"x-hostmux-name: {error}") from None
+    ip, _, port = values[CLIENT].partition(" ")
+    generation = values[GENERATION]
+    if not generation.isdigit() or not port.isdigit() or not ip:
+        raise BadStreamRequest("x-hostmux-generation or x-hostmux-client is malformed")
+    scheme = values[SCHEME]
+    if scheme not in ("http", "https"):
+        raise BadStreamRequest(f"x-hostmux-scheme: {scheme!r} is not http or https")
+    return StreamRequest(checked, values[OWNER], int(generation), ip, int(port), scheme)
+
+
+def error_answer(error: LinkError) -> Response:
+    """An answer that ends the exchange at once (empty body)."""
+    status = {LinkError.ROUTE_MOVED: 409, LinkError.TUNNEL_FAILED: 502}.get(error, 400)
+    return Response(
+        status_code=status,
+        headers=[(b"content-length", b"0"), (ERROR, error.value.encode())],
+        reason=error.value.encode(),
+    )
+
+
+# The channel is open: the stream's bytes follow, chunked.
+OPEN_ANSWER = Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")], reason=b"OK")
+
+
+def error_of(response: Response) -> LinkError | None:
+    """The error an answer carries (None for 200; BAD_REQUEST for anything unexpected)."""
+    if response.status_code == 200:
+        return None
+    for name, value in response.headers:
+        if name == ERROR:
+            try:
+                return LinkError(value.decode("ascii", "replace"))
+            except ValueError:
+                break
+    return LinkError.BAD_REQUEST

@@ -1,0 +1,93 @@
+"""Shared fixtures for tests of routers as a cluster: Redis, a cluster CA, linked routers.
+
+The cluster CA and each router's certificate are made by the real command
+(``hostmux-keys cluster-ca init|issue``, as ``python -m keys``), and each
+router is a real process started with ``--registry``, ``--router-id`` and the
+``--cluster-*`` options; its link address is read from its ``router_ready``
+line.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from .conftest import Router, Stack, public_key_of
+from .redis_server import RedisServer
+
+# Reason: the CLI makes a key pair and writes two files; a loaded 2-core machine is slow.
+KEYS_CLI_TIMEOUT_S = 60.0
+
+
+def holders(server: RedisServer, name: str) -> dict[str, str]:
+    """``router id -> "<lease expiry ms> <connection id>"`` as Redis has it now."""
+    client = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
+    try:
+        found: dict[str, str] = client.hgetall(f"hostmux:holders:{name}")  # type: ignore[assignment]
+        return found
+    finally:
+        client.close()
+
+
+def keys_cli(*argv: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "keys", *argv], check=True, timeout=KEYS_CLI_TIMEOUT_S,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@dataclass
+class ClusterCA:
+    """A cluster CA directory made by ``hostmux-keys cluster-ca init``."""
+
+    directory: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> ClusterCA:
+        keys_cli("cluster-ca", "init", str(directory))
+        return cls(directory)
+
+    def issue(self, router_id: str) -> tuple[Path, Path]:
+        """``hostmux-keys cluster-ca issue DIR ROUTER_ID``: (certificate, key)."""
+        keys_cli("cluster-ca", "issue", str(self.directory), router_id)
+        return self.directory / f"{router_id}.crt", self.directory / f"{router_id}.key"
+
+    @property
+    def cert(self) -> Path:
+        return self.directory / "ca.crt"
+
+
+@dataclass
+class Member:
+    """A router of the cluster, and where its link listens."""
+
+    router: Router
+    router_id: str
+    link_port: int
+
+
+async def start_member(
+    stack: Stack, server: RedisServer, ca: ClusterCA, router_id: str, *extra: str,
+    keys: tuple[Path, ...] = (),
+) -> Member:  # fmt: skip
+    """``hostmux-router --registry ... --router-id ID --cluster-listen 127.0.0.1:0 ...``."""
+    cert, key = ca.issue(router_id)
+    router = await stack.start_router(
+        "--registry", server.url, "--router-id", router_id,
+        "--cluster-listen", "127.0.0.1:0", "--cluster-ca-file", str(ca.cert),
+        "--cluster-cert-file", str(cert), "--cluster-key-file", str(key), *extra,
+    )  # fmt: skip
+    for public in keys:
+        router.authorize(public_key_of(public))
+    ready = router.proc.find(r"event=router_ready .*cluster=127\.0\.0\.1:(\d+)")
+    assert ready is not None, "the ready line names the link's address"
+    return Member(router, router_id, int(ready[1]))
+
+
+def link_line(member: Member, name: str, start: int = 0) -> re.Match[str] | None:
+    return member.router.proc.find(rf"event=link_stream name={name} ", start)

@@ -1,0 +1,183 @@
+"""The router link in one process: real TLS on loopback, real sockets, the in-memory registry.
+
+Two routers' link parts (``PeerServer`` on the holder, ``LinkPool`` and
+``Forwarder`` on the sender) talk over mutual TLS with certificates from a
+real cluster CA; each "tunnel" opens a TCP stream to a small echo server that
+says which tunnel it is, so a test sees exactly which tunnel a stream
+reached. What is checked here needs a route cache made stale on purpose,
+which real router processes (whose caches the registry keeps fresh within
+milliseconds) cannot show deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import keys
+from hostmux.http1 import ClientInfo, Page
+from hostmux.relay import ByteStream, Destination, open_tcp_stream
+from router.cluster.forwarding import Forwarder
+from router.cluster.identity import link_contexts
+from router.cluster.link import LinkPool, LinkStream
+from router.cluster.peer_server import PeerServer
+from router.cluster.wire import LinkError, StreamRequest
+from router.registry.memory import MemoryRegistry
+from router.registry.model import Holder, Route
+from router.tunnels import Tunnel, TunnelHub
+
+from ..unit.asyncio_bounded import run
+
+CLIENT = ClientInfo(peer_ip="192.0.2.7", peer_port=4242, scheme="https")
+RESERVATION_S = 600.0
+
+
+async def _tagged_echo(tag: bytes) -> asyncio.Server:
+    """A TCP server that answers every connection with ``tag`` and then echoes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(tag + b":")
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def _tunnel(name: str, owner: str, server: asyncio.Server, generation: int) -> Tunnel:
+    port = server.sockets[0].getsockname()[1]
+
+    async def open_stream(ip: str, peer_port: int) -> ByteStream:
+        return await open_tcp_stream("127.0.0.1", port, label=f"{name}@{owner}")
+
+    return Tunnel(name, owner, "test", open_stream, generation=generation)
+
+
+@dataclass
+class Pair:
+    registry: MemoryRegistry
+    hub_a: TunnelHub  # the holder
+    hub_b: TunnelHub  # the sender's own tunnels
+    peers: PeerServer
+    forwarder: Forwarder
+    pool: LinkPool
+    address: str
+
+
+def _hub() -> TunnelHub:
+    return TunnelHub(domain="localhost", scheme="https", public_port=0, reservation_s=600)
+
+
+@contextlib.asynccontextmanager
+async def _pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    ca = keys.ClusterCA.init(tmp_path / "ca")
+    files = {rid: ca.issue(rid) for rid in ("a", "b")}
+    server_a, _ = link_contexts(tmp_path / "ca" / "ca.crt", files["a"].cert, files["a"].key)
+    _, client_b = link_contexts(tmp_path / "ca" / "ca.crt", files["b"].cert, files["b"].key)
+    registry = MemoryRegistry(reservation_s=RESERVATION_S)
+    hub_a, hub_b = _hub(), _hub()
+    peers = PeerServer(hub_a, connect_timeout_s=2.0)
+    link = await asyncio.start_server(peers.handle, "127.0.0.1", 0, ssl=server_a)
+    address = f"127.0.0.1:{link.sockets[0].getsockname()[1]}"
+    await registry.advertise("a", address, 60.0)
+    pool = LinkPool(client_b, handshake_timeout_s=2.0)
+    forwarder = Forwarder(registry, hub_b, pool, connect_timeout_s=3.0)
+    forwarder.router_id = "b"
+    try:
+        yield Pair(registry, hub_a, hub_b, peers, forwarder, pool, address)
+    finally:
+        await pool.close()
+        await peers.drain(0.1)
+        link.close()
+        await link.wait_closed()
+
+
+async def _first_bytes(stream: ByteStream) -> bytes:
+    await stream.send_all(b"ping")
+    await stream.send_eof()
+    got = b""
+    while data := await stream.receive():
+        got += data
+    stream.close()
+    return got
+
+
+async def _open_via_gateway(forwarder: Forwarder, name: str) -> bytes:
+    routed = forwarder.route(name, f"{name}.localhost", "rid", CLIENT, as_html=False)
+    decision = routed if isinstance(routed, Destination | Page) else await routed
+    assert isinstance(decision, Destination), decision
+    return await _first_bytes(await decision.open())
+
+
+def test_the_holder_checks_owner_and_generation_and_keeps_the_connection(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with _pair(tmp_path) as pair:
+            echo = await _tagged_echo(b"alice-on-a")
+            pair.hub_a.claim(_tunnel("demo", "alice", echo, generation=10))
+            request = StreamRequest("demo", "alice", 10, "192.0.2.7", 4242, "https")
+            stream = await pair.pool.open_stream("a", pair.address, request)
+            assert isinstance(stream, LinkStream)
+            assert await _first_bytes(stream) == b"alice-on-a:ping"
+            # Another owner, or an older generation than the tunnel's claim: moved.
+            for stale in (
+                StreamRequest("demo", "mallory", 10, "192.0.2.7", 1, "https"),
+                StreamRequest("demo", "alice", 9, "192.0.2.7", 1, "https"),
+                StreamRequest("other", "alice", 10, "192.0.2.7", 1, "https"),
+            ):
+                answer = await pair.pool.open_stream("a", pair.address, stale)
+                assert answer is LinkError.ROUTE_MOVED, stale
+            # One TLS connection carried all four exchanges, one at a time.
+            assert pair.pool.dialled == 1
+            assert pair.peers.streams == 1
+            echo.close()
+
+    run(scenario())
+
+
+def test_a_stale_route_is_resolved_again_and_never_reaches_the_wrong_tunnel(
+    tmp_path: Path,
+) -> None:
+    """The name went to another owner after its reservation (on router a), then to
+    router b's own tunnel; b's cache still holds the first route each time."""
+
+    async def scenario() -> None:
+        async with _pair(tmp_path) as pair:
+            mallory_echo, local_echo = [await _tagged_echo(tag) for tag in (b"mallory", b"b-local")]
+            # What b's cache remembers: alice's tunnel on router a, generation 1.
+            stale = Route("demo", "alice", 1, (_holder("a"),), None)
+            pair.forwarder.cache.subscribed()
+            pair.forwarder.cache.put("demo", stale, pair.forwarder.cache.ticket())
+            # Meanwhile: mallory holds the name on router a.
+            claim = await pair.registry.claim("demo", "mallory", "a", "conn-m")
+            pair.hub_a.claim(_tunnel("demo", "mallory", mallory_echo, claim.generation))
+            assert await _open_via_gateway(pair.forwarder, "demo") == b"mallory:ping"
+            # The stale attempt (alice's route) was refused before any channel opened;
+            # the one stream served was sent with mallory's route, looked up afresh.
+            assert (pair.peers.moved, pair.peers.streams) == (1, 1)
+
+            # Then the name moves to b's own tunnel (mallory's key, router b), and b's
+            # cache again holds an older route to a: served by b's own tunnel.
+            pair.forwarder.cache.put("demo", stale, pair.forwarder.cache.ticket())
+            removed = pair.hub_a.routes.lookup("demo")
+            assert isinstance(removed, Tunnel)
+            pair.hub_a.release(removed)
+            await pair.registry.release("demo", "a", "conn-m")
+            await pair.registry.claim("demo", "mallory", "b", "conn-b")
+            pair.hub_b.claim(_tunnel("demo", "mallory", local_echo, claim.generation + 2))
+            assert await _open_via_gateway(pair.forwarder, "demo") == b"b-local:ping"
+            # (b's own tunnel wins before any peer is asked, even on a stale route)
+            assert (pair.peers.moved, pair.peers.streams) == (1, 1)
+            for server in (mallory_echo, local_echo):
+                server.close()
+
+    run(scenario())
+
+
+def _holder(router_id: str) -> Holder:
+    return Holder(router_id=router_id, connection_id="c", lease_expires=0.0)

@@ -10,6 +10,7 @@ checked here and printed PASS/FAIL (or "not measured").
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass
@@ -515,7 +516,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 def write_report(results: dict[str, Any], out: Path) -> bool:
     """Write RESULTS.md and results.png into ``out``; True if a row or a scale part failed."""
     has_plot = plot(results, out / "results.png")
-    (out / "RESULTS.md").write_text(render(results, has_plot))
+    report = out / "RESULTS.md"
+    text = render(results, has_plot)
+    # The cluster benchmark's section (bench/cluster.py) is its own run's: keep it.
+    kept = re.search(r"<!-- cluster:begin -->.*?<!-- cluster:end -->\n?", report.read_text(), re.S)
+    report.write_text(text if kept is None else text.rstrip() + "\n\n" + kept.group(0))
     failed = any(a["ok"] == 0 for a in medians(results["runs"]).values())
     scale = results.get("scale") or {}
     return failed or any("error" in (scale.get(p) or {}) for p in ("tunnels", "keepalive"))

@@ -318,6 +318,7 @@ def start_hostmux_router(
     *,
     code: Path = PROJECT,
     log_level: str = "warning",
+    client_key: Path | None = None,
 ) -> HostmuxRouter:
     """A fresh hostmux router on loopback: own state dir, one authorized client key.
 
@@ -328,9 +329,10 @@ def start_hostmux_router(
     "all three ports accept", not the ``router_ready`` log line.
     """
     state = work / "hostmux"
-    state.mkdir(exist_ok=True)
-    client_key = state / "client_key"
-    keygen(client_key)
+    state.mkdir(parents=True, exist_ok=True)
+    if client_key is None:  # (a cluster's routers share one client key: ``cluster_rows``)
+        client_key = state / "client_key"
+        keygen(client_key)
     authorized = state / "authorized_keys"
     authorized.write_text(client_key.with_name("client_key.pub").read_text())
     ssh, http, https = free_port(), free_port(), free_port()

@@ -38,7 +38,7 @@ from processes import (  # noqa: E402
     raise_nofile_limit,
     say,
 )
-from rows import DOMAIN, PROJECT, ROWS, Bench, RowContext, start_backend  # noqa: E402
+from rows import DOMAIN, PROJECT, ROWS, Bench, Row, RowContext, start_backend  # noqa: E402
 
 MIB = 1024.0
 
@@ -61,10 +61,9 @@ def _log_lines(since: dict[Path, int], limit: int = 10) -> list[str]:
     return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
-def measure_row(name: str, bench: Bench, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure_row(row: Row, bench: Bench, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Start one row from scratch, time its tunnel, load it, stop it."""
-    row = ROWS[name]
-    result: dict[str, Any] = {"row": name, "ok": False}
+    result: dict[str, Any] = {"row": row.name, "ok": False}
     with Processes(work) as procs:
         try:
             plan = row.start(RowContext(bench, work, procs))
@@ -305,7 +304,7 @@ def main() -> int:
                     say(f"repeat {rep + 1}/{args.repeats}: {name}")
                     run_dir = work / f"{name}-r{rep + 1}"
                     run_dir.mkdir()
-                    r = measure_row(name, bench, run_dir, args)
+                    r = measure_row(ROWS[name], bench, run_dir, args)
                     r["repeat"] = rep + 1
                     results["runs"].append(r)
                     say("  " + _one_line(r))

@@ -1,9 +1,11 @@
 """The byte splice after a WebSocket ``101``: both directions copied until both end.
 
 Rules: each direction half-closes its sink when its source ends (EOF travels
-through the SSH channel); the connection is idle only when *neither*
-direction moved for ``idle_timeout_s`` (an upgraded stream may be quiet one
-way for a long time); every copy is one chunk at a time with back-pressure.
+through the SSH channel), and once both close frames have passed, the first
+side to end ends the splice (the server closes first, RFC 6455); the
+connection is idle only when *neither* direction moved for ``idle_timeout_s``
+(an upgraded stream may be quiet one way for a long time); every copy is one
+chunk at a time with back-pressure.
 
 Shutdown: when ``going_away`` is set, both copies stop at the next frame
 edge (``_frame_edges``), the browser gets a close frame with code 1001 and
@@ -80,6 +82,18 @@ async def splice(
             await _pass_on(direction, rest, counter)
     async with asyncio.TaskGroup() as tg:
         copies = [tg.create_task(_copy(d, idle, counter)) for d in directions]
+
+        def closing_handshake_done(_: object) -> None:
+            # RFC 6455 7.1.1: once both close frames have passed and one side
+            # ended, the server closes the TCP connection. A TLS browser stream
+            # cannot be half-closed, so waiting for the browser's own end would
+            # make every client wait out its close timeout.
+            if all(d.edges.saw_close for d in directions):
+                for copy in copies:
+                    copy.cancel()
+
+        for copy in copies:
+            copy.add_done_callback(closing_handshake_done)
         if going_away is not None:
             goodbye = tg.create_task(_goodbye_on(going_away, copies, directions, goodbye_s))
 

@@ -277,3 +277,28 @@ async def test_websocket_idle_timeout_is_not_the_keepalive_timeout(stack: Stack)
     assert echo == _server_frame(b"still here")
     assert idle_s >= 0.9
     assert_no_traceback(router.proc)
+
+
+# Reason: clients wait this long for the server to close after the closing
+# handshake (Python websockets' close_timeout is 10 s); the router must be well inside it.
+CLOSE_AFTER_HANDSHAKE_S = 5.0
+
+
+async def test_the_router_closes_tls_after_the_closing_handshake(stack: Stack) -> None:
+    """RFC 6455 7.1.1: after both close frames the server closes the connection.
+    Over TLS the app's EOF cannot be passed on as a half-close, so the router
+    must end the connection itself instead of waiting for the browser."""
+    router = await _tunnel_to_sample_app(stack)
+    stream = await router.open_tls(NAME)
+    async with stream:
+        await stream.send_all(_websocket_request(b"/ws"))
+        switched, rest = await read_response(stream)
+        assert switched.status == 101
+        mask = os.urandom(4)
+        code = (1000).to_bytes(2, "big")
+        await stream.send_all(
+            bytes([0x88, 0x80 | len(code)]) + mask + bytes(b ^ mask[i] for i, b in enumerate(code))
+        )
+        after = rest + await read_to_eof(stream, CLOSE_AFTER_HANDSHAKE_S)
+    assert after[:1] == b"\x88", after  # the app's close frame, then the end
+    assert_no_traceback(router.proc)

@@ -81,7 +81,7 @@ async def _pair(tmp_path: Path) -> AsyncIterator[Pair]:
     registry = MemoryRegistry(reservation_s=RESERVATION_S)
     hub_a, hub_b = _hub(), _hub()
     peers = PeerServer(hub_a, connect_timeout_s=2.0)
-    link = await asyncio.start_server(peers.handle, "127.0.0.1", 0, ssl=server_a)
+    link = await peers.serve("127.0.0.1", 0, server_a, handshake_timeout_s=2.0)
     address = f"127.0.0.1:{link.sockets[0].getsockname()[1]}"
     await registry.advertise("a", address, 60.0)
     pool = LinkPool(client_b, handshake_timeout_s=2.0)

@@ -100,7 +100,8 @@ def profile_row(
                         result[f"{role}_svg"] = name
             result["router_cpu_s"] = [p.cpu_s() - c for p, c in zip(plan.router, cpu0, strict=True)]
             if len(plan.router) == 2:
-                link = re.search(r"--cluster-listen 127\.0\.0\.1:(\d+)", " ".join(map(str, plan.router[0].argv)))
+                holder_argv = " ".join(plan.router[0].argv)
+                link = re.search(r"--cluster-listen 127\.0\.0\.1:(\d+)", holder_argv)
                 if link:
                     result["link_connections"] = _link_connections(int(link.group(1)))
             text, _ = load.communicate(timeout=wrk_s + 30)

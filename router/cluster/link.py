@@ -35,21 +35,19 @@ from collections import defaultdict
 
 from hostmux.http1 import (
     END_OF_MESSAGE,
-    NEED_DATA,
     PAUSED,
     ConnectionClosed,
     Data,
     EndOfMessage,
     Http1Connection,
     InformationalResponse,
-    ProtocolError,
     Response,
     Role,
     State,
 )
 from hostmux.log import fields
-from hostmux.relay import READ_CHUNK_BYTES
 from router.cluster.identity import PeerRefused, authorises, peer_id
+from router.cluster.link_protocol import LinkProtocol, chunk
 from router.cluster.wire import LinkError, StreamRequest, error_of
 
 log = logging.getLogger("hostmux.cluster")
@@ -72,37 +70,29 @@ class PeerUnreachable(Exception):
 class LinkConnection:
     """One TLS connection to a peer and its HTTP/1.1 state (client role)."""
 
-    __slots__ = ("h", "idle_since", "key", "reader", "writer")
+    __slots__ = ("idle_since", "key", "link")
 
-    def __init__(
-        self, key: tuple[str, str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, key: tuple[str, str], link: LinkProtocol) -> None:
         self.key = key  # (holder id, address)
-        self.reader = reader
-        self.writer = writer
-        self.h = Http1Connection(Role.CLIENT)
+        self.link = link
         self.idle_since = time.monotonic()
 
     def __repr__(self) -> str:
-        return f"<LinkConnection {self.key[0]}@{self.key[1]} {self.h!r}>"
+        return f"<LinkConnection {self.key[0]}@{self.key[1]} {self.link.h!r}>"
+
+    @property
+    def h(self) -> Http1Connection:
+        return self.link.h
 
     def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        return self.link.usable()
 
     async def next_event(self) -> object:
         """The holder's next event (ConnectionResetError if the connection broke)."""
-        h = self.h
-        while True:
-            try:
-                event = h.next_event()
-            except ProtocolError as error:
-                raise ConnectionResetError(f"link to {self.key[0]}: {error}") from None
-            if event is not NEED_DATA:
-                return event
-            h.receive_data(await self.reader.read(READ_CHUNK_BYTES))
+        return await self.link.next_event()
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        self.link.abort()
 
 
 class LinkStream:
@@ -130,36 +120,37 @@ class LinkStream:
 
     async def send_all(self, data: bytes) -> None:
         self.write(data)
-        if self.must_drain():
-            await self.drain()
+        if self._conn.link.must_drain():
+            await self._conn.link.drain()
 
     def write(self, data: bytes) -> None:
-        if self._sent_end or self._closed or self._conn.writer.is_closing():
+        if self._sent_end or self._closed:
             raise ConnectionResetError(f"{self.label} is closed")
-        if data:
-            self._conn.writer.write(self._conn.h.send(Data(data)))
+        if data:  # (the request was sent chunked: a chunk needs no Data event)
+            self._conn.link.write(chunk(data))
 
     def must_drain(self) -> bool:
-        return self._conn.writer.transport.get_write_buffer_size() > 0
+        return self._conn.link.must_drain()
 
     async def drain(self) -> None:
-        await self._conn.writer.drain()
+        await self._conn.link.drain()
 
     async def send_eof(self) -> None:
-        if not self._sent_end and not self._closed and not self._conn.writer.is_closing():
+        if not self._sent_end and not self._closed and self._conn.usable():
             self._sent_end = True
-            self._conn.writer.write(self._conn.h.send(END_OF_MESSAGE))
+            self._conn.link.write(self._conn.h.send(END_OF_MESSAGE))
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         conn = self._conn
-        if conn.writer.is_closing():
+        if not conn.usable():
+            conn.abort()
             return
         if not self._sent_end:
             self._sent_end = True
-            conn.writer.write(conn.h.send(END_OF_MESSAGE))  # half-close: the holder's EOF
+            conn.link.write(conn.h.send(END_OF_MESSAGE))  # half-close: the holder's EOF
         self._pool.settle(conn)
 
     def abort(self) -> None:
@@ -200,7 +191,7 @@ class LinkPool:
             if conn is None:
                 conn = await self._dial(key)
             try:
-                conn.writer.write(conn.h.send(request.request(holder_id)))
+                conn.link.write(conn.h.send(request.request(holder_id)))
                 event = await conn.next_event()
                 while isinstance(event, InformationalResponse):
                     event = await conn.next_event()
@@ -226,7 +217,7 @@ class LinkPool:
         try:
             while not isinstance(await conn.next_event(), EndOfMessage):
                 pass
-            conn.writer.write(conn.h.send(END_OF_MESSAGE))
+            conn.link.write(conn.h.send(END_OF_MESSAGE))
             self._release(conn)
         except (ConnectionError, OSError):
             conn.abort()
@@ -237,23 +228,25 @@ class LinkPool:
     async def _dial(self, key: tuple[str, str]) -> LinkConnection:
         holder_id, address = key
         host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_connection(
-                host.strip("[]"), int(port), ssl=self._context, server_hostname=holder_id,
-                ssl_handshake_timeout=self._handshake_timeout_s, limit=READ_CHUNK_BYTES,
+            transport, link = await loop.create_connection(
+                lambda: LinkProtocol(Role.CLIENT), host.strip("[]"), int(port),
+                ssl=self._context, server_hostname=holder_id,
+                ssl_handshake_timeout=self._handshake_timeout_s,
             )  # fmt: skip
         except (OSError, ValueError) as error:
             raise PeerUnreachable(f"router {holder_id} at {address}: {error}") from None
         try:
-            certificate_id = peer_id(writer.get_extra_info("ssl_object"))
+            certificate_id = peer_id(transport.get_extra_info("ssl_object"))
             if not authorises(certificate_id, holder_id):
                 raise PeerRefused(f"its certificate is for {certificate_id!r}")
         except PeerRefused as error:
-            writer.transport.abort()
+            transport.abort()
             log.warning(fields("link_refused", router=holder_id, address=address, error=str(error)))
             raise PeerUnreachable(f"router {holder_id} at {address}: {error}") from None
         self.dialled += 1
-        return LinkConnection(key, reader, writer)
+        return LinkConnection(key, link)
 
     def _take_idle(self, key: tuple[str, str]) -> LinkConnection | None:
         idle = self._idle.get(key)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import keys
 from hostmux.config.layered import ConfigError
 from hostmux.http1 import Headers
-from hostmux.relay import READ_CHUNK_BYTES
 from router.cluster.forwarding import Forwarder
 from router.cluster.identity import authorises, link_contexts
 from router.cluster.link import LinkPool
@@ -39,10 +38,9 @@ class ClusterLink:
     handshake_timeout_s: float
 
     async def start_server(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(
-            self.peers.handle, host, port, ssl=self.server_context,
-            ssl_handshake_timeout=self.handshake_timeout_s, limit=READ_CHUNK_BYTES,
-            reuse_address=True, backlog=_BACKLOG,
+        return await self.peers.serve(
+            host, port, self.server_context, handshake_timeout_s=self.handshake_timeout_s,
+            backlog=_BACKLOG,
         )  # fmt: skip
 
 

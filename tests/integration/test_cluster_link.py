@@ -33,6 +33,9 @@ from ..unit.asyncio_bounded import run
 
 CLIENT = ClientInfo(peer_ip="192.0.2.7", peer_port=4242, scheme="https")
 RESERVATION_S = 600.0
+# How long an upload to an app that reads nothing must stay unfinished: buffering
+# 32 MiB in the holder would take a fraction of that on a loaded 2-core machine.
+HELD_BACK_S = 2.0
 
 
 async def _tagged_echo(tag: bytes) -> asyncio.Server:
@@ -81,7 +84,7 @@ async def _pair(tmp_path: Path) -> AsyncIterator[Pair]:
     registry = MemoryRegistry(reservation_s=RESERVATION_S)
     hub_a, hub_b = _hub(), _hub()
     peers = PeerServer(hub_a, connect_timeout_s=2.0)
-    link = await asyncio.start_server(peers.handle, "127.0.0.1", 0, ssl=server_a)
+    link = await peers.serve("127.0.0.1", 0, server_a, handshake_timeout_s=2.0)
     address = f"127.0.0.1:{link.sockets[0].getsockname()[1]}"
     await registry.advertise("a", address, 60.0)
     pool = LinkPool(client_b, handshake_timeout_s=2.0)
@@ -175,6 +178,59 @@ def test_a_stale_route_is_resolved_again_and_never_reaches_the_wrong_tunnel(
             assert (pair.peers.moved, pair.peers.streams) == (1, 1)
             for server in (mallory_echo, local_echo):
                 server.close()
+
+    run(scenario())
+
+
+def test_an_app_that_stops_reading_pushes_back_to_the_sender_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """An upload to an app that reads nothing yet: the holder's channel fills, it
+    stops reading the link, and the sender's writes wait (nothing piles up in
+    between). Once the app reads, every byte arrives in order, echoed back, and
+    the link connection carries the next stream."""
+    size = 32 << 20  # more than every socket buffer on the way together
+    gate = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await gate.wait()
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        async with _pair(tmp_path) as pair:
+            app = await asyncio.start_server(serve, "127.0.0.1", 0)
+            pair.hub_a.claim(_tunnel("demo", "alice", app, generation=1))
+            request = StreamRequest("demo", "alice", 1, "192.0.2.7", 4242, "https")
+            piece = bytes(range(256)) * 256  # 64 KiB
+            pattern = piece * 8  # longer than one read from the link, from any offset
+            for round_ in range(2):
+                stream = await pair.pool.open_stream("a", pair.address, request)
+                assert isinstance(stream, LinkStream)
+
+                async def upload(stream: LinkStream = stream) -> None:
+                    for _ in range(size // len(piece)):
+                        await stream.send_all(piece)
+                    await stream.send_eof()
+
+                sending = asyncio.create_task(upload())
+                if round_ == 0:
+                    # Held back: with the app reading nothing, 32 MiB cannot all go out
+                    # (a holder that kept reading the link would buffer it all at once).
+                    done, _ = await asyncio.wait({sending}, timeout=HELD_BACK_S)
+                    assert not done, "the whole upload went out while the app read nothing"
+                    gate.set()  # the app reads: everything flows
+                got = 0
+                while data := await stream.receive():
+                    assert data == pattern[got % 256 : got % 256 + len(data)]
+                    got += len(data)
+                await sending
+                stream.close()
+                assert got == size
+            assert (pair.pool.dialled, pair.peers.streams) == (1, 2)
+            app.close()
 
     run(scenario())
 

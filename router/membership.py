@@ -162,6 +162,12 @@ class Membership:
             except RegistryError as error:
                 log.error(fields("lease_renewal_failed", error=str(error)))
             await self._advertise()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py may swallow a cancellation that lands while it connects
+                # (seen: a worker stopped at start-up kept renewing for ever); the
+                # task's cancel count still says a stop was asked for.
+                raise asyncio.CancelledError
             self._fail_static()
             await asyncio.sleep(interval_s)  # the renewal period, not a synchronisation
 

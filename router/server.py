@@ -32,9 +32,9 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.http1 import TrustedProxies
@@ -76,6 +76,9 @@ T = TypeVar("T")
 _SWEEP_INTERVAL_S = 60.0
 # Files a router holds besides browser connections: listeners, logs, and some tunnels.
 _FILES_BESIDES_CONNECTIONS = 1024
+# Reason: cancelled background tasks end within a loop turn or two; one that does not
+# within this long swallowed its cancellation and must not hold up the shutdown.
+BACKGROUND_STOP_S = 2.0
 
 
 @dataclass
@@ -242,29 +245,51 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
     """Step 3: say ``router_ready``, run the background tasks, return once ``stop`` is set."""
     config = router.config
     _announce_ready(router, listening.addresses)
-    async with asyncio.TaskGroup() as tg:
-        background = [tg.create_task(_sweep_reservations(router.hub))]
-        if config.worker_index:  # a supervisor's worker ends with it (killed: no signal)
-            background.append(tg.create_task(end_with_supervisor(stop)))
-        if router.hub.cluster is not None:
-            background.append(tg.create_task(router.hub.cluster.run()))
-        if router.link is not None:
-            background.append(tg.create_task(router.link.forwarder.run()))
-        if config.events_url:
-            events = TunnelEvents(
-                url=config.events_url, secret=config.events_secret.encode(),
-                router_name=config.router_name or listening.addresses["ssh"][0],
-                router_id=router.hub.cluster.router_id if router.hub.cluster else None,
-                timeout_s=config.portal_timeout_s,
-            )  # fmt: skip
-            router.hub.observers.append(events.publish)
-            background.append(tg.create_task(events.run()))
-        for sock in listening.one_port_sockets:
-            background.append(tg.create_task(_serve_one_port(router, sock)))
-        await stop.wait()
+    start = asyncio.get_running_loop().create_task
+    background = [start(_sweep_reservations(router.hub), name="sweep")]
+    if config.worker_index:  # a supervisor's worker ends with it (killed: no signal)
+        background.append(start(end_with_supervisor(stop), name="supervisor-watch"))
+    if router.hub.cluster is not None:
+        background.append(start(router.hub.cluster.run(), name="leases"))
+    if router.link is not None:
+        background.append(start(router.link.forwarder.run(), name="route-cache"))
+    if config.events_url:
+        events = TunnelEvents(
+            url=config.events_url, secret=config.events_secret.encode(),
+            router_name=config.router_name or listening.addresses["ssh"][0],
+            router_id=router.hub.cluster.router_id if router.hub.cluster else None,
+            timeout_s=config.portal_timeout_s,
+        )  # fmt: skip
+        router.hub.observers.append(events.publish)
+        background.append(start(events.run(), name="events"))
+    for sock in listening.one_port_sockets:
+        background.append(start(_serve_one_port(router, sock), name="one-port"))
+    await _until_stopped(stop, background)
+    log.info(fields("router_stopping", connections=len(router.connections)))
+
+
+async def _until_stopped(stop: asyncio.Event, background: Sequence[asyncio.Task[Any]]) -> None:
+    """Wait for ``stop``, then cancel ``background`` and give it ``BACKGROUND_STOP_S``.
+
+    A background task that ends early with an error ends the router (as a
+    TaskGroup would); one that does not end when cancelled (a library that
+    swallowed the cancellation) is logged and left behind, never waited for:
+    a shutdown must not hang on it.
+    """
+    stopping = asyncio.get_running_loop().create_task(stop.wait())
+    try:
+        await asyncio.wait([stopping, *background], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
         for task in background:
             task.cancel()
-    log.info(fields("router_stopping", connections=len(router.connections)))
+    _, stuck = await asyncio.wait(background, timeout=BACKGROUND_STOP_S)
+    for task in stuck:
+        log.warning(fields("background_task_stuck", task=task.get_name(), action="left behind"))
+    for task in background:
+        error = task.exception() if task.done() and not task.cancelled() else None
+        if error is not None:
+            raise error
 
 
 async def shut_down_router(router: Router, listening: Listening) -> None:

@@ -53,17 +53,28 @@ RENEW_BATCH = 500
 
 @contextmanager
 def _translated(what: str) -> Iterator[None]:
-    """redis-py's and the socket's errors become the registry's, with one clear line."""
+    """redis-py's and the socket's errors become the registry's, with one clear line.
+
+    A cancellation that redis-py turned into one of its errors (a connect
+    cancelled inside its timeout) stays a cancellation: the caller's loop would
+    otherwise take it for an outage, retry, and never stop.
+    """
     try:
         yield
-    except redis.exceptions.AuthenticationError as error:
-        raise RegistryError(f"registry {what}: {error}") from error
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-        raise RegistryUnavailable(f"registry {what}: {error or type(error).__name__}") from error
-    except (TimeoutError, OSError) as error:
-        raise RegistryUnavailable(f"registry {what}: {error or type(error).__name__}") from error
-    except redis.exceptions.RedisError as error:
-        raise RegistryError(f"registry {what}: {error}") from error
+    except (redis.exceptions.RedisError, TimeoutError, OSError) as error:
+        _raise_if_cancelled()
+        raise _registry_error(what, error) from error
+
+
+def _registry_error(what: str, error: Exception) -> RegistryError:
+    if isinstance(error, redis.exceptions.AuthenticationError):
+        return RegistryError(f"registry {what}: {error}")
+    if isinstance(
+        error,
+        redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | TimeoutError | OSError,
+    ):
+        return RegistryUnavailable(f"registry {what}: {error or type(error).__name__}")
+    return RegistryError(f"registry {what}: {error}")
 
 
 def _text(value: Any) -> str:
@@ -232,9 +243,11 @@ class RedisRegistry:
                 async with asyncio.timeout(self._timeout_s):
                     await pubsub.subscribe(self._channel)
                     while True:
+                        _raise_if_cancelled()
                         message = await pubsub.get_message(timeout=self._timeout_s)
                         if message is not None and message["type"] == "subscribe":
                             break
+            _raise_if_cancelled()
             yield self._messages(pubsub)
         finally:
             with _translated("unsubscribe"):
@@ -244,6 +257,7 @@ class RedisRegistry:
         loop = asyncio.get_running_loop()
         heard = loop.time()
         while True:
+            _raise_if_cancelled()
             with _translated("invalidations"):
                 message = await pubsub.get_message(timeout=self._timeout_s)
                 if message is None:
@@ -262,6 +276,15 @@ class RedisRegistry:
             await self._client.aclose()
             if self._subscriber is not self._client:
                 await self._subscriber.aclose()
+
+
+def _raise_if_cancelled() -> None:
+    """Honour a cancellation that redis-py's reads swallowed (seen when a task was
+    cancelled while it subscribed: it went on subscribed, and its router's
+    shutdown waited for it for ever); the task's cancel count still shows it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _claim_from(name: str, connection_id: str, reply: list[Any]) -> Claim:

@@ -40,7 +40,7 @@ from ._portal import PortalError, fetch_router_list, publish_url
 from ._reconnect import Backoff, unless_stopped
 from ._routers import expand_addresses, wanted_connections
 from ._ssh_client import Forward, HostKeyRejected, TunnelError, TunnelSession, TunnelSpec
-from ._url_check import trust_for_check, watch_public_url
+from ._url_check import prepare_trust, watch_public_url
 
 if TYPE_CHECKING:
     import keys
@@ -233,10 +233,10 @@ class Listener:
             except TunnelError as exc:
                 log.info(fields("router_ca_unavailable", reason=str(exc), using="system CAs"))
         try:
-            trust = trust_for_check(config.router_ca_file, ca_pem)
+            trust = await prepare_trust(config.router_ca_file, ca_pem)
         except (ssl.SSLError, OSError) as exc:
             log.warning(fields("router_ca_unusable", reason=_first_line(exc), using="system CAs"))
-            trust = trust_for_check(None, None)
+            trust = await prepare_trust(None, None)
         else:
             if ca_pem is not None:
                 log.info(fields("router_ca_trusted", url=forward.url, bytes=len(ca_pem)))

@@ -519,8 +519,8 @@ def write_report(results: dict[str, Any], out: Path) -> bool:
     report = out / "RESULTS.md"
     text = render(results, has_plot)
     # The cluster benchmark's section (bench/cluster.py) is its own run's: keep it.
-    before = report.read_text() if report.exists() else ""  # a fresh --out has none
-    kept = re.search(r"<!-- cluster:begin -->.*?<!-- cluster:end -->\n?", before, re.S)
+    old = report.read_text() if report.exists() else ""
+    kept = re.search(r"<!-- cluster:begin -->.*?<!-- cluster:end -->\n?", old, re.S)
     report.write_text(text if kept is None else text.rstrip() + "\n\n" + kept.group(0))
     failed = any(a["ok"] == 0 for a in medians(results["runs"]).values())
     scale = results.get("scale") or {}

@@ -28,6 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import cpu_guard  # noqa: E402
 import install  # noqa: E402
 from load import Target, run_curl, run_wrk, wait_for_tunnel  # noqa: E402
 from machine import machine_facts  # noqa: E402
@@ -228,6 +229,12 @@ def parse_args() -> argparse.Namespace:
         "there is no git), not the working tree",
     )  # fmt: skip
     p.add_argument("--note", action="append", default=[], help="a line for RESULTS.md's notes")
+    p.add_argument(
+        "--max-cpu-ratio", type=float, metavar="X",
+        help=f"fail when the router CPU per request of {cpu_guard.ROUTER_ROW} exceeds X times "
+        f"{cpu_guard.CEILING_ROW}'s in this run (CI: {cpu_guard.DEFAULT_MAX_RATIO:g}); "
+        "prints the ratio",
+    )  # fmt: skip
     p.add_argument("--no-install", action="store_true", help="do not apt-get / pip install")
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = p.parse_args()  # fmt: skip
@@ -247,6 +254,12 @@ def parse_args() -> argparse.Namespace:
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    if args.max_cpu_ratio is not None:
+        if not args.max_cpu_ratio > 0:
+            p.error("--max-cpu-ratio: must be a positive number")
+        guarded = {cpu_guard.ROUTER_ROW, cpu_guard.CEILING_ROW}
+        if not guarded <= set(args.rows):
+            p.error(f"--max-cpu-ratio: needs the rows {', '.join(sorted(guarded))} in --rows")
     return args
 
 
@@ -339,6 +352,12 @@ def main() -> int:
     failed = write_report(results, args.out)
     say(f"wrote {args.out / 'RESULTS.md'}, {args.out / 'results.png'}, results.json")
     print((args.out / "RESULTS.md").read_text())
+    if args.max_cpu_ratio is not None:
+        from report import medians
+
+        verdict = cpu_guard.judge(medians(results["runs"]), args.max_cpu_ratio)
+        print(verdict.line(), flush=True)  # last, so the CI log ends with it
+        failed = failed or not verdict.passed
     return 1 if failed else 0
 
 

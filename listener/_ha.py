@@ -106,7 +106,6 @@ class HaConnections:
         backoff = Backoff(cap_s=self._config.backoff_max_s)
         transport = "wss" if self._config.transport == "wss" else "ssh"
         while not self._stop.is_set():
-            started = time.monotonic()
             try:
                 candidates, pins = await self._candidates(transport)
             except PortalError as exc:
@@ -115,12 +114,13 @@ class HaConnections:
                 in_use = {a for s, a in self._dialling.items() if s != slot}
                 for address in preference_order(candidates, in_use, slot):
                     self._dialling[slot] = address
-                    held, transport = await self._try_router(slot, address, pins, transport)
-                    if held or self._stop.is_set():
+                    up_s, transport = await self._try_router(slot, address, pins, transport)
+                    if up_s is not None:
+                        backoff.connection_lasted(up_s)
+                    if up_s is not None or self._stop.is_set():
                         break
             if self._stop.is_set():
                 break
-            backoff.connection_lasted(time.monotonic() - started)
             delay = backoff.next_delay()
             log.info(fields("reconnect_wait", conn=slot, seconds=round(delay, 2)))
             with contextlib.suppress(TimeoutError):
@@ -137,8 +137,8 @@ class HaConnections:
 
     async def _try_router(
         self, slot: int, address: RouterAddress, pins: tuple[str, ...], transport: str
-    ) -> tuple[bool, str]:
-        """Hold the name through ``address`` until it drops: (ever up, transport next)."""
+    ) -> tuple[float | None, str]:
+        """Hold the name through ``address`` until it drops: (seconds up or None, transport)."""
         listener = self._listener
         dial = address.dial if address.dial != address.host else ""
         spec = listener.spec_for(address.host, address.port, pins, transport, dial)
@@ -152,9 +152,9 @@ class HaConnections:
                 if self._config.transport == "auto" and not isinstance(exc, HostKeyRejected):
                     transport = "wss" if transport == "ssh" else "ssh"
                     log.info(fields("transport_switch", conn=slot, to=transport))
-                return False, transport
+                return None, transport
             if connected is None:
-                return False, transport
+                return None, transport
             router_id = connected
             other = self._holds.take(slot, router_identity(router_id or None, address))
             if other is not None:
@@ -164,23 +164,24 @@ class HaConnections:
                         action="redial",
                     )
                 )  # fmt: skip
-                return False, transport
+                return None, transport
             try:
                 forward = await unless_stopped(self._claim(session), self._stop)
             except TunnelError as exc:
                 log.warning(fields("tunnel_failed", **where, router_id=router_id or None,
                                    reason=str(exc)))  # fmt: skip
                 self._holds.drop(slot)
-                return False, transport
+                return None, transport
             if forward is None:
                 self._holds.drop(slot)
-                return False, transport
+                return None, transport
+            up_since = time.monotonic()  # from the claim: a slow connect is no tunnel that lasted
             try:
                 self._came_up(slot, _Up(session, forward, address), transport)
                 await unless_stopped(session.wait_closed(), self._stop)
             finally:
                 self._went_down(slot)
-        return True, transport
+        return time.monotonic() - up_since, transport
 
     async def _connect(self, session: TunnelSession) -> str:
         """Connect; the router's id ("" when it gives none)."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import urllib.request
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-import h11
+# h11 and urllib.request (~25 ms of imports) are loaded only when a proxy is in
+# play: every plain listener asks ``proxy_for`` before its first dial.
 
 # The proxy has this long to say whether it connected us.
 CONNECT_TIMEOUT_S = 15.0
@@ -28,11 +30,23 @@ class ProxyError(OSError):
 
 def proxy_for(host: str) -> str | None:
     """The HTTP proxy URL to reach ``host`` through, or None (no proxy or NO_PROXY)."""
+    if not _may_have_proxy():
+        return None
+    import urllib.request  # only when a proxy variable is set (see the note at the top)
+
     proxies = urllib.request.getproxies()
     url = proxies.get("https") or proxies.get("all")
     if not url or urllib.request.proxy_bypass(host):
         return None
     return url
+
+
+def _may_have_proxy() -> bool:
+    """False when urllib would find no proxy: on Linux (and other Unixes but macOS) it
+    reads only ``*_proxy`` environment variables; macOS and Windows have system settings."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return any(name.lower().endswith("_proxy") for name in os.environ)
 
 
 class _ConnectProtocol(asyncio.Protocol):
@@ -41,6 +55,8 @@ class _ConnectProtocol(asyncio.Protocol):
     def __init__(self, request: bytes, ssh_factory: Callable[[], Any]) -> None:
         self._request = request
         self._factory = ssh_factory
+        import h11  # only behind a proxy (see the note at the top)
+
         self._h11 = h11.Connection(h11.CLIENT)
         self.ssh: Any = None
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -55,6 +71,8 @@ class _ConnectProtocol(asyncio.Protocol):
         if self.ssh is not None:
             self.ssh.data_received(data)
             return
+        import h11  # only behind a proxy (see the note at the top)
+
         self._h11.receive_data(data)
         try:
             event = self._h11.next_event()
@@ -127,6 +145,8 @@ class HttpConnectTunnel:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             token = base64.b64encode(credentials.encode()).decode()
             headers.append(("Proxy-Authorization", f"Basic {token}"))
+        import h11  # only behind a proxy (see the note at the top)
+
         client = h11.Connection(h11.CLIENT)
         request = client.send(h11.Request(method="CONNECT", target=target, headers=headers))
         loop = asyncio.get_running_loop()

@@ -40,7 +40,7 @@ from ._portal import PortalError, fetch_router_list, publish_url
 from ._reconnect import Backoff, unless_stopped
 from ._routers import expand_addresses, wanted_connections
 from ._ssh_client import Forward, HostKeyRejected, TunnelError, TunnelSession, TunnelSpec
-from ._url_check import trust_for_check, watch_public_url
+from ._url_check import prepare_trust, watch_public_url
 
 if TYPE_CHECKING:
     import keys
@@ -101,19 +101,19 @@ class Listener:
         """One connection (``ha_connections`` 1): the loop of the module's docstring."""
         backoff = Backoff(cap_s=self._config.backoff_max_s)
         while not self._stop.is_set():
-            started = time.monotonic()
             try:
                 servers, pins = await self._routers()
             except PortalError as exc:
                 log.warning(fields("portal_unavailable", reason=str(exc)))
             else:
                 for server in servers:
-                    held = await self._try_router(server, pins)
-                    if held or self._stop.is_set():
+                    up_s = await self._try_router(server, pins)
+                    if up_s is not None:
+                        backoff.connection_lasted(up_s)
+                    if up_s is not None or self._stop.is_set():
                         break  # after a tunnel was up: re-rank before the next round
             if self._stop.is_set():
                 break
-            backoff.connection_lasted(time.monotonic() - started)
             delay = backoff.next_delay()
             log.info(fields("reconnect_wait", seconds=round(delay, 2)))
             with contextlib.suppress(TimeoutError):
@@ -132,8 +132,8 @@ class Listener:
         log.info(fields("routers_ranked", order=",".join(ranked)))
         return ranked, pins + listed.host_key_fingerprints
 
-    async def _try_router(self, server: str, pins: tuple[str, ...]) -> bool:
-        """Hold a tunnel through ``server`` until it drops; True if it was ever up."""
+    async def _try_router(self, server: str, pins: tuple[str, ...]) -> float | None:
+        """Hold a tunnel through ``server`` until it drops; how long it was up (None: never)."""
         config = self._config
         host, port = parse_host_port(server, "router")
         spec = self.spec_for(host, port, pins, self._transport)
@@ -147,9 +147,10 @@ class Listener:
                     # auto: SSH first; when it cannot connect, WebSocket — and back.
                     self._transport = "wss" if self._transport == "ssh" else "ssh"
                     log.info(fields("transport_switch", to=self._transport))
-                return False
+                return None
             if forward is None:
-                return False
+                return None
+            up_since = time.monotonic()  # from the grant: a slow connect is no tunnel that lasted
             self._name = forward.name
             log.info(fields("tunnel_up", name=forward.name, url=forward.url, router=server,
                             target=config.target, transport=self._transport))  # fmt: skip
@@ -157,9 +158,11 @@ class Listener:
                 print(forward.url, flush=True)  # stdout: the URL, for scripts
                 self._last_url = forward.url
             await self._hold(session, forward, host)
+            up_s = time.monotonic() - up_since
             if not self._stop.is_set():
-                log.warning(fields("tunnel_down", name=forward.name, router=server))
-        return True
+                log.warning(fields("tunnel_down", name=forward.name, router=server,
+                                   up_s=round(up_s, 1)))  # fmt: skip
+        return up_s
 
     def spec_for(
         self, host: str, port: int, pins: tuple[str, ...], transport: str, dial_host: str = ""
@@ -230,10 +233,10 @@ class Listener:
             except TunnelError as exc:
                 log.info(fields("router_ca_unavailable", reason=str(exc), using="system CAs"))
         try:
-            trust = trust_for_check(config.router_ca_file, ca_pem)
+            trust = await prepare_trust(config.router_ca_file, ca_pem)
         except (ssl.SSLError, OSError) as exc:
             log.warning(fields("router_ca_unusable", reason=_first_line(exc), using="system CAs"))
-            trust = trust_for_check(None, None)
+            trust = await prepare_trust(None, None)
         else:
             if ca_pem is not None:
                 log.info(fields("router_ca_trusted", url=forward.url, bytes=len(ca_pem)))

@@ -120,6 +120,25 @@ def trust_for_check(ca_file: Path | None, ca_pem: str | None) -> Trust:
     return Trust(context, "router")
 
 
+async def prepare_trust(ca_file: Path | None, ca_pem: str | None) -> Trust:
+    """``trust_for_check`` in a worker thread, with the check's HTTP stack imported there too.
+
+    Both are CPU work (~20 ms for the system's CAs, ~70 ms to import httpx) that
+    would otherwise hold the event loop just as the fresh tunnel carries its
+    first requests; in a thread the loop keeps its turns (the GIL switches
+    every 5 ms). Raises as ``trust_for_check`` does.
+    """
+    return await asyncio.to_thread(_import_http_client_and_trust, ca_file, ca_pem)
+
+
+def _import_http_client_and_trust(ca_file: Path | None, ca_pem: str | None) -> Trust:
+    import httpx  # noqa: F401 - imported here, off the event loop (see prepare_trust)
+
+    import hostmux.http_client  # noqa: F401
+
+    return trust_for_check(ca_file, ca_pem)
+
+
 def problem_of(exc: BaseException) -> UrlProblem:
     """An httpx failure as a problem kind (certificate, tls, timeout, connect, http)."""
     import httpx

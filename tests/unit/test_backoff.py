@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from listener._reconnect import Backoff
+from listener._reconnect import LASTED_S, QUICK_RETRY_S, QUICK_WINDOW_S, Backoff
 
 
 class HighestDraw(random.Random):
@@ -72,22 +72,55 @@ def test_the_jittered_mean_grows_until_the_cap() -> None:
     assert means[8] == pytest.approx(15.0, rel=0.15)
 
 
-def test_a_stable_connection_resets_the_schedule() -> None:
-    backoff = Backoff(base_s=0.5, cap_s=30.0, stable_after_s=60.0, _random=HighestDraw())
+class FakeClock:
+    """Monotonic time the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_connection_that_lasted_resets_the_schedule_and_retries_quickly() -> None:
+    clock = FakeClock()
+    backoff = Backoff(base_s=0.5, cap_s=30.0, _random=HighestDraw(), _clock=clock)
     delays(backoff, 5)
-    backoff.connection_lasted(60.0)
+    backoff.connection_lasted(LASTED_S)
     assert backoff.attempt == 0
-    assert delays(backoff, 3) == [0.5, 1.0, 2.0]
+    # Within the quick window every retry is a draw from QUICK_RETRY_S: never above its top.
+    assert delays(backoff, 4) == [QUICK_RETRY_S[1]] * 4
+    clock.now += QUICK_WINDOW_S
+    # Past it, repeated failures back off from the base again, up to the cap.
+    assert delays(backoff, 8) == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_quick_retries_are_jittered_within_their_range() -> None:
+    backoff = Backoff(_random=random.Random(1), _clock=FakeClock())
+    backoff.connection_lasted(LASTED_S)
+    draws = delays(backoff, 50)
+    assert all(QUICK_RETRY_S[0] <= d <= QUICK_RETRY_S[1] for d in draws)
+    assert len(set(draws)) == 50
 
 
 def test_a_brief_connection_keeps_growing() -> None:
-    backoff = Backoff(base_s=0.5, cap_s=30.0, stable_after_s=60.0, _random=HighestDraw())
+    clock = FakeClock()
+    backoff = Backoff(base_s=0.5, cap_s=30.0, _random=HighestDraw(), _clock=clock)
     delays(backoff, 5)
-    backoff.connection_lasted(59.9)
+    backoff.connection_lasted(LASTED_S - 0.1)
     assert backoff.attempt == 5
     assert backoff.next_delay() == 16.0
 
 
-def test_repr_hides_the_random_source() -> None:
+def test_lasted_is_a_setting() -> None:
+    backoff = Backoff(stable_after_s=60.0, _random=HighestDraw(), _clock=FakeClock())
+    delays(backoff, 5)
+    backoff.connection_lasted(59.9)
+    assert backoff.next_delay() == 16.0
+    backoff.connection_lasted(60.0)
+    assert backoff.next_delay() == QUICK_RETRY_S[1]
+
+
+def test_repr_hides_the_random_source_and_the_clock() -> None:
     backoff = Backoff(_random=random.Random(1))
-    assert repr(backoff) == "Backoff(base_s=0.5, cap_s=30.0, stable_after_s=60.0, attempt=0)"
+    assert repr(backoff) == "Backoff(base_s=0.5, cap_s=30.0, stable_after_s=5.0, attempt=0)"

@@ -256,7 +256,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="hostmux-cluster-"))
     results: dict[str, Any] = {
         "command": command_line(), "machine": machine_facts(None, None), "runs": [],
-        "moves": [], "scale": [],
+        "moves": [], "scale": [], "duration": args.duration,
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }  # fmt: skip
     rows = {"hostmux-openssh": ROWS["hostmux-openssh"], **CLUSTER_ROWS}
@@ -368,6 +368,19 @@ def render(results: dict[str, Any]) -> str:
                 f"{_f(c64.get('router_cpu_us'), 1)} |"
                 + (f" {s['error'][:120]}" if "error" in s else "")
             )
+    if results["scale"]:
+        cpus = machine.get("cpus_usable") or 0
+        lines += ["", (
+            f"Each scale step loads for {results.get('duration', '?')} s after a 1 s settle, no "
+            "warm-up; wrk shares the machine. "
+            + (
+                f"With {cpus} usable CPUs this table cannot show scaling: the goals (4 workers at "
+                "least 3x one; 4 workers at least 1.0x sshd + nginx at -c64 and -c256) need "
+                "at least "
+                "8 free cores and are unmeasured here."
+                if cpus < 8 else ""
+            )
+        )]  # fmt: skip
     lines += ["", END]
     return "\n".join(lines) + "\n"
 

@@ -110,7 +110,7 @@ async def peer_certificate(
     stream = trio.SSLStream(tcp, context, server_hostname=server_name)
     try:
         await stream.do_handshake()
-        der = stream.getpeercert(binary_form=True)
+        der: bytes | None = stream.getpeercert(binary_form=True)
         assert der is not None
         return der
     finally:
@@ -126,7 +126,7 @@ async def get_over_tls(
     stream = trio.SSLStream(tcp, context, server_hostname=server_name)
     try:
         await stream.do_handshake()
-        der = stream.getpeercert(binary_form=True)
+        der: bytes | None = stream.getpeercert(binary_form=True)
         assert der is not None
         await stream.send_all(
             f"GET {target} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode()

@@ -178,16 +178,21 @@ async def test_sighup_swaps_the_certificate_and_keeps_tunnels_and_websockets(
     padded = {"x-pad": "a" * 2000}
     assert (await router.get("demo", "/", headers=padded)).status_code == 200
 
-    # New files and a smaller header limit, then SIGHUP.
+    # New files, another authorized_keys file and a smaller header limit, then SIGHUP.
     install(second, cert, key)
-    write_config(config, **options, max_header_bytes=1024)
+    bob = stack.new_key("bob")
+    more_keys = tmp_path / "more_keys"
+    more_keys.write_text(public_key_of(alice).read_text() + public_key_of(bob).read_text())
+    write_config(config, **options, max_header_bytes=1024, authorized_keys_file=more_keys)
     tunnel_lines = len(router.proc.lines)
     mark = await reload(router.proc)
-    assert router.proc.find(r"event=reloaded changed=max_header_bytes$", mark)
+    assert router.proc.find(r"event=reloaded changed=authorized_keys_file,max_header_bytes$", mark)
+    await stack.openssh_tunnel(router, bob, "bobs", app.port)  # the new file lets bob in
     # A new handshake sees the new certificate (and a client trusting it verifies it)...
     assert await peer_certificate(
         router.https_port, f"demo.{DOMAIN}", trust=second.ca_cert
     ) == der_of(second.cert)
+    assert await peer_certificate(router.https_port, None) == der_of(second.cert)  # no SNI
     # ...while the WebSocket opened before keeps echoing over its first handshake,
     assert stream.getpeercert(binary_form=True) == der_of(first.cert)
     await websocket.send_message("after")

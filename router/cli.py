@@ -67,28 +67,14 @@ def check_config(argv: Sequence[str]) -> int:
     prog = "hostmux-router check-config"
     try:
         config = load_config(argv, prog=prog)
+        from router.server import check_files  # loads asyncssh: not for the plain --help
+
         check_files(config)
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(config_toml(config))
     return 0
-
-
-def check_files(config: RouterConfig) -> None:
-    """What the router reads before it listens: certificates, CA keys, authorized_keys, the
-    cluster link's files; a ConfigError names the first bad one. Creates nothing."""
-    from router.ssh.auth import AuthorizedKeys, load_ca_fingerprints
-    from router.state import file_certificates
-
-    file_certificates(config)
-    if config.portal_ca_keys_file is not None:
-        load_ca_fingerprints(config.portal_ca_keys_file)
-    AuthorizedKeys(config.authorized_keys_path)  # strict: a bad line is an error
-    if config.cluster_listen:
-        from router.cluster.setup import link_tls
-
-        link_tls(config)
 
 
 def is_supervisor(config: RouterConfig) -> bool:

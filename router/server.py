@@ -213,6 +213,20 @@ def build_router(config: RouterConfig) -> Router:
     )
 
 
+def check_files(config: RouterConfig) -> None:
+    """``check-config``: what ``build_router`` reads before anything listens (certificates,
+    CA keys, authorized_keys, the cluster link's files), creating nothing; a ConfigError
+    names the first bad one."""
+    file_certificates(config)
+    if config.portal_ca_keys_file is not None:
+        load_ca_fingerprints(config.portal_ca_keys_file)
+    AuthorizedKeys(config.authorized_keys_path)  # strict: a bad line is an error here
+    if config.cluster_listen:
+        from router.cluster.setup import link_tls
+
+        link_tls(config)
+
+
 async def bind_router(router: Router, listening: Listening) -> None:
     """Step 2: bind every listener into ``listening`` (kept there even when a later one
     fails); a worker serves the sockets its supervisor bound (``listen_fds``) instead."""

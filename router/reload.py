@@ -7,10 +7,11 @@ Rules:
    whole: ``reload_failed`` says why and everything stays as it was.
 2. What a reload applies (``RELOADABLE``): the TLS certificates and keys
    (``tls_cert_file``/``tls_key_file``, ``tls_cert_dir``), ``authorized_keys``,
-   the portal CA keys, the browser and SSH limits, the HTTP timeouts, the log
-   level. New TLS handshakes get the new certificates; connections already made
-   keep theirs; new browser connections get the new limits and timeouts; no
-   tunnel and no browser connection is dropped.
+   the portal CA keys, the browser and SSH limits, the HTTP timeouts, the
+   portal's timeout and cache lifetimes, the log level. New TLS handshakes get
+   the new certificates; connections already made keep theirs; new browser
+   connections get the new limits and timeouts; no tunnel and no browser
+   connection is dropped.
 3. Any other option that changed (listen addresses, workers, registry, ...)
    needs a restart: one ``reload_needs_restart`` line names them all (said by
    the supervisor, not by each of its workers), and their old values stay.
@@ -40,6 +41,7 @@ log = logging.getLogger("hostmux.router")
 _TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_cert_dir")
 _KEY_FILES = ("authorized_keys_file", "portal_ca_keys_file")
 _BROWSER_LIMITS = ("max_connections", "max_connections_per_ip")
+_PORTAL_TIMES = ("portal_timeout_s", "portal_cache_ttl_s", "portal_negative_cache_ttl_s")
 _SSH_LIMITS = (
     "max_ssh_connections_per_key", "max_tunnels_per_key", "ssh_auth_failures_burst",
     "ssh_auth_failures_per_minute",
@@ -51,7 +53,15 @@ _RELAY_LIMITS = (
     "websocket_idle_timeout_s", "max_header_bytes", "max_requests_per_connection",
 )  # fmt: skip
 RELOADABLE = frozenset(
-    (*_TLS_FILES, *_KEY_FILES, *_BROWSER_LIMITS, *_SSH_LIMITS, *_RELAY_LIMITS, "log_level")
+    (
+        *_TLS_FILES,
+        *_KEY_FILES,
+        *_BROWSER_LIMITS,
+        *_SSH_LIMITS,
+        *_RELAY_LIMITS,
+        *_PORTAL_TIMES,
+        "log_level",
+    )
 )
 # Set by the supervisor for each worker, the same on every reading.
 _NOT_OPTIONS = frozenset({"worker_index", "listen_fds"})
@@ -146,3 +156,8 @@ def _apply_limits(router: Router, config: RouterConfig) -> None:
         burst=config.ssh_auth_failures_burst, per_minute=config.ssh_auth_failures_per_minute
     )
     router.relay_limits = config.relay_limits
+    if router.auth.portal is not None:
+        router.auth.portal.retune(
+            timeout_s=config.portal_timeout_s, ttl_s=config.portal_cache_ttl_s,
+            negative_ttl_s=config.portal_negative_cache_ttl_s,
+        )  # fmt: skip

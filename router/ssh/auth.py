@@ -157,6 +157,10 @@ class Authenticator:
         return self._authorized
 
     @property
+    def portal(self) -> PortalKeys | None:
+        return self._portal
+
+    @property
     def ca_fingerprints(self) -> frozenset[str]:
         return self._ca_fingerprints
 

@@ -146,3 +146,62 @@ def test_a_bad_certificate_directory_names_the_file(tmp_path: Path, case: str) -
     with pytest.raises(ConfigError) as raised:
         load_certificates(None, None, directory)
     assert str(raised.value) == expected
+
+
+def _router_config(tmp_path: Path, **values: object) -> RouterConfig:
+    defaults: dict[str, object] = {
+        "state_dir": tmp_path / "state", "authorized_keys_file": tmp_path / "keys",
+        "ssh_listen": ["127.0.0.1:0"], "https_listen": ["127.0.0.1:0"], "http_listen": [],
+        "portal_keys_url": "http://127.0.0.1:9/instances/{id}/keys",
+    }  # fmt: skip
+    return RouterConfig(**{**defaults, **values})  # type: ignore[arg-type]
+
+
+def test_reload_router_applies_the_limits_to_the_router_s_parts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from router.reload import reload_router
+    from router.server import build_router
+
+    router = build_router(_router_config(tmp_path))
+    new = _router_config(
+        tmp_path, max_connections=7, max_connections_per_ip=3, max_tunnels_per_key=2,
+        max_ssh_connections_per_key=4, ssh_auth_failures_burst=5, header_timeout_s=1.5,
+        portal_timeout_s=2.5, portal_cache_ttl_s=9.0, log_level="warning",
+        ssh_listen=["127.0.0.1:1"],
+    )  # fmt: skip
+    previous_level = logging.getLogger().level
+    with caplog.at_level(logging.INFO, logger="hostmux.router"):
+        try:
+            reload_router(router, lambda: new)
+            assert logging.getLogger().level == logging.WARNING
+        finally:
+            logging.getLogger().setLevel(previous_level)
+    assert (router.browsers.max_total, router.browsers.max_per_key) == (7, 3)
+    assert router.ssh_limits.max_tunnels_per_owner == 2
+    assert router.ssh_limits.connections.max_per_key == 4
+    assert router.current_limits().header_timeout_s == 1.5
+    assert router.config.portal_timeout_s == 2.5
+    assert router.config.ssh_listen == ["127.0.0.1:0"]  # needs a restart: kept
+    messages = [record.getMessage() for record in caplog.records]
+    assert "event=reload_needs_restart options=ssh_listen" in messages
+
+
+def test_a_config_that_does_not_load_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from router.reload import reload_router
+    from router.server import build_router
+
+    router = build_router(_router_config(tmp_path))
+    before = router.config
+
+    def broken() -> RouterConfig:
+        raise ConfigError("/etc/hostmux/router.toml: invalid TOML: line 1")
+
+    reload_router(router, broken)
+    assert router.config is before
+    assert [r.getMessage() for r in caplog.records if "reload" in r.getMessage()] == [
+        'event=reload_failed reason="/etc/hostmux/router.toml: invalid TOML: line 1" '
+        'action="kept the running config"'
+    ]

@@ -205,3 +205,28 @@ def test_a_config_that_does_not_load_changes_nothing(
         'event=reload_failed reason="/etc/hostmux/router.toml: invalid TOML: line 1" '
         'action="kept the running config"'
     ]
+
+
+def test_the_portal_ca_keys_are_read_again_and_a_bad_file_keeps_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from router.reload import reload_router
+    from router.server import build_router
+
+    first, second = keys.generate_keypair(), keys.generate_keypair()
+    cas = tmp_path / "portal_cas.pub"
+    cas.write_text(first.public_openssh + "\n")
+    config = _router_config(tmp_path, portal_ca_keys_file=cas)
+    router = build_router(config)
+    assert router.auth.ca_fingerprints == {first.fingerprint}
+
+    cas.write_text(first.public_openssh + "\n" + second.public_openssh + "\n")
+    reload_router(router, lambda: config)  # the same name, new contents
+    assert router.auth.ca_fingerprints == {first.fingerprint, second.fingerprint}
+
+    cas.write_text("ssh-ed25519 not-base64\n")
+    reload_router(router, lambda: config)
+    assert router.auth.ca_fingerprints == {first.fingerprint, second.fingerprint}
+    kept = [r.getMessage() for r in caplog.records if "reload_kept" in r.getMessage()]
+    assert len(kept) == 1
+    assert kept[0].startswith(f'event=reload_kept what=portal_ca_keys reason="{cas}:1: ')

@@ -127,3 +127,11 @@ async def test_json_log_lines_parse_with_the_logfmt_fields(stack: Stack, tmp_pat
     assert await proc.stop() == 0
     for line in proc.lines:  # every line the router wrote is one JSON object
         assert isinstance(json.loads(line), dict), line
+
+
+@pytest.mark.parametrize(("component", "prog"), [("router", "hostmux-router"),
+                                                 ("listener", "hostmux-listener")])  # fmt: skip
+def test_an_unknown_log_format_is_one_line_and_exit_2(component: str, prog: str) -> None:
+    done = run(component, "--log-format", "yaml")
+    assert done.returncode == 2
+    assert done.stderr == f"{prog}: error: log_format: 'yaml' is not logfmt or json\n"

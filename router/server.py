@@ -14,6 +14,9 @@
    ``shutdown_grace_s`` to finish, then close the SSH side (tunnel clients
    reconnect, to this router when it is back or to another).
 
+Between 3 and 4, SIGHUP (when ``run_router`` is given ``reload``) applies a new
+configuration in place, without touching a connection: ``router.reload``.
+
 Resource handling: ``run_router`` owns every listener and connection it
 starts (in ``Listening``) and releases them in step 4 whatever happened.
 Error handling: configuration faults are ``ConfigError`` (the CLI prints one

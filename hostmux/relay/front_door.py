@@ -77,12 +77,13 @@ def connection_handler(
     scheme: str,
     *,
     gateway: Gateway,
-    limits: RelayLimits,
+    limits: RelayLimits | Callable[[], RelayLimits],
     connections: ConnectionSet,
     counts: ConnectionCounts,
     trusted_proxies: TrustedProxies | None = None,
 ) -> ConnectionHandler:
-    """What each accepted browser connection runs (also used by one-port mode)."""
+    """What each accepted browser connection runs (also used by one-port mode); ``limits``
+    may be a function, asked once per connection (the router's reload changes them)."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -96,12 +97,13 @@ def connection_handler(
             writer.transport.abort()
             return
         try:
+            now = limits() if callable(limits) else limits
             info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
             stream = ReaderWriterStream(
                 reader, writer, label=f"{scheme}:{ip}:{peer[1]}",
-                close_linger_s=limits.send_timeout_s,
+                close_linger_s=now.send_timeout_s,
             )  # fmt: skip
-            relay = HttpRelay(stream, info, gateway, limits, log_request, trusted_proxies)
+            relay = HttpRelay(stream, info, gateway, now, log_request, trusted_proxies)
             connections.add(task, relay)
             await relay.run()
         except asyncio.CancelledError:
@@ -120,7 +122,7 @@ async def start_front_door(
     port: int,
     *,
     gateway: Gateway,
-    limits: RelayLimits,
+    limits: RelayLimits | Callable[[], RelayLimits],
     connections: ConnectionSet,
     counts: ConnectionCounts,
     trusted_proxies: TrustedProxies | None = None,

@@ -15,8 +15,12 @@ It never serves a request and never loads asyncssh. In order:
 5. passes SIGTERM/SIGINT on and waits: each worker does a router's graceful
    shutdown (leases released at once, requests drained); a second signal, or
    ``shutdown_grace_s + _STOP_MARGIN_S`` without an end, kills the rest with
-   SIGKILL. SIGHUP is passed on; a worker that ends of it starts again at once.
-   SIGUSR1 (a router's live counts) is passed on too.
+   SIGKILL. SIGHUP is a reload (``router.reload``): the supervisor reads the
+   configuration again to name, in one line, the options that need a restart,
+   and passes SIGHUP on to every worker, which reloads in place (same process,
+   no tunnel dropped); a worker that ends of it (one still starting, before its
+   handler is in place) starts again at once. SIGUSR1 (a router's live counts)
+   is passed on too.
 
 Why subprocesses and not ``multiprocessing``: each worker is exactly the
 router an operator would start by hand (``ps`` shows its command line, its
@@ -46,8 +50,9 @@ from typing import Any
 import keys
 from hostmux.config.layered import ConfigError
 from hostmux.log import describe, fields
-from router.config import RouterConfig
-from router.state import file_tls_context, prepare_state
+from router.config import RouterConfig, load_config
+from router.reload import needs_restart
+from router.state import file_certificates, prepare_state
 from router.workers.cluster_files import own_cluster_link
 from router.workers.plan import (
     ClusterLink,
@@ -84,7 +89,7 @@ async def run_supervisor(config: RouterConfig, argv: Sequence[str]) -> None:
         keys.check_router_id(worker_router_id(base, count))
     except keys.KeysError as exc:
         raise ConfigError(f"router_id (the workers' base id {base!r}): {exc}") from None
-    file_tls_context(config)  # the operator's certificate files, checked once
+    file_certificates(config)  # the operator's certificate files, checked once
     prepare_state(config)
     cluster = _cluster_link(config, base)
     bound = bind_listeners(config)
@@ -241,6 +246,13 @@ class Supervisor:
         self._send_all(signum)
 
     def _pass_hup(self) -> None:
+        try:
+            restart = needs_restart(self._config, load_config(self._argv))
+        except ConfigError as exc:  # each worker says so too, and keeps its configuration
+            log.error(fields("reload_failed", reason=str(exc), action="kept the running config"))
+        else:
+            if restart:
+                log.warning(fields("reload_needs_restart", options=",".join(restart)))
         log.info(fields("sighup_passed_on", workers=len(self._workers)))
         self._hup_sent.update(self._workers)
         self._send_all(signal.SIGHUP)

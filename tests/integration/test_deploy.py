@@ -473,6 +473,20 @@ def test_the_compose_tool_refuses_a_broken_file(tmp_path: Path) -> None:
     assert done.returncode != 0 and "valkey" in done.stderr
 
 
+def test_the_compose_files_follow_the_compose_specification(tmp_path: Path) -> None:
+    # The Compose Specification's own JSON schema (vendored by check-jsonschema), which
+    # today's docker compose follows; Debian's docker-compose 1.29 above is older.
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema is in the test extra")
+    check = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
+    done = run(*check, *COMPOSE_FILES)
+    assert done.returncode == 0, done.stdout + done.stderr
+    broken = tmp_path / "compose.yaml"
+    text = (DOCKER / "compose.yaml").read_text()
+    broken.write_text(text.replace("stop_grace_period:", "stop_grace_periode:"))
+    done = run(*check, broken)
+    assert done.returncode != 0 and "stop_grace_periode" in done.stdout
+
+
 # --- Kubernetes ------------------------------------------------------------------------
 
 
@@ -541,3 +555,24 @@ def test_a_bad_sidecar_argument_is_caught() -> None:
     sidecar["args"] = [*sidecar["args"], "--app=127.0.0.1:88888"]
     with pytest.raises(ConfigError, match="app: expected HOST:PORT"):
         container_config(sidecar)
+
+
+# Native sidecars (an init container's restartPolicy) came with Kubernetes 1.29 (beta, on
+# by default); the pod must also be valid for the newest schema the validator knows.
+OLDEST_KUBERNETES = "1.29.0"
+
+
+def test_the_pod_passes_the_kubernetes_schema() -> None:
+    validator = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is in the test extra"
+    )
+    for version in (OLDEST_KUBERNETES, validator.latest_version()):
+        validator.validate(pod(), version, strict=True)  # raises ValidationError
+    with pytest.raises(validator.ValidationError, match="restartPolicy"):
+        validator.validate(pod(), "1.27.0", strict=True)  # before native sidecars
+    typo = pod()
+    typo["spec"]["initContainers"][1]["volumeMount"] = typo["spec"]["initContainers"][1].pop(
+        "volumeMounts"
+    )
+    with pytest.raises(validator.ValidationError, match="volumeMount"):
+        validator.validate(typo, OLDEST_KUBERNETES, strict=True)

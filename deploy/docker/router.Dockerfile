@@ -24,7 +24,9 @@ RUN python -m venv /opt/hostmux \
     && /opt/hostmux/bin/pip install --no-cache-dir /src
 
 FROM python:3.11-slim-bookworm
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/hostmux --create-home \
+# Its own group with the same id, so USER 10001:10001 (and a pod's runAsGroup) owns the home.
+RUN groupadd --gid 10001 hostmux \
+    && useradd --uid 10001 --gid 10001 --no-log-init --home-dir /var/lib/hostmux --create-home \
         --shell /usr/sbin/nologin hostmux
 COPY --from=build /opt/hostmux /opt/hostmux
 ENV PATH=/opt/hostmux/bin:$PATH \

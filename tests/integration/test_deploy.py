@@ -322,6 +322,11 @@ def test_the_dockerfiles_agree_on_the_base_user_and_program() -> None:
         assert bases == ["python:3.11-slim-bookworm"] * 2, path
         users = [rest for word, rest in instructions if word == "USER"]
         assert users == ["10001:10001"], path  # non-root, numeric (runAsNonRoot can check)
+        # ...and that user and group exist in the image with those ids (useradd --system
+        # --user-group would give the group an id of its own choosing).
+        commands = " ".join(rest for word, rest in instructions if word == "RUN")
+        assert "groupadd --gid 10001 hostmux" in commands
+        assert "useradd --uid 10001 --gid 10001 " in commands
         (entrypoint,) = (json.loads(rest) for word, rest in instructions if word == "ENTRYPOINT")
         assert entrypoint == [f"hostmux-{component}"]
         assert build_stage(path) == build_stage(DOCKER / "router.Dockerfile")

@@ -148,6 +148,11 @@ class Authenticator:
     def __repr__(self) -> str:
         return f"<Authenticator portal={self._portal!r} cas={len(self._ca_fingerprints)}>"
 
+    @property
+    def portal(self) -> PortalKeys | None:
+        """The portal's keys (portal mode), for metrics and readiness; None without one."""
+        return self._portal
+
     async def grant_for_key(
         self, username: str, key: asyncssh.SSHKey, peer_ip: str
     ) -> KeyGrant | None:

@@ -56,12 +56,20 @@ class AuthHelperConfig:
         minimum=1,
         maximum=DAY_S,
     )
+    metrics_listen: str = option(
+        "",
+        "serve /metrics (Prometheus), /healthz and /readyz here (HOST:PORT; loopback or a "
+        "private address: nothing there is authenticated); empty: off",
+        metavar="HOST:PORT",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 
     def __post_init__(self) -> None:
         check_ranges(self)
         parse_host_port(self.listen, "listen")
         parse_host_port(self.app, "app")
+        if self.metrics_listen:
+            parse_host_port(self.metrics_listen, "metrics_listen")
         try:
             check_name(self.instance_id)
         except InvalidName as exc:

@@ -8,9 +8,18 @@ thread only, and hand them to prometheus-client as metric families when
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
 from collections.abc import Sequence
+from importlib import metadata
 
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Info,
+)
 from prometheus_client.core import HistogramMetricFamily
 
 # Request and look-up durations, in seconds: 1 ms to a minute (a WebSocket's
@@ -61,3 +70,20 @@ def code_class(status: int) -> str:
 
 
 _CODE_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def process_registry(component: str) -> CollectorRegistry:
+    """A registry with the process's own figures and ``hostmux_build_info``."""
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    build = Info("hostmux_build", "the hostmux that runs here", registry=registry)
+    build.info({"version": _version(), "component": component, "python": platform.python_version()})
+    return registry
+
+
+def _version() -> str:
+    try:
+        return metadata.version("hostmux")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"

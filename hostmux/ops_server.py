@@ -33,6 +33,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.log import describe, fields
 
 log = logging.getLogger("hostmux.ops")
@@ -158,6 +159,18 @@ class OpsServer:
             return future.result(timeout=LOOP_ANSWER_S)
         finally:
             future.cancel()
+
+
+def start_ops_server(listen: str, endpoints: Endpoints) -> OpsServer:
+    """``OpsServer`` on ``listen`` (HOST:PORT) for the running loop; a ConfigError when
+    the address cannot be had. Call from the event loop."""
+    server = OpsServer(endpoints, asyncio.get_running_loop())
+    host, port = parse_host_port(listen, "metrics_listen")
+    try:
+        server.start(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    return server
 
 
 async def _pong() -> None:

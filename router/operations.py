@@ -25,27 +25,23 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
-    Info,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hostmux.metric_values import DurationHistogram, code_class, histogram_family
+from hostmux.metric_values import (
+    DurationHistogram,
+    code_class,
+    histogram_family,
+    process_registry,
+)
 from hostmux.ops_server import Readiness
 from hostmux.relay import RequestRecord
 from hostmux.relay.front_door import log_request
@@ -193,23 +189,6 @@ def certificate_problem(cert_file: Path | None, domain: str) -> str:
     if not any(name == domain or name.endswith("." + domain) for name in dns):
         return f"the TLS certificate {cert_file} names no host under {domain}"
     return ""
-
-
-def process_registry(component: str) -> CollectorRegistry:
-    """A registry with the process's own figures and ``hostmux_build_info``."""
-    registry = CollectorRegistry(auto_describe=True)
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(collector)
-    build = Info("hostmux_build", "the hostmux that runs here", registry=registry)
-    build.info({"version": _version(), "component": component, "python": platform.python_version()})
-    return registry
-
-
-def _version() -> str:
-    try:
-        return metadata.version("hostmux")
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
 
 
 def _address_of(server: asyncio.Server) -> str:

@@ -277,16 +277,9 @@ async def _bind_ops(router: Router, ops: RouterOps, listening: Listening) -> Non
             where, serve_worker_snapshots(config.state_dir, config.worker_index, ops.snapshot)
         )
         return
-    from hostmux.ops_server import Endpoints, OpsServer
+    from hostmux.ops_server import Endpoints, start_ops_server
 
-    server = OpsServer(Endpoints(ops.metrics, ops.readiness), asyncio.get_running_loop())
-    host, port = parse_host_port(config.metrics_listen, "metrics_listen")
-    try:
-        server.start(host, port)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {config.metrics_listen}: {exc.strerror or exc}"
-        ) from None
+    server = start_ops_server(config.metrics_listen, Endpoints(ops.metrics, ops.readiness))
     listening.ops_server = server
     listening.addresses["metrics"].append(server.address)
 

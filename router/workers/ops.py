@@ -37,8 +37,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from hostmux.config.layered import ConfigError
+from hostmux.metric_values import process_registry
 from hostmux.ops_server import Readiness
-from router.operations import process_registry, readiness_families, readiness_of
+from router.operations import readiness_families, readiness_of
 
 log = logging.getLogger("hostmux.router")
 

@@ -49,7 +49,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import keys
-from hostmux.config.layered import ConfigError, parse_host_port
+from hostmux.config.layered import ConfigError
 from hostmux.log import describe, fields
 from hostmux.systemd import Notifier, without_notify
 from router.config import RouterConfig
@@ -163,18 +163,11 @@ class Supervisor:
 
     async def _start_ops(self) -> OpsServer:
         # Imported here: prometheus-client is loaded only when metrics are served.
-        from hostmux.ops_server import Endpoints, OpsServer
+        from hostmux.ops_server import Endpoints, start_ops_server
         from router.workers.ops import SupervisorOps
 
         ops = SupervisorOps(self._config.state_dir, self._count)
-        server = OpsServer(Endpoints(ops.metrics, ops.readiness), asyncio.get_running_loop())
-        host, port = parse_host_port(self._config.metrics_listen, "metrics_listen")
-        try:
-            server.start(host, port)
-        except OSError as exc:
-            where = self._config.metrics_listen
-            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-        return server
+        return start_ops_server(self._config.metrics_listen, Endpoints(ops.metrics, ops.readiness))
 
     async def _run(self, addresses: dict[str, list[str]], metrics: str | None) -> None:
         log.info(

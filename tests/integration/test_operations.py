@@ -378,3 +378,61 @@ async def test_a_real_prometheus_scrapes_the_router(world: World, tmp_path: Path
     assert float(series["value"][1]) == 5
     up = (await get(web, '/api/v1/query?query=up{job="hostmux"}')).json()["data"]["result"]
     assert [float(s["value"][1]) for s in up] == [1.0]
+
+
+async def test_the_listener_reports_its_connection_and_its_drop(world: World) -> None:
+    stack, router = world.stack, world.router
+    router.authorize(public_key_of(world.key))
+    listener = await stack.listener(
+        router, world.key, world.app.port, "--name", "demo", "--metrics-listen", "127.0.0.1:0",
+        "--no-check-url",
+    )  # fmt: skip
+    port = int((await listener.wait_for(r"event=listener_metrics listen=127\.0\.0\.1:(\d+)"))[1])
+    await listener.wait_for(r"event=tunnel_up name=demo ")
+    ready = await get(port, "/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    text = (await get(port, "/metrics")).text
+    assert await promtool_check(text) == ""
+    assert sample(text, "hostmux_listener_connected") == 1
+    assert sample(text, "hostmux_listener_connects_total", result="ok") == 1
+    assert sample(text, "hostmux_listener_reconnects_total") == 0
+    assert sample(text, "hostmux_build_info", component="listener") == 1
+
+    # The router goes: the listener says so, and is not ready until it holds the name again.
+    mark = len(listener.lines)
+    assert await router.proc.stop() == 0
+    await listener.wait_for(r"event=tunnel_down name=demo ", start=mark)
+    text = (await get(port, "/metrics")).text
+    assert sample(text, "hostmux_listener_connected") == 0
+    assert sample(text, "hostmux_listener_reconnects_total") == 1
+    not_ready = await get(port, "/readyz")
+    assert not_ready.status_code == 503
+    assert "no connection holds the name" in not_ready.json()["reason"]
+    assert (await get(port, "/healthz")).status_code == 200
+
+
+async def test_the_auth_helper_counts_requests_sent_to_log_in(stack: Stack) -> None:
+    app = await stack.start_app()
+    helper = await stack.spawn(
+        "authhelper",
+        [
+            sys.executable, "-m", "authhelper", "--listen", "127.0.0.1:0",
+            "--app", f"127.0.0.1:{app.port}", "--instance-id", "demo",
+            # Nothing listens there: a request without a session is only redirected.
+            "--portal-url", "http://127.0.0.1:9", "--public-url", "https://demo.localhost",
+            "--cookie-keys-file", str(stack.path("cookie-keys")),
+            "--metrics-listen", "127.0.0.1:0",
+        ],
+    )  # fmt: skip
+    ready = await helper.wait_for(r"event=authhelper_ready listen=127\.0\.0\.1:(\d+) .*" + METRICS)
+    helper_port, port = int(ready[1]), int(ready[2])
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        answer = await client.get(
+            f"http://127.0.0.1:{helper_port}/x", headers={"host": "demo.localhost"}
+        )
+    assert answer.status_code == 302
+    text = (await get(port, "/metrics")).text
+    assert await promtool_check(text) == ""
+    assert sample(text, "hostmux_authhelper_denials_total", reason="no_session") == 1
+    assert sample(text, "hostmux_authhelper_logins_total", result="ok") == 0
+    assert (await get(port, "/readyz")).json() == {"status": "ready"}

@@ -19,6 +19,8 @@ import socket
 import struct
 import sys
 from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -29,7 +31,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import START_TIMEOUT_S, Router, Stack, World, public_key_of
+from .conftest import (
+    START_TIMEOUT_S,
+    Router,
+    Stack,
+    World,
+    public_key_of,
+    websocket_and_stream,
+)
 from .redis_server import RedisServer
 from .test_workers import BASE_ID, Workers, requests_until_both_workers_answer, worker_ready
 
@@ -119,6 +128,16 @@ async def test_metrics_pass_promtool_and_count_each_request_through_a_tunnel(
     # No per-name series unless asked for.
     assert "demo" not in (await get(port, "/metrics")).text
     assert (await get(port, "/other")).status_code == 404
+
+    # A WebSocket through the tunnel is open while it echoes, and counted once it ends.
+    stream, websocket = await websocket_and_stream(stack.nursery, router, "demo")
+    await websocket.send_message("ping")
+    assert await websocket.get_message() == "ping"
+    assert sample((await get(port, "/metrics")).text, "hostmux_websockets_open") == 1
+    await websocket.aclose()
+    await stream.aclose()
+    assert await counted_after(port, 1, code_class="1xx") == 1
+    assert sample((await get(port, "/metrics")).text, "hostmux_websockets_open") == 0
 
 
 async def test_per_tunnel_series_only_when_asked(stack: Stack) -> None:
@@ -436,3 +455,45 @@ async def test_the_auth_helper_counts_requests_sent_to_log_in(stack: Stack) -> N
     assert sample(text, "hostmux_authhelper_denials_total", reason="no_session") == 1
     assert sample(text, "hostmux_authhelper_logins_total", result="ok") == 0
     assert (await get(port, "/readyz")).json() == {"status": "ready"}
+
+
+async def ready_state(port: int, status: int, state: str) -> dict[str, Any]:
+    """/readyz's body once it answers ``status`` with ``state`` (polled under a deadline)."""
+    with trio.fail_after(START_TIMEOUT_S):
+        while True:
+            answer = await get(port, "/readyz")
+            body: dict[str, Any] = answer.json()
+            if (answer.status_code, body["status"]) == (status, state):
+                return body
+            await trio.sleep(0.1)  # the registry is checked each renewal round (1 s here)
+
+
+async def test_readyz_follows_the_registry_degraded_then_cut_off(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    """Redis stops: the router serves its tunnels (degraded, 200) for name_reservation_s,
+    then closes them and is not ready (503) until Redis is back."""
+    router, port = await metrics_router(
+        stack, "--registry", redis_server.url, "--lease-ttl-s", "3",
+        "--name-reservation-s", "4",
+    )  # fmt: skip
+    # A tunnel: its lease renewals are how the router finds the registry gone.
+    app = await stack.start_app()
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    await stack.openssh_tunnel(router, key, "demo", app.port)
+    assert (await get(port, "/readyz")).json() == {"status": "ready"}
+    redis_server.stop()
+    body = await ready_state(port, 200, "degraded")
+    assert body["degraded"] == {"registry": ANY}
+    text = (await get(port, "/metrics")).text
+    assert sample(text, "hostmux_degraded", component="registry") == 1
+    assert sample(text, "hostmux_ready") == 1
+    assert (await router.get("demo", "/")).status_code == 200  # degraded, still serving
+    body = await ready_state(port, 503, "not ready")
+    assert str(body["reason"]).startswith("cut off from the route registry for ")
+    await router.proc.wait_for(r"event=tunnel_closed name=demo ")  # at the next round
+    assert sample((await get(port, "/metrics")).text, "hostmux_tunnels") == 0
+    assert sample((await get(port, "/metrics")).text, "hostmux_ready") == 0
+    assert (await get(port, "/healthz")).status_code == 200
+    assert router.proc.process.returncode is None  # still running, waiting for Redis

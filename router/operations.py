@@ -247,7 +247,9 @@ class _RouterCollector(Collector):
         failures = CounterMetricFamily(
             "hostmux_ssh_auth_failures", "SSH logins refused, by reason", labels=["reason"]
         )
-        failures.add_metric(["key_refused"], counts["ssh_auth_refused_key"])
+        portal_down = router.auth.portal_down_refusals  # (among the refused keys)
+        failures.add_metric(["key_refused"], counts["ssh_auth_refused_key"] - portal_down)
+        failures.add_metric(["portal_unavailable"], portal_down)
         yield failures
         yield GaugeMetricFamily(
             "hostmux_browser_connections", "browser connections open",

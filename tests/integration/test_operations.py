@@ -174,6 +174,17 @@ async def test_readyz_is_degraded_not_failed_while_the_portal_is_down(stack: Sta
     # The router still serves (a name nobody holds: its 404 page).
     assert (await router.get("nobody", "/")).status_code == 404
     assert await promtool_check(text) == ""
+    # An instance's login while the portal is down: refused, and counted as such.
+    mark = len(router.proc.lines)
+    key = stack.new_key("instance")
+    await stack.spawn(
+        "ssh",
+        stack.ssh_argv(router, key, "-N", "-R", "alice-lab:80:127.0.0.1:9", "alice-lab@127.0.0.1"),
+    )
+    await router.proc.wait_for(r"event=ssh_auth_refused ", start=mark)
+    text = (await get(port, "/metrics")).text
+    assert sample(text, "hostmux_ssh_auth_failures_total", reason="portal_unavailable") >= 1
+    assert sample(text, "hostmux_ssh_auth_failures_total", reason="key_refused") == 0
 
 
 def write_certificate(directory: Path, host: str, *, days: tuple[int, int]) -> tuple[Path, Path]:

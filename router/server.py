@@ -376,7 +376,10 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
     if cluster is not None:
         await cluster.aclose()
     if listening.worker_ops is not None:
+        from router.workers.ops import remove_worker_socket
+
         listening.worker_ops.close()
+        remove_worker_socket(router.config.state_dir, router.config.worker_index)
     if listening.ops_server is not None:  # last: /readyz said "stopping" all along
         await listening.ops_server.close()
 

@@ -361,6 +361,7 @@ async def two_workers(stack: Stack, redis_server: RedisServer, notify: NotifySoc
     workers.supervisor.process.send_signal(signal.SIGTERM)
     assert await notify.wait_for("STOPPING=1") == supervisor
     assert await workers.supervisor.wait_exit() == 0
+    assert list(run.iterdir()) == []  # each worker removed its socket
     # NotifyAccess=main: every message came from the supervisor, none from a worker.
     assert {pid for pid, _ in notify.messages} == {supervisor}
 

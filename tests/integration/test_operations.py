@@ -509,3 +509,34 @@ async def test_readyz_follows_the_registry_degraded_then_cut_off(
     assert sample((await get(port, "/metrics")).text, "hostmux_ready") == 0
     assert (await get(port, "/healthz")).status_code == 200
     assert router.proc.process.returncode is None  # still running, waiting for Redis
+
+
+async def test_readyz_fails_while_the_router_drains_after_sigterm(stack: Stack) -> None:
+    # The grace outlasts the checks below (a request waiting for its answer holds the drain).
+    router, port = await metrics_router(stack, "--shutdown-grace-s", "5")
+    app = await stack.start_app()
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    await stack.openssh_tunnel(router, key, "demo", app.port)
+
+    async def hang(cancel_scope: trio.CancelScope) -> None:
+        with cancel_scope:
+            await router.get("demo", "/slow-headers")  # the app never answers
+
+    waiting = trio.CancelScope()
+    stack.nursery.start_soon(hang, waiting)
+    with trio.fail_after(START_TIMEOUT_S):  # the request is in flight: the drain will wait
+        while True:
+            text = (await get(port, "/metrics")).text
+            if sample(text, "hostmux_browser_connections") == 1:
+                break
+            await trio.sleep(0.02)  # polling a gauge under the deadline
+    mark = len(router.proc.lines)
+    router.proc.process.send_signal(signal.SIGTERM)
+    await router.proc.wait_for(r"event=router_stopping connections=1", start=mark)
+    answer = await get(port, "/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["reason"] == "stopping: no new connections are accepted"
+    assert (await get(port, "/healthz")).status_code == 200  # alive while it drains
+    waiting.cancel()
+    assert await router.proc.wait_exit() == 0  # after the grace at most

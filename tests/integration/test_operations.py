@@ -540,3 +540,37 @@ async def test_readyz_fails_while_the_router_drains_after_sigterm(stack: Stack) 
     assert (await get(port, "/healthz")).status_code == 200  # alive while it drains
     waiting.cancel()
     assert await router.proc.wait_exit() == 0  # after the grace at most
+
+
+async def test_portal_mode_figures_url_published_and_portal_lookups(stack: Stack) -> None:
+    """The example portal, a router in portal mode and a DIT4C listener, each counting."""
+    from .test_portal_mode import (
+        dit4c_listener,
+        start_portal,
+        start_portal_router,
+        write_private_key,
+    )
+
+    portal = await start_portal(stack)
+    router = await start_portal_router(stack, portal, "--metrics-listen", "127.0.0.1:0")
+    match = router.proc.find(r"event=router_ready .*" + METRICS)
+    assert match is not None
+    router_port = int(match[1])
+    app = await stack.start_app()
+    instance = await portal.create_instance("alice")
+    key = write_private_key(stack, instance)
+    listener = await dit4c_listener(
+        stack, router, instance, key, app, "--metrics-listen", "127.0.0.1:0"
+    )
+    port = int((await listener.wait_for(r"event=listener_metrics listen=127\.0\.0\.1:(\d+)"))[1])
+    await listener.wait_for(r"event=url_published ")  # after the portal accepted it
+    text = (await get(port, "/metrics")).text
+    assert await promtool_check(text) == ""
+    assert sample(text, "hostmux_listener_url_published_total") == 1
+    assert sample(text, "hostmux_listener_url_published_timestamp_seconds") > 1.7e9
+    assert sample(text, "hostmux_listener_connected") == 1
+    # The router asked the portal for the instance's keys, and says how long that took.
+    text = (await get(router_port, "/metrics")).text
+    assert sample(text, "hostmux_portal_lookup_duration_seconds_count") >= 1
+    assert sample(text, "hostmux_tunnels") == 1
+    assert (await get(router_port, "/readyz")).json() == {"status": "ready"}

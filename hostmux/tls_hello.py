@@ -80,7 +80,8 @@ _EXT_ALPN = 16
 _HOST_NAME_TYPE = 0
 _MAX_SESSION_ID = 32
 _MAX_HOST_NAME = 253  # a DNS name in text form, without its trailing dot
-# legacy_version (2) + random (32) + four vectors' lengths with one suite and one method.
+# legacy_version, random, an empty session id, one cipher suite and one compression
+# method, each vector with its length.
 _MIN_HELLO_BODY = 2 + 32 + 1 + 2 + 2 + 1 + 1
 
 
@@ -121,6 +122,8 @@ class HelloTimeout(HelloError):
 
 
 class NeedMore(enum.Enum):
+    """``HelloReader.feed``'s answer while the hello is not complete (``wanted`` says how much)."""
+
     NEED_MORE = "need more"
 
 

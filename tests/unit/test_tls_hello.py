@@ -276,6 +276,25 @@ def test_a_hello_split_over_records_of_any_sizes() -> None:
     assert read(data) == ClientHello(sni="split.example.org", alpn=(b"h2",), size=len(data))
 
 
+def test_a_hello_over_16_kib_spans_two_records_and_needs_a_higher_limit() -> None:
+    padding = (21, b"\x00" * 17000)  # RFC 7685 padding: what makes hellos this large
+    message = hello_message([sni_extension(b"big.example.org"), padding])
+    data = records(message, [16384])
+    limits = HelloLimits(max_hello_bytes=32768)
+    assert read(data, limits) == ClientHello(sni="big.example.org", alpn=(), size=len(data))
+    error = refused(data)
+    assert type(error) is HelloTooLarge
+    assert str(error) == f"a ClientHello of {len(message)} bytes is over the limit of 16384"
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+def test_any_bytes_like_object_may_be_fed(wrap: Callable[[bytes], bytes]) -> None:
+    data = records(hello_message([sni_extension(b"a.b")]))
+    reader = HelloReader()
+    assert reader.feed(wrap(data[:10])) is NEED_MORE
+    assert reader.feed(wrap(data[10:])) == ClientHello(sni="a.b", alpn=(), size=len(data))
+
+
 def test_unknown_extensions_are_skipped() -> None:
     data = records(hello_message([(65281, b"\x00"), sni_extension(b"x.y"), (43, b"\x02\x03\x04")]))
     assert read(data).sni == "x.y"

@@ -10,6 +10,7 @@ uvloop (the router's).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import ssl
 import time
@@ -30,7 +31,8 @@ from hostmux.tls_hello import (
 )
 from keys import ensure_dev_tls
 
-from .test_tls_hello import python_hello
+from .client_hellos.capture import CLIENTS, capture
+from .test_tls_hello import REAL, python_hello
 
 T = TypeVar("T")
 _DEADLINE_S = 10.0
@@ -309,3 +311,17 @@ def test_the_reader_used_by_the_helpers_is_the_sans_io_one() -> None:
     assert HelloReader().feed(hello) == ClientHello(
         sni="same.example.org", alpn=(), size=len(hello)
     )
+
+
+# --- the installed clients, live ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_the_installed_client_hello_reads_as_the_captured_one(client: str) -> None:
+    # The committed captures could age; today's openssl and curl must read the same.
+    if shutil.which(CLIENTS[client][0]) is None:
+        pytest.skip(f"{CLIENTS[client][0]} is not installed")
+    live = capture(CLIENTS[client])
+    name = "curl-http11-upper-case" if client == "curl-http11" else client
+    _, sni, alpn = REAL[name]
+    assert HelloReader().feed(live) == ClientHello(sni=sni, alpn=alpn, size=len(live))

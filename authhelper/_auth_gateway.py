@@ -15,7 +15,7 @@ import asyncio
 import html
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from urllib.parse import parse_qs
 
@@ -29,9 +29,10 @@ from hostmux.http1 import (
     with_headers,
 )
 from hostmux.log import fields
-from hostmux.relay import ByteStream, Destination
+from hostmux.relay import Destination
 
 from ._access import RETRY_UNREACHABLE_S, AccessChecks
+from ._app_connections import AppConnections
 from ._config import AuthHelperConfig
 from ._gate import (
     LOGOUT_PATH,
@@ -64,8 +65,6 @@ from ._session_cache import SessionCache
 
 log = logging.getLogger("hostmux.authhelper")
 
-OpenApp = Callable[[], Awaitable[ByteStream]]
-
 
 class AuthGateway:
     """Session → app (re-checked), logout, revocations, else the OAuth2 login."""
@@ -77,14 +76,16 @@ class AuthGateway:
         oauth: PortalOAuth,
         portal: PortalClient,
         revocations: Revocations,
-        open_app: OpenApp,
+        app: AppConnections,
     ) -> None:
         self._config = config
         self._sealer = sealer
         self._oauth = oauth
         self._portal = portal
         self._revocations = revocations
-        self._open_app = open_app
+        self._app = app
+        # Idle connections to the app are shared by every browser connection (0: none).
+        self._app_pool = app if config.app_idle_connections > 0 else None
         self._checks = AccessChecks(config.access_recheck_s)
         self._sessions = SessionCache(sealer, OUR_COOKIES)
         self._save_lock = asyncio.Lock()
@@ -142,7 +143,8 @@ class AuthGateway:
         return Destination(
             key="app",
             label=self._config.instance_id,
-            open=self._open_app,
+            open=self._app.open,
+            pool=self._app_pool,
             request_headers=partial(_app_headers, user=session.user, app_cookie=app_cookie),
             response_headers=app_response_headers,
         )

@@ -56,6 +56,12 @@ class AuthHelperConfig:
         minimum=1,
         maximum=DAY_S,
     )
+    app_idle_connections: int = option(
+        16,
+        "idle connections to the app kept open for the next browser connection (0: none)",
+        minimum=0,
+        maximum=10_000,
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 
     def __post_init__(self) -> None:

@@ -21,7 +21,6 @@ avoids. The rules (the relay's side is ``hostmux.relay.relay`` rule 7):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from hostmux.relay import READ_CHUNK_BYTES, ByteStream, ReaderWriterStream, UpstreamUnavailable
@@ -87,8 +86,11 @@ class AppConnections:
             if watcher.done():
                 continue  # the app closed it or spoke unasked: closed already
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher  # its read must be gone before the relay reads
+            try:
+                await asyncio.wait([watcher])  # its read must be gone before the relay reads
+            except asyncio.CancelledError:
+                stream.close()  # this browser connection is going away: the stream with it
+                raise
             if watcher.cancelled() and not stream.app_reader.at_eof():
                 return stream
             stream.close()  # its read ended just now, or the app closed it: nothing to lend

@@ -218,3 +218,19 @@ def test_an_app_that_is_down_is_a_502() -> None:
             assert b"the app is not answering" in answer
 
     run(scenario())
+
+
+def test_a_take_cancelled_while_the_watcher_stops_closes_the_stream() -> None:
+    async def scenario() -> None:
+        async with world() as w:
+            await browse(w.helper_port)
+            await until(lambda: w.pool.idle == 1)
+            taking = asyncio.create_task(w.pool.take())
+            await asyncio.sleep(0)  # one loop turn: take() now waits for the watcher to stop
+            assert w.pool.idle == 0 and not taking.done()
+            taking.cancel()
+            await asyncio.wait([taking])
+            assert taking.cancelled()
+            await until(lambda: w.app.closed_by_peer == 1)  # not leaked: closed
+
+    run(scenario())

@@ -58,9 +58,10 @@ class AuthHelperConfig:
     )
     app_idle_connections: int = option(
         16,
-        "idle connections to the app kept open for the next browser connection (0: none)",
+        "idle connections to the app kept open for the next browser connection",
         minimum=0,
         maximum=10_000,
+        zero="none: each browser connection opens its own",
     )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import h11
 
 from authhelper._app_connections import AppConnections
+from authhelper._config import load_config
+from authhelper._session import new_cookie_key
 from hostmux.http1 import ClientInfo, Request
 from hostmux.limits import ConnectionCounts
 from hostmux.relay import ConnectionSet, Destination, RelayLimits, connection_handler
@@ -234,3 +236,12 @@ def test_a_take_cancelled_while_the_watcher_stops_closes_the_stream() -> None:
             await until(lambda: w.app.closed_by_peer == 1)  # not leaked: closed
 
     run(scenario())
+
+
+def test_app_idle_connections_zero_is_accepted_and_means_none() -> None:
+    key = new_cookie_key()
+    base = ["--instance-id", "inst-a", "--portal-url", "http://p.test", "--cookie-keys", key]
+    assert load_config(base, {}).app_idle_connections == 16
+    assert load_config([*base, "--app-idle-connections", "0"], {}).app_idle_connections == 0
+    env = {"HOSTMUX_APP_IDLE_CONNECTIONS": "0"}
+    assert load_config(base, env).app_idle_connections == 0

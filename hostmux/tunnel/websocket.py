@@ -36,6 +36,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from websockets.exceptions import InvalidHandshake, InvalidState, ProtocolError
@@ -49,28 +50,51 @@ from hostmux.relay import ByteStream
 log = logging.getLogger("hostmux.wss")
 
 WSS_PATH = "/_hostmux/ssh"
-# One WebSocket message per SSH write; SSH packets are at most ~256 KiB here.
+# The largest message accepted. A sender's message is one loop turn of SSH
+# writes, sent at once past FLUSH_BYTES: at most that plus one SSH packet
+# (asyncssh's are at most ~256 KiB).
 MAX_MESSAGE_BYTES = 1024 * 1024
+FLUSH_BYTES = 256 * 1024
 # A client has this long to finish the WebSocket handshake after its request.
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class MessageTransport(asyncio.Transport):
-    """asyncio transport for asyncssh whose bytes go out as WebSocket messages."""
+    """asyncio transport for asyncssh whose bytes go out as WebSocket messages.
+
+    What asyncssh writes during one turn of the event loop goes out as one
+    binary message at the end of that turn (``loop.call_soon``), as
+    ``hostmux.tunnel.coalescing`` does for plain TCP: asyncssh writes each SSH
+    packet on its own, and a message each cost a frame header, a mask (client
+    side), a TLS record and a socket write. A turn that writes more than
+    ``FLUSH_BYTES`` sends at once, so a message stays under the peer's
+    ``MAX_MESSAGE_BYTES``. ``pause``/``resume``, when given, pause and resume
+    reading of the transport under the WebSocket.
+    """
 
     def __init__(
         self,
         send: Callable[[bytes], None],
         close: Callable[[], None],
         peer: tuple[str, int],
+        *,
+        pause: Callable[[], None] | None = None,
+        resume: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self._send = send
         self._close_cb = close
         self._peer = peer
+        self._pause, self._resume = pause, resume
         self._closing = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._loop = asyncio.get_running_loop()
         self._reading_paused = asyncio.Event()
         self._reading_paused.set()  # set = reading allowed
+
+    def __repr__(self) -> str:
+        return f"<MessageTransport {self._peer} pending={self._pending_bytes}>"
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
@@ -80,18 +104,39 @@ class MessageTransport(asyncio.Transport):
         return default
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._closing:
-            self._send(bytes(data))
+        if self._closing:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return  # sent already (a full turn, or close), or dropped by abort
+        self._pending = []
+        self._pending_bytes = 0
+        self._send(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
 
     def is_closing(self) -> bool:
         return self._closing
 
     def close(self) -> None:
         if not self._closing:
+            self._flush()
             self._closing = True
             self._close_cb()
 
     def abort(self) -> None:
+        self._pending = []
+        self._pending_bytes = 0
         self.close()
 
     def can_write_eof(self) -> bool:
@@ -99,9 +144,13 @@ class MessageTransport(asyncio.Transport):
 
     def pause_reading(self) -> None:
         self._reading_paused.clear()
+        if self._pause is not None:
+            self._pause()
 
     def resume_reading(self) -> None:
         self._reading_paused.set()
+        if self._resume is not None:
+            self._resume()
 
     def is_reading(self) -> bool:
         return self._reading_paused.is_set()
@@ -399,6 +448,8 @@ class WssConnector:
         """Called by asyncssh.connect: open the WebSocket and start the SSH protocol on it."""
         from websockets.asyncio.client import connect
 
+        from hostmux.tunnel.wss_client import SshWebSocket
+
         kwargs: dict[str, Any] = {}
         if self._url.startswith("wss://") and self._ssl is not None:
             kwargs["ssl"] = self._ssl
@@ -409,36 +460,25 @@ class WssConnector:
             compression=None,  # SSH is encrypted: nothing to compress
             open_timeout=self._open_timeout_s,
             ping_interval=None,  # SSH keepalives do this job
+            create_connection=SshWebSocket,
             **kwargs,
         )
-        outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        assert isinstance(ws, SshWebSocket)
         transport = MessageTransport(
-            outgoing.put_nowait, lambda: outgoing.put_nowait(None), _peer_address(ws)
-        )
+            ws.send_ssh, partial(self._close, ws), _peer_address(ws),
+            pause=ws.transport.pause_reading, resume=ws.transport.resume_reading,
+        )  # fmt: skip
         protocol = factory()
         protocol.connection_made(transport)
-
-        async def send() -> None:
-            while (data := await outgoing.get()) is not None:
-                await ws.send(data)
-            await ws.close()
-
-        async def receive() -> None:
-            try:
-                async for message in ws:
-                    await transport.wait_readable()
-                    protocol.data_received(message if isinstance(message, bytes) else b"")
-            except Exception as exc:  # websockets' ConnectionClosed family and OS errors
-                log.debug(fields("wss_client_closed", reason=type(exc).__name__))
-            finally:
-                outgoing.put_nowait(None)
-                protocol.connection_lost(None)
-
-        for work in (send(), receive()):
-            task = asyncio.ensure_future(work)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        ws.attach(protocol)
         return transport, protocol
+
+    def _close(self, ws: Any) -> None:
+        """The SSH side closed: the closing handshake, in the background (bounded by
+        websockets' close timeout)."""
+        task = asyncio.ensure_future(ws.close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _peer_address(ws: Any) -> tuple[str, int]:

@@ -78,6 +78,7 @@ def main() -> int:
     cache = Path("/tmp/hostmux-bench-cache")
     bulk_bytes = args.bulk_mib * 1024 * 1024
     install.ensure_content(cache / "www", bulk_bytes)
+    args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="hostmux-wss-profile-"))
     sys.path.insert(0, str(PROJECT))
     import keys

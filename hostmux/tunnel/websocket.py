@@ -40,7 +40,7 @@ from functools import partial
 from typing import Any
 
 from websockets.exceptions import InvalidHandshake, InvalidState, ProtocolError
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
@@ -50,11 +50,15 @@ from hostmux.relay import ByteStream
 log = logging.getLogger("hostmux.wss")
 
 WSS_PATH = "/_hostmux/ssh"
-# The largest message accepted. A sender's message is one loop turn of SSH
-# writes, sent at once past FLUSH_BYTES: at most that plus one SSH packet
-# (asyncssh's are at most ~256 KiB).
+# The largest message accepted (a peer's message is at most FLUSH_BYTES, or
+# one SSH packet where that is longer: the router's are at most 128 KiB).
 MAX_MESSAGE_BYTES = 1024 * 1024
-FLUSH_BYTES = 256 * 1024
+# A sender's message: one loop turn of SSH writes, cut before it would pass
+# this. Past ~200 KiB, framing a message here cost 25x more per byte (every
+# buffer that large is fresh memory from the kernel: bench/OPTIMISATION.md).
+FLUSH_BYTES = 128 * 1024
+# Frames whose payload is SSH bytes: binary messages, fragmented or not.
+_SSH_OPCODES = (Opcode.BINARY, Opcode.CONT)
 # A client has this long to finish the WebSocket handshake after its request.
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -66,10 +70,10 @@ class MessageTransport(asyncio.Transport):
     binary message at the end of that turn (``loop.call_soon``), as
     ``hostmux.tunnel.coalescing`` does for plain TCP: asyncssh writes each SSH
     packet on its own, and a message each cost a frame header, a mask (client
-    side), a TLS record and a socket write. A turn that writes more than
-    ``FLUSH_BYTES`` sends at once, so a message stays under the peer's
-    ``MAX_MESSAGE_BYTES``. ``pause``/``resume``, when given, pause and resume
-    reading of the transport under the WebSocket.
+    side), a TLS record and a socket write. A write that would take the
+    message past ``FLUSH_BYTES`` sends what came before it first.
+    ``pause``/``resume``, when given, pause and resume reading of the
+    transport under the WebSocket.
     """
 
     def __init__(
@@ -108,10 +112,10 @@ class MessageTransport(asyncio.Transport):
             return
         if not self._pending:
             self._loop.call_soon(self._flush)
+        elif self._pending_bytes + len(data) > FLUSH_BYTES:
+            self._flush()  # a full message now (the flush already scheduled sends the rest)
         self._pending.append(bytes(data))
         self._pending_bytes += len(data)
-        if self._pending_bytes >= FLUSH_BYTES:
-            self._flush()
 
     def _flush(self) -> None:
         pending = self._pending
@@ -267,6 +271,7 @@ class _FramePump:
         self._closed = asyncio.Event()
         self._out: list[bytes] = []
         self._flushing = asyncio.Event()
+        self._sending = False  # the writer task is in a send, maybe waiting for room
 
     async def run(self, peer: tuple[str, int]) -> None:
         transport = MessageTransport(self._send, self._close, peer)
@@ -274,10 +279,12 @@ class _FramePump:
         try:
             async with asyncio.TaskGroup() as tg:
                 write_task = tg.create_task(self._write())
+                goodbye = tg.create_task(self._goodbye_on_going_away())
                 await self._read(transport)
                 self._closed.set()
                 self._flushing.set()
                 write_task.cancel()
+                goodbye.cancel()
         except* (OSError, ConnectionError, ProtocolError):
             pass
         finally:
@@ -290,17 +297,34 @@ class _FramePump:
             return
         self._queue(self._ws.data_to_send())
 
-    def _close(self) -> None:
+    async def _goodbye_on_going_away(self) -> None:
+        """The router is shutting down: close with 1001, as the splice would (``_read``
+        ends on the client's close frame, or the relay's grace ends it)."""
+        wait = getattr(self._stream, "wait_going_away", None)
+        if wait is not None:
+            await wait()
+            self._close(CloseCode.GOING_AWAY)
+
+    def _close(self, code: int = CloseCode.NORMAL_CLOSURE) -> None:
         with contextlib.suppress(InvalidState, ProtocolError):
-            self._ws.send_close(1000)
+            self._ws.send_close(code)
             self._out.extend(self._ws.data_to_send())
         self._closed.set()
         self._flushing.set()
 
     def _queue(self, data: list[bytes]) -> None:
-        if data:
-            self._out.extend(data)
-            self._flushing.set()
+        if not data:
+            return
+        if not self._out and not self._sending and not self._stream.must_drain():
+            # Nothing waiting and room below: written now, not by the writer task.
+            try:
+                self._stream.write(data[0] if len(data) == 1 else b"".join(data))
+            except (OSError, ConnectionError):
+                self._closed.set()  # the reader sees the end next
+                self._flushing.set()
+            return
+        self._out.extend(data)
+        self._flushing.set()
 
     async def _write(self) -> None:
         while True:
@@ -309,29 +333,45 @@ class _FramePump:
             while self._out:
                 chunk = b"".join(self._out)
                 self._out.clear()
-                await self._stream.send_all(chunk)  # back-pressure: waits while the peer is slow
+                self._sending = True
+                try:
+                    await self._stream.send_all(chunk)  # back-pressure: waits while slow
+                finally:
+                    self._sending = False
             if self._closed.is_set():
                 return
 
     async def _read(self, transport: MessageTransport) -> None:
         ws = self._ws
         while True:
-            await transport.wait_readable()
+            if not transport.is_reading():
+                await transport.wait_readable()
             data = await self._stream.receive()
             if not data:
                 ws.receive_eof()
                 return
             ws.receive_data(data)
             for event in ws.events_received():
-                if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
-                    self._ssh.data_received(event.data)
-                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                if not isinstance(event, Frame):
+                    continue
+                if event.opcode in _SSH_OPCODES:
+                    self._ssh.data_received(bytes(event.data))
+                elif event.opcode is Opcode.TEXT:
+                    ws.fail(CloseCode.UNSUPPORTED_DATA, "SSH travels in binary messages")
+                    self._queue(ws.data_to_send())
+                    return
+                elif event.opcode is Opcode.CLOSE:
                     return
             self._queue(ws.data_to_send())  # pongs and close replies from the protocol
 
 
 class _PipeEnd:
-    """One end of an in-process byte pipe: a ``ByteStream`` with a bounded queue."""
+    """One end of an in-process byte pipe: a ``ByteStream`` with a bounded queue.
+
+    The relay's end can ``adopt`` the browser's stream once the ``101`` has
+    gone out: from then on the endpoint's end reads and writes that stream
+    itself (``_direct``), and the relay only waits for the session to end.
+    """
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -342,14 +382,20 @@ class _PipeEnd:
         self._writable.set()
         self._eof = False
         self._closed = False
+        self._direct: ByteStream | None = None  # the adopted browser stream (endpoint's end)
+        self._going_away: asyncio.Event | None = None
+        self._adopted = asyncio.Event()
+        self._ended = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"<_PipeEnd {self.label} queued={len(self._chunks)}>"
+        return f"<_PipeEnd {self.label} queued={len(self._chunks)} direct={self._direct!r}>"
 
     # reading side ------------------------------------------------------------
 
     async def receive(self) -> bytes:
         while not self._chunks:
+            if self._direct is not None:
+                return await self._direct.receive()
             if self._eof:
                 return b""
             self._readable.clear()
@@ -378,16 +424,24 @@ class _PipeEnd:
         return self.peer
 
     def write(self, data: bytes) -> None:
+        if self._direct is not None:
+            self._direct.write(data)
+            return
         if self._closed or self._other._eof:
             raise ConnectionResetError(f"{self.label} is closed")
         if data:
             self._other._deliver(bytes(data))
 
     def must_drain(self) -> bool:
+        if self._direct is not None:
+            return self._direct.must_drain()
         return not self._other._writable.is_set()
 
     async def drain(self) -> None:
-        await self._other._writable.wait()
+        if self._direct is not None:
+            await self._direct.drain()
+        else:
+            await self._other._writable.wait()
 
     async def send_all(self, data: bytes) -> None:
         self.write(data)
@@ -395,16 +449,64 @@ class _PipeEnd:
             await self.drain()
 
     async def send_eof(self) -> None:
-        self._other._end()
+        if self._direct is not None:
+            await self._direct.send_eof()
+        else:
+            self._other._end()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._end()
-            self._other._end()
+            self._ended.set()
+            if self._direct is None:
+                self._end()
+                self._other._end()
 
     def abort(self) -> None:
         self.close()  # nothing is queued outside the two ends
+
+    # handing the browser's stream to the endpoint -----------------------------------
+
+    async def adopt(
+        self,
+        client: ByteStream,
+        *,
+        client_rest: bytes,
+        own_rest: bytes,
+        going_away: asyncio.Event | None,
+    ) -> None:
+        """Called on the relay's end after the ``101``: the endpoint takes ``client``
+        over; returns when the endpoint's session ended.
+
+        ``own_rest`` (read behind the ``101`` by the relay's parser) and what is
+        still queued here go to the browser first, in order; ``client_rest``
+        (the browser's bytes behind its request) goes to the endpoint first.
+        Until the first ``await`` nothing else runs, so nothing can come between.
+        """
+        far = self._other
+        backlog = [own_rest, *self._chunks]
+        self._chunks.clear()
+        for data in backlog:
+            if data:
+                client.write(data)
+        if client_rest:
+            far._deliver(client_rest)
+        far._direct = client
+        far._going_away = going_away
+        far._adopted.set()
+        far._readable.set()  # a receive waiting on the pipe goes to ``client`` now
+        self._writable.set()  # so does a write waiting for room in it
+        if client.must_drain():
+            await client.drain()
+        await far._ended.wait()
+
+    async def wait_going_away(self) -> None:
+        """Returns when the relay that handed this end its browser is shutting down."""
+        await self._adopted.wait()
+        if self._going_away is None:
+            await asyncio.Event().wait()  # never
+        else:
+            await self._going_away.wait()
 
 
 # A pipe holds at most this many chunks before its writer must wait.

@@ -135,6 +135,30 @@ async def test_silent_or_garbage_websocket_clients_are_dropped(stack: Stack) -> 
     assert (await router.get("nobody", "/")).status_code == 404
 
 
+async def test_a_text_message_ends_the_session_with_1003_at_once(stack: Stack) -> None:
+    # A login timeout far beyond the wait below: the close is the endpoint's answer.
+    router = await stack.start_router("--ssh-login-timeout-s", "60")
+    tcp = await trio.open_tcp_stream("127.0.0.1", router.https_port)
+    stream = trio.SSLStream(tcp, router.ssl_context(), server_hostname=router.domain)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery, stream, f"{router.domain}:{router.https_port}", "/_hostmux/ssh"
+            )
+            await ws.send_message("SSH-2.0-in-a-text-message\r\n")
+            code = None
+            with trio.fail_after(START_TIMEOUT_S):
+                try:
+                    while True:
+                        await ws.get_message()  # the router's SSH version line comes first
+                except trio_websocket.ConnectionClosed as closed:
+                    code = closed.reason.code
+            assert code == 1003
+            nursery.cancel_scope.cancel()
+    finally:
+        await stream.aclose()
+
+
 async def test_plain_openssh_through_the_proxycommand_helper(world: World) -> None:
     stack, router = world.stack, world.router
     proxy = (

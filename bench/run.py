@@ -146,6 +146,25 @@ def _check_loopback(procs: Processes) -> None:
         raise RuntimeError(f"non-loopback listener(s), refusing to load: {bad}")
 
 
+def startup_and_reconnect(work: Path, code: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 18's start-up floor and reconnect figures (``bench/reconnect.py``)."""
+    import reconnect
+
+    say("listener start-up floor: python -c " + repr(reconnect.FLOOR_CODE))
+    found: dict[str, Any] = {"import_floor": reconnect.import_floor(code, 3 if args.quick else 7)}
+    say(f"  {found['import_floor']['median_ms']:.0f} ms")
+    say(f"reconnect: {args.reconnect_restarts} router restart(s) under a listener")
+    (work / "reconnect").mkdir()
+    with Processes(work / "reconnect") as procs:
+        try:
+            found["reconnect"] = reconnect.measure(
+                procs, work / "reconnect", code, args.reconnect_restarts
+            )
+        except (RuntimeError, OSError, ValueError) as exc:
+            found["reconnect"] = {"error": str(exc)[:1000]}
+    return found
+
+
 def profile_pass(bench: Bench, work: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A fresh hostmux + OpenSSH row, sampled by py-spy under wrk (not a measured repeat)."""
     from router_profile import profile_router
@@ -222,6 +241,11 @@ def parse_args() -> argparse.Namespace:
         help="py-spy the router under load (default: on, quick: off)",
     )
     p.add_argument("--profile-duration", type=int, default=10, help="py-spy seconds")
+    p.add_argument(
+        "--reconnect-restarts", type=int, default=None,
+        help="router restarts under a listener for the reconnect goal, and the start-up "
+        "floor (default 5, quick: 1; 0: neither)",
+    )  # fmt: skip
     p.add_argument("--rev", help="benchmark this git revision (a snapshot), not the working tree")
     p.add_argument(
         "--code", type=Path,
@@ -250,6 +274,9 @@ def parse_args() -> argparse.Namespace:
         args.keepalive_connections = 100 if quick else 10_000
     if args.profile is None:
         args.profile = not quick
+    if args.reconnect_restarts is None:
+        args.reconnect_restarts = 1 if quick else 5
+    args.reconnect_restarts = max(0, min(args.reconnect_restarts, 50))
     args.rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
@@ -321,6 +348,8 @@ def main() -> int:
                     r["repeat"] = rep + 1
                     results["runs"].append(r)
                     say("  " + _one_line(r))
+            if args.reconnect_restarts:
+                results.update(startup_and_reconnect(work, code, args))
             if args.profile:
                 say("profile: py-spy on the router under wrk (hostmux + OpenSSH)")
                 (work / "profile").mkdir()

@@ -152,7 +152,7 @@ async def test_a_text_message_ends_the_session_with_1003_at_once(stack: Stack) -
                     while True:
                         await ws.get_message()  # the router's SSH version line comes first
                 except trio_websocket.ConnectionClosed as closed:
-                    code = closed.reason.code
+                    code = closed.reason.code if closed.reason else None
             assert code == 1003
             nursery.cancel_scope.cancel()
     finally:

@@ -61,12 +61,14 @@ def test_a_message_is_cut_before_it_passes_the_flush_size() -> None:
 
 def test_close_sends_what_is_pending_first_and_abort_drops_it() -> None:
     async def scenario() -> tuple[list[bytes], list[bool], list[bytes], list[bool]]:
-        sent, closed = [], []
+        sent: list[bytes] = []
+        closed: list[bool] = []
         transport = _transport(sent, closed)
         transport.write(b"last words")
         transport.close()
         transport.write(b"too late")
-        aborted_sent, aborted_closed = [], []
+        aborted_sent: list[bytes] = []
+        aborted_closed: list[bool] = []
         aborted = _transport(aborted_sent, aborted_closed)
         aborted.write(b"dropped")
         aborted.abort()

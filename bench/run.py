@@ -111,10 +111,17 @@ def measure_row(row: Row, bench: Bench, work: Path, args: argparse.Namespace) ->
             )
             if wrk.requests == 0:
                 result["wrk_output"] = wrk.raw[-1500:]
+            cpu_before = cpu_s()
             downloads = [
                 run_curl(target, args.bulk_name, args.bulk_bytes, timeout_s=args.bulk_timeout)
                 for _ in range(args.bulk_count)
             ]
+            cpu_after = cpu_s()
+            mb = sum(d.size for d in downloads) / 1e6
+            if mb and plan.router:
+                router_s, client_s = (b - a for a, b in zip(cpu_before, cpu_after, strict=True))
+                result["router_cpu_us_per_mb"] = router_s / mb * 1e6
+                result["client_cpu_us_per_mb"] = client_s / mb * 1e6 if client else None
             bad = [d for d in downloads if not d.ok]
             curl = bad[0] if bad else downloads[0]
             rates = sorted(d.mb_s for d in downloads if d.mb_s is not None)
@@ -401,7 +408,18 @@ def _one_line(r: dict[str, Any]) -> str:
         f"{r['mb_s']:,.0f} MB/s; setup {setup}"
         + (f"; RSS {rss:.1f} -> {r['rss_after_mib']:.1f} MiB" if rss is not None else "")
         + (f"; router CPU {cpu:.0f} us/req" if cpu is not None else "")
+        + (f", client {r['client_cpu_us']:.0f}" if r.get("client_cpu_us") is not None else "")
+        + _bulk_cpu(r)
     )
+
+
+def _bulk_cpu(r: dict[str, Any]) -> str:
+    """CPU per MB of the bulk downloads (router side, tunnel client): less noisy than MB/s."""
+    router, client = r.get("router_cpu_us_per_mb"), r.get("client_cpu_us_per_mb")
+    if router is None:
+        return ""
+    both = f"{router:.0f}" + (f" + {client:.0f}" if client is not None else "")
+    return f"; bulk CPU {both} us/MB"
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ FLUSH_BYTES = 128 * 1024
 _SSH_OPCODES = (Opcode.BINARY, Opcode.CONT)
 # A client has this long to finish the WebSocket handshake after its request.
 HANDSHAKE_TIMEOUT_S = 10.0
+# After the endpoint's close frame, the client has this long to answer with its
+# own, and the last frames this long to leave (websockets' own default).
+CLOSE_TIMEOUT_S = 10.0
 
 
 class MessageTransport(asyncio.Transport):
@@ -278,13 +281,23 @@ class _FramePump:
         self._ssh.connection_made(transport)
         try:
             async with asyncio.TaskGroup() as tg:
-                write_task = tg.create_task(self._write())
+                writer = tg.create_task(self._write())
                 goodbye = tg.create_task(self._goodbye_on_going_away())
-                await self._read(transport)
+                reader = tg.create_task(self._read(transport))
+                closed = tg.create_task(self._closed.wait())
+                await asyncio.wait((reader, closed), return_when=asyncio.FIRST_COMPLETED)
+                if not reader.done():
+                    # We sent the close frame (SSH closed, or shutdown): the client has
+                    # CLOSE_TIMEOUT_S to answer with its own (RFC 6455 7.1.1), however
+                    # dead its connection is.
+                    await asyncio.wait((reader,), timeout=CLOSE_TIMEOUT_S)
+                    reader.cancel()
+                closed.cancel()
+                goodbye.cancel()
                 self._closed.set()
                 self._flushing.set()
-                write_task.cancel()
-                goodbye.cancel()
+                await asyncio.wait((writer,), timeout=CLOSE_TIMEOUT_S)  # the last frames
+                writer.cancel()
         except* (OSError, ConnectionError, ProtocolError):
             pass
         finally:
@@ -361,6 +374,7 @@ class _FramePump:
                     self._queue(ws.data_to_send())
                     return
                 elif event.opcode is Opcode.CLOSE:
+                    self._queue(ws.data_to_send())  # the protocol's answering close frame
                     return
             self._queue(ws.data_to_send())  # pongs and close replies from the protocol
 

@@ -135,6 +135,31 @@ async def test_silent_or_garbage_websocket_clients_are_dropped(stack: Stack) -> 
     assert (await router.get("nobody", "/")).status_code == 404
 
 
+async def test_a_client_that_never_answers_the_close_frame_is_cut_off(stack: Stack) -> None:
+    # The SSH login timeout closes the session; the endpoint's close frame is never
+    # answered (this client reads but sends nothing), so the endpoint ends the
+    # connection after its close timeout instead of holding it.
+    from hostmux.tunnel.websocket import CLOSE_TIMEOUT_S
+
+    router = await stack.start_router("--ssh-login-timeout-s", "1")
+    tcp = await trio.open_tcp_stream("127.0.0.1", router.https_port)
+    stream = trio.SSLStream(tcp, router.ssl_context(), server_hostname=router.domain)
+    try:
+        await stream.send_all(
+            f"GET /_hostmux/ssh HTTP/1.1\r\nHost: {router.domain}:{router.https_port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        )
+        received = b""
+        with trio.fail_after(1 + CLOSE_TIMEOUT_S + START_TIMEOUT_S):
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 101 ")
+        assert b"\x88" in received.split(b"\r\n\r\n", 1)[1]  # a close frame came first
+    finally:
+        await stream.aclose()
+
+
 async def test_a_text_message_ends_the_session_with_1003_at_once(stack: Stack) -> None:
     # A login timeout far beyond the wait below: the close is the endpoint's answer.
     router = await stack.start_router("--ssh-login-timeout-s", "60")

@@ -251,7 +251,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--reconnect-restarts", type=int, default=None,
         help="router restarts under a listener for the reconnect goal, and the start-up "
-        "floor (default 5, quick: 1; 0: neither)",
+        "floor (default, with the hostmux-listener row: 5, quick: 1; 0: neither)",
     )  # fmt: skip
     p.add_argument("--rev", help="benchmark this git revision (a snapshot), not the working tree")
     p.add_argument(
@@ -281,10 +281,10 @@ def parse_args() -> argparse.Namespace:
         args.keepalive_connections = 100 if quick else 10_000
     if args.profile is None:
         args.profile = not quick
-    if args.reconnect_restarts is None:
-        args.reconnect_restarts = 1 if quick else 5
-    args.reconnect_restarts = max(0, min(args.reconnect_restarts, 50))
     args.rows = [r for r in args.rows.split(",") if r]
+    if args.reconnect_restarts is None:  # a listener figure: with the listener's row
+        args.reconnect_restarts = (1 if quick else 5) if "hostmux-listener" in args.rows else 0
+    args.reconnect_restarts = max(0, min(args.reconnect_restarts, 50))
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")

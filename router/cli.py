@@ -4,7 +4,8 @@ With ``workers`` other than 1 the process is the workers' supervisor
 (``router.workers.supervisor``), which starts the routers; a worker (started
 with ``--worker-index N``) and a plain router run ``router.server``. The
 server and the supervisor are imported only once that choice is made: the
-supervisor never loads asyncssh.
+supervisor never loads asyncssh. ``hostmux-router tunnels`` (``kick``, ``block``,
+``unblock``, ``blocks``, ``drain``) is a client of a running router's admin API.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from hostmux.log import set_log_context
 from hostmux.process import run_component
 from router.config import RouterConfig, load_config
 
+# Commands that call a running router's admin API (``router.admin.client``).
+ADMIN_COMMANDS = ("tunnels", "kick", "block", "unblock", "blocks", "drain")
 # Net new container objects between collections of the youngest generation
 # (Python's default is 700); see ``main``.
 _YOUNG_GC_THRESHOLD = 10_000
@@ -38,6 +41,10 @@ def raise_open_files_limit() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ADMIN_COMMANDS:  # a client of a running router's admin API
+        from router.admin.client import main as admin_client
+
+        return admin_client(args)
 
     async def run(config: RouterConfig) -> None:
         if is_supervisor(config):

@@ -218,6 +218,17 @@ class RouterConfig:
         10.0, "on SIGTERM, time requests in flight get to finish (systemd waits 90 s)",
         minimum=0, maximum=HOUR_S,
     )  # fmt: skip
+    admin_listen: str = option(
+        "",
+        "the admin API and status page: a loopback HOST:PORT or an absolute unix socket path; "
+        "every call needs the admin token; empty: off",
+        metavar="HOST:PORT|PATH",
+    )
+    admin_token_file: Path | None = option(
+        None,
+        "file holding the admin API's bearer token (default: STATE_DIR/admin_token, created "
+        "with mode 0600 when missing)",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
 
     def __post_init__(self) -> None:
@@ -263,6 +274,8 @@ class RouterConfig:
                 "without one a router is one process"
             )
         self.inherited_sockets()  # checks listen_fds
+        if self.admin_listen:
+            check_admin_listen(self.admin_listen)
         self._check_cluster()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
@@ -319,6 +332,10 @@ class RouterConfig:
             raise ValueError(f"router_id: {error}") from None
 
     @property
+    def admin_token_path(self) -> Path:
+        return self.admin_token_file or self.state_dir / "admin_token"
+
+    @property
     def host_key_path(self) -> Path:
         return self.host_key_file or self.state_dir / "ssh_host_key"
 
@@ -340,6 +357,27 @@ class RouterConfig:
             websocket_idle_timeout_s=self.websocket_idle_timeout_s,
             max_requests_per_connection=self.max_requests_per_connection,
         )
+
+
+def check_admin_listen(value: str) -> tuple[str, int] | Path:
+    """``admin_listen`` as a loopback (host, port) or a unix socket path; ValueError if
+    neither: the admin API is for this machine's operator, never for the network."""
+    if value.startswith("/"):
+        return Path(value)
+    try:
+        host, port = parse_host_port(value, "admin_listen")
+    except ConfigError as exc:
+        raise ValueError(f"{exc} (or an absolute unix socket path)") from None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"admin_listen: {value!r} is not a loopback address (127.0.0.1, ::1) "
+            "or a unix socket path: the admin API is not for the network"
+        )
+    return host, port
 
 
 def parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,8 +40,16 @@ from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.http1 import TrustedProxies
 from hostmux.limits import ConnectionCounts, FailureLimiter
 from hostmux.log import fields
-from hostmux.relay import ConnectionSet, connection_handler, start_front_door
+from hostmux.relay import (
+    ConnectionSet,
+    RequestRecord,
+    connection_handler,
+    log_request,
+    start_front_door,
+)
 from hostmux.tunnel.websocket import WssAcceptor
+from router.admin import setup as admin
+from router.admin.token import AdminToken
 from router.config import RouterConfig
 from router.membership import Membership
 from router.one_port import open_listening_socket, serve_one_port
@@ -99,6 +107,7 @@ class Router:
     tls: ssl.SSLContext | None
     scheme: str
     link: ClusterLink | None = None  # the router-to-router link (cluster_listen set)
+    admin_token: AdminToken | None = None  # admin_listen set (and not a worker)
 
 
 @dataclass
@@ -109,6 +118,7 @@ class Listening:
     http_servers: list[asyncio.Server] = field(default_factory=list)
     cluster_servers: list[asyncio.Server] = field(default_factory=list)
     one_port_sockets: list[socket.socket] = field(default_factory=list)
+    admin_servers: list[asyncio.Server] = field(default_factory=list)
     addresses: dict[str, list[str]] = field(
         default_factory=lambda: {k: [] for k in ("ssh", "https", "http", "one_port", "cluster")}
     )
@@ -119,9 +129,14 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
     router = build_router(config)
     stop = stop or asyncio.Event()
     listening = Listening()
-    with _signals(stop, router.connections):
+    drain = Drain(router, listening)
+    with _signals(stop, router.connections, drain):
         try:
             await bind_router(router, listening)
+            if router.admin_token is not None:
+                backend = admin.router_backend(config, router.hub, drain.start)
+                server = await admin.start_admin(config, router.admin_token, backend)
+                listening.admin_servers.append(server)
             await serve_router(router, listening, stop)
         finally:
             await shut_down_router(router, listening)
@@ -191,6 +206,7 @@ def build_router(config: RouterConfig) -> Router:
         tls=tls,
         scheme=scheme,
         link=link,
+        admin_token=admin.admin_token(config),
     )
 
 
@@ -213,6 +229,7 @@ async def bind_router(router: Router, listening: Listening) -> None:
                     connections=router.connections, counts=router.browsers,
                     trusted_proxies=router.trusted, tls=context,
                     tls_handshake_timeout_s=config.tls_handshake_timeout_s, sock=sock,
+                    on_request=_request_observer(hub),
                 ),
             )  # fmt: skip
             listening.http_servers.append(server)
@@ -253,6 +270,11 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(router.hub.cluster.run(), name="leases"))
     if router.link is not None:
         background.append(start(router.link.forwarder.run(), name="route-cache"))
+    cluster = router.hub.cluster
+    if cluster is not None:
+        agent = admin.cluster_agent(config, router.hub, lambda: cluster.router_id or "")
+        if agent is not None:
+            background.append(start(agent.run(), name="admin-agent"))
     if config.events_url:
         events = TunnelEvents(
             url=config.events_url, secret=config.events_secret.encode(),
@@ -292,10 +314,67 @@ async def _until_stopped(stop: asyncio.Event, background: Sequence[asyncio.Task[
             raise error
 
 
+class Drain:
+    """A drain started by the admin API or SIGUSR2: ``drain_router`` once, in a task."""
+
+    def __init__(self, router: Router, listening: Listening) -> None:
+        self._router = router
+        self._listening = listening
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Drain started={self._task is not None}>"
+
+    def start(self) -> list[str]:
+        """Start draining (again: nothing more); who drains, for the admin API's answer."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                drain_router(self._router, self._listening), name="drain"
+            )
+        cluster = self._router.hub.cluster
+        if cluster is not None and cluster.router_id:
+            return [f"router {cluster.router_id} (pid {os.getpid()})"]
+        return [f"router pid {os.getpid()}"]
+
+
+async def drain_router(router: Router, listening: Listening) -> None:
+    """SIGTERM's shutdown without the exit: stop accepting browsers and tunnel clients,
+    release this router's names in the registry, give requests in flight
+    ``shutdown_grace_s``, then close every tunnel (its clients reconnect, to another
+    router). The process stays, the admin listener answering, until SIGTERM."""
+    hub = router.hub
+    tunnels, connections = len(hub.tunnels()), len(router.connections)
+    log.info(fields("drain_started", tunnels=tunnels, connections=connections))
+    for server in [*listening.cluster_servers, *listening.http_servers]:
+        server.close()
+    for acceptor in listening.ssh_acceptors:
+        acceptor.close()
+    if hub.cluster is not None:
+        await hub.cluster.leave()
+    grace_s = router.config.shutdown_grace_s
+    if router.link is None:
+        await router.connections.drain(grace_s)
+    else:
+        await asyncio.gather(router.connections.drain(grace_s), router.link.peers.drain(grace_s))
+    closed = hub.close_tunnels(hub.tunnels(), "the router is draining")
+    log.info(fields("drain_done", tunnels_closed=closed))
+
+
+def _request_observer(hub: TunnelHub) -> Callable[[RequestRecord], None]:
+    """Each finished request: its access-log line, and its tunnel's counters (admin API)."""
+    count = hub.count
+
+    def on_request(record: RequestRecord) -> None:
+        log_request(record)
+        count(record)
+
+    return on_request
+
+
 async def shut_down_router(router: Router, listening: Listening) -> None:
     """Step 4: stop accepting, release this router's leases (cluster), drain browser
     connections (bounded), then close the SSH side."""
-    for server in [*listening.cluster_servers, *listening.http_servers]:
+    for server in [*listening.cluster_servers, *listening.http_servers, *listening.admin_servers]:
         server.close()
     cluster = router.hub.cluster
     if cluster is not None:  # names move to other routers now, not at lease expiry
@@ -350,7 +429,7 @@ async def _serve_one_port(router: Router, sock: socket.socket) -> None:
         scheme: connection_handler(
             scheme, gateway=router.gateway, limits=config.relay_limits,
             connections=router.connections, counts=router.browsers,
-            trusted_proxies=router.trusted,
+            trusted_proxies=router.trusted, on_request=_request_observer(router.hub),
         )
         for scheme in ("https", "http")
     }  # fmt: skip
@@ -387,16 +466,18 @@ def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
 
 
 @contextlib.contextmanager
-def _signals(stop: asyncio.Event, connections: ConnectionSet) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop``; SIGUSR1 logs the live counts (an operator's leak check)."""
+def _signals(stop: asyncio.Event, connections: ConnectionSet, drain: Drain) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop``; SIGUSR1 logs the live counts (an operator's leak check);
+    SIGUSR2 starts a drain (``drain_router``)."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _log_stats, connections)
+    loop.add_signal_handler(signal.SIGUSR2, drain.start)
     try:
         yield
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
             loop.remove_signal_handler(signum)
 
 

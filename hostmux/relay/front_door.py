@@ -81,8 +81,10 @@ def connection_handler(
     connections: ConnectionSet,
     counts: ConnectionCounts,
     trusted_proxies: TrustedProxies | None = None,
+    on_request: Callable[[RequestRecord], None] = log_request,
 ) -> ConnectionHandler:
-    """What each accepted browser connection runs (also used by one-port mode)."""
+    """What each accepted browser connection runs (also used by one-port mode);
+    ``on_request`` gets each finished request's record (the access log by default)."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -101,7 +103,7 @@ def connection_handler(
                 reader, writer, label=f"{scheme}:{ip}:{peer[1]}",
                 close_linger_s=limits.send_timeout_s,
             )  # fmt: skip
-            relay = HttpRelay(stream, info, gateway, limits, log_request, trusted_proxies)
+            relay = HttpRelay(stream, info, gateway, limits, on_request, trusted_proxies)
             connections.add(task, relay)
             await relay.run()
         except asyncio.CancelledError:
@@ -127,12 +129,13 @@ async def start_front_door(
     tls: ssl.SSLContext | None,
     tls_handshake_timeout_s: float,
     sock: socket.socket | None = None,
+    on_request: Callable[[RequestRecord], None] = log_request,
 ) -> asyncio.Server:
     """Serve ``host:port``, or ``sock`` when given (already bound: ``host``/``port`` unused)."""
     scheme = "https" if tls is not None else "http"
     on_connection = connection_handler(
         scheme, gateway=gateway, limits=limits, connections=connections, counts=counts,
-        trusted_proxies=trusted_proxies,
+        trusted_proxies=trusted_proxies, on_request=on_request,
     )  # fmt: skip
     where: dict[str, Any] = (
         {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_address": True}

@@ -222,7 +222,7 @@ class RouterConfig:
         "",
         "the admin API and status page: a loopback HOST:PORT or an absolute unix socket path; "
         "every call needs the admin token; empty: off",
-        metavar="HOST:PORT|PATH",
+        metavar="ADDRESS",
     )
     admin_token_file: Path | None = option(
         None,

@@ -21,7 +21,14 @@ import httpx
 import pytest
 import trio
 
-from .conftest import START_TIMEOUT_S, LoggedProcess, Router, Stack, public_key_of
+from .conftest import (
+    START_TIMEOUT_S,
+    LoggedProcess,
+    Router,
+    Stack,
+    public_key_of,
+    websocket_to,
+)
 from .raw_http import exchange, parse_responses
 from .redis_server import RedisServer
 
@@ -139,6 +146,39 @@ async def test_the_api_lists_a_live_tunnel_refuses_bad_tokens_and_kicks(stack: S
     assert await admin.tunnels() == []
     assert (await admin.call("POST", "/api/kick", {"name": "demo"})).status_code == 404
     assert (await router.get("demo", "/")).status_code == 502  # offline: reserved for alice
+
+
+async def test_a_listener_over_websocket_is_wss_and_open_websockets_are_counted(
+    stack: Stack,
+) -> None:
+    router, admin = await start_admin_router(stack)
+    app = await stack.start_app()
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    listener = await stack.listener(
+        router, key, app.port, "--name", "viawss", "--transport", "wss",
+        "--wss-url", f"wss://localhost:{router.https_port}/_hostmux/ssh",
+        "--router-ca-file", str(router.ca_cert),
+    )  # fmt: skip
+    await listener.wait_for(r"event=tunnel_up name=viawss .*transport=wss")
+    await listener.wait_for(r"event=url_checked ")  # the listener's own request, counted
+    [tunnel] = await admin.tunnels()
+    assert tunnel["transport"] == "wss" and tunnel["websockets_open"] == 0
+    before = tunnel["requests"]
+    assert before >= 1
+
+    async with trio.open_nursery() as nursery:
+        ws = await websocket_to(nursery, router, "viawss")
+        with trio.fail_after(START_TIMEOUT_S):
+            await ws.send_message("hello")
+            assert await ws.get_message() == "hello"
+        [tunnel] = await admin.tunnels()
+        assert tunnel["websockets_open"] == 1 and tunnel["requests"] == before  # still open
+        await ws.aclose()
+    await router.proc.wait_for(r"event=request .*name=viawss .*status=101")
+    [tunnel] = await admin.tunnels()
+    assert tunnel["websockets_open"] == 0 and tunnel["requests"] == before + 1
+    assert tunnel["bytes_in"] > 0  # the frames the browser sent
 
 
 async def test_bad_admin_requests_get_one_line_errors(stack: Stack) -> None:

@@ -384,7 +384,9 @@ def parser() -> argparse.ArgumentParser:
     return build_parser(
         RouterConfig,
         "hostmux-router",
-        "Route https://NAME.DOMAIN to apps behind SSH tunnels (ssh -R NAME:80:localhost:PORT).",
+        "Route https://NAME.DOMAIN to apps behind SSH tunnels (ssh -R NAME:80:localhost:PORT). "
+        "'hostmux-router tunnels|kick NAME|block KIND VALUE|unblock KIND VALUE|blocks|drain' "
+        "call a running router's admin API (admin_listen) with the same options.",
     )
 
 

@@ -65,8 +65,9 @@ class Tunnel:
     bytes_in: int = 0  # request bytes from browsers
     bytes_out: int = 0  # response bytes to browsers
     last_activity: float = 0.0  # Unix time the last request finished (0: none yet)
-    # Request ids of WebSocket upgrades routed here and not finished (open WebSockets).
-    websockets: set[str] = field(default_factory=set)
+    # Request ids of WebSocket upgrades routed here and not finished (open WebSockets);
+    # None until the first (most tunnels never carry one: no set each).
+    websockets: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.name} owner={self.owner} peer={self.peer}>"
@@ -171,7 +172,7 @@ class TunnelHub:
             tunnel.bytes_in += record.bytes_in
             tunnel.bytes_out += record.bytes_out
             tunnel.last_activity = time.time()
-            if tunnel.websockets:
+            if tunnel.websockets is not None:
                 tunnel.websockets.discard(record.request_id)
 
     def _notify(self, event: str, tunnel: Tunnel) -> None:
@@ -240,6 +241,8 @@ class TunnelGateway:
                 request_id=request_id, as_html=_wants_html(request),
             )  # fmt: skip
         if request.method == b"GET" and facts_of(request).websocket_upgrade:
+            if found.websockets is None:
+                found.websockets = set()
             found.websockets.add(request_id)  # until its record comes (``TunnelHub.count``)
         return Destination(
             key=host,

@@ -25,7 +25,7 @@ def tunnel_facts(tunnel: Tunnel, router_id: str | None) -> TunnelFacts:
     return TunnelFacts(
         name=tunnel.name, owner=tunnel.owner, peer=tunnel.peer, transport=tunnel.transport,
         since=round(tunnel.since, 3), requests=tunnel.requests, bytes_in=tunnel.bytes_in,
-        bytes_out=tunnel.bytes_out, websockets_open=len(tunnel.websockets),
+        bytes_out=tunnel.bytes_out, websockets_open=len(tunnel.websockets or ()),
         last_activity=round(tunnel.last_activity, 3) or None, router=router_id,
     )  # fmt: skip
 

@@ -429,3 +429,11 @@ async def test_with_workers_the_supervisor_lists_and_kicks_tunnels_of_both_worke
     assert (await admin.cli("unblock", "name", survivor)).returncode == 0
     await stack.openssh_tunnel(workers.router, alice, survivor, app.port)
     assert not (workers.router.state_dir / "blocks.json").exists()  # kept in the registry
+
+    # A drain through the supervisor reaches every worker (SIGUSR2); they stay up.
+    drained = await admin.call("POST", "/api/drain", {})
+    assert drained.status_code == 200 and len(drained.json()["draining"]) == 2
+    for n in (1, 2):
+        await proc.wait_for(rf"event=drain_done .*worker={n}$")
+    await admin.wait_tunnels(set())
+    assert proc.process.returncode is None

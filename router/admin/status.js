@@ -109,6 +109,19 @@ document.addEventListener("DOMContentLoaded", () => {
     refresh();
   });
   el("forget").addEventListener("click", () => askForToken(""));
+  el("block-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const block = { kind: el("block-kind").value, value: el("block-value").value.trim(),
+                    reason: el("block-reason").value.trim() };
+    el("block-value").value = "";
+    el("block-reason").value = "";
+    act("POST", "/api/block", block);
+  });
+  el("drain").addEventListener("click", () => {
+    if (confirm("Drain: stop accepting and close every tunnel (the process stays up)?")) {
+      act("POST", "/api/drain", {});
+    }
+  });
   if (sessionStorage.getItem(TOKEN_KEY)) { el("status").hidden = false; refresh(); }
   else askForToken("");
 });

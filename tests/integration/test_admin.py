@@ -367,6 +367,20 @@ async def test_the_status_page_in_chromium_shows_the_tunnel_after_the_token(
             "the kicked tunnel gone from the table",
         )
         await router.proc.wait_for(r"event=admin_action action=kick name=demo")
+
+        # The block form: the name appears in the blocks table, and is kept.
+        def block_name(driver: Any) -> None:
+            driver.find_element(By.ID, "block-kind").send_keys("name")
+            driver.find_element(By.ID, "block-value").send_keys("phish")
+            driver.find_element(By.ID, "block").click()
+
+        await browser.run(block_name)
+        await browser.wait_until(
+            lambda d: "phish" in d.find_element(By.ID, "blocks").text, "the block in the table"
+        )
+        assert [b["value"] for b in (await admin.call("GET", "/api/blocks")).json()["blocks"]] == [
+            "phish"
+        ]
     finally:
         await browser.run(lambda d: d.quit())
 

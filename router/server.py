@@ -74,6 +74,7 @@ from router.workers.sockets import adopt
 from router.workers.worker import end_with_supervisor
 
 if TYPE_CHECKING:
+    from router.admin.cluster import ClusterAgent
     from router.cluster.setup import ClusterLink
 
 log = logging.getLogger("hostmux.router")
@@ -108,6 +109,7 @@ class Router:
     scheme: str
     link: ClusterLink | None = None  # the router-to-router link (cluster_listen set)
     admin_token: AdminToken | None = None  # admin_listen set (and not a worker)
+    admin_agent: ClusterAgent | None = None  # the admin API's side in a router with a registry
 
 
 @dataclass
@@ -160,8 +162,10 @@ def build_router(config: RouterConfig) -> Router:
         domain=config.domain, scheme=scheme, public_port=config.public_port,
         reservation_s=config.name_reservation_s,
     )  # fmt: skip
+    agent = None
     if config.registry:
-        hub.cluster = _membership(config, hub)
+        cluster = hub.cluster = _membership(config, hub)
+        agent = admin.cluster_agent(config, hub, lambda: cluster.router_id or "")
     wss = WssAcceptor()
     gateway = TunnelGateway(hub, wss, keep_cookie_domain=config.keep_cookie_domain)
     link = None
@@ -207,6 +211,7 @@ def build_router(config: RouterConfig) -> Router:
         scheme=scheme,
         link=link,
         admin_token=admin.admin_token(config),
+        admin_agent=agent,
     )
 
 
@@ -261,6 +266,8 @@ async def bind_router(router: Router, listening: Listening) -> None:
 async def serve_router(router: Router, listening: Listening, stop: asyncio.Event) -> None:
     """Step 3: say ``router_ready``, run the background tasks, return once ``stop`` is set."""
     config = router.config
+    if router.admin_agent is not None:
+        await router.admin_agent.first_read()
     _announce_ready(router, listening.addresses)
     start = asyncio.get_running_loop().create_task
     background = [start(_sweep_reservations(router.hub), name="sweep")]
@@ -270,11 +277,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(router.hub.cluster.run(), name="leases"))
     if router.link is not None:
         background.append(start(router.link.forwarder.run(), name="route-cache"))
-    cluster = router.hub.cluster
-    if cluster is not None:
-        agent = admin.cluster_agent(config, router.hub, lambda: cluster.router_id or "")
-        if agent is not None:
-            background.append(start(agent.run(), name="admin-agent"))
+    if router.admin_agent is not None:
+        background.append(start(router.admin_agent.run(), name="admin-agent"))
     if config.events_url:
         events = TunnelEvents(
             url=config.events_url, secret=config.events_secret.encode(),

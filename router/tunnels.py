@@ -91,8 +91,10 @@ class TunnelHub:
         self.observers: list[Callable[[str, str, str, int], None]] = []
         # This router's part in a cluster; None: names live in this process only.
         self.cluster: Membership | None = None
-        # Keys and names the operator blocked (the admin API keeps it up to date).
+        # Keys and names the operator blocked (the admin API keeps it up to date); with a
+        # registry, False until they were first read from it (claims wait: refused).
         self.blocks = BlockList()
+        self.blocks_known = True
 
     def __repr__(self) -> str:
         return f"<TunnelHub *.{self.domain} {self.routes!r}>"
@@ -135,6 +137,8 @@ class TunnelHub:
         )  # fmt: skip
 
     def _check_blocks(self, tunnel: Tunnel) -> None:
+        if not self.blocks_known:
+            raise Blocked("the router has not read its blocks from the registry yet: try again")
         refusal = self.blocks.refusal(tunnel.owner, tunnel.name)
         if refusal is not None:
             log.info(fields("claim_blocked", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner))

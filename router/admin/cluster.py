@@ -24,7 +24,9 @@ Rules:
 2. The admin listener (a supervisor's, or a router's own) answers from the
    snapshots and writes blocks to the hash, then publishes; listings are at
    most SNAPSHOT_INTERVAL_S old for counters, SNAPSHOT_DELAY_S for tunnels.
-3. A claim checks the router's copy of the blocks (no extra round trip).
+3. A claim checks the router's copy of the blocks (no extra round trip); until
+   the first read of them succeeded, claims are refused ("try again"): a
+   router starting must not let a blocked key in.
 4. An unreachable Redis is logged and retried each interval; the router
    keeps serving with the blocks it last read. An admin call answers 503.
 """
@@ -95,15 +97,20 @@ class ClusterAgent:
         self._router_id = router_id
         self._changed = asyncio.Event()
         hub.observers.append(lambda *_: self._changed.set())
+        hub.blocks_known = False  # claims are refused until the first read (rule 3)
 
     def __repr__(self) -> str:
         return f"<ClusterAgent {self._keys.channel}>"
 
     async def run(self) -> None:
         """Until cancelled; errors are logged and retried (rule 4)."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._snapshots())
-            tg.create_task(self._listen())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._snapshots())
+                tg.create_task(self._listen())
+        finally:
+            with contextlib.suppress(Exception):  # best effort: the process is stopping
+                await self._client.aclose()
 
     async def _snapshots(self) -> None:
         while True:
@@ -126,8 +133,19 @@ class ClusterAgent:
         key = self._keys.tunnels + router_id
         await self._client.set(key, json.dumps(tunnels), px=round(SNAPSHOT_TTL_S * 1000))
 
+    async def first_read(self) -> None:
+        """Read the blocks once before the router says it is ready (a starting router
+        must not let a blocked key in); an unreachable Redis is logged, and claims wait
+        for the agent's next read."""
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                await self.reload_blocks()
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            log.warning(fields("admin_blocks_unread", error=describe(exc) or "timeout"))
+
     async def reload_blocks(self) -> None:
         self._hub.blocks.replace(await _read_blocks(self._client, self._keys))
+        self._hub.blocks_known = True
         self._hub.kick_blocked()
 
     async def _listen(self) -> None:

@@ -33,6 +33,8 @@ from .raw_http import exchange, parse_responses
 from .redis_server import RedisServer
 
 TOKEN = "s3cret-admin-token-for-tests"
+# Reason: each tunnel lands on either worker (~1 in 2); this many reach both many times over.
+MAX_TUNNELS_TO_SEE_BOTH = 60
 
 
 class Admin:
@@ -385,6 +387,34 @@ async def test_the_status_page_in_chromium_shows_the_tunnel_after_the_token(
         await browser.run(lambda d: d.quit())
 
 
+async def test_a_router_with_a_registry_answers_from_the_registry(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    router, admin = await start_admin_router(
+        stack, "--registry", redis_server.url, "--router-id", "solo"
+    )
+    app = await stack.start_app()
+    alice = stack.new_key("alice")
+    router.authorize(public_key_of(alice))
+    ssh = await stack.openssh_tunnel(router, alice, "demo", app.port)
+    [tunnel] = await admin.wait_tunnels({"demo"})
+    assert tunnel["router"] == "solo" and tunnel["transport"] == "ssh"
+    assert (await admin.call("POST", "/api/kick", {"name": "demo"})).status_code == 200
+    assert await ssh.wait_exit() != 0
+    await admin.wait_tunnels(set())
+    done = await admin.cli("block", "key", tunnel["owner"])
+    assert done.returncode == 0, done.stderr
+    assert not (router.state_dir / "blocks.json").exists()  # in the registry
+    await router.proc.stop()
+    router, admin = await start_admin_router(
+        stack, "--registry", redis_server.url, "--router-id", "solo", state_dir=router.state_dir
+    )
+    start = len(router.proc.lines)
+    refused = await stack.openssh_tunnel(router, alice, "demo", app.port, wait=False)
+    assert await refused.wait_exit() != 0
+    await router.proc.wait_for(r"event=forward_refused .*this key is blocked", start=start)
+
+
 # -- workers = 2 with a registry: one admin listener, the supervisor's --------------------
 
 
@@ -409,16 +439,25 @@ async def test_with_workers_the_supervisor_lists_and_kicks_tunnels_of_both_worke
     alice = stack.new_key("alice")
     workers.router.authorize(public_key_of(alice))
 
-    # Tunnels until both workers hold one (the kernel gives each connection to either).
+    # Tunnels until both workers hold one (the kernel gives each connection to either;
+    # a tunnel on a worker already covered is closed again).
     clients: dict[str, LoggedProcess] = {}
-    held_by: dict[str, str] = {}
-    for n in range(12):
+    covered: set[str] = set()
+    for n in range(MAX_TUNNELS_TO_SEE_BOTH):
         name = f"t{n}"
-        clients[name] = await stack.openssh_tunnel(workers.router, alice, name, app.port)
-        tunnels = await admin.wait_tunnels(set(clients))
-        held_by = {t["name"]: t["router"] for t in tunnels}
-        if set(held_by.values()) == {f"{BASE_ID}.1", f"{BASE_ID}.2"}:
+        client = await stack.openssh_tunnel(workers.router, alice, name, app.port)
+        worker = (await proc.wait_for(rf"event=tunnel_up name={name} .* worker=(\d+)$"))[1]
+        if worker in covered:
+            await client.stop()
+            await proc.wait_for(rf"event=tunnel_down name={name} ")
+            continue
+        covered.add(worker)
+        clients[name] = client
+        if covered == {"1", "2"}:
             break
+    assert covered == {"1", "2"}, f"only worker {covered} took {n + 1} tunnels"
+    tunnels = await admin.wait_tunnels(set(clients))
+    held_by = {t["name"]: t["router"] for t in tunnels}
     assert set(held_by.values()) == {f"{BASE_ID}.1", f"{BASE_ID}.2"}, held_by
 
     # Kick one tunnel of each worker through the supervisor's API.

@@ -9,6 +9,7 @@ Chromium for the status page, and Debian's redis-server for workers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import stat
@@ -280,6 +281,17 @@ async def test_the_cli_and_a_unix_socket_admin_listener(stack: Stack) -> None:
     assert rows[0].split()[3] == "ssh" and rows[0].split()[6] == "1"  # one request
     as_json = json.loads((await admin.cli("tunnels", "--json")).stdout)
     assert {t["name"] for t in as_json["tunnels"]} == {"demo", "second"}
+    # The same options from a config file and from the environment, as the router takes them.
+    config = stack.path("router.toml")
+    state_dir, where, tokens = admin.flags[1], admin.flags[3], admin.flags[5]
+    config.write_text(f'state_dir = "{state_dir}"\nadmin_listen = "{where}"\n')
+    env = {**os.environ, "HOSTMUX_ADMIN_TOKEN_FILE": tokens}
+    by_config = await trio.run_process(
+        [sys.executable, "-m", "router", "tunnels", "--json", "--config", str(config)],
+        capture_stdout=True, capture_stderr=True, check=False, env=env,
+    )  # fmt: skip
+    assert by_config.returncode == 0, by_config.stderr
+    assert json.loads(by_config.stdout) == as_json
 
     start = len(router.proc.lines)
     kicked = await admin.cli("kick", "demo")

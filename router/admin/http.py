@@ -88,6 +88,9 @@ async def start_admin_server(
             await _serve(reader, writer, handler, headers)
         except (ConnectionError, asyncio.CancelledError):
             writer.transport.abort()
+        except h11.LocalProtocolError as exc:  # a bug of ours: logged, never a traceback
+            log.error(fields("admin_http_error", error=describe(exc)))
+            writer.transport.abort()
         finally:
             active.discard(task)
             writer.close()
@@ -171,7 +174,7 @@ async def _serve(
         except Exception as exc:  # rule 4
             log.error(fields("admin_error", peer=peer, path=request.path, error=describe(exc)))
             reply = AdminReply(500, b'{"error": "internal error; see the router\'s log"}\n')
-        await _send(writer, conn, reply, headers)
+        await _send(writer, conn, reply, headers, head_only=request.method == "HEAD")
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return
         conn.start_next_cycle()
@@ -223,6 +226,8 @@ async def _send(
     conn: h11.Connection,
     reply: AdminReply,
     headers: tuple[tuple[str, str], ...],
+    *,
+    head_only: bool = False,
 ) -> None:
     all_headers = [
         ("content-type", reply.content_type),
@@ -233,6 +238,7 @@ async def _send(
     reason = HTTPStatus(reply.status).phrase.encode()
     head = h11.Response(status_code=reply.status, headers=all_headers, reason=reason)
     writer.write(conn.send(head) or b"")
-    writer.write(conn.send(h11.Data(data=reply.body)) or b"")
+    if not head_only:  # (a HEAD answer has the GET's length and no body)
+        writer.write(conn.send(h11.Data(data=reply.body)) or b"")
     writer.write(conn.send(h11.EndOfMessage()) or b"")
     await writer.drain()

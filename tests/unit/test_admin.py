@@ -3,6 +3,7 @@ the routes' status codes and JSON, the blocks file, ``admin_listen``'s rules."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import stat
@@ -14,7 +15,7 @@ import pytest
 from hostmux.config.layered import ConfigError
 from hostmux.relay import ByteStream
 from router.admin.api import SECURITY_HEADERS, AdminApi
-from router.admin.http import AdminReply, AdminRequest
+from router.admin.http import AdminReply, AdminRequest, start_admin_server
 from router.admin.local import BlockFile, LocalBackend
 from router.admin.token import MIN_TOKEN_CHARS, AdminToken, load_token
 from router.blocks import BadBlock, Block, BlockList, checked
@@ -201,3 +202,41 @@ def test_the_status_page_needs_no_token_and_carries_a_strict_policy(tmp_path: Pa
     page = (Path(__file__).parents[2] / "router" / "admin" / "status.html").read_text()
     assert "<script>" not in page and "<style" not in page  # no inline code...
     assert not re.search(r"\son[a-z]+=", page)  # ...nor inline event handlers
+
+
+def test_the_admin_server_answers_head_pipelined_and_hostile_requests() -> None:
+    """The listener on a real loopback socket: h11 parses; each answer is complete."""
+
+    async def handler(request: AdminRequest) -> AdminReply:
+        return AdminReply(200, f"{request.method} {request.path}".encode())
+
+    async def exchange(port: int, data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        await writer.drain()
+        answer = await reader.read()  # until the server closes
+        writer.close()
+        return answer
+
+    async def scenario() -> list[bytes]:
+        server = await start_admin_server(("127.0.0.1", 0), handler, (("x-test", "1"),))
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return [
+                await exchange(port, data)
+                for data in (
+                    b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n"
+                    b"connection: close\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nhost: x\r\nx: " + b"a" * 20_000 + b"\r\n\r\n",
+                    b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n",
+                    b"\x16\x03\x01 not http\r\n\r\n",
+                )
+            ]
+        finally:
+            server.close()
+
+    pipelined, big_head, big_body, garbage = run(scenario())
+    assert pipelined.count(b"HTTP/1.1 200 OK\r\n") == 2 and b"x-test: 1\r\n" in pipelined
+    assert pipelined.endswith(b"\r\n\r\nGET /b")  # the HEAD's answer had no body
+    assert big_head.startswith(b"HTTP/1.1 431 ") and big_body.startswith(b"HTTP/1.1 413 ")
+    assert garbage.startswith(b"HTTP/1.1 400 ")

@@ -62,13 +62,13 @@ def main(args: Sequence[str]) -> int:
                 "admin_listen is not set (--admin-listen, HOSTMUX_ADMIN_LISTEN or the "
                 "config file): no admin API to call"
             )
-        path = config.admin_token_path
-        if config.admin_token_file is None and not path.exists():
+        token_path = config.admin_token_path
+        if config.admin_token_file is None and not token_path.exists():
             raise ConfigError(
-                f"no admin token at {path}: the router makes it there when it starts; give "
+                f"no admin token at {token_path}: the router makes it there when it starts; give "
                 "this command the router's state_dir (or admin_token_file)"
             )
-        token = read_token(path)
+        token = read_token(token_path)
         where = check_admin_listen(config.admin_listen)
     except (ConfigError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

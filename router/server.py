@@ -378,8 +378,10 @@ def _request_observer(hub: TunnelHub) -> Callable[[RequestRecord], None]:
 async def shut_down_router(router: Router, listening: Listening) -> None:
     """Step 4: stop accepting, release this router's leases (cluster), drain browser
     connections (bounded), then close the SSH side."""
-    for server in [*listening.cluster_servers, *listening.http_servers, *listening.admin_servers]:
+    for server in [*listening.cluster_servers, *listening.http_servers]:
         server.close()
+    for server in listening.admin_servers:
+        admin.close_admin(router.config, server)
     cluster = router.hub.cluster
     if cluster is not None:  # names move to other routers now, not at lease expiry
         await cluster.leave()

@@ -11,8 +11,10 @@ the one admin listener and its workers none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hostmux.log import fields
@@ -54,6 +56,15 @@ async def start_admin(
     address = sockname if isinstance(sockname, str) else f"{sockname[0]}:{sockname[1]}"
     log.info(fields("admin_ready", admin=address, token=token.token_id))
     return server
+
+
+def close_admin(config: RouterConfig, server: asyncio.Server) -> None:
+    """Stop listening; a unix socket's file goes too (a later start would replace it)."""
+    server.close()
+    where = check_admin_listen(config.admin_listen)
+    if isinstance(where, Path):
+        with contextlib.suppress(OSError):
+            where.unlink()
 
 
 def router_backend(

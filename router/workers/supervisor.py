@@ -49,7 +49,7 @@ from typing import Any
 import keys
 from hostmux.config.layered import ConfigError
 from hostmux.log import describe, fields
-from router.admin.setup import admin_token, start_admin
+from router.admin.setup import admin_token, close_admin, start_admin
 from router.admin.token import AdminToken
 from router.config import RouterConfig
 from router.state import file_tls_context, prepare_state
@@ -162,7 +162,7 @@ class Supervisor:
         with self._signals(), contextlib.ExitStack() as closing:
             if self._admin_token is not None:
                 server = await self._start_admin(self._admin_token)
-                closing.callback(server.close)
+                closing.callback(close_admin, self._config, server)
             async with asyncio.TaskGroup() as tg:
                 slots = [tg.create_task(self._keep_running(n)) for n in range(1, self._count + 1)]
                 await self._stopping.wait()

@@ -318,6 +318,7 @@ async def test_the_cli_and_a_unix_socket_admin_listener(stack: Stack) -> None:
     assert await admin.tunnels() == []
     assert router.proc.process.returncode is None  # it stays up until SIGTERM
     assert await router.proc.stop() == 0
+    assert not admin.socket_path.exists()  # removed at the end
 
 
 @pytest.mark.skipif(

@@ -22,6 +22,7 @@ from hostmux.config.layered import (
 )
 from hostmux.config.ranges import DAY_S, MINUTE_S, MONTH_S
 from hostmux.dit4c import authhelper_environment
+from hostmux.log import LOG_FORMATS, check_log_format
 from hostmux.names import InvalidName, check_name
 
 
@@ -57,6 +58,7 @@ class AuthHelperConfig:
         maximum=DAY_S,
     )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
+    log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -74,6 +76,7 @@ class AuthHelperConfig:
             check_public_url(self.public_url, self.instance_id)
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+        check_log_format(self.log_format)
 
 
 def check_public_url(url: str, instance_id: str) -> None:

@@ -77,6 +77,13 @@ class FailureLimiter:
     def __repr__(self) -> str:
         return f"<FailureLimiter burst={self._burst:g} tracked={len(self._buckets)}>"
 
+    def retune(self, *, burst: int, per_minute: float) -> None:
+        """New limits (a reload); each IP's bucket is kept, capped at the new burst."""
+        self._burst = float(burst)
+        self._rate_per_s = per_minute / 60.0
+        for bucket in self._buckets.values():
+            bucket.tokens = min(bucket.tokens, self._burst)
+
     def allowed(self, ip: str) -> bool:
         """May ``ip`` try (again)? Does not spend a token."""
         return self._refill(ip).tokens >= 1.0

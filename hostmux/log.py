@@ -2,12 +2,16 @@
 
 Every tunnel event and every request is one line with the same field names
 (``name``, ``rid``, ``peer``), so a grep or a log shipper can follow a request
-or a tunnel across the router, listener and auth helper.
+or a tunnel across the router, listener and auth helper. With
+``log_format = "json"`` each line is instead one JSON object with the same
+fields, in the same order, every value a string (as in logfmt: ``status`` is
+``"200"``), so a field keeps one type whatever its value.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import select
@@ -17,6 +21,11 @@ from typing import Any, TextIO
 
 # A value made only of these characters is written as it is; anything else is quoted.
 _NEEDS_QUOTES = re.compile(r"[^a-zA-Z0-9\-_./:@\[\]+,]")
+# One ``key=value`` of a line written by ``fields`` (a value bare, or quoted by ``_value``).
+_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|\S*)')
+_UNESCAPE = re.compile(r"\\(.)")
+# The first is the default.
+LOG_FORMATS = ("logfmt", "json")
 
 
 # Written whole by one write to a pipe, however many processes share it (POSIX).
@@ -38,6 +47,12 @@ def set_log_context(*, shared_stream: bool = False, **values: Any) -> None:
     no two processes' lines are spliced together."""
     _Context.suffix = "".join(f" {key}={_value(v)}" for key, v in values.items())
     _Context.shared_stream = shared_stream
+
+
+def check_log_format(log_format: str) -> None:
+    """A ValueError (the config's one line) unless ``log_format`` is one of LOG_FORMATS."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format: {log_format!r} is not {' or '.join(LOG_FORMATS)}")
 
 
 def _value(value: Any) -> str:
@@ -89,6 +104,23 @@ class _LogfmtFormatter(logging.Formatter):
         if record.exc_info and record.levelno >= logging.ERROR:
             line += " exc=" + _value(self.formatException(record.exc_info))
         return line
+
+
+def parse_fields(line: str) -> dict[str, str]:
+    """The ``key=value`` pairs of a line ``fields`` wrote, values unquoted (its inverse)."""
+    pairs: dict[str, str] = {}
+    for key, raw in _PAIR.findall(line):
+        if raw.startswith('"'):
+            raw = _UNESCAPE.sub(lambda m: "\n" if m[1] == "n" else m[1], raw[1:-1])
+        pairs[key] = raw
+    return pairs
+
+
+class _JsonFormatter(_LogfmtFormatter):
+    """The logfmt line's fields as one JSON object (``ts``, ``level``, ``event`` first)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(parse_fields(super().format(record)), ensure_ascii=False)
 
 
 class _TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -155,9 +187,10 @@ def _whole_line_writes(lines: list[str]) -> list[str]:
     return writes
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = LOG_FORMATS[0]) -> None:
+    check_log_format(log_format)
     handler = _TurnBufferedHandler(sys.stderr)
-    handler.setFormatter(_LogfmtFormatter())
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else _LogfmtFormatter())
     # Our lines name no thread, process or source line: do not collect them per
     # record (the logging docs' "Optimization" advice; a LogRecord was ~2% of a
     # small request with the access log on).

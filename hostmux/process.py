@@ -26,6 +26,8 @@ from hostmux.log import configure_logging
 class _Configured(Protocol):
     @property
     def log_level(self) -> str: ...
+    @property
+    def log_format(self) -> str: ...
 
 
 C = TypeVar("C", bound=_Configured)
@@ -53,7 +55,7 @@ def run_component(
     if problem is not None:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     prepare(config)
     try:
         run_event_loop(main(config))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import sys
@@ -127,8 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hostmux")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog=_PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"{_PROG} {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     keypair = commands.add_parser("keypair", help="generate an SSH key pair: PATH and PATH.pub")

@@ -27,7 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _identity_problem(config: ListenerConfig) -> str | None:
     """Why the listener cannot use its key (one line), or None."""
-    if not config.identity_file.is_file():
+    try:
+        # (is_file() raises for what it cannot look at: a directory it may not search, as
+        # for a systemd credential the service's user cannot read, or a name too long)
+        found = config.identity_file.is_file()
+    except OSError as exc:
+        return f"identity_file: {config.identity_file}: {exc.strerror or exc}"
+    if not found:
         return f"no private key at {config.identity_file}"
     if (problem := identity_problem(config.identity_file)) is not None:
         return f"identity_file: {problem}"

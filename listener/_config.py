@@ -23,6 +23,7 @@ from hostmux.config.layered import (
 )
 from hostmux.config.ranges import HOUR_S
 from hostmux.dit4c import listener_environment
+from hostmux.log import LOG_FORMATS, check_log_format
 from hostmux.names import InvalidName, check_name
 
 # Without a router or a portal to ask, try the router's embedded default.
@@ -94,6 +95,7 @@ class ListenerConfig:
         "one name's DNS addresses), else 1",
     )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
+    log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -121,6 +123,7 @@ class ListenerConfig:
                 raise ValueError(f"wss_header: {header!r} is not NAME:VALUE")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+        check_log_format(self.log_format)
 
     @property
     def target_address(self) -> tuple[str, int]:

@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import resource
+import signal
 import sys
 from collections.abc import Sequence
 
+from hostmux.config.layered import ConfigError
+from hostmux.config.show import config_toml
 from hostmux.log import set_log_context
 from hostmux.process import run_component
 from router.config import RouterConfig, load_config
@@ -41,10 +44,15 @@ def raise_open_files_limit() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["check-config"]:
+        return check_config(args[1:])
     if args and args[0] in ADMIN_COMMANDS:  # a client of a running router's admin API
         from router.admin.client import main as admin_client
 
         return admin_client(args)
+    # A reload asked for while the router starts is one it has not read its files for yet:
+    # ignored until the router's own handler is in place (router.server), not an end.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     async def run(config: RouterConfig) -> None:
         if is_supervisor(config):
@@ -54,9 +62,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from router.server import run_router
 
-            await run_router(config)
+            await run_router(config, reload=lambda: load_config(args))
 
     return run_component("hostmux-router", args, load=load_config, main=run, prepare=_tune_process)
+
+
+def check_config(argv: Sequence[str]) -> int:
+    """``hostmux-router check-config [options]``: load the configuration as the router
+    would (file, environment, flags), check the files it names without creating
+    anything, and print it (secrets masked); one line and exit 2 when it is wrong."""
+    prog = "hostmux-router check-config"
+    try:
+        config = load_config(argv, prog=prog)
+        from router.server import check_files  # loads asyncssh: not for the plain --help
+
+        check_files(config)
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(config_toml(config))
+    return 0
 
 
 def is_supervisor(config: RouterConfig) -> bool:

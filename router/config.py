@@ -24,6 +24,7 @@ from hostmux.config.layered import (
     parse_listen_list,
 )
 from hostmux.config.ranges import DAY_S, GIB, HOUR_S, KIB, MIB, MINUTE_S, PORT_MAX, WEEK_S
+from hostmux.log import LOG_FORMATS, check_log_format
 from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
 from keys import KeysError, check_router_id
@@ -230,6 +231,14 @@ class RouterConfig:
         "with mode 0600 when missing)",
     )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
+    # Operations (issue 19): certificates by SNI, reloaded on SIGHUP; the log format.
+    tls_cert_dir: Path | None = option(
+        None,
+        "per-host certificates chosen by SNI beside the default one: NAME.crt with NAME.key, "
+        "or NAME.pem holding both; each serves the DNS names of its subjectAltName (an exact "
+        "name beats a wildcard); re-read on SIGHUP",
+    )
+    log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -279,6 +288,7 @@ class RouterConfig:
         self._check_cluster()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+        check_log_format(self.log_format)
 
     def inherited_sockets(self) -> dict[str, list[int]]:
         """``listen_fds`` by kind (every kind present, in LISTEN_KINDS order); a
@@ -380,21 +390,25 @@ def check_admin_listen(value: str) -> tuple[str, int] | Path:
     return host, port
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "hostmux-router") -> argparse.ArgumentParser:
     return build_parser(
         RouterConfig,
-        "hostmux-router",
+        prog,
         "Route https://NAME.DOMAIN to apps behind SSH tunnels (ssh -R NAME:80:localhost:PORT). "
+        "'hostmux-router check-config [options]' checks the configuration and prints it; "
         "'hostmux-router tunnels|kick NAME|block KIND VALUE|unblock KIND VALUE|blocks|drain' "
         "call a running router's admin API (admin_listen) with the same options.",
     )
 
 
 def load_config(
-    argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    prog: str = "hostmux-router",
 ) -> RouterConfig:
     """Parse flags and layers; raises ConfigError (and SystemExit for --help)."""
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     return load(RouterConfig, args, environ)
 
 

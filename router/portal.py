@@ -87,6 +87,13 @@ class PortalKeys:
     def url_for(self, instance_id: str) -> str:
         return self._template.replace("{id}", instance_id)
 
+    def retune(self, *, timeout_s: float, ttl_s: float, negative_ttl_s: float) -> None:
+        """New timeout and cache lifetimes (a reload): for look-ups and answers from now
+        on; what is cached keeps its expiry."""
+        self._timeout_s, self._ttl_s, self._negative_ttl_s = timeout_s, ttl_s, negative_ttl_s
+        if self._client is not None:
+            self._client.timeout = httpx.Timeout(timeout_s)
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()

@@ -14,6 +14,9 @@
    ``shutdown_grace_s`` to finish, then close the SSH side (tunnel clients
    reconnect, to this router when it is back or to another).
 
+Between 3 and 4, SIGHUP (when ``run_router`` is given ``reload``) applies a new
+configuration in place, without touching a connection: ``router.reload``.
+
 Resource handling: ``run_router`` owns every listener and connection it
 starts (in ``Listening``) and releases them in step 4 whatever happened.
 Error handling: configuration faults are ``ConfigError`` (the CLI prints one
@@ -42,6 +45,7 @@ from hostmux.limits import ConnectionCounts, FailureLimiter
 from hostmux.log import fields
 from hostmux.relay import (
     ConnectionSet,
+    RelayLimits,
     RequestRecord,
     connection_handler,
     log_request,
@@ -54,6 +58,7 @@ from router.config import RouterConfig
 from router.membership import Membership
 from router.one_port import open_listening_socket, serve_one_port
 from router.portal import PortalKeys, TunnelEvents
+from router.reload import reload_router
 from router.ssh.auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
 from router.ssh.server import (
     SshAcceptor,
@@ -62,13 +67,8 @@ from router.ssh.server import (
     acceptor_port,
     start_ssh_server,
 )
-from router.state import (
-    RouterState,
-    dev_ca_pem,
-    dev_tls_context,
-    file_tls_context,
-    prepare_state,
-)
+from router.state import RouterState, dev_ca_pem, file_certificates, front_door_tls, prepare_state
+from router.tls import FrontDoorTls
 from router.tunnels import TunnelGateway, TunnelHub
 from router.workers.sockets import adopt
 from router.workers.worker import end_with_supervisor
@@ -110,6 +110,13 @@ class Router:
     link: ClusterLink | None = None  # the router-to-router link (cluster_listen set)
     admin_token: AdminToken | None = None  # admin_listen set (and not a worker)
     admin_agent: ClusterAgent | None = None  # the admin API's side in a router with a registry
+    # What a reload (SIGHUP, ``router.reload``) swaps: the certificates new handshakes
+    # get (``tls`` is their context) and the limits new browser connections get.
+    certificates: FrontDoorTls | None = None
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
+
+    def current_limits(self) -> RelayLimits:
+        return self.relay_limits
 
 
 @dataclass
@@ -126,13 +133,26 @@ class Listening:
     )
 
 
-async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+async def run_router(
+    config: RouterConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    reload: Callable[[], RouterConfig] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); SIGHUP applies ``reload()``'s
+    configuration (``router.reload``) when given."""
     router = build_router(config)
     stop = stop or asyncio.Event()
     listening = Listening()
     drain = Drain(router, listening)
-    with _signals(stop, router.connections, drain):
+    on_hup = None
+    if reload is not None:
+        load = reload
+
+        def on_hup() -> None:  # a worker's supervisor names what needs a restart, once
+            reload_router(router, load, say_restart=not config.worker_index)
+
+    with _signals(stop, router.connections, on_hup, drain):
         try:
             await bind_router(router, listening)
             if router.admin_token is not None:
@@ -148,7 +168,7 @@ async def run_router(config: RouterConfig, *, stop: asyncio.Event | None = None)
 def build_router(config: RouterConfig) -> Router:
     """Step 1: everything but the listeners; a ConfigError for any bad file or setting."""
     # The operator's TLS files are checked before anything is created or bound.
-    file_tls = file_tls_context(config)
+    certificates = file_certificates(config)
     link_contexts = None
     if config.cluster_listen:
         # Imported here: the link's code is loaded only by routers that use it.
@@ -175,7 +195,8 @@ def build_router(config: RouterConfig) -> Router:
         registry, headers = hub.cluster.registry, gateway.response_headers
         link = build_link(config, link_contexts, hub, registry, headers)
         gateway.forwarder = link.forwarder
-    tls = file_tls or dev_tls_context(config, state)
+    front_tls = front_door_tls(config, state, certificates)
+    tls = front_tls.context if front_tls is not None else None
     if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
         raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
     return Router(
@@ -210,9 +231,26 @@ def build_router(config: RouterConfig) -> Router:
         tls=tls,
         scheme=scheme,
         link=link,
+        certificates=front_tls,
+        relay_limits=config.relay_limits,
         admin_token=admin.admin_token(config),
         admin_agent=agent,
     )
+
+
+def check_files(config: RouterConfig) -> None:
+    """``check-config``: what ``build_router`` reads before anything listens (certificates,
+    CA keys, authorized_keys, the cluster link's files), creating nothing; a ConfigError
+    names the first bad one."""
+    file_certificates(config)
+    if config.portal_ca_keys_file is not None:
+        load_ca_fingerprints(config.portal_ca_keys_file)
+    AuthorizedKeys(config.authorized_keys_path)  # strict: a bad line is an error here
+    admin.check_files(config)
+    if config.cluster_listen:
+        from router.cluster.setup import link_tls
+
+        link_tls(config)
 
 
 async def bind_router(router: Router, listening: Listening) -> None:
@@ -230,7 +268,7 @@ async def bind_router(router: Router, listening: Listening) -> None:
             server = await _bind(
                 where,
                 start_front_door(
-                    host, port, gateway=router.gateway, limits=config.relay_limits,
+                    host, port, gateway=router.gateway, limits=router.current_limits,
                     connections=router.connections, counts=router.browsers,
                     trusted_proxies=router.trusted, tls=context,
                     tls_handshake_timeout_s=config.tls_handshake_timeout_s, sock=sock,
@@ -433,7 +471,7 @@ async def _serve_one_port(router: Router, sock: socket.socket) -> None:
     assert router.tls is not None  # build_router refused one_port_listen without TLS
     handlers = {
         scheme: connection_handler(
-            scheme, gateway=router.gateway, limits=config.relay_limits,
+            scheme, gateway=router.gateway, limits=router.current_limits,
             connections=router.connections, counts=router.browsers,
             trusted_proxies=router.trusted, on_request=_request_observer(router.hub),
         )
@@ -472,18 +510,28 @@ def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
 
 
 @contextlib.contextmanager
-def _signals(stop: asyncio.Event, connections: ConnectionSet, drain: Drain) -> Iterator[None]:
+def _signals(
+    stop: asyncio.Event,
+    connections: ConnectionSet,
+    on_hup: Callable[[], None] | None,
+    drain: Drain,
+) -> Iterator[None]:
     """SIGTERM/SIGINT set ``stop``; SIGUSR1 logs the live counts (an operator's leak check);
-    SIGUSR2 starts a drain (``drain_router``)."""
+    SIGHUP calls ``on_hup`` (a reload), when given; SIGUSR2 starts a drain (``drain_router``)."""
     loop = asyncio.get_running_loop()
+    handled = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1]
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _log_stats, connections)
     loop.add_signal_handler(signal.SIGUSR2, drain.start)
+    handled.append(signal.SIGUSR2)
+    if on_hup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        handled.append(signal.SIGHUP)
     try:
         yield
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        for signum in handled:
             loop.remove_signal_handler(signum)
 
 

@@ -18,7 +18,7 @@ import keys
 from hostmux.config.layered import ConfigError
 from hostmux.log import fields
 from router.config import RouterConfig
-from router.tls import DevCertificates, configured_tls_context
+from router.tls import CertificateSet, DevCertificates, FrontDoorTls, load_certificates
 
 log = logging.getLogger("hostmux.router")
 
@@ -70,22 +70,30 @@ def _seed_authorized_keys(path: Path) -> None:
     log.info(fields("authorized_keys_created", path=str(path), keys=len(lines)))
 
 
-def file_tls_context(config: RouterConfig) -> ssl.SSLContext | None:
-    """TLS from the operator's files, when something serves TLS; a ConfigError names a bad file."""
-    cert, key = config.tls_cert_file, config.tls_key_file
-    if cert is None or key is None or not (config.https_listen or config.one_port_listen):
+def file_certificates(config: RouterConfig) -> CertificateSet | None:
+    """The operator's certificates (``tls_cert_file``/``tls_key_file``, ``tls_cert_dir``),
+    when something serves TLS; a ConfigError names a bad file."""
+    if not (config.https_listen or config.one_port_listen):
         return None
-    return configured_tls_context(cert, key)
+    return load_certificates(config.tls_cert_file, config.tls_key_file, config.tls_cert_dir)
 
 
-def dev_tls_context(config: RouterConfig, state: RouterState) -> ssl.SSLContext | None:
-    """TLS from the development CA, when it serves (no files configured)."""
-    if state.dev_tls is None:
+def front_door_tls(
+    config: RouterConfig, state: RouterState, certificates: CertificateSet | None
+) -> FrontDoorTls | None:
+    """The front door's TLS: the operator's certificates, with the development CA
+    issuing for names they do not serve when no certificate files are given."""
+    if certificates is None:
         return None
-    try:
-        return DevCertificates(state.dev_tls, config.domain).default_context
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"development CA in {config.state_dir / 'tls'}: {exc}") from None
+    dev = None
+    if state.dev_tls is not None:
+        try:
+            dev = DevCertificates(state.dev_tls, config.domain)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"development CA in {config.state_dir / 'tls'}: {exc}") from None
+    if certificates.default is None and dev is None:
+        return None
+    return FrontDoorTls(certificates, dev)
 
 
 def dev_ca_pem(state: RouterState) -> str | None:

@@ -16,6 +16,7 @@ Supported field types: ``str``, ``int``, ``float``, ``bool``, ``Path``,
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
 import tomllib
@@ -90,6 +91,14 @@ def _convert_type(value: Any, opt: Option, where: str) -> Any:
     raise TypeError(f"unsupported config type {opt.base!r}")  # a programming error
 
 
+def package_version() -> str:
+    """hostmux's version as installed (``unknown`` when run from a checkout only)."""
+    try:
+        return importlib.metadata.version("hostmux")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser(cls: type[Any], prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -103,6 +112,7 @@ def build_parser(cls: type[Any], prog: str, description: str) -> argparse.Argume
     parser.add_argument(
         "--config", metavar="FILE", help=f"TOML config file (env {ENV_PREFIX}CONFIG)"
     )
+    parser.add_argument("--version", action="version", version=f"{prog} {package_version()}")
     for opt in declared_options(cls):
         if opt.base is bool:
             parser.add_argument(
@@ -180,6 +190,13 @@ def parse_listen_list(values: Sequence[str], where: str) -> list[tuple[str, int]
 
 
 __all__ = [
-    "ConfigError", "build_parser", "check_ranges", "load", "option", "parse_host_port",
-    "parse_listen_list", "with_defaults",
+    "ConfigError",
+    "build_parser",
+    "check_ranges",
+    "load",
+    "option",
+    "package_version",
+    "parse_host_port",
+    "parse_listen_list",
+    "with_defaults",
 ]  # fmt: skip

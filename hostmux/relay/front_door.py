@@ -77,13 +77,14 @@ def connection_handler(
     scheme: str,
     *,
     gateway: Gateway,
-    limits: RelayLimits,
+    limits: RelayLimits | Callable[[], RelayLimits],
     connections: ConnectionSet,
     counts: ConnectionCounts,
     trusted_proxies: TrustedProxies | None = None,
     on_request: Callable[[RequestRecord], None] = log_request,
 ) -> ConnectionHandler:
-    """What each accepted browser connection runs (also used by one-port mode);
+    """What each accepted browser connection runs (also used by one-port mode); ``limits``
+    may be a function, asked once per connection (the router's reload changes them);
     ``on_request`` gets each finished request's record (the access log by default)."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,12 +99,13 @@ def connection_handler(
             writer.transport.abort()
             return
         try:
+            now = limits() if callable(limits) else limits
             info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
             stream = ReaderWriterStream(
                 reader, writer, label=f"{scheme}:{ip}:{peer[1]}",
-                close_linger_s=limits.send_timeout_s,
+                close_linger_s=now.send_timeout_s,
             )  # fmt: skip
-            relay = HttpRelay(stream, info, gateway, limits, on_request, trusted_proxies)
+            relay = HttpRelay(stream, info, gateway, now, on_request, trusted_proxies)
             connections.add(task, relay)
             await relay.run()
         except asyncio.CancelledError:
@@ -122,7 +124,7 @@ async def start_front_door(
     port: int,
     *,
     gateway: Gateway,
-    limits: RelayLimits,
+    limits: RelayLimits | Callable[[], RelayLimits],
     connections: ConnectionSet,
     counts: ConnectionCounts,
     trusted_proxies: TrustedProxies | None = None,

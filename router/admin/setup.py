@@ -21,7 +21,7 @@ from hostmux.log import fields
 from router.admin.api import SECURITY_HEADERS, AdminApi, AdminBackend
 from router.admin.http import start_admin_server
 from router.admin.local import BlockFile, LocalBackend
-from router.admin.token import AdminToken, load_token
+from router.admin.token import AdminToken, load_token, read_token
 from router.config import RouterConfig, check_admin_listen
 from router.tunnels import TunnelHub
 
@@ -39,6 +39,15 @@ def admin_token(config: RouterConfig) -> AdminToken | None:
     if made:
         log.info(fields("admin_token_created", path=token.path, mode="0600"))
     return token
+
+
+def check_files(config: RouterConfig) -> None:
+    """``check-config``: the admin token file named in the config and the blocks file,
+    read as the router would (a ConfigError names what is wrong), creating nothing."""
+    if config.admin_listen and config.admin_token_file is not None:
+        read_token(config.admin_token_file)
+    if not config.registry:
+        block_file(config).load()
 
 
 def block_file(config: RouterConfig) -> BlockFile:

@@ -51,6 +51,10 @@ class AuthorizedKeys:
     def __repr__(self) -> str:
         return f"<AuthorizedKeys {self._path}>"
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
     def reload(self, *, strict: bool) -> None:
         """Load the file if it changed; ``strict``: bad lines are a ConfigError."""
         try:
@@ -147,6 +151,23 @@ class Authenticator:
 
     def __repr__(self) -> str:
         return f"<Authenticator portal={self._portal!r} cas={len(self._ca_fingerprints)}>"
+
+    @property
+    def authorized(self) -> AuthorizedKeys:
+        return self._authorized
+
+    @property
+    def portal(self) -> PortalKeys | None:
+        return self._portal
+
+    @property
+    def ca_fingerprints(self) -> frozenset[str]:
+        return self._ca_fingerprints
+
+    def replace_keys(self, authorized: AuthorizedKeys, ca_fingerprints: frozenset[str]) -> None:
+        """Reload (SIGHUP): the operator's keys and the portal CAs for logins from now on."""
+        self._authorized = authorized
+        self._ca_fingerprints = ca_fingerprints
 
     async def grant_for_key(
         self, username: str, key: asyncssh.SSHKey, peer_ip: str

@@ -15,8 +15,12 @@ It never serves a request and never loads asyncssh. In order:
 5. passes SIGTERM/SIGINT on and waits: each worker does a router's graceful
    shutdown (leases released at once, requests drained); a second signal, or
    ``shutdown_grace_s + _STOP_MARGIN_S`` without an end, kills the rest with
-   SIGKILL. SIGHUP is passed on; a worker that ends of it starts again at once.
-   SIGUSR1 (a router's live counts) and SIGUSR2 (a drain) are passed on too;
+   SIGKILL. SIGHUP is a reload (``router.reload``): the supervisor reads the
+   configuration again to name, in one line, the options that need a restart,
+   and passes SIGHUP on to every worker, which reloads in place (same process,
+   no tunnel dropped); a worker that ends of it (one still starting, before its
+   handler is in place) starts again at once. SIGUSR1 (a router's live counts)
+   and SIGUSR2 (a drain) are passed on too;
 6. holds the one admin listener (``admin_listen``): it answers from the
    registry for every worker (``router.admin.cluster``) and its drain is
    SIGUSR2 to every worker.
@@ -51,8 +55,9 @@ from hostmux.config.layered import ConfigError
 from hostmux.log import describe, fields
 from router.admin.setup import admin_token, close_admin, start_admin
 from router.admin.token import AdminToken
-from router.config import RouterConfig
-from router.state import file_tls_context, prepare_state
+from router.config import RouterConfig, load_config
+from router.reload import needs_restart
+from router.state import file_certificates, prepare_state
 from router.workers.cluster_files import own_cluster_link
 from router.workers.plan import (
     ClusterLink,
@@ -89,7 +94,7 @@ async def run_supervisor(config: RouterConfig, argv: Sequence[str]) -> None:
         keys.check_router_id(worker_router_id(base, count))
     except keys.KeysError as exc:
         raise ConfigError(f"router_id (the workers' base id {base!r}): {exc}") from None
-    file_tls_context(config)  # the operator's certificate files, checked once
+    file_certificates(config)  # the operator's certificate files, checked once
     prepare_state(config)
     cluster = _cluster_link(config, base)
     token = admin_token(config)
@@ -267,6 +272,13 @@ class Supervisor:
         ]
 
     def _pass_hup(self) -> None:
+        try:
+            restart = needs_restart(self._config, load_config(self._argv))
+        except ConfigError as exc:  # each worker says so too, and keeps its configuration
+            log.error(fields("reload_failed", reason=str(exc), action="kept the running config"))
+        else:
+            if restart:
+                log.warning(fields("reload_needs_restart", options=",".join(restart)))
         log.info(fields("sighup_passed_on", workers=len(self._workers)))
         self._hup_sent.update(self._workers)
         self._send_all(signal.SIGHUP)

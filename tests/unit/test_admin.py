@@ -240,3 +240,17 @@ def test_the_admin_server_answers_head_pipelined_and_hostile_requests() -> None:
     assert pipelined.endswith(b"\r\n\r\nGET /b")  # the HEAD's answer had no body
     assert big_head.startswith(b"HTTP/1.1 431 ") and big_body.startswith(b"HTTP/1.1 413 ")
     assert garbage.startswith(b"HTTP/1.1 400 ")
+
+
+def test_check_config_reads_the_admin_files_as_the_router_would(tmp_path: Path) -> None:
+    from router.admin.setup import check_files
+
+    config = RouterConfig(state_dir=tmp_path, admin_listen="127.0.0.1:0")
+    check_files(config)  # no token yet (the router makes it), no blocks: fine
+    assert not (tmp_path / "admin_token").exists()  # check-config creates nothing
+    (tmp_path / "blocks.json").write_text('{"blocks": 3}')
+    with pytest.raises(ConfigError, match="blocks file"):
+        check_files(config)
+    missing = RouterConfig(admin_listen="/run/x.sock", admin_token_file=tmp_path / "none")
+    with pytest.raises(ConfigError, match="no such file"):
+        check_files(missing)

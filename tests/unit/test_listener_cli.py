@@ -21,6 +21,8 @@ def _identity(kind: str, directory: Path) -> Path:
         return key.with_suffix(".pub") if kind == "pub-file" else key
     if kind == "not-a-key":
         key.write_text("hello\n")
+    if kind == "unreachable":  # stat() fails (as EACCES does, which root cannot provoke)
+        return directory / ("x" * 300)
     return key  # "missing": never written
 
 
@@ -31,6 +33,7 @@ def _identity(kind: str, directory: Path) -> Path:
         ("passphrase", "protected by a passphrase"),
         ("not-a-key", "not a private key"),
         ("missing", "no private key at"),
+        ("unreachable", "identity_file: "),
     ],
 )
 def test_an_unusable_identity_file_is_one_line_naming_it(
@@ -42,6 +45,7 @@ def test_an_unusable_identity_file_is_one_line_naming_it(
     assert err.count("\n") == 1, err
     assert err.startswith("hostmux-listener: error: ")
     assert str(identity) in err and says in err
+    assert "Traceback" not in err
 
 
 def test_a_usable_identity_file_passes_the_check(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import html
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from urllib.parse import parse_qs
@@ -85,6 +86,9 @@ class AuthGateway:
         self._open_app = open_app
         self._checks = AccessChecks(config.access_recheck_s)
         self._save_lock = asyncio.Lock()
+        # Logins and denials by event (``_metrics`` names them): login, login_denied,
+        # login_failed, access_withdrawn, no_session.
+        self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<AuthGateway {self._config.instance_id} -> {self._config.app}>"
@@ -136,6 +140,7 @@ class AuthGateway:
     async def _start_login(
         self, request: Request, target: str, clear_session: bool, rid: str
     ) -> Page:
+        self.counts["no_session"] += 1
         as_html = wants_html(_header(request, b"accept"))
         clear = [(b"set-cookie", clear_cookie_header(SESSION_COOKIE))] if clear_session else []
         if request.method not in (b"GET", b"HEAD") or _header(request, b"upgrade"):
@@ -175,10 +180,12 @@ class AuthGateway:
             redirect_uri = redirect_uri_for(await self._public_url())
             access = await self._oauth.finish_login(params["code"], redirect_uri, login)
         except (LoginFailed, PortalUnreachable) as exc:
+            self.counts["login_failed"] += 1
             log.warning(fields("login_failed", instance=self._config.instance_id, reason=str(exc)))
             return status_page(502, str(exc), request_id=rid, as_html=as_html)
         clear_login = (b"set-cookie", clear_cookie_header(LOGIN_COOKIE))
         if not access.allowed:
+            self.counts["login_denied"] += 1
             log.info(fields("login_denied", instance=self._config.instance_id, user=access.user))
             page = status_page(
                 403,
@@ -190,6 +197,7 @@ class AuthGateway:
             return with_headers(page, [clear_login])
         sealed, session = self._sealer.seal_session(access.user, grant=access.grant)
         self._checks.record(session.sid)  # the portal has just said yes
+        self.counts["login"] += 1
         log.info(fields("login", instance=self._config.instance_id, user=access.user,
                         sid=session.sid[:8]))  # fmt: skip
         max_age = self._sealer.session_lifetime_s
@@ -221,6 +229,7 @@ class AuthGateway:
         self._revocations.revoke_session(session)
         self._checks.forget(session.sid)
         await self._save()
+        self.counts["access_withdrawn"] += 1
         log.info(fields("access_withdrawn", instance=instance, user=session.user,
                         sid=session.sid[:8]))  # fmt: skip
         return False

@@ -57,6 +57,12 @@ class AuthHelperConfig:
         minimum=1,
         maximum=DAY_S,
     )
+    metrics_listen: str = option(
+        "",
+        "serve /metrics (Prometheus), /healthz and /readyz here (HOST:PORT; loopback or a "
+        "private address: nothing there is authenticated); empty: off",
+        metavar="HOST:PORT",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")
 
@@ -64,6 +70,8 @@ class AuthHelperConfig:
         check_ranges(self)
         parse_host_port(self.listen, "listen")
         parse_host_port(self.app, "app")
+        if self.metrics_listen:
+            parse_host_port(self.metrics_listen, "metrics_listen")
         try:
             check_name(self.instance_id)
         except InvalidName as exc:

@@ -118,11 +118,24 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
     bound = server.sockets[0].getsockname()
+    ops = None
+    if config.metrics_listen:  # prometheus-client is loaded only then
+        from hostmux.ops_server import Endpoints, start_ops_server
+
+        from ._metrics import HelperOps
+
+        helper_ops = HelperOps(gateway.counts)
+        ops = start_ops_server(
+            config.metrics_listen, Endpoints(helper_ops.metrics, helper_ops.readiness)
+        )
     log.info(fields("authhelper_ready", listen=f"{bound[0]}:{bound[1]}", app=config.app,
-                    instance=config.instance_id, portal=config.portal_url))  # fmt: skip
+                    instance=config.instance_id, portal=config.portal_url,
+                    metrics=ops.address if ops is not None else None))  # fmt: skip
     try:
         await stop.wait()
     finally:
+        if ops is not None:
+            await ops.close()
         server.close()
         await connections.drain(SHUTDOWN_GRACE_S)
         for signum in (signal.SIGTERM, signal.SIGINT):

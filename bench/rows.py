@@ -391,10 +391,13 @@ def _sshd_nginx(ctx: RowContext, *, tls: bool) -> Plan:
     )
 
 
-def _start_router(ctx: RowContext, tls: keys.TlsFiles | None) -> HostmuxRouter:
+def _start_router(
+    ctx: RowContext, tls: keys.TlsFiles | None, extra: Sequence[str] = ()
+) -> HostmuxRouter:
     return start_hostmux_router(
-        ctx.procs, ctx.work, tls, code=ctx.bench.code, log_level=ctx.bench.router_log_level
-    )
+        ctx.procs, ctx.work, tls, extra, code=ctx.bench.code,
+        log_level=ctx.bench.router_log_level,
+    )  # fmt: skip
 
 
 def _hostmux_plan(
@@ -419,8 +422,8 @@ def _hostmux_plan(
     )
 
 
-def _hostmux(ctx: RowContext, *, client: str, tls: bool) -> Plan:
-    router = _start_router(ctx, ctx.bench.tls)
+def _hostmux(ctx: RowContext, *, client: str, tls: bool, extra: Sequence[str] = ()) -> Plan:
+    router = _start_router(ctx, ctx.bench.tls, extra)
     backend = ctx.bench.backend_port
     if client == "listener":
         argv = router.listener_client(TUNNEL_NAME, backend)
@@ -545,6 +548,18 @@ ROWS: dict[str, Row] = {
             "hostmux + OpenSSH",
             "hostmux router, plain HTTP front door, + OpenSSH `ssh -N -R bench:80:backend`",
             lambda ctx: _hostmux(ctx, client="openssh", tls=False),
+        ),
+        Row(
+            "hostmux-openssh-metrics",
+            "hostmux + OpenSSH, metrics on",
+            "as hostmux + OpenSSH, with `--metrics-listen` (the per-request cost of /metrics; "
+            "not scraped during the load: a scrape every 15 s is not a per-request cost)",
+            lambda ctx: _hostmux(
+                ctx,
+                client="openssh",
+                tls=False,
+                extra=("--metrics-listen", f"127.0.0.1:{ctx.port('metrics')}"),
+            ),
         ),
         Row(
             "hostmux-listener",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -95,6 +96,9 @@ class TunnelHub:
         # registry, False until they were first read from it (claims wait: refused).
         self.blocks = BlockList()
         self.blocks_known = True
+        # Tunnel and SSH events by kind (``router.operations`` turns them into metrics):
+        # tunnel_up, tunnel_refused, ssh_auth_refused_key, ssh_auth_rate_limited.
+        self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<TunnelHub *.{self.domain} {self.routes!r}>"
@@ -128,6 +132,7 @@ class TunnelHub:
         for a key or name the operator blocked."""
         self._check_blocks(tunnel)
         replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
+        self.counts["tunnel_up"] += 1
         self._notify("tunnel_up", tunnel)
         log.info(
             fields(

@@ -17,7 +17,6 @@ from hostmux.relay.front_door import (
     ConnectionHandler,
     ConnectionSet,
     connection_handler,
-    log_request,
     start_front_door,
 )
 from hostmux.relay.gateway import Destination, Gateway, UpstreamUnavailable
@@ -40,7 +39,6 @@ __all__ = [
     "RequestRecord",
     "UpstreamUnavailable",
     "connection_handler",
-    "log_request",
     "open_tcp_stream",
     "splice",
     "start_front_door",

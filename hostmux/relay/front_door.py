@@ -44,6 +44,10 @@ class ConnectionSet:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._relays.pop(task, None)
 
+    def websockets(self) -> int:
+        """Connections spliced after a ``101`` right now (counted when asked: metrics)."""
+        return sum(1 for relay in self._relays.values() if relay.splicing)
+
     async def drain(self, grace_s: float) -> None:
         """Shutdown: idle connections close now, requests in flight get ``grace_s``
         to finish, WebSockets get a 1001 close; whatever is left is cancelled."""
@@ -85,7 +89,7 @@ def connection_handler(
 ) -> ConnectionHandler:
     """What each accepted browser connection runs (also used by one-port mode); ``limits``
     may be a function, asked once per connection (the router's reload changes them);
-    ``on_request`` gets each finished request's record (the access log by default)."""
+    ``on_request`` gets each finished request's record (the access log, metrics)."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

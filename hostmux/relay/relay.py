@@ -131,6 +131,7 @@ class HttpRelay:
         self._peer = f"{info.peer_ip}:{info.peer_port}"
         self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
         self._between_requests = False  # waiting for the next request head
+        self.splicing = False  # bytes spliced after a 101 (a WebSocket)
 
     def __repr__(self) -> str:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
@@ -395,6 +396,7 @@ class HttpRelay:
     async def _splice(self, upstream: Upstream, record: RecordBuilder) -> None:
         """Copy bytes both ways after a 101, until both directions ended."""
         self._upstream = None  # no longer reusable: owned by the splice now
+        self.splicing = True  # a WebSocket now (ConnectionSet.websockets counts them)
         try:
             await splice(
                 self._browser.stream, upstream.stream,
@@ -405,6 +407,7 @@ class HttpRelay:
         except* (ConnectionError, OSError, TimeoutError) as group:
             log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)
         finally:
+            self.splicing = False
             upstream.stream.close()
 
     def _close_upstream(self) -> None:

@@ -263,7 +263,8 @@ async def test_a_blocked_key_is_refused_across_a_restart_until_unblocked(stack: 
 
 
 async def test_the_cli_and_a_unix_socket_admin_listener(stack: Stack) -> None:
-    router, admin = await start_admin_router(stack, unix=True)
+    router, admin = await start_admin_router(stack, "--metrics-listen", "127.0.0.1:0", unix=True)
+    metrics_port = int((await router.proc.wait_for(r"metrics=127\.0\.0\.1:(\d+)"))[1])
     assert admin.socket_path is not None
     assert stat.S_IMODE(admin.socket_path.stat().st_mode) == 0o600
     app = await stack.start_app()
@@ -316,6 +317,9 @@ async def test_the_cli_and_a_unix_socket_admin_listener(stack: Stack) -> None:
     with pytest.raises(httpx.ConnectError):
         await router.get("second", "/")
     assert await admin.tunnels() == []
+    async with httpx.AsyncClient() as client:  # a load balancer takes it out
+        ready = await client.get(f"http://127.0.0.1:{metrics_port}/readyz")
+    assert ready.status_code == 503 and "stopping" in ready.text
     assert router.proc.process.returncode is None  # it stays up until SIGTERM
     assert await router.proc.stop() == 0
     assert not admin.socket_path.exists()  # removed at the end

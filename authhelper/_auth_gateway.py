@@ -16,7 +16,7 @@ import html
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from urllib.parse import parse_qs
 
@@ -30,12 +30,14 @@ from hostmux.http1 import (
     with_headers,
 )
 from hostmux.log import fields
-from hostmux.relay import ByteStream, Destination
+from hostmux.relay import Destination
 
 from ._access import RETRY_UNREACHABLE_S, AccessChecks
+from ._app_connections import AppConnections
 from ._config import AuthHelperConfig
 from ._gate import (
     LOGOUT_PATH,
+    OUR_COOKIES,
     Action,
     action_for,
     app_request_headers,
@@ -60,10 +62,9 @@ from ._session import (
     cookie_header,
     read_cookies,
 )
+from ._session_cache import SessionCache
 
 log = logging.getLogger("hostmux.authhelper")
-
-OpenApp = Callable[[], Awaitable[ByteStream]]
 
 
 class AuthGateway:
@@ -76,15 +77,18 @@ class AuthGateway:
         oauth: PortalOAuth,
         portal: PortalClient,
         revocations: Revocations,
-        open_app: OpenApp,
+        app: AppConnections,
     ) -> None:
         self._config = config
         self._sealer = sealer
         self._oauth = oauth
         self._portal = portal
         self._revocations = revocations
-        self._open_app = open_app
+        self._app = app
+        # Idle connections to the app are shared by every browser connection (0: none).
+        self._app_pool = app if config.app_idle_connections > 0 else None
         self._checks = AccessChecks(config.access_recheck_s)
+        self._sessions = SessionCache(sealer, OUR_COOKIES)
         self._save_lock = asyncio.Lock()
         # Logins and denials by event (``_metrics`` names them): login, login_denied,
         # login_failed, access_withdrawn, no_session.
@@ -98,6 +102,19 @@ class AuthGateway:
     ) -> Destination | Page | asyncio.Future[Destination | Page]:
         target = request.target.decode("latin-1")
         path, query = split_target(target)
+        # The common case first: a session cookie opened before (``_session_cache``),
+        # still unrevoked, for a path of the app. Anything else takes the full path.
+        opened = self._sessions.opened(request.headers)
+        if (
+            opened is not None
+            and action_for(path, has_session=True) is Action.PASS
+            and not self._revocations.is_revoked(opened.session)
+        ):
+            known = opened.session
+            destination = self._destination(known, opened.app_cookie)
+            if not self._checks.is_due(known.sid):
+                return destination
+            return asyncio.ensure_future(self._recheck(known, destination, request, target))
         cookies = read_cookies(request.headers)
         session = self._sealer.first_session(cookies.get(SESSION_COOKIE, []))
         revoked = session is not None and self._revocations.is_revoked(session)
@@ -125,12 +142,14 @@ class AuthGateway:
             )
         return asyncio.ensure_future(self._start_login(request, target, revoked, request_id))
 
-    def _destination(self, session: Session) -> Destination:
+    def _destination(self, session: Session, app_cookie: bytes | None = None) -> Destination:
+        """``app_cookie``: the request's one Cookie header less ours, known already."""
         return Destination(
             key="app",
             label=self._config.instance_id,
-            open=self._open_app,
-            request_headers=partial(_app_headers, user=session.user),
+            open=self._app.open,
+            pool=self._app_pool,
+            request_headers=partial(_app_headers, user=session.user, app_cookie=app_cookie),
             response_headers=app_response_headers,
         )
 
@@ -336,9 +355,9 @@ def _see_other(location: str, extra: list[tuple[bytes, bytes]]) -> Page:
 
 
 def _app_headers(
-    headers: Sequence[tuple[bytes, bytes]], websocket: bool, *, user: str
+    headers: Sequence[tuple[bytes, bytes]], websocket: bool, *, user: str, app_cookie: bytes | None
 ) -> list[tuple[bytes, bytes]]:
-    return app_request_headers(headers, user=user, websocket=websocket)
+    return app_request_headers(headers, user=user, websocket=websocket, app_cookie=app_cookie)
 
 
 def _text_page(status: int, text: str) -> Page:

@@ -63,6 +63,13 @@ class AuthHelperConfig:
         "private address: nothing there is authenticated); empty: off",
         metavar="HOST:PORT",
     )
+    app_idle_connections: int = option(
+        16,
+        "idle connections to the app kept open for the next browser connection",
+        minimum=0,
+        maximum=10_000,
+        zero="none: each browser connection opens its own",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")
 

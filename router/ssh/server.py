@@ -52,7 +52,7 @@ from router.ssh.auth import Authenticator
 from router.ssh.channel import ChannelStream
 from router.ssh.client_state import ClientState, VirtualForward
 from router.ssh.session import ToolSession
-from router.tunnels import Tunnel, TunnelHub
+from router.tunnels import Blocked, Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
 
@@ -134,9 +134,15 @@ class _ConnectionHandler(asyncssh.SSHServer):
     """asyncssh callbacks for one SSH connection."""
 
     def __init__(
-        self, hub: TunnelHub, auth: Authenticator, settings: SshSettings, limits: SshLimits
+        self,
+        hub: TunnelHub,
+        auth: Authenticator,
+        settings: SshSettings,
+        limits: SshLimits,
+        transport: str = "ssh",
     ) -> None:
         self._hub = hub
+        self._transport = transport  # "ssh", or "wss" (SSH over WebSocket)
         self._auth = auth
         self._settings = settings
         self._limits = limits
@@ -282,14 +288,20 @@ class _ConnectionHandler(asyncssh.SSHServer):
             limit = self._limits.max_tunnels_per_owner
             return self._refuse(where, f"this key already holds {limit} tunnels")
         tunnels = [
-            Tunnel(name=name, owner=grant.owner, peer=self._state.peer, open_stream=opener)
+            Tunnel(
+                name=name, owner=grant.owner, peer=self._state.peer, open_stream=opener,
+                transport=self._transport,
+            )
             for name in candidates
-        ]
+        ]  # fmt: skip
         if self._hub.cluster is not None:
             return self._claim_in_cluster(tunnels, listen, port, where)
         for tunnel in tunnels:  # no registry: synchronous, as fast as ever
             try:
                 self._hub.claim(tunnel)
+            except Blocked as blocked:
+                self._limits.remove_tunnel(tunnel.owner)
+                return self._refuse(where, str(blocked))
             except NameTaken:
                 continue
             return self._forward(tunnel, listen, port, where)
@@ -301,6 +313,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
         for tunnel in tunnels:
             try:
                 await self._hub.claim_in_cluster(tunnel)
+            except Blocked as blocked:
+                self._limits.remove_tunnel(tunnel.owner)
+                return self._refuse(where, str(blocked))
             except NameTaken:
                 continue
             except RegistryUnavailable as error:
@@ -471,7 +486,9 @@ async def start_ssh_server(
         host,
         port,
         tunnel=tunnel or CoalescingListener(sock),
-        server_factory=lambda: _ConnectionHandler(hub, auth, settings, limits),
+        server_factory=lambda: _ConnectionHandler(
+            hub, auth, settings, limits, "wss" if tunnel else "ssh"
+        ),
         # asyncssh rebuilds its options for every connection (``reload_config``
         # at the start of auth): a key object, not a path, spares re-reading and
         # parsing the key file each time, and gss_host=None the getfqdn() look-up

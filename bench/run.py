@@ -124,7 +124,9 @@ def measure_row(row: Row, bench: Bench, work: Path, args: argparse.Namespace) ->
             cpu_after = cpu_s()
             mb = sum(d.size for d in downloads) / 1e6
             if mb and plan.router:
-                router_s, client_s = (b - a for a, b in zip(cpu_before, cpu_after, strict=True))
+                router_s, _helper_s, client_s = (
+                    b - a for a, b in zip(cpu_before, cpu_after, strict=True)
+                )
                 result["router_cpu_us_per_mb"] = router_s / mb * 1e6
                 result["client_cpu_us_per_mb"] = client_s / mb * 1e6 if client else None
             bad = [d for d in downloads if not d.ok]

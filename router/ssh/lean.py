@@ -19,10 +19,11 @@ the client is in:
   after the shed);
 - the extensions are sent once, after the first key exchange (a re-key adds
   two entries back, ~1 KiB);
-- four sets a *client* fills (trusted and revoked host keys and CAs, ~0.9
-  KiB) become one shared empty ``frozenset``: a server only reads them for
-  host-based authentication against ``known_client_hosts``, which the router
-  never configures (and then it would assign fresh sets first);
+- five sets a *client* fills (trusted and revoked host keys and CAs, the
+  server's signature algorithms; ~1.1 KiB) become one shared empty
+  ``frozenset``: a server reads the first four only for host-based
+  authentication against ``known_client_hosts``, which the router never
+  configures, and the last never;
 - the connection's close event waits on a list, not a ``deque`` (a deque
   allocates a 64-slot block at once, ~0.7 KiB; an ``asyncio.Event`` only
   appends, iterates and removes its few waiters).
@@ -44,6 +45,7 @@ KEXINIT = ("_client_kexinit", "_server_kexinit")
 EXTENSIONS = "_extensions_to_send"
 CLIENT_SETS = (
     "_trusted_host_keys", "_trusted_ca_keys", "_revoked_host_keys", "_x509_revoked_certs",
+    "_server_sig_algs",
 )  # fmt: skip
 CLOSE_EVENT = "_close_event"
 

@@ -12,7 +12,9 @@ the client is in:
 - the options go back to the listener's own object, shared by every
   connection: the router gives asyncssh no config file, so the rebuilt copy
   holds the same values (its only inputs beyond the listener's are the user
-  name and addresses, which match ``Match`` blocks of a config file);
+  name and addresses, which match ``Match`` blocks of a config file). One
+  difference: ``SSHAcceptor.update`` changes the listener's object in place,
+  so it would reach connections already in; the router never calls it;
 - the key exchange init packets are only read while a key exchange runs
   (its hash), and each key exchange, a re-key included, sets both anew
   before it reads them (``tests/integration/test_tunnel_memory.py`` re-keys

@@ -45,7 +45,7 @@ log = logging.getLogger("hostmux.tunnels")
 StreamOpener = Callable[[str, int], Awaitable[ByteStream]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tunnel:
     name: str
     owner: str  # SHA256 fingerprint of the key that claimed the name

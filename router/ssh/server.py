@@ -51,6 +51,7 @@ from router.routing import NameTaken
 from router.ssh.auth import Authenticator
 from router.ssh.channel import ChannelStream
 from router.ssh.client_state import ClientState, VirtualForward
+from router.ssh.lean import listen_options, shed_after_auth
 from router.ssh.session import ToolSession
 from router.tunnels import Blocked, Tunnel, TunnelHub
 
@@ -89,7 +90,7 @@ class SshSettings:
     dev_ca_pem: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingOpens:
     """Channel opens one SSH connection has not answered yet, and how many it may have.
 
@@ -151,12 +152,15 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._counted_owner: str | None = None
         self._pending = PendingOpens(settings.max_pending_opens)
         self._lost = False  # connection_lost ran (a cluster claim may still be in flight)
+        # The listener's options, shared, until authentication is over (``router.ssh.lean``).
+        self._listen_options: object | None = None
 
     def __repr__(self) -> str:
         return f"<SSH client {self._state.peer} forwards={len(self._state.forwards)}>"
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        self._listen_options = listen_options(conn)
         host, port = conn.get_extra_info("peername")[:2]
         self._state.peer = f"{host}:{port}"
         if not self._limits.auth_failures.allowed(str(host)):
@@ -220,6 +224,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
             )
             return
         self._counted_owner = grant.owner
+        shed_after_auth(self._connection, self._listen_options)
+        self._listen_options = None
         log.info(fields("ssh_connect", peer=self._state.peer, owner=grant.owner, how=grant.comment))
 
     # -- forwards ------------------------------------------------------------

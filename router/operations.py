@@ -11,11 +11,12 @@ The rules:
    ``reason``, ``limit``); tunnel names only with ``metrics_per_tunnel``, in a
    family of their own (high cardinality, the operator's choice).
 3. ``/readyz`` is 503 only when this router cannot serve: it is not (or no
-   longer) listening, its certificate file has expired or does not cover
-   ``*.domain``, or it was cut off from the registry for ``name_reservation_s``
-   (its tunnels are then closed). A portal or registry that is down while it
-   still serves is "degraded", with 200, so a load balancer does not drain
-   every router at once; ``hostmux_ready`` and ``hostmux_degraded`` say the same.
+   longer) listening, the certificate it serves (as loaded, not the file now
+   on disk) has expired or does not cover ``*.domain``, or it was cut off from
+   the registry for ``name_reservation_s`` (its tunnels are then closed). A
+   portal or registry that is down while it still serves is "degraded", with
+   200, so a load balancer does not drain every router at once;
+   ``hostmux_ready`` and ``hostmux_degraded`` say the same.
 
 Everything here runs on the event loop thread (``hostmux.ops_server`` asks it to).
 """
@@ -128,8 +129,11 @@ class RouterOps:
     def verdict(self) -> Readiness:
         """The verdict from what is known now (no probe): see rule 3."""
         router, degraded = self.router, {}
+        tls = router.certificates
         reason = self._not_serving() or certificate_problem(
-            router.config.tls_cert_file, router.config.domain
+            tls.certificates.default_leaf if tls is not None else None,
+            router.config.tls_cert_file,
+            router.config.domain,
         )
         cluster = router.hub.cluster
         since = cluster.keeper.unavailable_since if cluster and cluster.keeper else None
@@ -167,15 +171,14 @@ class RouterOps:
         return ""
 
 
-def certificate_problem(cert_file: Path | None, domain: str) -> str:
-    """Why the operator's certificate file cannot serve ``*.domain`` now; "" if it can
-    (or there is no file: the development CA issues certificates as they are asked for)."""
-    if cert_file is None:
+def certificate_problem(leaf: x509.Certificate | None, cert_file: Path | None, domain: str) -> str:
+    """Why the operator's certificate the router serves now (``leaf``, loaded from
+    ``cert_file`` at start or at the last reload that took it) cannot serve
+    ``*.domain``; "" if it can, or if there is none (the development CA issues
+    certificates as they are asked for). The file itself is not read: a reload that
+    kept the old certificate, or a new file not yet reloaded, changes nothing served."""
+    if leaf is None:
         return ""
-    try:
-        leaf = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
-    except (OSError, ValueError, IndexError) as exc:
-        return f"the TLS certificate {cert_file} cannot be read: {exc}"
     now, stamp = datetime.datetime.now(datetime.UTC), "%Y-%m-%dT%H:%M:%SZ"
     if leaf.not_valid_after_utc <= now:
         return f"the TLS certificate {cert_file} expired at {leaf.not_valid_after_utc:{stamp}}"

@@ -109,6 +109,9 @@ class CertificateSet:
     exact: Mapping[str, ssl.SSLContext] = field(default_factory=dict)
     wildcard: Mapping[str, ssl.SSLContext] = field(default_factory=dict)  # by parent domain
     files: tuple[Path, ...] = ()  # what was loaded, for the log line
+    # The default certificate's leaf as loaded, for /readyz: the file may have changed
+    # since (a reload that kept the old set, or a new file not yet reloaded).
+    default_leaf: x509.Certificate | None = None
 
     def for_host(self, host: str) -> ssl.SSLContext | None:
         """The per-host certificate for ``host`` (exact first, then wildcard), else None."""
@@ -123,10 +126,11 @@ def load_certificates(
 ) -> CertificateSet:
     """The default certificate (when files are given) and ``cert_dir``'s; a ConfigError
     names the first bad file (nothing is half loaded)."""
-    default = None
+    default = default_leaf = None
     files: list[Path] = []
     if cert_file is not None and key_file is not None:
         default = configured_tls_context(cert_file, key_file)
+        default_leaf = _leaf(cert_file)
         files.append(cert_file)
     exact: dict[str, ssl.SSLContext] = {}
     wildcard: dict[str, ssl.SSLContext] = {}
@@ -146,7 +150,15 @@ def load_certificates(
                 wildcard[name[2:]] = context
             else:
                 exact[name] = context
-    return CertificateSet(default, exact, wildcard, tuple(files))
+    return CertificateSet(default, exact, wildcard, tuple(files), default_leaf)
+
+
+def _leaf(cert_file: Path) -> x509.Certificate:
+    """The first certificate in ``cert_file`` (just loaded into a context, so PEM)."""
+    try:
+        return x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    except (OSError, ValueError, IndexError) as exc:  # replaced in between: rare
+        raise ConfigError(f"tls_cert_file {cert_file}: {exc}") from None
 
 
 def _cert_dir_pairs(directory: Path) -> list[tuple[Path, Path | None]]:

@@ -368,6 +368,12 @@ async def test_the_status_page_in_chromium_shows_the_tunnel_after_the_token(
             lambda d: d.find_element(By.CSS_SELECTOR, "#tunnels tr[data-name='demo']").text
         )
         assert "demo" in row and "SHA256:" in row and "ssh" in row
+        # It fits the test's 1100 px window: no column (the kick button) off to the right.
+        assert await browser.run(
+            lambda d: d.execute_script(
+                "const e = document.documentElement; return e.scrollWidth <= e.clientWidth"
+            )
+        )
         # Kept for this tab: a reload shows the table without asking again.
         await browser.run(lambda d: d.refresh())
         await browser.wait_until(

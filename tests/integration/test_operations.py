@@ -236,6 +236,41 @@ async def test_readyz_fails_without_a_valid_certificate_for_the_domain(
     assert (await get(port, "/healthz")).status_code == 200  # alive, only not ready
 
 
+async def test_readyz_judges_the_certificate_served_not_the_file_on_disk(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A reload that kept the old certificate (junk in the file) leaves the router ready;
+    an expired one written over it counts only once a reload serves it."""
+    cert, key = write_certificate(tmp_path, "*.example.org", days=(-1, 30))
+    router, port = await metrics_router(
+        stack, "--domain", "example.org", "--tls-cert-file", str(cert), "--tls-key-file", str(key)
+    )
+    assert (await get(port, "/readyz")).json() == {"status": "ready"}
+
+    good = cert.read_bytes()
+    cert.write_text("not a certificate")
+    mark = len(router.proc.lines)
+    router.proc.process.send_signal(signal.SIGHUP)
+    await router.proc.wait_for(r"event=reload_kept what=certificates ", start=mark)
+    await router.proc.wait_for(r"event=reloaded", start=mark)
+    answer = await get(port, "/readyz")
+    assert (answer.status_code, answer.json()) == (200, {"status": "ready"})
+
+    cert.write_bytes(good)
+    expired_dir = tmp_path / "expired"
+    expired_dir.mkdir()
+    old_cert, old_key = write_certificate(expired_dir, "*.example.org", days=(-30, -1))
+    old_cert.replace(cert)
+    old_key.replace(key)
+    assert (await get(port, "/readyz")).status_code == 200  # not served yet: no reload
+    mark = len(router.proc.lines)
+    router.proc.process.send_signal(signal.SIGHUP)
+    await router.proc.wait_for(r"event=reloaded", start=mark)
+    answer = await get(port, "/readyz")
+    assert answer.status_code == 503
+    assert re.fullmatch(r"the TLS certificate \S+ expired at 20.*", answer.json()["reason"])
+
+
 class NotifySocket:
     """A unix datagram socket standing in for systemd's: each message with its sender."""
 

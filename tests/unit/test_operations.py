@@ -137,20 +137,23 @@ def write_cert(path: Path, host: str, *, days: tuple[int, int]) -> Path:
     return path
 
 
+def leaf_of(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
 def test_certificate_problems(tmp_path: Path) -> None:
     good = write_cert(tmp_path / "good.pem", "*.example.org", days=(-1, 30))
-    assert certificate_problem(good, "example.org") == ""
-    assert certificate_problem(None, "example.org") == ""  # the development CA
-    assert "expired at" in certificate_problem(
-        write_cert(tmp_path / "old.pem", "*.example.org", days=(-30, -1)), "example.org"
-    )
-    assert "valid from" in certificate_problem(
-        write_cert(tmp_path / "new.pem", "*.example.org", days=(2, 30)), "example.org"
-    )
-    assert "names no host under other.org" in certificate_problem(good, "other.org")
-    assert "cannot be read" in certificate_problem(tmp_path / "missing.pem", "example.org")
-    (tmp_path / "junk.pem").write_text("not a certificate")
-    assert "cannot be read" in certificate_problem(tmp_path / "junk.pem", "example.org")
+    assert certificate_problem(leaf_of(good), good, "example.org") == ""
+    assert certificate_problem(None, None, "example.org") == ""  # the development CA
+    old = write_cert(tmp_path / "old.pem", "*.example.org", days=(-30, -1))
+    assert f"{old} expired at" in certificate_problem(leaf_of(old), old, "example.org")
+    new = write_cert(tmp_path / "new.pem", "*.example.org", days=(2, 30))
+    assert "valid from" in certificate_problem(leaf_of(new), new, "example.org")
+    assert "names no host under other.org" in certificate_problem(leaf_of(good), good, "other.org")
+    # The certificate in use is judged, not the file: junk written over it since changes nothing.
+    in_use = leaf_of(good)
+    good.write_text("not a certificate")
+    assert certificate_problem(in_use, good, "example.org") == ""
 
 
 def test_notifier_sends_datagrams_to_a_path_and_to_the_abstract_namespace(tmp_path: Path) -> None:

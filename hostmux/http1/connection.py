@@ -42,6 +42,8 @@ Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
 
 from __future__ import annotations
 
+import itertools
+
 from hostmux.http1.events import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
@@ -183,6 +185,21 @@ class Http1Connection(LlhttpParsing):
             self.their_state = State.ERROR
             raise event
         return event
+
+    def whole_response_queued(self, max_body: int) -> bool:
+        """Whether exactly one final response is parsed and queued, head to end, with at
+        most ``max_body`` bytes of body and nothing after it (the express path)."""
+        events = self._events
+        if len(events) < 3 or events[-1] is not END_OF_MESSAGE or type(events[1]) is not Response:
+            return False
+        if self.their_state is not State.SEND_RESPONSE:
+            return False
+        body = 0
+        for event in itertools.islice(events, 2, len(events) - 1):
+            if type(event) is not Data:
+                return False
+            body += len(event.data)
+        return body <= max_body
 
     def start_next_cycle(self) -> None:
         """Both messages of this cycle are done: get ready for the next request."""

@@ -86,6 +86,10 @@ class BrowserSide:
                     data = await self.stream.receive()
                 except Kicked:
                     continue
+                except (ConnectionError, OSError):
+                    if self.busy:  # the request in flight ends as the task's would
+                        return RESUME
+                    raise
                 if self.busy or self.handover is not None:
                     assert isinstance(self.stream, TransportStream)
                     self.stream.unread(data)  # after what the express path left

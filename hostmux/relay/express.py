@@ -197,6 +197,8 @@ class Express:
         head = conn.send(upstream_request) + conn.send(END_OF_MESSAGE)
         self.inflight = Inflight(request, routed, upstream_request, record, started)
         self._stream.hold = True
+        # Whatever wakes the task now (a lost connection) finds this request first.
+        relay._browser.busy = True
         relay._deadline.move(relay._limits.response_timeout_s)
         try:
             upstream.stream.write(head)
@@ -250,6 +252,7 @@ class Express:
                 break
         end = reuse(upstream, False)
         self.inflight = None
+        browser.busy = False
         try:
             self._stream.write(b"".join(parts))
         except ConnectionError:  # the browser went away: the connection ends
@@ -281,7 +284,7 @@ class Express:
         self._drop_sink()
         self.armed = False
         self._stream.hold = False
-        self._relay._browser.busy = True
+        self._relay._browser.busy = True  # (already: the task finds RESUME first)
         self._stream.kick()
 
     def take_back(self) -> Inflight:

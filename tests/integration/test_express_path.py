@@ -12,6 +12,8 @@ saw, and that every request has its one access-log line.
 from __future__ import annotations
 
 import re
+import socket
+import struct
 
 import trio
 
@@ -153,4 +155,35 @@ async def test_a_refused_request_after_express_ones_gets_its_page(stack: Stack) 
     assert refused.startswith(b"HTTP/1.1 400 ")
     sent = b"".join(bytes(c) for c in app.connections)
     assert b"other.localhost" not in sent and b"Bad Header" not in sent
+    assert_no_traceback(router.proc)
+
+
+async def test_a_browser_gone_while_an_express_request_waits_is_handled_quietly(
+    stack: Stack,
+) -> None:
+    router = await stack.start_router("--response-timeout-s", "1")
+    app = await RecordingApp(response=SMALL).start(stack.nursery)
+    key = stack.new_key("fast")
+    router.authorize(key.with_suffix(".pub"))
+    await stack.openssh_tunnel(router, key, "fast", app.port)
+
+    for ending in ("reset", "close"):
+        app.answer = True
+        stream = await trio.open_tcp_stream("127.0.0.1", router.http_port)
+        for n in range(3):
+            assert (await _ask(stream, _get(f"/{ending}/{n}"))).status == 200
+        app.answer = False
+        await stream.send_all(_get(f"/{ending}/gone"))
+        asked = f"GET /{ending}/gone ".encode()
+        await app.wait_until(lambda: any(asked in bytes(c) for c in app.connections))  # noqa: B023
+        if ending == "reset":  # linger 0: the router sees a reset, not an EOF
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+        # The request ends as the task's would: a 504 when the answer is due.
+        await router.proc.wait_for(rf"event=request .* target=/{ending}/gone status=504 ")
+
+    app.answer = True  # and the router serves on
+    stream = await trio.open_tcp_stream("127.0.0.1", router.http_port)
+    async with stream:
+        assert (await _ask(stream, _get("/after"))).status == 200
     assert_no_traceback(router.proc)

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hostmux.http1.header_facts import HeaderFacts
+from hostmux.http1.header_facts import HOP_ANY, HeaderFacts
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -116,6 +116,9 @@ class Response:
     headers: Headers
     reason: bytes = b""
     http_version: bytes = b"1.1"
+    # What the hop-by-hop filter has to do (``header_facts.HOP_*``), as the parser
+    # saw the headers; a response built by hand gets the whole filter.
+    hop_by_hop: int = field(default=HOP_ANY, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -22,7 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from hostmux.http1.header_facts import (
+    HOP_ANY,
     HOP_BY_HOP,
+    HOP_CONNECTION,
+    HOP_NONE,
     HOSTMUX_PREFIX,
     NOT_FROM_BROWSERS,
     HeaderFacts,
@@ -217,10 +220,22 @@ def forwarding_headers(host: bytes, client: ClientInfo) -> Headers:
 
 
 def response_headers_for_client(
-    headers: Sequence[tuple[bytes, bytes]], *, websocket_accepted: bool = False
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    websocket_accepted: bool = False,
+    hop_by_hop: int = HOP_ANY,
 ) -> Headers:
-    """The headers the browser receives for the app's response."""
-    out = _drop(headers, _NONE)
+    """The headers the browser receives for the app's response.
+
+    ``hop_by_hop``: what the parser saw of them (``Response.hop_by_hop``): with
+    nothing to remove, or only plain ``Connection`` headers, the filter is a copy.
+    """
+    if hop_by_hop == HOP_NONE:
+        out = list(headers)
+    elif hop_by_hop == HOP_CONNECTION:
+        out = [header for header in headers if header[0] != b"connection"]
+    else:
+        out = _drop(headers, _NONE)
     if websocket_accepted:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
     return out

@@ -181,7 +181,7 @@ def response_head(
     """The final response head for the browser (rule 4)."""
     record.status = event.status_code
     record.response_started = True
-    headers = response_headers_for_client(event.headers)
+    headers = response_headers_for_client(event.headers, hop_by_hop=event.hop_by_hop)
     if last:
         # Shutting down, or the last request this connection may carry:
         # say so, as nginx does after keepalive_requests (then it closes).

@@ -27,6 +27,11 @@ Error handling: a refusal anywhere on the way is one exception (``Refusal``,
 page (``pages``); exceptions from either stream end the connection quietly
 (logged at debug). The response path is ``response``, the browser's side
 ``browser``, the app's ``upstream``, a request body ``upload``.
+
+The express path (``express``: the router's front door only) relays a kept-alive
+connection's small requests by these same rules from the transports' callbacks
+while ``_serve`` waits for the next request, and hands anything else back to it
+(``prepared``, ``RESUME``, ``_resume``).
 """
 
 from __future__ import annotations

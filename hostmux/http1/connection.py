@@ -61,7 +61,14 @@ from hostmux.http1.events import (
     Role,
     State,
 )
-from hostmux.http1.framing import CHUNKED, LENGTH, head, request_head, response_head
+from hostmux.http1.framing import (
+    CHUNKED,
+    LENGTH,
+    framed_request_head,
+    head,
+    request_head,
+    response_head,
+)
 from hostmux.http1.parser import MODE_MANUAL_BODY, MODE_PARSING, MODE_PAUSED, LlhttpParsing
 
 # h11's default for an unfinished head; the relay sets its own for browsers.
@@ -243,7 +250,12 @@ class Http1Connection(LlhttpParsing):
     def _send_request(self, request: Request) -> bytes:
         if self.our_state is not State.IDLE:
             raise LocalProtocolError(f"cannot send a request in state {self.our_state.value}")
-        data, self._out_framing, self._out_left, keep_alive = request_head(request)
+        framing = request.framing
+        if framing is None:
+            data, self._out_framing, self._out_left, keep_alive = request_head(request)
+        else:  # its builder knew: no header looked up again
+            data, keep_alive = framed_request_head(request), True
+            self._out_framing, self._out_left = framing
         self._request_method = request.method
         self.our_state = State.SEND_BODY
         if self.their_state is State.IDLE:

@@ -96,6 +96,10 @@ class Request:
     # What the headers say, gathered as they were parsed (``header_facts``);
     # None for a request built by hand (``facts_of`` scans it then).
     facts: HeaderFacts | None = field(default=None, compare=False, repr=False)
+    # How its body is framed, known by whoever built it (``framing``: (LENGTH or
+    # CHUNKED, Content-Length)), its headers closing nothing; None: ``send``
+    # works it out from the headers.
+    framing: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

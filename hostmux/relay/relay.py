@@ -58,6 +58,7 @@ from hostmux.http1.events import (
     State,
     checked_headers,
 )
+from hostmux.http1.framing import request_framing
 from hostmux.http1.header_facts import facts_of
 from hostmux.http1.headers import (
     ClientInfo,
@@ -360,7 +361,14 @@ class HttpRelay:
             fields, host=checked.host_value, client=client, request_id=rid,
             websocket=websocket, facts=request.facts, forwarding=kept[2],
         )  # fmt: skip
-        return request_of_checked_headers(request.method, checked.target, headers)
+        facts = request.facts
+        # The body's framing is the browser's, as parsed (the filter keeps
+        # Content-Length and Transfer-Encoding, and drops Connection).
+        framing = (
+            None if facts is None
+            else request_framing(facts.content_length, facts.transfer_encoding)
+        )  # fmt: skip
+        return request_of_checked_headers(request.method, checked.target, headers, framing)
 
     async def _relay(
         self,

@@ -1,7 +1,7 @@
 """The relay's own CPU per request, in memory: no sockets, no SSH, no other process.
 
     .venv/bin/python bench/relay_cpu.py [--requests 20000] [--repeats 5] [--src DIR]
-                                        [--request wrk|browser]
+                                        [--request wrk|browser] [--path task|express]
 
 One ``HttpRelay`` serves one keep-alive browser connection over an
 in-memory pipe; its gateway routes every request to an in-memory app that
@@ -13,6 +13,12 @@ check, route, rewrite, serialise both ways) plus the event loop's share,
 without the noise of the machine's other processes that the full row
 (``run.py``) carries. ``--src`` puts another checkout's ``hostmux`` first on
 the path (e.g. ``git archive layout | tar -x -C DIR``), for an A/B in one run.
+
+``--path express`` measures the router's express path instead (a kept-alive
+connection's small requests relayed from callbacks: ``hostmux/relay/express.py``):
+the browser is a ``TransportStream`` on an in-memory transport, the app an
+upstream whose ``sink`` is handed the answer as the SSH channel would hand it;
+no task runs per request.
 
 Bounded: ``--requests`` per run, ``--repeats`` runs, each under a 120 s deadline.
 """
@@ -142,12 +148,101 @@ async def one_run(requests: int, request: bytes) -> float:
     return spent / requests * 1e6
 
 
+class _Transport:
+    """What ``TransportStream`` needs of a transport, in memory: writes are kept."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class _SinkApp(Pipe):
+    """The app behind a channel: what it answers goes to ``sink`` (the express path's)."""
+
+    quiet = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sink: Any = None
+
+
+async def express_run(requests: int, request: bytes) -> float:
+    from hostmux.http1.cookies import host_only_cookies
+    from hostmux.http1.headers import ClientInfo
+    from hostmux.relay.gateway import Destination
+    from hostmux.relay.relay import HttpRelay, RelayLimits
+    from hostmux.relay.transport_stream import TransportStream
+
+    app_side = _SinkApp()
+
+    async def open_app() -> Any:
+        return app_side
+
+    # As the router's: its cookie filter, whose output needs no second check.
+    destination = Destination(
+        key="bench", label="bench", open=open_app, response_headers=host_only_cookies,
+        response_headers_checked=True,
+    )  # fmt: skip
+
+    class Gateway:
+        def route(self, host: str, request: Any, request_id: str, client: Any) -> Any:
+            return destination
+
+    stream = TransportStream("bench", on_made=lambda _: None)
+    transport = _Transport()
+    stream.connection_made(transport)  # type: ignore[arg-type]
+    limits = RelayLimits(max_requests_per_connection=requests + 10)
+    relay = HttpRelay(
+        stream, ClientInfo("127.0.0.1", 5000, "http"), Gateway(), limits, lambda r: None
+    )
+    task = asyncio.create_task(relay.run())
+    async with asyncio.timeout(DEADLINE_S):
+        # The first request opens the upstream (the task's path): answered through receive().
+        await asyncio.sleep(0)
+        stream.data_received(request)
+        app_side.inbox.put_nowait(RESPONSE)
+        # (the relay's task runs a few loop turns; it has no event to wait on)
+        while not transport.written or relay._express is None or not relay._express.armed:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        transport.written.clear()
+        started = time.process_time()
+        for _ in range(requests):
+            stream.data_received(request)  # parsed, checked, routed, sent up...
+            app_side.sink(RESPONSE)  # ...and answered, all from callbacks
+        spent = time.process_time() - started
+        if len(transport.written) != requests:
+            raise RuntimeError(f"{len(transport.written)} answers to {requests} requests")
+        task.cancel()
+    return spent / requests * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--src", help="a checkout whose hostmux to measure")
     parser.add_argument("--request", choices=sorted(REQUESTS), default="wrk")
+    parser.add_argument("--path", choices=("task", "express"), default="task")
     args = parser.parse_args()
     if args.src:
         sys.path.insert(0, args.src)
@@ -157,7 +252,8 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runs = [runner(one_run(args.requests, REQUESTS[args.request])) for _ in range(args.repeats)]
+    run = express_run if args.path == "express" else one_run
+    runs = [runner(run(args.requests, REQUESTS[args.request])) for _ in range(args.repeats)]
     print(f"relay CPU µs/req: best {min(runs):.1f}, runs " + ", ".join(f"{r:.1f}" for r in runs))
 
 

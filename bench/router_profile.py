@@ -51,18 +51,22 @@ class Frame:
 # Areas of the router's work, for a short summary: (label, [(function prefix, file
 # prefix)]); a sample counts for an area if any frame of its stack matches.
 AREAS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    # (py-spy names a method without its class: the file tells them apart)
     ("HTTP parsing: llhttp and its callbacks (`Http1Connection.receive_data`)",
-     (("Http1Connection.receive_data", "hostmux/http1/connection.py"),)),
+     (("receive_data", "hostmux/http1/connection.py"),)),
     ("HTTP events handed out (`Http1Connection.next_event`)",
-     (("Http1Connection.next_event", "hostmux/http1/connection.py"),)),
+     (("next_event", "hostmux/http1/connection.py"),)),
     ("HTTP serialising (`Http1Connection.send`)",
-     (("Http1Connection.send", "hostmux/http1/connection.py"),)),
+     (("send", "hostmux/http1/connection.py"),)),
+    ("the express path, all of it (`hostmux/relay/express.py`)",
+     (("", "hostmux/relay/express.py"),)),
+    ("the relay's task (`HttpRelay.run`)", (("run", "hostmux/relay/relay.py"),)),
     ("SSH channel writes: asyncssh framing, AES-GCM (`SSHChannel.write`)",
-     (("SSHChannel.write", "asyncssh/"),)),
+     (("write", "asyncssh/channel.py"),)),
     ("SSH socket sends, one per loop turn (`CoalescingTransport._flush`)",
-     (("CoalescingTransport._flush", "hostmux/tunnel/coalescing.py"),)),
-    ("socket writes to the browser (`StreamWriter.write`)",
-     (("StreamWriter.write", "asyncio/streams.py"),)),
+     (("_flush", "hostmux/tunnel/coalescing.py"),)),
+    ("socket writes to the browser (`TransportStream.write`, `StreamWriter.write`)",
+     (("write", "hostmux/relay/transport_stream.py"), ("write", "asyncio/streams.py"))),
     ("timeouts: `asyncio.timeout` and `hostmux/relay/deadline.py`",
      (("", "asyncio/timeouts.py"), ("", "hostmux/relay/deadline.py"))),
     ("header rewriting (`hostmux/http1/headers.py`)", (("", "hostmux/http1/headers.py"),)),
@@ -71,7 +75,7 @@ AREAS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("request records and logging (`hostmux/relay/records.py`, `hostmux/log.py`, `logging`)",
      (("", "hostmux/relay/records.py"), ("", "hostmux/log.py"), ("", "logging/"))),
     ("reading SSH packets: decryption, dispatch (`SSHConnection.data_received`)",
-     (("SSHConnection.data_received", "asyncssh/"),)),
+     (("data_received", "asyncssh/connection.py"),)),
 )  # fmt: skip
 
 # An executor thread waiting for work (``queue.get`` in C): py-spy counts some of

@@ -17,6 +17,7 @@ at ``myapp.<domain>``. The rules, in the order they are applied:
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -89,6 +90,22 @@ class HostTarget:
 
 def target_for_host(host: str, domain: str) -> HostTarget | None:
     """Map a normalised host to a tunnel label (or the router itself); ``None`` if foreign."""
+    # Asked per request with the same few hosts: a name's answer is kept (a bounded
+    # cache of short names; anything longer than a DNS name is worked out each time).
+    if len(host) <= _MAX_DNS_NAME:
+        return _target_for_short_host(host, domain)
+    return _target_for_host(host, domain)
+
+
+_MAX_DNS_NAME = 253
+
+
+@functools.lru_cache(maxsize=1024)
+def _target_for_short_host(host: str, domain: str) -> HostTarget | None:
+    return _target_for_host(host, domain)
+
+
+def _target_for_host(host: str, domain: str) -> HostTarget | None:
     if host == domain:
         return HostTarget(label=None)
     suffix = "." + domain

@@ -258,6 +258,7 @@ class TunnelGateway:
             label=found.name,
             open=partial(found.open_stream, client.peer_ip, client.peer_port),
             response_headers=self.response_headers,
+            response_headers_checked=True,  # host_only_cookies keeps values valid
         )
 
 

@@ -25,9 +25,15 @@ __all__ = [
 ]
 
 
-def request_of_checked_headers(method: bytes, target: bytes, headers: Headers) -> Request:
-    """An HTTP/1.1 request from a parsed request's method, its (checked) target and headers."""
-    return Request(method, target, headers, b"1.1")
+def request_of_checked_headers(
+    method: bytes, target: bytes, headers: Headers, framing: tuple[int, int] | None = None
+) -> Request:
+    """An HTTP/1.1 request from a parsed request's method, its (checked) target and headers.
+
+    ``framing``: the body's (``framing.LENGTH`` or ``CHUNKED``, Content-Length) when the
+    caller knows it from the parsed request and ``headers`` say no ``Connection: close``.
+    """
+    return Request(method, target, headers, b"1.1", None, framing)
 
 
 def response_of_checked_headers(parsed: Response, headers: Headers) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -86,14 +87,33 @@ def reason_phrase(status: int) -> bytes:
         return b""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckedRequest:
-    """What the checks made of a request: a refusal, or its Host and origin-form target."""
+    """What the checks made of a request: a refusal, or its Host and origin-form target.
+
+    (Made per request and never changed: not frozen, whose ``__init__`` costs 3x.)"""
 
     refusal: tuple[int, str] | None  # (status, reason shown to the user)
     host: str = ""  # normalised Host ("" until known)
     host_value: bytes = b""  # Host as the browser sent it
     target: bytes = b""  # origin-form
+
+
+# Browsers send the same few Host values again and again: each is normalised once.
+# Only values that could be a host name are kept (bounded: entries and their size).
+_HOST_CACHE_ENTRIES = 1024
+_HOST_CACHE_MAX_BYTES = 300  # a DNS name (253) plus a port
+
+
+@functools.lru_cache(maxsize=_HOST_CACHE_ENTRIES)
+def _normalised_short_host(value: bytes) -> str | None:
+    return normalise_host(value.decode("latin-1"))
+
+
+def _normalised_host(value: bytes) -> str | None:
+    if len(value) > _HOST_CACHE_MAX_BYTES:
+        return normalise_host(value.decode("latin-1"))
+    return _normalised_short_host(value)
 
 
 def check_request(
@@ -115,7 +135,7 @@ def check_request(
     host_value = facts.host
     if host_value is None:
         return CheckedRequest((400, "the request has no Host header"))
-    host = normalise_host(host_value.decode("latin-1"))
+    host = _normalised_host(host_value)
     if host is None:
         return CheckedRequest((400, "the Host header is not a valid host name"))
     if request.method == b"CONNECT":

@@ -42,6 +42,8 @@ Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
 
 from __future__ import annotations
 
+import itertools
+
 from hostmux.http1.events import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
@@ -59,7 +61,14 @@ from hostmux.http1.events import (
     Role,
     State,
 )
-from hostmux.http1.framing import CHUNKED, LENGTH, head, request_head, response_head
+from hostmux.http1.framing import (
+    CHUNKED,
+    LENGTH,
+    framed_request_head,
+    head,
+    request_head,
+    response_head,
+)
 from hostmux.http1.parser import MODE_MANUAL_BODY, MODE_PARSING, MODE_PAUSED, LlhttpParsing
 
 # h11's default for an unfinished head; the relay sets its own for browsers.
@@ -184,6 +193,21 @@ class Http1Connection(LlhttpParsing):
             raise event
         return event
 
+    def whole_response_queued(self, max_body: int) -> bool:
+        """Whether exactly one final response is parsed and queued, head to end, with at
+        most ``max_body`` bytes of body and nothing after it (the express path)."""
+        events = self._events
+        if len(events) < 3 or events[-1] is not END_OF_MESSAGE or type(events[1]) is not Response:
+            return False
+        if self.their_state is not State.SEND_RESPONSE:
+            return False
+        body = 0
+        for event in itertools.islice(events, 2, len(events) - 1):
+            if type(event) is not Data:
+                return False
+            body += len(event.data)
+        return body <= max_body
+
     def start_next_cycle(self) -> None:
         """Both messages of this cycle are done: get ready for the next request."""
         if self.our_state is not State.DONE or self.their_state is not State.DONE:
@@ -226,7 +250,12 @@ class Http1Connection(LlhttpParsing):
     def _send_request(self, request: Request) -> bytes:
         if self.our_state is not State.IDLE:
             raise LocalProtocolError(f"cannot send a request in state {self.our_state.value}")
-        data, self._out_framing, self._out_left, keep_alive = request_head(request)
+        framing = request.framing
+        if framing is None:
+            data, self._out_framing, self._out_left, keep_alive = request_head(request)
+        else:  # its builder knew: no header looked up again
+            data, keep_alive = framed_request_head(request), True
+            self._out_framing, self._out_left = framing
         self._request_method = request.method
         self.our_state = State.SEND_BODY
         if self.their_state is State.IDLE:

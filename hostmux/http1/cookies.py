@@ -29,11 +29,18 @@ def without_cookie_domain(set_cookie: bytes) -> bytes:
         for attribute in parts[1:]
         if attribute.split(b"=", 1)[0].strip(b" \t").lower() != b"domain"
     ]
-    return set_cookie if len(kept) == len(parts) else b";".join(kept)
+    if len(kept) == len(parts):
+        return set_cookie
+    # What was before a removed last attribute may end in spaces: a header value
+    # does not (so what comes out of a checked value is checked too).
+    return b";".join(kept).rstrip(b" \t")
 
 
 def host_only_cookies(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
-    """Response headers with ``Domain`` removed from every ``Set-Cookie``."""
+    """Response headers with ``Domain`` removed from every ``Set-Cookie``.
+
+    Values from a parsed response stay valid header values (the router skips
+    their second check: ``Destination.response_headers_checked``)."""
     return [
         (name, without_cookie_domain(value) if name == b"set-cookie" else value)
         for name, value in headers

@@ -1,8 +1,12 @@
 """The vocabulary of ``hostmux.http1``: events, states, errors, and the header check.
 
-Events are small frozen records that are never validated when built: headers
+Events are small records that are never validated when built: headers
 that llhttp parsed (or that the router derived from parsed ones and constants)
-are sound already. Headers from anywhere else (status pages, a
+are sound already. They are never changed once built; those built per request
+(``Request``, ``Response``, ``InformationalResponse``, ``Data``) are plain
+slotted dataclasses rather than frozen ones, whose ``__init__`` (one
+``object.__setattr__`` call per field) measured 3-4x slower: four of them per
+relayed request cost more than parsing the request. Headers from anywhere else (status pages, a
 ``Destination``'s filters) go through ``checked_headers`` first.
 
 Header names in events are lower case; values have no surrounding whitespace.
@@ -21,7 +25,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hostmux.http1.header_facts import HeaderFacts
+from hostmux.http1.header_facts import HOP_ANY, HeaderFacts
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -83,7 +87,7 @@ NEED_DATA = Pending.NEED_DATA
 PAUSED = Pending.PAUSED
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     method: bytes
     target: bytes
@@ -92,9 +96,13 @@ class Request:
     # What the headers say, gathered as they were parsed (``header_facts``);
     # None for a request built by hand (``facts_of`` scans it then).
     facts: HeaderFacts | None = field(default=None, compare=False, repr=False)
+    # How its body is framed, known by whoever built it (``framing``: (LENGTH or
+    # CHUNKED, Content-Length)), its headers closing nothing; None: ``send``
+    # works it out from the headers.
+    framing: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InformationalResponse:
     """A 1xx response (100 Continue, 101 Switching Protocols, 103 Early Hints...)."""
 
@@ -104,7 +112,7 @@ class InformationalResponse:
     http_version: bytes = b"1.1"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     """A final (2xx-5xx) response head."""
 
@@ -112,9 +120,12 @@ class Response:
     headers: Headers
     reason: bytes = b""
     http_version: bytes = b"1.1"
+    # What the hop-by-hop filter has to do (``header_facts.HOP_*``), as the parser
+    # saw the headers; a response built by hand gets the whole filter.
+    hop_by_hop: int = field(default=HOP_ANY, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Data:
     data: bytes
 
@@ -131,7 +142,7 @@ class ConnectionClosed:
 
 Event = Request | InformationalResponse | Response | Data | EndOfMessage | ConnectionClosed
 
-# Events are immutable: one of each field-less kind serves every message.
+# Events are never changed: one of each field-less kind serves every message.
 END_OF_MESSAGE = EndOfMessage()
 CONNECTION_CLOSED = ConnectionClosed()
 

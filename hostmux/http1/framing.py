@@ -48,6 +48,24 @@ def request_head(request: Request) -> tuple[bytes, int, int, bool]:
     return b"".join(parts), framing, left, keep_alive
 
 
+def framed_request_head(request: Request) -> bytes:
+    """The head of a ``request`` whose framing its builder gave (no header looked up)."""
+    parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+    for name, value in request.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def request_framing(content_length: bytes | None, chunked: bool) -> tuple[int, int] | None:
+    """(framing, Content-Length) of a parsed request's body; None if the length is odd."""
+    if chunked:
+        return CHUNKED, 0
+    if content_length is None:
+        return LENGTH, 0
+    return (LENGTH, int(content_length)) if content_length.isdigit() else None
+
+
 def response_head(
     response: Response, *, method: bytes | None, peer_version: bytes | None, keep_alive: bool
 ) -> tuple[bytes, int, int, bool]:

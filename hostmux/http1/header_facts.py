@@ -46,6 +46,11 @@ NOT_FROM_BROWSERS = FORWARDING | IDENTITY
 # a browser's is dropped, so nothing downstream can mistake it for the router's word.
 HOSTMUX_PREFIX = b"x-hostmux-"
 
+# What a parsed response's headers leave the hop-by-hop filter to do (noted by the
+# parser as it lists them): nothing; drop its ``Connection`` headers, which name
+# only keep-alive or close; or the whole filter (also: a response built by hand).
+HOP_NONE, HOP_CONNECTION, HOP_ANY = range(3)
+
 # What each name means to the facts (one dict lookup per header finds it).
 HOST, CONTENT_LENGTH, TRANSFER_ENCODING, ACCEPT, CONNECTION, UPGRADE, DROPPED = range(7)
 NAME_KINDS = {

@@ -22,7 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from hostmux.http1.header_facts import (
+    HOP_ANY,
     HOP_BY_HOP,
+    HOP_CONNECTION,
+    HOP_NONE,
     HOSTMUX_PREFIX,
     NOT_FROM_BROWSERS,
     HeaderFacts,
@@ -127,7 +130,18 @@ def _drop(
     if named is None:
         named = _connection_tokens(headers)
     kept: Headers = []
+    prefixed = extra is NOT_FROM_BROWSERS
     for name, value in headers:
+        # Most names need no folding and name nothing to drop: one pass of set look-ups.
+        if (
+            b"_" not in name
+            and name not in HOP_BY_HOP
+            and name not in named
+            and name not in extra
+            and not (prefixed and name.startswith(HOSTMUX_PREFIX))
+        ):
+            kept.append((name, value))
+            continue
         folded = name.replace(b"_", b"-")
         if (
             name in HOP_BY_HOP
@@ -169,11 +183,13 @@ def request_headers_for_app(
     request_id: str,
     websocket: bool,
     facts: HeaderFacts | None = None,
+    forwarding: Headers | None = None,
 ) -> Headers:
     """The headers the app receives for a browser's request.
 
     ``facts`` (the request's, from the parser) spare a walk over ``headers``:
     without a header the filter may remove, they are passed on as they are.
+    ``forwarding``: ``forwarding_headers(host, client)``, if the caller kept them.
     """
     if facts is None:
         out = _drop(headers, NOT_FROM_BROWSERS)
@@ -183,8 +199,16 @@ def request_headers_for_app(
         out = list(headers)
     if websocket:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+    out += forwarding if forwarding is not None else forwarding_headers(host, client)
+    out.append((b"x-request-id", request_id.encode()))
+    return out
+
+
+def forwarding_headers(host: bytes, client: ClientInfo) -> Headers:
+    """``X-Forwarded-For/-Proto/-Host`` and ``Forwarded`` for a request from ``client``
+    to ``host`` (the same for every request of a connection: the relay keeps them)."""
     quoted_host = host.decode("latin-1").replace('"', "")
-    out += [
+    return [
         (b"x-forwarded-for", client.peer_ip.encode()),
         (b"x-forwarded-proto", client.scheme.encode()),
         (b"x-forwarded-host", host),
@@ -192,16 +216,26 @@ def request_headers_for_app(
             b"forwarded",
             f'for={_forwarded_for(client.peer_ip)};proto={client.scheme};host="{quoted_host}"'.encode(),
         ),
-        (b"x-request-id", request_id.encode()),
     ]
-    return out
 
 
 def response_headers_for_client(
-    headers: Sequence[tuple[bytes, bytes]], *, websocket_accepted: bool = False
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    websocket_accepted: bool = False,
+    hop_by_hop: int = HOP_ANY,
 ) -> Headers:
-    """The headers the browser receives for the app's response."""
-    out = _drop(headers, _NONE)
+    """The headers the browser receives for the app's response.
+
+    ``hop_by_hop``: what the parser saw of them (``Response.hop_by_hop``): with
+    nothing to remove, or only plain ``Connection`` headers, the filter is a copy.
+    """
+    if hop_by_hop == HOP_NONE:
+        out = list(headers)
+    elif hop_by_hop == HOP_CONNECTION:
+        out = [header for header in headers if header[0] != b"connection"]
+    else:
+        out = _drop(headers, _NONE)
     if websocket_accepted:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
     return out

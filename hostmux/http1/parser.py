@@ -27,6 +27,9 @@ from hostmux.http1.header_facts import (
     ACCEPT,
     CONNECTION,
     CONTENT_LENGTH,
+    HOP_ANY,
+    HOP_CONNECTION,
+    HOP_NONE,
     HOST,
     HOSTMUX_PREFIX,
     NAME_KINDS,
@@ -43,6 +46,9 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "2.0": b"2.0"}
 _UNSUPPORTED_CODING = ("Transfer-Encoding` header value", "invalid `Transfer-Encoding`")
 _NO_BODY_STATUSES = frozenset({204, 304})  # (and 1xx: llhttp knows)
 _OWS = b" \t"
+# Connection values that name no other header (the response's filter then drops
+# only the Connection headers themselves).
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 # Empty until the next message begins (``_begin_message`` gives it fresh lists;
 # nothing appends to these).
 _NO_HEADERS: Headers = []
@@ -71,6 +77,7 @@ class LlhttpParsing:
         "_head_bytes",
         "_headers",
         "_heads_in_feed",
+        "_hop",
         "_host",
         "_hosts",
         "_in_head",
@@ -141,6 +148,7 @@ class LlhttpParsing:
         self._upgrade_values: list[bytes] | None = None
         self._size = 0
         self._droppable = False
+        self._hop = HOP_NONE  # a response's: what the hop-by-hop filter has to do
         self._in_message = False
         self._in_head = False
         self._request_method: bytes | None = None  # of the current cycle
@@ -252,6 +260,7 @@ class LlhttpParsing:
         self._connection = self._upgrade_values = None
         self._size = 0
         self._droppable = False
+        self._hop = HOP_NONE
 
     def _fail(self, message: str, status: int = 400) -> RemoteProtocolError:
         """The error for a callback to raise (llhttp then reports a callback error)."""
@@ -281,10 +290,20 @@ class LlhttpParsing:
         trimmed = value.rstrip(_OWS)  # llhttp keeps trailing whitespace
         self._headers.append((name, trimmed))
         kind = NAME_KINDS.get(name)
-        if kind == TRANSFER_ENCODING:
+        if kind is None:
+            # A "_" spelling may fold into a hop-by-hop name; "close" may be named
+            # by a Connection header: the whole filter decides.
+            if b"_" in name or name == b"close":
+                self._hop = HOP_ANY
+        elif kind == TRANSFER_ENCODING:
             self._te.append(value)  # as llhttp read it
         elif kind == CONTENT_LENGTH:
             self._content_length = trimmed
+        elif kind == CONNECTION and trimmed.lower() in _PLAIN_CONNECTION:
+            if self._hop == HOP_NONE:
+                self._hop = HOP_CONNECTION
+        elif kind != HOST and kind != ACCEPT:
+            self._hop = HOP_ANY  # another hop-by-hop or forwarding name, or Upgrade
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """A request's header, and what it adds to the request's facts."""
@@ -393,7 +412,7 @@ class LlhttpParsing:
             self._informational = True  # 1xx messages have no end-of-message event
             return
         self._events.append((parser.should_keep_alive(), False))
-        self._events.append(Response(status, self._headers, self._reason, version))
+        self._events.append(Response(status, self._headers, self._reason, version, self._hop))
         if self._request_method == b"HEAD":
             self._events.append(END_OF_MESSAGE)  # whatever it says, no body follows
             self._stopping = True

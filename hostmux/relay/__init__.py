@@ -6,9 +6,10 @@ upstream that may fail with ``UpstreamUnavailable``); the byte streams
 (``ByteStream``, ``ReaderWriterStream``, ``open_tcp_stream``); the front
 door's connection set and handler; the access-log ``RequestRecord``; the
 per-task ``Deadline`` and the WebSocket ``splice``. Modules inside:
-``relay`` (the request loop and path), ``response``, ``browser``,
-``upstream``, ``upload``, ``outcomes``, ``splice``, ``gateway``,
-``streams``, ``front_door``, ``records``, ``deadline``. relay imports
+``relay`` (the request loop and path), ``express`` (small kept-alive
+requests from callbacks), ``response``, ``browser``, ``upstream``,
+``upload``, ``outcomes``, ``splice``, ``gateway``, ``streams``,
+``transport_stream``, ``front_door``, ``records``, ``deadline``. relay imports
 http1, never the reverse.
 """
 

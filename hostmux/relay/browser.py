@@ -1,6 +1,6 @@
 """The browser's side of a relayed connection: its parser and its queued output.
 
-Small pieces of a response are batched into one write (``_FLUSH_BYTES``),
+Small pieces of a response are batched into one write (``FLUSH_BYTES``),
 large ones go as they are; a browser that stops reading for
 ``send_timeout_s`` ends the connection with a reset (``stalled``).
 """
@@ -9,24 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 
 from hostmux.http1.checked_events import END_OF_MESSAGE, response_checking_headers
 from hostmux.http1.checks import reason_phrase
 from hostmux.http1.connection import Http1Connection
-from hostmux.http1.events import NEED_DATA, Data, Event, LocalProtocolError, Pending, Role
+from hostmux.http1.events import (
+    NEED_DATA,
+    Data,
+    Event,
+    LocalProtocolError,
+    Pending,
+    RemoteProtocolError,
+    Role,
+)
 from hostmux.http1.pages import Page
 from hostmux.relay.outcomes import Abort
 from hostmux.relay.records import RecordBuilder
 from hostmux.relay.streams import ByteStream
+from hostmux.relay.transport_stream import Kicked, TransportStream
 
 # Queued browser output is written once it reaches this size (a bounded buffer).
-_FLUSH_BYTES = 64 * 1024
+FLUSH_BYTES = 64 * 1024
+
+
+class Resume(enum.Enum):
+    RESUME = "resume"
+
+
+RESUME = Resume.RESUME  # what next_event returns when the express path hands its request back
 
 
 class BrowserSide:
     """The browser's stream, the parser of its requests, and what is queued for it."""
 
-    __slots__ = ("_out", "h", "send_timeout_s", "stalled", "stream")
+    __slots__ = ("_out", "busy", "h", "handover", "send_timeout_s", "stalled", "stream")
 
     def __init__(
         self,
@@ -43,13 +60,41 @@ class BrowserSide:
         self.send_timeout_s = send_timeout_s
         self.stalled = False  # stopped reading the response: reset, not close
         self._out = bytearray()  # response bytes queued for the browser
+        # The relay's express path (``TransportStream`` only): what it hands back to
+        # the task (an event, or the error the parser raised), and whether it has
+        # a request in flight (the task then resumes that first).
+        self.handover: Event | Resume | RemoteProtocolError | None = None
+        self.busy = False
 
-    async def next_event(self) -> Event:
-        """The browser's next event (a request head, or its close); reads as needed."""
+    async def next_event(self) -> Event | Resume:
+        """The browser's next event (a request head, or its close); reads as needed.
+
+        ``RESUME``: the express path has a request in flight that the task must finish.
+        """
         while True:
+            handover = self.handover
+            if handover is not None:
+                self.handover = None
+                if isinstance(handover, RemoteProtocolError):
+                    raise handover
+                return handover
+            if self.busy:
+                return RESUME
             event = self.h.next_event()
             if event is NEED_DATA:
-                self.h.receive_data(await self.stream.receive())
+                try:
+                    data = await self.stream.receive()
+                except Kicked:
+                    continue
+                except (ConnectionError, OSError):
+                    if self.busy:  # the request in flight ends as the task's would
+                        return RESUME
+                    raise
+                if self.busy or self.handover is not None:
+                    assert isinstance(self.stream, TransportStream)
+                    self.stream.unread(data)  # after what the express path left
+                    continue
+                self.h.receive_data(data)
                 continue
             assert not isinstance(event, Pending), event  # PAUSED never happens here
             return event
@@ -64,7 +109,7 @@ class BrowserSide:
         if data:
             if isinstance(event, Data):
                 record.bytes_out += len(event.data)
-            if len(self._out) + len(data) < _FLUSH_BYTES:
+            if len(self._out) + len(data) < FLUSH_BYTES:
                 self._out += data  # small pieces: batched into one write
                 return
             if self._out:

@@ -56,6 +56,15 @@ class Deadline:
             self._arm(expires)
         return self
 
+    def move(self, seconds: float) -> None:
+        """Inside a scope: the wait in progress may now last ``seconds`` from now (the
+        express path answers a request while its task waits for the next one)."""
+        expires = self._loop.time() + seconds
+        self._expires = expires
+        handle = self._handle
+        if handle is None or handle.when() > expires:
+            self._arm(expires)
+
     def __enter__(self) -> None:
         self._cancelling = self._task.cancelling()
 

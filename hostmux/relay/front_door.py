@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from hostmux.http1.headers import ClientInfo, TrustedProxies
@@ -20,7 +21,8 @@ from hostmux.log import fields
 from hostmux.relay.gateway import Gateway
 from hostmux.relay.records import RequestRecord
 from hostmux.relay.relay import HttpRelay, RelayLimits
-from hostmux.relay.streams import READ_CHUNK_BYTES, ReaderWriterStream
+from hostmux.relay.streams import ReaderWriterStream
+from hostmux.relay.transport_stream import TransportStream
 
 log = logging.getLogger("hostmux.http")
 
@@ -137,20 +139,76 @@ async def start_front_door(
     sock: socket.socket | None = None,
     on_request: Callable[[RequestRecord], None] = log_request,
 ) -> asyncio.Server:
-    """Serve ``host:port``, or ``sock`` when given (already bound: ``host``/``port`` unused)."""
+    """Serve ``host:port``, or ``sock`` when given (already bound: ``host``/``port`` unused).
+
+    Each connection is a ``TransportStream`` (the protocol is the relay's
+    stream: no StreamReader/StreamWriter) whose relay runs in its own task.
+    """
     scheme = "https" if tls is not None else "http"
-    on_connection = connection_handler(
-        scheme, gateway=gateway, limits=limits, connections=connections, counts=counts,
-        trusted_proxies=trusted_proxies, on_request=on_request,
-    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+
+    def on_made(stream: TransportStream, now: RelayLimits) -> None:
+        assert stream.transport is not None
+        task = loop.create_task(
+            _serve_stream(
+                stream, scheme, gateway=gateway, limits=now, connections=connections,
+                counts=counts, trusted_proxies=trusted_proxies, on_request=on_request,
+            )
+        )  # fmt: skip
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+
+    def protocol() -> TransportStream:
+        # A reload changes the limits: each connection takes those of its accept.
+        now = limits() if callable(limits) else limits
+        return TransportStream(
+            scheme, on_made=partial(on_made, now=now), close_linger_s=now.send_timeout_s
+        )
+
     where: dict[str, Any] = (
         {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_address": True}
     )
-    return await asyncio.start_server(
-        on_connection,
+    return await loop.create_server(
+        protocol,
         ssl=tls,
         ssl_handshake_timeout=tls_handshake_timeout_s if tls is not None else None,
-        limit=READ_CHUNK_BYTES,
         backlog=1024,
         **where,
     )
+
+
+# The connections' tasks, held until they end (the loop keeps only weak references).
+_running: set[asyncio.Task[None]] = set()
+
+
+async def _serve_stream(
+    stream: TransportStream,
+    scheme: str,
+    *,
+    gateway: Gateway,
+    limits: RelayLimits,
+    connections: ConnectionSet,
+    counts: ConnectionCounts,
+    trusted_proxies: TrustedProxies | None,
+    on_request: Callable[[RequestRecord], None],
+) -> None:
+    """One accepted connection's task: admit it, relay it, release its count."""
+    task = asyncio.current_task()
+    assert task is not None and stream.transport is not None
+    peer = stream.transport.get_extra_info("peername") or ("?", 0)
+    ip = str(peer[0])
+    if not counts.admit(ip):
+        log.warning(fields("connection_refused", peer=f"{ip}:{peer[1]}", reason="limit"))
+        stream.transport.abort()
+        return
+    try:
+        stream.label = f"{scheme}:{ip}:{peer[1]}"
+        info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
+        relay = HttpRelay(stream, info, gateway, limits, on_request, trusted_proxies)
+        connections.add(task, relay)
+        await relay.run()
+    except asyncio.CancelledError:
+        # Shutdown cancels what outlived its grace: the connection ends here.
+        stream.transport.abort()
+    finally:
+        counts.release(ip)

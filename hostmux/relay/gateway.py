@@ -27,9 +27,10 @@ class UpstreamUnavailable(Exception):
         self.headers = list(headers)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Destination:
-    """Where a routed request goes."""
+    """Where a routed request goes (made per request: not frozen, whose ``__init__``
+    costs 3x as much; never changed once made)."""
 
     key: str  # requests with the same key may share one upstream stream
     label: str  # for logs: the tunnel name
@@ -39,6 +40,9 @@ class Destination:
     request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None
     # Applied to the app's response headers after the router's own rules.
     response_headers: Callable[[Headers], Headers] | None = None
+    # True when ``response_headers`` only keeps or shortens parsed values (what
+    # it returns needs no second header check); False: its output is checked.
+    response_headers_checked: bool = False
     # Idle upstream streams kept across browser connections (the auth helper's
     # connections to the app); None: each browser connection opens its own.
     pool: UpstreamPool | None = None

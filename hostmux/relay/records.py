@@ -20,9 +20,10 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestRecord:
-    """One finished request, for the access log."""
+    """One finished request, for the access log (not frozen: a frozen dataclass's
+    ``__init__`` measured ~3 µs for these eleven fields, per request)."""
 
     request_id: str
     peer: str

@@ -30,6 +30,11 @@ Error handling: a refusal anywhere on the way is one exception (``Refusal``,
 page (``pages``); exceptions from either stream end the connection quietly
 (logged at debug). The response path is ``response``, the browser's side
 ``browser``, the app's ``upstream``, a request body ``upload``.
+
+The express path (``express``: the router's front door only) relays a kept-alive
+connection's small requests by these same rules from the transports' callbacks
+while ``_serve`` waits for the next request, and hands anything else back to it
+(``prepared``, ``RESUME``, ``_resume``).
 """
 
 from __future__ import annotations
@@ -56,17 +61,26 @@ from hostmux.http1.events import (
     State,
     checked_headers,
 )
+from hostmux.http1.framing import request_framing
 from hostmux.http1.header_facts import facts_of
-from hostmux.http1.headers import ClientInfo, TrustedProxies, request_headers_for_app
+from hostmux.http1.headers import (
+    ClientInfo,
+    Headers,
+    TrustedProxies,
+    forwarding_headers,
+    request_headers_for_app,
+)
 from hostmux.http1.pages import Page, status_page, wants_html, with_headers
-from hostmux.relay.browser import BrowserSide
+from hostmux.relay.browser import RESUME, BrowserSide
 from hostmux.relay.deadline import Deadline
+from hostmux.relay.express import Express, Prepared
 from hostmux.relay.gateway import Destination, Gateway, UpstreamPool, UpstreamUnavailable
 from hostmux.relay.outcomes import Abort, Refusal, StaleUpstream
 from hostmux.relay.records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
 from hostmux.relay.response import ResponseEnd, ResponsePath
 from hostmux.relay.splice import splice
 from hostmux.relay.streams import ByteStream
+from hostmux.relay.transport_stream import TransportStream
 from hostmux.relay.upload import BodyEvent, buffered_body_events, failure_of, pump_request_body
 from hostmux.relay.upstream import Upstream
 
@@ -136,6 +150,16 @@ class HttpRelay:
         self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
         self._between_requests = False  # waiting for the next request head
         self.splicing = False  # bytes spliced after a 101 (a WebSocket)
+        # The express path (``express``): a browser on a ``TransportStream`` whose
+        # small requests are answered from callbacks while the task waits.
+        self._express: Express | None = None
+        if isinstance(client, TransportStream):
+            self._express = Express(self, client)
+        # The forwarding headers of this connection's Host and client (host value,
+        # client, headers): the same for each of its requests.
+        self._forwarding: tuple[bytes, ClientInfo, Headers] | None = None
+        # What the express path had done for a request it handed back (see _handle).
+        self.prepared: Prepared | None = None
 
     def __repr__(self) -> str:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
@@ -144,7 +168,9 @@ class HttpRelay:
         """Shutdown: close now if idle, else after the response in flight (with
         ``Connection: close``); a WebSocket gets a 1001 close frame."""
         self._going_away.set()
-        if self._between_requests:
+        if self._express is not None and self._express.inflight is not None:
+            self._express.hand_back()  # the task finishes it, saying Connection: close
+        elif self._between_requests:
             self._deadline.expire()  # the wait for a request ends as if its time were up
 
     async def run(self) -> None:
@@ -159,6 +185,8 @@ class HttpRelay:
         except (Abort, ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
+            if self._express is not None:
+                self._express.stop()
             self._deadline.close()
             self._release_upstream()
             self._browser.close()
@@ -167,19 +195,28 @@ class HttpRelay:
 
     async def _serve(self) -> None:
         h = self._browser.h
-        for served in range(self._limits.max_requests_per_connection):
-            self._served = served + 1
-            timeout = (
-                self._limits.header_timeout_s if served == 0 else self._limits.keepalive_timeout_s
-            )
+        limits = self._limits
+        express = self._express
+        while self._served < limits.max_requests_per_connection:
+            # (the express path counts the requests it answers while the task waits)
+            self._served += 1
+            timeout = limits.header_timeout_s if self._served == 1 else limits.keepalive_timeout_s
             if self._going_away.is_set():
                 return
             try:
                 self._between_requests = True
+                if express is not None:
+                    express.armed = self._upstream is not None
                 with self._deadline.within(timeout):
                     event = await self._browser.next_event()
             except TimeoutError:
-                return  # idle, slowloris or shutdown: close without a word, as nginx does
+                if express is not None and express.inflight is not None:
+                    # The app did not answer the express path's request in time.
+                    if not await self._resume(timed_out=True):
+                        return
+                    event = None
+                else:
+                    return  # idle, slowloris or shutdown: close without a word, as nginx does
             except RemoteProtocolError as exc:
                 page = status_page(*parse_error_status(exc))
                 await self._browser.send_page(page, head_only=False)
@@ -188,11 +225,17 @@ class HttpRelay:
                 return
             finally:
                 self._between_requests = False
-            if isinstance(event, ConnectionClosed):
-                return
-            assert isinstance(event, Request), event
-            if not await self._handle(event):
-                return
+                if express is not None:
+                    express.armed = False
+            if event is RESUME:
+                if not await self._resume(timed_out=False):
+                    return
+            elif event is not None:
+                if isinstance(event, ConnectionClosed):
+                    return
+                assert isinstance(event, Request), event
+                if not await self._handle(event):
+                    return
             if h.our_state is not State.DONE or h.their_state is not State.DONE:
                 return
             h.start_next_cycle()
@@ -201,17 +244,26 @@ class HttpRelay:
         """Relay one request; True if the connection may carry another.
 
         A ``Refusal`` raised anywhere on the way ends here: its status page is
-        the answer, and the connection closes after it.
+        the answer, and the connection closes after it. A request the express
+        path began and handed back comes with what it had done (``prepared``).
         """
-        started = time.perf_counter()
-        rid = new_request_id()
-        record = RecordBuilder(rid, self._peer, request)
+        prepared, self.prepared = self.prepared, None
+        if prepared is None:
+            started = time.perf_counter()
+            rid = new_request_id()
+            record = RecordBuilder(rid, self._peer, request)
+        else:
+            started, rid, record = prepared.started, prepared.rid, prepared.record
         try:
-            checked, body_events = self._check(request, record)
-            client = self._info
-            if self._trusted is not None:
-                client = self._trusted.client_of(request.headers, client)
-            routed = self._gateway.route(checked.host, request, rid, client)
+            if prepared is None:
+                checked, body_events = self._check(request, record)
+                client = self._info
+                if self._trusted is not None:
+                    client = self._trusted.client_of(request.headers, client)
+                routed = self._gateway.route(checked.host, request, rid, client)
+            else:
+                checked, body_events = prepared.checked, prepared.body_events
+                client, routed = prepared.client, prepared.routed
             # (an isinstance check on the two concrete answers is cheaper than isawaitable)
             decision = routed if isinstance(routed, Destination | Page) else await routed
             if isinstance(decision, Page):
@@ -227,21 +279,46 @@ class HttpRelay:
                 request, decision, upstream_request, body_events, websocket, record
             )
         except Refusal as refusal:
-            self._close_upstream()  # the connection ends after the page
-            record.status = refusal.status
-            page = status_page(
-                refusal.status, refusal.detail, request_id=rid,
-                as_html=wants_html(facts_of(request).accept),
-            )  # fmt: skip
-            if refusal.headers:  # they replace the page's own of the same names
-                extra = checked_headers(refusal.headers)
-                names = {name for name, _ in extra}
-                kept = Page(page.status, [h for h in page.headers if h[0] not in names], page.body)
-                page = with_headers(kept, extra)
-            await self._browser.send_page(page, head_only=request.method == b"HEAD")
+            await self._refuse(refusal, request, rid, record)
             return False
         finally:
             self._on_request(record.finish(started))
+
+    async def _resume(self, *, timed_out: bool) -> bool:
+        """Finish the request the express path sent up (its answer is late or large)."""
+        assert self._express is not None
+        inflight = self._express.take_back()
+        record = inflight.record
+        try:
+            if timed_out:
+                record.note = record.note or "response timeout"
+                raise Refusal(504, "the app did not answer in time")
+            return await self._relay(
+                inflight.request, inflight.decision, inflight.upstream_request, [END_OF_MESSAGE],
+                False, record, sent=True,
+            )  # fmt: skip
+        except Refusal as refusal:
+            await self._refuse(refusal, inflight.request, record.request_id, record)
+            return False
+        finally:
+            self._on_request(record.finish(inflight.started))
+
+    async def _refuse(
+        self, refusal: Refusal, request: Request, rid: str, record: RecordBuilder
+    ) -> None:
+        """Answer with ``refusal``'s page (the connection ends after it)."""
+        self._close_upstream()  # the connection ends after the page
+        record.status = refusal.status
+        page = status_page(
+            refusal.status, refusal.detail, request_id=rid,
+            as_html=wants_html(facts_of(request).accept),
+        )  # fmt: skip
+        if refusal.headers:  # they replace the page's own of the same names
+            extra = checked_headers(refusal.headers)
+            names = {name for name, _ in extra}
+            kept = Page(page.status, [h for h in page.headers if h[0] not in names], page.body)
+            page = with_headers(kept, extra)
+        await self._browser.send_page(page, head_only=request.method == b"HEAD")
 
     def _check(
         self, request: Request, record: RecordBuilder
@@ -280,11 +357,23 @@ class HttpRelay:
             return request_checking_headers(
                 request.method, checked.target, decision.request_headers(fields, websocket)
             )
+        kept = self._forwarding
+        if kept is None or kept[0] != checked.host_value or kept[1] != client:
+            kept = self._forwarding = (
+                checked.host_value, client, forwarding_headers(checked.host_value, client)
+            )  # fmt: skip
         headers = request_headers_for_app(
             fields, host=checked.host_value, client=client, request_id=rid,
-            websocket=websocket, facts=request.facts,
+            websocket=websocket, facts=request.facts, forwarding=kept[2],
         )  # fmt: skip
-        return request_of_checked_headers(request.method, checked.target, headers)
+        facts = request.facts
+        # The body's framing is the browser's, as parsed (the filter keeps
+        # Content-Length and Transfer-Encoding, and drops Connection).
+        framing = (
+            None if facts is None
+            else request_framing(facts.content_length, facts.transfer_encoding)
+        )  # fmt: skip
+        return request_of_checked_headers(request.method, checked.target, headers, framing)
 
     async def _relay(
         self,
@@ -294,26 +383,34 @@ class HttpRelay:
         body_events: list[BodyEvent],
         websocket: bool,
         record: RecordBuilder,
+        *,
+        sent: bool = False,
     ) -> bool:
         """Send ``upstream_request`` up (retried once on a fresh upstream if a reused
-        one had closed) and relay the answer; True if the connection may go on."""
+        one had closed) and relay the answer; True if the connection may go on.
+
+        ``sent``: the express path sent it on the current upstream already.
+        """
         # A bodiless request goes in one write, retried if a reused upstream closed.
         bodiless = isinstance(body_events[0], EndOfMessage)
         retryable = bodiless and request.method in _IDEMPOTENT
         for attempt in (1, 2):
-            reused = self._upstream is not None and self._upstream.key == decision.key
+            resumed = sent and attempt == 1
+            reused = resumed or (self._upstream is not None and self._upstream.key == decision.key)
             if not reused and retryable and attempt == 1 and decision.pool is not None:
                 reused = await self._take_pooled(decision, decision.pool)
             upstream = self._upstream if reused else await self._open(decision)
             assert upstream is not None
-            upstream.requests += 1
-            upstream.got_response = False
-            head = upstream.conn.send(upstream_request)
-            if bodiless:
-                head += upstream.conn.send(END_OF_MESSAGE)
+            if not resumed:
+                upstream.requests += 1
+                upstream.got_response = False
+                head = upstream.conn.send(upstream_request)
+                if bodiless:
+                    head += upstream.conn.send(END_OF_MESSAGE)
             last_try = attempt == 2 or not retryable or not reused
             try:
-                await upstream.stream.send_all(head)
+                if not resumed:
+                    await upstream.stream.send_all(head)
                 if bodiless:
                     end = await self._responses.relay(upstream, record, websocket, self._last())
                     if end is ResponseEnd.SWITCHED:
@@ -343,7 +440,9 @@ class HttpRelay:
             raise Refusal(504, f"the tunnel {decision.label!r} did not answer in time") from None
         except UpstreamUnavailable as exc:
             raise Refusal(502, str(exc), exc.headers) from None
-        self._upstream = Upstream(stream, decision.key, decision.response_headers)
+        self._upstream = Upstream(
+            stream, decision.key, decision.response_headers, decision.response_headers_checked
+        )
         self._pool = decision.pool
         return self._upstream
 
@@ -354,7 +453,10 @@ class HttpRelay:
         if stream is None:
             return False
         # requests=1: it carried requests before, so a close now is a stale upstream's.
-        self._upstream = Upstream(stream, decision.key, decision.response_headers, requests=1)
+        self._upstream = Upstream(
+            stream, decision.key, decision.response_headers,
+            decision.response_headers_checked, requests=1,
+        )  # fmt: skip
         self._pool = pool
         return True
 

@@ -99,12 +99,12 @@ class ResponsePath:
                 await browser.send(event, record)
             elif isinstance(event, Response):
                 last = last_request or self._going_away.is_set()
-                await browser.send(_response_head(upstream, record, event, last), record)
+                await browser.send(response_head(upstream, record, event, last), record)
                 timeout = self._idle_s
             elif isinstance(event, EndOfMessage):
                 await browser.send(END_OF_MESSAGE, record)
                 await browser.flush(record)
-                return _reuse(upstream, websocket)
+                return reuse(upstream, websocket)
             elif isinstance(event, InformationalResponse):
                 if event.status_code == 101:
                     await _switch(browser, upstream, record, event, websocket)
@@ -118,7 +118,7 @@ class ResponsePath:
                 raise _closed(upstream, record, body)
 
 
-def _reuse(upstream: Upstream, websocket: bool) -> ResponseEnd:
+def reuse(upstream: Upstream, websocket: bool) -> ResponseEnd:
     """Whether ``upstream`` may carry the next request, its response complete."""
     # After a refused upgrade the app's side of the connection is in
     # doubt (hypercorn, for one, errors on what follows): not reused.
@@ -175,19 +175,19 @@ async def _switch(
     await browser.flush(record)
 
 
-def _response_head(
+def response_head(
     upstream: Upstream, record: RecordBuilder, event: Response, last: bool
 ) -> Response:
     """The final response head for the browser (rule 4)."""
     record.status = event.status_code
     record.response_started = True
-    headers = response_headers_for_client(event.headers)
+    headers = response_headers_for_client(event.headers, hop_by_hop=event.hop_by_hop)
     if last:
         # Shutting down, or the last request this connection may carry:
         # say so, as nginx does after keepalive_requests (then it closes).
         headers.append((b"connection", b"close"))
     if upstream.response_filter is not None:
-        return response_checking_headers(
-            event.status_code, event.reason, upstream.response_filter(headers)
-        )
+        headers = upstream.response_filter(headers)
+        if not upstream.filter_checked:
+            return response_checking_headers(event.status_code, event.reason, headers)
     return response_of_checked_headers(event, headers)

@@ -24,9 +24,15 @@ class Upstream:
     stream: ByteStream
     key: str
     response_filter: Callable[[Headers], Headers] | None = None
+    filter_checked: bool = False  # the filter's output needs no second check (``Destination``)
     conn: Http1Connection = field(default_factory=lambda: Http1Connection(Role.CLIENT))
     requests: int = 0
     got_response: bool = False  # any byte of the current response received
+    # Whether its stream can hand arrivals to a callback (``sink``: the express path).
+    sinkable: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sinkable = hasattr(self.stream, "sink")
 
     async def next_event(
         self,

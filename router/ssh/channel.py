@@ -18,7 +18,11 @@ relay's ``ByteStream`` at once:
   unsent data, and ``drain`` waits while asyncssh has paused writing (the
   peer's window is full);
 - EOF from the peer is a half-close (``receive`` returns ``b""``, writing
-  goes on), as the WebSocket splice needs.
+  goes on), as the WebSocket splice needs;
+- ``sink``: while it is set and nothing is queued, what arrives goes to it
+  instead of the queue (the relay's express path parses a response straight
+  from asyncssh's callback, without waking a task); EOF and loss are
+  recorded as usual and then told to it as ``b""``.
 
 Error handling: when the SSH connection is lost under the channel (its client
 was killed), reads, writes and drains raise ``ConnectionResetError``, the one
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
@@ -54,6 +59,7 @@ class ChannelStream(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes
         self._write_paused = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
+        self.sink: Callable[[bytes], None] | None = None
 
     def __repr__(self) -> str:
         return f"<ChannelStream {self.label}>"
@@ -68,6 +74,10 @@ class ChannelStream(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes
         lean_event(getattr(chan, "_close_event", None))
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        sink = self.sink
+        if sink is not None and not self._chunks:
+            sink(data)
+            return
         self._chunks.append(data)
         self._unread += len(data)
         if self._unread >= self.high_water and not self._paused and self._chan is not None:
@@ -78,6 +88,8 @@ class ChannelStream(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes
     def eof_received(self) -> bool:
         self._eof = True
         _wake(self._read_waiter)
+        if self.sink is not None:
+            self.sink(b"")
         return True  # half-open: the other direction may go on
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -86,6 +98,13 @@ class ChannelStream(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes
             self._lost = exc
         _wake(self._read_waiter)
         _wake(self._drain_waiter)
+        if self.sink is not None:
+            self.sink(b"")
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing unread, no EOF, no loss, nothing unsent: a ``sink`` may take what comes next."""
+        return not self._chunks and not self._eof and not self._write_paused and not self._closed
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -29,6 +29,7 @@ from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
 from keys import KeysError, check_router_id
 from router.registry.model import MAX_ID_CHARS
+from router.tcp_ports import parse_port_range
 
 # Beyond 256 router processes on one machine a second machine is the answer, and each
 # worker holds a registry connection and a lease round of its own.
@@ -230,6 +231,23 @@ class RouterConfig:
         "add per-tunnel series (a name label on request counts): HIGH CARDINALITY, one "
         "series per tunnel name ever served; off: every label has a few fixed values",
     )
+    # TCP tunnels (issue 20): ssh -R tcp:PORT:HOST:PORT, or tcp:0 for any port of the range.
+    tcp_port_range: str = option(
+        "",
+        "public ports TCP tunnels may take (ssh -R tcp:PORT:... or tcp:0:... for any), "
+        "e.g. 20000-20999; empty: TCP tunnels off",
+        metavar="FIRST-LAST",
+    )
+    tcp_listen_host: str = option(
+        "", "address TCP tunnels' ports listen on (default: the first front door's host)"
+    )
+    max_tcp_ports_per_key: int = option(
+        4, "TCP ports one key (or instance) may hold", minimum=1, maximum=PORT_MAX
+    )
+    tcp_idle_timeout_s: float = option(
+        3600.0, "idle time (neither side sent) before a TCP tunnel's connection is closed",
+        minimum=0, maximum=WEEK_S,
+    )  # fmt: skip
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     # Operations (issue 19): certificates by SNI, reloaded on SIGHUP; the log format.
     tls_cert_dir: Path | None = option(
@@ -289,6 +307,27 @@ class RouterConfig:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         check_log_format(self.log_format)
+        try:
+            parse_port_range(self.tcp_port_range)
+        except ValueError as error:
+            raise ValueError(f"tcp_port_range: {error}") from None
+        if self.tcp_listen_host:
+            try:
+                ipaddress.ip_address(self.tcp_listen_host)
+            except ValueError:
+                raise ValueError(
+                    f"tcp_listen_host: {self.tcp_listen_host!r} is not an IP address"
+                ) from None
+
+    @property
+    def tcp_listen_address(self) -> str:
+        """Where TCP tunnels' ports listen: tcp_listen_host, else the first front door's host."""
+        if self.tcp_listen_host:
+            return self.tcp_listen_host
+        for field in ("https_listen", "http_listen", "one_port_listen"):
+            for address in getattr(self, field):
+                return parse_host_port(address, field)[0]
+        return "0.0.0.0"
 
     def inherited_sockets(self) -> dict[str, list[int]]:
         """``listen_fds`` by kind (every kind present, in LISTEN_KINDS order); a

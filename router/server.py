@@ -67,6 +67,7 @@ from router.ssh.server import (
     start_ssh_server,
 )
 from router.state import RouterState, dev_ca_pem, file_certificates, front_door_tls, prepare_state
+from router.tcp_ports import TcpPorts, TcpSettings, parse_port_range
 from router.tls import FrontDoorTls
 from router.tunnels import TunnelGateway, TunnelHub
 from router.workers.sockets import adopt
@@ -235,6 +236,17 @@ def build_router(config: RouterConfig) -> Router:
         certificates=front_tls,
         relay_limits=config.relay_limits,
     )
+    ports = parse_port_range(config.tcp_port_range)
+    if ports is not None:
+        hub.tcp = TcpPorts(
+            TcpSettings(
+                ports=ports, listen_host=config.tcp_listen_address,
+                max_per_key=config.max_tcp_ports_per_key,
+                idle_timeout_s=config.tcp_idle_timeout_s,
+                connect_timeout_s=config.connect_timeout_s,
+            ),
+            counts=router.browsers, reservation_s=config.name_reservation_s,
+        )  # fmt: skip
     if config.metrics_listen:
         # Imported here: prometheus-client is loaded only by routers that serve metrics.
         from router.operations import RouterOps
@@ -408,6 +420,8 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
         await router.connections.drain(grace_s)
     else:  # streams from peers drain like browser connections, at the same time
         await asyncio.gather(router.connections.drain(grace_s), router.link.peers.drain(grace_s))
+    if router.hub.tcp is not None:
+        await router.hub.tcp.aclose()
     for acceptor in listening.ssh_acceptors:
         acceptor.close()
     for acceptor in listening.ssh_acceptors:
@@ -583,6 +597,8 @@ async def _sweep_reservations(hub: TunnelHub) -> None:
     while True:
         await asyncio.sleep(_SWEEP_INTERVAL_S)
         hub.routes.sweep()
+        if hub.tcp is not None:
+            hub.tcp.routes.sweep()
 
 
 def _print_welcome(

@@ -36,6 +36,7 @@ from router.routing import NameTaken, Offline, RouteTable
 if TYPE_CHECKING:
     from router.cluster.forwarding import Forwarder
     from router.membership import Membership
+    from router.tcp_ports import TcpPorts
 
 log = logging.getLogger("hostmux.tunnels")
 
@@ -76,6 +77,8 @@ class TunnelHub:
         self.observers: list[Callable[[str, str, str, int], None]] = []
         # This router's part in a cluster; None: names live in this process only.
         self.cluster: Membership | None = None
+        # TCP tunnels (``router.tcp_ports``), whose names are "tcp:PORT"; None: none.
+        self.tcp: TcpPorts | None = None
         # Tunnel and SSH events by kind (``router.operations`` turns them into metrics):
         # tunnel_up, tunnel_refused, ssh_auth_refused_key, ssh_auth_rate_limited.
         self.counts: Counter[str] = Counter()
@@ -88,6 +91,8 @@ class TunnelHub:
         self._public_port = port
 
     def url_for(self, name: str) -> str:
+        if name.startswith("tcp:"):  # a TCP tunnel's port
+            return f"tcp://{self.domain}:{name[4:]}"
         default_port = 443 if self._scheme == "https" else 80
         port = "" if self._public_port in (0, default_port) else f":{self._public_port}"
         return f"{self._scheme}://{name}.{self.domain}{port}"
@@ -123,6 +128,9 @@ class TunnelHub:
             observer(event, tunnel.name, self.url_for(tunnel.name), tunnel.generation)
 
     def release(self, tunnel: Tunnel) -> None:
+        if self.tcp is not None and tunnel.name.startswith("tcp:"):
+            self.tcp.release(tunnel)
+            return
         if self.routes.release(tunnel.name, tunnel):
             if self.cluster is not None:
                 self.cluster.release(tunnel)  # in the background: never blocks the caller

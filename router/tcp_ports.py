@@ -1,0 +1,266 @@
+"""TCP tunnels: a public TCP port of the router relayed, raw, into a tunnel.
+
+``ssh -R tcp:PORT:HOST:PORT`` (OpenSSH sends the bind address ``tcp``) asks
+for public PORT; ``-R tcp:0:...`` for any free port of ``tcp_port_range``.
+Rules (the same as names, ``router.routing``):
+
+1. A port is held by one tunnel and owned by the key that claimed it; the
+   owner may claim it again (a reconnect replaces the old tunnel); another key
+   is refused while it is held and for ``name_reservation_s`` after.
+2. ``-R tcp:0`` gives the key back a port it still owns (held or reserved)
+   before any other; then a free port of the range.
+3. A key holds at most ``max_tcp_ports_per_key`` ports; a port outside the
+   range, a taken port or an exhausted range is refused with a message the
+   SSH session prints.
+4. The router listens on a port while a tunnel holds it; each accepted
+   connection is counted per IP (the front door's counts) and becomes a
+   ``forwarded-tcpip`` channel; bytes are copied both ways one chunk at a time
+   (the channel window and the socket buffers are the back-pressure, nothing
+   else is buffered), each EOF is passed on as a half-close, and a connection
+   where neither side moved for ``tcp_idle_timeout_s`` is closed.
+
+Single router only: in a cluster TCP tunnels are refused (the registry does
+not hold ports yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hostmux.limits import ConnectionCounts
+from hostmux.log import fields
+from hostmux.relay import ByteStream, ReaderWriterStream, UpstreamUnavailable
+from router.routing import NameTaken, RouteTable
+from router.tunnels import Tunnel
+
+log = logging.getLogger("hostmux.tcp")
+
+# A tunnel's name for TCP port N (never a DNS label: it cannot clash with a name).
+PREFIX = "tcp:"
+
+
+class PortRefused(Exception):
+    """A TCP port cannot be given; the message is for the SSH client."""
+
+
+def parse_port_range(text: str) -> range | None:
+    """``"20000-20999"`` (or one port ``"20000"``) as a range; ``""``: None (TCP tunnels off).
+
+    Raises ValueError saying what is wrong.
+    """
+    if not text.strip():
+        return None
+    low, sep, high = text.strip().partition("-")
+    try:
+        first = int(low)
+        last = int(high) if sep else first
+    except ValueError:
+        raise ValueError(f"{text!r} is not FIRST-LAST (e.g. 20000-20999)") from None
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"{text!r}: ports 1-65535, FIRST <= LAST")
+    return range(first, last + 1)
+
+
+def port_of(name: str) -> int | None:
+    """The port of a TCP tunnel's name, None for a name."""
+    return int(name[len(PREFIX) :]) if name.startswith(PREFIX) else None
+
+
+@dataclass
+class TcpSettings:
+    ports: range | None
+    listen_host: str
+    max_per_key: int
+    idle_timeout_s: float
+    connect_timeout_s: float
+
+
+@dataclass
+class TcpPorts:
+    """The router's TCP tunnels: which key owns which port, and the port listeners."""
+
+    settings: TcpSettings
+    counts: ConnectionCounts  # per client IP, shared with the HTTP front door
+    reservation_s: float
+    routes: RouteTable[Tunnel] = field(init=False)
+    _servers: dict[int, asyncio.Server] = field(default_factory=dict)
+    _held: dict[str, set[int]] = field(default_factory=dict)  # owner -> ports held
+    _streams: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.routes = RouteTable(reservation_s=self.reservation_s)
+
+    async def claim(self, port: int, make_tunnel: Callable[[int], Tunnel]) -> Tunnel:
+        """The tunnel ``make_tunnel(port)`` serving ``port`` (0: one picked); raises PortRefused."""
+        ports = self.settings.ports
+        if ports is None:
+            raise PortRefused("TCP tunnels are off on this router (no tcp_port_range)")
+        owner = make_tunnel(0).owner
+        if port and port not in ports:
+            raise PortRefused(f"port {port} is outside this router's TCP ports ({_show(ports)})")
+        held = self._held.setdefault(owner, set())
+        if port and port in held:
+            candidates = [port]  # a reconnect: the new tunnel replaces the old one
+        else:
+            if len(held) >= self.settings.max_per_key:
+                raise PortRefused(f"this key already holds {len(held)} TCP ports (the limit)")
+            candidates = [port] if port else self._candidates(owner)
+        for candidate in candidates:
+            name = f"{PREFIX}{candidate}"
+            if self.routes.owner(name) not in (None, owner):
+                if port:
+                    raise PortRefused(f"port {port} is in use by another key")
+                continue
+            try:
+                await self._listen(candidate)
+            except OSError as exc:
+                if port:
+                    raise PortRefused(f"port {port} cannot be opened on the router") from exc
+                continue
+            tunnel = make_tunnel(candidate)
+            try:
+                replaced = self.routes.claim(name, owner, tunnel)
+            except NameTaken:  # checked above; kept for the rule's sake
+                continue
+            held.add(candidate)
+            log.info(
+                fields(
+                    "tcp_tunnel_up", port=candidate, peer=tunnel.peer, key=owner,
+                    replaced=replaced.peer if replaced else None,
+                )
+            )  # fmt: skip
+            return tunnel
+        if not held:
+            self._held.pop(owner, None)
+        raise PortRefused(f"no free TCP port left ({_show(ports)})")
+
+    def release(self, tunnel: Tunnel) -> None:
+        port = port_of(tunnel.name)
+        if port is None or not self.routes.release(tunnel.name, tunnel):
+            return
+        held = self._held.get(tunnel.owner)
+        if held is not None:
+            held.discard(port)
+            if not held:
+                del self._held[tunnel.owner]
+        server = self._servers.pop(port, None)
+        if server is not None:
+            server.close()
+        held_s = round(time.monotonic() - tunnel.created, 1)
+        log.info(fields("tcp_tunnel_down", port=port, peer=tunnel.peer, held_s=held_s))
+
+    async def aclose(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+        for task in list(self._streams):
+            task.cancel()
+
+    def _candidates(self, owner: str) -> list[int]:
+        ports = self.settings.ports
+        assert ports is not None
+        own = [p for p in (port_of(n) for n in self.routes.owned_by(owner)) if p is not None]
+        mine = [p for p in own if p in ports and p not in self._held.get(owner, set())]
+        others = random.sample(ports, len(ports))
+        return mine + [p for p in others if p not in mine]
+
+    async def _listen(self, port: int) -> None:
+        if port in self._servers:
+            return
+        server = await asyncio.start_server(
+            lambda r, w: self._accepted(port, r, w),
+            self.settings.listen_host or None, port, reuse_address=True,
+        )  # fmt: skip
+        self._servers[port] = server
+
+    def _accepted(
+        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.ensure_future(self._serve(port, reader, writer))
+        self._streams.add(task)
+        task.add_done_callback(self._streams.discard)
+
+    async def _serve(
+        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        ip, peer_port = str(peer[0]), int(peer[1])
+        client = ReaderWriterStream(reader, writer, label=f"tcp:{ip}:{peer_port}")
+        if not self.counts.admit(ip):
+            log.warning(fields("tcp_refused", port=port, peer=ip, reason="connection limit"))
+            client.abort()
+            return
+        started = time.monotonic()
+        outcome, sent = "closed", [0, 0]
+        try:
+            found = self.routes.lookup(f"{PREFIX}{port}")
+            if not isinstance(found, Tunnel):
+                outcome = "no tunnel"
+                return
+            try:
+                async with asyncio.timeout(self.settings.connect_timeout_s):
+                    upstream = await found.open_stream(ip, peer_port)
+            except (UpstreamUnavailable, TimeoutError) as exc:
+                outcome = str(exc) or "channel open timed out"
+                return
+            try:
+                outcome = await relay(client, upstream, self.settings.idle_timeout_s, sent)
+            finally:
+                upstream.close()
+        finally:
+            client.close()
+            self.counts.release(ip)
+            log.info(
+                fields(
+                    "tcp_connection", port=port, peer=f"{ip}:{peer_port}", outcome=outcome,
+                    bytes_in=sent[0], bytes_out=sent[1],
+                    duration_s=round(time.monotonic() - started, 3),
+                )
+            )  # fmt: skip
+
+
+async def relay(a: ByteStream, b: ByteStream, idle_timeout_s: float, sent: list[int]) -> str:
+    """Copy both ways until both ended; "idle" when neither moved for ``idle_timeout_s``.
+
+    ``sent`` counts the bytes a -> b and b -> a. One chunk in flight per direction:
+    a side that does not read stops the other from reading (back-pressure).
+    """
+    last = [time.monotonic()]
+
+    async def copy(source: ByteStream, sink: ByteStream, index: int) -> None:
+        while data := await source.receive():
+            last[0] = time.monotonic()
+            sink.write(data)
+            if sink.must_drain():
+                await sink.drain()
+            sent[index] += len(data)
+            last[0] = time.monotonic()
+        await sink.send_eof()
+
+    copies = [asyncio.ensure_future(copy(a, b, 0)), asyncio.ensure_future(copy(b, a, 1))]
+    try:
+        while not all(c.done() for c in copies):
+            wait_s = last[0] + idle_timeout_s - time.monotonic()
+            if wait_s <= 0:
+                return "idle"
+            done, _ = await asyncio.wait(copies, timeout=wait_s)
+            for copy_task in done:
+                if copy_task.exception() is not None:
+                    return "reset"
+        return "closed"
+    finally:
+        for copy_task in copies:
+            copy_task.cancel()
+        for copy_task in copies:
+            with contextlib.suppress(BaseException):
+                await copy_task
+
+
+def _show(ports: range) -> str:
+    return f"{ports.start}-{ports.stop - 1}"

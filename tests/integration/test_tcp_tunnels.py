@@ -1,0 +1,213 @@
+"""TCP tunnels (``ssh -R tcp:PORT:HOST:PORT``) with real OpenSSH clients and real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import subprocess
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from .conftest import LoggedProcess, Router, Stack, public_key_of
+
+MIB = 1024 * 1024
+
+
+def free_port_block(size: int) -> int:
+    """The first of ``size`` consecutive loopback ports that can be bound now."""
+    for _ in range(200):
+        first = random.randrange(30000, 32000 - size)
+        socks = []
+        try:
+            for port in range(first, first + size):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError("no free block of loopback ports")
+
+
+async def start_tcp_router(stack: Stack, size: int, *extra: str) -> tuple[Router, range]:
+    first = free_port_block(size)
+    ports = range(first, first + size)
+    router = await stack.start_router(
+        "--tcp-port-range", f"{first}-{first + size - 1}", "--tcp-listen-host", "127.0.0.1",
+        "--name-reservation-s", "600", *extra,
+    )  # fmt: skip
+    return router, ports
+
+
+async def echo_server(nursery: trio.Nursery) -> int:
+    """An echo app on loopback: echoes all, then half-closes once the client has."""
+
+    async def echo(stream: trio.SocketStream) -> None:
+        async with stream:
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+            await stream.send_eof()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def tcp_tunnel(
+    stack: Stack, router: Router, key: Path, target: int, *forwards: str
+) -> LoggedProcess:
+    """``ssh -R tcp:PORT:127.0.0.1:TARGET ...`` with a session (it prints the forwards)."""
+    args: list[str] = []
+    for forward in forwards or ("tcp:0",):
+        args += ["-R", f"{forward}:127.0.0.1:{target}"]
+    argv = stack.ssh_argv(router, key, *args, "tunnel@127.0.0.1")
+    return await stack.spawn("ssh-tcp", argv, stdin=subprocess.PIPE)
+
+
+async def test_tcp_tunnel_relays_10_mib_both_ways_and_half_closes(stack: Stack) -> None:
+    router, ports = await start_tcp_router(stack, 4)
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    target = await echo_server(stack.nursery)
+    ssh = await tcp_tunnel(stack, router, key, target)
+    match = await ssh.wait_for(r"Forwarding tcp://localhost:(\d+)")
+    port = int(match[1])
+    assert port in ports
+
+    payload = os.urandom(10 * MIB)
+    received = bytearray()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(60):
+        async with stream, trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                for at in range(0, len(payload), 256 * 1024):
+                    await stream.send_all(payload[at : at + 256 * 1024])
+                await stream.send_eof()  # half-close: the echo app sees EOF, answers the rest
+
+            nursery.start_soon(send)
+            while data := await stream.receive_some(256 * 1024):
+                received += data
+    # Byte for byte, and the app's EOF came back after its last byte (half-close both ways).
+    assert len(received) == len(payload)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    await router.proc.wait_for(
+        rf"event=tcp_connection port={port} .*outcome=closed bytes_in={10 * MIB} "
+        rf"bytes_out={10 * MIB}"
+    )
+
+
+async def test_port_belongs_to_its_key_and_comes_back_after_a_reconnect(stack: Stack) -> None:
+    router, _ = await start_tcp_router(stack, 4)
+    alice, mallory = stack.new_key("alice"), stack.new_key("mallory")
+    router.authorize(public_key_of(alice))
+    router.authorize(public_key_of(mallory))
+    target = await echo_server(stack.nursery)
+    first = await tcp_tunnel(stack, router, alice, target)
+    port = int((await first.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1])
+
+    thief = await tcp_tunnel(stack, router, mallory, target, f"tcp:{port}")
+    assert await thief.wait_exit() != 0
+    await router.proc.wait_for(rf"event=forward_refused .*reason=.*port {port} is in use by")
+
+    await first.stop()
+    await router.proc.wait_for(rf"event=tcp_tunnel_down port={port} ")
+    # Reserved for alice now: mallory still cannot take it.
+    mark = len(router.proc.lines)
+    thief = await tcp_tunnel(stack, router, mallory, target, f"tcp:{port}")
+    assert await thief.wait_exit() != 0
+    await router.proc.wait_for(
+        rf"event=forward_refused .*reason=.*port {port} is in use by another", start=mark
+    )
+    # Alice asks for any port and gets hers back.
+    again = await tcp_tunnel(stack, router, alice, target)
+    assert int((await again.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1]) == port
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"ping")
+        assert await stream.receive_some(4) == b"ping"
+
+
+async def test_limits_and_refusals_are_said_in_the_session(stack: Stack) -> None:
+    router, ports = await start_tcp_router(stack, 2, "--max-tcp-ports-per-key", "1")
+    alice, bob, carol = stack.new_key("alice"), stack.new_key("bob"), stack.new_key("carol")
+    for key in (alice, bob, carol):
+        router.authorize(public_key_of(key))
+    target = await echo_server(stack.nursery)
+    # Per key: the second port of one connection is refused, the first stays.
+    ssh = await tcp_tunnel(
+        stack, router, alice, target, f"tcp:{ports.start}", f"tcp:{ports.start + 1}"
+    )
+    assert await ssh.wait_exit() != 0  # ExitOnForwardFailure
+    await router.proc.wait_for(r"event=forward_refused .*reason=.*already holds 1 TCP ports")
+
+    ssh = await tcp_tunnel(stack, router, alice, target)
+    await ssh.wait_for(r"Forwarding tcp://localhost:\d+")
+    ssh_b = await tcp_tunnel(stack, router, bob, target)
+    await ssh_b.wait_for(r"Forwarding tcp://localhost:\d+")
+    # The range is full.
+    refused = await tcp_tunnel(stack, router, carol, target)
+    assert await refused.wait_exit() != 0
+    await router.proc.wait_for(r"event=forward_refused .*reason=.*no free TCP port left")
+    # Outside the range, and the reserved name.
+    outside = ports.stop + 5
+    refused = await tcp_tunnel(stack, router, carol, target, f"tcp:{outside}")
+    assert await refused.wait_exit() != 0
+    await router.proc.wait_for(rf"reason=.*port {outside} is outside this router's TCP ports")
+    refused = await tcp_tunnel(stack, router, carol, target, "tcp.localhost:80")
+    assert await refused.wait_exit() != 0
+    await router.proc.wait_for(r"event=forward_refused .*reason=.*'tcp' is reserved")
+
+
+async def test_tcp_tunnels_are_off_without_a_range(stack: Stack) -> None:
+    router = await stack.start_router()
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    ssh = await tcp_tunnel(stack, router, key, 9)
+    assert await ssh.wait_exit() != 0
+    await router.proc.wait_for(r"event=forward_refused .*reason=.*TCP tunnels are off")
+
+
+async def test_a_client_that_never_reads_is_held_back_then_closed_when_idle(
+    stack: Stack,
+) -> None:
+    router, _ = await start_tcp_router(stack, 1, "--tcp-idle-timeout-s", "2")
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    sent = [0]
+    done = trio.Event()
+
+    async def flood(stream: trio.SocketStream) -> None:
+        chunk = b"x" * 65536
+        try:
+            async with stream:
+                while sent[0] < 512 * MIB:
+                    await stream.send_all(chunk)
+                    sent[0] += len(chunk)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            done.set()
+
+    listeners = await stack.nursery.start(partial(trio.serve_tcp, flood, 0, host="127.0.0.1"))
+    target = int(listeners[0].socket.getsockname()[1])
+    ssh = await tcp_tunnel(stack, router, key, target)
+    port = int((await ssh.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", port))  # and never read
+    try:
+        await router.proc.wait_for(rf"event=tcp_connection port={port} .*outcome=idle")
+        with trio.fail_after(30):
+            await done.wait()  # the app's connection ended with the client's
+    finally:
+        sock.close()
+    # Held back by the client's window: what the router, the SSH channel and the kernel
+    # buffers took is bounded, far from the 512 MiB the app tried to send.
+    assert sent[0] < 64 * MIB

@@ -248,6 +248,11 @@ class RouterConfig:
         3600.0, "idle time (neither side sent) before a TCP tunnel's connection is closed",
         minimum=0, maximum=WEEK_S,
     )  # fmt: skip
+    tcp_proxy_protocol: bool = option(
+        False,
+        "send a PROXY protocol v2 header first on every TCP tunnel connection, so the "
+        "backend sees the client's address (the backend must expect it)",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     # Operations (issue 19): certificates by SNI, reloaded on SIGHUP; the log format.
     tls_cert_dir: Path | None = option(

@@ -244,6 +244,7 @@ def build_router(config: RouterConfig) -> Router:
                 max_per_key=config.max_tcp_ports_per_key,
                 idle_timeout_s=config.tcp_idle_timeout_s,
                 connect_timeout_s=config.connect_timeout_s,
+                proxy_protocol=config.tcp_proxy_protocol,
             ),
             counts=router.browsers, reservation_s=config.name_reservation_s,
         )  # fmt: skip

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,33 @@ log = logging.getLogger("hostmux.tcp")
 
 # A tunnel's name for TCP port N (never a DNS label: it cannot clash with a name).
 PREFIX = "tcp:"
+
+
+# PROXY protocol v2 (haproxy.org/download/2.9/doc/proxy-protocol.txt, section 2.2).
+_PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+_PROXY_V2_PROXY = 0x21  # version 2, command PROXY
+
+
+def proxy_v2_header(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
+    """The PROXY v2 header telling the backend a TCP connection's client and the address
+    it reached (both of one family; IPv4-mapped IPv6 addresses are sent as IPv4)."""
+    src, dst = _ip(source[0]), _ip(destination[0])
+    if src.version != dst.version:  # an IPv4 client on a dual-stack socket: "unspecified"
+        return _PROXY_V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x00, 0)
+    family = 0x11 if src.version == 4 else 0x21  # TCP over IPv4 / IPv6
+    addresses = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1])
+    return (
+        _PROXY_V2_SIGNATURE
+        + struct.pack("!BBH", _PROXY_V2_PROXY, family, len(addresses))
+        + (addresses)
+    )
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 class PortRefused(Exception):
@@ -79,6 +108,7 @@ class TcpSettings:
     max_per_key: int
     idle_timeout_s: float
     connect_timeout_s: float
+    proxy_protocol: bool = False  # send a PROXY v2 header first on each channel
 
 
 @dataclass
@@ -210,6 +240,9 @@ class TcpPorts:
                 outcome = str(exc) or "channel open timed out"
                 return
             try:
+                if self.settings.proxy_protocol:
+                    local = writer.get_extra_info("sockname")
+                    await upstream.send_all(proxy_v2_header((ip, peer_port), local[:2]))
                 outcome = await relay(client, upstream, self.settings.idle_timeout_s, sent)
             finally:
                 upstream.close()

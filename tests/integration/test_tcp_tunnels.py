@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import socket
+import struct
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -211,3 +212,49 @@ async def test_a_client_that_never_reads_is_held_back_then_closed_when_idle(
     # Held back by the client's window: what the router, the SSH channel and the kernel
     # buffers took is bounded, far from the 512 MiB the app tried to send.
     assert sent[0] < 64 * MIB
+
+
+async def read_proxy_v2(stream: trio.SocketStream) -> tuple[bytes, tuple[str, int, str, int]]:
+    """The test's own PROXY v2 reader (TCP over IPv4 only): the header's addresses and
+    the bytes that came after it."""
+    buffer = b""
+    while len(buffer) < 16:
+        buffer += await stream.receive_some(65536)
+    assert buffer[:12] == b"\r\n\r\n\x00\r\nQUIT\n", buffer[:16]
+    version_command, family, length = struct.unpack("!BBH", buffer[12:16])
+    assert (version_command, family, length) == (0x21, 0x11, 12)
+    while len(buffer) < 16 + length:
+        buffer += await stream.receive_some(65536)
+    src, dst, src_port, dst_port = struct.unpack("!4s4sHH", buffer[16:28])
+    addresses = (socket.inet_ntoa(src), src_port, socket.inet_ntoa(dst), dst_port)
+    return buffer[28:], addresses
+
+
+async def test_proxy_protocol_v2_tells_the_backend_the_client_address(stack: Stack) -> None:
+    router, _ = await start_tcp_router(stack, 1, "--tcp-proxy-protocol")
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    seen: list[tuple[str, int, str, int]] = []
+
+    async def backend(stream: trio.SocketStream) -> None:
+        async with stream:
+            rest, addresses = await read_proxy_v2(stream)
+            seen.append(addresses)
+            await stream.send_all(rest)
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+
+    listeners = await stack.nursery.start(partial(trio.serve_tcp, backend, 0, host="127.0.0.1"))
+    target = int(listeners[0].socket.getsockname()[1])
+    ssh = await tcp_tunnel(stack, router, key, target)
+    port = int((await ssh.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        client_port = stream.socket.getsockname()[1]
+        await stream.send_all(b"hello")
+        received = b""
+        with trio.fail_after(30):
+            while len(received) < 5:
+                received += await stream.receive_some(65536)
+    assert received == b"hello"  # the header went to the backend only
+    assert seen == [("127.0.0.1", client_port, "127.0.0.1", port)]

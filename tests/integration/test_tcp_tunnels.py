@@ -258,3 +258,28 @@ async def test_proxy_protocol_v2_tells_the_backend_the_client_address(stack: Sta
                 received += await stream.receive_some(65536)
     assert received == b"hello"  # the header went to the backend only
     assert seen == [("127.0.0.1", client_port, "127.0.0.1", port)]
+
+
+async def test_listener_tcp_opens_a_tcp_tunnel_and_gets_its_port_back(stack: Stack) -> None:
+    router, ports = await start_tcp_router(stack, 4)
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    target = await echo_server(stack.nursery)
+    listener = await stack.listener(router, key, target, "--tcp", "0")
+    port = int((await listener.wait_for(r"^tcp://localhost:(\d+)$"))[1])
+    assert port in ports
+    payload = os.urandom(MIB)
+    received = bytearray()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(30):
+        async with stream:
+            await stream.send_all(payload)
+            await stream.send_eof()
+            while data := await stream.receive_some(65536):
+                received += data
+    assert received == payload
+    # A new listener process with the same key gets the same port back.
+    await listener.stop()
+    await router.proc.wait_for(rf"event=tcp_tunnel_down port={port} ")
+    again = await stack.listener(router, key, target, "--tcp", "0")
+    assert int((await again.wait_for(r"^tcp://localhost:(\d+)$"))[1]) == port

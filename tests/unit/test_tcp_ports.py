@@ -152,3 +152,16 @@ def test_no_range_means_off() -> None:
             await tcp.claim(0, _maker("alice"))
 
     run(scenario())
+
+
+def test_listener_tcp_option() -> None:
+    from listener._config import ListenerConfig
+
+    config = ListenerConfig(tcp="0")
+    assert (config.forward_name, config.check_url) == ("tcp:0", False)
+    assert ListenerConfig(tcp="20001").forward_name == "tcp:20001"
+    assert ListenerConfig(name="myapp").forward_name == "myapp"
+    with pytest.raises(ValueError, match="not a port"):
+        ListenerConfig(tcp="http")
+    with pytest.raises(ValueError, match="do not go together"):
+        ListenerConfig(tcp="0", name="myapp")

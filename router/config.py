@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hostmux.config.layered import (
     ConfigError,
@@ -29,7 +30,7 @@ from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
 from keys import KeysError, check_router_id
 from router.registry.model import MAX_ID_CHARS
-from router.tcp_ports import parse_port_range
+from router.tcp_ports import parse_port_range, parse_port_rules
 
 # Beyond 256 router processes on one machine a second machine is the answer, and each
 # worker holds a registry connection and a lease round of its own.
@@ -248,6 +249,13 @@ class RouterConfig:
         3600.0, "idle time (neither side sent) before a TCP tunnel's connection is closed",
         minimum=0, maximum=WEEK_S,
     )  # fmt: skip
+    tcp_port_rules: list[dict[str, Any]] = option(
+        [],
+        'per-port source limits of TCP tunnels: tables with ports ("20000-20010" or a '
+        "list of ports) and allow_cidrs (a list of networks); a connection to such a port "
+        "from another address is refused at accept; ports under no rule take any source",
+        toml_only=True,
+    )
     tcp_proxy_protocol: bool = option(
         False,
         "send a PROXY protocol v2 header first on every TCP tunnel connection, so the "
@@ -316,6 +324,7 @@ class RouterConfig:
             parse_port_range(self.tcp_port_range)
         except ValueError as error:
             raise ValueError(f"tcp_port_range: {error}") from None
+        parse_port_rules(self.tcp_port_rules)
         if self.tcp_listen_host:
             try:
                 ipaddress.ip_address(self.tcp_listen_host)

@@ -67,7 +67,7 @@ from router.ssh.server import (
     start_ssh_server,
 )
 from router.state import RouterState, dev_ca_pem, file_certificates, front_door_tls, prepare_state
-from router.tcp_ports import TcpPorts, TcpSettings, parse_port_range
+from router.tcp_ports import TcpPorts, TcpSettings, parse_port_range, parse_port_rules
 from router.tls import FrontDoorTls
 from router.tunnels import TunnelGateway, TunnelHub
 from router.workers.sockets import adopt
@@ -245,6 +245,7 @@ def build_router(config: RouterConfig) -> Router:
                 idle_timeout_s=config.tcp_idle_timeout_s,
                 connect_timeout_s=config.connect_timeout_s,
                 proxy_protocol=config.tcp_proxy_protocol,
+                rules=parse_port_rules(config.tcp_port_rules),
             ),
             counts=router.browsers, reservation_s=config.name_reservation_s,
         )  # fmt: skip

@@ -34,6 +34,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hostmux.limits import ConnectionCounts
 from hostmux.log import fields
@@ -96,6 +97,66 @@ def parse_port_range(text: str) -> range | None:
     return range(first, last + 1)
 
 
+@dataclass(frozen=True)
+class PortRule:
+    """``[[tcp_port_rules]]``: connections to ``ports`` only from ``networks``."""
+
+    ports: frozenset[int]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+_RULE_KEYS = frozenset({"ports", "allow_cidrs"})
+
+
+def parse_port_rules(tables: list[dict[str, Any]]) -> list[PortRule]:
+    """The ``[[tcp_port_rules]]`` tables; ValueError naming the table and what is wrong."""
+    rules = []
+    for number, table in enumerate(tables, 1):
+        where = f"tcp_port_rules #{number}"
+        unknown = set(table) - _RULE_KEYS
+        if unknown or set(table) != _RULE_KEYS:
+            raise ValueError(
+                f"{where}: needs exactly ports and allow_cidrs"
+                + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
+            )
+        ports: set[int] = set()
+        given = table["ports"]
+        if isinstance(given, str):
+            found = parse_port_range(given)
+            if found is None:
+                raise ValueError(f"{where}: ports is empty")
+            ports.update(found)
+        elif (
+            isinstance(given, list)
+            and given
+            and all(
+                isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in given
+            )
+        ):
+            ports.update(given)
+        else:
+            raise ValueError(f'{where}: ports is "FIRST-LAST" or a list of ports (1-65535)')
+        cidrs = table["allow_cidrs"]
+        if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+            raise ValueError(f'{where}: allow_cidrs is a list of networks, e.g. ["10.0.0.0/8"]')
+        try:
+            networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        except ValueError as error:
+            raise ValueError(f"{where}: allow_cidrs: {error}") from None
+        rules.append(PortRule(frozenset(ports), networks))
+    return rules
+
+
+def source_allowed(rules: list[PortRule], port: int, ip: str) -> bool:
+    """Whether ``ip`` may connect to ``port``: a port under no rule takes any source,
+    one under rules only the sources of their networks (together)."""
+    covering = [rule for rule in rules if port in rule.ports]
+    if not covering:
+        return True
+    address = _ip(ip)
+    return any(address in network for rule in covering for network in rule.networks)
+
+
 def port_of(name: str) -> int | None:
     """The port of a TCP tunnel's name, None for a name."""
     return int(name[len(PREFIX) :]) if name.startswith(PREFIX) else None
@@ -109,6 +170,7 @@ class TcpSettings:
     idle_timeout_s: float
     connect_timeout_s: float
     proxy_protocol: bool = False  # send a PROXY v2 header first on each channel
+    rules: list[PortRule] = field(default_factory=list)  # [[tcp_port_rules]]
 
 
 @dataclass
@@ -222,6 +284,10 @@ class TcpPorts:
         peer = writer.get_extra_info("peername") or ("?", 0)
         ip, peer_port = str(peer[0]), int(peer[1])
         client = ReaderWriterStream(reader, writer, label=f"tcp:{ip}:{peer_port}")
+        if not source_allowed(self.settings.rules, port, ip):
+            log.info(fields("tcp_refused", port=port, peer=ip, reason="source not allowed"))
+            client.abort()
+            return
         if not self.counts.admit(ip):
             log.warning(fields("tcp_refused", port=port, peer=ip, reason="connection limit"))
             client.abort()

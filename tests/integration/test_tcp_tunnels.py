@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -283,3 +284,33 @@ async def test_listener_tcp_opens_a_tcp_tunnel_and_gets_its_port_back(stack: Sta
     await router.proc.wait_for(rf"event=tcp_tunnel_down port={port} ")
     again = await stack.listener(router, key, target, "--tcp", "0")
     assert int((await again.wait_for(r"^tcp://localhost:(\d+)$"))[1]) == port
+
+
+async def test_port_rules_refuse_other_sources_at_accept(stack: Stack) -> None:
+    first = free_port_block(2)
+    config = stack.path("router.toml")
+    config.write_text(
+        f'tcp_port_range = "{first}-{first + 1}"\ntcp_listen_host = "127.0.0.1"\n'
+        f'[[tcp_port_rules]]\nports = [{first}]\nallow_cidrs = ["10.0.0.0/8"]\n'
+        f'[[tcp_port_rules]]\nports = [{first + 1}]\nallow_cidrs = ["127.0.0.0/8"]\n'
+    )
+    router = await stack.start_router("--config", str(config))
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    target = await echo_server(stack.nursery)
+    ssh = await tcp_tunnel(stack, router, key, target, f"tcp:{first}", f"tcp:{first + 1}")
+    await ssh.wait_for(rf"Forwarding tcp://localhost:{first + 1}")
+    await router.proc.wait_for(rf"event=tcp_tunnel_up port={first} ")
+
+    refused = await trio.open_tcp_stream("127.0.0.1", first)
+    async with refused:
+        with trio.fail_after(30), contextlib.suppress(trio.BrokenResourceError):  # a reset
+            assert await refused.receive_some(1) == b""
+    await router.proc.wait_for(
+        rf"event=tcp_refused port={first} peer=127\.0\.0\.1 reason=\"source not allowed\""
+    )
+    allowed = await trio.open_tcp_stream("127.0.0.1", first + 1)
+    async with allowed:
+        await allowed.send_all(b"ok?")
+        with trio.fail_after(30):
+            assert await allowed.receive_some(3) == b"ok?"

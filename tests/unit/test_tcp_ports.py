@@ -5,22 +5,27 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from hostmux.config.show import config_toml
 from hostmux.limits import ConnectionCounts
 from hostmux.names import InvalidName, check_name
 from hostmux.relay import ByteStream, UpstreamUnavailable
-from router.config import RouterConfig
+from router.config import ConfigError, RouterConfig, load_config
 from router.routing import RouteTable
 from router.tcp_ports import (
     PortRefused,
     TcpPorts,
     TcpSettings,
     parse_port_range,
+    parse_port_rules,
     port_of,
     proxy_v2_header,
+    source_allowed,
 )
 from router.tunnels import Tunnel
 
@@ -165,3 +170,51 @@ def test_listener_tcp_option() -> None:
         ListenerConfig(tcp="http")
     with pytest.raises(ValueError, match="do not go together"):
         ListenerConfig(tcp="0", name="myapp")
+
+
+def test_port_rules_parse_check_and_decide() -> None:
+    rules = parse_port_rules(
+        [
+            {"ports": "20000-20001", "allow_cidrs": ["10.0.0.0/8", "2001:db8::/32"]},
+            {"ports": [20001], "allow_cidrs": ["192.0.2.7"]},
+        ]
+    )
+    assert source_allowed(rules, 20000, "10.1.2.3")
+    assert source_allowed(rules, 20000, "::ffff:10.1.2.3")  # a mapped IPv4 client
+    assert source_allowed(rules, 20000, "2001:db8::5")
+    assert not source_allowed(rules, 20000, "192.0.2.7")
+    assert source_allowed(rules, 20001, "192.0.2.7")  # the rules of a port add up
+    assert source_allowed(rules, 20002, "203.0.113.1")  # no rule: any source
+    for bad, reason in (
+        ({"ports": "1-2"}, "needs exactly ports and allow_cidrs"),
+        ({"ports": "1-2", "allow_cidrs": [], "deny": []}, "unknown: deny"),
+        ({"ports": 5, "allow_cidrs": []}, "ports is"),
+        ({"ports": [0], "allow_cidrs": []}, "ports is"),
+        ({"ports": "9-1", "allow_cidrs": []}, "FIRST"),
+        ({"ports": "1-2", "allow_cidrs": "10.0.0.0/8"}, "allow_cidrs is a list"),
+        ({"ports": "1-2", "allow_cidrs": ["10.0.0.0/33"]}, "allow_cidrs: "),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            parse_port_rules([bad])
+
+
+def test_port_rules_come_from_toml_only(tmp_path: Path) -> None:
+    config_file = tmp_path / "router.toml"
+    config_file.write_text(
+        'tcp_port_range = "20000-20009"\n'
+        '[[tcp_port_rules]]\nports = "20000-20004"\nallow_cidrs = ["10.0.0.0/8"]\n'
+    )
+    config = load_config(["--config", str(config_file)], {})
+    assert config.tcp_port_rules == [{"ports": "20000-20004", "allow_cidrs": ["10.0.0.0/8"]}]
+    shown = tomllib.loads(config_toml(config))  # check-config prints it back as TOML
+    assert shown["tcp_port_rules"] == config.tcp_port_rules
+    with pytest.raises(SystemExit):
+        load_config(["--tcp-port-rules", "x"], {})  # no flag
+    env = {"HOSTMUX_TCP_PORT_RULES": "x"}
+    assert load_config([], env).tcp_port_rules == []  # no variable either
+    config_file.write_text('[[tcp_port_rules]]\nports = "20000"\nallow_cidrs = ["bad"]\n')
+    with pytest.raises(ConfigError, match="tcp_port_rules #1: allow_cidrs"):
+        load_config(["--config", str(config_file)], {})
+    config_file.write_text('tcp_port_rules = "20000"\n')
+    with pytest.raises(ConfigError, match="expected an array of tables"):
+        load_config(["--config", str(config_file)], {})

@@ -306,6 +306,10 @@ class _ConnectionHandler(asyncssh.SSHServer):
             return self._refuse(where, "TCP tunnels are off on this router")
         if self._hub.cluster is not None:
             return self._refuse(where, "TCP tunnels are not served by a cluster of routers yet")
+        if grant.name_patterns is not None and not grant.may_hold("tcp"):
+            # A key limited to names (permitlisten, a portal instance) gets no ports unless
+            # a pattern says "tcp" ("tcp" is no name a tunnel can hold).
+            return self._refuse(where, 'this key may not open TCP tunnels (permitlisten="tcp")')
         if not self._limits.add_tunnel(grant.owner):
             limit = self._limits.max_tunnels_per_owner
             return self._refuse(where, f"this key already holds {limit} tunnels")

@@ -314,3 +314,16 @@ async def test_port_rules_refuse_other_sources_at_accept(stack: Stack) -> None:
         await allowed.send_all(b"ok?")
         with trio.fail_after(30):
             assert await allowed.receive_some(3) == b"ok?"
+
+
+async def test_keys_limited_to_names_need_permitlisten_tcp(stack: Stack) -> None:
+    router, _ = await start_tcp_router(stack, 2)
+    limited, allowed = stack.new_key("limited"), stack.new_key("allowed")
+    router.authorize(public_key_of(limited), 'permitlisten="lab-*"')
+    router.authorize(public_key_of(allowed), 'permitlisten="lab-*",permitlisten="tcp"')
+    target = await echo_server(stack.nursery)
+    refused = await tcp_tunnel(stack, router, limited, target)
+    assert await refused.wait_exit() != 0
+    await router.proc.wait_for(r"event=forward_refused .*reason=.*may not open TCP tunnels")
+    ssh = await tcp_tunnel(stack, router, allowed, target)
+    await ssh.wait_for(r"Forwarding tcp://localhost:\d+")

@@ -19,8 +19,9 @@ Rules (the same as names, ``router.routing``):
    else is buffered), each EOF is passed on as a half-close, and a connection
    where neither side moved for ``tcp_idle_timeout_s`` is closed.
 
-Single router only: in a cluster TCP tunnels are refused (the registry does
-not hold ports yet).
+In a cluster a port is claimed in the registry as the name "tcp:PORT" (the
+``register`` hook of ``claim``), so it is owned across routers; a router listens
+only on the ports its own tunnels hold (no relay over the router link yet).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,15 +189,24 @@ class TcpPorts:
     def __post_init__(self) -> None:
         self.routes = RouteTable(reservation_s=self.reservation_s)
 
-    async def claim(self, port: int, make_tunnel: Callable[[int], Tunnel]) -> Tunnel:
-        """The tunnel ``make_tunnel(port)`` serving ``port`` (0: one picked); raises PortRefused."""
+    async def claim(
+        self,
+        port: int,
+        make_tunnel: Callable[[int], Tunnel],
+        register: Callable[[Tunnel], Awaitable[None]] | None = None,
+    ) -> Tunnel:
+        """The tunnel ``make_tunnel(port)`` serving ``port`` (0: one picked); raises PortRefused.
+
+        ``register`` (a cluster's registry claim) is awaited before the port is taken
+        here; its NameTaken skips the port, its other errors go to the caller.
+        """
         ports = self.settings.ports
         if ports is None:
             raise PortRefused("TCP tunnels are off on this router (no tcp_port_range)")
         owner = make_tunnel(0).owner
         if port and port not in ports:
             raise PortRefused(f"port {port} is outside this router's TCP ports ({_show(ports)})")
-        held = self._held.setdefault(owner, set())
+        held = self._held.get(owner, set())
         if port and port in held:
             candidates = [port]  # a reconnect: the new tunnel replaces the old one
         else:
@@ -204,48 +214,80 @@ class TcpPorts:
                 raise PortRefused(f"this key already holds {len(held)} TCP ports (the limit)")
             candidates = [port] if port else self._candidates(owner)
         for candidate in candidates:
-            name = f"{PREFIX}{candidate}"
-            if self.routes.owner(name) not in (None, owner):
-                if port:
-                    raise PortRefused(f"port {port} is in use by another key")
-                continue
-            try:
-                await self._listen(candidate)
-            except OSError as exc:
-                if port:
-                    raise PortRefused(f"port {port} cannot be opened on the router") from exc
-                continue
-            tunnel = make_tunnel(candidate)
-            try:
-                replaced = self.routes.claim(name, owner, tunnel)
-            except NameTaken:  # checked above; kept for the rule's sake
-                continue
-            held.add(candidate)
-            log.info(
-                fields(
-                    "tcp_tunnel_up", port=candidate, peer=tunnel.peer, key=owner,
-                    replaced=replaced.peer if replaced else None,
-                )
-            )  # fmt: skip
-            return tunnel
-        if not held:
-            self._held.pop(owner, None)
+            tunnel = await self._take(candidate, owner, make_tunnel, register, asked=bool(port))
+            if tunnel is not None:
+                return tunnel
         raise PortRefused(f"no free TCP port left ({_show(ports)})")
 
-    def release(self, tunnel: Tunnel) -> None:
+    async def _take(
+        self,
+        port: int,
+        owner: str,
+        make_tunnel: Callable[[int], Tunnel],
+        register: Callable[[Tunnel], Awaitable[None]] | None,
+        *,
+        asked: bool,
+    ) -> Tunnel | None:
+        """``port`` for ``owner``, or None to try the next; PortRefused when ``asked``."""
+        name = f"{PREFIX}{port}"
+        taken = f"port {port} is in use by another key"
+        if self.routes.owner(name) not in (None, owner):
+            if asked:
+                raise PortRefused(taken)
+            return None
+        opened = port not in self._servers
+        try:
+            await self._listen(port)
+        except OSError as exc:
+            if asked:
+                raise PortRefused(f"port {port} cannot be opened on the router") from exc
+            return None
+        tunnel = make_tunnel(port)
+        try:
+            if register is not None:
+                await register(tunnel)
+            replaced = self.routes.claim(name, owner, tunnel)
+        except NameTaken:  # elsewhere in the cluster (or here, while the registry answered)
+            if opened and self.routes.lookup(name) is None:
+                self._stop_listening(port)
+            if asked:
+                raise PortRefused(taken) from None
+            return None
+        except BaseException:
+            if opened and self.routes.lookup(name) is None:
+                self._stop_listening(port)
+            raise
+        self._held.setdefault(owner, set()).add(port)
+        log.info(
+            fields(
+                "tcp_tunnel_up", port=port, peer=tunnel.peer, key=owner,
+                replaced=replaced.peer if replaced else None,
+            )
+        )  # fmt: skip
+        return tunnel
+
+    def release(self, tunnel: Tunnel) -> bool:
+        """Stop ``tunnel`` serving its port (False: it was replaced already)."""
         port = port_of(tunnel.name)
         if port is None or not self.routes.release(tunnel.name, tunnel):
-            return
+            return False
         held = self._held.get(tunnel.owner)
         if held is not None:
             held.discard(port)
             if not held:
                 del self._held[tunnel.owner]
+        self._stop_listening(port)
+        held_s = round(time.monotonic() - tunnel.created, 1)
+        log.info(fields("tcp_tunnel_down", port=port, peer=tunnel.peer, held_s=held_s))
+        return True
+
+    def held(self) -> list[tuple[str, Tunnel]]:
+        return list(self.routes.held())
+
+    def _stop_listening(self, port: int) -> None:
         server = self._servers.pop(port, None)
         if server is not None:
             server.close()
-        held_s = round(time.monotonic() - tunnel.created, 1)
-        log.info(fields("tcp_tunnel_down", port=port, peer=tunnel.peer, held_s=held_s))
 
     async def aclose(self) -> None:
         for server in self._servers.values():

@@ -123,13 +123,27 @@ class TunnelHub:
             )
         )  # fmt: skip
 
+    def lookup_any(self, name: str) -> Tunnel | None:
+        """The tunnel holding ``name`` here, a name or a TCP port ("tcp:PORT")."""
+        routes = (
+            self.tcp.routes if self.tcp is not None and name.startswith("tcp:") else self.routes
+        )
+        found = routes.lookup(name)
+        return found if isinstance(found, Tunnel) else None
+
+    def held_all(self) -> list[tuple[str, Tunnel]]:
+        """Every tunnel this router serves: names, then TCP ports."""
+        tcp = self.tcp.held() if self.tcp is not None else []
+        return [*self.routes.held(), *tcp]
+
     def _notify(self, event: str, tunnel: Tunnel) -> None:
         for observer in self.observers:
             observer(event, tunnel.name, self.url_for(tunnel.name), tunnel.generation)
 
     def release(self, tunnel: Tunnel) -> None:
         if self.tcp is not None and tunnel.name.startswith("tcp:"):
-            self.tcp.release(tunnel)
+            if self.tcp.release(tunnel) and self.cluster is not None:
+                self.cluster.release(tunnel)  # in the background, as for a name
             return
         if self.routes.release(tunnel.name, tunnel):
             if self.cluster is not None:

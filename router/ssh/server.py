@@ -304,8 +304,6 @@ class _ConnectionHandler(asyncssh.SSHServer):
         """``-R tcp:PORT:...``: a TCP tunnel on public PORT (0: any of the range)."""
         if self._hub.tcp is None:
             return self._refuse(where, "TCP tunnels are off on this router")
-        if self._hub.cluster is not None:
-            return self._refuse(where, "TCP tunnels are not served by a cluster of routers yet")
         if grant.name_patterns is not None and not grant.may_hold("tcp"):
             # A key limited to names (permitlisten, a portal instance) gets no ports unless
             # a pattern says "tcp" ("tcp" is no name a tunnel can hold).
@@ -329,13 +327,22 @@ class _ConnectionHandler(asyncssh.SSHServer):
                 name=f"tcp:{port}", owner=grant.owner, peer=self._state.peer, open_stream=opener
             )
 
+        cluster = self._hub.cluster
         try:
-            tunnel = await tcp.claim(listen_port, make_tunnel)
+            tunnel = await tcp.claim(listen_port, make_tunnel, cluster.claim if cluster else None)
         except PortRefused as refused:
             self._limits.remove_tunnel(grant.owner)
             return self._refuse(where, str(refused))
+        except RegistryUnavailable as error:
+            log.warning(fields("registry_unavailable", name=f"tcp:{listen_port}", error=str(error)))
+            self._limits.remove_tunnel(grant.owner)
+            return self._refuse(where, UNREACHABLE)
+        except RegistryError as error:
+            log.error(fields("registry_error", name=f"tcp:{listen_port}", error=str(error)))
+            self._limits.remove_tunnel(grant.owner)
+            return self._refuse(where, "the route registry refused the claim: try again later")
         if self._lost:  # the client went away while the port was opened
-            tcp.release(tunnel)
+            self._hub.release(tunnel)
             self._limits.remove_tunnel(grant.owner)
             return False
         port = int(tunnel.name[4:])

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import trio
 
+from .cluster_world import holders
 from .conftest import LoggedProcess, Router, Stack, public_key_of
+from .redis_server import RedisServer
 
 MIB = 1024 * 1024
 
@@ -327,3 +329,53 @@ async def test_keys_limited_to_names_need_permitlisten_tcp(stack: Stack) -> None
     await router.proc.wait_for(r"event=forward_refused .*reason=.*may not open TCP tunnels")
     ssh = await tcp_tunnel(stack, router, allowed, target)
     await ssh.wait_for(r"Forwarding tcp://localhost:\d+")
+
+
+async def echo_once(host: str, port: int, data: bytes) -> bytes:
+    stream = await trio.open_tcp_stream(host, port)
+    received = b""
+    async with stream:
+        await stream.send_all(data)
+        await stream.send_eof()
+        with trio.fail_after(30):
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    return received
+
+
+async def test_ports_are_owned_across_a_cluster(stack: Stack, redis_server: RedisServer) -> None:
+    first = free_port_block(2)
+    routers = []
+    for router_id, host in (("r1", "127.0.0.1"), ("r2", "127.0.0.2")):
+        args = ["--registry", redis_server.url, "--router-id", router_id]
+        args += ["--tcp-port-range", f"{first}-{first + 1}", "--tcp-listen-host", host]
+        routers.append(await stack.start_router(*args))
+    one, two = routers
+    alice, mallory = stack.new_key("alice"), stack.new_key("mallory")
+    for router in routers:
+        router.authorize(public_key_of(alice))
+        router.authorize(public_key_of(mallory))
+    target = await echo_server(stack.nursery)
+    ssh = await tcp_tunnel(stack, one, alice, target)
+    port = int((await ssh.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1])
+    assert set(holders(redis_server, f"tcp:{port}")) == {"r1"}
+    assert await echo_once("127.0.0.1", port, b"one") == b"one"
+
+    # Another key on the other router: refused for that port, given the other one.
+    thief = await tcp_tunnel(stack, two, mallory, target, f"tcp:{port}")
+    assert await thief.wait_exit() != 0
+    await two.proc.wait_for(rf"event=forward_refused .*reason=.*port {port} is in use by")
+    other = await tcp_tunnel(stack, two, mallory, target)
+    other_port = int((await other.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1])
+    assert other_port != port
+    assert set(holders(redis_server, f"tcp:{other_port}")) == {"r2"}
+
+    # The owner joins on router 2: both routers serve the port.
+    joined = await tcp_tunnel(stack, two, alice, target, f"tcp:{port}")
+    await joined.wait_for(rf"Forwarding tcp://localhost:{port}")
+    assert set(holders(redis_server, f"tcp:{port}")) == {"r1", "r2"}
+    assert await echo_once("127.0.0.2", port, b"two") == b"two"
+    # Gone from router 1: its lease is released there.
+    await ssh.stop()
+    await one.proc.wait_for(rf"event=registry_released_tunnel name=tcp:{port} held=True")
+    assert set(holders(redis_server, f"tcp:{port}")) == {"r2"}

@@ -50,6 +50,14 @@ async def start_tcp_router(stack: Stack, size: int, *extra: str) -> tuple[Router
     return router, ports
 
 
+async def refused_at_accept(port: int) -> None:
+    """Connect to ``port`` and see it closed or reset (the reset may come at connect)."""
+    with trio.fail_after(30), contextlib.suppress(OSError, trio.BrokenResourceError):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            assert await stream.receive_some(1) == b""
+
+
 async def echo_server(nursery: trio.Nursery) -> int:
     """An echo app on loopback: echoes all, then half-closes once the client has."""
 
@@ -304,10 +312,7 @@ async def test_port_rules_refuse_other_sources_at_accept(stack: Stack) -> None:
     await ssh.wait_for(rf"Forwarding tcp://localhost:{first + 1}")
     await router.proc.wait_for(rf"event=tcp_tunnel_up port={first} ")
 
-    refused = await trio.open_tcp_stream("127.0.0.1", first)
-    async with refused:
-        with trio.fail_after(30), contextlib.suppress(trio.BrokenResourceError):  # a reset
-            assert await refused.receive_some(1) == b""
+    await refused_at_accept(first)
     await router.proc.wait_for(
         rf"event=tcp_refused port={first} peer=127\.0\.0\.1 reason=\"source not allowed\""
     )
@@ -379,3 +384,24 @@ async def test_ports_are_owned_across_a_cluster(stack: Stack, redis_server: Redi
     await ssh.stop()
     await one.proc.wait_for(rf"event=registry_released_tunnel name=tcp:{port} held=True")
     assert set(holders(redis_server, f"tcp:{port}")) == {"r2"}
+
+
+async def test_connections_per_ip_count_with_the_front_doors(stack: Stack) -> None:
+    router, _ = await start_tcp_router(stack, 1, "--max-connections-per-ip", "2")
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    target = await echo_server(stack.nursery)
+    ssh = await tcp_tunnel(stack, router, key, target)
+    port = int((await ssh.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1])
+    held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+    for stream in held:  # both relayed (and counted) before the third comes
+        await stream.send_all(b"x")
+        with trio.fail_after(30):
+            assert await stream.receive_some(1) == b"x"
+    await refused_at_accept(port)
+    await router.proc.wait_for(rf"event=tcp_refused port={port} .*reason=\"connection limit\"")
+    for stream in held:
+        await stream.aclose()
+    await router.proc.wait_for(rf"event=tcp_connection port={port} .*outcome=closed")
+    again = await echo_once("127.0.0.1", port, b"back")  # released: admitted again
+    assert again == b"back"

@@ -33,6 +33,7 @@ import logging
 import random
 import struct
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +186,9 @@ class TcpPorts:
     _servers: dict[int, asyncio.Server] = field(default_factory=dict)
     _held: dict[str, set[int]] = field(default_factory=dict)  # owner -> ports held
     _streams: set[asyncio.Task[None]] = field(default_factory=set)
+    # For metrics: connections by outcome (closed, idle, reset, unavailable,
+    # refused_source, refused_limit) and bytes_in / bytes_out.
+    stats: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(reservation_s=self.reservation_s)
@@ -327,43 +331,64 @@ class TcpPorts:
         ip, peer_port = str(peer[0]), int(peer[1])
         client = ReaderWriterStream(reader, writer, label=f"tcp:{ip}:{peer_port}")
         if not source_allowed(self.settings.rules, port, ip):
+            self.stats["refused_source"] += 1
             log.info(fields("tcp_refused", port=port, peer=ip, reason="source not allowed"))
             client.abort()
             return
         if not self.counts.admit(ip):
+            self.stats["refused_limit"] += 1
             log.warning(fields("tcp_refused", port=port, peer=ip, reason="connection limit"))
             client.abort()
             return
         started = time.monotonic()
-        outcome, sent = "closed", [0, 0]
+        kind, reason, sent = "closed", "", [0, 0]
         try:
-            found = self.routes.lookup(f"{PREFIX}{port}")
-            if not isinstance(found, Tunnel):
-                outcome = "no tunnel"
-                return
-            try:
-                async with asyncio.timeout(self.settings.connect_timeout_s):
-                    upstream = await found.open_stream(ip, peer_port)
-            except (UpstreamUnavailable, TimeoutError) as exc:
-                outcome = str(exc) or "channel open timed out"
-                return
-            try:
-                if self.settings.proxy_protocol:
-                    local = writer.get_extra_info("sockname")
-                    await upstream.send_all(proxy_v2_header((ip, peer_port), local[:2]))
-                outcome = await relay(client, upstream, self.settings.idle_timeout_s, sent)
-            finally:
-                upstream.close()
+            kind, reason = await self._relay(port, client, writer, (ip, peer_port), sent)
         finally:
-            client.close()
+            if kind in ("idle", "reset"):
+                client.abort()  # nothing more to flush to a client that stopped reading
+            else:
+                client.close()
             self.counts.release(ip)
+            self.stats[kind] += 1
+            self.stats["bytes_in"] += sent[0]
+            self.stats["bytes_out"] += sent[1]
             log.info(
                 fields(
-                    "tcp_connection", port=port, peer=f"{ip}:{peer_port}", outcome=outcome,
-                    bytes_in=sent[0], bytes_out=sent[1],
+                    "tcp_connection", port=port, peer=f"{ip}:{peer_port}", outcome=kind,
+                    reason=reason or None, bytes_in=sent[0], bytes_out=sent[1],
                     duration_s=round(time.monotonic() - started, 3),
                 )
             )  # fmt: skip
+
+    async def _relay(
+        self,
+        port: int,
+        client: ByteStream,
+        writer: asyncio.StreamWriter,
+        peer: tuple[str, int],
+        sent: list[int],
+    ) -> tuple[str, str]:
+        """One accepted connection through its tunnel: (outcome, reason)."""
+        found = self.routes.lookup(f"{PREFIX}{port}")
+        if not isinstance(found, Tunnel):
+            return "unavailable", "no tunnel holds the port"
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                upstream = await found.open_stream(*peer)
+        except UpstreamUnavailable as exc:
+            return "unavailable", str(exc)
+        except TimeoutError:
+            return "unavailable", "the tunnel client did not open a channel in time"
+        try:
+            if self.settings.proxy_protocol:
+                local = writer.get_extra_info("sockname")
+                await upstream.send_all(proxy_v2_header(peer, local[:2]))
+            return await relay(client, upstream, self.settings.idle_timeout_s, sent), ""
+        except OSError as exc:  # the channel went before the header was through
+            return "reset", str(exc) or type(exc).__name__
+        finally:
+            upstream.close()
 
 
 async def relay(a: ByteStream, b: ByteStream, idle_timeout_s: float, sent: list[int]) -> str:

@@ -17,6 +17,7 @@ import trio
 from .cluster_world import holders
 from .conftest import LoggedProcess, Router, Stack, public_key_of
 from .redis_server import RedisServer
+from .test_operations import METRICS, get, promtool_check, sample
 
 MIB = 1024 * 1024
 
@@ -387,7 +388,10 @@ async def test_ports_are_owned_across_a_cluster(stack: Stack, redis_server: Redi
 
 
 async def test_connections_per_ip_count_with_the_front_doors(stack: Stack) -> None:
-    router, _ = await start_tcp_router(stack, 1, "--max-connections-per-ip", "2")
+    router, _ = await start_tcp_router(
+        stack, 1, "--max-connections-per-ip", "2", "--metrics-listen", "127.0.0.1:0"
+    )
+    metrics_port = int(router.proc.find(r"event=router_ready .*" + METRICS)[1])  # type: ignore[index]
     key = stack.new_key("alice")
     router.authorize(public_key_of(key))
     target = await echo_server(stack.nursery)
@@ -400,8 +404,18 @@ async def test_connections_per_ip_count_with_the_front_doors(stack: Stack) -> No
             assert await stream.receive_some(1) == b"x"
     await refused_at_accept(port)
     await router.proc.wait_for(rf"event=tcp_refused port={port} .*reason=\"connection limit\"")
-    for stream in held:
+    for stream in held:  # one at a time: each logged (and counted) before the next
+        mark = len(router.proc.lines)
         await stream.aclose()
-    await router.proc.wait_for(rf"event=tcp_connection port={port} .*outcome=closed")
+        await router.proc.wait_for(
+            rf"event=tcp_connection port={port} .*outcome=closed", start=mark
+        )
     again = await echo_once("127.0.0.1", port, b"back")  # released: admitted again
     assert again == b"back"
+    await router.proc.wait_for(rf"event=tcp_connection port={port} .*bytes_in=4 bytes_out=4")
+    text = (await get(metrics_port, "/metrics")).text
+    assert await promtool_check(text) == ""
+    assert sample(text, "hostmux_tcp_tunnels") == 1
+    assert sample(text, "hostmux_tcp_connections_total", outcome="refused_limit") == 1
+    assert sample(text, "hostmux_tcp_connections_total", outcome="closed") == 3
+    assert sample(text, "hostmux_tcp_bytes_total", direction="in") == 1 + 1 + 4

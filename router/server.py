@@ -249,6 +249,8 @@ def build_router(config: RouterConfig) -> Router:
             ),
             counts=router.browsers, reservation_s=config.name_reservation_s,
         )  # fmt: skip
+    if hub.tcp is not None and link is not None:
+        hub.tcp.forward = link.forwarder.open_port
     if config.metrics_listen:
         # Imported here: prometheus-client is loaded only by routers that serve metrics.
         from router.operations import RouterOps
@@ -306,6 +308,8 @@ async def bind_router(router: Router, listening: Listening) -> None:
         listening.one_port_sockets.append(sock)
         bound["one_port"].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
     hub.ssh_port = _port_of((bound["one_port"] or bound["ssh"])[0])
+    if hub.tcp is not None:
+        await hub.tcp.listen_all()  # with a router link only
     if hub.cluster is not None:  # claims wait for the id, which may name the bound address
         hub.cluster.router_id = config.router_id or config.router_name or bound["ssh"][0]
     if router.link is not None and hub.cluster is not None:

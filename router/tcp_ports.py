@@ -20,8 +20,10 @@ Rules (the same as names, ``router.routing``):
    where neither side moved for ``tcp_idle_timeout_s`` is closed.
 
 In a cluster a port is claimed in the registry as the name "tcp:PORT" (the
-``register`` hook of ``claim``), so it is owned across routers; a router listens
-only on the ports its own tunnels hold (no relay over the router link yet).
+``register`` hook of ``claim``), so it is owned across routers. With the router
+link (``forward``) every port of the range listens on every router, and a
+connection for a port held elsewhere goes over the link as stream "tcp:PORT";
+without it a router listens only on the ports its own tunnels hold.
 """
 
 from __future__ import annotations
@@ -189,6 +191,9 @@ class TcpPorts:
     # For metrics: connections by outcome (closed, idle, reset, unavailable,
     # refused_source, refused_limit) and bytes_in / bytes_out.
     stats: Counter[str] = field(default_factory=Counter)
+    # A cluster with a router link: opens a stream to the router holding a port
+    # (``Forwarder.open_port``); then every port of the range listens here.
+    forward: Callable[[int, str, int], Awaitable[ByteStream]] | None = None
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(reservation_s=self.reservation_s)
@@ -288,7 +293,24 @@ class TcpPorts:
     def held(self) -> list[tuple[str, Tunnel]]:
         return list(self.routes.held())
 
+    async def listen_all(self) -> None:
+        """With ``forward``: listen on every port of the range (one that cannot be bound
+        is logged and left out), so a port held on another router is served here too."""
+        ports = self.settings.ports
+        if self.forward is None or ports is None:
+            return
+        failed = []
+        for port in ports:
+            try:
+                await self._listen(port)
+            except OSError:
+                failed.append(port)
+        if failed:
+            log.warning(fields("tcp_ports_unbound", count=len(failed), first=failed[0]))
+
     def _stop_listening(self, port: int) -> None:
+        if self.forward is not None:
+            return  # a cluster router serves every port of the range, held here or not
         server = self._servers.pop(port, None)
         if server is not None:
             server.close()
@@ -371,11 +393,15 @@ class TcpPorts:
     ) -> tuple[str, str]:
         """One accepted connection through its tunnel: (outcome, reason)."""
         found = self.routes.lookup(f"{PREFIX}{port}")
-        if not isinstance(found, Tunnel):
+        if not isinstance(found, Tunnel) and self.forward is None:
             return "unavailable", "no tunnel holds the port"
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
-                upstream = await found.open_stream(*peer)
+                if isinstance(found, Tunnel):
+                    upstream = await found.open_stream(*peer)
+                else:  # held on another router of the cluster, perhaps
+                    assert self.forward is not None
+                    upstream = await self.forward(port, *peer)
         except UpstreamUnavailable as exc:
             return "unavailable", str(exc)
         except TimeoutError:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from .cluster_world import holders
+from .cluster_world import ClusterCA, holders, link_line, start_member
 from .conftest import LoggedProcess, Router, Stack, public_key_of
 from .redis_server import RedisServer
 from .test_operations import METRICS, get, promtool_check, sample
@@ -52,9 +52,13 @@ async def start_tcp_router(stack: Stack, size: int, *extra: str) -> tuple[Router
 
 
 async def refused_at_accept(port: int) -> None:
+    await refused_at_accept_on("127.0.0.1", port)
+
+
+async def refused_at_accept_on(host: str, port: int) -> None:
     """Connect to ``port`` and see it closed or reset (the reset may come at connect)."""
     with trio.fail_after(30), contextlib.suppress(OSError, trio.BrokenResourceError):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = await trio.open_tcp_stream(host, port)
         async with stream:
             assert await stream.receive_some(1) == b""
 
@@ -419,3 +423,30 @@ async def test_connections_per_ip_count_with_the_front_doors(stack: Stack) -> No
     assert sample(text, "hostmux_tcp_connections_total", outcome="refused_limit") == 1
     assert sample(text, "hostmux_tcp_connections_total", outcome="closed") == 3
     assert sample(text, "hostmux_tcp_bytes_total", direction="in") == 1 + 1 + 4
+
+
+async def test_every_router_of_a_cluster_serves_the_port_over_the_link(
+    stack: Stack, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    first = free_port_block(2)
+    ca = ClusterCA.create(tmp_path / "cluster-ca")
+    alice = stack.new_key("alice")
+    members = []
+    for router_id, host in (("r1", "127.0.0.1"), ("r2", "127.0.0.2")):
+        tcp = ["--tcp-port-range", f"{first}-{first + 1}", "--tcp-listen-host", host]
+        members.append(await start_member(stack, redis_server, ca, router_id, *tcp, keys=(alice,)))
+    one, two = members
+    target = await echo_server(stack.nursery)
+    ssh = await tcp_tunnel(stack, one.router, alice, target)
+    port = int((await ssh.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1])
+    payload = os.urandom(MIB)
+    # Router 2 holds no tunnel: it relays over the router link to router 1.
+    assert await echo_once("127.0.0.2", port, payload) == payload
+    await two.router.proc.wait_for(
+        rf"event=tcp_connection port={port} .*outcome=closed bytes_in={MIB}"
+    )
+    assert link_line(one, f"tcp:{port}") is not None
+    # A port nobody holds is closed at once on every router.
+    other = first if port == first + 1 else first + 1
+    await refused_at_accept_on("127.0.0.2", other)
+    await two.router.proc.wait_for(rf"event=tcp_connection port={other} .*outcome=unavailable")

@@ -29,7 +29,6 @@ without it a router listens only on the ports its own tunnels hold.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import random
@@ -449,9 +448,8 @@ async def relay(a: ByteStream, b: ByteStream, idle_timeout_s: float, sent: list[
     finally:
         for copy_task in copies:
             copy_task.cancel()
-        for copy_task in copies:
-            with contextlib.suppress(BaseException):
-                await copy_task
+        # Their errors are the outcome already; a cancellation of this task goes on.
+        await asyncio.gather(*copies, return_exceptions=True)
 
 
 def _show(ports: range) -> str:

@@ -33,7 +33,7 @@ RESERVED_NAMES = frozenset(
     {
         "www", "api", "admin", "router", "hostmux", "ssh", "wss", "mail", "smtp",
         "imap", "ns", "ns1", "ns2", "dns", "portal", "auth", "login", "status",
-        "metrics", "localhost", "wpad", "autodiscover", "_hostmux",
+        "metrics", "localhost", "wpad", "autodiscover", "_hostmux", "tcp",
     }
 )  # fmt: skip
 

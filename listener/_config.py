@@ -42,6 +42,12 @@ class ListenerConfig:
     )
     name: str = option("", "the name to serve at NAME.DOMAIN (empty: a random name, kept)")
     target: str = option("127.0.0.1:3000", "the app to expose", metavar="HOST:PORT")
+    tcp: str = option(
+        "",
+        "open a TCP tunnel on the router's public PORT instead of an HTTP name (0: any free "
+        "port of the router's tcp_port_range, kept across reconnects); no URL check",
+        metavar="PORT",
+    )
     user: str = option("hostmux", "SSH user name (the instance id in portal mode)")
     identity_file: Path = option(Path("~/.ssh/id_ed25519").expanduser(), "private key")
     known_hosts: Path | None = option(
@@ -115,6 +121,13 @@ class ListenerConfig:
                 check_name(self.name)
             except InvalidName as exc:
                 raise ValueError(f"name: {exc}") from None
+        if self.tcp:
+            if not self.tcp.isdigit() or int(self.tcp) > 65535:
+                raise ValueError(f"tcp: {self.tcp!r} is not a port (0-65535)")
+            if self.name:
+                raise ValueError("tcp and name do not go together (a TCP tunnel has a port)")
+            # Nothing answers HTTP on a TCP port: the URL check would only fail.
+            object.__setattr__(self, "check_url", False)
         for fingerprint in self.host_key_fingerprint:
             if not fingerprint.startswith("SHA256:"):
                 raise ValueError(f"host_key_fingerprint: {fingerprint!r} is not SHA256:...")
@@ -132,6 +145,11 @@ class ListenerConfig:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         check_log_format(self.log_format)
+
+    @property
+    def forward_name(self) -> str:
+        """What to ask the router for first: the name, or "tcp:PORT" (see ``tcp``)."""
+        return f"tcp:{int(self.tcp)}" if self.tcp else self.name
 
     @property
     def target_address(self) -> tuple[str, int]:

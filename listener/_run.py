@@ -59,7 +59,8 @@ class Listener:
     def __init__(self, config: ListenerConfig, stop: asyncio.Event) -> None:
         self._config = config
         self._stop = stop
-        self._name = config.name  # after the first success: the name we were given
+        # After the first success: the name (or "tcp:PORT") we were given.
+        self._name = config.forward_name
         self._last_url: str | None = None
         self._key = _instance_key(config)
         # auto starts with SSH and keeps whichever transport last worked.

@@ -170,10 +170,13 @@ class TunnelSession:
         spec = self._spec
         assert self._conn is not None
         conn = self._conn
+        # "tcp:PORT": a TCP tunnel (OpenSSH's -R tcp:PORT:...), port 0 for any.
+        host, port = ("tcp", int(name[4:])) if name.startswith("tcp:") else (name, 80)
         try:
-            await conn.forward_remote_port(name, 80, spec.target_host, spec.target_port)
+            await conn.forward_remote_port(host, port, spec.target_host, spec.target_port)
         except asyncssh.ChannelListenError:
-            raise TunnelError(f"the router refused the name: {await self._refusal()}") from None
+            what = "port" if host == "tcp" else "name"
+            raise TunnelError(f"the router refused the {what}: {await self._refusal()}") from None
         except (asyncssh.Error, OSError) as exc:
             raise TunnelError(f"forward failed: {describe(exc)}") from None
         tunnels = await self._tunnels()

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hostmux.config.layered import (
     ConfigError,
@@ -29,6 +30,7 @@ from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
 from keys import KeysError, check_router_id
 from router.registry.model import MAX_ID_CHARS
+from router.tcp_ports import parse_port_range, parse_port_rules
 
 # Beyond 256 router processes on one machine a second machine is the answer, and each
 # worker holds a registry connection and a lease round of its own.
@@ -241,6 +243,35 @@ class RouterConfig:
         "file holding the admin API's bearer token (default: STATE_DIR/admin_token, created "
         "with mode 0600 when missing)",
     )
+    # TCP tunnels (issue 20): ssh -R tcp:PORT:HOST:PORT, or tcp:0 for any port of the range.
+    tcp_port_range: str = option(
+        "",
+        "public ports TCP tunnels may take (ssh -R tcp:PORT:... or tcp:0:... for any), "
+        "e.g. 20000-20999; empty: TCP tunnels off",
+        metavar="FIRST-LAST",
+    )
+    tcp_listen_host: str = option(
+        "", "address TCP tunnels' ports listen on (default: the first front door's host)"
+    )
+    max_tcp_ports_per_key: int = option(
+        4, "TCP ports one key (or instance) may hold", minimum=1, maximum=PORT_MAX
+    )
+    tcp_idle_timeout_s: float = option(
+        3600.0, "idle time (neither side sent) before a TCP tunnel's connection is closed",
+        minimum=0, maximum=WEEK_S,
+    )  # fmt: skip
+    tcp_port_rules: list[dict[str, Any]] = option(
+        [],
+        'per-port source limits of TCP tunnels: tables with ports ("20000-20010" or a '
+        "list of ports) and allow_cidrs (a list of networks); a connection to such a port "
+        "from another address is refused at accept; ports under no rule take any source",
+        toml_only=True,
+    )
+    tcp_proxy_protocol: bool = option(
+        False,
+        "send a PROXY protocol v2 header first on every TCP tunnel connection, so the "
+        "backend sees the client's address (the backend must expect it)",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     # Operations (issue 19): certificates by SNI, reloaded on SIGHUP; the log format.
     tls_cert_dir: Path | None = option(
@@ -302,6 +333,31 @@ class RouterConfig:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         check_log_format(self.log_format)
+        try:
+            parse_port_range(self.tcp_port_range)
+        except ValueError as error:
+            raise ValueError(f"tcp_port_range: {error}") from None
+        parse_port_rules(self.tcp_port_rules)
+        if self.tcp_port_range and self.workers != 1:
+            # Each worker would bind the ports on its own: one process serves them, for now.
+            raise ValueError("tcp_port_range: TCP tunnels need workers = 1 (for now)")
+        if self.tcp_listen_host:
+            try:
+                ipaddress.ip_address(self.tcp_listen_host)
+            except ValueError:
+                raise ValueError(
+                    f"tcp_listen_host: {self.tcp_listen_host!r} is not an IP address"
+                ) from None
+
+    @property
+    def tcp_listen_address(self) -> str:
+        """Where TCP tunnels' ports listen: tcp_listen_host, else the first front door's host."""
+        if self.tcp_listen_host:
+            return self.tcp_listen_host
+        for field in ("https_listen", "http_listen", "one_port_listen"):
+            for address in getattr(self, field):
+                return parse_host_port(address, field)[0]
+        return "0.0.0.0"
 
     def inherited_sockets(self) -> dict[str, list[int]]:
         """``listen_fds`` by kind (every kind present, in LISTEN_KINDS order); a

@@ -124,15 +124,15 @@ class Membership:
     def leases(self) -> list[Lease]:
         return [
             Lease(name=name, owner=tunnel.owner, connection_id=tunnel.lease_id)
-            for name, tunnel in self._hub.routes.held()
+            for name, tunnel in self._hub.held_all()
         ]
 
     def lease_lost(self, error: RegistryError) -> None:
         """The registry says another owner or connection has the name now: close it here."""
         if not isinstance(error, NameTaken | LeaseLost):
             return
-        found = self._hub.routes.lookup(error.name)
-        if not isinstance(found, Tunnel):
+        found = self._hub.lookup_any(error.name)
+        if found is None:
             return
         if isinstance(error, LeaseLost) and found.lease_id != error.connection_id:
             return  # a newer tunnel on this router holds it now
@@ -185,7 +185,7 @@ class Membership:
         since = self.keeper.unavailable_since if self.keeper is not None else None
         if since is None or self._clock() - since < self._reservation_s:
             return
-        for _, tunnel in list(self._hub.routes.held()):
+        for _, tunnel in self._hub.held_all():
             self._close(tunnel, "the route registry was unreachable for name_reservation_s")
 
     async def leave(self) -> None:

@@ -49,6 +49,7 @@ from hostmux.relay.front_door import log_request
 
 if TYPE_CHECKING:
     from router.server import Listening, Router
+    from router.tcp_ports import TcpPorts
 
 # Reason: a probe of the portal per /readyz would make every load balancer's check a
 # portal request; what a login or probe found this recently stands.
@@ -241,6 +242,8 @@ class _RouterCollector(Collector):
             "tunnels this router serves",
             value=len(list(router.hub.routes.held())),
         )
+        if router.hub.tcp is not None:
+            yield from _tcp_families(router.hub.tcp)
         connects = CounterMetricFamily(
             "hostmux_tunnel_connects", "tunnel requests (ssh -R), by result", labels=["result"]
         )
@@ -279,6 +282,30 @@ class _RouterCollector(Collector):
                 portal.lookup_seconds,
             )
         yield from readiness_families(ops.verdict())
+
+
+# Every outcome a TCP tunnel connection ends with (``router.tcp_ports``), always exported.
+TCP_OUTCOMES = ("closed", "idle", "reset", "unavailable", "refused_source", "refused_limit")
+
+
+def _tcp_families(tcp: TcpPorts) -> Iterator[Metric]:
+    """TCP tunnels' figures (only where ``tcp_port_range`` is set)."""
+    yield GaugeMetricFamily(
+        "hostmux_tcp_tunnels", "TCP ports this router's tunnels hold", value=len(tcp.held())
+    )
+    connections = CounterMetricFamily(
+        "hostmux_tcp_connections", "TCP tunnel connections ended, by outcome", labels=["outcome"]
+    )
+    for outcome in TCP_OUTCOMES:
+        connections.add_metric([outcome], tcp.stats[outcome])
+    yield connections
+    transferred = CounterMetricFamily(
+        "hostmux_tcp_bytes", "bytes relayed through TCP tunnels, from clients (in) and to them",
+        labels=["direction"], unit="bytes",
+    )  # fmt: skip
+    transferred.add_metric(["in"], tcp.stats["bytes_in"])
+    transferred.add_metric(["out"], tcp.stats["bytes_out"])
+    yield transferred
 
 
 def readiness_families(readiness: Readiness) -> Iterator[Metric]:

@@ -106,6 +106,15 @@ class RouteTable(Generic[T]):
             return None
         return entry.tunnel if entry.tunnel is not None else Offline(name)
 
+    def owner(self, name: str) -> str | None:
+        """The key owning ``name`` (held or reserved), None if it is free."""
+        entry = self._live_entry(name)
+        return entry.owner if entry is not None else None
+
+    def owned_by(self, owner: str) -> list[str]:
+        """The names ``owner`` holds or still reserves."""
+        return [name for name in list(self._entries) if self.owner(name) == owner]
+
     def held(self) -> Iterator[tuple[str, T]]:
         for name, entry in self._entries.items():
             if entry.tunnel is not None:

@@ -69,6 +69,7 @@ from router.ssh.server import (
     start_ssh_server,
 )
 from router.state import RouterState, dev_ca_pem, file_certificates, front_door_tls, prepare_state
+from router.tcp_ports import TcpPorts, TcpSettings, parse_port_range, parse_port_rules
 from router.tls import FrontDoorTls
 from router.tunnels import TunnelGateway, TunnelHub
 from router.workers.sockets import adopt
@@ -258,6 +259,21 @@ def build_router(config: RouterConfig) -> Router:
         admin_token=admin.admin_token(config),
         admin_agent=agent,
     )
+    ports = parse_port_range(config.tcp_port_range)
+    if ports is not None:
+        hub.tcp = TcpPorts(
+            TcpSettings(
+                ports=ports, listen_host=config.tcp_listen_address,
+                max_per_key=config.max_tcp_ports_per_key,
+                idle_timeout_s=config.tcp_idle_timeout_s,
+                connect_timeout_s=config.connect_timeout_s,
+                proxy_protocol=config.tcp_proxy_protocol,
+                rules=parse_port_rules(config.tcp_port_rules),
+            ),
+            counts=router.browsers, reservation_s=config.name_reservation_s,
+        )  # fmt: skip
+    if hub.tcp is not None and link is not None:
+        hub.tcp.forward = link.forwarder.open_port
     if config.metrics_listen:
         # Imported here: prometheus-client is loaded only by routers that serve metrics.
         from router.operations import RouterOps
@@ -316,6 +332,8 @@ async def bind_router(router: Router, listening: Listening) -> None:
         listening.one_port_sockets.append(sock)
         bound["one_port"].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
     hub.ssh_port = _port_of((bound["one_port"] or bound["ssh"])[0])
+    if hub.tcp is not None:
+        await hub.tcp.listen_all()  # with a router link only
     if hub.cluster is not None:  # claims wait for the id, which may name the bound address
         hub.cluster.router_id = config.router_id or config.router_name or bound["ssh"][0]
     if router.link is not None and hub.cluster is not None:
@@ -486,6 +504,8 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
         await router.connections.drain(grace_s)
     else:  # streams from peers drain like browser connections, at the same time
         await asyncio.gather(router.connections.drain(grace_s), router.link.peers.drain(grace_s))
+    if router.hub.tcp is not None:
+        await router.hub.tcp.aclose()
     for acceptor in listening.ssh_acceptors:
         acceptor.close()
     for acceptor in listening.ssh_acceptors:
@@ -666,6 +686,8 @@ async def _sweep_reservations(hub: TunnelHub) -> None:
     while True:
         await asyncio.sleep(_SWEEP_INTERVAL_S)
         hub.routes.sweep()
+        if hub.tcp is not None:
+            hub.tcp.routes.sweep()
 
 
 def _print_welcome(

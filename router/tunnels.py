@@ -38,6 +38,7 @@ from router.routing import NameTaken, Offline, RouteTable
 if TYPE_CHECKING:
     from router.cluster.forwarding import Forwarder
     from router.membership import Membership
+    from router.tcp_ports import TcpPorts
 
 log = logging.getLogger("hostmux.tunnels")
 
@@ -96,6 +97,8 @@ class TunnelHub:
         # registry, False until they were first read from it (claims wait: refused).
         self.blocks = BlockList()
         self.blocks_known = True
+        # TCP tunnels (``router.tcp_ports``), whose names are "tcp:PORT"; None: none.
+        self.tcp: TcpPorts | None = None
         # Tunnel and SSH events by kind (``router.operations`` turns them into metrics):
         # tunnel_up, tunnel_refused, ssh_auth_refused_key, ssh_auth_rate_limited.
         self.counts: Counter[str] = Counter()
@@ -108,6 +111,8 @@ class TunnelHub:
         self._public_port = port
 
     def url_for(self, name: str) -> str:
+        if name.startswith("tcp:"):  # a TCP tunnel's port
+            return f"tcp://{self.domain}:{name[4:]}"
         default_port = 443 if self._scheme == "https" else 80
         port = "" if self._public_port in (0, default_port) else f":{self._public_port}"
         return f"{self._scheme}://{name}.{self.domain}{port}"
@@ -184,11 +189,28 @@ class TunnelHub:
             if tunnel.websockets is not None:
                 tunnel.websockets.discard(record.request_id)
 
+    def lookup_any(self, name: str) -> Tunnel | None:
+        """The tunnel holding ``name`` here, a name or a TCP port ("tcp:PORT")."""
+        routes = (
+            self.tcp.routes if self.tcp is not None and name.startswith("tcp:") else self.routes
+        )
+        found = routes.lookup(name)
+        return found if isinstance(found, Tunnel) else None
+
+    def held_all(self) -> list[tuple[str, Tunnel]]:
+        """Every tunnel this router serves: names, then TCP ports."""
+        tcp = self.tcp.held() if self.tcp is not None else []
+        return [*self.routes.held(), *tcp]
+
     def _notify(self, event: str, tunnel: Tunnel) -> None:
         for observer in self.observers:
             observer(event, tunnel.name, self.url_for(tunnel.name), tunnel.generation)
 
     def release(self, tunnel: Tunnel) -> None:
+        if self.tcp is not None and tunnel.name.startswith("tcp:"):
+            if self.tcp.release(tunnel) and self.cluster is not None:
+                self.cluster.release(tunnel)  # in the background, as for a name
+            return
         if self.routes.release(tunnel.name, tunnel):
             if self.cluster is not None:
                 self.cluster.release(tunnel)  # in the background: never blocks the caller

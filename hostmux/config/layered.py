@@ -54,6 +54,10 @@ def _convert_type(value: Any, opt: Option, where: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{where}: a value is required")
+    if opt.is_tables:  # TOML only: the class checks each table's keys
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{where}: expected an array of tables ([[{opt.name}]])")
+        return value
     if opt.is_list:
         if isinstance(value, str):
             value = value.split(",")
@@ -114,6 +118,8 @@ def build_parser(cls: type[Any], prog: str, description: str) -> argparse.Argume
     )
     parser.add_argument("--version", action="version", version=f"{prog} {package_version()}")
     for opt in declared_options(cls):
+        if opt.toml_only:
+            continue
         if opt.base is bool:
             parser.add_argument(
                 opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
@@ -145,7 +151,7 @@ def load(
                 raise ConfigError(f"{config_path}: unknown option {key!r}")
             values[name] = _convert(value, options[name], f"{config_path}: {key}")
     for name, opt in options.items():
-        if opt.env in environ:
+        if opt.env in environ and not opt.toml_only:
             values[name] = _convert(environ[opt.env], opt, opt.env)
     for name, opt in options.items():
         if hasattr(args, name):

@@ -33,6 +33,7 @@ def option(
     minimum: float | None = None,
     maximum: float | None = None,
     zero: str | None = None,
+    toml_only: bool = False,
 ) -> Any:
     """A config field: ``default`` (a list default is copied), ``help`` for --help, and for
     a number its range: ``minimum``, ``maximum`` (None: none) and what 0 means (``zero``,
@@ -46,7 +47,10 @@ def option(
             raise ValueError(f"default {default!r} is outside its own range")
     elif maximum is not None or zero is not None:
         raise TypeError("maximum and zero need a minimum")
-    meta = {"help": help, "flag": flag, "metavar": metavar, "range": value_range}
+    meta = {
+        "help": help, "flag": flag, "metavar": metavar, "range": value_range,
+        "toml_only": toml_only,
+    }  # fmt: skip
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -64,6 +68,8 @@ class Option:
     value_range: OptionRange | None
     flag: str
     metavar: str | None
+    # Only in the TOML file (an array of tables, ``[[name]]``): no flag, no variable.
+    toml_only: bool = False
 
     @property
     def env(self) -> str:
@@ -75,7 +81,14 @@ class Option:
 
     @property
     def is_list(self) -> bool:
-        return typing.get_origin(self.base) is list
+        """A list of strings (a list of tables is ``is_tables``)."""
+        return typing.get_origin(self.base) is list and not self.is_tables
+
+    @property
+    def is_tables(self) -> bool:
+        """An array of TOML tables (``list[dict[str, Any]]``, TOML only)."""
+        args = typing.get_args(self.base)
+        return typing.get_origin(self.base) is list and typing.get_origin(args[0]) is dict
 
     def range_error(self, value: Any) -> str | None:
         """Why ``value`` is outside the declared range, or None (also for no range)."""
@@ -102,10 +115,14 @@ def declared_options(cls: type[Any]) -> list[Option]:
             default = field.default_factory()
         flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
         metavar = field.metadata.get("metavar") or _guess_metavar(field.name, base)
-        found.append(
-            Option(field.name, base, optional, field.metadata["help"], default, value_range,
-                   flag, metavar)
+        toml_only = bool(field.metadata.get("toml_only"))
+        option_ = Option(
+            field.name, base, optional, field.metadata["help"], default, value_range, flag,
+            metavar, toml_only,
         )  # fmt: skip
+        if option_.is_tables != toml_only:
+            raise TypeError(f"{cls.__name__}.{field.name}: arrays of tables are TOML only")
+        found.append(option_)
     return found
 
 
@@ -188,6 +205,8 @@ def options_markdown(cls: type[Any]) -> str:
     ]
     for opt in declared_options(cls):
         flag = opt.flag if opt.metavar is None else f"{opt.flag} {opt.metavar}"
+        if opt.toml_only:
+            flag = f"[[{opt.name}]] (TOML only)"
         default = default_text(opt)
         rows.append(
             f"| `{opt.name}` | `{flag}` | {f'`{default}`' if default else ''} "

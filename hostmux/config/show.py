@@ -48,6 +48,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):  # an inline table (an array of tables' item)
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     # A JSON string is a TOML basic string (same escapes) for the text we hold.
     return json.dumps(mask_url(str(value)) if not isinstance(value, Path) else str(value))
 

@@ -42,7 +42,7 @@ from router.cluster.link import LinkPool, LinkStream, PeerUnreachable
 from router.cluster.routes import RouteCache
 from router.cluster.wire import ERROR_HEADER, LinkError, StreamRequest
 from router.registry.model import RegistryError, RegistryUnavailable, Route, RouteRegistry
-from router.tunnels import Tunnel, TunnelHub
+from router.tunnels import TunnelHub
 
 log = logging.getLogger("hostmux.cluster")
 
@@ -149,6 +149,25 @@ class Forwarder:
         self.cache.put(name, route, ticket)
         return route
 
+    # -- TCP tunnels held elsewhere ----------------------------------------------
+
+    async def open_port(self, port: int, peer_ip: str, peer_port: int) -> ByteStream:
+        """A stream to the router holding TCP port ``port`` (UpstreamUnavailable if none)."""
+        name = f"tcp:{port}"
+        found, route = self.cache.get(name)
+        if not found:
+            try:
+                route = await self._lookup(name)
+            except RegistryError as error:
+                route = self.cache.fallback(name)
+                if route is None:
+                    raise UpstreamUnavailable(
+                        f"the route registry is unreachable: {error}"
+                    ) from None
+        if route is None or not route.holders:
+            raise UpstreamUnavailable(f"no tunnel holds port {port}")
+        return await self._open(name, route, ClientInfo(peer_ip, peer_port, "http"))
+
     # -- opening a forwarded stream ---------------------------------------------
 
     async def _open(self, name: str, route: Route, client: ClientInfo) -> ByteStream:
@@ -170,8 +189,8 @@ class Forwarder:
                     raise UpstreamUnavailable(
                         f"the tunnel {name!r} moved and the route registry is unreachable"
                     ) from None
-            local = self._hub.routes.lookup(name)
-            if isinstance(local, Tunnel):  # it moved here: served as any local request
+            local = self._hub.lookup_any(name)
+            if local is not None:  # it moved here: served as any local request
                 return await local.open_stream(client.peer_ip, client.peer_port)
             if route is None:
                 raise UpstreamUnavailable(f"no tunnel is called {name!r} any more")

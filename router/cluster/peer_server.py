@@ -202,8 +202,8 @@ class PeerServer:
 
     def _tunnel_for(self, wanted: StreamRequest) -> Tunnel | None:
         """This router's tunnel for the request, if it may serve it (owner, generation)."""
-        found = self._hub.routes.lookup(wanted.name)
-        if not isinstance(found, Tunnel) or found.owner != wanted.owner:
+        found = self._hub.lookup_any(wanted.name)  # a name or a TCP port
+        if found is None or found.owner != wanted.owner:
             return None
         if found.generation > wanted.generation:
             return None  # claimed after the sender's route was read: it may be stale

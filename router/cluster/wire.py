@@ -100,7 +100,7 @@ def parse_stream_request(request: Request) -> StreamRequest:
     if missing:
         raise BadStreamRequest(f"missing {', '.join(missing)}")
     try:
-        checked = check_name(values[NAME])
+        checked = _check_stream_name(values[NAME])
     except ValueError as error:
         raise BadStreamRequest(f"x-hostmux-name: {error}") from None
     ip, _, port = values[CLIENT].partition(" ")
@@ -111,6 +111,16 @@ def parse_stream_request(request: Request) -> StreamRequest:
     if scheme not in ("http", "https"):
         raise BadStreamRequest(f"x-hostmux-scheme: {scheme!r} is not http or https")
     return StreamRequest(checked, values[OWNER], int(generation), ip, int(port), scheme)
+
+
+def _check_stream_name(name: str) -> str:
+    """A tunnel name, or a TCP tunnel's "tcp:PORT" (``router.tcp_ports``)."""
+    port = name.removeprefix("tcp:")
+    if port != name:
+        if not port.isdigit() or not 1 <= int(port) <= 65535 or port != str(int(port)):
+            raise ValueError(f"{name!r} is not tcp:PORT")
+        return name
+    return check_name(name)
 
 
 def error_answer(error: LinkError) -> Response:

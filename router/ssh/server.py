@@ -53,6 +53,7 @@ from router.ssh.channel import ChannelStream
 from router.ssh.client_state import ClientState, VirtualForward
 from router.ssh.lean import listen_options, shed_after_auth
 from router.ssh.session import ToolSession
+from router.tcp_ports import PortRefused
 from router.tunnels import Blocked, Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
@@ -240,6 +241,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
             return self._refuse(where, "this connection already forwards that address")
         if grant.role == "register":
             return self._refuse(where, "the register user cannot forward")
+        if listen_host == "tcp":
+            return self._claim_tcp(grant, listen_port, where)
         if listen_host in _ANY_NAME:
             if grant.default_name is not None:
                 candidates = [grant.default_name]
@@ -312,6 +315,56 @@ class _ConnectionHandler(asyncssh.SSHServer):
                 continue
             return self._forward(tunnel, listen, port, where)
         return self._no_name(tunnels, where)
+
+    def _claim_tcp(
+        self, grant: KeyGrant, listen_port: int, where: str
+    ) -> VirtualForward | bool | Awaitable[VirtualForward | bool]:
+        """``-R tcp:PORT:...``: a TCP tunnel on public PORT (0: any of the range)."""
+        if self._hub.tcp is None:
+            return self._refuse(where, "TCP tunnels are off on this router")
+        if grant.name_patterns is not None and not grant.may_hold("tcp"):
+            # A key limited to names (permitlisten, a portal instance) gets no ports unless
+            # a pattern says "tcp" ("tcp" is no name a tunnel can hold).
+            return self._refuse(where, 'this key may not open TCP tunnels (permitlisten="tcp")')
+        if not self._limits.add_tunnel(grant.owner):
+            limit = self._limits.max_tunnels_per_owner
+            return self._refuse(where, f"this key already holds {limit} tunnels")
+        return self._claim_port(grant, listen_port, where)
+
+    async def _claim_port(
+        self, grant: KeyGrant, listen_port: int, where: str
+    ) -> VirtualForward | bool:
+        tcp = self._hub.tcp
+        assert tcp is not None
+
+        def make_tunnel(port: int) -> Tunnel:
+            opener = _tcp_opener(
+                self._connection, "tcp", port, self._settings.window_bytes, self._pending
+            )
+            return Tunnel(
+                name=f"tcp:{port}", owner=grant.owner, peer=self._state.peer, open_stream=opener
+            )
+
+        cluster = self._hub.cluster
+        try:
+            tunnel = await tcp.claim(listen_port, make_tunnel, cluster.claim if cluster else None)
+        except PortRefused as refused:
+            self._limits.remove_tunnel(grant.owner)
+            return self._refuse(where, str(refused))
+        except RegistryUnavailable as error:
+            log.warning(fields("registry_unavailable", name=f"tcp:{listen_port}", error=str(error)))
+            self._limits.remove_tunnel(grant.owner)
+            return self._refuse(where, UNREACHABLE)
+        except RegistryError as error:
+            log.error(fields("registry_error", name=f"tcp:{listen_port}", error=str(error)))
+            self._limits.remove_tunnel(grant.owner)
+            return self._refuse(where, "the route registry refused the claim: try again later")
+        if self._lost:  # the client went away while the port was opened
+            self._hub.release(tunnel)
+            self._limits.remove_tunnel(grant.owner)
+            return False
+        port = int(tunnel.name[4:])
+        return self._forward(tunnel, ("tcp", listen_port), port, where)
 
     async def _claim_in_cluster(
         self, tunnels: list[Tunnel], listen: tuple[str, int], port: int, where: str

@@ -94,6 +94,8 @@ def test_a_stream_request_round_trips_and_bad_ones_are_one_line() -> None:
     request = sent.request("a")
     assert dict(request.headers)[b"transfer-encoding"] == b"chunked"
     assert parse_stream_request(request) == sent
+    tcp = StreamRequest("tcp:20001", "SHA256:abc", 42, "192.0.2.1", 5000, "http")
+    assert parse_stream_request(tcp.request("a")) == tcp  # a TCP tunnel's port
     bad = [
         Request(b"GET", b"/_hostmux/stream", request.headers),
         Request(b"POST", b"/other", request.headers),
@@ -103,6 +105,10 @@ def test_a_stream_request_round_trips_and_bad_ones_are_one_line() -> None:
         Request(b"POST", b"/_hostmux/stream", _with(request, b"x-hostmux-generation", b"-1")),
         Request(b"POST", b"/_hostmux/stream", _with(request, b"x-hostmux-client", b"1.2.3.4")),
         Request(b"POST", b"/_hostmux/stream", _with(request, b"x-hostmux-scheme", b"ftp")),
+        *(
+            Request(b"POST", b"/_hostmux/stream", _with(request, b"x-hostmux-name", bad_port))
+            for bad_port in (b"tcp:0", b"tcp:65536", b"tcp:020001", b"tcp:x", b"tcp:")
+        ),
     ]  # fmt: skip
     for request in bad:
         with pytest.raises(BadStreamRequest) as raised:

@@ -511,6 +511,35 @@ async def test_readyz_follows_the_registry_degraded_then_cut_off(
     assert router.proc.process.returncode is None  # still running, waiting for Redis
 
 
+async def test_readyz_follows_the_registry_with_no_tunnel_to_renew(
+    stack: Stack, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A router that holds no tunnel renews no lease: it pings the registry instead, so
+    /readyz says "degraded" within lease_ttl_s of Redis stopping, and "ready" once it
+    is back."""
+    lease_ttl_s = 3.0
+    _, port = await metrics_router(
+        stack, "--registry", redis_server.url, "--lease-ttl-s", f"{lease_ttl_s:g}",
+        "--name-reservation-s", "600",
+    )  # fmt: skip
+    assert (await get(port, "/readyz")).json() == {"status": "ready"}
+    redis_server.stop()
+    with trio.fail_after(lease_ttl_s):
+        body = await ready_state(port, 200, "degraded")
+    assert body["degraded"] == {"registry": ANY}
+    text = (await get(port, "/metrics")).text
+    assert sample(text, "hostmux_degraded", component="registry") == 1
+    assert sample(text, "hostmux_ready") == 1
+    back = RedisServer(tmp_path, port=redis_server.port)
+    try:
+        with trio.fail_after(lease_ttl_s):
+            await ready_state(port, 200, "ready")
+        text = (await get(port, "/metrics")).text
+        assert sample(text, "hostmux_degraded", component="registry") == 0
+    finally:
+        back.stop()
+
+
 async def test_readyz_fails_while_the_router_drains_after_sigterm(stack: Stack) -> None:
     # The grace outlasts the checks below (a request waiting for its answer holds the drain).
     router, port = await metrics_router(stack, "--shutdown-grace-s", "5")

@@ -145,10 +145,10 @@ def goals(m: dict[str, dict[str, Any]], scale: dict[str, Any] | None) -> list[Go
     ka_rss = keepalive.get("rss_mib") if keepalive.get("connections") == 10_000 else None
     idle = m.get(OPENSSH, {}).get("rss_idle_mib")
     limits = [
-        ("10,000 idle tunnels: router RSS ≤ 384 MiB", step.get("rss_mib"), 384, False, " MiB"),
+        ("10,000 idle tunnels: router RSS ≤ 192 MiB", step.get("rss_mib"), 192, False, " MiB"),
         ("10,000 idle tunnels: set-up ≥ 500 tunnels/s (the step 1,000 → 10,000)",
          step.get("rate"), 500, True, "/s"),
-        ("10,000 idle keep-alive connections: router RSS ≤ 256 MiB", ka_rss, 256, False, " MiB"),
+        ("10,000 idle keep-alive connections: router RSS ≤ 160 MiB", ka_rss, 160, False, " MiB"),
         ("idle router RSS ≤ 64 MiB (hostmux + OpenSSH, one tunnel)", idle, 64, False, " MiB"),
     ]  # fmt: skip
     return [
@@ -172,6 +172,82 @@ def chain_goals(m: dict[str, dict[str, Any]]) -> list[Goal]:
     ]  # fmt: skip
 
 
+# -- issue 18's goals: router CPU, TLS, WSS, listener start-up, reconnect ----------------
+
+CEILING, TLS, NGINX_TLS, WSS = "pipe-ceiling", "hostmux-tls", "sshd-nginx-tls", "hostmux-wss"
+# (row, reference row, figure, wanted ratio, higher is better, what the line says)
+ISSUE18_RATIO_GOALS = (
+    (OPENSSH, CEILING, "router_cpu_us", 1.6, False, "router CPU/request, hostmux + OpenSSH"),
+    (OPENSSH, ANCHOR, "router_cpu_us", 2.0, False, "router CPU/request, hostmux + OpenSSH"),
+    (TLS, NGINX_TLS, "rps", 1.0, True, "hostmux TLS + OpenSSH req/s"),
+    (TLS, NGINX_TLS, "mb_s", 1.5, True, "hostmux TLS + OpenSSH bulk MB/s"),
+    (WSS, LISTENER, "rps", 0.9, True, "listener over WSS req/s"),
+    (WSS, LISTENER, "mb_s", 0.9, True, "listener over WSS bulk MB/s"),
+)  # fmt: skip
+SHORT_18 = {
+    CEILING: "the asyncssh ceiling", ANCHOR: "sshd + nginx", NGINX_TLS: "nginx TLS + sshd",
+    LISTENER: "the listener over SSH",
+}  # fmt: skip
+UNITS_18 = {"router_cpu_us": " µs", "rps": "", "mb_s": ""}
+# Listener set-up: at most this share of sshd + OpenSSH's set-up, or, when the import
+# floor is above that, at most this multiple of the floor.
+SETUP_SHARE, FLOOR_MULTIPLE = 0.5, 1.2
+RECONNECT_LIMIT_MS = 2000.0
+
+
+def issue18_goals(m: dict[str, dict[str, Any]], results: dict[str, Any]) -> list[Goal]:
+    """Issue 18's goals on router CPU, TLS, WSS, listener start-up and reconnect."""
+    found = []
+    for a, b, key, want, higher, what in ISSUE18_RATIO_GOALS:
+        text = f"{what} {'≥' if higher else '≤'} {want}{X} {SHORT_18[b]}"
+        ours, theirs = m.get(a, {}).get(key), m.get(b, {}).get(key)
+        found.append(_ratio_goal(text, ours, theirs, want, higher, UNITS_18[key]))
+    floor = (results.get("import_floor") or {}).get("median_ms")
+    setup = m.get(LISTENER, {}).get("setup_ms")
+    found.append(setup_goal(setup, m.get(ANCHOR, {}).get("setup_ms"), floor))
+    found.append(reconnect_goal(results.get("reconnect")))
+    return found
+
+
+def setup_goal(listener_ms: float | None, sshd_ms: float | None, floor_ms: float | None) -> Goal:
+    """The listener's set-up (start -> first correct answer, self-check on) against
+    ``SETUP_SHARE`` of sshd + OpenSSH's, or ``FLOOR_MULTIPLE`` of the import floor
+    (interpreter + asyncssh + cryptography) when the floor alone is above that share."""
+    text = (
+        f"listener set-up, self-check on, ≤ {SETUP_SHARE}{X} sshd + OpenSSH's (≤ "
+        f"{FLOOR_MULTIPLE}{X} the import floor, interpreter + asyncssh + cryptography, if higher)"
+    )
+    floor = f"; floor {_fmt(floor_ms, 0, ' ms')}" if floor_ms is not None else "; floor —"
+    reference = f"sshd + OpenSSH {_fmt(sshd_ms, 0, ' ms')}{floor}"
+    if listener_ms is None or sshd_ms is None:
+        return Goal(text, _fmt(listener_ms, 0, " ms"), reference, "—", None)
+    share = listener_ms / sshd_ms
+    if floor_ms is not None and floor_ms > SETUP_SHARE * sshd_ms:
+        ratio = listener_ms / floor_ms
+        return Goal(
+            text, _fmt(listener_ms, 0, " ms"), reference,
+            f"{ratio:.2f}{X} floor ({share:.2f}{X} sshd)", ratio <= FLOOR_MULTIPLE,
+        )  # fmt: skip
+    return Goal(
+        text, _fmt(listener_ms, 0, " ms"), reference, f"{share:.2f}{X}", share <= SETUP_SHARE
+    )
+
+
+def reconnect_goal(reconnect: dict[str, Any] | None) -> Goal:
+    """After router restarts, the median time from listening again to the first 200."""
+    text = (
+        f"reconnect: first correct answer ≤ {RECONNECT_LIMIT_MS / 1e3:g} s after the "
+        "restarted router listens (median of the restarts, `bench/reconnect.py`)"
+    )
+    reference = f"{RECONNECT_LIMIT_MS / 1e3:g} s"
+    if not reconnect or "median_back_ms" not in reconnect:
+        why = (reconnect or {}).get("error")
+        return Goal(text, _cell(why, 120) if why else "—", reference, "", None)
+    back = reconnect["median_back_ms"]
+    measured = f"{back:,.0f} ms (median of {len(reconnect.get('restarts', []))})"
+    return Goal(text, measured, reference, "", back <= RECONNECT_LIMIT_MS)
+
+
 def _stretch_goal(scale: dict[str, Any]) -> Goal:
     """The 100,000-tunnel stretch: the biggest step run, RSS per tunnel and set-up rate."""
     want = scale.get("stretch_tunnels", 100_000)
@@ -181,11 +257,15 @@ def _stretch_goal(scale: dict[str, Any]) -> Goal:
     if not steps:
         return Goal(text, "—", f"{want:,}", "", None)
     s = steps[-1]
-    per = _per_kib(s.get("rss_mib"), tunnels.get("router_rss_empty_mib"), s.get("held"))
+    empty = tunnels.get("router_rss_empty_mib")
+    per = _per_kib(s.get("rss_mib"), empty, s.get("held"))
     measured = (
         f"{s['held']:,} tunnels: {_fmt(s.get('rss_mib'), 1)} MiB "
         f"({_fmt(per, 1)} KiB per tunnel), set up at {_fmt(s.get('rate'))}/s"
     )
+    if per is not None and empty is not None and s["held"] < want:
+        # The estimate for the whole stretch: the empty router plus that much per tunnel.
+        measured += f"; {want:,} ≈ {_fmt((empty + per * want / 1024) / 1024, 2)} GiB"
     if s["held"] >= want:
         return Goal(text, measured, f"{want:,}", "", True)
     hard = scale.get("open_files_hard")
@@ -288,10 +368,8 @@ def render_rows(results: dict[str, Any]) -> list[str]:
     lines += ["", "Rows:"]
     lines += [f"- **{ROWS[n].label}** (`{n}`): {ROWS[n].description}" for n in order]
     lines += ["", "## Goals", ""]
-    lines += _table(
-        ["goal", "measured", "reference", "ratio", "result"],
-        [g.row() for g in goals(m, results.get("scale"))],
-    )
+    every = [*goals(m, results.get("scale")), *issue18_goals(m, results)]
+    lines += _table(["goal", "measured", "reference", "ratio", "result"], [g.row() for g in every])
     return lines
 
 
@@ -533,7 +611,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("tunnels N")
         ax = axes[1][1]
         ax.plot(ns, [s.get("rss_mib") or 0 for s in steps], marker="o", label="router RSS MiB")
-        ax.axhline(384, color="tab:red", linestyle="--", linewidth=1, label="goal: 384 MiB")
+        ax.axhline(192, color="tab:red", linestyle="--", linewidth=1, label="goal: 192 MiB")
         ka = scale.get("keepalive") or {}
         if ka.get("rss_mib"):
             label = f"{ka['connections']:,} keep-alive connections (1 tunnel)"

@@ -116,10 +116,19 @@ def measure_row(row: Row, bench: Bench, work: Path, args: argparse.Namespace) ->
             )
             if wrk.requests == 0:
                 result["wrk_output"] = wrk.raw[-1500:]
+            cpu_before = cpu_s()
             downloads = [
                 run_curl(target, args.bulk_name, args.bulk_bytes, timeout_s=args.bulk_timeout)
                 for _ in range(args.bulk_count)
             ]
+            cpu_after = cpu_s()
+            mb = sum(d.size for d in downloads) / 1e6
+            if mb and plan.router:
+                router_s, _helper_s, client_s = (
+                    b - a for a, b in zip(cpu_before, cpu_after, strict=True)
+                )
+                result["router_cpu_us_per_mb"] = router_s / mb * 1e6
+                result["client_cpu_us_per_mb"] = client_s / mb * 1e6 if client else None
             bad = [d for d in downloads if not d.ok]
             curl = bad[0] if bad else downloads[0]
             rates = sorted(d.mb_s for d in downloads if d.mb_s is not None)
@@ -149,6 +158,25 @@ def _check_loopback(procs: Processes) -> None:
     bad = non_loopback_listeners(procs.pids())
     if bad:
         raise RuntimeError(f"non-loopback listener(s), refusing to load: {bad}")
+
+
+def startup_and_reconnect(work: Path, code: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 18's start-up floor and reconnect figures (``bench/reconnect.py``)."""
+    import reconnect
+
+    say("listener start-up floor: python -c " + repr(reconnect.FLOOR_CODE))
+    found: dict[str, Any] = {"import_floor": reconnect.import_floor(code, 3 if args.quick else 7)}
+    say(f"  {found['import_floor']['median_ms']:.0f} ms")
+    say(f"reconnect: {args.reconnect_restarts} router restart(s) under a listener")
+    (work / "reconnect").mkdir()
+    with Processes(work / "reconnect") as procs:
+        try:
+            found["reconnect"] = reconnect.measure(
+                procs, work / "reconnect", code, args.reconnect_restarts
+            )
+        except (RuntimeError, OSError, ValueError) as exc:
+            found["reconnect"] = {"error": str(exc)[:1000]}
+    return found
 
 
 def profile_pass(bench: Bench, work: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -227,6 +255,11 @@ def parse_args() -> argparse.Namespace:
         help="py-spy the router under load (default: on, quick: off)",
     )
     p.add_argument("--profile-duration", type=int, default=10, help="py-spy seconds")
+    p.add_argument(
+        "--reconnect-restarts", type=int, default=None,
+        help="router restarts under a listener for the reconnect goal, and the start-up "
+        "floor (default, with the hostmux-listener row: 5, quick: 1; 0: neither)",
+    )  # fmt: skip
     p.add_argument("--rev", help="benchmark this git revision (a snapshot), not the working tree")
     p.add_argument(
         "--code", type=Path,
@@ -256,6 +289,9 @@ def parse_args() -> argparse.Namespace:
     if args.profile is None:
         args.profile = not quick
     args.rows = [r for r in args.rows.split(",") if r]
+    if args.reconnect_restarts is None:  # a listener figure: with the listener's row
+        args.reconnect_restarts = (1 if quick else 5) if "hostmux-listener" in args.rows else 0
+    args.reconnect_restarts = max(0, min(args.reconnect_restarts, 50))
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
@@ -326,6 +362,8 @@ def main() -> int:
                     r["repeat"] = rep + 1
                     results["runs"].append(r)
                     say("  " + _one_line(r))
+            if args.reconnect_restarts:
+                results.update(startup_and_reconnect(work, code, args))
             if args.profile:
                 say("profile: py-spy on the router under wrk (hostmux + OpenSSH)")
                 (work / "profile").mkdir()
@@ -378,7 +416,18 @@ def _one_line(r: dict[str, Any]) -> str:
         + (f"; RSS {rss:.1f} -> {r['rss_after_mib']:.1f} MiB" if rss is not None else "")
         + (f"; router CPU {cpu:.0f} us/req" if cpu is not None else "")
         + (f", helper CPU {helper:.0f} us/req" if helper is not None else "")
+        + (f", client {r['client_cpu_us']:.0f}" if r.get("client_cpu_us") is not None else "")
+        + _bulk_cpu(r)
     )
+
+
+def _bulk_cpu(r: dict[str, Any]) -> str:
+    """CPU per MB of the bulk downloads (router side, tunnel client): less noisy than MB/s."""
+    router, client = r.get("router_cpu_us_per_mb"), r.get("client_cpu_us_per_mb")
+    if router is None:
+        return ""
+    both = f"{router:.0f}" + (f" + {client:.0f}" if client is not None else "")
+    return f"; bulk CPU {both} us/MB"
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from hostmux.tunnel.websocket import MAX_MESSAGE_BYTES
+from hostmux.tunnel.websocket import FLUSH_BYTES, MAX_MESSAGE_BYTES
 
-# Read stdin in chunks of this size: one WebSocket message each.
-_CHUNK = 256 * 1024
+# Read stdin in chunks of at most this size: one WebSocket message each (framing
+# a larger message cost far more per byte, hostmux.tunnel.websocket.FLUSH_BYTES).
+_CHUNK = FLUSH_BYTES
 
 
 async def _pump(url: str, context: ssl.SSLContext | None, headers: dict[str, str]) -> None:

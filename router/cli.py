@@ -4,7 +4,8 @@ With ``workers`` other than 1 the process is the workers' supervisor
 (``router.workers.supervisor``), which starts the routers; a worker (started
 with ``--worker-index N``) and a plain router run ``router.server``. The
 server and the supervisor are imported only once that choice is made: the
-supervisor never loads asyncssh.
+supervisor never loads asyncssh. ``hostmux-router tunnels`` (``kick``, ``block``,
+``unblock``, ``blocks``, ``drain``) is a client of a running router's admin API.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from hostmux.log import set_log_context
 from hostmux.process import run_component
 from router.config import RouterConfig, load_config
 
+# Commands that call a running router's admin API (``router.admin.client``).
+ADMIN_COMMANDS = ("tunnels", "kick", "block", "unblock", "blocks", "drain")
 # Net new container objects between collections of the youngest generation
 # (Python's default is 700); see ``main``.
 _YOUNG_GC_THRESHOLD = 10_000
@@ -43,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["check-config"]:
         return check_config(args[1:])
+    if args and args[0] in ADMIN_COMMANDS:  # a client of a running router's admin API
+        from router.admin.client import main as admin_client
+
+        return admin_client(args)
     # A reload asked for while the router starts is one it has not read its files for yet:
     # ignored until the router's own handler is in place (router.server), not an end.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -230,6 +230,17 @@ class RouterConfig:
         "add per-tunnel series (a name label on request counts): HIGH CARDINALITY, one "
         "series per tunnel name ever served; off: every label has a few fixed values",
     )
+    admin_listen: str = option(
+        "",
+        "the admin API and status page: a loopback HOST:PORT or an absolute unix socket path; "
+        "every call needs the admin token; empty: off",
+        metavar="ADDRESS",
+    )
+    admin_token_file: Path | None = option(
+        None,
+        "file holding the admin API's bearer token (default: STATE_DIR/admin_token, created "
+        "with mode 0600 when missing)",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     # Operations (issue 19): certificates by SNI, reloaded on SIGHUP; the log format.
     tls_cert_dir: Path | None = option(
@@ -285,6 +296,8 @@ class RouterConfig:
                 "without one a router is one process"
             )
         self.inherited_sockets()  # checks listen_fds
+        if self.admin_listen:
+            check_admin_listen(self.admin_listen)
         self._check_cluster()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
@@ -342,6 +355,10 @@ class RouterConfig:
             raise ValueError(f"router_id: {error}") from None
 
     @property
+    def admin_token_path(self) -> Path:
+        return self.admin_token_file or self.state_dir / "admin_token"
+
+    @property
     def host_key_path(self) -> Path:
         return self.host_key_file or self.state_dir / "ssh_host_key"
 
@@ -365,12 +382,35 @@ class RouterConfig:
         )
 
 
+def check_admin_listen(value: str) -> tuple[str, int] | Path:
+    """``admin_listen`` as a loopback (host, port) or a unix socket path; ValueError if
+    neither: the admin API is for this machine's operator, never for the network."""
+    if value.startswith("/"):
+        return Path(value)
+    try:
+        host, port = parse_host_port(value, "admin_listen")
+    except ConfigError as exc:
+        raise ValueError(f"{exc} (or an absolute unix socket path)") from None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"admin_listen: {value!r} is not a loopback address (127.0.0.1, ::1) "
+            "or a unix socket path: the admin API is not for the network"
+        )
+    return host, port
+
+
 def parser(prog: str = "hostmux-router") -> argparse.ArgumentParser:
     return build_parser(
         RouterConfig,
         prog,
         "Route https://NAME.DOMAIN to apps behind SSH tunnels (ssh -R NAME:80:localhost:PORT). "
-        "'hostmux-router check-config [options]' checks the configuration and prints it.",
+        "'hostmux-router check-config [options]' checks the configuration and prints it; "
+        "'hostmux-router tunnels|kick NAME|block KIND VALUE|unblock KIND VALUE|blocks|drain' "
+        "call a running router's admin API (admin_listen) with the same options.",
     )
 
 

@@ -53,6 +53,8 @@ from hostmux.relay import (
 from hostmux.relay.front_door import log_request
 from hostmux.systemd import Notifier
 from hostmux.tunnel.websocket import WssAcceptor
+from router.admin import setup as admin
+from router.admin.token import AdminToken
 from router.config import RouterConfig
 from router.membership import Membership
 from router.one_port import open_listening_socket, serve_one_port
@@ -74,6 +76,7 @@ from router.workers.worker import end_with_supervisor
 
 if TYPE_CHECKING:
     from hostmux.ops_server import OpsServer
+    from router.admin.cluster import ClusterAgent
     from router.cluster.setup import ClusterLink
     from router.operations import RouterOps
 
@@ -108,6 +111,8 @@ class Router:
     tls: ssl.SSLContext | None
     scheme: str
     link: ClusterLink | None = None  # the router-to-router link (cluster_listen set)
+    admin_token: AdminToken | None = None  # admin_listen set (and not a worker)
+    admin_agent: ClusterAgent | None = None  # the admin API's side in a router with a registry
     # What a reload (SIGHUP, ``router.reload``) swaps: the certificates new handshakes
     # get (``tls`` is their context) and the limits new browser connections get.
     certificates: FrontDoorTls | None = None
@@ -120,8 +125,16 @@ class Router:
 
     @property
     def request_callback(self) -> Callable[[RequestRecord], None]:
-        """The front door's per-request callback (the bare access log without metrics)."""
-        return self.ops.on_request if self.ops is not None else log_request
+        """The front door's per-request callback: the access log (and the metrics, with
+        metrics_listen), then the tunnel's counters the admin API lists."""
+        logged = self.ops.on_request if self.ops is not None else log_request
+        count = self.hub.count
+
+        def on_request(record: RequestRecord) -> None:
+            logged(record)
+            count(record)
+
+        return on_request
 
 
 @dataclass
@@ -134,6 +147,7 @@ class Listening:
     one_port_sockets: list[socket.socket] = field(default_factory=list)
     ops_server: OpsServer | None = None  # metrics_listen (not in a supervisor's worker)
     worker_ops: asyncio.AbstractServer | None = None  # a worker's snapshots for its supervisor
+    admin_servers: list[asyncio.Server] = field(default_factory=list)
     addresses: dict[str, list[str]] = field(
         default_factory=lambda: {
             k: [] for k in ("ssh", "https", "http", "one_port", "cluster", "metrics")
@@ -152,6 +166,7 @@ async def run_router(
     router = build_router(config)
     stop = stop or asyncio.Event()
     listening = Listening()
+    drain = Drain(router, listening)
     on_hup = None
     if reload is not None:
         load = reload
@@ -159,9 +174,13 @@ async def run_router(
         def on_hup() -> None:  # a worker's supervisor names what needs a restart, once
             reload_router(router, load, say_restart=not config.worker_index)
 
-    with _signals(stop, router.connections, on_hup):
+    with _signals(stop, router.connections, on_hup, drain):
         try:
             await bind_router(router, listening)
+            if router.admin_token is not None:
+                backend = admin.router_backend(config, router.hub, drain.start)
+                server = await admin.start_admin(config, router.admin_token, backend)
+                listening.admin_servers.append(server)
             await serve_router(router, listening, stop)
         finally:
             await shut_down_router(router, listening)
@@ -185,8 +204,10 @@ def build_router(config: RouterConfig) -> Router:
         domain=config.domain, scheme=scheme, public_port=config.public_port,
         reservation_s=config.name_reservation_s,
     )  # fmt: skip
+    agent = None
     if config.registry:
-        hub.cluster = _membership(config, hub)
+        cluster = hub.cluster = _membership(config, hub)
+        agent = admin.cluster_agent(config, hub, lambda: cluster.router_id or "")
     wss = WssAcceptor()
     gateway = TunnelGateway(hub, wss, keep_cookie_domain=config.keep_cookie_domain)
     link = None
@@ -234,6 +255,8 @@ def build_router(config: RouterConfig) -> Router:
         link=link,
         certificates=front_tls,
         relay_limits=config.relay_limits,
+        admin_token=admin.admin_token(config),
+        admin_agent=agent,
     )
     if config.metrics_listen:
         # Imported here: prometheus-client is loaded only by routers that serve metrics.
@@ -251,6 +274,7 @@ def check_files(config: RouterConfig) -> None:
     if config.portal_ca_keys_file is not None:
         load_ca_fingerprints(config.portal_ca_keys_file)
     AuthorizedKeys(config.authorized_keys_path)  # strict: a bad line is an error here
+    admin.check_files(config)
     if config.cluster_listen:
         from router.cluster.setup import link_tls
 
@@ -335,6 +359,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
     STOPPING=1 when it stops, WATCHDOG=1 while it runs if asked.
     """
     config = router.config
+    if router.admin_agent is not None:
+        await router.admin_agent.first_read()
     _announce_ready(router, listening.addresses)
     if router.ops is not None:
         router.ops.serving = True
@@ -350,6 +376,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(router.hub.cluster.run(), name="leases"))
     if router.link is not None:
         background.append(start(router.link.forwarder.run(), name="route-cache"))
+    if router.admin_agent is not None:
+        background.append(start(router.admin_agent.run(), name="admin-agent"))
     if config.events_url:
         events = TunnelEvents(
             url=config.events_url, secret=config.events_secret.encode(),
@@ -394,11 +422,61 @@ async def _until_stopped(stop: asyncio.Event, background: Sequence[asyncio.Task[
             raise error
 
 
+class Drain:
+    """A drain started by the admin API or SIGUSR2: ``drain_router`` once, in a task."""
+
+    def __init__(self, router: Router, listening: Listening) -> None:
+        self._router = router
+        self._listening = listening
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Drain started={self._task is not None}>"
+
+    def start(self) -> list[str]:
+        """Start draining (again: nothing more); who drains, for the admin API's answer."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                drain_router(self._router, self._listening), name="drain"
+            )
+        cluster = self._router.hub.cluster
+        if cluster is not None and cluster.router_id:
+            return [f"router {cluster.router_id} (pid {os.getpid()})"]
+        return [f"router pid {os.getpid()}"]
+
+
+async def drain_router(router: Router, listening: Listening) -> None:
+    """SIGTERM's shutdown without the exit: stop accepting browsers and tunnel clients,
+    release this router's names in the registry, give requests in flight
+    ``shutdown_grace_s``, then close every tunnel (its clients reconnect, to another
+    router). The process stays, the admin listener answering, until SIGTERM."""
+    hub = router.hub
+    tunnels, connections = len(hub.tunnels()), len(router.connections)
+    log.info(fields("drain_started", tunnels=tunnels, connections=connections))
+    if router.ops is not None:  # /readyz: 503, a load balancer takes the router out
+        router.ops.stopping = True
+    for server in [*listening.cluster_servers, *listening.http_servers]:
+        server.close()
+    for acceptor in listening.ssh_acceptors:
+        acceptor.close()
+    if hub.cluster is not None:
+        await hub.cluster.leave()
+    grace_s = router.config.shutdown_grace_s
+    if router.link is None:
+        await router.connections.drain(grace_s)
+    else:
+        await asyncio.gather(router.connections.drain(grace_s), router.link.peers.drain(grace_s))
+    closed = hub.close_tunnels(hub.tunnels(), "the router is draining")
+    log.info(fields("drain_done", tunnels_closed=closed))
+
+
 async def shut_down_router(router: Router, listening: Listening) -> None:
     """Step 4: stop accepting, release this router's leases (cluster), drain browser
     connections (bounded), then close the SSH side."""
     for server in [*listening.cluster_servers, *listening.http_servers]:
         server.close()
+    for server in listening.admin_servers:
+        admin.close_admin(router.config, server)
     cluster = router.hub.cluster
     if cluster is not None:  # names move to other routers now, not at lease expiry
         await cluster.leave()
@@ -498,15 +576,20 @@ def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
 
 @contextlib.contextmanager
 def _signals(
-    stop: asyncio.Event, connections: ConnectionSet, on_hup: Callable[[], None] | None
+    stop: asyncio.Event,
+    connections: ConnectionSet,
+    on_hup: Callable[[], None] | None,
+    drain: Drain,
 ) -> Iterator[None]:
     """SIGTERM/SIGINT set ``stop``; SIGUSR1 logs the live counts (an operator's leak check);
-    SIGHUP calls ``on_hup`` (a reload), when given."""
+    SIGHUP calls ``on_hup`` (a reload), when given; SIGUSR2 starts a drain (``drain_router``)."""
     loop = asyncio.get_running_loop()
     handled = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1]
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _log_stats, connections)
+    loop.add_signal_handler(signal.SIGUSR2, drain.start)
+    handled.append(signal.SIGUSR2)
     if on_hup is not None:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         handled.append(signal.SIGHUP)

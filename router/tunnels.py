@@ -21,6 +21,7 @@ from hostmux.http1 import (
     ClientInfo,
     Page,
     Request,
+    facts_of,
     host_only_cookies,
     is_websocket_upgrade,
     router_home_page,
@@ -29,8 +30,9 @@ from hostmux.http1 import (
 )
 from hostmux.log import fields
 from hostmux.names import target_for_host
-from hostmux.relay import ByteStream, Destination
+from hostmux.relay import ByteStream, Destination, RequestRecord
 from hostmux.tunnel.websocket import WSS_PATH, WssAcceptor
+from router.blocks import BlockList
 from router.routing import NameTaken, Offline, RouteTable
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ log = logging.getLogger("hostmux.tunnels")
 StreamOpener = Callable[[str, int], Awaitable[ByteStream]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tunnel:
     name: str
     owner: str  # SHA256 fingerprint of the key that claimed the name
@@ -57,9 +59,23 @@ class Tunnel:
     generation: int = 0
     # Ends the tunnel from the router's side, with a reason (a lost lease); set by the SSH layer.
     close: Callable[[str], None] | None = None
+    transport: str = "ssh"  # how its client reached the router: "ssh" or "wss"
+    since: float = field(default_factory=time.time)  # Unix time (the admin API shows it)
+    # The admin API's counters, updated once per finished request (``TunnelHub.count``).
+    requests: int = 0
+    bytes_in: int = 0  # request bytes from browsers
+    bytes_out: int = 0  # response bytes to browsers
+    last_activity: float = 0.0  # Unix time the last request finished (0: none yet)
+    # Request ids of WebSocket upgrades routed here and not finished (open WebSockets);
+    # None until the first (most tunnels never carry one: no set each).
+    websockets: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.name} owner={self.owner} peer={self.peer}>"
+
+
+class Blocked(NameTaken):
+    """The operator blocked the key or the name (``router.blocks``); the message says which."""
 
 
 class TunnelHub:
@@ -76,6 +92,10 @@ class TunnelHub:
         self.observers: list[Callable[[str, str, str, int], None]] = []
         # This router's part in a cluster; None: names live in this process only.
         self.cluster: Membership | None = None
+        # Keys and names the operator blocked (the admin API keeps it up to date); with a
+        # registry, False until they were first read from it (claims wait: refused).
+        self.blocks = BlockList()
+        self.blocks_known = True
         # Tunnel and SSH events by kind (``router.operations`` turns them into metrics):
         # tunnel_up, tunnel_refused, ssh_auth_refused_key, ssh_auth_rate_limited.
         self.counts: Counter[str] = Counter()
@@ -95,10 +115,11 @@ class TunnelHub:
     async def claim_in_cluster(self, tunnel: Tunnel) -> None:
         """``claim``, after claiming the name in the cluster's registry (``cluster`` set).
 
-        Raises NameTaken (another owner, anywhere in the cluster) or
+        Raises NameTaken (another owner, anywhere in the cluster; Blocked) or
         RegistryUnavailable (ownership is never guessed).
         """
         assert self.cluster is not None
+        self._check_blocks(tunnel)
         await self.cluster.claim(tunnel)
         try:
             self.claim(tunnel)
@@ -107,7 +128,9 @@ class TunnelHub:
             raise
 
     def claim(self, tunnel: Tunnel) -> None:
-        """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner."""
+        """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner, Blocked
+        for a key or name the operator blocked."""
+        self._check_blocks(tunnel)
         replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
         self.counts["tunnel_up"] += 1
         self._notify("tunnel_up", tunnel)
@@ -117,6 +140,49 @@ class TunnelHub:
                 url=self.url_for(tunnel.name), replaced=replaced.peer if replaced else None,
             )
         )  # fmt: skip
+
+    def _check_blocks(self, tunnel: Tunnel) -> None:
+        if not self.blocks_known:
+            raise Blocked("the router has not read its blocks from the registry yet: try again")
+        refusal = self.blocks.refusal(tunnel.owner, tunnel.name)
+        if refusal is not None:
+            log.info(fields("claim_blocked", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner))
+            raise Blocked(refusal)
+
+    def tunnels(self) -> list[Tunnel]:
+        """The tunnels this router serves now."""
+        return [tunnel for _, tunnel in self.routes.held()]
+
+    def kick(self, name: str, reason: str) -> int:
+        """Close the tunnel serving ``name``; how many were closed (0 or 1).
+
+        The SSH connection left with no forward is closed too: its client sees the end.
+        """
+        found = self.routes.lookup(name)
+        return self.close_tunnels([found] if isinstance(found, Tunnel) else [], reason)
+
+    def kick_blocked(self) -> int:
+        """Close every tunnel a block in ``blocks`` matches (blocking is kicking)."""
+        blocked = [t for t in self.tunnels() if self.blocks.refusal(t.owner, t.name) is not None]
+        return self.close_tunnels(blocked, "blocked by the router's operator")
+
+    def close_tunnels(self, tunnels: list[Tunnel], reason: str) -> int:
+        for tunnel in tunnels:
+            if tunnel.close is not None:
+                tunnel.close(reason)
+            log.info(fields("tunnel_kicked", name=tunnel.name, peer=tunnel.peer, reason=reason))
+        return len(tunnels)
+
+    def count(self, record: RequestRecord) -> None:
+        """The relay's ``on_request``: one finished request added to its tunnel's counters."""
+        tunnel = self.routes.lookup(record.name) if record.name else None
+        if isinstance(tunnel, Tunnel):
+            tunnel.requests += 1
+            tunnel.bytes_in += record.bytes_in
+            tunnel.bytes_out += record.bytes_out
+            tunnel.last_activity = time.time()
+            if tunnel.websockets is not None:
+                tunnel.websockets.discard(record.request_id)
 
     def _notify(self, event: str, tunnel: Tunnel) -> None:
         for observer in self.observers:
@@ -183,6 +249,10 @@ class TunnelGateway:
                 502, f"the tunnel {target.label!r} is offline; it may be reconnecting",
                 request_id=request_id, as_html=_wants_html(request),
             )  # fmt: skip
+        if request.method == b"GET" and facts_of(request).websocket_upgrade:
+            if found.websockets is None:
+                found.websockets = set()
+            found.websockets.add(request_id)  # until its record comes (``TunnelHub.count``)
         return Destination(
             key=host,
             label=found.name,

@@ -423,9 +423,24 @@ class HttpRelay:
         return keep
 
     async def _splice(self, upstream: Upstream, record: RecordBuilder) -> None:
-        """Copy bytes both ways after a 101, until both directions ended."""
+        """Copy bytes both ways after a 101, until both directions ended.
+
+        An upstream that can ``adopt`` the browser's stream (the router's own
+        SSH-over-WebSocket endpoint, ``hostmux.tunnel.websocket``) is handed it
+        instead: no copy through a second stream, no task per direction.
+        """
         self._upstream = None  # no longer reusable: owned by the splice now
         self.splicing = True  # a WebSocket now (ConnectionSet.websockets counts them)
+        adopt = getattr(upstream.stream, "adopt", None)
+        if adopt is not None:  # an in-process endpoint that reads the browser's stream itself
+            try:
+                await adopt(
+                    self._browser.stream, client_rest=self._browser.h.trailing_data,
+                    own_rest=upstream.conn.trailing_data, going_away=self._going_away,
+                )  # fmt: skip
+            finally:
+                upstream.stream.close()
+            return
         try:
             await splice(
                 self._browser.stream, upstream.stream,

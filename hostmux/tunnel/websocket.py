@@ -36,10 +36,11 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from websockets.exceptions import InvalidHandshake, InvalidState, ProtocolError
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
@@ -49,28 +50,58 @@ from hostmux.relay import ByteStream
 log = logging.getLogger("hostmux.wss")
 
 WSS_PATH = "/_hostmux/ssh"
-# One WebSocket message per SSH write; SSH packets are at most ~256 KiB here.
+# The largest message accepted (a peer's message is at most FLUSH_BYTES, or
+# one SSH packet where that is longer: the router's are at most 128 KiB).
 MAX_MESSAGE_BYTES = 1024 * 1024
+# A sender's message: one loop turn of SSH writes, cut before it would pass
+# this. Past ~200 KiB, framing a message here cost 25x more per byte (every
+# buffer that large is fresh memory from the kernel: bench/OPTIMISATION.md).
+FLUSH_BYTES = 128 * 1024
+# Frames whose payload is SSH bytes: binary messages, fragmented or not.
+_SSH_OPCODES = (Opcode.BINARY, Opcode.CONT)
 # A client has this long to finish the WebSocket handshake after its request.
 HANDSHAKE_TIMEOUT_S = 10.0
+# After the endpoint's close frame, the client has this long to answer with its
+# own, and the last frames this long to leave (websockets' own default).
+CLOSE_TIMEOUT_S = 10.0
 
 
 class MessageTransport(asyncio.Transport):
-    """asyncio transport for asyncssh whose bytes go out as WebSocket messages."""
+    """asyncio transport for asyncssh whose bytes go out as WebSocket messages.
+
+    What asyncssh writes during one turn of the event loop goes out as one
+    binary message at the end of that turn (``loop.call_soon``), as
+    ``hostmux.tunnel.coalescing`` does for plain TCP: asyncssh writes each SSH
+    packet on its own, and a message each cost a frame header, a mask (client
+    side), a TLS record and a socket write. A write that would take the
+    message past ``FLUSH_BYTES`` sends what came before it first.
+    ``pause``/``resume``, when given, pause and resume reading of the
+    transport under the WebSocket.
+    """
 
     def __init__(
         self,
         send: Callable[[bytes], None],
         close: Callable[[], None],
         peer: tuple[str, int],
+        *,
+        pause: Callable[[], None] | None = None,
+        resume: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self._send = send
         self._close_cb = close
         self._peer = peer
+        self._pause, self._resume = pause, resume
         self._closing = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._loop = asyncio.get_running_loop()
         self._reading_paused = asyncio.Event()
         self._reading_paused.set()  # set = reading allowed
+
+    def __repr__(self) -> str:
+        return f"<MessageTransport {self._peer} pending={self._pending_bytes}>"
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
@@ -80,18 +111,39 @@ class MessageTransport(asyncio.Transport):
         return default
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._closing:
-            self._send(bytes(data))
+        if self._closing:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        elif self._pending_bytes + len(data) > FLUSH_BYTES:
+            self._flush()  # a full message now (the flush already scheduled sends the rest)
+        self._pending.append(bytes(data))
+        self._pending_bytes += len(data)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return  # sent already (a full turn, or close), or dropped by abort
+        self._pending = []
+        self._pending_bytes = 0
+        self._send(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
 
     def is_closing(self) -> bool:
         return self._closing
 
     def close(self) -> None:
         if not self._closing:
+            self._flush()
             self._closing = True
             self._close_cb()
 
     def abort(self) -> None:
+        self._pending = []
+        self._pending_bytes = 0
         self.close()
 
     def can_write_eof(self) -> bool:
@@ -99,9 +151,13 @@ class MessageTransport(asyncio.Transport):
 
     def pause_reading(self) -> None:
         self._reading_paused.clear()
+        if self._pause is not None:
+            self._pause()
 
     def resume_reading(self) -> None:
         self._reading_paused.set()
+        if self._resume is not None:
+            self._resume()
 
     def is_reading(self) -> bool:
         return self._reading_paused.is_set()
@@ -218,17 +274,30 @@ class _FramePump:
         self._closed = asyncio.Event()
         self._out: list[bytes] = []
         self._flushing = asyncio.Event()
+        self._sending = False  # the writer task is in a send, maybe waiting for room
 
     async def run(self, peer: tuple[str, int]) -> None:
         transport = MessageTransport(self._send, self._close, peer)
         self._ssh.connection_made(transport)
         try:
             async with asyncio.TaskGroup() as tg:
-                write_task = tg.create_task(self._write())
-                await self._read(transport)
+                writer = tg.create_task(self._write())
+                goodbye = tg.create_task(self._goodbye_on_going_away())
+                reader = tg.create_task(self._read(transport))
+                closed = tg.create_task(self._closed.wait())
+                await asyncio.wait((reader, closed), return_when=asyncio.FIRST_COMPLETED)
+                if not reader.done():
+                    # We sent the close frame (SSH closed, or shutdown): the client has
+                    # CLOSE_TIMEOUT_S to answer with its own (RFC 6455 7.1.1), however
+                    # dead its connection is.
+                    await asyncio.wait((reader,), timeout=CLOSE_TIMEOUT_S)
+                    reader.cancel()
+                closed.cancel()
+                goodbye.cancel()
                 self._closed.set()
                 self._flushing.set()
-                write_task.cancel()
+                await asyncio.wait((writer,), timeout=CLOSE_TIMEOUT_S)  # the last frames
+                writer.cancel()
         except* (OSError, ConnectionError, ProtocolError):
             pass
         finally:
@@ -241,17 +310,34 @@ class _FramePump:
             return
         self._queue(self._ws.data_to_send())
 
-    def _close(self) -> None:
+    async def _goodbye_on_going_away(self) -> None:
+        """The router is shutting down: close with 1001, as the splice would (``_read``
+        ends on the client's close frame, or the relay's grace ends it)."""
+        wait = getattr(self._stream, "wait_going_away", None)
+        if wait is not None:
+            await wait()
+            self._close(CloseCode.GOING_AWAY)
+
+    def _close(self, code: int = CloseCode.NORMAL_CLOSURE) -> None:
         with contextlib.suppress(InvalidState, ProtocolError):
-            self._ws.send_close(1000)
+            self._ws.send_close(code)
             self._out.extend(self._ws.data_to_send())
         self._closed.set()
         self._flushing.set()
 
     def _queue(self, data: list[bytes]) -> None:
-        if data:
-            self._out.extend(data)
-            self._flushing.set()
+        if not data:
+            return
+        if not self._out and not self._sending and not self._stream.must_drain():
+            # Nothing waiting and room below: written now, not by the writer task.
+            try:
+                self._stream.write(data[0] if len(data) == 1 else b"".join(data))
+            except (OSError, ConnectionError):
+                self._closed.set()  # the reader sees the end next
+                self._flushing.set()
+            return
+        self._out.extend(data)
+        self._flushing.set()
 
     async def _write(self) -> None:
         while True:
@@ -260,29 +346,46 @@ class _FramePump:
             while self._out:
                 chunk = b"".join(self._out)
                 self._out.clear()
-                await self._stream.send_all(chunk)  # back-pressure: waits while the peer is slow
+                self._sending = True
+                try:
+                    await self._stream.send_all(chunk)  # back-pressure: waits while slow
+                finally:
+                    self._sending = False
             if self._closed.is_set():
                 return
 
     async def _read(self, transport: MessageTransport) -> None:
         ws = self._ws
         while True:
-            await transport.wait_readable()
+            if not transport.is_reading():
+                await transport.wait_readable()
             data = await self._stream.receive()
             if not data:
                 ws.receive_eof()
                 return
             ws.receive_data(data)
             for event in ws.events_received():
-                if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
-                    self._ssh.data_received(event.data)
-                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                if not isinstance(event, Frame):
+                    continue
+                if event.opcode in _SSH_OPCODES:
+                    self._ssh.data_received(bytes(event.data))
+                elif event.opcode is Opcode.TEXT:
+                    ws.fail(CloseCode.UNSUPPORTED_DATA, "SSH travels in binary messages")
+                    self._queue(ws.data_to_send())
+                    return
+                elif event.opcode is Opcode.CLOSE:
+                    self._queue(ws.data_to_send())  # the protocol's answering close frame
                     return
             self._queue(ws.data_to_send())  # pongs and close replies from the protocol
 
 
 class _PipeEnd:
-    """One end of an in-process byte pipe: a ``ByteStream`` with a bounded queue."""
+    """One end of an in-process byte pipe: a ``ByteStream`` with a bounded queue.
+
+    The relay's end can ``adopt`` the browser's stream once the ``101`` has
+    gone out: from then on the endpoint's end reads and writes that stream
+    itself (``_direct``), and the relay only waits for the session to end.
+    """
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -293,14 +396,20 @@ class _PipeEnd:
         self._writable.set()
         self._eof = False
         self._closed = False
+        self._direct: ByteStream | None = None  # the adopted browser stream (endpoint's end)
+        self._going_away: asyncio.Event | None = None
+        self._adopted = asyncio.Event()
+        self._ended = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"<_PipeEnd {self.label} queued={len(self._chunks)}>"
+        return f"<_PipeEnd {self.label} queued={len(self._chunks)} direct={self._direct!r}>"
 
     # reading side ------------------------------------------------------------
 
     async def receive(self) -> bytes:
         while not self._chunks:
+            if self._direct is not None:
+                return await self._direct.receive()
             if self._eof:
                 return b""
             self._readable.clear()
@@ -329,16 +438,24 @@ class _PipeEnd:
         return self.peer
 
     def write(self, data: bytes) -> None:
+        if self._direct is not None:
+            self._direct.write(data)
+            return
         if self._closed or self._other._eof:
             raise ConnectionResetError(f"{self.label} is closed")
         if data:
             self._other._deliver(bytes(data))
 
     def must_drain(self) -> bool:
+        if self._direct is not None:
+            return self._direct.must_drain()
         return not self._other._writable.is_set()
 
     async def drain(self) -> None:
-        await self._other._writable.wait()
+        if self._direct is not None:
+            await self._direct.drain()
+        else:
+            await self._other._writable.wait()
 
     async def send_all(self, data: bytes) -> None:
         self.write(data)
@@ -346,16 +463,64 @@ class _PipeEnd:
             await self.drain()
 
     async def send_eof(self) -> None:
-        self._other._end()
+        if self._direct is not None:
+            await self._direct.send_eof()
+        else:
+            self._other._end()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._end()
-            self._other._end()
+            self._ended.set()
+            if self._direct is None:
+                self._end()
+                self._other._end()
 
     def abort(self) -> None:
         self.close()  # nothing is queued outside the two ends
+
+    # handing the browser's stream to the endpoint -----------------------------------
+
+    async def adopt(
+        self,
+        client: ByteStream,
+        *,
+        client_rest: bytes,
+        own_rest: bytes,
+        going_away: asyncio.Event | None,
+    ) -> None:
+        """Called on the relay's end after the ``101``: the endpoint takes ``client``
+        over; returns when the endpoint's session ended.
+
+        ``own_rest`` (read behind the ``101`` by the relay's parser) and what is
+        still queued here go to the browser first, in order; ``client_rest``
+        (the browser's bytes behind its request) goes to the endpoint first.
+        Until the first ``await`` nothing else runs, so nothing can come between.
+        """
+        far = self._other
+        backlog = [own_rest, *self._chunks]
+        self._chunks.clear()
+        for data in backlog:
+            if data:
+                client.write(data)
+        if client_rest:
+            far._deliver(client_rest)
+        far._direct = client
+        far._going_away = going_away
+        far._adopted.set()
+        far._readable.set()  # a receive waiting on the pipe goes to ``client`` now
+        self._writable.set()  # so does a write waiting for room in it
+        if client.must_drain():
+            await client.drain()
+        await far._ended.wait()
+
+    async def wait_going_away(self) -> None:
+        """Returns when the relay that handed this end its browser is shutting down."""
+        await self._adopted.wait()
+        if self._going_away is None:
+            await asyncio.Event().wait()  # never
+        else:
+            await self._going_away.wait()
 
 
 # A pipe holds at most this many chunks before its writer must wait.
@@ -399,6 +564,8 @@ class WssConnector:
         """Called by asyncssh.connect: open the WebSocket and start the SSH protocol on it."""
         from websockets.asyncio.client import connect
 
+        from hostmux.tunnel.wss_client import SshWebSocket
+
         kwargs: dict[str, Any] = {}
         if self._url.startswith("wss://") and self._ssl is not None:
             kwargs["ssl"] = self._ssl
@@ -409,36 +576,25 @@ class WssConnector:
             compression=None,  # SSH is encrypted: nothing to compress
             open_timeout=self._open_timeout_s,
             ping_interval=None,  # SSH keepalives do this job
+            create_connection=SshWebSocket,
             **kwargs,
         )
-        outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        assert isinstance(ws, SshWebSocket)
         transport = MessageTransport(
-            outgoing.put_nowait, lambda: outgoing.put_nowait(None), _peer_address(ws)
-        )
+            ws.send_ssh, partial(self._close, ws), _peer_address(ws),
+            pause=ws.transport.pause_reading, resume=ws.transport.resume_reading,
+        )  # fmt: skip
         protocol = factory()
         protocol.connection_made(transport)
-
-        async def send() -> None:
-            while (data := await outgoing.get()) is not None:
-                await ws.send(data)
-            await ws.close()
-
-        async def receive() -> None:
-            try:
-                async for message in ws:
-                    await transport.wait_readable()
-                    protocol.data_received(message if isinstance(message, bytes) else b"")
-            except Exception as exc:  # websockets' ConnectionClosed family and OS errors
-                log.debug(fields("wss_client_closed", reason=type(exc).__name__))
-            finally:
-                outgoing.put_nowait(None)
-                protocol.connection_lost(None)
-
-        for work in (send(), receive()):
-            task = asyncio.ensure_future(work)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        ws.attach(protocol)
         return transport, protocol
+
+    def _close(self, ws: Any) -> None:
+        """The SSH side closed: the closing handshake, in the background (bounded by
+        websockets' close timeout)."""
+        task = asyncio.ensure_future(ws.close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _peer_address(ws: Any) -> tuple[str, int]:

@@ -49,16 +49,28 @@ class VirtualForward(asyncssh.SSHListener):
         return None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ClientState:
-    """One SSH connection: who it is, its forwards and what it was told."""
+    """One SSH connection: who it is, its forwards and what it was told.
+
+    ``changed`` is made when something waits for a change (the DIT4C
+    ``listen`` command), not for every connection: an ``asyncio.Event`` costs
+    ~0.9 KiB, and 10,000 idle tunnels never wait.
+    """
 
     peer: str
     grant: KeyGrant | None = None
     forwards: list[VirtualForward] = field(default_factory=list)
     refusals: list[dict[str, str]] = field(default_factory=list)
     watchers: list[Callable[[str], None]] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _changed_event: asyncio.Event | None = None
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at the next change (a new forward or refusal); a fresh one after that."""
+        if self._changed_event is None:
+            self._changed_event = asyncio.Event()
+        return self._changed_event
 
     def add(self, forward: VirtualForward, line: str) -> None:
         self.forwards.append(forward)
@@ -75,5 +87,6 @@ class ClientState:
     def _changed(self, line: str) -> None:
         for watcher in list(self.watchers):
             watcher(line)
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self._changed_event is not None:
+            self._changed_event.set()
+            self._changed_event = None

@@ -51,8 +51,9 @@ from router.routing import NameTaken
 from router.ssh.auth import Authenticator
 from router.ssh.channel import ChannelStream
 from router.ssh.client_state import ClientState, VirtualForward
+from router.ssh.lean import listen_options, shed_after_auth
 from router.ssh.session import ToolSession
-from router.tunnels import Tunnel, TunnelHub
+from router.tunnels import Blocked, Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
 
@@ -89,7 +90,7 @@ class SshSettings:
     dev_ca_pem: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingOpens:
     """Channel opens one SSH connection has not answered yet, and how many it may have.
 
@@ -134,9 +135,15 @@ class _ConnectionHandler(asyncssh.SSHServer):
     """asyncssh callbacks for one SSH connection."""
 
     def __init__(
-        self, hub: TunnelHub, auth: Authenticator, settings: SshSettings, limits: SshLimits
+        self,
+        hub: TunnelHub,
+        auth: Authenticator,
+        settings: SshSettings,
+        limits: SshLimits,
+        transport: str = "ssh",
     ) -> None:
         self._hub = hub
+        self._transport = transport  # "ssh", or "wss" (SSH over WebSocket)
         self._auth = auth
         self._settings = settings
         self._limits = limits
@@ -145,12 +152,15 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._counted_owner: str | None = None
         self._pending = PendingOpens(settings.max_pending_opens)
         self._lost = False  # connection_lost ran (a cluster claim may still be in flight)
+        # The listener's options, shared, until authentication is over (``router.ssh.lean``).
+        self._listen_options: object | None = None
 
     def __repr__(self) -> str:
         return f"<SSH client {self._state.peer} forwards={len(self._state.forwards)}>"
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        self._listen_options = listen_options(conn)
         host, port = conn.get_extra_info("peername")[:2]
         self._state.peer = f"{host}:{port}"
         if not self._limits.auth_failures.allowed(str(host)):
@@ -214,6 +224,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
             )
             return
         self._counted_owner = grant.owner
+        shed_after_auth(self._connection, self._listen_options)
+        self._listen_options = None
         log.info(fields("ssh_connect", peer=self._state.peer, owner=grant.owner, how=grant.comment))
 
     # -- forwards ------------------------------------------------------------
@@ -282,14 +294,20 @@ class _ConnectionHandler(asyncssh.SSHServer):
             limit = self._limits.max_tunnels_per_owner
             return self._refuse(where, f"this key already holds {limit} tunnels")
         tunnels = [
-            Tunnel(name=name, owner=grant.owner, peer=self._state.peer, open_stream=opener)
+            Tunnel(
+                name=name, owner=grant.owner, peer=self._state.peer, open_stream=opener,
+                transport=self._transport,
+            )
             for name in candidates
-        ]
+        ]  # fmt: skip
         if self._hub.cluster is not None:
             return self._claim_in_cluster(tunnels, listen, port, where)
         for tunnel in tunnels:  # no registry: synchronous, as fast as ever
             try:
                 self._hub.claim(tunnel)
+            except Blocked as blocked:
+                self._limits.remove_tunnel(tunnel.owner)
+                return self._refuse(where, str(blocked))
             except NameTaken:
                 continue
             return self._forward(tunnel, listen, port, where)
@@ -301,6 +319,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
         for tunnel in tunnels:
             try:
                 await self._hub.claim_in_cluster(tunnel)
+            except Blocked as blocked:
+                self._limits.remove_tunnel(tunnel.owner)
+                return self._refuse(where, str(blocked))
             except NameTaken:
                 continue
             except RegistryUnavailable as error:
@@ -471,7 +492,9 @@ async def start_ssh_server(
         host,
         port,
         tunnel=tunnel or CoalescingListener(sock),
-        server_factory=lambda: _ConnectionHandler(hub, auth, settings, limits),
+        server_factory=lambda: _ConnectionHandler(
+            hub, auth, settings, limits, "wss" if tunnel else "ssh"
+        ),
         # asyncssh rebuilds its options for every connection (``reload_config``
         # at the start of auth): a key object, not a path, spares re-reading and
         # parsing the key file each time, and gss_host=None the getfqdn() look-up

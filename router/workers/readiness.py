@@ -16,9 +16,10 @@ with its signal handlers long in place. The rules, kept by ``WorkerStarts``:
    that, Python may not even run yet, and SIGTERM's default action would end
    it on the spot (no graceful stop, no lease released). A worker that says
    it after the stop was asked for gets the signal then, and stops as a
-   router does. SIGUSR1 (whose default action ends a process too) waits for
-   readiness the same way; a worker that never says it is killed at the
-   supervisor's deadline.
+   router does; a worker that never says it is killed at the supervisor's
+   deadline. SIGUSR1 and SIGUSR2 (a drain), whose default action ends a
+   process too, wait for each worker's readiness the same way
+   (``signal_when_ready``).
 3. A ``READY=1`` may arrive before the supervisor has recorded the process it
    comes from (the spawn's await): it is kept by pid until then, from a child
    of the supervisor only (``NotifyReceiver`` checks), and forgotten with it.
@@ -48,6 +49,7 @@ class WorkerStarts:
         self._said_ready: set[int] = set()  # pids that said READY=1 (rule 3: maybe unknown yet)
         self._stop_signal: int | None = None
         self._stop_sent: set[int] = set()
+        self._held: dict[int, list[int]] = {}  # pid -> signals for it once ready
         self.ready = False  # rule 1, once
 
     def __repr__(self) -> str:
@@ -62,6 +64,7 @@ class WorkerStarts:
         self._running.pop(process.pid, None)
         self._said_ready.discard(process.pid)
         self._stop_sent.discard(process.pid)
+        self._held.pop(process.pid, None)
 
     def message(self, pid: int, fields: dict[str, str]) -> None:
         """A worker's sd_notify message (``NotifyReceiver``'s callback)."""
@@ -74,16 +77,23 @@ class WorkerStarts:
         self._stop_signal = signum
         self._changed()
 
-    def send_to_ready(self, signum: int) -> None:
-        """``signum`` to the workers that said READY=1 (rule 2's SIGUSR1)."""
-        for process in self._ready_processes():
-            _send(process, signum)
+    def signal_when_ready(self, signum: int) -> None:
+        """``signum`` to every worker running now: at once if it said READY=1, else once
+        it does (rule 2's SIGUSR1 and SIGUSR2)."""
+        for pid, process in self._running.items():
+            if pid in self._said_ready:
+                _send(process, signum)
+            else:
+                self._held.setdefault(pid, []).append(signum)
 
     def _ready_processes(self) -> list[_Process]:
         return [p for pid, p in self._running.items() if pid in self._said_ready]
 
     def _changed(self) -> None:
         ready = self._ready_processes()
+        for process in ready:
+            for signum in self._held.pop(process.pid, []):
+                _send(process, signum)
         if self._stop_signal is not None:
             for process in ready:
                 if process.pid not in self._stop_sent:

@@ -22,13 +22,17 @@ It never serves a request and never loads asyncssh. In order:
    and passes SIGHUP on to every worker, which reloads in place (same process,
    no tunnel dropped); a worker that ends of it (one still starting, before its
    handler is in place) starts again at once. SIGUSR1 (a router's live counts)
-   is passed on to the workers that are ready.
+   and SIGUSR2 (a drain) are passed on too, to a worker still starting once
+   it is ready (their default action would end it).
 6. serves ``metrics_listen`` for the whole router (``router.workers.ops``:
    each worker's figures, merged) and speaks for it to systemd
    (``Type=notify``, ``NotifyAccess=main``): READY=1 once every worker has
    said READY=1 to the supervisor's own ``NOTIFY_SOCKET`` (``readiness``, rule
    1), STOPPING=1 on the stop signal, WATCHDOG=1 while its loop runs; the
    workers never see systemd's socket.
+7. holds the one admin listener (``admin_listen``): it answers from the
+   registry for every worker (``router.admin.cluster``) and its drain is
+   SIGUSR2 to every worker.
 
 Why subprocesses and not ``multiprocessing``: each worker is exactly the
 router an operator would start by hand (``ps`` shows its command line, its
@@ -59,6 +63,8 @@ import keys
 from hostmux.config.layered import ConfigError
 from hostmux.log import describe, fields
 from hostmux.systemd import Notifier, NotifyReceiver, without_notify
+from router.admin.setup import admin_token, close_admin, start_admin
+from router.admin.token import AdminToken
 from router.config import RouterConfig, load_config
 from router.reload import needs_restart
 from router.state import file_certificates, prepare_state
@@ -105,9 +111,10 @@ async def run_supervisor(config: RouterConfig, argv: Sequence[str]) -> None:
     file_certificates(config)  # the operator's certificate files, checked once
     prepare_state(config)
     cluster = _cluster_link(config, base)
+    token = admin_token(config)
     bound = bind_listeners(config)
     try:
-        await Supervisor(config, argv, count, base, bound, cluster).run()
+        await Supervisor(config, argv, count, base, bound, cluster, token).run()
     finally:
         bound.close()
 
@@ -142,8 +149,10 @@ class Supervisor:
         base: str,
         bound: BoundListeners,
         cluster: ClusterLink | None,
+        admin_token: AdminToken | None = None,
     ) -> None:
         self._config = config
+        self._admin_token = admin_token
         self._argv = list(argv)
         self._count = count
         self._base = base
@@ -191,7 +200,10 @@ class Supervisor:
                 one_port=",".join(addresses["one_port"]) or None, metrics=metrics,
             )
         )  # fmt: skip
-        with self._signals():
+        with self._signals(), contextlib.ExitStack() as closing:
+            if self._admin_token is not None:
+                server = await self._start_admin(self._admin_token)
+                closing.callback(close_admin, self._config, server)
             async with asyncio.TaskGroup() as tg:
                 slots = [tg.create_task(self._keep_running(n)) for n in range(1, self._count + 1)]
                 watchdog = tg.create_task(self._notifier.keep_watchdog())
@@ -287,6 +299,21 @@ class Supervisor:
         self._stopping.set()
         self._starts.stop(signum)
 
+    async def _start_admin(self, token: AdminToken) -> asyncio.Server:
+        from router.admin.cluster import ClusterBackend, connect
+
+        config = self._config
+        backend = ClusterBackend(connect(config.registry), config.registry_prefix, self._drain)
+        return await start_admin(config, token, backend)
+
+    def _drain(self) -> list[str]:
+        """The admin API's drain: SIGUSR2 to every worker (once ready); which ones."""
+        self._starts.signal_when_ready(signal.SIGUSR2)
+        return [
+            f"worker {n} {worker_router_id(self._base, n)} (pid {p.pid})"
+            for n, p in sorted(self._workers.items())
+        ]
+
     def _pass_hup(self) -> None:
         try:
             restart = needs_restart(self._config, load_config(self._argv))
@@ -314,9 +341,11 @@ class Supervisor:
             loop.add_signal_handler(signum, self._stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._pass_hup)
         # A router's live counts (event=stats): each worker logs its own.
-        loop.add_signal_handler(signal.SIGUSR1, self._starts.send_to_ready, signal.SIGUSR1)
+        loop.add_signal_handler(signal.SIGUSR1, self._starts.signal_when_ready, signal.SIGUSR1)
+        # A drain.
+        loop.add_signal_handler(signal.SIGUSR2, self._starts.signal_when_ready, signal.SIGUSR2)
         try:
             yield
         finally:
-            for signum in (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1):
+            for signum in (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
                 loop.remove_signal_handler(signum)

@@ -135,6 +135,55 @@ async def test_silent_or_garbage_websocket_clients_are_dropped(stack: Stack) -> 
     assert (await router.get("nobody", "/")).status_code == 404
 
 
+async def test_a_client_that_never_answers_the_close_frame_is_cut_off(stack: Stack) -> None:
+    # The SSH login timeout closes the session; the endpoint's close frame is never
+    # answered (this client reads but sends nothing), so the endpoint ends the
+    # connection after its close timeout instead of holding it.
+    from hostmux.tunnel.websocket import CLOSE_TIMEOUT_S
+
+    router = await stack.start_router("--ssh-login-timeout-s", "1")
+    tcp = await trio.open_tcp_stream("127.0.0.1", router.https_port)
+    stream = trio.SSLStream(tcp, router.ssl_context(), server_hostname=router.domain)
+    try:
+        await stream.send_all(
+            f"GET /_hostmux/ssh HTTP/1.1\r\nHost: {router.domain}:{router.https_port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        )
+        received = b""
+        with trio.fail_after(1 + CLOSE_TIMEOUT_S + START_TIMEOUT_S):
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 101 ")
+        assert b"\x88" in received.split(b"\r\n\r\n", 1)[1]  # a close frame came first
+    finally:
+        await stream.aclose()
+
+
+async def test_a_text_message_ends_the_session_with_1003_at_once(stack: Stack) -> None:
+    # A login timeout far beyond the wait below: the close is the endpoint's answer.
+    router = await stack.start_router("--ssh-login-timeout-s", "60")
+    tcp = await trio.open_tcp_stream("127.0.0.1", router.https_port)
+    stream = trio.SSLStream(tcp, router.ssl_context(), server_hostname=router.domain)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery, stream, f"{router.domain}:{router.https_port}", "/_hostmux/ssh"
+            )
+            await ws.send_message("SSH-2.0-in-a-text-message\r\n")
+            code = None
+            with trio.fail_after(START_TIMEOUT_S):
+                try:
+                    while True:
+                        await ws.get_message()  # the router's SSH version line comes first
+                except trio_websocket.ConnectionClosed as closed:
+                    code = closed.reason.code if closed.reason else None
+            assert code == 1003
+            nursery.cancel_scope.cancel()
+    finally:
+        await stream.aclose()
+
+
 async def test_plain_openssh_through_the_proxycommand_helper(world: World) -> None:
     stack, router = world.stack, world.router
     proxy = (

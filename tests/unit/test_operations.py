@@ -249,7 +249,7 @@ def test_worker_starts_ready_once_all_said_so_and_stop_waits_for_readiness() -> 
     starts.started(three)
     starts.message(13, {"READY": "1"})
     assert said == ["ready"]
-    starts.send_to_ready(signal.SIGUSR1)
+    starts.signal_when_ready(signal.SIGUSR1)
     assert (two.signals, three.signals) == ([signal.SIGUSR1], [signal.SIGUSR1])
 
 
@@ -260,13 +260,13 @@ def test_worker_starts_holds_a_stop_signal_until_the_worker_is_ready() -> None:
     starts.started(one)
     starts.started(two)
     starts.message(21, {"READY": "1"})
-    starts.send_to_ready(signal.SIGUSR1)
-    assert two.signals == []  # still starting: SIGUSR1 would end it
+    starts.signal_when_ready(signal.SIGUSR2)
+    assert (one.signals, two.signals) == ([signal.SIGUSR2], [])  # SIGUSR2 would end it now
     starts.stop(signal.SIGTERM)
-    assert (one.signals, two.signals) == ([signal.SIGUSR1, signal.SIGTERM], [])
+    assert (one.signals, two.signals) == ([signal.SIGUSR2, signal.SIGTERM], [])
     starts.message(22, {"READY": "1"})
     starts.message(22, {"READY": "1"})  # said twice: signalled once
-    assert two.signals == [signal.SIGTERM]
+    assert two.signals == [signal.SIGUSR2, signal.SIGTERM]  # in the order asked
     assert said == []  # stopping: never ready
 
 

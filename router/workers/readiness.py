@@ -83,8 +83,8 @@ class WorkerStarts:
         for pid, process in self._running.items():
             if pid in self._said_ready:
                 _send(process, signum)
-            else:
-                self._held.setdefault(pid, []).append(signum)
+            elif signum not in (held := self._held.setdefault(pid, [])):  # pending once,
+                held.append(signum)  # as the kernel keeps a signal
 
     def _ready_processes(self) -> list[_Process]:
         return [p for pid, p in self._running.items() if pid in self._said_ready]

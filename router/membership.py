@@ -12,7 +12,9 @@ Rules (issue 17, step 2):
 2. Releases go to the registry in the background, never blocking an SSH
    callback; a failed one is logged (the lease then lapses by itself).
 3. Every ``lease_ttl_s / 3`` the leases of the tunnels this router serves are
-   renewed (``LeaseKeeper``); one reported lost closes its tunnel at once.
+   renewed (``LeaseKeeper``); one reported lost closes its tunnel at once. A
+   router serving no tunnel pings the registry instead, so whether the
+   registry answers is always current (``/readyz``, ``hostmux_degraded``).
 4. Fail static: while the registry cannot be reached, held tunnels keep
    serving for at most ``name_reservation_s``, then are closed: within that
    window no other key can claim their names (rule 3 of ``router.routing``),

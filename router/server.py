@@ -372,8 +372,9 @@ async def _bind_ops(router: Router, ops: RouterOps, listening: Listening) -> Non
 async def serve_router(router: Router, listening: Listening, stop: asyncio.Event) -> None:
     """Step 3: say ``router_ready``, run the background tasks, return once ``stop`` is set.
 
-    A router of its own (no supervisor) tells systemd too (``Type=notify``):
-    READY=1 now, STOPPING=1 when it stops, WATCHDOG=1 while it runs if asked.
+    It tells systemd too (``Type=notify``), or a worker its supervisor (which
+    speaks to systemd for it, ``router.workers.readiness``): READY=1 now,
+    STOPPING=1 when it stops, WATCHDOG=1 while it runs if asked.
     """
     config = router.config
     if router.admin_agent is not None:
@@ -381,13 +382,12 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
     _announce_ready(router, listening.addresses)
     if router.ops is not None:
         router.ops.serving = True
-    notifier = Notifier() if not config.worker_index else None  # a worker's is its supervisor
+    notifier = Notifier()  # a worker's NOTIFY_SOCKET is its supervisor's
     start = asyncio.get_running_loop().create_task
     background = [start(_sweep_reservations(router.hub), name="sweep")]
-    if notifier is not None:
-        notifier.ready(f"serving *.{config.domain}")
-        if notifier.watchdog_s is not None:
-            background.append(start(notifier.keep_watchdog(), name="watchdog"))
+    notifier.ready(f"serving *.{config.domain}")
+    if notifier.watchdog_s is not None:
+        background.append(start(notifier.keep_watchdog(), name="watchdog"))
     if config.worker_index:  # a supervisor's worker ends with it (killed: no signal)
         background.append(start(end_with_supervisor(stop), name="supervisor-watch"))
     if router.hub.cluster is not None:
@@ -412,8 +412,7 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
     finally:
         if router.ops is not None:
             router.ops.stopping = True
-        if notifier is not None:
-            notifier.stopping()
+        notifier.stopping()
     log.info(fields("router_stopping", connections=len(router.connections)))
 
 

@@ -145,6 +145,9 @@ class MemoryRegistry:
             return None
         return found[0]
 
+    async def ping(self) -> None:
+        return None  # always reachable
+
     @asynccontextmanager
     async def invalidations(self) -> AsyncIterator[AsyncIterator[Invalidation]]:
         """Resource handling: the subscription ends when the block does.

@@ -187,6 +187,10 @@ class RouteRegistry(Protocol):
         """Where ``router_id``'s cluster link listens, if it advertised it and it has not lapsed."""
         ...
 
+    async def ping(self) -> None:
+        """Ask the registry for nothing but an answer (RegistryUnavailable without one)."""
+        ...
+
     def invalidations(self) -> AbstractAsyncContextManager[AsyncIterator[Invalidation]]:
         """Subscribe to changes; subscribed once entered. A lost subscription raises
         RegistryUnavailable from the iterator: drop the whole route cache then."""

@@ -226,6 +226,10 @@ class RedisRegistry:
             value = await self._client.get(f"{self._prefix}peer:{check_id('router id', router_id)}")
         return None if value is None else _text(value)
 
+    async def ping(self) -> None:
+        with _translated("ping"):
+            await self._client.ping()
+
     @asynccontextmanager
     async def invalidations(self) -> AsyncIterator[AsyncIterator[Invalidation]]:
         """Subscribe to ``<prefix>routes``; subscribed (acknowledged) once entered.

@@ -6,6 +6,10 @@ usual rules, and a lease whose name another key took meanwhile, or that a
 newer connection on this router replaced, is reported lost so the router
 closes that tunnel at once.
 
+A round with no lease to renew pings the registry instead (one PING), so
+that a router holding no tunnel knows too whether the registry answers (its
+/readyz and metrics say so); a round that renews sends nothing more.
+
 The keeper records since when the registry has been unreachable; the router
 decides from it when to stop serving (fail static for at most
 name_reservation_s, issue 17) — this module only tells.
@@ -19,7 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from router.registry.model import Lease, RegistryError, RegistryUnavailable, RouteRegistry
+from router.registry.model import (
+    Lease,
+    RegistryError,
+    RegistryUnavailable,
+    Renewal,
+    RouteRegistry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +64,14 @@ class LeaseKeeper:
         )
 
     async def renew_once(self) -> None:
-        """One round: renew every lease; report lost ones; note reachability."""
+        """One round: renew every lease (none: a ping); report lost ones; note reachability."""
+        leases = self._leases()
         try:
-            renewal = await self._registry.renew_all(self._router_id, self._leases())
+            if leases:
+                renewal = await self._registry.renew_all(self._router_id, leases)
+            else:  # nothing to renew: the registry is asked for an answer all the same
+                await self._registry.ping()
+                renewal = Renewal(kept=(), lost=())
         except RegistryUnavailable as error:
             if self.unavailable_since is None:
                 self.unavailable_since = self._clock()

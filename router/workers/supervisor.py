@@ -13,19 +13,23 @@ It never serves a request and never loads asyncssh. In order:
    ``plan``), the sockets passed with ``pass_fds``;
 4. restarts a worker that dies, after ``plan.RestartBackoff``'s delay;
 5. passes SIGTERM/SIGINT on and waits: each worker does a router's graceful
-   shutdown (leases released at once, requests drained); a second signal, or
+   shutdown (leases released at once, requests drained); a worker still
+   starting gets the signal once it says it is ready (``readiness``, rule 2),
+   so a stop during start-up is as clean; a second signal, or
    ``shutdown_grace_s + _STOP_MARGIN_S`` without an end, kills the rest with
    SIGKILL. SIGHUP is a reload (``router.reload``): the supervisor reads the
    configuration again to name, in one line, the options that need a restart,
    and passes SIGHUP on to every worker, which reloads in place (same process,
    no tunnel dropped); a worker that ends of it (one still starting, before its
    handler is in place) starts again at once. SIGUSR1 (a router's live counts)
-   and SIGUSR2 (a drain) are passed on too.
+   and SIGUSR2 (a drain) are passed on too, to a worker still starting once
+   it is ready (their default action would end it).
 6. serves ``metrics_listen`` for the whole router (``router.workers.ops``:
    each worker's figures, merged) and speaks for it to systemd
-   (``Type=notify``, ``NotifyAccess=main``): READY=1 once the sockets are bound
-   and the workers started, STOPPING=1 on the stop signal, WATCHDOG=1 while its
-   loop runs; the workers do not get ``NOTIFY_SOCKET``.
+   (``Type=notify``, ``NotifyAccess=main``): READY=1 once every worker has
+   said READY=1 to the supervisor's own ``NOTIFY_SOCKET`` (``readiness``, rule
+   1), STOPPING=1 on the stop signal, WATCHDOG=1 while its loop runs; the
+   workers never see systemd's socket.
 7. holds the one admin listener (``admin_listen``): it answers from the
    registry for every worker (``router.admin.cluster``) and its drain is
    SIGUSR2 to every worker.
@@ -58,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import keys
 from hostmux.config.layered import ConfigError
 from hostmux.log import describe, fields
-from hostmux.systemd import Notifier, without_notify
+from hostmux.systemd import Notifier, NotifyReceiver, without_notify
 from router.admin.setup import admin_token, close_admin, start_admin
 from router.admin.token import AdminToken
 from router.config import RouterConfig, load_config
@@ -75,6 +79,7 @@ from router.workers.plan import (
     worker_flags,
     worker_router_id,
 )
+from router.workers.readiness import WorkerStarts
 from router.workers.sockets import BoundListeners, bind_listeners
 
 if TYPE_CHECKING:
@@ -160,6 +165,8 @@ class Supervisor:
         self._fault: str | None = None
         self._notifier = Notifier()
         self._child_env = without_notify(os.environ)
+        self._starts = WorkerStarts(count, self._all_ready)
+        self._worker_notify = NotifyReceiver(self._starts.message)
 
     def __repr__(self) -> str:
         pids = {n: p.pid for n, p in sorted(self._workers.items())}
@@ -167,12 +174,14 @@ class Supervisor:
 
     async def run(self) -> None:
         addresses = self._bound.addresses()
+        self._child_env["NOTIFY_SOCKET"] = self._worker_notify.open()
         ops = await self._start_ops() if self._config.metrics_listen else None
         try:
             await self._run(addresses, ops.address if ops is not None else None)
         finally:
             if ops is not None:
                 await ops.close()
+            self._worker_notify.close()
 
     async def _start_ops(self) -> OpsServer:
         # Imported here: prometheus-client is loaded only when metrics are served.
@@ -198,7 +207,6 @@ class Supervisor:
             async with asyncio.TaskGroup() as tg:
                 slots = [tg.create_task(self._keep_running(n)) for n in range(1, self._count + 1)]
                 watchdog = tg.create_task(self._notifier.keep_watchdog())
-                self._notifier.ready(f"{self._count} workers")
                 await self._stopping.wait()
                 watchdog.cancel()
                 deadline_s = self._config.shutdown_grace_s + _STOP_MARGIN_S
@@ -228,6 +236,7 @@ class Supervisor:
             started = loop.time()
             returncode = await process.wait()
             del self._workers[n]
+            self._starts.ended(process)
             hup_sent = n in self._hup_sent
             self._hup_sent.discard(n)
             status, lived_s = describe_exit(returncode), round(loop.time() - started, 1)
@@ -267,9 +276,12 @@ class Supervisor:
                 router=worker_router_id(self._base, n),
             )
         )  # fmt: skip
-        if self._stopping.is_set():  # the stop signal came while it was being started
-            process.send_signal(signal.SIGTERM)
+        self._starts.started(process)  # a stop asked for meanwhile reaches it once ready
         return process
+
+    def _all_ready(self) -> None:
+        log.info(fields("workers_ready", workers=self._count))
+        self._notifier.ready(f"{self._count} workers")
 
     def _stop(self, signum: int) -> None:
         """First stop signal: pass it on to every worker; a second (later than
@@ -285,7 +297,7 @@ class Supervisor:
         self._notifier.stopping()
         self._stop_asked_at = now
         self._stopping.set()
-        self._send_all(signum)
+        self._starts.stop(signum)
 
     async def _start_admin(self, token: AdminToken) -> asyncio.Server:
         from router.admin.cluster import ClusterBackend, connect
@@ -295,8 +307,8 @@ class Supervisor:
         return await start_admin(config, token, backend)
 
     def _drain(self) -> list[str]:
-        """The admin API's drain: SIGUSR2 to every worker; which ones."""
-        self._send_all(signal.SIGUSR2)
+        """The admin API's drain: SIGUSR2 to every worker (once ready); which ones."""
+        self._starts.signal_when_ready(signal.SIGUSR2)
         return [
             f"worker {n} {worker_router_id(self._base, n)} (pid {p.pid})"
             for n, p in sorted(self._workers.items())
@@ -329,8 +341,9 @@ class Supervisor:
             loop.add_signal_handler(signum, self._stop, signum)
         loop.add_signal_handler(signal.SIGHUP, self._pass_hup)
         # A router's live counts (event=stats): each worker logs its own.
-        loop.add_signal_handler(signal.SIGUSR1, self._send_all, signal.SIGUSR1)
-        loop.add_signal_handler(signal.SIGUSR2, self._send_all, signal.SIGUSR2)  # a drain
+        loop.add_signal_handler(signal.SIGUSR1, self._starts.signal_when_ready, signal.SIGUSR1)
+        # A drain.
+        loop.add_signal_handler(signal.SIGUSR2, self._starts.signal_when_ready, signal.SIGUSR2)
         try:
             yield
         finally:

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import (
     START_TIMEOUT_S,
+    LoggedProcess,
     Router,
     Stack,
     World,
@@ -43,6 +44,7 @@ from .redis_server import RedisServer
 from .test_workers import BASE_ID, Workers, requests_until_both_workers_answer, worker_ready
 
 METRICS = r"metrics=127\.0\.0\.1:(\d+)"
+STARTED = r"event=worker_started worker_index={n} pid=(\d+) "
 # Reason: Prometheus scrapes every second here; a loaded 2-core machine may lag a few.
 PROMETHEUS_DEADLINE_S = 30.0
 
@@ -401,6 +403,99 @@ async def two_workers(stack: Stack, redis_server: RedisServer, notify: NotifySoc
     assert {pid for pid, _ in notify.messages} == {supervisor}
 
 
+async def spawn_workers(
+    stack: Stack, redis: RedisServer, env: dict[str, str], *extra: str
+) -> LoggedProcess:
+    """A supervisor of two workers (no metrics), not waited for."""
+    state_dir = stack.path("router-state")
+    state_dir.mkdir()
+    (state_dir / "authorized_keys").touch()
+    return await stack.spawn(
+        "supervisor",
+        [
+            sys.executable, "-m", "router", "--state-dir", str(state_dir),
+            "--authorized-keys-file", str(state_dir / "authorized_keys"),
+            "--ssh-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0", "--workers", "2", "--registry", redis.url,
+            "--router-id", BASE_ID, *extra,
+        ],
+        env=env,
+    )  # fmt: skip
+
+
+def logged_at(line: str) -> datetime.datetime:
+    """A log line's ``ts`` (milliseconds, cut down, not rounded: never later than the call)."""
+    match = re.match(r"ts=(\S+)Z ", line)
+    assert match is not None, line
+    return datetime.datetime.fromisoformat(match[1]).replace(tzinfo=datetime.UTC)
+
+
+async def test_with_workers_ready_1_comes_once_both_workers_serve(
+    stack: Stack, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Without metrics_listen too: READY=1 waits for each worker's own readiness."""
+    with NotifySocket(tmp_path / "notify.sock") as notify:
+        await notify.bind()
+        proc = await spawn_workers(
+            stack, redis_server, {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+        )
+        assert await notify.wait_for("READY=1") == proc.process.pid
+        received = datetime.datetime.now(datetime.UTC)
+        # Each worker logged router_ready (then said READY=1 to its supervisor) before
+        # the supervisor said READY=1 to systemd.
+        for n in (1, 2):
+            assert logged_at((await worker_ready(proc, n)).string) <= received
+        said = await proc.wait_for(r"event=workers_ready workers=2 worker=supervisor$")
+        assert logged_at(said.string) <= received
+        bound = proc.find(r"event=supervisor_ready .*https=127\.0\.0\.1:(\d+) ")
+        ready = await worker_ready(proc, 1)
+        assert bound is not None
+        router = Router(
+            proc=proc, state_dir=stack.path("router-state"),
+            authorized_keys=stack.path("router-state") / "authorized_keys",
+            ssh_port=int(ready["ssh"]), https_port=int(bound[1]), http_port=int(ready["http"]),
+            host_key_fingerprint=ready["key"], ca_cert=Path(ready["ca"]),
+        )  # fmt: skip
+        pids = {n: int((await worker_ready(proc, n))["pid"]) for n in (1, 2)}
+        # A request through each worker is answered (a 404: no tunnel by that name).
+        statuses = await requests_until_both_workers_answer(Workers(router, pids), "nobody")
+        assert set(statuses) == {404}
+        proc.process.send_signal(signal.SIGTERM)
+        assert await notify.wait_for("STOPPING=1") == proc.process.pid
+        assert await proc.wait_exit() == 0
+        assert [text for _, text in notify.messages].count("READY=1\nSTATUS=2 workers") == 1
+        assert {pid for pid, _ in notify.messages} == {proc.process.pid}
+
+
+async def test_sigterm_while_the_workers_start_stops_each_cleanly(
+    stack: Stack, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """SIGTERM right after the workers were spawned (still starting Python): every
+    worker does a router's graceful stop (exit 0, its leases released), within the
+    grace, no traceback; systemd hears STOPPING=1 and never READY=1."""
+    grace_s = 10.0
+    with NotifySocket(tmp_path / "notify.sock") as notify:
+        await notify.bind()
+        proc = await spawn_workers(
+            stack, redis_server, {**os.environ, "NOTIFY_SOCKET": str(notify.path)},
+            "--shutdown-grace-s", f"{grace_s:g}",
+        )  # fmt: skip
+        pids = {n: int((await proc.wait_for(STARTED.format(n=n)))[1]) for n in (1, 2)}
+        proc.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(grace_s):
+            assert await proc.process.wait() == 0
+        await proc.wait_for(r"event=supervisor_stopped workers=2 worker=supervisor$")  # its last
+        for n, pid in pids.items():
+            assert proc.find(rf'event=worker_stopped worker_index={n} pid={pid} status="exit 0"')
+            released = rf"event=registry_released router={re.escape(BASE_ID)}\.{n} names=0 .*"
+            assert proc.find(released + rf"worker={n}$") is not None
+            assert proc.find(rf"event=router_stopped worker={n}$") is not None
+        assert not any("Traceback" in line for line in proc.lines)
+        assert proc.lines[-1].endswith("event=supervisor_stopped workers=2 worker=supervisor")
+        assert await notify.wait_for("STOPPING=1") == proc.process.pid
+        assert not any("READY=1" in text.split("\n") for _, text in notify.messages)
+
+
 async def test_a_real_prometheus_scrapes_the_router(world: World, tmp_path: Path) -> None:
     """Debian's prometheus scrapes /metrics; its HTTP API then reports the requests."""
     if shutil.which("prometheus") is None:
@@ -544,6 +639,35 @@ async def test_readyz_follows_the_registry_degraded_then_cut_off(
     assert sample((await get(port, "/metrics")).text, "hostmux_ready") == 0
     assert (await get(port, "/healthz")).status_code == 200
     assert router.proc.process.returncode is None  # still running, waiting for Redis
+
+
+async def test_readyz_follows_the_registry_with_no_tunnel_to_renew(
+    stack: Stack, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A router that holds no tunnel renews no lease: it pings the registry instead, so
+    /readyz says "degraded" within lease_ttl_s of Redis stopping, and "ready" once it
+    is back."""
+    lease_ttl_s = 3.0
+    _, port = await metrics_router(
+        stack, "--registry", redis_server.url, "--lease-ttl-s", f"{lease_ttl_s:g}",
+        "--name-reservation-s", "600",
+    )  # fmt: skip
+    assert (await get(port, "/readyz")).json() == {"status": "ready"}
+    redis_server.stop()
+    with trio.fail_after(lease_ttl_s):
+        body = await ready_state(port, 200, "degraded")
+    assert body["degraded"] == {"registry": ANY}
+    text = (await get(port, "/metrics")).text
+    assert sample(text, "hostmux_degraded", component="registry") == 1
+    assert sample(text, "hostmux_ready") == 1
+    back = RedisServer(tmp_path, port=redis_server.port)
+    try:
+        with trio.fail_after(lease_ttl_s):
+            await ready_state(port, 200, "ready")
+        text = (await get(port, "/metrics")).text
+        assert sample(text, "hostmux_degraded", component="registry") == 0
+    finally:
+        back.stop()
 
 
 async def test_readyz_fails_while_the_router_drains_after_sigterm(stack: Stack) -> None:

@@ -435,6 +435,56 @@ def test_the_lease_keeper_reasserts_leases_when_redis_comes_back_empty(tmp_path:
             server.stop()
 
 
+def test_the_lease_keeper_pings_only_when_it_has_no_lease_to_renew(tmp_path: Path) -> None:
+    """A router with no tunnel still learns that Redis went and came back (a PING per
+    round); one with leases sends its renewal and nothing more."""
+    first = RedisServer(tmp_path)
+    servers = [first]
+
+    async def pings_and_renewals(stats: redis.asyncio.Redis) -> tuple[int, int]:
+        info = await stats.info("commandstats")
+        return (
+            int(info.get("cmdstat_ping", {}).get("calls", 0)),
+            int(info.get("cmdstat_evalsha", {}).get("calls", 0)),
+        )
+
+    async def body() -> None:
+        registry = RedisRegistry.from_url(
+            first.url, prefix="ping:", reservation_s=LONG_S, timeout_s=0.5
+        )
+        leases: list[Lease] = []
+        keeper = LeaseKeeper(registry, "router-a", lambda: leases, lambda _: None)
+        stats = redis.asyncio.from_url(first.url)
+        try:
+            await stats.config_resetstat()
+            await keeper.renew_once()
+            assert keeper.unavailable_since is None
+            assert await pings_and_renewals(stats) == (1, 0)
+            await registry.claim("app", "key-a", "router-a", "conn-1")
+            leases.append(Lease("app", "key-a", "conn-1"))
+            await keeper.renew_once()  # the first loads the renewal script (NOSCRIPT, LOAD)
+            await stats.config_resetstat()
+            await keeper.renew_once()
+            assert await pings_and_renewals(stats) == (0, 1)  # the renewal, no PING
+            leases.clear()
+            await stats.aclose()
+            first.stop()
+            await keeper.renew_once()
+            assert keeper.unavailable_since is not None
+            servers.append(RedisServer(tmp_path, port=first.port))
+            await keeper.renew_once()
+            assert keeper.unavailable_since is None
+        finally:
+            await stats.aclose()
+            await registry.aclose()
+
+    try:
+        scenario(body)
+    finally:
+        for server in servers:
+            server.stop()
+
+
 # --- Redis only ------------------------------------------------------------------------------
 
 

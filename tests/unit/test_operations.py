@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import signal
 import socket
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -22,9 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from hostmux.metric_values import DurationHistogram, code_class
 from hostmux.ops_server import LOOP_ANSWER_S, Endpoints, OpsServer, Readiness
 from hostmux.relay import RequestRecord
-from hostmux.systemd import Notifier, without_notify
+from hostmux.systemd import MAX_MESSAGE_BYTES, Notifier, NotifyReceiver, without_notify
 from router.operations import RequestFigures, certificate_problem
 from router.workers.ops import combined_readiness, merge_metrics
+from router.workers.readiness import WorkerStarts
+
+from .asyncio_bounded import run
 
 
 def record(status: int, *, name: str = "demo", ms: float = 3.0) -> RequestRecord:
@@ -186,6 +191,87 @@ def test_watchdog_period_and_child_environment() -> None:
     assert Notifier(other).watchdog_s is None  # meant for another process
     env = {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "1", "PATH": "/bin"}
     assert without_notify(env) == {"PATH": "/bin"}
+
+
+def test_notify_receiver_hears_its_children_only() -> None:
+    """A child's READY=1 comes with the child's pid; this process's own message (not a
+    child's) and a child's message too long to read whole are dropped."""
+
+    async def scenario() -> list[tuple[int, dict[str, str]]]:
+        heard: list[tuple[int, dict[str, str]]] = []
+        got = asyncio.Event()
+
+        def on_message(pid: int, message: dict[str, str]) -> None:
+            heard.append((pid, message))
+            got.set()
+
+        receiver = NotifyReceiver(on_message)
+        address = receiver.open()
+        try:
+            assert address.startswith("@hostmux-notify-")
+            Notifier({"NOTIFY_SOCKET": address}).send("READY=1")  # this process: no child
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c",
+                "from hostmux.systemd import Notifier; notifier = Notifier(); "
+                f"notifier.send('READY=1', 'STATUS={'x' * MAX_MESSAGE_BYTES}'); "
+                "notifier.ready('up')",
+                env={**os.environ, "NOTIFY_SOCKET": address},
+            )  # fmt: skip
+            assert await child.wait() == 0
+            await got.wait()  # the child's message (datagrams arrive in order)
+            return [(pid if pid != child.pid else -1, message) for pid, message in heard]
+        finally:
+            receiver.close()
+
+    assert run(scenario()) == [(-1, {"READY": "1", "STATUS": "up"})]
+
+
+class FakeWorker:
+    """A worker process as ``WorkerStarts`` sees one: a pid and the signals it was sent."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[int] = []
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+
+def test_worker_starts_ready_once_all_said_so_and_stop_waits_for_readiness() -> None:
+    said: list[str] = []
+    starts = WorkerStarts(2, lambda: said.append("ready"))
+    one, two, three = FakeWorker(11), FakeWorker(12), FakeWorker(13)
+    starts.message(12, {"READY": "1"})  # before its process was recorded (rule 3)
+    starts.started(one)
+    starts.started(two)
+    starts.message(11, {"STATUS": "starting"})
+    assert said == []
+    starts.message(11, {"READY": "1"})
+    assert said == ["ready"] and starts.ready
+    starts.ended(one)  # a restart: readiness is not taken back, nor said again
+    starts.started(three)
+    starts.message(13, {"READY": "1"})
+    assert said == ["ready"]
+    starts.signal_when_ready(signal.SIGUSR1)
+    assert (two.signals, three.signals) == ([signal.SIGUSR1], [signal.SIGUSR1])
+
+
+def test_worker_starts_holds_a_stop_signal_until_the_worker_is_ready() -> None:
+    said: list[str] = []
+    starts = WorkerStarts(2, lambda: said.append("ready"))
+    one, two = FakeWorker(21), FakeWorker(22)
+    starts.started(one)
+    starts.started(two)
+    starts.message(21, {"READY": "1"})
+    starts.signal_when_ready(signal.SIGUSR2)
+    starts.signal_when_ready(signal.SIGUSR2)  # held once, as the kernel keeps one
+    assert (one.signals, two.signals) == ([signal.SIGUSR2] * 2, [])  # it would end two now
+    starts.stop(signal.SIGTERM)
+    assert (one.signals, two.signals) == ([signal.SIGUSR2, signal.SIGUSR2, signal.SIGTERM], [])
+    starts.message(22, {"READY": "1"})
+    starts.message(22, {"READY": "1"})  # said twice: signalled once
+    assert two.signals == [signal.SIGUSR2, signal.SIGTERM]  # in the order asked
+    assert said == []  # stopping: never ready
 
 
 def fetch(url: str) -> tuple[int, bytes]:

@@ -268,6 +268,19 @@ class _RouterCollector(Collector):
         rejections.add_metric(["tunnels_per_key"], router.ssh_limits.tunnels_refused)
         rejections.add_metric(["ssh_auth_failures"], counts["ssh_auth_rate_limited"])
         yield rejections
+        if router.events is not None:
+            events = CounterMetricFamily(
+                "hostmux_portal_events", "events sent to events_url, by outcome "
+                "(refused: a final non-2xx answer, dropped; overflow: the queue was full)",
+                labels=["result"],
+            )  # fmt: skip
+            for result, value in router.events.counts.items():
+                events.add_metric([result], value)
+            yield events
+            yield GaugeMetricFamily(
+                "hostmux_portal_events_pending", "events waiting for the portal",
+                value=router.events.pending(),
+            )  # fmt: skip
         portal = router.auth.portal
         if portal is not None:
             yield histogram_family(

@@ -117,6 +117,7 @@ class Router:
     # get (``tls`` is their context) and the limits new browser connections get.
     certificates: FrontDoorTls | None = None
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    events: TunnelEvents | None = None  # events_url set: the queue to the portal
 
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
@@ -385,6 +386,7 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
             router_id=router.hub.cluster.router_id if router.hub.cluster else None,
             timeout_s=config.portal_timeout_s,
         )  # fmt: skip
+        router.events = events
         router.hub.observers.append(events.publish)
         background.append(start(events.run(), name="events"))
     for sock in listening.one_port_sockets:

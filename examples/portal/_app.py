@@ -19,8 +19,9 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
 * ``GET  /.well-known/jwks.json`` — the portal's public signing key (revocations).
 * ``POST /instances/{id}/certificate`` (admin) — an SSH user certificate,
   principal = id, from the portal's CA; ``GET /ssh-ca.pub`` — the CA key.
-* ``POST /router-events`` — signed tunnel up/down events (see ``_events``); a
-  ``tunnel_up`` event's URL becomes the instance's URL (the router vouches for it).
+* ``POST /router-events`` — signed router events (see ``_events``; kinds other
+  than tunnel up/down are answered 204 and ignored); a ``tunnel_up`` event's URL
+  becomes the instance's URL (the router vouches for it).
 * ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin):
   ``{"servers", "host_keys", "domains"?}``.
 * The OAuth2 and sharing endpoints are in ``_login`` (``DELETE
@@ -272,14 +273,19 @@ async def router_events(request: Request) -> Response:
     try:
         event = json.loads(body)
         kind, name = str(event["event"]), str(event["name"])
+        # Version 1 puts each kind's fields under "data"; older routers sent them flat.
+        data = event["data"] if event.get("v") == 1 else event
+        if not isinstance(data, dict):
+            raise TypeError("data is not an object")
         # In a cluster each router says its id: the name is up while any holds it.
-        router = str(event.get("router_id") or event.get("router", ""))
+        router = str(data.get("router_id") or event.get("router", ""))
         since = float(event.get("ts", 0))
-        url = str(event.get("url") or "").rstrip("/")
-    except (ValueError, KeyError, TypeError):
-        return _error(400, "expected {event, name, url, router, ts}")
+        url = str(data.get("url") or "").rstrip("/")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _error(400, "expected {v, event, name, router, ts, data}")
     if kind not in ("tunnel_up", "tunnel_down"):
-        return _error(400, f"unknown event {kind!r}")
+        # The contract: 2xx for kinds this portal does not know, so the router moves on.
+        return Response(status_code=204)
     if await state.db.instance(name) is not None:
         await state.db.set_tunnel(name, "up" if kind == "tunnel_up" else "down", router, since)
         # The router names the URL it serves the instance at, under the events secret:

@@ -281,6 +281,15 @@ class _RouterCollector(Collector):
                 "hostmux_portal_events_pending", "events waiting for the portal",
                 value=router.events.pending(),
             )  # fmt: skip
+        if router.gateway.holding is not None:
+            holding = CounterMetricFamily(
+                "hostmux_holding", "portal mode, names no tunnel serves: holding pages "
+                "served, portal look-ups asked, look-ups refused by holding_lookups_per_minute",
+                labels=["result"],
+            )  # fmt: skip
+            for result, value in router.gateway.holding.counts.items():
+                holding.add_metric([result], value)
+            yield holding
         portal = router.auth.portal
         if portal is not None:
             yield histogram_family(

@@ -75,6 +75,7 @@ class PortalUnavailable(Exception):
 class _CacheEntry:
     fingerprints: frozenset[str]
     expires: float
+    exists: bool = True  # the portal answered 200 (False: 404, no such instance)
 
 
 class PortalKeys:
@@ -141,6 +142,20 @@ class PortalKeys:
             pending.add_done_callback(lambda _: self._inflight.pop(instance_id, None))
         return await asyncio.shield(pending)
 
+    def known(self, instance_id: str) -> bool | None:
+        """From the cache only: whether the portal has this instance (None: not cached)."""
+        entry = self._cache.get(instance_id)
+        if entry is None or entry.expires <= self._clock():
+            return None
+        return entry.exists
+
+    async def exists(self, instance_id: str) -> bool:
+        """Whether the portal has this instance (its keys URL answers 200, not 404);
+        cached like the keys (it is the same request). Raises PortalUnavailable."""
+        await self.fingerprints(instance_id)
+        entry = self._cache.get(instance_id)
+        return entry is not None and entry.exists
+
     async def _fetch(self, instance_id: str) -> frozenset[str]:
         started = self._clock()
         try:
@@ -169,7 +184,7 @@ class PortalKeys:
             log.warning(fields("portal_unavailable", url=url, reason=describe(exc)))
             raise PortalUnavailable(f"the portal did not answer ({describe(exc)})") from None
         if response.status_code == 404:
-            return self._remember(instance_id, frozenset(), self._negative_ttl_s)
+            return self._remember(instance_id, frozenset(), self._negative_ttl_s, exists=False)
         if response.status_code != 200:
             log.warning(fields("portal_unavailable", url=url, status=response.status_code))
             raise PortalUnavailable(f"the portal answered {response.status_code}")
@@ -181,8 +196,10 @@ class PortalKeys:
         ttl = self._ttl_s if found else self._negative_ttl_s
         return self._remember(instance_id, found, ttl)
 
-    def _remember(self, instance_id: str, found: frozenset[str], ttl: float) -> frozenset[str]:
-        self._cache[instance_id] = _CacheEntry(found, self._clock() + ttl)
+    def _remember(
+        self, instance_id: str, found: frozenset[str], ttl: float, *, exists: bool = True
+    ) -> frozenset[str]:
+        self._cache[instance_id] = _CacheEntry(found, self._clock() + ttl, exists)
         if len(self._cache) > 100_000:  # bound memory: forget the oldest half
             for stale in list(self._cache)[: len(self._cache) // 2]:
                 del self._cache[stale]

@@ -56,6 +56,7 @@ from hostmux.tunnel.websocket import WssAcceptor
 from router.admin import setup as admin
 from router.admin.token import AdminToken
 from router.config import RouterConfig
+from router.holding import HoldingPages, LookupLimit
 from router.membership import Membership
 from router.one_port import open_listening_socket, serve_one_port
 from router.portal import PortalKeys, TunnelEvents
@@ -259,6 +260,13 @@ def build_router(config: RouterConfig) -> Router:
         admin_token=admin.admin_token(config),
         admin_agent=agent,
     )
+    if router.auth.portal is not None:
+        # Portal mode: instances the portal knows get "starting…", here and (in a
+        # cluster) for names no router holds.
+        holding = HoldingPages(router.auth.portal, LookupLimit(config.holding_lookups_per_minute))
+        gateway.holding = holding
+        if link is not None:
+            link.forwarder.holding = holding
     if config.metrics_listen:
         # Imported here: prometheus-client is loaded only by routers that serve metrics.
         from router.operations import RouterOps

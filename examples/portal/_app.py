@@ -23,7 +23,8 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
   than tunnel up/down are answered 204 and ignored); a ``tunnel_up`` event's URL
   becomes the instance's URL (the router vouches for it).
 * ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin):
-  ``{"servers", "host_keys", "domains"?}``.
+  ``{"servers", "host_keys", "domains"?}``; ``GET /admin/stats`` (admin): request
+  counts (``key_lookups``, ``events``).
 * The OAuth2 and sharing endpoints are in ``_login`` (``DELETE
   /instances/{id}/shares/{user}`` among them).
 * ``GET  /`` — a page of instances and their live URLs; ``GET /healthz``.
@@ -157,6 +158,7 @@ async def create_instance(request: Request) -> Response:
 
 
 async def instance_keys(request: Request) -> Response:
+    state_of(request).counts["key_lookups"] += 1
     instance = await state_of(request).db.instance(request.path_params["id"])
     if instance is None:
         return _error(404, "no such instance")
@@ -263,6 +265,7 @@ async def ssh_ca_public(request: Request) -> Response:
 
 async def router_events(request: Request) -> Response:
     state = state_of(request)
+    state.counts["events"] += 1
     body = await _body_at_most(request, _MAX_EVENT_BYTES)
     if body is None:
         return _error(413, "event too large")
@@ -295,6 +298,12 @@ async def router_events(request: Request) -> Response:
         if kind == "tunnel_up" and _routers.is_instance_url(url, name, [domain]):
             await _register_url(state, name, url)
     return Response(status_code=204)
+
+
+async def stats(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    return JSONResponse(state_of(request).counts)
 
 
 async def list_instances(request: Request) -> Response:
@@ -388,6 +397,7 @@ def build_app(state: PortalState, session_secret: str) -> Starlette:
             Route("/config.json", config_json),
             Route("/ssh-ca.pub", ssh_ca_public),
             Route("/admin/routers", put_routers, methods=["PUT"]),
+            Route("/admin/stats", stats, methods=["GET"]),
             Route("/instances", create_instance, methods=["POST"]),
             Route("/instances", list_instances, methods=["GET"]),
             Route("/instances/{id}", get_instance, methods=["GET"]),

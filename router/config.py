@@ -143,7 +143,12 @@ class RouterConfig:
         10.0, "how long 'no such instance' is cached", minimum=0, maximum=DAY_S,
         zero="not cached: each login for an unknown instance asks the portal",
     )  # fmt: skip
-    events_url: str = option("", "POST tunnel_up/tunnel_down events here (signed JSON)")
+    holding_lookups_per_minute: int = option(
+        20, "portal mode: portal look-ups one client IP may trigger per minute for names no "
+        "tunnel serves (the holding page); over it, 404/502 without asking", minimum=0,
+        maximum=100_000, zero="no look-ups for browsers: cached answers only",
+    )  # fmt: skip
+    events_url: str = option("", "POST events here (signed JSON, version-1 schema)")
     events_secret: str = option("", "HMAC-SHA256 secret for X-Hostmux-Signature on events")
     router_name: str = option("", "this router's name in events (default: its SSH address)")
     registry: str = option(

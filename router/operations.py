@@ -274,6 +274,28 @@ class _RouterCollector(Collector):
         rejections.add_metric(["tunnels_per_key"], router.ssh_limits.tunnels_refused)
         rejections.add_metric(["ssh_auth_failures"], counts["ssh_auth_rate_limited"])
         yield rejections
+        if router.events is not None:
+            events = CounterMetricFamily(
+                "hostmux_portal_events", "events sent to events_url, by outcome "
+                "(refused: a final non-2xx answer, dropped; overflow: the queue was full)",
+                labels=["result"],
+            )  # fmt: skip
+            for result, value in router.events.counts.items():
+                events.add_metric([result], value)
+            yield events
+            yield GaugeMetricFamily(
+                "hostmux_portal_events_pending", "events waiting for the portal",
+                value=router.events.pending(),
+            )  # fmt: skip
+        if router.gateway.holding is not None:
+            holding = CounterMetricFamily(
+                "hostmux_holding", "portal mode, names no tunnel serves: holding pages "
+                "served, portal look-ups asked, look-ups refused by holding_lookups_per_minute",
+                labels=["result"],
+            )  # fmt: skip
+            for result, value in router.gateway.holding.counts.items():
+                holding.add_metric([result], value)
+            yield holding
         portal = router.auth.portal
         if portal is not None:
             yield histogram_family(

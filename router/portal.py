@@ -13,13 +13,26 @@ or OpenSSH authorized_keys lines. The rules:
 3. Answers are bounded (size and key count) and parsed by well-kept code
    (joserfc via ``keys``; cryptography for OpenSSH lines).
 
-Tunnel events. ``tunnel_up`` / ``tunnel_down`` are POSTed as JSON to
-``events_url`` with ``X-Hostmux-Signature: sha256=<hex HMAC-SHA256 of the
-body>`` under a shared secret, from a bounded queue, retried with back-off;
-in a cluster each also carries ``router_id`` and the name's ``generation`` (a
-name is up while any router holds it: track it per router);
-when the queue is full the oldest event is dropped (and logged), never the
-router's memory.
+Events. Every event is one JSON schema (version 1)::
+
+    {"v": 1, "event": KIND, "name": NAME, "router": ROUTER, "ts": UNIX_TIME,
+     "data": {...}}
+
+``tunnel_up`` / ``tunnel_down`` carry ``data.url``, and in a cluster
+``data.router_id`` and the name's ``data.generation`` (a name is up while any
+router holds it: track it per router). Events are POSTed to ``events_url`` with
+``X-Hostmux-Signature: sha256=<hex HMAC-SHA256 of the body>`` under a shared
+secret, in order, from a bounded queue. Delivery rules:
+
+1. 2xx: delivered. A portal answers 2xx to kinds it does not know, so a new
+   kind never needs a portal upgrade first.
+2. A timeout, a failed connection or a 5xx is retried (capped back-off): the
+   portal is away, the event still matters.
+3. Any other answer (4xx, 3xx) is final: the event is dropped, logged and
+   counted (``hostmux_portal_events_total{result="refused"}``), so one event the
+   portal will never take cannot block the queue.
+4. When the queue is full the oldest event is dropped (logged, counted as
+   ``overflow``), never the router's memory.
 """
 
 from __future__ import annotations
@@ -62,6 +75,7 @@ class PortalUnavailable(Exception):
 class _CacheEntry:
     fingerprints: frozenset[str]
     expires: float
+    exists: bool = True  # the portal answered 200 (False: 404, no such instance)
 
 
 class PortalKeys:
@@ -128,6 +142,20 @@ class PortalKeys:
             pending.add_done_callback(lambda _: self._inflight.pop(instance_id, None))
         return await asyncio.shield(pending)
 
+    def known(self, instance_id: str) -> bool | None:
+        """From the cache only: whether the portal has this instance (None: not cached)."""
+        entry = self._cache.get(instance_id)
+        if entry is None or entry.expires <= self._clock():
+            return None
+        return entry.exists
+
+    async def exists(self, instance_id: str) -> bool:
+        """Whether the portal has this instance (its keys URL answers 200, not 404);
+        cached like the keys (it is the same request). Raises PortalUnavailable."""
+        await self.fingerprints(instance_id)
+        entry = self._cache.get(instance_id)
+        return entry is not None and entry.exists
+
     async def _fetch(self, instance_id: str) -> frozenset[str]:
         started = self._clock()
         try:
@@ -156,7 +184,7 @@ class PortalKeys:
             log.warning(fields("portal_unavailable", url=url, reason=describe(exc)))
             raise PortalUnavailable(f"the portal did not answer ({describe(exc)})") from None
         if response.status_code == 404:
-            return self._remember(instance_id, frozenset(), self._negative_ttl_s)
+            return self._remember(instance_id, frozenset(), self._negative_ttl_s, exists=False)
         if response.status_code != 200:
             log.warning(fields("portal_unavailable", url=url, status=response.status_code))
             raise PortalUnavailable(f"the portal answered {response.status_code}")
@@ -168,8 +196,10 @@ class PortalKeys:
         ttl = self._ttl_s if found else self._negative_ttl_s
         return self._remember(instance_id, found, ttl)
 
-    def _remember(self, instance_id: str, found: frozenset[str], ttl: float) -> frozenset[str]:
-        self._cache[instance_id] = _CacheEntry(found, self._clock() + ttl)
+    def _remember(
+        self, instance_id: str, found: frozenset[str], ttl: float, *, exists: bool = True
+    ) -> frozenset[str]:
+        self._cache[instance_id] = _CacheEntry(found, self._clock() + ttl, exists)
         if len(self._cache) > 100_000:  # bound memory: forget the oldest half
             for stale in list(self._cache)[: len(self._cache) // 2]:
                 del self._cache[stale]
@@ -210,13 +240,36 @@ def sign_event_body(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+EVENT_SCHEMA_VERSION = 1
+
+
+def event_body(
+    event: str, name: str, router: str, data: dict[str, object], *, ts: float | None = None
+) -> dict[str, object]:
+    """One event in the version-1 schema (the portal contract, ``docs/deploy.md``)."""
+    return {
+        "v": EVENT_SCHEMA_VERSION,
+        "event": event,
+        "name": name,
+        "router": router,
+        "ts": time.time() if ts is None else ts,
+        "data": data,
+    }
+
+
+def _retryable(status: int) -> bool:
+    """Whether an answer means "try again later" (5xx) rather than "never" (the rest)."""
+    return status >= 500
+
+
 @dataclass
 class TunnelEvents:
-    """Reports tunnel up/down to the portal, in order, without blocking the router.
+    """Reports events (tunnel up/down, ...) to the portal, in order, without blocking the router.
 
-    Resource handling: ``run`` is the one task that sends; ``publish`` only
-    queues. Error handling: failed deliveries are retried with capped
-    exponential back-off; nothing here can fail a tunnel.
+    Resource handling: ``run`` is the one task that sends; ``publish`` and
+    ``send`` only queue. Error handling: timeouts, failed connections and 5xx
+    are retried with capped exponential back-off; any other non-2xx answer drops
+    the event (logged, counted); nothing here can fail a tunnel.
     """
 
     url: str
@@ -228,24 +281,35 @@ class TunnelEvents:
     timeout_s: float = 5.0
     retry_first_s: float = 0.5  # the first back-off after a failed delivery
     retry_cap_s: float = _EVENT_RETRY_CAP_S
+    max_pending: int = _MAX_PENDING_EVENTS
+    # Outcomes so far, for metrics: delivered, refused (a final non-2xx), overflow.
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"delivered": 0, "refused": 0, "overflow": 0}
+    )
     _queue: deque[dict[str, object]] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     def publish(self, event: str, name: str, url: str | None, generation: int = 0) -> None:
-        if len(self._queue) >= _MAX_PENDING_EVENTS:
-            dropped = self._queue.popleft()
-            log.warning(fields("portal_event_dropped", name=dropped.get("name")))
-        body: dict[str, object] = {
-            "event": event,
-            "name": name,
-            "url": url,
-            "router": self.router_name,
-            "ts": time.time(),
-        }
+        """A tunnel event (the hub's observer signature)."""
+        data: dict[str, object] = {"url": url}
         if self.router_id is not None:
-            body |= {"router_id": self.router_id, "generation": generation}
-        self._queue.append(body)
+            data |= {"router_id": self.router_id, "generation": generation}
+        self.send(event, name, data)
+
+    def send(self, event: str, name: str, data: dict[str, object]) -> None:
+        """Queue any event kind for ``name`` (the portal answers 2xx to kinds it does not know)."""
+        if len(self._queue) >= self.max_pending:
+            dropped = self._queue.popleft()
+            self.counts["overflow"] += 1
+            log.warning(
+                fields("portal_event_dropped", kind=dropped["event"], name=dropped["name"],
+                       reason="queue full")
+            )  # fmt: skip
+        self._queue.append(event_body(event, name, self.router_name, data))
         self._wakeup.set()
+
+    def pending(self) -> int:
+        return len(self._queue)
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
@@ -261,17 +325,29 @@ class TunnelEvents:
                     "content-type": "application/json",
                     "x-hostmux-signature": sign_event_body(self.secret, body),
                 }
+                status = 0
                 try:
                     response = await client.post(self.url, content=body, headers=headers)
-                    ok = 200 <= response.status_code < 300
-                    reason = f"status {response.status_code}"
+                    status = response.status_code
+                    reason = f"status {status}"
                 except HTTP_CALL_FAILURES as exc:
-                    ok, reason = False, describe(exc)
-                if ok:
+                    reason = describe(exc)
+                if 200 <= status < 300:
                     self._queue.popleft()
+                    self.counts["delivered"] += 1
                     log.info(
                         fields("portal_event_delivered", kind=event["event"], name=event["name"])
                     )
+                    delay = self.retry_first_s
+                    continue
+                if status and not _retryable(status):
+                    # Final: the portal will not take this event, however often it is sent.
+                    self._queue.popleft()
+                    self.counts["refused"] += 1
+                    log.warning(
+                        fields("portal_event_dropped", kind=event["event"], name=event["name"],
+                               reason=reason)
+                    )  # fmt: skip
                     delay = self.retry_first_s
                     continue
                 log.warning(

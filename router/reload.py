@@ -41,7 +41,10 @@ log = logging.getLogger("hostmux.router")
 _TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_cert_dir")
 _KEY_FILES = ("authorized_keys_file", "portal_ca_keys_file")
 _BROWSER_LIMITS = ("max_connections", "max_connections_per_ip")
-_PORTAL_TIMES = ("portal_timeout_s", "portal_cache_ttl_s", "portal_negative_cache_ttl_s")
+_PORTAL_TIMES = (
+    "portal_timeout_s", "portal_cache_ttl_s", "portal_negative_cache_ttl_s",
+    "holding_lookups_per_minute",
+)  # fmt: skip
 _SSH_LIMITS = (
     "max_ssh_connections_per_key", "max_tunnels_per_key", "ssh_auth_failures_burst",
     "ssh_auth_failures_per_minute",
@@ -161,3 +164,5 @@ def _apply_limits(router: Router, config: RouterConfig) -> None:
             timeout_s=config.portal_timeout_s, ttl_s=config.portal_cache_ttl_s,
             negative_ttl_s=config.portal_negative_cache_ttl_s,
         )  # fmt: skip
+    if router.gateway.holding is not None:
+        router.gateway.holding.limit.per_minute = config.holding_lookups_per_minute

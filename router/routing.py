@@ -50,7 +50,8 @@ class _Entry(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class Offline:
-    """Lookup result for a name whose tunnel went away recently (answered with 502)."""
+    """Lookup result for a name whose tunnel went away recently (answered with 502, or
+    in portal mode the holding page for an instance the portal knows)."""
 
     name: str
 

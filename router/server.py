@@ -56,6 +56,7 @@ from hostmux.tunnel.websocket import WssAcceptor
 from router.admin import setup as admin
 from router.admin.token import AdminToken
 from router.config import RouterConfig
+from router.holding import HoldingPages, LookupLimit
 from router.membership import Membership
 from router.one_port import open_listening_socket, serve_one_port
 from router.portal import PortalKeys, TunnelEvents
@@ -118,6 +119,7 @@ class Router:
     # get (``tls`` is their context) and the limits new browser connections get.
     certificates: FrontDoorTls | None = None
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    events: TunnelEvents | None = None  # events_url set: the queue to the portal
 
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
@@ -274,6 +276,13 @@ def build_router(config: RouterConfig) -> Router:
         )  # fmt: skip
     if hub.tcp is not None and link is not None:
         hub.tcp.forward = link.forwarder.open_port
+    if router.auth.portal is not None:
+        # Portal mode: instances the portal knows get "starting…", here and (in a
+        # cluster) for names no router holds.
+        holding = HoldingPages(router.auth.portal, LookupLimit(config.holding_lookups_per_minute))
+        gateway.holding = holding
+        if link is not None:
+            link.forwarder.holding = holding
     if config.metrics_listen:
         # Imported here: prometheus-client is loaded only by routers that serve metrics.
         from router.operations import RouterOps
@@ -403,6 +412,7 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
             router_id=router.hub.cluster.router_id if router.hub.cluster else None,
             timeout_s=config.portal_timeout_s,
         )  # fmt: skip
+        router.events = events
         router.hub.observers.append(events.publish)
         background.append(start(events.run(), name="events"))
     for sock in listening.one_port_sockets:

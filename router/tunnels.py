@@ -37,6 +37,7 @@ from router.routing import NameTaken, Offline, RouteTable
 
 if TYPE_CHECKING:
     from router.cluster.forwarding import Forwarder
+    from router.holding import HoldingPages
     from router.membership import Membership
     from router.tcp_ports import TcpPorts
 
@@ -231,6 +232,8 @@ class TunnelGateway:
         self.response_headers = None if keep_cookie_domain else host_only_cookies
         # Names held on other routers of the cluster (``cluster_listen`` set); None: 404/502.
         self.forwarder: Forwarder | None = None
+        # Portal mode: "starting…" for instances the portal knows whose tunnel is not up.
+        self.holding: HoldingPages | None = None
 
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
@@ -261,16 +264,12 @@ class TunnelGateway:
             return self.forwarder.route(
                 target.label, host, request_id, client, _wants_html(request)
             )
-        if found is None:
-            return status_page(
-                404, f"no tunnel is called {target.label!r}", request_id=request_id,
-                as_html=_wants_html(request),
-            )  # fmt: skip
-        if isinstance(found, Offline):
-            return status_page(
-                502, f"the tunnel {target.label!r} is offline; it may be reconnecting",
-                request_id=request_id, as_html=_wants_html(request),
-            )  # fmt: skip
+        if found is None or isinstance(found, Offline):
+            as_html = _wants_html(request)
+            otherwise = not_served_page(target.label, found is not None, request_id, as_html)
+            if self.holding is None:
+                return otherwise
+            return self.holding.answer(target.label, client.peer_ip, request_id, as_html, otherwise)
         if request.method == b"GET" and facts_of(request).websocket_upgrade:
             if found.websockets is None:
                 found.websockets = set()
@@ -282,6 +281,18 @@ class TunnelGateway:
             response_headers=self.response_headers,
             response_headers_checked=True,  # host_only_cookies keeps values valid
         )
+
+
+def not_served_page(label: str, reserved: bool, request_id: str, as_html: bool) -> Page:
+    """404 for a name nobody holds, 502 for one reserved after its tunnel left."""
+    if reserved:
+        return status_page(
+            502, f"the tunnel {label!r} is offline; it may be reconnecting",
+            request_id=request_id, as_html=as_html,
+        )  # fmt: skip
+    return status_page(
+        404, f"no tunnel is called {label!r}", request_id=request_id, as_html=as_html
+    )
 
 
 def _wants_html(request: Request) -> bool:

@@ -19,10 +19,12 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
 * ``GET  /.well-known/jwks.json`` — the portal's public signing key (revocations).
 * ``POST /instances/{id}/certificate`` (admin) — an SSH user certificate,
   principal = id, from the portal's CA; ``GET /ssh-ca.pub`` — the CA key.
-* ``POST /router-events`` — signed tunnel up/down events (see ``_events``); a
-  ``tunnel_up`` event's URL becomes the instance's URL (the router vouches for it).
+* ``POST /router-events`` — signed router events (see ``_events``; kinds other
+  than tunnel up/down are answered 204 and ignored); a ``tunnel_up`` event's URL
+  becomes the instance's URL (the router vouches for it).
 * ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin):
-  ``{"servers", "host_keys", "domains"?}``.
+  ``{"servers", "host_keys", "domains"?}``; ``GET /admin/stats`` (admin): request
+  counts (``key_lookups``, ``events``).
 * The OAuth2 and sharing endpoints are in ``_login`` (``DELETE
   /instances/{id}/shares/{user}`` among them).
 * ``GET  /`` — a page of instances and their live URLs; ``GET /healthz``.
@@ -156,6 +158,7 @@ async def create_instance(request: Request) -> Response:
 
 
 async def instance_keys(request: Request) -> Response:
+    state_of(request).counts["key_lookups"] += 1
     instance = await state_of(request).db.instance(request.path_params["id"])
     if instance is None:
         return _error(404, "no such instance")
@@ -262,6 +265,7 @@ async def ssh_ca_public(request: Request) -> Response:
 
 async def router_events(request: Request) -> Response:
     state = state_of(request)
+    state.counts["events"] += 1
     body = await _body_at_most(request, _MAX_EVENT_BYTES)
     if body is None:
         return _error(413, "event too large")
@@ -272,14 +276,19 @@ async def router_events(request: Request) -> Response:
     try:
         event = json.loads(body)
         kind, name = str(event["event"]), str(event["name"])
+        # Version 1 puts each kind's fields under "data"; older routers sent them flat.
+        data = event["data"] if event.get("v") == 1 else event
+        if not isinstance(data, dict):
+            raise TypeError("data is not an object")
         # In a cluster each router says its id: the name is up while any holds it.
-        router = str(event.get("router_id") or event.get("router", ""))
+        router = str(data.get("router_id") or event.get("router", ""))
         since = float(event.get("ts", 0))
-        url = str(event.get("url") or "").rstrip("/")
-    except (ValueError, KeyError, TypeError):
-        return _error(400, "expected {event, name, url, router, ts}")
+        url = str(data.get("url") or "").rstrip("/")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _error(400, "expected {v, event, name, router, ts, data}")
     if kind not in ("tunnel_up", "tunnel_down"):
-        return _error(400, f"unknown event {kind!r}")
+        # The contract: 2xx for kinds this portal does not know, so the router moves on.
+        return Response(status_code=204)
     if await state.db.instance(name) is not None:
         await state.db.set_tunnel(name, "up" if kind == "tunnel_up" else "down", router, since)
         # The router names the URL it serves the instance at, under the events secret:
@@ -289,6 +298,12 @@ async def router_events(request: Request) -> Response:
         if kind == "tunnel_up" and _routers.is_instance_url(url, name, [domain]):
             await _register_url(state, name, url)
     return Response(status_code=204)
+
+
+async def stats(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    return JSONResponse(state_of(request).counts)
 
 
 async def list_instances(request: Request) -> Response:
@@ -382,6 +397,7 @@ def build_app(state: PortalState, session_secret: str) -> Starlette:
             Route("/config.json", config_json),
             Route("/ssh-ca.pub", ssh_ca_public),
             Route("/admin/routers", put_routers, methods=["PUT"]),
+            Route("/admin/stats", stats, methods=["GET"]),
             Route("/instances", create_instance, methods=["POST"]),
             Route("/instances", list_instances, methods=["GET"]),
             Route("/instances/{id}", get_instance, methods=["GET"]),

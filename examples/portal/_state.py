@@ -31,6 +31,9 @@ class PortalState:
     )
     # The CA that signs the routers' certificates, for pushes (None: the system's trust).
     router_ca_file: Path | None = None
+    # Requests served so far, by kind ("key_lookups": GET /instances/{id}/keys), for
+    # GET /admin/stats: what routers cost the portal (the holding page's rate limit).
+    counts: dict[str, int] = field(default_factory=lambda: {"key_lookups": 0, "events": 0})
     oauth: PortalAuthorizationServer = field(init=False)
 
     def __post_init__(self) -> None:

@@ -96,6 +96,52 @@ def status_page(
     return Page(status=status, headers=headers, body=body)
 
 
+# The holding page's own policy: no script, no fetches; its inline style only.
+_HOLDING_CSP = b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+def holding_page(name: str, *, retry_after_s: int, request_id: str = "", as_html: bool) -> Page:
+    """503 "starting…": the name's instance exists but its tunnel is not up yet.
+
+    The HTML reloads itself every ``retry_after_s`` (a meta refresh: no script,
+    so a strict CSP holds), so the browser gets the app once the tunnel is up
+    without the user doing anything; other clients get one line and
+    ``Retry-After``.
+    """
+    if as_html:
+        rid = (
+            f"<p><small>request id <code>{html.escape(request_id)}</code></small></p>"
+            if request_id
+            else ""
+        )
+        body = (
+            f"<!doctype html><html><head><meta charset=utf-8>"
+            f'<meta http-equiv=refresh content="{retry_after_s}">'
+            f"<title>Starting\u2026</title><style>{_STYLE}</style></head><body>"
+            f"<h1 id=starting>Starting {html.escape(name)}\u2026</h1>"
+            f"<p>The app is starting. This page reloads itself every {retry_after_s} s "
+            "and shows the app once it is up.</p>"
+            f"{rid}<p><small>hostmux</small></p></body></html>\n"
+        ).encode()
+        content_type = b"text/html; charset=utf-8"
+    else:
+        rid = f" (request id {request_id})" if request_id else ""
+        body = (f"503 Starting: {name!s} is starting; retry in {retry_after_s} s{rid}\n").encode()
+        content_type = b"text/plain; charset=utf-8"
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after_s).encode()),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-security-policy", _HOLDING_CSP),
+        (b"x-hostmux-error", b"503"),
+    ]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
+    return Page(status=503, headers=headers, body=body)
+
+
 def _link_html(link: tuple[str, str] | None) -> str:
     if link is None:
         return ""

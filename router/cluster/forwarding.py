@@ -4,8 +4,9 @@
 Redis); only a name it does not hold comes here (``Forwarder.route``):
 
 - a cached route answers at once: unknown -> 404, held by nobody (reserved
-  for its owner) -> 502 offline, held -> a ``Destination`` whose ``open``
-  forwards to a holder over the router link;
+  for its owner) -> 502 offline (in portal mode, for an instance the portal
+  knows, the holding page instead: ``router.holding``), held -> a
+  ``Destination`` whose ``open`` forwards to a holder over the router link;
 - a miss is a coroutine that looks the name up in the registry (bounded by
   ``LOOKUP_TIMEOUT_S``) and decides the same way; a registry that cannot be
   reached answers 502 with a one-line reason, except for a name with a
@@ -33,7 +34,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import NoReturn
+from inspect import isawaitable
+from typing import TYPE_CHECKING, NoReturn
 
 from hostmux.http1 import ClientInfo, Headers, Page, status_page
 from hostmux.log import fields
@@ -42,7 +44,10 @@ from router.cluster.link import LinkPool, LinkStream, PeerUnreachable
 from router.cluster.routes import RouteCache
 from router.cluster.wire import ERROR_HEADER, LinkError, StreamRequest
 from router.registry.model import RegistryError, RegistryUnavailable, Route, RouteRegistry
-from router.tunnels import TunnelHub
+from router.tunnels import TunnelHub, not_served_page
+
+if TYPE_CHECKING:
+    from router.holding import HoldingPages
 
 log = logging.getLogger("hostmux.cluster")
 
@@ -82,6 +87,8 @@ class Forwarder:
         self._budget_s = connect_timeout_s * LINK_SHARE_OF_CONNECT_TIMEOUT
         self._response_headers = response_headers
         self._peers: dict[str, tuple[str, float]] = {}  # router id: (address, fetched at)
+        # Portal mode: "starting…" for instances the portal knows that no router holds.
+        self.holding: HoldingPages | None = None
 
     def __repr__(self) -> str:
         return f"<Forwarder router={self.router_id!r} {self.cache!r} {self.pool!r}>"
@@ -111,7 +118,8 @@ class Forwarder:
                     as_html=as_html,
                 )  # fmt: skip
             route = fallback  # fail static: the holder re-checks owner and generation
-        return self._decide(label, host, route, request_id, client, as_html)
+        decided = self._decide(label, host, route, request_id, client, as_html)
+        return await decided if isawaitable(decided) else decided
 
     def _decide(
         self,
@@ -121,16 +129,14 @@ class Forwarder:
         request_id: str,
         client: ClientInfo,
         as_html: bool,
-    ) -> Destination | Page:
-        if route is None:
-            return status_page(
-                404, f"no tunnel is called {label!r}", request_id=request_id, as_html=as_html
-            )
-        if not route.holders:
-            return status_page(
-                502, f"the tunnel {label!r} is offline; it may be reconnecting",
-                request_id=request_id, as_html=as_html,
-            )  # fmt: skip
+    ) -> Destination | Page | Awaitable[Page]:
+        if route is None or not route.holders:
+            # Unknown (404) or reserved with no holder anywhere (502); in portal mode an
+            # instance the portal knows gets the holding page instead.
+            otherwise = not_served_page(label, route is not None, request_id, as_html)
+            if self.holding is None:
+                return otherwise
+            return self.holding.answer(label, client.peer_ip, request_id, as_html, otherwise)
         return Destination(
             key=host,
             label=label,

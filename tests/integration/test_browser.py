@@ -31,6 +31,7 @@ from examples.portal.pods import instance_environment
 from .conftest import START_TIMEOUT_S, LoggedProcess, Router, Stack
 from .test_portal_mode import (
     Portal,
+    dit4c_listener,
     start_portal,
     start_portal_router,
     write_private_key,
@@ -313,3 +314,25 @@ async def test_cookies_and_states_that_are_not_ours_are_refused(
     login = await get(alice, "//evil.example/%2F..", None)
     assert login.status_code == 302
     assert login.headers["location"].startswith(world.portal.url + "/oauth/authorize")
+
+
+async def test_the_holding_page_becomes_the_app_by_itself(stack: Stack, tmp_path: Path) -> None:
+    """Issue 21's acceptance: an instance the portal created, its listener not started:
+    503 "starting…" that reloads itself, then the app, with nobody touching the browser."""
+    portal = await start_portal(stack)
+    router = await start_portal_router(stack, portal)
+    instance = await portal.create_instance("alice")
+    key = write_private_key(stack, instance)
+    app = await stack.start_app()
+    chrome = await trio.to_thread.run_sync(Browser, tmp_path / "browser", router.ca_cert)
+    try:
+        await chrome.open(router.url(instance["id"]) + "/headers")
+        await chrome.wait_until(lambda d: d.find_elements(By.ID, "starting"), "the holding page")
+        assert f"Starting {instance['id']}" in await chrome.text()
+        listener = await dit4c_listener(stack, router, instance, key, app)
+        await listener.wait_for(r"event=tunnel_up|event=url_published ")
+        # No click, no reload from here: the page's own refresh brings the app.
+        await chrome.wait_until(lambda d: '"_server"' in d.page_source, "the app")
+        assert '"_server"' in await chrome.text()
+    finally:
+        await trio.to_thread.run_sync(chrome.close)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from router.cluster.identity import link_contexts
 from router.cluster.link import LinkPool, LinkStream
 from router.cluster.peer_server import PeerServer
 from router.cluster.wire import LinkError, StreamRequest
+from router.holding import HoldingPages, LookupLimit
+from router.portal import PortalKeys
 from router.registry.memory import MemoryRegistry
 from router.registry.model import Holder, Route
 from router.tunnels import Tunnel, TunnelHub
@@ -237,3 +241,73 @@ def test_an_app_that_stops_reading_pushes_back_to_the_sender_and_loses_nothing(
 
 def _holder(router_id: str) -> Holder:
     return Holder(router_id=router_id, connection_id="c", lease_expires=0.0)
+
+
+class _PortalKnows(http.server.BaseHTTPRequestHandler):
+    """A portal's keys URL: ``/instances/lab-known/keys`` exists (no keys), the rest 404."""
+
+    asked: list[str]
+
+    def do_GET(self) -> None:
+        type(self).asked.append(self.path)
+        known = self.path == "/instances/lab-known/keys"
+        body = b'{"keys": []}' if known else b"no such instance"
+        self.send_response(200 if known else 404)
+        self.send_header("content-type", "application/json" if known else "text/plain")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_name_no_router_holds_gets_the_holding_page_if_the_portal_knows_it(
+    tmp_path: Path,
+) -> None:
+    handler: type[_PortalKnows] = type("Knows", (_PortalKnows,), {"asked": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/instances/{{id}}/keys"
+
+    async def decide(forwarder: Forwarder, name: str) -> Page:
+        routed = forwarder.route(name, f"{name}.localhost", "rid", CLIENT, as_html=True)
+        decision = routed if isinstance(routed, Destination | Page) else await routed
+        assert isinstance(decision, Page), decision
+        return decision
+
+    async def scenario() -> None:
+        async with _pair(tmp_path) as pair:
+            portal = PortalKeys(url, timeout_s=5.0, ttl_s=60.0, negative_ttl_s=60.0)
+            pair.forwarder.holding = HoldingPages(portal, LookupLimit(3))
+            try:
+                # No router holds either name (the registry says so); the portal knows one.
+                known = await decide(pair.forwarder, "lab-known")
+                assert known.status == 503
+                assert dict(known.headers)[b"retry-after"] == b"5"
+                assert b"http-equiv=refresh" in known.body
+                assert (await decide(pair.forwarder, "lab-stranger")).status == 404
+                # A name reserved for its owner, held by nobody: the same rule.
+                claim = await pair.registry.claim("lab-known", "owner", "a", "c1")
+                assert claim is not None
+                await pair.registry.release("lab-known", "a", "c1")
+                reserved = await pair.registry.lookup("lab-known")
+                assert reserved is not None and not reserved.holders
+                pair.forwarder.cache.drop("lab-known")
+                assert (await decide(pair.forwarder, "lab-known")).status == 503
+                # Cached answers cost no look-up; new names past the limit are not asked.
+                for n in range(10):
+                    assert (await decide(pair.forwarder, f"lab-random-{n}")).status == 404
+                assert pair.forwarder.holding.counts["limited"] >= 8
+            finally:
+                await portal.aclose()
+
+    try:
+        run(scenario())
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert handler.asked[:2] == ["/instances/lab-known/keys", "/instances/lab-stranger/keys"]
+    assert len(handler.asked) == 3  # the limit's 3 tokens: two names above, one random

@@ -718,6 +718,9 @@ async def test_portal_mode_figures_url_published_and_portal_lookups(stack: Stack
     app = await stack.start_app()
     instance = await portal.create_instance("alice")
     key = write_private_key(stack, instance)
+    # Before its listener: the holding page, counted with the look-up it cost.
+    waiting = await router.get(instance["id"], "/", headers={"accept": "text/html"})
+    assert waiting.status_code == 503
     listener = await dit4c_listener(
         stack, router, instance, key, app, "--metrics-listen", "127.0.0.1:0"
     )
@@ -729,7 +732,16 @@ async def test_portal_mode_figures_url_published_and_portal_lookups(stack: Stack
     assert sample(text, "hostmux_listener_url_published_timestamp_seconds") > 1.7e9
     assert sample(text, "hostmux_listener_connected") == 1
     # The router asked the portal for the instance's keys, and says how long that took.
+    await router.proc.wait_for(
+        rf"event=portal_event_delivered kind=tunnel_up name={instance['id']}"
+    )
     text = (await get(router_port, "/metrics")).text
+    assert await promtool_check(text) == ""
     assert sample(text, "hostmux_portal_lookup_duration_seconds_count") >= 1
+    assert sample(text, "hostmux_holding_total", result="holding") == 1
+    assert sample(text, "hostmux_holding_total", result="asked") == 1
+    assert sample(text, "hostmux_holding_total", result="limited") == 0
+    assert sample(text, "hostmux_portal_events_total", result="delivered") >= 1
+    assert sample(text, "hostmux_portal_events_total", result="refused") == 0
     assert sample(text, "hostmux_tunnels") == 1
     assert (await get(router_port, "/readyz")).json() == {"status": "ready"}

@@ -67,6 +67,13 @@ class Portal:
             response = await client.put("/admin/routers", json=body)
         assert response.status_code in (200, 204), response.text
 
+    async def stats(self) -> dict[str, int]:
+        """What the portal has served so far (``key_lookups``: GET /instances/{id}/keys)."""
+        async with self.admin() as client:
+            response = await client.get("/admin/stats")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
     async def recorded_url(self, instance_id: str) -> str:
         record = await self.instance(instance_id)
         assert record.get("url"), record
@@ -465,3 +472,70 @@ async def test_original_dit4c_two_step_ssh_flow(stack: Stack) -> None:
         ),
     )
     assert await refused.wait_exit() != 0
+
+
+BROWSER = {"accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+async def test_a_known_instance_gets_the_holding_page_until_its_listener_is_up(
+    stack: Stack,
+) -> None:
+    portal = await start_portal(stack)
+    router = await start_portal_router(stack, portal)
+    app = await stack.start_app()
+    instance = await portal.create_instance("alice")
+    key = write_private_key(stack, instance)
+
+    # The portal has the instance; no listener yet: "starting…", not 502 or 404.
+    page = await router.get(instance["id"], "/headers", headers=BROWSER)
+    assert page.status_code == 503, page.text
+    assert page.headers["retry-after"] == "5"
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["cache-control"] == "no-store"
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert '<meta http-equiv=refresh content="5">' in page.text  # it reloads itself
+    assert f"Starting {instance['id']}" in page.text
+    assert "<script" not in page.text
+    plain = await router.get(instance["id"], "/")  # curl, scripts: one line
+    assert plain.status_code == 503
+    assert plain.headers["retry-after"] == "5"
+    assert plain.text.count("\n") == 1 and "is starting" in plain.text
+    # A name the portal does not know is still 404.
+    unknown = await router.get("i-nobody-has-this", "/", headers=BROWSER)
+    assert unknown.status_code == 404
+
+    listener = await dit4c_listener(stack, router, instance, key, app)
+    await listener.wait_for(r"event=url_published ")
+    served = await router.get(instance["id"], "/headers", headers=BROWSER)
+    assert served.status_code == 200, served.text
+    assert served.json()["_server"][1] == app.port
+
+    # The tunnel goes away: within the reservation the name is the portal's, so the
+    # page says "starting…" again (it was 502 "tunnel offline").
+    assert await listener.stop() == 0
+    await router.proc.wait_for(rf"event=tunnel_down name={instance['id']}")
+    again = await router.get(instance["id"], "/", headers=BROWSER)
+    assert again.status_code == 503
+    assert again.headers["retry-after"] == "5"
+
+
+async def test_a_flood_of_random_names_from_one_address_is_bounded_portal_traffic(
+    stack: Stack,
+) -> None:
+    portal = await start_portal(stack)
+    per_minute = 5
+    router = await start_portal_router(
+        stack, portal, "--holding-lookups-per-minute", str(per_minute)
+    )
+    before = (await portal.stats())["key_lookups"]
+    started = trio.current_time()
+    flood = 200
+    async with router.client() as client:
+        for n in range(flood):
+            request = router.request(client, "GET", f"rnd-{n}-x", "/", headers=BROWSER)
+            response = await client.send(request)
+            assert response.status_code == 404, response.text
+    elapsed = trio.current_time() - started
+    asked = (await portal.stats())["key_lookups"] - before
+    # The bucket's first tokens, plus what refilled while the flood ran.
+    assert per_minute <= asked <= per_minute + 1 + int(elapsed * per_minute / 60), (asked, elapsed)

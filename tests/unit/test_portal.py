@@ -206,8 +206,8 @@ async def test_a_name_is_up_while_any_router_of_a_cluster_holds_it(
 
     async def event(kind: str, router_id: str, ts: float) -> dict[str, Any]:
         body = json.dumps(
-            {"event": kind, "name": "lab-6", "url": "https://lab-6.t", "router": "addr",
-             "router_id": router_id, "generation": int(ts), "ts": ts}
+            {"v": 1, "event": kind, "name": "lab-6", "router": "addr", "ts": ts,
+             "data": {"url": "https://lab-6.t", "router_id": router_id, "generation": int(ts)}}
         ).encode()  # fmt: skip
         signed = {"x-hostmux-signature": sign_event_body(SECRET, body)}
         response = await portal.post("/router-events", content=body, headers=signed)
@@ -397,6 +397,13 @@ async def test_router_events_edge_cases(portal: httpx.AsyncClient, tmp_path: Pat
     stranger = {"event": "tunnel_up", "name": "not-ours", "url": None, "router": "r", "ts": 1.0}
     assert (await portal.post("/router-events", **signed(stranger))).status_code == 204
     assert (await portal.post("/router-events", **signed({"event": "x"}))).status_code == 400
+    # Version 1: fields under "data"; a kind the portal does not know is taken (2xx), ignored.
+    v1 = {"v": 1, "event": "tunnel_up", "name": "not-ours", "router": "r", "ts": 1.0,
+          "data": {"url": None}}  # fmt: skip
+    assert (await portal.post("/router-events", **signed(v1))).status_code == 204
+    unknown = {**v1, "event": "some_future_kind", "data": {"whatever": [1, 2]}}
+    assert (await portal.post("/router-events", **signed(unknown))).status_code == 204
+    assert (await portal.post("/router-events", **signed({**v1, "data": 3}))).status_code == 400
     huge = {**stranger, "router": "r" * 100_000}
     assert (await portal.post("/router-events", **signed(huge))).status_code == 413
     async with _portal_client(tmp_path / "no-secret", None) as unconfigured:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
+import json
 import logging
 import socket
 import struct
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from router.portal import PortalKeys, PortalUnavailable, TunnelEvents
+from router.portal import PortalKeys, PortalUnavailable, TunnelEvents, sign_event_body
 
 from .asyncio_bounded import run
 
@@ -120,3 +122,82 @@ def test_the_event_poster_keeps_retrying_a_resetting_portal() -> None:
         assert len(failures.reasons) >= ATTEMPTS
 
     run_on_uvloop(scenario())
+
+
+class _PortalAnswers(http.server.BaseHTTPRequestHandler):
+    """A portal that refuses kind "bad" (400), fails "flaky" once (503), takes the rest."""
+
+    received: list[tuple[dict[str, object], str]]
+    flaky_failed = False
+    all_in: threading.Event
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        event = json.loads(body)
+        type(self).received.append((event, self.headers["x-hostmux-signature"]))
+        status = 204
+        if event["event"] == "bad":
+            status = 400
+        elif event["event"] == "flaky" and not type(self).flaky_failed:
+            type(self).flaky_failed, status = True, 503
+        self.send_response(status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+        if event["event"] == "last":
+            type(self).all_in.set()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_events_are_v1_signed_a_4xx_drops_and_a_5xx_retries() -> None:
+    handler: type[_PortalAnswers] = type(
+        "Answers", (_PortalAnswers,), {"received": [], "all_in": threading.Event()}
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    events = TunnelEvents(
+        url=f"http://127.0.0.1:{server.server_address[1]}/router-events", secret=b"s",
+        router_name="r1", retry_first_s=0.001, retry_cap_s=0.002,
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        events.publish("tunnel_up", "demo", "https://demo.localhost")
+        events.send("bad", "demo", {})
+        events.send("flaky", "demo", {"n": 1})
+        events.send("last", "demo", {})
+        poster = asyncio.create_task(events.run())
+        try:
+            async with asyncio.timeout(20):
+                while events.pending():
+                    await asyncio.to_thread(handler.all_in.wait, 0.5)
+        finally:
+            poster.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poster
+
+    try:
+        run_on_uvloop(scenario())
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    kinds = [event["event"] for event, _ in handler.received]
+    # The 400 is not retried (it would block the queue forever); the 503 is.
+    assert kinds == ["tunnel_up", "bad", "flaky", "flaky", "last"]
+    assert events.counts == {"delivered": 3, "refused": 1, "overflow": 0}
+    first, signature = handler.received[0]
+    assert set(first) == {"v", "event", "name", "router", "ts", "data"}
+    assert (first["v"], first["name"], first["router"]) == (1, "demo", "r1")
+    assert first["data"] == {"url": "https://demo.localhost"}
+    body = json.dumps(first, separators=(",", ":")).encode()
+    assert signature == sign_event_body(b"s", body)
+
+
+def test_a_full_event_queue_drops_the_oldest_and_counts_it() -> None:
+    events = TunnelEvents(url="http://127.0.0.1:9/", secret=b"s", router_name="r", max_pending=3)
+    for n in range(5):
+        events.send("k", f"n{n}", {})
+    assert events.pending() == 3
+    assert events.counts["overflow"] == 2

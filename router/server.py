@@ -65,6 +65,7 @@ from router.workers.sockets import adopt
 from router.workers.worker import end_with_supervisor
 
 if TYPE_CHECKING:
+    from router.acme.manager import AcmeManager
     from router.cluster.setup import ClusterLink
 
 log = logging.getLogger("hostmux.router")
@@ -102,6 +103,8 @@ class Router:
     # get (``tls`` is their context) and the limits new browser connections get.
     certificates: FrontDoorTls | None = None
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    # Certificates from ACME (acme_directory_url set); its ``status`` is for readiness.
+    acme: AcmeManager | None = None
 
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
@@ -179,6 +182,12 @@ def build_router(config: RouterConfig) -> Router:
     tls = front_tls.context if front_tls is not None else None
     if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
         raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
+    acme = None
+    if config.acme_directory_url and front_tls is not None:
+        # Imported here: the ACME client is loaded only by routers that use it (an extra).
+        from router.acme import build_acme
+
+        acme, gateway.acme_http = build_acme(config, front_tls)
     return Router(
         config=config,
         state=state,
@@ -213,6 +222,7 @@ def build_router(config: RouterConfig) -> Router:
         link=link,
         certificates=front_tls,
         relay_limits=config.relay_limits,
+        acme=acme,
     )
 
 
@@ -228,6 +238,10 @@ def check_files(config: RouterConfig) -> None:
         from router.cluster.setup import link_tls
 
         link_tls(config)
+    if config.acme_directory_url:
+        from router.acme import check_acme_files
+
+        check_acme_files(config)
 
 
 async def bind_router(router: Router, listening: Listening) -> None:
@@ -289,6 +303,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(router.hub.cluster.run(), name="leases"))
     if router.link is not None:
         background.append(start(router.link.forwarder.run(), name="route-cache"))
+    if router.acme is not None:
+        background.append(start(router.acme.run(), name="acme"))
     if config.events_url:
         events = TunnelEvents(
             url=config.events_url, secret=config.events_secret.encode(),

@@ -33,6 +33,7 @@ from hostmux.tunnel.websocket import WSS_PATH, WssAcceptor
 from router.routing import NameTaken, Offline, RouteTable
 
 if TYPE_CHECKING:
+    from router.acme.challenges import HttpChallenges
     from router.cluster.forwarding import Forwarder
     from router.membership import Membership
 
@@ -138,10 +139,16 @@ class TunnelGateway:
         self.response_headers = None if keep_cookie_domain else host_only_cookies
         # Names held on other routers of the cluster (``cluster_listen`` set); None: 404/502.
         self.forwarder: Forwarder | None = None
+        # ACME's pending HTTP-01 answers (acme_challenge http-01), asked before routing.
+        self.acme_http: HttpChallenges | None = None
 
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page | Awaitable[Destination | Page]:
+        if self.acme_http is not None and client.scheme == "http":
+            answer = self.acme_http.page(host, request.target)
+            if answer is not None:
+                return answer
         target = target_for_host(host, self._hub.domain)
         if target is None:
             return status_page(

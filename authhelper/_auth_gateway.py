@@ -15,7 +15,8 @@ import asyncio
 import html
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from functools import partial
 from urllib.parse import parse_qs
 
@@ -29,12 +30,14 @@ from hostmux.http1 import (
     with_headers,
 )
 from hostmux.log import fields
-from hostmux.relay import ByteStream, Destination
+from hostmux.relay import Destination
 
 from ._access import RETRY_UNREACHABLE_S, AccessChecks
+from ._app_connections import AppConnections
 from ._config import AuthHelperConfig
 from ._gate import (
     LOGOUT_PATH,
+    OUR_COOKIES,
     Action,
     action_for,
     app_request_headers,
@@ -59,10 +62,9 @@ from ._session import (
     cookie_header,
     read_cookies,
 )
+from ._session_cache import SessionCache
 
 log = logging.getLogger("hostmux.authhelper")
-
-OpenApp = Callable[[], Awaitable[ByteStream]]
 
 
 class AuthGateway:
@@ -75,16 +77,22 @@ class AuthGateway:
         oauth: PortalOAuth,
         portal: PortalClient,
         revocations: Revocations,
-        open_app: OpenApp,
+        app: AppConnections,
     ) -> None:
         self._config = config
         self._sealer = sealer
         self._oauth = oauth
         self._portal = portal
         self._revocations = revocations
-        self._open_app = open_app
+        self._app = app
+        # Idle connections to the app are shared by every browser connection (0: none).
+        self._app_pool = app if config.app_idle_connections > 0 else None
         self._checks = AccessChecks(config.access_recheck_s)
+        self._sessions = SessionCache(sealer, OUR_COOKIES)
         self._save_lock = asyncio.Lock()
+        # Logins and denials by event (``_metrics`` names them): login, login_denied,
+        # login_failed, access_withdrawn, no_session.
+        self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<AuthGateway {self._config.instance_id} -> {self._config.app}>"
@@ -94,6 +102,19 @@ class AuthGateway:
     ) -> Destination | Page | asyncio.Future[Destination | Page]:
         target = request.target.decode("latin-1")
         path, query = split_target(target)
+        # The common case first: a session cookie opened before (``_session_cache``),
+        # still unrevoked, for a path of the app. Anything else takes the full path.
+        opened = self._sessions.opened(request.headers)
+        if (
+            opened is not None
+            and action_for(path, has_session=True) is Action.PASS
+            and not self._revocations.is_revoked(opened.session)
+        ):
+            known = opened.session
+            destination = self._destination(known, opened.app_cookie)
+            if not self._checks.is_due(known.sid):
+                return destination
+            return asyncio.ensure_future(self._recheck(known, destination, request, target))
         cookies = read_cookies(request.headers)
         session = self._sealer.first_session(cookies.get(SESSION_COOKIE, []))
         revoked = session is not None and self._revocations.is_revoked(session)
@@ -121,12 +142,14 @@ class AuthGateway:
             )
         return asyncio.ensure_future(self._start_login(request, target, revoked, request_id))
 
-    def _destination(self, session: Session) -> Destination:
+    def _destination(self, session: Session, app_cookie: bytes | None = None) -> Destination:
+        """``app_cookie``: the request's one Cookie header less ours, known already."""
         return Destination(
             key="app",
             label=self._config.instance_id,
-            open=self._open_app,
-            request_headers=partial(_app_headers, user=session.user),
+            open=self._app.open,
+            pool=self._app_pool,
+            request_headers=partial(_app_headers, user=session.user, app_cookie=app_cookie),
             response_headers=app_response_headers,
         )
 
@@ -136,6 +159,7 @@ class AuthGateway:
     async def _start_login(
         self, request: Request, target: str, clear_session: bool, rid: str
     ) -> Page:
+        self.counts["no_session"] += 1
         as_html = wants_html(_header(request, b"accept"))
         clear = [(b"set-cookie", clear_cookie_header(SESSION_COOKIE))] if clear_session else []
         if request.method not in (b"GET", b"HEAD") or _header(request, b"upgrade"):
@@ -175,10 +199,12 @@ class AuthGateway:
             redirect_uri = redirect_uri_for(await self._public_url())
             access = await self._oauth.finish_login(params["code"], redirect_uri, login)
         except (LoginFailed, PortalUnreachable) as exc:
+            self.counts["login_failed"] += 1
             log.warning(fields("login_failed", instance=self._config.instance_id, reason=str(exc)))
             return status_page(502, str(exc), request_id=rid, as_html=as_html)
         clear_login = (b"set-cookie", clear_cookie_header(LOGIN_COOKIE))
         if not access.allowed:
+            self.counts["login_denied"] += 1
             log.info(fields("login_denied", instance=self._config.instance_id, user=access.user))
             page = status_page(
                 403,
@@ -190,6 +216,7 @@ class AuthGateway:
             return with_headers(page, [clear_login])
         sealed, session = self._sealer.seal_session(access.user, grant=access.grant)
         self._checks.record(session.sid)  # the portal has just said yes
+        self.counts["login"] += 1
         log.info(fields("login", instance=self._config.instance_id, user=access.user,
                         sid=session.sid[:8]))  # fmt: skip
         max_age = self._sealer.session_lifetime_s
@@ -221,6 +248,7 @@ class AuthGateway:
         self._revocations.revoke_session(session)
         self._checks.forget(session.sid)
         await self._save()
+        self.counts["access_withdrawn"] += 1
         log.info(fields("access_withdrawn", instance=instance, user=session.user,
                         sid=session.sid[:8]))  # fmt: skip
         return False
@@ -327,9 +355,9 @@ def _see_other(location: str, extra: list[tuple[bytes, bytes]]) -> Page:
 
 
 def _app_headers(
-    headers: Sequence[tuple[bytes, bytes]], websocket: bool, *, user: str
+    headers: Sequence[tuple[bytes, bytes]], websocket: bool, *, user: str, app_cookie: bytes | None
 ) -> list[tuple[bytes, bytes]]:
-    return app_request_headers(headers, user=user, websocket=websocket)
+    return app_request_headers(headers, user=user, websocket=websocket, app_cookie=app_cookie)
 
 
 def _text_page(status: int, text: str) -> Page:

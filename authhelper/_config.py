@@ -57,6 +57,19 @@ class AuthHelperConfig:
         minimum=1,
         maximum=DAY_S,
     )
+    metrics_listen: str = option(
+        "",
+        "serve /metrics (Prometheus), /healthz and /readyz here (HOST:PORT; loopback or a "
+        "private address: nothing there is authenticated); empty: off",
+        metavar="HOST:PORT",
+    )
+    app_idle_connections: int = option(
+        16,
+        "idle connections to the app kept open for the next browser connection",
+        minimum=0,
+        maximum=10_000,
+        zero="none: each browser connection opens its own",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")
 
@@ -64,6 +77,8 @@ class AuthHelperConfig:
         check_ranges(self)
         parse_host_port(self.listen, "listen")
         parse_host_port(self.app, "app")
+        if self.metrics_listen:
+            parse_host_port(self.metrics_listen, "metrics_listen")
         try:
             check_name(self.instance_id)
         except InvalidName as exc:

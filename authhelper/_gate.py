@@ -33,7 +33,10 @@ LOGOUT_PATH = "/_hostmux/logout"
 REVOKE_PATH = "/_hostmux/revoke"
 
 USER_HEADER = b"x-hostmux-user"
-_OUR_COOKIES = frozenset({SESSION_COOKIE, LOGIN_COOKIE})
+OUR_COOKIES = frozenset({SESSION_COOKIE, LOGIN_COOKIE})
+
+
+_DROPPED = frozenset({USER_HEADER})  # a client-sent copy of ours, in any spelling
 
 
 class Action(enum.Enum):
@@ -111,13 +114,21 @@ def same_origin_request(headers: Sequence[tuple[bytes, bytes]], origin: str) -> 
 
 
 def app_request_headers(
-    headers: Sequence[tuple[bytes, bytes]], *, user: str, websocket: bool
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    user: str,
+    websocket: bool,
+    app_cookie: bytes | None = None,
 ) -> Headers:
-    """What the app receives: no hop-by-hop, none of our cookies, our user header."""
+    """What the app receives: no hop-by-hop, none of our cookies, our user header.
+
+    ``app_cookie``: the value of the request's only ``Cookie`` header less ours,
+    when known already (``_session_cache``); None: worked out here.
+    """
     out: Headers = []
-    for name, value in drop_hop_by_hop(headers, frozenset({USER_HEADER})):
+    for name, value in drop_hop_by_hop(headers, _DROPPED):
         if name == b"cookie":
-            value = without_cookies(value, _OUR_COOKIES)
+            value = without_cookies(value, OUR_COOKIES) if app_cookie is None else app_cookie
             if not value:
                 continue
         out.append((name, value))
@@ -132,7 +143,7 @@ def app_response_headers(headers: Headers) -> Headers:
     return [
         (name, value)
         for name, value in headers
-        if not (name == b"set-cookie" and _cookie_name(value) in _OUR_COOKIES)
+        if not (name == b"set-cookie" and _cookie_name(value) in OUR_COOKIES)
     ]
 
 

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import signal
-from functools import partial
 from pathlib import Path
 
 from hostmux.config.layered import ConfigError, parse_host_port
@@ -25,14 +24,12 @@ from hostmux.limits import ConnectionCounts
 from hostmux.log import fields
 from hostmux.relay import (
     READ_CHUNK_BYTES,
-    ByteStream,
     ConnectionSet,
     RelayLimits,
-    UpstreamUnavailable,
     connection_handler,
-    open_tcp_stream,
 )
 
+from ._app_connections import AppConnections
 from ._auth_gateway import AuthGateway
 from ._config import AuthHelperConfig
 from ._oauth import PortalOAuth
@@ -46,13 +43,6 @@ log = logging.getLogger("hostmux.authhelper")
 SHUTDOWN_GRACE_S = 10.0
 # Connections held at once (the router's default max_connections).
 _MAX_CONNECTIONS = 10_000
-
-
-async def _open_app(host: str, port: int) -> ByteStream:
-    try:
-        return await open_tcp_stream(host, port, label=f"app:{host}:{port}")
-    except OSError as exc:
-        raise UpstreamUnavailable(f"the app is not answering ({exc.strerror or exc})") from None
 
 
 def load_cookie_keys(config: AuthHelperConfig) -> list[str]:
@@ -95,9 +85,10 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
         raise ConfigError(f"cookie keys: {exc}") from None
     revocations = _load_revocations(config)
     portal = PortalClient(config.portal_url, config.instance_id)
+    app = AppConnections(*parse_host_port(config.app, "app"), max_idle=config.app_idle_connections)
     gateway = AuthGateway(
         config, sealer, PortalOAuth(config.portal_url, config.instance_id), portal, revocations,
-        partial(_open_app, *parse_host_port(config.app, "app")),
+        app,
     )  # fmt: skip
     connections = ConnectionSet()
     limits = RelayLimits()
@@ -118,13 +109,27 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
     bound = server.sockets[0].getsockname()
+    ops = None
+    if config.metrics_listen:  # prometheus-client is loaded only then
+        from hostmux.ops_server import Endpoints, start_ops_server
+
+        from ._metrics import HelperOps
+
+        helper_ops = HelperOps(gateway.counts)
+        ops = start_ops_server(
+            config.metrics_listen, Endpoints(helper_ops.metrics, helper_ops.readiness)
+        )
     log.info(fields("authhelper_ready", listen=f"{bound[0]}:{bound[1]}", app=config.app,
-                    instance=config.instance_id, portal=config.portal_url))  # fmt: skip
+                    instance=config.instance_id, portal=config.portal_url,
+                    metrics=ops.address if ops is not None else None))  # fmt: skip
     try:
         await stop.wait()
     finally:
+        if ops is not None:
+            await ops.close()
         server.close()
         await connections.drain(SHUTDOWN_GRACE_S)
+        app.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await portal.aclose()

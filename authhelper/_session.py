@@ -119,6 +119,16 @@ class CookieSealer:
         return Session(user=user, instance=self._instance, issued_at=issued, sid=sid,
                        grant=grant if isinstance(grant, str) else "")  # fmt: skip
 
+    def session_expiry(self, token: str) -> int | None:
+        """The last unix second at which ``token`` (a session cookie) still opens, or None.
+
+        Fernet refuses a token once its timestamp + the lifetime has passed.
+        """
+        try:
+            return self._fernet.extract_timestamp(token.encode()) + self.session_lifetime_s
+        except (InvalidToken, UnicodeError):
+            return None
+
     def first_session(self, tokens: Sequence[str], *, now: int | None = None) -> Session | None:
         """The first of ``tokens`` (every value the browser sent) that opens."""
         for token in tokens:

@@ -21,10 +21,12 @@ from rows import ANCHOR, ROWS
 
 KEYS = (
     "rps", "p50_ms", "p99_ms", "errors", "mb_s", "setup_ms", "rss_idle_mib", "rss_after_mib",
-    "router_cpu_us", "client_cpu_us",
+    "router_cpu_us", "client_cpu_us", "helper_cpu_us",
 )  # fmt: skip
 X = "\N{MULTIPLICATION SIGN}"
 OPENSSH, LISTENER = "hostmux-openssh", "hostmux-listener"
+METRICS = "hostmux-openssh-metrics"
+AUTHHELPER = "hostmux-authhelper"
 # CPU time is counted in clock ticks (10 ms): per-tunnel figures need enough tunnels.
 MIN_FOR_CPU = 50
 Row = list[str]
@@ -95,10 +97,17 @@ RATIO_GOALS = (
     (LISTENER, OPENSSH, "p99_ms", 1.25, False),  # "0.8x as good" for a lower-is-better figure
     (LISTENER, OPENSSH, "mb_s", 0.8, True),
     (LISTENER, OPENSSH, "setup_ms", 1.25, False),
+    (METRICS, OPENSSH, "router_cpu_us", 1.05, False),  # issue 19: metrics on, CPU per request
 )
-FIGURES = {"rps": "req/s", "p99_ms": "p99", "mb_s": "bulk MB/s", "setup_ms": "tunnel setup"}
-UNITS = {"rps": "", "p99_ms": " ms", "mb_s": "", "setup_ms": " ms"}
-SHORT = {OPENSSH: "hostmux + OpenSSH", LISTENER: "hostmux + listener", ANCHOR: "anchor"}
+FIGURES = {
+    "rps": "req/s", "p99_ms": "p99", "mb_s": "bulk MB/s", "setup_ms": "tunnel setup",
+    "router_cpu_us": "router CPU per request",
+}  # fmt: skip
+UNITS = {"rps": "", "p99_ms": " ms", "mb_s": "", "setup_ms": " ms", "router_cpu_us": " µs"}
+SHORT = {
+    OPENSSH: "hostmux + OpenSSH", LISTENER: "hostmux + listener", ANCHOR: "anchor",
+    METRICS: "hostmux + OpenSSH, metrics on",
+}  # fmt: skip
 
 
 def _ratio_goal(
@@ -142,7 +151,25 @@ def goals(m: dict[str, dict[str, Any]], scale: dict[str, Any] | None) -> list[Go
         ("10,000 idle keep-alive connections: router RSS ≤ 256 MiB", ka_rss, 256, False, " MiB"),
         ("idle router RSS ≤ 64 MiB (hostmux + OpenSSH, one tunnel)", idle, 64, False, " MiB"),
     ]  # fmt: skip
-    return [*found, *(_limit_goal(*limit) for limit in limits), _stretch_goal(scale)]
+    return [
+        *found, *(_limit_goal(*limit) for limit in limits), _stretch_goal(scale),
+        *chain_goals(m),
+    ]  # fmt: skip
+
+
+def chain_goals(m: dict[str, dict[str, Any]]) -> list[Goal]:
+    """Issue 18: the whole chain through the auth helper against the router alone, and the
+    helper's CPU per request against the router's in the same row."""
+    chain, alone = m.get(AUTHHELPER, {}), m.get(OPENSSH, {})
+    name = "hostmux + OpenSSH + auth helper"
+    return [
+        _ratio_goal(f"{name} req/s ≥ 0.8{X} hostmux + OpenSSH",
+                    chain.get("rps"), alone.get("rps"), 0.8, True, ""),
+        _ratio_goal(f"{name} p99 ≤ 1.5{X} hostmux + OpenSSH",
+                    chain.get("p99_ms"), alone.get("p99_ms"), 1.5, False, " ms"),
+        _ratio_goal(f"{name}: helper CPU/req ≤ 0.5{X} router CPU/req (same row)",
+                    chain.get("helper_cpu_us"), chain.get("router_cpu_us"), 0.5, False, " µs"),
+    ]  # fmt: skip
 
 
 def _stretch_goal(scale: dict[str, Any]) -> Goal:
@@ -246,6 +273,17 @@ def render_rows(results: dict[str, Any]) -> list[str]:
             f"{_fmt(c['router_cpu_us'])} µs of router CPU per request; the full router "
             f"(hostmux + OpenSSH) reaches {_fmt(_ratio(o['rps'], c['rps']), 2, X)} of that "
             f"ceiling at {_fmt(o['router_cpu_us'])} µs.",
+        ]
+    ah = m.get(AUTHHELPER, {})
+    if ah and o:
+        lines += [
+            "",
+            "Auth helper chain (hostmux + OpenSSH + auth helper vs hostmux + OpenSSH): "
+            f"req/s {_fmt(_ratio(ah['rps'], o['rps']), 2, X)}, "
+            f"p99 {_fmt(_ratio(ah['p99_ms'], o['p99_ms']), 2, X)}; CPU per request: "
+            f"router {_fmt(ah['router_cpu_us'])} µs, helper {_fmt(ah['helper_cpu_us'])} µs "
+            f"({_fmt(_ratio(ah['helper_cpu_us'], ah['router_cpu_us']), 2, X)} the router's), "
+            f"router alone in hostmux + OpenSSH {_fmt(o['router_cpu_us'])} µs.",
         ]
     lines += ["", "Rows:"]
     lines += [f"- **{ROWS[n].label}** (`{n}`): {ROWS[n].description}" for n in order]

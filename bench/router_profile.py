@@ -155,6 +155,8 @@ def profile_router(
     cmd = ["wrk", "-t2", "-c64", f"-d{wrk_s}s", "--latency", "--timeout", "5s"]
     if target.host:
         cmd += ["-H", f"Host: {target.host}"]
+    for name, value in target.headers:  # e.g. the auth helper row's session cookie
+        cmd += ["-H", f"{name}: {value}"]
     load = subprocess.Popen(
         [*cmd, f"{target.url}/1k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -60,6 +60,9 @@ class Plan:
     url: str  # base URL the load goes to (paths /1k and the bulk file are appended)
     host: str | None  # Host header, None: the URL's own
     router: list[Proc] = field(default_factory=list)  # their memory is "router RSS"
+    # Processes on the router's side whose CPU is counted apart from the router's
+    # (the auth helper: "helper CPU µs/req"); their memory counts as router RSS.
+    helpers: list[Proc] = field(default_factory=list)
     router_tree: bool = True  # sum the router processes' children too (nginx workers, sshd)
     client: list[str] | None = None  # the tunnel client; run.py starts it and times set-up
     logs: list[Path] = field(default_factory=list)  # router logs scanned for warnings/errors
@@ -391,10 +394,13 @@ def _sshd_nginx(ctx: RowContext, *, tls: bool) -> Plan:
     )
 
 
-def _start_router(ctx: RowContext, tls: keys.TlsFiles | None) -> HostmuxRouter:
+def _start_router(
+    ctx: RowContext, tls: keys.TlsFiles | None, extra: Sequence[str] = ()
+) -> HostmuxRouter:
     return start_hostmux_router(
-        ctx.procs, ctx.work, tls, code=ctx.bench.code, log_level=ctx.bench.router_log_level
-    )
+        ctx.procs, ctx.work, tls, extra, code=ctx.bench.code,
+        log_level=ctx.bench.router_log_level,
+    )  # fmt: skip
 
 
 def _hostmux_plan(
@@ -406,12 +412,13 @@ def _hostmux_plan(
     headers: tuple[tuple[str, str], ...] = (),
 ) -> Plan:
     """Load through ``router``'s front door to the tunnel ``client`` opens; ``helpers``
-    (the auth helper) count as router side."""
+    (the auth helper) count as router side for memory, apart for CPU."""
     scheme, port = ("https", router.https_port) if tls else ("http", router.http_port)
     return Plan(
         url=f"{scheme}://127.0.0.1:{port}",
         host=router.host(TUNNEL_NAME),
-        router=[router.proc, *helpers],
+        router=[router.proc],
+        helpers=list(helpers),
         router_tree=False,
         client=client,
         logs=[router.proc.log_file, *(helper.log_file for helper in helpers)],
@@ -419,8 +426,8 @@ def _hostmux_plan(
     )
 
 
-def _hostmux(ctx: RowContext, *, client: str, tls: bool) -> Plan:
-    router = _start_router(ctx, ctx.bench.tls)
+def _hostmux(ctx: RowContext, *, client: str, tls: bool, extra: Sequence[str] = ()) -> Plan:
+    router = _start_router(ctx, ctx.bench.tls, extra)
     backend = ctx.bench.backend_port
     if client == "listener":
         argv = router.listener_client(TUNNEL_NAME, backend)
@@ -547,6 +554,18 @@ ROWS: dict[str, Row] = {
             lambda ctx: _hostmux(ctx, client="openssh", tls=False),
         ),
         Row(
+            "hostmux-openssh-metrics",
+            "hostmux + OpenSSH, metrics on",
+            "as hostmux + OpenSSH, with `--metrics-listen` (the per-request cost of /metrics; "
+            "not scraped during the load: a scrape every 15 s is not a per-request cost)",
+            lambda ctx: _hostmux(
+                ctx,
+                client="openssh",
+                tls=False,
+                extra=("--metrics-listen", f"127.0.0.1:{ctx.port('metrics')}"),
+            ),
+        ),
+        Row(
             "hostmux-listener",
             "hostmux + listener",
             "hostmux router, plain HTTP front door, + `hostmux-listener --name bench`",
@@ -578,8 +597,8 @@ ROWS: dict[str, Row] = {
             "hostmux router, plain HTTP front door, + OpenSSH `ssh -R` to `hostmux-authhelper` "
             "in front of the backend, requests carrying a session cookie from a real login "
             "(a grant from the example portal, which the helper re-checks access with every "
-            "access_recheck_s); router and helper CPU and memory counted together, the "
-            "portal's not",
+            "access_recheck_s); router and helper memory counted together, their CPU apart "
+            "(router CPU, helper CPU), the portal's not",
             _hostmux_authhelper,
         ),
         Row(

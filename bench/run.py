@@ -83,12 +83,14 @@ def measure_row(row: Row, bench: Bench, work: Path, args: argparse.Namespace) ->
             def router_rss_mib() -> float | None:
                 if not plan.router:
                     return None
-                return sum(p.rss_kib(tree=plan.router_tree) for p in plan.router) / MIB
+                side = [*plan.router, *plan.helpers]
+                return sum(p.rss_kib(tree=plan.router_tree) for p in side) / MIB
 
-            def cpu_s() -> tuple[float, float]:
-                """CPU time so far of the router side and of the tunnel client."""
+            def cpu_s() -> tuple[float, float, float]:
+                """CPU time so far of the router, of its helpers and of the tunnel client."""
                 router = sum(p.cpu_s(tree=plan.router_tree) for p in plan.router)
-                return router, client.cpu_s() if client else 0.0
+                helpers = sum(p.cpu_s(tree=plan.router_tree) for p in plan.helpers)
+                return router, helpers, client.cpu_s() if client else 0.0
 
             result["rss_idle_mib"] = router_rss_mib()
             if args.warmup:
@@ -97,8 +99,11 @@ def measure_row(row: Row, bench: Bench, work: Path, args: argparse.Namespace) ->
             wrk = run_wrk(target, duration_s=args.duration)
             cpu_after = cpu_s()
             if wrk.requests and plan.router:
-                router_s, client_s = (b - a for a, b in zip(cpu_before, cpu_after, strict=True))
+                router_s, helper_s, client_s = (
+                    b - a for a, b in zip(cpu_before, cpu_after, strict=True)
+                )
                 result["router_cpu_us"] = router_s / wrk.requests * 1e6
+                result["helper_cpu_us"] = helper_s / wrk.requests * 1e6 if plan.helpers else None
                 result["client_cpu_us"] = client_s / wrk.requests * 1e6 if client else None
             result.update(
                 requests=wrk.requests,
@@ -126,7 +131,7 @@ def measure_row(row: Row, bench: Bench, work: Path, args: argparse.Namespace) ->
                 bulk_ok=not bad,
             )
             result["rss_after_mib"] = router_rss_mib()
-            everyone = [*plan.router, *([client] if client else [])]
+            everyone = [*plan.router, *plan.helpers, *([client] if client else [])]
             result["died"] = [p.name for p in everyone if not p.alive()]
             result["log"] = _log_lines(log_offsets)
             result["ok"] = wrk.requests > 0 and not bad and not result["died"]
@@ -366,12 +371,13 @@ def _one_line(r: dict[str, Any]) -> str:
         return f"FAILED: {r.get('error', '?')[:400]}"
     setup = f"{r['setup_ms']:.0f} ms" if r.get("setup_ms") is not None else "-"
     rss = r.get("rss_idle_mib")
-    cpu = r.get("router_cpu_us")
+    cpu, helper = r.get("router_cpu_us"), r.get("helper_cpu_us")
     return (
         f"{r['rps']:,.0f} req/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms err {r['errors']}; "
         f"{r['mb_s']:,.0f} MB/s; setup {setup}"
         + (f"; RSS {rss:.1f} -> {r['rss_after_mib']:.1f} MiB" if rss is not None else "")
         + (f"; router CPU {cpu:.0f} us/req" if cpu is not None else "")
+        + (f", helper CPU {helper:.0f} us/req" if helper is not None else "")
     )
 
 

@@ -57,6 +57,8 @@ ADMIN_TOKEN_BYTES = 24
 HELPER_PORTS = {"alice": 8101, "bob": 8102}
 # The router's embedded default ports (SSH, HTTPS, HTTP) on loopback.
 ROUTER_PORTS = (2222, 8443, 8080)
+# The router's /metrics, /healthz and /readyz (loopback only: they are not authenticated).
+METRICS_PORT = 9464
 
 
 def _state_dir() -> Path:
@@ -183,7 +185,7 @@ def portal_call(portal: str, token: str, method: str, path: str, body: object) -
 async def main() -> None:
     state = _state_dir()
     claim_demo(state)
-    busy = ports_in_use([PORTAL_PORT, *ROUTER_PORTS, *HELPER_PORTS.values()])
+    busy = ports_in_use([PORTAL_PORT, *ROUTER_PORTS, METRICS_PORT, *HELPER_PORTS.values()])
     if busy:
         raise SystemExit(
             f"demo: port {', '.join(map(str, busy))} in use on 127.0.0.1 "
@@ -221,7 +223,7 @@ async def main() -> None:
             python, "-m", "router", "--authorized-keys-file", str(demo / "authorized_keys"),
             "--portal-keys-url", portal + "/instances/{id}/keys",
             "--portal-ca-keys-file", str(ca_file), "--events-url", portal + "/router-events",
-            "--events-secret", events_secret,
+            "--events-secret", events_secret, "--metrics-listen", f"127.0.0.1:{METRICS_PORT}",
         ])  # fmt: skip
         ready = await wait_line(lines, ROUTER_READY, "the router")
         ssh_address, router_ca = ready[1], ready[5]
@@ -264,6 +266,7 @@ async def main() -> None:
             + f"  Trust   {router_ca} (the router's development CA; import it in your\n"
             "          browser, or accept the warning once per instance)\n"
             f"  curl    curl --cacert {router_ca} {urls['alice']}/_hostmux/health\n"
+            f"  Metrics http://127.0.0.1:{METRICS_PORT}/metrics (and /healthz, /readyz)\n"
             f"  Tunnel  {ssh_hint}\n"
             "          (then https://myapp.localhost"
             f":{ready[2].rsplit(':', 1)[1]} serves your localhost:3000)\n"

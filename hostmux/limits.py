@@ -37,10 +37,12 @@ class ConnectionCounts:
     max_per_key: int
     total: int = 0
     per_key: dict[str, int] = field(default_factory=dict)
+    refused: int = 0  # connections refused so far (for metrics)
 
     def admit(self, key: str) -> bool:
         """Count a new connection if the limits allow it; True if admitted."""
         if self.total >= self.max_total or self.per_key.get(key, 0) >= self.max_per_key:
+            self.refused += 1
             return False
         self.total += 1
         self.per_key[key] = self.per_key.get(key, 0) + 1

@@ -94,6 +94,12 @@ class ListenerConfig:
         zero="2 when more than one router address is known (routers given or listed, or "
         "one name's DNS addresses), else 1",
     )
+    metrics_listen: str = option(
+        "",
+        "serve /metrics (Prometheus), /healthz and /readyz here (HOST:PORT; loopback or a "
+        "private address: nothing there is authenticated); empty: off",
+        metavar="HOST:PORT",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")
 
@@ -101,6 +107,8 @@ class ListenerConfig:
         check_ranges(self)
         for router in self.router:
             parse_host_port(router, "router")
+        if self.metrics_listen:
+            parse_host_port(self.metrics_listen, "metrics_listen")
         parse_host_port(self.target, "target")
         if self.name:
             try:

@@ -147,6 +147,7 @@ class HaConnections:
             try:
                 connected = await unless_stopped(self._connect(session), self._stop)
             except TunnelError as exc:
+                listener.counts.connects_failed += 1
                 level = logging.ERROR if isinstance(exc, HostKeyRejected) else logging.WARNING
                 log.log(level, fields("tunnel_failed", **where, reason=str(exc)))
                 if self._config.transport == "auto" and not isinstance(exc, HostKeyRejected):
@@ -168,6 +169,7 @@ class HaConnections:
             try:
                 forward = await unless_stopped(self._claim(session), self._stop)
             except TunnelError as exc:
+                listener.counts.connects_failed += 1
                 log.warning(fields("tunnel_failed", **where, router_id=router_id or None,
                                    reason=str(exc)))  # fmt: skip
                 self._holds.drop(slot)
@@ -201,6 +203,7 @@ class HaConnections:
         listener, forward = self._listener, up.forward
         first = not self._up
         self._up[slot] = up
+        listener.counts.came_up()
         log.info(
             fields(
                 "tunnel_up", name=forward.name, url=forward.url, conn=slot,
@@ -221,6 +224,8 @@ class HaConnections:
     def _went_down(self, slot: int) -> None:
         self._holds.drop(slot)
         up = self._up.pop(slot, None)
+        if up is not None:
+            self._listener.counts.went_down()
         if up is None or self._stop.is_set():
             return
         where = {"conn": slot, "router": str(up.address), "router_id": up.forward.router_id}

@@ -36,6 +36,7 @@ from hostmux.log import fields
 from ._config import DEFAULT_ROUTER, ListenerConfig
 from ._dial import rank_by_latency
 from ._ha import HaConnections, resolve_hosts
+from ._metrics import ListenerCounts
 from ._portal import PortalError, fetch_router_list, publish_url
 from ._reconnect import Backoff, unless_stopped
 from ._routers import expand_addresses, wanted_connections
@@ -44,6 +45,7 @@ from ._url_check import prepare_trust, watch_public_url
 
 if TYPE_CHECKING:
     import keys
+    from hostmux.ops_server import OpsServer
 
 log = logging.getLogger("hostmux.listener")
 
@@ -62,12 +64,14 @@ class Listener:
         self._key = _instance_key(config)
         # auto starts with SSH and keeps whichever transport last worked.
         self._transport = "wss" if config.transport == "wss" else "ssh"
+        self.counts = ListenerCounts()  # for metrics_listen
 
     def __repr__(self) -> str:
         return f"<Listener name={self._name!r} url={self._last_url!r}>"
 
     async def run(self) -> None:
         wanted = await self._wanted_connections()
+        self.counts.wanted = wanted
         if wanted > 1:
             await HaConnections(self, wanted).run()
         elif wanted == 1:
@@ -141,6 +145,7 @@ class Listener:
             try:
                 forward = await unless_stopped(session.open(self._name), self._stop)
             except TunnelError as exc:
+                self.counts.connects_failed += 1
                 level = logging.ERROR if isinstance(exc, HostKeyRejected) else logging.WARNING
                 log.log(level, fields("tunnel_failed", router=server, reason=str(exc)))
                 if config.transport == "auto" and not isinstance(exc, HostKeyRejected):
@@ -157,7 +162,11 @@ class Listener:
             if forward.url != self._last_url:
                 print(forward.url, flush=True)  # stdout: the URL, for scripts
                 self._last_url = forward.url
-            await self._hold(session, forward, host)
+            self.counts.came_up()
+            try:
+                await self._hold(session, forward, host)
+            finally:
+                self.counts.went_down()
             up_s = time.monotonic() - up_since
             if not self._stop.is_set():
                 log.warning(fields("tunnel_down", name=forward.name, router=server,
@@ -262,6 +271,8 @@ class Listener:
             issuer=config.jwt_iss or config.user, kid=config.jwt_kid or None, stop=ended,
             checked=passed,
         )  # fmt: skip
+        if published:
+            self.counts.url_published()
         if published and not passed and wait_s > 0:
             log.warning(
                 fields(
@@ -275,14 +286,30 @@ class Listener:
 async def run_listener(config: ListenerConfig, *, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    listener = Listener(config, stop)
+    ops = _start_ops(config, listener) if config.metrics_listen else None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await Listener(config, stop).run()
+        await listener.run()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if ops is not None:
+            await ops.close()
     log.info(fields("listener_stopped"))
+
+
+def _start_ops(config: ListenerConfig, listener: Listener) -> OpsServer:
+    """``metrics_listen``: /metrics, /healthz, /readyz (prometheus-client loaded only now)."""
+    from hostmux.ops_server import Endpoints, start_ops_server
+
+    from ._metrics import ListenerOps
+
+    ops = ListenerOps(listener.counts)
+    server = start_ops_server(config.metrics_listen, Endpoints(ops.metrics, ops.readiness))
+    log.info(fields("listener_metrics", listen=server.address))
+    return server
 
 
 def _instance_key(config: ListenerConfig) -> keys.InstanceKey | None:

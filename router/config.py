@@ -220,6 +220,17 @@ class RouterConfig:
         10.0, "on SIGTERM, time requests in flight get to finish (systemd waits 90 s)",
         minimum=0, maximum=HOUR_S,
     )  # fmt: skip
+    metrics_listen: str = option(
+        "",
+        "serve /metrics (Prometheus), /healthz and /readyz here (HOST:PORT, port 0 allowed; "
+        "a loopback or private address: nothing there is authenticated); empty: off",
+        metavar="HOST:PORT",
+    )
+    metrics_per_tunnel: bool = option(
+        False,
+        "add per-tunnel series (a name label on request counts): HIGH CARDINALITY, one "
+        "series per tunnel name ever served; off: every label has a few fixed values",
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     # Operations (issue 19): certificates by SNI, reloaded on SIGHUP; the log format.
     tls_cert_dir: Path | None = option(
@@ -267,6 +278,8 @@ class RouterConfig:
             raise ValueError(f"domain: {self.domain!r} is not a valid lower-case domain name")
         for field in ("ssh_listen", "https_listen", "http_listen", "one_port_listen"):
             parse_listen_list(getattr(self, field), field)
+        if self.metrics_listen:
+            parse_listen_list([self.metrics_listen], "metrics_listen")
         if not self.ssh_listen:
             raise ValueError("ssh_listen: at least one address is needed")
         if not (self.https_listen or self.http_listen or self.one_port_listen):

@@ -39,6 +39,7 @@ import httpx
 import keys
 from hostmux.http_client import HTTP_CALL_FAILURES, describe, read_bounded
 from hostmux.log import fields
+from hostmux.metric_values import DurationHistogram
 
 log = logging.getLogger("hostmux.portal")
 
@@ -48,6 +49,9 @@ _MAX_KEYS_PER_INSTANCE = 32
 # Events waiting for the portal; past this the oldest are dropped.
 _MAX_PENDING_EVENTS = 10_000
 _EVENT_RETRY_CAP_S = 30.0
+# The readiness probe's instance id: a valid-looking id that names no instance (the
+# portal answers 404, cached as a negative answer like any other).
+_PROBE_ID = "hostmux-readiness-probe"
 
 
 class PortalUnavailable(Exception):
@@ -80,9 +84,22 @@ class PortalKeys:
         self._cache: dict[str, _CacheEntry] = {}
         self._inflight: dict[str, asyncio.Future[frozenset[str]]] = {}
         self._client: httpx.AsyncClient | None = None
+        # For metrics and /readyz: how long look-ups take, and the last one's outcome.
+        self.lookup_seconds = DurationHistogram()
+        self.problem: str | None = None  # why the last look-up or probe failed; None: it did not
+        self.checked_at: float | None = None  # when that was (on ``clock``)
 
     def __repr__(self) -> str:
         return f"<PortalKeys {self._template} cached={len(self._cache)}>"
+
+    async def probe(self) -> str | None:
+        """Ask the portal once (an id no instance has: any answer below 500 means it is
+        up); the problem, or None. Updates ``problem``, as a real look-up does."""
+        try:
+            await self._fetch(_PROBE_ID)
+        except PortalUnavailable as exc:
+            return str(exc)
+        return None
 
     def url_for(self, instance_id: str) -> str:
         return self._template.replace("{id}", instance_id)
@@ -112,6 +129,20 @@ class PortalKeys:
         return await asyncio.shield(pending)
 
     async def _fetch(self, instance_id: str) -> frozenset[str]:
+        started = self._clock()
+        try:
+            found = await self._ask(instance_id)
+        except PortalUnavailable as exc:
+            self.problem = str(exc)
+            raise
+        else:
+            self.problem = None
+            return found
+        finally:
+            self.checked_at = now = self._clock()
+            self.lookup_seconds.observe(now - started)
+
+    async def _ask(self, instance_id: str) -> frozenset[str]:
         url = self.url_for(instance_id)
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False)

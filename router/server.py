@@ -43,7 +43,15 @@ from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.http1 import TrustedProxies
 from hostmux.limits import ConnectionCounts, FailureLimiter
 from hostmux.log import fields
-from hostmux.relay import ConnectionSet, RelayLimits, connection_handler, start_front_door
+from hostmux.relay import (
+    ConnectionSet,
+    RelayLimits,
+    RequestRecord,
+    connection_handler,
+    start_front_door,
+)
+from hostmux.relay.front_door import log_request
+from hostmux.systemd import Notifier
 from hostmux.tunnel.websocket import WssAcceptor
 from router.config import RouterConfig
 from router.membership import Membership
@@ -65,8 +73,10 @@ from router.workers.sockets import adopt
 from router.workers.worker import end_with_supervisor
 
 if TYPE_CHECKING:
+    from hostmux.ops_server import OpsServer
     from router.acme.manager import AcmeManager
     from router.cluster.setup import ClusterLink
+    from router.operations import RouterOps
 
 log = logging.getLogger("hostmux.router")
 
@@ -109,6 +119,13 @@ class Router:
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
 
+    ops: RouterOps | None = None  # metrics and health (metrics_listen set)
+
+    @property
+    def request_callback(self) -> Callable[[RequestRecord], None]:
+        """The front door's per-request callback (the bare access log without metrics)."""
+        return self.ops.on_request if self.ops is not None else log_request
+
 
 @dataclass
 class Listening:
@@ -118,8 +135,12 @@ class Listening:
     http_servers: list[asyncio.Server] = field(default_factory=list)
     cluster_servers: list[asyncio.Server] = field(default_factory=list)
     one_port_sockets: list[socket.socket] = field(default_factory=list)
+    ops_server: OpsServer | None = None  # metrics_listen (not in a supervisor's worker)
+    worker_ops: asyncio.AbstractServer | None = None  # a worker's snapshots for its supervisor
     addresses: dict[str, list[str]] = field(
-        default_factory=lambda: {k: [] for k in ("ssh", "https", "http", "one_port", "cluster")}
+        default_factory=lambda: {
+            k: [] for k in ("ssh", "https", "http", "one_port", "cluster", "metrics")
+        }
     )
 
 
@@ -188,7 +209,7 @@ def build_router(config: RouterConfig) -> Router:
         from router.acme import build_acme
 
         acme, gateway.acme_http = build_acme(config, front_tls)
-    return Router(
+    router = Router(
         config=config,
         state=state,
         auth=_authenticator(config),
@@ -224,6 +245,12 @@ def build_router(config: RouterConfig) -> Router:
         relay_limits=config.relay_limits,
         acme=acme,
     )
+    if config.metrics_listen:
+        # Imported here: prometheus-client is loaded only by routers that serve metrics.
+        from router.operations import RouterOps
+
+        router.ops = RouterOps(router)
+    return router
 
 
 def check_files(config: RouterConfig) -> None:
@@ -248,6 +275,8 @@ async def bind_router(router: Router, listening: Listening) -> None:
     """Step 2: bind every listener into ``listening`` (kept there even when a later one
     fails); a worker serves the sockets its supervisor bound (``listen_fds``) instead."""
     config, hub, bound = router.config, router.hub, listening.addresses
+    if router.ops is not None:  # first: /readyz says "starting" while the rest binds
+        await _bind_ops(router, router.ops, listening)
     for where, host, port, sock in _listen_on(config, "ssh"):
         acceptor = await _bind(where, _start_ssh(router, host, port, sock=sock))
         listening.ssh_acceptors.append(acceptor)
@@ -263,6 +292,7 @@ async def bind_router(router: Router, listening: Listening) -> None:
                     connections=router.connections, counts=router.browsers,
                     trusted_proxies=router.trusted, tls=context,
                     tls_handshake_timeout_s=config.tls_handshake_timeout_s, sock=sock,
+                    on_request=router.request_callback,
                 ),
             )  # fmt: skip
             listening.http_servers.append(server)
@@ -291,12 +321,43 @@ async def bind_router(router: Router, listening: Listening) -> None:
         )
 
 
+async def _bind_ops(router: Router, ops: RouterOps, listening: Listening) -> None:
+    """``metrics_listen``: served here, or by the supervisor of this worker (it asks
+    this worker for its figures on a unix socket: ``router.workers.ops``)."""
+    config = router.config
+    ops.listening = listening
+    if config.worker_index:
+        from router.workers.ops import serve_worker_snapshots
+
+        where = f"the worker's metrics socket in {config.state_dir}"
+        listening.worker_ops = await _bind(
+            where, serve_worker_snapshots(config.state_dir, config.worker_index, ops.snapshot)
+        )
+        return
+    from hostmux.ops_server import Endpoints, start_ops_server
+
+    server = start_ops_server(config.metrics_listen, Endpoints(ops.metrics, ops.readiness))
+    listening.ops_server = server
+    listening.addresses["metrics"].append(server.address)
+
+
 async def serve_router(router: Router, listening: Listening, stop: asyncio.Event) -> None:
-    """Step 3: say ``router_ready``, run the background tasks, return once ``stop`` is set."""
+    """Step 3: say ``router_ready``, run the background tasks, return once ``stop`` is set.
+
+    A router of its own (no supervisor) tells systemd too (``Type=notify``):
+    READY=1 now, STOPPING=1 when it stops, WATCHDOG=1 while it runs if asked.
+    """
     config = router.config
     _announce_ready(router, listening.addresses)
+    if router.ops is not None:
+        router.ops.serving = True
+    notifier = Notifier() if not config.worker_index else None  # a worker's is its supervisor
     start = asyncio.get_running_loop().create_task
     background = [start(_sweep_reservations(router.hub), name="sweep")]
+    if notifier is not None:
+        notifier.ready(f"serving *.{config.domain}")
+        if notifier.watchdog_s is not None:
+            background.append(start(notifier.keep_watchdog(), name="watchdog"))
     if config.worker_index:  # a supervisor's worker ends with it (killed: no signal)
         background.append(start(end_with_supervisor(stop), name="supervisor-watch"))
     if router.hub.cluster is not None:
@@ -316,7 +377,13 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(events.run(), name="events"))
     for sock in listening.one_port_sockets:
         background.append(start(_serve_one_port(router, sock), name="one-port"))
-    await _until_stopped(stop, background)
+    try:
+        await _until_stopped(stop, background)
+    finally:
+        if router.ops is not None:
+            router.ops.stopping = True
+        if notifier is not None:
+            notifier.stopping()
     log.info(fields("router_stopping", connections=len(router.connections)))
 
 
@@ -367,6 +434,13 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
         await router.link.pool.close()
     if cluster is not None:
         await cluster.aclose()
+    if listening.worker_ops is not None:
+        from router.workers.ops import remove_worker_socket
+
+        listening.worker_ops.close()
+        remove_worker_socket(router.config.state_dir, router.config.worker_index)
+    if listening.ops_server is not None:  # last: /readyz said "stopping" all along
+        await listening.ops_server.close()
 
 
 def _start_ssh(
@@ -402,7 +476,7 @@ async def _serve_one_port(router: Router, sock: socket.socket) -> None:
         scheme: connection_handler(
             scheme, gateway=router.gateway, limits=router.current_limits,
             connections=router.connections, counts=router.browsers,
-            trusted_proxies=router.trusted,
+            trusted_proxies=router.trusted, on_request=router.request_callback,
         )
         for scheme in ("https", "http")
     }  # fmt: skip
@@ -424,6 +498,7 @@ def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
             pid=os.getpid(), one_port=",".join(bound["one_port"]) or None,
             open_files=open_files, cluster=",".join(bound["cluster"]) or None,
             router_id=router.hub.cluster.router_id if router.hub.cluster is not None else None,
+            metrics=",".join(bound["metrics"]) or None,
         )
     )  # fmt: skip
     if open_files < config.max_connections + _FILES_BESIDES_CONNECTIONS:

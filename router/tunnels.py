@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -76,6 +77,9 @@ class TunnelHub:
         self.observers: list[Callable[[str, str, str, int], None]] = []
         # This router's part in a cluster; None: names live in this process only.
         self.cluster: Membership | None = None
+        # Tunnel and SSH events by kind (``router.operations`` turns them into metrics):
+        # tunnel_up, tunnel_refused, ssh_auth_refused_key, ssh_auth_rate_limited.
+        self.counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<TunnelHub *.{self.domain} {self.routes!r}>"
@@ -106,6 +110,7 @@ class TunnelHub:
     def claim(self, tunnel: Tunnel) -> None:
         """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner."""
         replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
+        self.counts["tunnel_up"] += 1
         self._notify("tunnel_up", tunnel)
         log.info(
             fields(

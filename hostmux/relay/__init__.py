@@ -19,7 +19,7 @@ from hostmux.relay.front_door import (
     connection_handler,
     start_front_door,
 )
-from hostmux.relay.gateway import Destination, Gateway, UpstreamUnavailable
+from hostmux.relay.gateway import Destination, Gateway, UpstreamPool, UpstreamUnavailable
 from hostmux.relay.records import RequestRecord
 from hostmux.relay.relay import HttpRelay, RelayLimits
 from hostmux.relay.splice import splice
@@ -37,6 +37,7 @@ __all__ = [
     "ReaderWriterStream",
     "RelayLimits",
     "RequestRecord",
+    "UpstreamPool",
     "UpstreamUnavailable",
     "connection_handler",
     "open_tcp_stream",

@@ -44,6 +44,10 @@ class ConnectionSet:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._relays.pop(task, None)
 
+    def websockets(self) -> int:
+        """Connections spliced after a ``101`` right now (counted when asked: metrics)."""
+        return sum(1 for relay in self._relays.values() if relay.splicing)
+
     async def drain(self, grace_s: float) -> None:
         """Shutdown: idle connections close now, requests in flight get ``grace_s``
         to finish, WebSockets get a 1001 close; whatever is left is cancelled."""
@@ -81,9 +85,11 @@ def connection_handler(
     connections: ConnectionSet,
     counts: ConnectionCounts,
     trusted_proxies: TrustedProxies | None = None,
+    on_request: Callable[[RequestRecord], None] = log_request,
 ) -> ConnectionHandler:
     """What each accepted browser connection runs (also used by one-port mode); ``limits``
-    may be a function, asked once per connection (the router's reload changes them)."""
+    may be a function, asked once per connection (the router's reload changes them);
+    ``on_request`` gets each finished request's record (the access log, metrics)."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -103,7 +109,7 @@ def connection_handler(
                 reader, writer, label=f"{scheme}:{ip}:{peer[1]}",
                 close_linger_s=now.send_timeout_s,
             )  # fmt: skip
-            relay = HttpRelay(stream, info, gateway, now, log_request, trusted_proxies)
+            relay = HttpRelay(stream, info, gateway, now, on_request, trusted_proxies)
             connections.add(task, relay)
             await relay.run()
         except asyncio.CancelledError:
@@ -129,12 +135,13 @@ async def start_front_door(
     tls: ssl.SSLContext | None,
     tls_handshake_timeout_s: float,
     sock: socket.socket | None = None,
+    on_request: Callable[[RequestRecord], None] = log_request,
 ) -> asyncio.Server:
     """Serve ``host:port``, or ``sock`` when given (already bound: ``host``/``port`` unused)."""
     scheme = "https" if tls is not None else "http"
     on_connection = connection_handler(
         scheme, gateway=gateway, limits=limits, connections=connections, counts=counts,
-        trusted_proxies=trusted_proxies,
+        trusted_proxies=trusted_proxies, on_request=on_request,
     )  # fmt: skip
     where: dict[str, Any] = (
         {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_address": True}

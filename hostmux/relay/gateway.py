@@ -39,6 +39,21 @@ class Destination:
     request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None
     # Applied to the app's response headers after the router's own rules.
     response_headers: Callable[[Headers], Headers] | None = None
+    # Idle upstream streams kept across browser connections (the auth helper's
+    # connections to the app); None: each browser connection opens its own.
+    pool: UpstreamPool | None = None
+
+
+class UpstreamPool(Protocol):
+    """Idle upstream streams, each lent to one browser connection at a time."""
+
+    async def take(self) -> ByteStream | None:
+        """An idle stream, now this caller's alone, or None (open a fresh one)."""
+        ...
+
+    def give(self, stream: ByteStream) -> None:
+        """Back from a browser connection that ended between two requests: keep or close it."""
+        ...
 
 
 class Gateway(Protocol):

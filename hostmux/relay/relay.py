@@ -21,6 +21,9 @@ helper (upstream = TCP to the app). The rules it enforces:
 7. The upstream stream is reused for the next request of the same connection
    while both sides keep the connection alive; a request without a body that
    finds a reused upstream already closed is retried once on a fresh one.
+   With a ``Destination.pool``, such a request may start on an idle stream
+   another connection left there (counted as reused), and a connection that
+   ends between two requests gives its upstream back to the pool.
 
 Error handling: a refusal anywhere on the way is one exception (``Refusal``,
 ``outcomes``) caught in one place, ``HttpRelay._handle``, which sends its status
@@ -58,7 +61,7 @@ from hostmux.http1.headers import ClientInfo, TrustedProxies, request_headers_fo
 from hostmux.http1.pages import Page, status_page, wants_html, with_headers
 from hostmux.relay.browser import BrowserSide
 from hostmux.relay.deadline import Deadline
-from hostmux.relay.gateway import Destination, Gateway, UpstreamUnavailable
+from hostmux.relay.gateway import Destination, Gateway, UpstreamPool, UpstreamUnavailable
 from hostmux.relay.outcomes import Abort, Refusal, StaleUpstream
 from hostmux.relay.records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
 from hostmux.relay.response import ResponseEnd, ResponsePath
@@ -127,10 +130,12 @@ class HttpRelay:
         self._on_request = on_request
         self._bound_host: str | None = None
         self._upstream: Upstream | None = None
+        self._pool: UpstreamPool | None = None  # where the upstream goes back, if anywhere
         self._served = 0  # requests read on this connection, the current one included
         self._peer = f"{info.peer_ip}:{info.peer_port}"
         self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
         self._between_requests = False  # waiting for the next request head
+        self.splicing = False  # bytes spliced after a 101 (a WebSocket)
 
     def __repr__(self) -> str:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
@@ -155,7 +160,7 @@ class HttpRelay:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
             self._deadline.close()
-            self._close_upstream()
+            self._release_upstream()
             self._browser.close()
 
     # -- the request loop ----------------------------------------------------
@@ -297,6 +302,8 @@ class HttpRelay:
         retryable = bodiless and request.method in _IDEMPOTENT
         for attempt in (1, 2):
             reused = self._upstream is not None and self._upstream.key == decision.key
+            if not reused and retryable and attempt == 1 and decision.pool is not None:
+                reused = await self._take_pooled(decision, decision.pool)
             upstream = self._upstream if reused else await self._open(decision)
             assert upstream is not None
             upstream.requests += 1
@@ -337,7 +344,30 @@ class HttpRelay:
         except UpstreamUnavailable as exc:
             raise Refusal(502, str(exc), exc.headers) from None
         self._upstream = Upstream(stream, decision.key, decision.response_headers)
+        self._pool = decision.pool
         return self._upstream
+
+    async def _take_pooled(self, decision: Destination, pool: UpstreamPool) -> bool:
+        """An idle stream from ``pool`` as the upstream (True), else none was there."""
+        self._close_upstream()
+        stream = await pool.take()
+        if stream is None:
+            return False
+        # requests=1: it carried requests before, so a close now is a stale upstream's.
+        self._upstream = Upstream(stream, decision.key, decision.response_headers, requests=1)
+        self._pool = pool
+        return True
+
+    def _release_upstream(self) -> None:
+        """The connection ends: an upstream between two requests goes back to its pool."""
+        upstream, pool = self._upstream, self._pool
+        if upstream is not None and pool is not None:
+            conn = upstream.conn
+            idle = conn.our_state is State.IDLE and conn.their_state is State.IDLE
+            if idle and not conn.trailing_data:
+                self._upstream = None
+                pool.give(upstream.stream)
+        self._close_upstream()
 
     def _last(self) -> bool:
         """Whether the request in flight is the last this connection may carry."""
@@ -395,6 +425,7 @@ class HttpRelay:
     async def _splice(self, upstream: Upstream, record: RecordBuilder) -> None:
         """Copy bytes both ways after a 101, until both directions ended."""
         self._upstream = None  # no longer reusable: owned by the splice now
+        self.splicing = True  # a WebSocket now (ConnectionSet.websockets counts them)
         try:
             await splice(
                 self._browser.stream, upstream.stream,
@@ -405,6 +436,7 @@ class HttpRelay:
         except* (ConnectionError, OSError, TimeoutError) as group:
             log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)
         finally:
+            self.splicing = False
             upstream.stream.close()
 
     def _close_upstream(self) -> None:

@@ -146,6 +146,7 @@ class Authenticator:
     ) -> None:
         self._authorized = authorized
         self._portal = portal
+        self.portal_down_refusals = 0  # logins refused because the portal did not answer
         self._ca_fingerprints = ca_fingerprints
         self._registrations: dict[str, tuple[str, float]] = {}  # key fp → (instance, expiry)
 
@@ -193,6 +194,7 @@ class Authenticator:
         try:
             allowed = await self._portal.fingerprints(instance)
         except PortalUnavailable as exc:
+            self.portal_down_refusals += 1
             log.warning(fields("ssh_auth_portal_down", instance=instance, reason=str(exc)))
             return None  # fail closed
         return KeyGrant.for_instance(instance, "portal key") if fingerprint in allowed else None

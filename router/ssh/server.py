@@ -113,9 +113,11 @@ class SshLimits:
     max_tunnels_per_owner: int
     auth_failures: FailureLimiter
     tunnels: dict[str, int] = field(default_factory=dict)
+    tunnels_refused: int = 0  # forwards refused by max_tunnels_per_owner (for metrics)
 
     def add_tunnel(self, owner: str) -> bool:
         if self.tunnels.get(owner, 0) >= self.max_tunnels_per_owner:
+            self.tunnels_refused += 1
             return False
         self.tunnels[owner] = self.tunnels.get(owner, 0) + 1
         return True
@@ -152,6 +154,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         host, port = conn.get_extra_info("peername")[:2]
         self._state.peer = f"{host}:{port}"
         if not self._limits.auth_failures.allowed(str(host)):
+            self._hub.counts["ssh_auth_rate_limited"] += 1
             log.warning(fields("ssh_rate_limited", peer=self._state.peer))
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many failed logins; wait")
 
@@ -182,6 +185,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         peer_ip = self._state.peer.rsplit(":", 1)[0]
         grant = await self._auth.grant_for_key(username, key, peer_ip)
         if grant is None:
+            self._hub.counts["ssh_auth_refused_key"] += 1
             self._limits.auth_failures.failed(peer_ip)
             log.info(
                 fields(
@@ -342,6 +346,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
             self._limits.remove_tunnel(forward.tunnel.owner)
 
     def _refuse(self, where: str, reason: str) -> bool:
+        self._hub.counts["tunnel_refused"] += 1
         self._state.refuse(where, reason)
         log.info(fields("forward_refused", peer=self._state.peer, listen=where, reason=reason))
         return False

@@ -21,6 +21,11 @@ It never serves a request and never loads asyncssh. In order:
    no tunnel dropped); a worker that ends of it (one still starting, before its
    handler is in place) starts again at once. SIGUSR1 (a router's live counts)
    is passed on too.
+6. serves ``metrics_listen`` for the whole router (``router.workers.ops``:
+   each worker's figures, merged) and speaks for it to systemd
+   (``Type=notify``, ``NotifyAccess=main``): READY=1 once the sockets are bound
+   and the workers started, STOPPING=1 on the stop signal, WATCHDOG=1 while its
+   loop runs; the workers do not get ``NOTIFY_SOCKET``.
 
 Why subprocesses and not ``multiprocessing``: each worker is exactly the
 router an operator would start by hand (``ps`` shows its command line, its
@@ -45,11 +50,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keys
 from hostmux.config.layered import ConfigError
 from hostmux.log import describe, fields
+from hostmux.systemd import Notifier, without_notify
 from router.config import RouterConfig, load_config
 from router.reload import needs_restart
 from router.state import file_certificates, prepare_state
@@ -65,6 +71,9 @@ from router.workers.plan import (
     worker_router_id,
 )
 from router.workers.sockets import BoundListeners, bind_listeners
+
+if TYPE_CHECKING:
+    from hostmux.ops_server import OpsServer
 
 log = logging.getLogger("hostmux.router")
 
@@ -141,6 +150,8 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._stop_asked_at: float | None = None  # loop time of the first stop signal
         self._fault: str | None = None
+        self._notifier = Notifier()
+        self._child_env = without_notify(os.environ)
 
     def __repr__(self) -> str:
         pids = {n: p.pid for n, p in sorted(self._workers.items())}
@@ -148,18 +159,37 @@ class Supervisor:
 
     async def run(self) -> None:
         addresses = self._bound.addresses()
+        ops = await self._start_ops() if self._config.metrics_listen else None
+        try:
+            await self._run(addresses, ops.address if ops is not None else None)
+        finally:
+            if ops is not None:
+                await ops.close()
+
+    async def _start_ops(self) -> OpsServer:
+        # Imported here: prometheus-client is loaded only when metrics are served.
+        from hostmux.ops_server import Endpoints, start_ops_server
+        from router.workers.ops import SupervisorOps
+
+        ops = SupervisorOps(self._config.state_dir, self._count)
+        return start_ops_server(self._config.metrics_listen, Endpoints(ops.metrics, ops.readiness))
+
+    async def _run(self, addresses: dict[str, list[str]], metrics: str | None) -> None:
         log.info(
             fields(
                 "supervisor_ready", workers=self._count, router=self._base, pid=os.getpid(),
                 ssh=",".join(addresses["ssh"]), https=",".join(addresses["https"]) or None,
                 http=",".join(addresses["http"]) or None,
-                one_port=",".join(addresses["one_port"]) or None,
+                one_port=",".join(addresses["one_port"]) or None, metrics=metrics,
             )
         )  # fmt: skip
         with self._signals():
             async with asyncio.TaskGroup() as tg:
                 slots = [tg.create_task(self._keep_running(n)) for n in range(1, self._count + 1)]
+                watchdog = tg.create_task(self._notifier.keep_watchdog())
+                self._notifier.ready(f"{self._count} workers")
                 await self._stopping.wait()
+                watchdog.cancel()
                 deadline_s = self._config.shutdown_grace_s + _STOP_MARGIN_S
                 _, late = await asyncio.wait(slots, timeout=deadline_s)
                 if late:
@@ -217,7 +247,7 @@ class Supervisor:
         flags = worker_flags(n, self._base, self._bound.fds(), self._cluster)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "router", *self._argv, *flags,
-            stdin=subprocess.DEVNULL, pass_fds=self._bound.all_fds(),
+            stdin=subprocess.DEVNULL, pass_fds=self._bound.all_fds(), env=self._child_env,
         )  # fmt: skip
         self._workers[n] = process
         log.info(
@@ -241,6 +271,7 @@ class Supervisor:
                 self._kill_all()
             return
         log.info(fields("supervisor_stopping", signal=signal.Signals(signum).name))
+        self._notifier.stopping()
         self._stop_asked_at = now
         self._stopping.set()
         self._send_all(signum)

@@ -11,7 +11,9 @@
   (``tlsPort``), issuing certificates valid ``certificateValidityPeriod``
   seconds (a short one makes renewal come within a test). Validation is real:
   ``PEBBLE_VA_NOSLEEP`` only removes Pebble's random wait before validating;
-  ``PEBBLE_VA_ALWAYS_VALID`` is never set. Its issuing root is fetched from the
+  ``PEBBLE_VA_ALWAYS_VALID`` is never set, and ``PEBBLE_AUTHZREUSE=0`` makes
+  every order (a renewal too) validate again rather than reuse an earlier
+  authorization half the time. Its issuing root is fetched from the
   management API (``/roots/0``): a client trusting it trusts what Pebble issued.
 
 Readiness is a log line under a deadline; the processes belong to the test's
@@ -34,7 +36,7 @@ import trio
 
 import keys
 
-from .conftest import LoggedProcess, Stack
+from .conftest import START_TIMEOUT_S, LoggedProcess, Stack
 
 DOMAIN = "hostmux.test"
 TSIG_KEY_NAME = "hostmux-acme"
@@ -115,6 +117,21 @@ async def start_dns_zone(stack: Stack) -> DnsZone:
     return DnsZone(proc=proc, port=port, tsig_key_file=key_file)
 
 
+async def until_listening(proc: LoggedProcess, port: int) -> None:
+    """Return once 127.0.0.1:``port`` accepts a connection; fail if ``proc`` ends first."""
+    with trio.fail_after(START_TIMEOUT_S):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                if proc.process.returncode is not None:
+                    raise AssertionError(f"{proc.name} exited: {proc.lines[-5:]}") from None
+                await trio.sleep(0.02)  # polling a readiness condition, under the deadline
+            else:
+                await stream.aclose()
+                return
+
+
 @dataclass
 class Pebble:
     proc: LoggedProcess
@@ -162,9 +179,12 @@ async def start_pebble(
         "pebble",
         [need("pebble", "pebble"), "-config", str(directory / "pebble.json"),
          "-dnsserver", dns.server],
-        env={"PEBBLE_VA_NOSLEEP": "1", "PATH": "/usr/bin:/bin"},
+        env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
+    # Pebble says this just before it binds: ready is both ports answering.
     await proc.wait_for(r"ACME directory available at")
+    for port in (acme_port, management_port):
+        await until_listening(proc, port)
     return Pebble(
         proc=proc,
         directory_url=f"https://localhost:{acme_port}/dir",

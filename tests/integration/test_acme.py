@@ -11,6 +11,7 @@ under deadlines; nothing sleeps.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from .acme_world import DOMAIN, DnsZone, Pebble, free_port, need, start_dns_zone, start_pebble
 from .conftest import Router, Stack, public_key_of, websocket_and_stream
 
+METRICS = r"metrics=127\.0\.0\.1:(\d+)"
 INSTALLED = r'event=acme_certificate_installed names="?([^"\s]+)"? not_after=\S+ file=(\S+)'
 # Reason: Pebble issues certificates valid this long in the renewal test: renewal comes at
 # two thirds of it (16-18 s), after the test has set up its WebSocket, within one deadline.
@@ -92,6 +94,8 @@ async def test_dns01_wildcard_is_issued_served_and_renewed_without_dropping_a_we
     # ...renewal at two thirds of the short lifetime puts a new one in place...
     renewed = await router.proc.wait_for(INSTALLED, start=router.proc.lines.index(first.string) + 1)
     assert router.proc.find(r"event=acme_renewal_scheduled", 0)
+    published = [line for line in router.proc.lines if "event=acme_challenge_published" in line]
+    assert len(published) == 4  # the renewal validated both names again
     new = await certificate_seen(router, f"demo.{DOMAIN}", root)
     assert new.serial_number != served.serial_number
     assert new.not_valid_after_utc > served.not_valid_after_utc
@@ -153,3 +157,38 @@ async def test_dns01_by_the_hook_command(stack: Stack, tmp_path: Path) -> None:
     assert dns_names(await certificate_seen(router, f"x.{DOMAIN}", root)) == {
         DOMAIN, f"*.{DOMAIN}"
     }  # fmt: skip
+
+
+async def test_readyz_says_when_acme_renewals_fail_while_the_certificate_serves(
+    stack: Stack, tmp_path: Path
+) -> None:
+    dns = await start_dns_zone(stack)
+    pebble = await start_pebble(stack, dns, http_port=1, tls_port=1, validity_s=SHORT_VALIDITY_S)
+    router = await start_acme_router(
+        stack, pebble, "--acme-challenge", "dns-01", "--acme-dns-server", dns.server,
+        "--acme-dns-tsig-key-file", str(dns.tsig_key_file), "--metrics-listen", "127.0.0.1:0",
+    )  # fmt: skip
+    metrics = router.proc.find(METRICS)
+    assert metrics is not None
+    port = int(metrics[1])
+    await router.proc.wait_for(INSTALLED)
+    assert (await ops_get(port, "/readyz")).json() == {"status": "ready"}
+    # The DNS server goes away: the renewal fails, the certificate in use still serves.
+    assert await dns.proc.stop() == 0
+    failed = await router.proc.wait_for(r"event=acme_failed .*reason=\"RFC 2136 add")
+    assert 'serving="the certificate in use"' in failed.string
+    answer = await ops_get(port, "/readyz")
+    body = answer.json()
+    assert answer.status_code == 200 and body["status"] == "degraded", body
+    assert body["degraded"]["acme"].startswith("ACME renewal failing (1 tries): RFC 2136 add")
+    text = (await ops_get(port, "/metrics")).text
+    assert re.search(r'^hostmux_degraded\{component="acme"\} 1\.0$', text, re.MULTILINE)
+    root = await pebble.root(tmp_path / "pebble-root.pem")
+    assert dns_names(await certificate_seen(router, f"demo.{DOMAIN}", root)) == {
+        DOMAIN, f"*.{DOMAIN}"
+    }  # fmt: skip
+
+
+async def ops_get(port: int, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        return await client.get(f"http://127.0.0.1:{port}{path}")

@@ -370,9 +370,11 @@ class RouterConfig:
             raise ValueError(
                 "acme_directory_url and tls_cert_file: choose one for the default certificate"
             )
-        if self.workers != 1:
-            raise ValueError("acme_directory_url: not available with workers yet (workers = 1)")
         if self.acme_challenge == "http-01":
+            if self.workers != 1:
+                raise ValueError(
+                    "acme_challenge http-01: not available with workers yet (use dns-01)"
+                )
             if not (self.http_listen or self.one_port_listen):
                 raise ValueError(
                     "acme_challenge http-01 needs http_listen (the CA asks on port 80)"

@@ -364,8 +364,9 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(router.hub.cluster.run(), name="leases"))
     if router.link is not None:
         background.append(start(router.link.forwarder.run(), name="route-cache"))
-    if router.acme is not None:
-        background.append(start(router.acme.run(), name="acme"))
+    if router.acme is not None:  # with workers the first orders, the others follow
+        acme = router.acme.run() if config.worker_index <= 1 else router.acme.follow()
+        background.append(start(acme, name="acme"))
     if config.events_url:
         events = TunnelEvents(
             url=config.events_url, secret=config.events_secret.encode(),

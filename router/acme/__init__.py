@@ -61,6 +61,12 @@ def _server_trust(config: RouterConfig) -> ssl.SSLContext | bool:
         ) from None
 
 
+def orders(config: RouterConfig) -> bool:
+    """Whether this process orders (a router, or the first of its workers) or only serves
+    what the ordering one stores (``AcmeManager.follow``)."""
+    return config.worker_index <= 1
+
+
 def build_acme(
     config: RouterConfig, tls: FrontDoorTls
 ) -> tuple[AcmeManager, HttpChallenges | None]:
@@ -89,9 +95,10 @@ def build_acme(
         http = HttpChallenges(frozenset({config.domain}))
     store = AcmeStore(config.state_dir / "acme")
     store.prepare()
-    _, created = store.account_key()  # made (or checked) now: a bad key file stops the start
-    if created:
-        log.info(fields("acme_account_key_created", file=str(store.directory / "account.key")))
+    if orders(config):
+        _, created = store.account_key()  # made (or checked) now: a bad key stops the start
+        if created:
+            log.info(fields("acme_account_key_created", file=str(store.directory / "account.key")))
     manager = AcmeManager(
         directory_url=config.acme_directory_url, email=config.acme_email,
         challenge=config.acme_challenge, domain=config.domain, store=store, tls=tls,
@@ -101,4 +108,6 @@ def build_acme(
     return manager, http
 
 
-__all__ = ["MISSING_EXTRA", "AcmeStore", "HttpChallenges", "build_acme", "check_acme_files"]
+__all__ = [
+    "MISSING_EXTRA", "AcmeStore", "HttpChallenges", "build_acme", "check_acme_files", "orders",
+]  # fmt: skip

@@ -62,6 +62,9 @@ VALIDATION_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 2.0
 # The loop looks at the clock again at least this often (a suspended VM, a clock step).
 MAX_SLEEP_S = 6 * 3600.0
+# Reason: with workers, how soon the others serve a certificate the first one installed;
+# a stat() this often costs nothing, and a renewal is due weeks before expiry.
+FOLLOW_INTERVAL_S = 5.0
 RENEW_AT_FRACTION = 2 / 3
 JITTER_FRACTION = 1 / 30
 # What of the CA's or a hook's error text goes into a log line.
@@ -193,6 +196,24 @@ class AcmeManager:
                 self._failed(exc)
                 assert self.status.next_attempt is not None
                 await sleep(max(0.0, (self.status.next_attempt - utc_now()).total_seconds()))
+
+    async def follow(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """With workers, every worker but the first: serve what the first one stores, looking
+        every ``FOLLOW_INTERVAL_S``; it alone orders (one account, one order at a time)."""
+        seen = self._stamp()
+        while True:
+            await sleep(FOLLOW_INTERVAL_S)
+            stamp = self._stamp()
+            if stamp != seen and stamp is not None:
+                seen = stamp
+                self.install_stored()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            info = (self._store.cert_dir / f"{self._domain}.crt").stat()
+        except OSError:
+            return None
+        return info.st_mtime_ns, info.st_size
 
     def _failed(self, exc: BaseException) -> None:
         status = self.status

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .acme_world import DOMAIN, DnsZone, Pebble, free_port, need, start_dns_zone, start_pebble
 from .conftest import Router, Stack, public_key_of, websocket_and_stream
+from .redis_server import RedisServer
+from .test_workers import MAX_CONNECTIONS_TO_SEE_BOTH, start_workers
 
 METRICS = r"metrics=127\.0\.0\.1:(\d+)"
 INSTALLED = r'event=acme_certificate_installed names="?([^"\s]+)"? not_after=\S+ file=(\S+)'
@@ -192,3 +194,36 @@ async def test_readyz_says_when_acme_renewals_fail_while_the_certificate_serves(
 async def ops_get(port: int, path: str) -> httpx.Response:
     async with httpx.AsyncClient(timeout=10.0) as client:
         return await client.get(f"http://127.0.0.1:{port}{path}")
+
+
+async def test_with_workers_the_first_orders_and_every_worker_serves_it(
+    stack: Stack, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    dns = await start_dns_zone(stack)
+    pebble = await start_pebble(stack, dns, http_port=1, tls_port=1)
+    workers = await start_workers(
+        stack, redis_server, "--domain", DOMAIN, "--acme-directory-url", pebble.directory_url,
+        "--acme-ca-file", str(pebble.ca_file), "--acme-challenge", "dns-01",
+        "--acme-dns-server", dns.server, "--acme-dns-tsig-key-file", str(dns.tsig_key_file),
+    )  # fmt: skip
+    proc = workers.supervisor
+    installed = await proc.wait_for(INSTALLED + " worker=1$")
+    await proc.wait_for(r"event=acme_certificate_loaded .* worker=2$")
+    orders = [line for line in proc.lines if "event=acme_order_created" in line]
+    assert len(orders) == 1 and orders[0].endswith("worker=1"), orders
+    root = await pebble.root(tmp_path / "pebble-root.pem")
+    # Fresh verified connections until both workers have answered one: each served it.
+    start, answered_by = len(proc.lines), set()
+    pattern = re.compile(rf"event=request .*host={re.escape(DOMAIN)} .* worker=(\d+)$")
+    for _ in range(MAX_CONNECTIONS_TO_SEE_BOTH):
+        context = ssl.create_default_context(cafile=os.fspath(root))
+        async with httpx.AsyncClient(verify=context, timeout=30) as client:
+            response = await client.get(
+                f"https://127.0.0.1:{workers.router.https_port}/",
+                headers={"host": DOMAIN}, extensions={"sni_hostname": DOMAIN},
+            )  # fmt: skip
+        assert response.status_code == 200
+        answered_by = {m[1] for line in proc.lines[start:] if (m := pattern.search(line))}
+        if answered_by == {"1", "2"}:
+            break
+    assert answered_by == {"1", "2"}, installed.string

@@ -70,3 +70,7 @@ def test_working_setups() -> None:
         acme_dns_zone="example.org.",
     )  # fmt: skip
     assert dns.acme_dns_zone == "example.org."
+    workers = RouterConfig(
+        acme_directory_url=URL, acme_dns_hook="/bin/true", workers=2, registry="redis://r"
+    )
+    assert workers.workers == 2  # the first worker orders, the others follow

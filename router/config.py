@@ -250,8 +250,8 @@ class RouterConfig:
     acme_email: str = option("", "contact address given to the ACME CA (expiry notices)")
     acme_challenge: str = option(
         ACME_CHALLENGES[0],
-        "dns-01 (a certificate for DOMAIN and *.DOMAIN, tunnels included) or http-01 (DOMAIN "
-        "only, answered on http_listen); tls-alpn-01 is not available yet",
+        "dns-01 (a certificate for DOMAIN and *.DOMAIN, tunnels included), http-01 (DOMAIN "
+        "only, answered on http_listen) or tls-alpn-01 (DOMAIN only, answered on https_listen)",
         metavar="TYPE",
     )
     acme_ca_file: Path | None = option(
@@ -360,16 +360,22 @@ class RouterConfig:
             raise ValueError(
                 f"acme_challenge: {self.acme_challenge!r} is not {', '.join(ACME_CHALLENGES)}"
             )
-        if self.acme_challenge == "tls-alpn-01":
-            raise ValueError(
-                "acme_challenge: tls-alpn-01 is not available yet; use dns-01 or http-01"
-            )
         if not (self.https_listen or self.one_port_listen):
             raise ValueError("acme_directory_url: the certificates need an HTTPS front door")
         if self.tls_cert_file is not None:
             raise ValueError(
                 "acme_directory_url and tls_cert_file: choose one for the default certificate"
             )
+        if self.acme_challenge == "tls-alpn-01":
+            if not self.https_listen or self.workers != 1:
+                raise ValueError(
+                    "acme_challenge tls-alpn-01 needs https_listen (the CA asks on port 443) "
+                    "and workers = 1"
+                )
+            dns = [n for n in given if n.startswith("acme_dns_")]
+            if dns:
+                raise ValueError(f"{dns[0]} is for acme_challenge dns-01")
+            return
         if self.acme_challenge == "http-01":
             if self.workers != 1:
                 raise ValueError(

@@ -135,6 +135,8 @@ class Listening:
     http_servers: list[asyncio.Server] = field(default_factory=list)
     cluster_servers: list[asyncio.Server] = field(default_factory=list)
     one_port_sockets: list[socket.socket] = field(default_factory=list)
+    # https_listen with acme_challenge tls-alpn-01: served by router.acme.tls_alpn.
+    tls_alpn_sockets: list[socket.socket] = field(default_factory=list)
     ops_server: OpsServer | None = None  # metrics_listen (not in a supervisor's worker)
     worker_ops: asyncio.AbstractServer | None = None  # a worker's snapshots for its supervisor
     addresses: dict[str, list[str]] = field(
@@ -283,8 +285,20 @@ async def bind_router(router: Router, listening: Listening) -> None:
         bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
     # SSH over WebSocket: the same SSH server, reached through the HTTPS front door.
     listening.ssh_acceptors.append(await _start_ssh(router, "", 0, tunnel=router.wss))
+    alpn = router.acme.tls_alpn if router.acme is not None else None
     for kind, context in (("https", router.tls), ("http", None)):
         for where, host, port, sock in _listen_on(config, kind):
+            if kind == "https" and alpn is not None:  # TLS-ALPN-01: hellos are peeked first
+                if sock is None:
+                    try:
+                        sock = open_listening_socket(host, port)
+                    except OSError as exc:
+                        raise ConfigError(
+                            f"cannot listen on {where}: {exc.strerror or exc}"
+                        ) from None
+                listening.tls_alpn_sockets.append(sock)
+                bound[kind].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
+                continue
             server = await _bind(
                 where,
                 start_front_door(
@@ -378,6 +392,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(events.run(), name="events"))
     for sock in listening.one_port_sockets:
         background.append(start(_serve_one_port(router, sock), name="one-port"))
+    for sock in listening.tls_alpn_sockets:
+        background.append(start(_serve_tls_alpn(router, sock), name="https-tls-alpn"))
     try:
         await _until_stopped(stop, background)
     finally:
@@ -485,6 +501,22 @@ async def _serve_one_port(router: Router, sock: socket.socket) -> None:
         sock, ssh_factory=lambda: wss.factory, https=handlers["https"], http=handlers["http"],
         tls=router.tls, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
         sniff_timeout_s=config.tls_handshake_timeout_s,
+    )  # fmt: skip
+
+
+async def _serve_tls_alpn(router: Router, sock: socket.socket) -> None:
+    from router.acme.tls_alpn import serve_https_with_tls_alpn
+
+    assert router.tls is not None and router.acme is not None
+    assert router.acme.tls_alpn is not None
+    handler = connection_handler(
+        "https", gateway=router.gateway, limits=router.current_limits,
+        connections=router.connections, counts=router.browsers,
+        trusted_proxies=router.trusted, on_request=router.request_callback,
+    )  # fmt: skip
+    await serve_https_with_tls_alpn(
+        sock, handler=handler, tls=router.tls, challenges=router.acme.tls_alpn,
+        tls_handshake_timeout_s=router.config.tls_handshake_timeout_s,
     )  # fmt: skip
 
 

@@ -91,10 +91,15 @@ def build_acme(
                 key = load_tsig_key(config.acme_dns_tsig_key_file)
             zone = config.acme_dns_zone or config.domain
             dns = Rfc2136Dns(config.acme_dns_address, zone, key)
-    else:
+    elif config.acme_challenge == "http-01":
         http = HttpChallenges(frozenset({config.domain}))
     store = AcmeStore(config.state_dir / "acme")
     store.prepare()
+    alpn = None
+    if config.acme_challenge == "tls-alpn-01":
+        from router.acme.tls_alpn import TlsAlpnChallenges
+
+        alpn = TlsAlpnChallenges(frozenset({config.domain}), store.directory)
     if orders(config):
         _, created = store.account_key()  # made (or checked) now: a bad key stops the start
         if created:
@@ -102,7 +107,7 @@ def build_acme(
     manager = AcmeManager(
         directory_url=config.acme_directory_url, email=config.acme_email,
         challenge=config.acme_challenge, domain=config.domain, store=store, tls=tls,
-        server_trust=trust, dns=dns, http=http,
+        server_trust=trust, dns=dns, http=http, alpn=alpn,
     )  # fmt: skip
     manager.install_stored()
     return manager, http

@@ -46,6 +46,7 @@ from hostmux.log import fields
 from router.acme.challenges import HttpChallenges
 from router.acme.dns import DnsChallenge, DnsUpdateError
 from router.acme.store import AcmeStore, StoredCertificate, utc_now
+from router.acme.tls_alpn import TlsAlpnChallenges
 from router.tls import FrontDoorTls, load_certificates
 
 log = logging.getLogger("hostmux.acme")
@@ -119,12 +120,13 @@ class AcmeManager:
         server_trust: ssl.SSLContext | bool = True,
         dns: DnsChallenge | None = None,
         http: HttpChallenges | None = None,
+        alpn: TlsAlpnChallenges | None = None,
     ) -> None:
         if challenge == "dns-01":
             assert dns is not None
             names: tuple[str, ...] = (domain, f"*.{domain}")
         else:
-            assert http is not None
+            assert http is not None or alpn is not None
             names = (domain,)
         self._directory_url = directory_url
         self._email = email
@@ -135,6 +137,7 @@ class AcmeManager:
         self._trust = server_trust
         self._dns = dns
         self._http = http
+        self._alpn = alpn
         self.status = AcmeStatus(names)
         self._current: StoredCertificate | None = None  # the one being served
         # Called after each certificate is installed (tests, and metrics later).
@@ -142,6 +145,11 @@ class AcmeManager:
 
     def __repr__(self) -> str:
         return f"<AcmeManager {','.join(self.status.names)} via {self._challenge.value}>"
+
+    @property
+    def tls_alpn(self) -> TlsAlpnChallenges | None:
+        """TLS-ALPN-01's pending challenges (the HTTPS listener asks), else None."""
+        return self._alpn
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -328,6 +336,16 @@ class AcmeManager:
             await dns.add(fqdn, value)
             cleanup.append(lambda: dns.remove(fqdn, value))
             where = fqdn
+        elif self._challenge == aioacme.ChallengeType.tlsalpn01:
+            assert self._alpn is not None
+            alpn = self._alpn
+            alpn.add(name, f"{challenge.token}.{thumbprint}")
+
+            async def forget_alpn() -> None:
+                alpn.remove(name)
+
+            cleanup.append(forget_alpn)
+            where = f"{name}:443 (acme-tls/1)"
         else:
             assert self._http is not None
             http = self._http

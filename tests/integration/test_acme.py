@@ -227,3 +227,33 @@ async def test_with_workers_the_first_orders_and_every_worker_serves_it(
         if answered_by == {"1", "2"}:
             break
     assert answered_by == {"1", "2"}, installed.string
+
+
+async def test_tls_alpn01_is_answered_on_the_https_port_by_the_hello(
+    stack: Stack, tmp_path: Path
+) -> None:
+    dns = await start_dns_zone(stack)
+    http_port, https_port = free_port(), free_port()
+    pebble = await start_pebble(stack, dns, http_port=http_port, tls_port=https_port)
+    router = await start_acme_router(
+        stack, pebble, "--acme-challenge", "tls-alpn-01", ports=(0, https_port, http_port)
+    )
+    installed = await router.proc.wait_for(INSTALLED)
+    assert installed[1] == DOMAIN
+    # Pebble's validation got the challenge certificate (acme-tls/1 in its hello)...
+    assert router.proc.find(rf"event=acme_tls_alpn_answered name={re.escape(DOMAIN)}")
+    root = await pebble.root(tmp_path / "pebble-root.pem")
+    # ...and an ordinary client gets the certificate and the front door, through the same
+    # listener; a connection that is not TLS at all is only dropped.
+    assert dns_names(await certificate_seen(router, DOMAIN, root)) == {DOMAIN}
+    junk = await trio.open_tcp_stream("127.0.0.1", https_port)
+    await junk.send_all(b"GET / HTTP/1.1\r\n\r\n")
+    await junk.aclose()
+    context = ssl.create_default_context(cafile=os.fspath(root))
+    async with httpx.AsyncClient(verify=context, timeout=30) as client:
+        home = await client.get(
+            f"https://127.0.0.1:{https_port}/", headers={"host": DOMAIN},
+            extensions={"sni_hostname": DOMAIN},
+        )  # fmt: skip
+    assert home.status_code == 200
+    assert router.proc.process.returncode is None

@@ -24,7 +24,11 @@ def test_acme_is_off_by_default_and_its_options_need_the_directory() -> None:
     [
         ({"acme_directory_url": "ftp://x"}, "acme_directory_url: an http"),
         ({"acme_challenge": "dns-02"}, "acme_challenge: 'dns-02' is not"),
-        ({"acme_challenge": "tls-alpn-01"}, "tls-alpn-01 is not available yet"),
+        (
+            {"acme_challenge": "tls-alpn-01", "workers": 2, "registry": "redis://r"},
+            "tls-alpn-01 needs https_listen",
+        ),
+        ({"acme_challenge": "tls-alpn-01", "acme_dns_zone": "x"}, "is for acme_challenge dns-01"),
         ({}, "dns-01 needs acme_dns_server or acme_dns_hook"),
         ({"acme_dns_server": "127.0.0.1", "acme_dns_hook": "x"}, "(one)"),
         ({"acme_dns_hook": "x", "acme_dns_zone": "localhost"}, "go with acme_dns_server"),

@@ -249,6 +249,8 @@ async def test_tls_alpn01_is_answered_on_the_https_port_by_the_hello(
     junk = await trio.open_tcp_stream("127.0.0.1", https_port)
     await junk.send_all(b"GET / HTTP/1.1\r\n\r\n")
     await junk.aclose()
+    stalled = await trio.open_tcp_stream("127.0.0.1", https_port)
+    await stalled.send_all(b"\x16\x03\x01\x02")  # a hello that never comes: others go on
     context = ssl.create_default_context(cafile=os.fspath(root))
     async with httpx.AsyncClient(verify=context, timeout=30) as client:
         home = await client.get(
@@ -257,3 +259,4 @@ async def test_tls_alpn01_is_answered_on_the_https_port_by_the_hello(
         )  # fmt: skip
     assert home.status_code == 200
     assert router.proc.process.returncode is None
+    await stalled.aclose()

@@ -51,8 +51,8 @@ passthrough: write them to the backend, then splice). ``peek_client_hello``
 leaves the hello in a socket's receive buffer (``MSG_PEEK``, waking only when
 enough has arrived with ``SO_RCVLOWAT``), so the untouched socket can then be
 handed to ``loop.connect_accepted_socket(..., ssl=context)`` with the context
-the hello chose. Nothing in the router uses either yet (ACME and TLS
-passthrough will).
+the hello chose. ACME's TLS-ALPN-01 uses ``peek_client_hello``
+(``router.acme.tls_alpn``); TLS passthrough will use ``read_client_hello``.
 
 Cost (``bench/tls_hello.py``, CPU time on the shared 2-core dev VM, load 9):
 15 µs for curl's 517-byte hello fed at once or in two pieces, 0.5 ms fed one

@@ -35,6 +35,7 @@ from router.tcp_ports import parse_port_range, parse_port_rules
 # Beyond 256 router processes on one machine a second machine is the answer, and each
 # worker holds a registry connection and a lease round of its own.
 MAX_WORKERS = 256
+ACME_CHALLENGES = ("dns-01", "http-01", "tls-alpn-01")
 # What a supervisor may hand a worker (``listen_fds``): a socket per kind of listener.
 LISTEN_KINDS = ("ssh", "https", "http", "one_port")
 
@@ -286,6 +287,37 @@ class RouterConfig:
         "name beats a wildcard); re-read on SIGHUP",
     )
     log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")
+    # Certificates from an ACME CA (issue 19, point 4; docs/operations.md).
+    acme_directory_url: str = option(
+        "",
+        "ACME directory URL (e.g. https://acme-v02.api.letsencrypt.org/directory): the router "
+        "orders and renews its certificates there (needs the acme extra); empty: off",
+        metavar="URL",
+    )
+    acme_email: str = option("", "contact address given to the ACME CA (expiry notices)")
+    acme_challenge: str = option(
+        ACME_CHALLENGES[0],
+        "dns-01 (a certificate for DOMAIN and *.DOMAIN, tunnels included), http-01 (DOMAIN "
+        "only, answered on http_listen) or tls-alpn-01 (DOMAIN only, answered on https_listen)",
+        metavar="TYPE",
+    )
+    acme_ca_file: Path | None = option(
+        None, "CA certificates to trust for the ACME server (a test CA such as Pebble's)"
+    )
+    acme_dns_server: str = option(
+        "", "dns-01: the primary DNS server taking RFC 2136 updates, HOST[:PORT] (port 53)",
+        metavar="HOST:PORT",
+    )  # fmt: skip
+    acme_dns_zone: str = option("", "dns-01: the zone the updates go to (default: domain)")
+    acme_dns_tsig_key_file: Path | None = option(
+        None, "dns-01: TSIG key signing the updates, in BIND's format (tsig-keygen's output)"
+    )
+    acme_dns_hook: str = option(
+        "",
+        "dns-01 without RFC 2136: a command run as COMMAND add|remove FQDN VALUE "
+        "(exit 0: done) that sets or removes the TXT record",
+        metavar="COMMAND",
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -354,6 +386,8 @@ class RouterConfig:
                     f"tcp_listen_host: {self.tcp_listen_host!r} is not an IP address"
                 ) from None
 
+        self._check_acme()
+
     @property
     def tcp_listen_address(self) -> str:
         """Where TCP tunnels' ports listen: tcp_listen_host, else the first front door's host."""
@@ -383,6 +417,62 @@ class RouterConfig:
                         f"listen_fds: {kind} sockets are given exactly when {kind}_listen is"
                     )
         return found
+
+    def _check_acme(self) -> None:
+        given = [
+            name for name in (
+                "acme_email", "acme_ca_file", "acme_dns_server", "acme_dns_zone",
+                "acme_dns_tsig_key_file", "acme_dns_hook",
+            ) if getattr(self, name)
+        ]  # fmt: skip
+        if not self.acme_directory_url:
+            if given:
+                raise ValueError(f"{given[0]} needs acme_directory_url")
+            return
+        if not self.acme_directory_url.startswith(("https://", "http://")):
+            raise ValueError("acme_directory_url: an http(s) URL")
+        if self.acme_challenge not in ACME_CHALLENGES:
+            raise ValueError(
+                f"acme_challenge: {self.acme_challenge!r} is not {', '.join(ACME_CHALLENGES)}"
+            )
+        if not (self.https_listen or self.one_port_listen):
+            raise ValueError("acme_directory_url: the certificates need an HTTPS front door")
+        if self.tls_cert_file is not None:
+            raise ValueError(
+                "acme_directory_url and tls_cert_file: choose one for the default certificate"
+            )
+        if self.acme_challenge == "tls-alpn-01":
+            if not self.https_listen or self.workers != 1:
+                raise ValueError(
+                    "acme_challenge tls-alpn-01 needs https_listen (the CA asks on port 443) "
+                    "and workers = 1"
+                )
+            dns = [n for n in given if n.startswith("acme_dns_")]
+            if dns:
+                raise ValueError(f"{dns[0]} is for acme_challenge dns-01")
+            return
+        if self.acme_challenge == "http-01":
+            if self.workers != 1:
+                raise ValueError(
+                    "acme_challenge http-01: not available with workers yet (use dns-01)"
+                )
+            if not (self.http_listen or self.one_port_listen):
+                raise ValueError(
+                    "acme_challenge http-01 needs http_listen (the CA asks on port 80)"
+                )
+            dns = [n for n in given if n.startswith("acme_dns_")]
+            if dns:
+                raise ValueError(f"{dns[0]} is for acme_challenge dns-01")
+            return
+        if bool(self.acme_dns_server) == bool(self.acme_dns_hook):
+            raise ValueError("acme_challenge dns-01 needs acme_dns_server or acme_dns_hook (one)")
+        if self.acme_dns_hook and (self.acme_dns_zone or self.acme_dns_tsig_key_file):
+            raise ValueError("acme_dns_zone and acme_dns_tsig_key_file go with acme_dns_server")
+        if self.acme_dns_server:
+            self.acme_dns_address  # noqa: B018  (checks it)
+        zone = self.acme_dns_zone.rstrip(".")
+        if zone and (zone != self.domain and not self.domain.endswith("." + zone)):
+            raise ValueError(f"acme_dns_zone: {zone} does not hold {self.domain}")
 
     def _check_cluster(self) -> None:
         link = {
@@ -418,6 +508,21 @@ class RouterConfig:
     @property
     def admin_token_path(self) -> Path:
         return self.admin_token_file or self.state_dir / "admin_token"
+
+    @property
+    def acme_dns_address(self) -> tuple[str, int]:
+        """``acme_dns_server`` as (IP, port): ``IP``, ``IP:PORT`` or ``[IPv6]:PORT``."""
+        value = self.acme_dns_server
+        host, port = value, "53"
+        if value.startswith("[") or value.count(":") == 1:
+            host, _, port = value.rpartition(":")
+        try:
+            ip = ipaddress.ip_address(host.strip("[]") if value.startswith("[") else host)
+        except ValueError:
+            raise ValueError(f"acme_dns_server: {value!r} is not IP[:PORT]") from None
+        if not port.isdigit() or not 0 < int(port) <= PORT_MAX:
+            raise ValueError(f"acme_dns_server: {value!r} is not IP[:PORT]")
+        return str(ip), int(port)
 
     @property
     def host_key_path(self) -> Path:

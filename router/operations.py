@@ -12,11 +12,12 @@ The rules:
    family of their own (high cardinality, the operator's choice).
 3. ``/readyz`` is 503 only when this router cannot serve: it is not (or no
    longer) listening, the certificate it serves (as loaded, not the file now
-   on disk) has expired or does not cover ``*.domain``, or it was cut off from
-   the registry for ``name_reservation_s`` (its tunnels are then closed). A
-   portal or registry that is down while it still serves is "degraded", with
-   200, so a load balancer does not drain every router at once;
-   ``hostmux_ready`` and ``hostmux_degraded`` say the same.
+   on disk) has expired or does not cover ``*.domain``, it has no valid
+   certificate from ACME (none yet, or expired), or it was cut off from the
+   registry for ``name_reservation_s`` (its tunnels are then closed). A
+   portal or registry that is down, or ACME renewals that fail, while it still
+   serves is "degraded", with 200, so a load balancer does not drain every
+   router at once; ``hostmux_ready`` and ``hostmux_degraded`` say the same.
 
 Everything here runs on the event loop thread (``hostmux.ops_server`` asks it to).
 """
@@ -57,7 +58,7 @@ PORTAL_RECHECK_S = 10.0
 # Reason: /readyz must answer within the ops server's LOOP_ANSWER_S (2 s).
 PORTAL_PROBE_TIMEOUT_S = 1.5
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
-DEGRADABLE = ("portal", "registry")
+DEGRADABLE = ("portal", "registry", "acme")
 
 
 class RequestFigures:
@@ -149,6 +150,11 @@ class RouterOps:
         portal = router.auth.portal
         if portal is not None and portal.problem is not None:
             degraded["portal"] = f"{portal.problem}; tunnels up keep serving, new logins wait"
+        if router.acme is not None:  # certificates from ACME (router.acme.manager.AcmeStatus)
+            reason = reason or router.acme.status.problem() or ""
+            failing = router.acme.status.degraded()
+            if failing is not None:
+                degraded["acme"] = f"{failing}; the certificate in use keeps serving"
         return Readiness(reason=reason, degraded=degraded)
 
     async def snapshot(self) -> bytes:

@@ -78,6 +78,7 @@ from router.workers.worker import end_with_supervisor
 
 if TYPE_CHECKING:
     from hostmux.ops_server import OpsServer
+    from router.acme.manager import AcmeManager
     from router.admin.cluster import ClusterAgent
     from router.cluster.setup import ClusterLink
     from router.operations import RouterOps
@@ -120,6 +121,8 @@ class Router:
     certificates: FrontDoorTls | None = None
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     events: TunnelEvents | None = None  # events_url set: the queue to the portal
+    # Certificates from ACME (acme_directory_url set); its ``status`` is for readiness.
+    acme: AcmeManager | None = None
 
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
@@ -148,6 +151,8 @@ class Listening:
     http_servers: list[asyncio.Server] = field(default_factory=list)
     cluster_servers: list[asyncio.Server] = field(default_factory=list)
     one_port_sockets: list[socket.socket] = field(default_factory=list)
+    # https_listen with acme_challenge tls-alpn-01: served by router.acme.tls_alpn.
+    tls_alpn_sockets: list[socket.socket] = field(default_factory=list)
     ops_server: OpsServer | None = None  # metrics_listen (not in a supervisor's worker)
     worker_ops: asyncio.AbstractServer | None = None  # a worker's snapshots for its supervisor
     admin_servers: list[asyncio.Server] = field(default_factory=list)
@@ -224,6 +229,12 @@ def build_router(config: RouterConfig) -> Router:
     tls = front_tls.context if front_tls is not None else None
     if config.one_port_listen and tls is None:  # RouterConfig refuses this: say so, not crash
         raise ConfigError("one_port_listen needs TLS (an https_listen or cert files)")
+    acme = None
+    if config.acme_directory_url and front_tls is not None:
+        # Imported here: the ACME client is loaded only by routers that use it (an extra).
+        from router.acme import build_acme
+
+        acme, gateway.acme_http = build_acme(config, front_tls)
     router = Router(
         config=config,
         state=state,
@@ -260,6 +271,7 @@ def build_router(config: RouterConfig) -> Router:
         relay_limits=config.relay_limits,
         admin_token=admin.admin_token(config),
         admin_agent=agent,
+        acme=acme,
     )
     ports = parse_port_range(config.tcp_port_range)
     if ports is not None:
@@ -304,6 +316,10 @@ def check_files(config: RouterConfig) -> None:
         from router.cluster.setup import link_tls
 
         link_tls(config)
+    if config.acme_directory_url:
+        from router.acme import check_acme_files
+
+        check_acme_files(config)
 
 
 async def bind_router(router: Router, listening: Listening) -> None:
@@ -318,8 +334,20 @@ async def bind_router(router: Router, listening: Listening) -> None:
         bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
     # SSH over WebSocket: the same SSH server, reached through the HTTPS front door.
     listening.ssh_acceptors.append(await _start_ssh(router, "", 0, tunnel=router.wss))
+    alpn = router.acme.tls_alpn if router.acme is not None else None
     for kind, context in (("https", router.tls), ("http", None)):
         for where, host, port, sock in _listen_on(config, kind):
+            if kind == "https" and alpn is not None:  # TLS-ALPN-01: hellos are peeked first
+                if sock is None:
+                    try:
+                        sock = open_listening_socket(host, port)
+                    except OSError as exc:
+                        raise ConfigError(
+                            f"cannot listen on {where}: {exc.strerror or exc}"
+                        ) from None
+                listening.tls_alpn_sockets.append(sock)
+                bound[kind].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
+                continue
             server = await _bind(
                 where,
                 start_front_door(
@@ -405,6 +433,9 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(router.link.forwarder.run(), name="route-cache"))
     if router.admin_agent is not None:
         background.append(start(router.admin_agent.run(), name="admin-agent"))
+    if router.acme is not None:  # with workers the first orders, the others follow
+        acme = router.acme.run() if config.worker_index <= 1 else router.acme.follow()
+        background.append(start(acme, name="acme"))
     if config.events_url:
         events = TunnelEvents(
             url=config.events_url, secret=config.events_secret.encode(),
@@ -417,6 +448,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(events.run(), name="events"))
     for sock in listening.one_port_sockets:
         background.append(start(_serve_one_port(router, sock), name="one-port"))
+    for sock in listening.tls_alpn_sockets:
+        background.append(start(_serve_tls_alpn(router, sock), name="https-tls-alpn"))
     try:
         await _until_stopped(stop, background)
     finally:
@@ -575,6 +608,22 @@ async def _serve_one_port(router: Router, sock: socket.socket) -> None:
         sock, ssh_factory=lambda: wss.factory, https=handlers["https"], http=handlers["http"],
         tls=router.tls, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
         sniff_timeout_s=config.tls_handshake_timeout_s,
+    )  # fmt: skip
+
+
+async def _serve_tls_alpn(router: Router, sock: socket.socket) -> None:
+    from router.acme.tls_alpn import serve_https_with_tls_alpn
+
+    assert router.tls is not None and router.acme is not None
+    assert router.acme.tls_alpn is not None
+    handler = connection_handler(
+        "https", gateway=router.gateway, limits=router.current_limits,
+        connections=router.connections, counts=router.browsers,
+        trusted_proxies=router.trusted, on_request=router.request_callback,
+    )  # fmt: skip
+    await serve_https_with_tls_alpn(
+        sock, handler=handler, tls=router.tls, challenges=router.acme.tls_alpn,
+        tls_handshake_timeout_s=router.config.tls_handshake_timeout_s,
     )  # fmt: skip
 
 

@@ -5,13 +5,16 @@ Where a handshake's certificate comes from, first match wins:
 1. ``tls_cert_dir``: per-host certificates, each serving the DNS names in its
    subjectAltName; an exact name beats a wildcard (``*.example.org`` covers
    one label: ``a.example.org``, not ``a.b.example.org``);
-2. with the development CA (no certificate files configured), a certificate
+2. the certificate from ACME (``router.acme``), by the same rules, swapped in
+   by ``FrontDoorTls.replace_acme``;
+3. with the development CA (no certificate files configured), a certificate
    issued for each exact host name under the domain on its first handshake and
    kept on disk: TLS clients (curl, OpenSSL, browsers) refuse wildcards directly
    under a single-label domain such as ``*.localhost``, so a wildcard alone
    would not work for the default ``*.localhost`` setup;
-3. the default: ``tls_cert_file``/``tls_key_file`` (or the dev CA's leaf), which
-   also answers a client that sends no SNI or a name nothing else serves.
+4. the default: ``tls_cert_file``/``tls_key_file`` (or ACME's certificate for the
+   domain, else the dev CA's leaf), which also answers a client that sends no
+   SNI or a name nothing else serves.
 
 The servers are given one context (``FrontDoorTls.context``) for good; its
 ``sni_callback`` switches each connection's ``SSLObject.context`` to the chosen
@@ -209,6 +212,7 @@ class FrontDoorTls:
     def __init__(self, certificates: CertificateSet, dev: DevCertificates | None) -> None:
         self._certificates = certificates
         self._dev = dev
+        self._acme = CertificateSet(None)
         context = certificates.default or (dev.default_context if dev is not None else None)
         if context is None:
             raise ValueError("FrontDoorTls needs a default certificate or a development CA")
@@ -227,15 +231,31 @@ class FrontDoorTls:
         """New handshakes from now on use ``certificates``; made connections keep theirs."""
         self._certificates = certificates
 
+    def replace_acme(self, certificates: CertificateSet, domain: str) -> None:
+        """ACME's certificates for new handshakes from now on; the one serving ``domain``
+        also answers when nothing else does (no SNI), unless ``tls_cert_file`` is set."""
+        self._acme = CertificateSet(
+            certificates.for_host(domain),
+            certificates.exact,
+            certificates.wildcard,
+            certificates.files,
+        )
+
+    @property
+    def acme_certificates(self) -> CertificateSet:
+        return self._acme
+
     def _on_server_name(
         self, sock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
         host = normalise_host(server_name) if server_name else None
-        chosen = self._certificates.for_host(host) if host is not None else None
+        chosen = None
+        if host is not None:
+            chosen = self._certificates.for_host(host) or self._acme.for_host(host)
         if chosen is None and host is not None and self._dev is not None:
             chosen = self._dev.context_for(host)
         if chosen is None:
-            chosen = self._certificates.default
+            chosen = self._certificates.default or self._acme.default
         if chosen is not None and chosen is not self.context:
             sock.context = chosen
 

@@ -36,6 +36,7 @@ from router.blocks import BlockList
 from router.routing import NameTaken, Offline, RouteTable
 
 if TYPE_CHECKING:
+    from router.acme.challenges import HttpChallenges
     from router.cluster.forwarding import Forwarder
     from router.holding import HoldingPages
     from router.membership import Membership
@@ -234,10 +235,16 @@ class TunnelGateway:
         self.forwarder: Forwarder | None = None
         # Portal mode: "starting…" for instances the portal knows whose tunnel is not up.
         self.holding: HoldingPages | None = None
+        # ACME's pending HTTP-01 answers (acme_challenge http-01), asked before routing.
+        self.acme_http: HttpChallenges | None = None
 
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page | Awaitable[Destination | Page]:
+        if self.acme_http is not None and client.scheme == "http":
+            answer = self.acme_http.page(host, request.target)
+            if answer is not None:
+                return answer
         target = target_for_host(host, self._hub.domain)
         if target is None:
             return status_page(

@@ -14,7 +14,7 @@ import pytest
 
 import keys
 
-from .conftest import START_TIMEOUT_S, Router, Stack
+from .conftest import ROOT, START_TIMEOUT_S, Router, Stack
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -66,6 +66,12 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: 
          "tls_cert_file {junk}: no PEM certificate in it"),
         (["--tls-cert-dir", "{missing}"], "tls_cert_dir {missing}: No such file or directory"),
         (["--config", "{missing}"], "{missing}: no such config file"),
+        (["--acme-directory-url", "https://ca/dir", "--acme-dns-server", "127.0.0.1",
+          "--acme-dns-tsig-key-file", "{junk}"],
+         "acme_dns_tsig_key_file {junk}: no key \"NAME\" {{ algorithm ...; secret \"...\"; }}; "
+         "in it"),
+        (["--acme-directory-url", "https://ca/dir", "--acme-challenge", "http-01",
+          "--acme-ca-file", "{missing}"], "acme_ca_file {missing}: No such file or directory"),
     ],
 )  # fmt: skip
 def test_check_config_refuses_a_bad_config_in_one_line(
@@ -135,3 +141,22 @@ def test_an_unknown_log_format_is_one_line_and_exit_2(component: str, prog: str)
     done = run(component, "--log-format", "yaml")
     assert done.returncode == 2
     assert done.stderr == f"{prog}: error: log_format: 'yaml' is not logfmt or json\n"
+
+
+def test_acme_without_its_extra_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # The acme extra not installed: an import of aioacme that fails, as it would.
+    done = subprocess.run(
+        [
+            sys.executable, "-c",
+            "import sys; sys.modules['aioacme'] = None; from router.cli import main; "
+            "sys.exit(main(sys.argv[1:]))",
+            "check-config", "--state-dir", str(tmp_path), "--acme-directory-url",
+            "https://ca/dir", "--acme-challenge", "http-01",
+        ],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        "hostmux-router check-config: error: acme_directory_url needs the acme extra: "
+        "pip install 'hostmux[acme]' (aioacme and dnspython)\n"
+    )

@@ -149,24 +149,31 @@ class TunnelHub:
         )  # fmt: skip
 
     def _check_blocks(self, tunnel: Tunnel) -> None:
-        if not self.blocks_known:
-            raise Blocked("the router has not read its blocks from the registry yet: try again")
-        refusal = self.blocks.refusal(tunnel.owner, tunnel.name)
+        refusal = self.block_refusal(tunnel.owner, tunnel.name, tunnel.peer)
         if refusal is not None:
-            log.info(fields("claim_blocked", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner))
             raise Blocked(refusal)
 
+    def block_refusal(self, owner: str, name: str, peer: str) -> str | None:
+        """What a client claiming ``name`` (a name or "tcp:PORT") as ``owner`` is told when
+        a block stops it (logged), or None."""
+        if not self.blocks_known:
+            return "the router has not read its blocks from the registry yet: try again"
+        refusal = self.blocks.refusal(owner, name)
+        if refusal is not None:
+            log.info(fields("claim_blocked", name=name, peer=peer, key=owner))
+        return refusal
+
     def tunnels(self) -> list[Tunnel]:
-        """The tunnels this router serves now."""
-        return [tunnel for _, tunnel in self.routes.held()]
+        """The tunnels this router serves now: names, then TCP ports."""
+        return [tunnel for _, tunnel in self.held_all()]
 
     def kick(self, name: str, reason: str) -> int:
         """Close the tunnel serving ``name``; how many were closed (0 or 1).
 
         The SSH connection left with no forward is closed too: its client sees the end.
         """
-        found = self.routes.lookup(name)
-        return self.close_tunnels([found] if isinstance(found, Tunnel) else [], reason)
+        found = self.lookup_any(name)
+        return self.close_tunnels([found] if found is not None else [], reason)
 
     def kick_blocked(self) -> int:
         """Close every tunnel a block in ``blocks`` matches (blocking is kicking)."""

@@ -326,6 +326,10 @@ class _ConnectionHandler(asyncssh.SSHServer):
             # A key limited to names (permitlisten, a portal instance) gets no ports unless
             # a pattern says "tcp" ("tcp" is no name a tunnel can hold).
             return self._refuse(where, 'this key may not open TCP tunnels (permitlisten="tcp")')
+        asked = f"tcp:{listen_port}" if listen_port else "tcp"
+        blocked = self._hub.block_refusal(grant.owner, asked, self._state.peer)
+        if blocked is not None:  # a blocked key gets no port; a blocked "tcp:PORT" not that one
+            return self._refuse(where, blocked)
         if not self._limits.add_tunnel(grant.owner):
             limit = self._limits.max_tunnels_per_owner
             return self._refuse(where, f"this key already holds {limit} tunnels")

@@ -450,3 +450,34 @@ async def test_every_router_of_a_cluster_serves_the_port_over_the_link(
     other = first if port == first + 1 else first + 1
     await refused_at_accept_on("127.0.0.2", other)
     await two.router.proc.wait_for(rf"event=tcp_connection port={other} .*outcome=unavailable")
+
+
+async def test_the_admin_api_lists_kicks_and_blocks_tcp_tunnels(stack: Stack) -> None:
+    from .test_admin import start_admin_router
+
+    first = free_port_block(4)
+    router, admin = await start_admin_router(
+        stack, "--tcp-port-range", f"{first}-{first + 3}", "--tcp-listen-host", "127.0.0.1",
+        "--name-reservation-s", "600",
+    )  # fmt: skip
+    alice = stack.new_key("alice")
+    router.authorize(public_key_of(alice))
+    target = await echo_server(stack.nursery)
+    ssh = await tcp_tunnel(stack, router, alice, target, f"tcp:{first}")
+    await ssh.wait_for(rf"Forwarding tcp://localhost:{first}")
+    owner = (await router.proc.wait_for(rf"event=tcp_tunnel_up port={first} .*key=(\S+)"))[1]
+    # Listed and kicked like an HTTP tunnel.
+    listed = (await admin.call("GET", "/api/tunnels")).json()["tunnels"]
+    assert [t["name"] for t in listed] == [f"tcp:{first}"]
+    kicked = await admin.call("POST", "/api/kick", {"name": f"tcp:{first}"})
+    assert kicked.status_code == 200 and kicked.json()["kicked"] == 1
+    assert await ssh.wait_exit() != 0
+    # Blocking the key closes its TCP tunnel and refuses its next port.
+    ssh = await tcp_tunnel(stack, router, alice, target, f"tcp:{first}")
+    await ssh.wait_for(rf"Forwarding tcp://localhost:{first}")
+    blocked = await admin.call("POST", "/api/block", {"kind": "key", "value": owner})
+    assert blocked.status_code == 200 and blocked.json()["kicked"] == 1, blocked.text
+    assert await ssh.wait_exit() != 0
+    refused = await tcp_tunnel(stack, router, alice, target, f"tcp:{first + 1}")
+    assert await refused.wait_exit() != 0
+    await router.proc.wait_for(r"event=forward_refused .*reason=.*this key is blocked")

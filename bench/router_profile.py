@@ -109,7 +109,7 @@ def summarise_raw(raw: str) -> dict[str, Any]:
         total += count
         for label, patterns in AREAS:
             if any(
-                f.function.startswith(fn) and f.file.startswith(path)
+                f.function.startswith(fn) and path in f.file
                 for f in frames
                 for fn, path in patterns
             ):

@@ -1,0 +1,29 @@
+"""bench/router_profile.py's summary: areas match py-spy frames whatever the file's prefix."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+if str(BENCH) not in sys.path:  # bench/ is scripts, not a package
+    sys.path.insert(0, str(BENCH))
+summarise_raw = importlib.import_module("router_profile").summarise_raw
+
+
+def test_areas_match_relative_and_absolute_file_paths() -> None:
+    raw = "\n".join(
+        [
+            # Our code as py-spy names it (relative to the working directory) ...
+            "run (asyncio/runners.py:118);receive_data (hostmux/http1/connection.py:80) 3",
+            # ... and a library's frame with its absolute path in the venv.
+            "run (asyncio/runners.py:118);write (/x/.venv/lib/python3.11/site-packages/"
+            "asyncssh/channel.py:900) 1",
+        ]
+    )
+    areas = {a["area"]: a["pct"] for a in summarise_raw(raw)["areas"]}
+    parsing = next(v for k, v in areas.items() if k.startswith("HTTP parsing"))
+    ssh_writes = next(v for k, v in areas.items() if k.startswith("SSH channel writes"))
+    assert parsing == 75.0
+    assert ssh_writes == 25.0

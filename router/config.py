@@ -442,20 +442,19 @@ class RouterConfig:
                 "acme_directory_url and tls_cert_file: choose one for the default certificate"
             )
         if self.acme_challenge == "tls-alpn-01":
-            if not self.https_listen or self.workers != 1:
+            if not self.https_listen:
                 raise ValueError(
-                    "acme_challenge tls-alpn-01 needs https_listen (the CA asks on port 443) "
-                    "and workers = 1"
+                    "acme_challenge tls-alpn-01 needs https_listen (the CA asks on port 443)"
                 )
+            if self.workers != 1 and not self.registry:  # RouterConfig refuses it anyway
+                raise ValueError("acme_challenge tls-alpn-01 with workers needs a registry")
             dns = [n for n in given if n.startswith("acme_dns_")]
             if dns:
                 raise ValueError(f"{dns[0]} is for acme_challenge dns-01")
             return
         if self.acme_challenge == "http-01":
-            if self.workers != 1:
-                raise ValueError(
-                    "acme_challenge http-01: not available with workers yet (use dns-01)"
-                )
+            if self.workers != 1 and not self.registry:  # RouterConfig refuses it anyway
+                raise ValueError("acme_challenge http-01 with workers needs a registry")
             if not (self.http_listen or self.one_port_listen):
                 raise ValueError(
                     "acme_challenge http-01 needs http_listen (the CA asks on port 80)"

@@ -433,8 +433,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(router.link.forwarder.run(), name="route-cache"))
     if router.admin_agent is not None:
         background.append(start(router.admin_agent.run(), name="admin-agent"))
-    if router.acme is not None:  # with workers the first orders, the others follow
-        acme = router.acme.run() if config.worker_index <= 1 else router.acme.follow()
+    if router.acme is not None:  # with a registry (always with workers) its lock decides
+        acme = router.acme.run_shared() if config.registry else router.acme.run()
         background.append(start(acme, name="acme"))
     if config.events_url:
         events = TunnelEvents(

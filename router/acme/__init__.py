@@ -4,7 +4,10 @@
 ``acme_directory_url`` (a ConfigError for anything wrong with its files, and
 one clear line when the ``acme`` extra is not installed); the router runs
 ``AcmeManager.run`` as a background task, answers HTTP-01 through
-``HttpChallenges`` and asks ``AcmeManager.status`` for readiness.
+``HttpChallenges`` and asks ``AcmeManager.status`` for readiness. With a
+registry every router and worker runs ``AcmeManager.run_shared`` instead: the
+lock, the pending answers and the certificate live in the registry
+(``router.registry.acme_share``).
 
 Modules: ``store`` (the files in ``state_dir/acme``), ``dns`` (DNS-01 by RFC
 2136 or a hook), ``challenges`` (HTTP-01 answers), ``manager`` (the loop).
@@ -62,8 +65,8 @@ def _server_trust(config: RouterConfig) -> ssl.SSLContext | bool:
 
 
 def orders(config: RouterConfig) -> bool:
-    """Whether this process orders (a router, or the first of its workers) or only serves
-    what the ordering one stores (``AcmeManager.follow``)."""
+    """Whether this process makes the account key at start (a router, or the first of its
+    workers); with a registry any worker may order later, under the registry's lock."""
     return config.worker_index <= 1
 
 
@@ -104,10 +107,18 @@ def build_acme(
         _, created = store.account_key()  # made (or checked) now: a bad key stops the start
         if created:
             log.info(fields("acme_account_key_created", file=str(store.directory / "account.key")))
+    share = None
+    if config.registry:  # a cluster: one orders at a time, all answer and serve (run_shared)
+        from router.registry.acme_share import AcmeShare
+
+        try:
+            share = AcmeShare.from_url(config.registry, prefix=config.registry_prefix)
+        except ValueError as exc:  # redis-py's verdict on the URL
+            raise ConfigError(f"registry: {exc}") from None
     manager = AcmeManager(
         directory_url=config.acme_directory_url, email=config.acme_email,
         challenge=config.acme_challenge, domain=config.domain, store=store, tls=tls,
-        server_trust=trust, dns=dns, http=http, alpn=alpn,
+        server_trust=trust, dns=dns, http=http, alpn=alpn, share=share,
     )  # fmt: skip
     manager.install_stored()
     return manager, http

@@ -21,6 +21,14 @@ Rules:
 5. One log line per step: ``acme_account_registered``, ``acme_order_created``,
    ``acme_challenge_published``, ``acme_challenge_valid``, ``acme_certificate_installed``,
    ``acme_renewal_scheduled``, ``acme_failed`` (with ``retry_in_s``).
+6. With a registry (a cluster, and always with workers) every process runs
+   ``run_shared``: it serves the registry's certificate when it changes, copies
+   the pending challenge answers from the registry into its own tables every
+   ``SHARE_POLL_S`` (so whichever router the CA reaches answers), and orders
+   only while holding the registry's lock (``router.registry.acme_share``),
+   renewed while it orders; the one ordering puts its answers there, waits
+   ``SHARE_WAIT_S`` before asking the CA to validate, and stores the new
+   certificate there for the others.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import aioacme
 import httpx
@@ -47,7 +56,11 @@ from router.acme.challenges import HttpChallenges
 from router.acme.dns import DnsChallenge, DnsUpdateError
 from router.acme.store import AcmeStore, StoredCertificate, utc_now
 from router.acme.tls_alpn import TlsAlpnChallenges
+from router.registry.model import RegistryError
 from router.tls import FrontDoorTls, load_certificates
+
+if TYPE_CHECKING:
+    from router.registry.acme_share import AcmeShare
 
 log = logging.getLogger("hostmux.acme")
 
@@ -63,9 +76,15 @@ VALIDATION_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 2.0
 # The loop looks at the clock again at least this often (a suspended VM, a clock step).
 MAX_SLEEP_S = 6 * 3600.0
-# Reason: with workers, how soon the others serve a certificate the first one installed;
-# a stat() this often costs nothing, and a renewal is due weeks before expiry.
-FOLLOW_INTERVAL_S = 5.0
+# Reason: with a registry, how often a router looks there for pending challenge answers
+# and the cluster's certificate (two small HGETALLs); the one ordering waits twice this
+# after publishing an answer before telling the CA to validate, so every router has it.
+SHARE_POLL_S = 1.0
+SHARE_WAIT_S = 2 * SHARE_POLL_S + 0.5
+# Reason: the order lock outlives a stalled router by at most this; renewed every third.
+LOCK_TTL_S = 30.0
+# Pending answers in the registry expire after this even if the orderer dies mid-order.
+CHALLENGE_TTL_S = VALIDATION_TIMEOUT_S * 2
 RENEW_AT_FRACTION = 2 / 3
 JITTER_FRACTION = 1 / 30
 # What of the CA's or a hook's error text goes into a log line.
@@ -121,6 +140,7 @@ class AcmeManager:
         dns: DnsChallenge | None = None,
         http: HttpChallenges | None = None,
         alpn: TlsAlpnChallenges | None = None,
+        share: AcmeShare | None = None,
     ) -> None:
         if challenge == "dns-01":
             assert dns is not None
@@ -138,6 +158,9 @@ class AcmeManager:
         self._dns = dns
         self._http = http
         self._alpn = alpn
+        self._share = share
+        # Answers this router copied from the registry: field -> key authorization.
+        self._mirrored: dict[tuple[str, str], str] = {}
         self.status = AcmeStatus(names)
         self._current: StoredCertificate | None = None  # the one being served
         # Called after each certificate is installed (tests, and metrics later).
@@ -205,23 +228,124 @@ class AcmeManager:
                 assert self.status.next_attempt is not None
                 await sleep(max(0.0, (self.status.next_attempt - utc_now()).total_seconds()))
 
-    async def follow(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """With workers, every worker but the first: serve what the first one stores, looking
-        every ``FOLLOW_INTERVAL_S``; it alone orders (one account, one order at a time)."""
-        seen = self._stamp()
-        while True:
-            await sleep(FOLLOW_INTERVAL_S)
-            stamp = self._stamp()
-            if stamp != seen and stamp is not None:
-                seen = stamp
-                self.install_stored()
-
-    def _stamp(self) -> tuple[int, int] | None:
+    async def run_shared(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """With a registry (every router and worker): serve the cluster's certificate, answer
+        any pending challenge, and order when due while holding the registry's lock, so
+        one router orders at a time; returns only when cancelled."""
+        assert self._share is not None
+        share = self._share
+        mirror = asyncio.create_task(self._mirror_challenges(sleep), name="acme-mirror")
         try:
-            info = (self._store.cert_dir / f"{self._domain}.crt").stat()
-        except OSError:
-            return None
-        return info.st_mtime_ns, info.st_size
+            while True:
+                try:
+                    await self._adopt_shared()
+                    if not self._due() or not await share.lock(LOCK_TTL_S):
+                        await sleep(SHARE_POLL_S)
+                        continue
+                except RegistryError as exc:
+                    log.warning(fields("acme_registry_failed", reason=str(exc)))
+                    await sleep(SHARE_POLL_S)
+                    continue
+                keeper = asyncio.create_task(self._keep_lock(sleep), name="acme-lock")
+                try:
+                    await self._adopt_shared()  # another router may have just finished
+                    if self._due():
+                        stored = await self.order()
+                        await share.put_certificate(
+                            stored.cert_file.read_bytes(), stored.key_file.read_bytes()
+                        )
+                except Exception as exc:
+                    if not (_expected(exc) or isinstance(exc, RegistryError)):
+                        raise
+                    self._failed(exc)
+                finally:
+                    keeper.cancel()
+                    try:
+                        await share.unlock()
+                    except RegistryError as exc:  # its TTL frees it
+                        log.warning(fields("acme_registry_failed", reason=str(exc)))
+        finally:
+            mirror.cancel()
+
+    def _due(self) -> bool:
+        now = utc_now()
+        if self.status.next_attempt is not None and now < self.status.next_attempt:
+            return False
+        return self._current is None or renew_at(self._current) <= now
+
+    async def _keep_lock(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+        assert self._share is not None
+        while True:
+            await sleep(LOCK_TTL_S / 3)
+            try:
+                if not await self._share.renew(LOCK_TTL_S):
+                    log.warning(fields("acme_lock_lost", action="finishing this order"))
+                    return
+            except RegistryError as exc:
+                log.warning(fields("acme_registry_failed", reason=str(exc)))
+
+    async def _adopt_shared(self) -> None:
+        """Serve the registry's certificate when it differs from the one in use."""
+        assert self._share is not None
+        found = await self._share.certificate()
+        if found is None:
+            return
+        chain, key = found
+        current = self._current
+        if current is not None:
+            try:
+                if current.cert_file.read_bytes() == chain:
+                    return
+            except OSError:
+                pass
+        try:
+            self._store.save_certificate(self._domain, chain, key)
+        except (OSError, ValueError) as exc:
+            log.warning(fields("acme_shared_certificate_unusable", reason=_reason(exc)))
+            return
+        if self.install_stored() is not None:
+            self.status.failures, self.status.last_error = 0, None
+            self.status.next_attempt = None
+
+    async def _mirror_challenges(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+        """Copy the registry's pending answers into this router's tables (and drop the
+        ones gone from it), every ``SHARE_POLL_S``."""
+        assert self._share is not None
+        while True:
+            try:
+                wanted: dict[tuple[str, str], str] = {}
+                if self._http is not None:
+                    for field, value in (await self._share.challenges("http")).items():
+                        wanted[("http", field)] = value
+                if self._alpn is not None:
+                    for field, value in (await self._share.challenges("alpn")).items():
+                        wanted[("alpn", field)] = value
+                self._sync_mirror(wanted)
+            except RegistryError as exc:
+                log.warning(fields("acme_registry_failed", reason=str(exc)))
+            await sleep(SHARE_POLL_S)
+
+    def _sync_mirror(self, wanted: dict[tuple[str, str], str]) -> None:
+        for (kind, field), value in wanted.items():
+            if self._mirrored.get((kind, field)) == value:
+                continue
+            if kind == "http" and self._http is not None:
+                host, _, token = field.partition(" ")
+                self._http.add(host, token, value)
+            elif kind == "alpn" and self._alpn is not None:
+                try:
+                    self._alpn.add(field, value)
+                except (OSError, ValueError) as exc:
+                    log.warning(fields("acme_challenge_unusable", name=field, reason=str(exc)))
+                    continue
+            self._mirrored[(kind, field)] = value
+        for kind, field in [k for k in self._mirrored if k not in wanted]:
+            del self._mirrored[(kind, field)]
+            if kind == "http" and self._http is not None:
+                host, _, token = field.partition(" ")
+                self._http.remove(host, token)
+            elif kind == "alpn" and self._alpn is not None:
+                self._alpn.remove(field)
 
     def _failed(self, exc: BaseException) -> None:
         status = self.status
@@ -296,6 +420,10 @@ class AcmeManager:
                     )
                 await self._publish(client, authorization, challenge, thumbprint, cleanup)
                 pending.append((uri, challenge))
+            if pending and self._share is not None:
+                # Every router looks in the registry each SHARE_POLL_S: wait until all
+                # have the answers, as one waits for DNS to propagate.
+                await asyncio.sleep(SHARE_WAIT_S)
             for _, challenge in pending:
                 await client.answer_challenge(challenge.url)
             for uri, _ in pending:
@@ -311,7 +439,7 @@ class AcmeManager:
             for undo in cleanup:
                 try:
                     await undo()
-                except (DnsUpdateError, OSError) as exc:
+                except (DnsUpdateError, OSError, RegistryError) as exc:
                     log.warning(fields("acme_cleanup_failed", reason=_reason(exc)))
         key_pem = cert_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -339,7 +467,9 @@ class AcmeManager:
         elif self._challenge == aioacme.ChallengeType.tlsalpn01:
             assert self._alpn is not None
             alpn = self._alpn
-            alpn.add(name, f"{challenge.token}.{thumbprint}")
+            key_authorization = f"{challenge.token}.{thumbprint}"
+            alpn.add(name, key_authorization)
+            await self._share_challenge("alpn", name, key_authorization, cleanup)
 
             async def forget_alpn() -> None:
                 alpn.remove(name)
@@ -349,7 +479,11 @@ class AcmeManager:
         else:
             assert self._http is not None
             http = self._http
-            http.add(name, challenge.token, f"{challenge.token}.{thumbprint}")
+            key_authorization = f"{challenge.token}.{thumbprint}"
+            http.add(name, challenge.token, key_authorization)
+            await self._share_challenge(
+                "http", f"{name} {challenge.token}", key_authorization, cleanup
+            )
 
             async def forget() -> None:
                 http.remove(name, challenge.token)
@@ -360,6 +494,25 @@ class AcmeManager:
         log.info(
             fields("acme_challenge_published", name=shown, type=self._challenge.value, at=where)
         )
+
+    async def _share_challenge(
+        self,
+        kind: str,
+        field: str,
+        value: str,
+        cleanup: list[Callable[[], Awaitable[None]]],
+    ) -> None:
+        """Put a pending answer in the registry (any router answers it), and its removal
+        in ``cleanup``."""
+        share = self._share
+        if share is None:
+            return
+
+        async def forget() -> None:
+            await share.drop_challenge(kind, field)
+
+        cleanup.append(forget)
+        await share.put_challenge(kind, field, value, CHALLENGE_TTL_S)
 
     async def _until_valid(self, client: aioacme.Client, uri: str) -> None:
         deadline = asyncio.get_running_loop().time() + VALIDATION_TIMEOUT_S

@@ -128,7 +128,8 @@ class AcmeStore:
 
 def _write(path: Path, data: bytes) -> None:
     """``data`` into ``path`` (mode 0600) through a temporary file and a rename."""
-    temporary = path.with_name(path.name + ".tmp")
+    # Per process: workers sharing state_dir may write the same file at once.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)

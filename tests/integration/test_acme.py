@@ -10,14 +10,17 @@ under deadlines; nothing sleeps.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import ssl
 from pathlib import Path
 
 import httpx
+import redis
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .acme_world import DOMAIN, DnsZone, Pebble, free_port, need, start_dns_zone, start_pebble
@@ -207,10 +210,11 @@ async def test_with_workers_the_first_orders_and_every_worker_serves_it(
         "--acme-dns-server", dns.server, "--acme-dns-tsig-key-file", str(dns.tsig_key_file),
     )  # fmt: skip
     proc = workers.supervisor
-    installed = await proc.wait_for(INSTALLED + " worker=1$")
-    await proc.wait_for(r"event=acme_certificate_loaded .* worker=2$")
+    installed = await proc.wait_for(INSTALLED + r" worker=(\d)$")
+    other = "2" if installed[3] == "1" else "1"  # the registry's lock let one order
+    await proc.wait_for(rf"event=acme_certificate_loaded .* worker={other}$")
     orders = [line for line in proc.lines if "event=acme_order_created" in line]
-    assert len(orders) == 1 and orders[0].endswith("worker=1"), orders
+    assert len(orders) == 1 and orders[0].endswith(f"worker={installed[3]}"), orders
     root = await pebble.root(tmp_path / "pebble-root.pem")
     # Fresh verified connections until both workers have answered one: each served it.
     start, answered_by = len(proc.lines), set()
@@ -260,3 +264,59 @@ async def test_tls_alpn01_is_answered_on_the_https_port_by_the_hello(
     assert home.status_code == 200
     assert router.proc.process.returncode is None
     await stalled.aclose()
+
+
+async def test_two_routers_on_one_registry_order_once_answer_http01_and_serve_one_certificate(
+    stack: Stack, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    dns = await start_dns_zone(stack)
+    http_port = free_port()  # Pebble asks router "b" only, and "b" never orders:
+    pebble = await start_pebble(stack, dns, http_port=http_port, tls_port=1)
+    common = ("--acme-challenge", "http-01", "--registry", redis_server.url)
+    # its CA is unreachable (its order fails and backs off for a minute), so the answer
+    # Pebble gets comes from the registry, put there by "a", which orders.
+    follower = await stack.start_router(
+        "--domain", DOMAIN, "--acme-directory-url", "https://127.0.0.1:1/directory",
+        *common, "--router-id", "b", state_dir=stack.path("router-b-state"),
+        ports=(0, 0, http_port),
+    )  # fmt: skip
+    await follower.proc.wait_for(r"event=acme_failed .*retry_in_s=")
+    orderer = await start_acme_router(stack, pebble, *common, "--router-id", "a")
+    routers = [orderer, follower]
+    installed = await orderer.proc.wait_for(INSTALLED)
+    assert installed[1] == DOMAIN
+    await follower.proc.wait_for(rf"event=acme_certificate_loaded names={DOMAIN}")
+    assert orderer.proc.find(r"event=acme_challenge_valid name=" + re.escape(DOMAIN))
+    orders = [line for r in routers for line in r.proc.lines if "event=acme_order_created" in line]
+    assert len(orders) == 1 and not follower.proc.find("event=acme_order_created"), orders
+    assert not orderer.proc.find(r"event=acme_failed")
+    root = await pebble.root(tmp_path / "pebble-root.pem")
+    seen = [await certificate_seen(router, DOMAIN, root) for router in routers]
+    assert dns_names(seen[0]) == {DOMAIN}
+    assert [c.fingerprint(hashes.SHA256()) for c in seen] == [
+        seen[0].fingerprint(hashes.SHA256())
+    ] * 2
+    # A challenge answer put in the registry is answered by both routers (the one that
+    # did not order included), and gone from both once the registry drops it.
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    answer = hashlib.sha256(b"probe").hexdigest()
+    client.hset("hostmux:acme:http", f"{DOMAIN} probe-token", answer)
+    for router in routers:
+        assert await challenge_answer(router, "probe-token", want=200) == answer
+    client.hdel("hostmux:acme:http", f"{DOMAIN} probe-token")
+    for router in routers:
+        await challenge_answer(router, "probe-token", want=404)
+    client.close()
+
+
+async def challenge_answer(router: Router, token: str, *, want: int) -> str:
+    """The body of the HTTP-01 answer for ``token``, asked until it has status ``want``
+    (a router looks in the registry every second) under a deadline."""
+    url = f"http://127.0.0.1:{router.http_port}/.well-known/acme-challenge/{token}"
+    with trio.fail_after(10):
+        async with httpx.AsyncClient(timeout=5) as client:
+            while True:
+                response = await client.get(url, headers={"host": DOMAIN})
+                if response.status_code == want:
+                    return response.text
+                await trio.sleep(0.2)  # polling the router's answer under the deadline

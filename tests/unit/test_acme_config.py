@@ -24,10 +24,6 @@ def test_acme_is_off_by_default_and_its_options_need_the_directory() -> None:
     [
         ({"acme_directory_url": "ftp://x"}, "acme_directory_url: an http"),
         ({"acme_challenge": "dns-02"}, "acme_challenge: 'dns-02' is not"),
-        (
-            {"acme_challenge": "tls-alpn-01", "workers": 2, "registry": "redis://r"},
-            "tls-alpn-01 needs https_listen",
-        ),
         ({"acme_challenge": "tls-alpn-01", "acme_dns_zone": "x"}, "is for acme_challenge dns-01"),
         ({}, "dns-01 needs acme_dns_server or acme_dns_hook"),
         ({"acme_dns_server": "127.0.0.1", "acme_dns_hook": "x"}, "(one)"),
@@ -38,7 +34,7 @@ def test_acme_is_off_by_default_and_its_options_need_the_directory() -> None:
         ({"acme_challenge": "http-01", "acme_dns_server": "127.0.0.1"}, "is for acme_challenge"),
         ({"acme_challenge": "http-01", "http_listen": []}, "http-01 needs http_listen"),
         ({"acme_challenge": "http-01", "https_listen": []}, "need an HTTPS front door"),
-        ({"acme_challenge": "http-01", "workers": 2, "registry": "redis://r"}, "workers"),
+        ({"acme_challenge": "http-01", "workers": 2}, "workers need a registry"),
         (
             {"acme_challenge": "http-01", "tls_cert_file": Path("c"), "tls_key_file": Path("k")},
             "choose one",
@@ -48,6 +44,14 @@ def test_acme_is_off_by_default_and_its_options_need_the_directory() -> None:
 def test_wrong_combinations_are_one_line(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         RouterConfig(acme_directory_url=options.pop("acme_directory_url", URL), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+def test_http01_and_tls_alpn01_go_with_workers_sharing_a_registry(challenge: str) -> None:
+    config = RouterConfig(
+        acme_directory_url=URL, acme_challenge=challenge, workers=2, registry="redis://r"
+    )
+    assert (config.workers, config.acme_challenge) == (2, challenge)
 
 
 @pytest.mark.parametrize(

@@ -375,9 +375,6 @@ class RouterConfig:
         except ValueError as error:
             raise ValueError(f"tcp_port_range: {error}") from None
         parse_port_rules(self.tcp_port_rules)
-        if self.tcp_port_range and self.workers != 1:
-            # Each worker would bind the ports on its own: one process serves them, for now.
-            raise ValueError("tcp_port_range: TCP tunnels need workers = 1 (for now)")
         if self.tcp_listen_host:
             try:
                 ipaddress.ip_address(self.tcp_listen_host)

@@ -283,6 +283,7 @@ def build_router(config: RouterConfig) -> Router:
                 connect_timeout_s=config.connect_timeout_s,
                 proxy_protocol=config.tcp_proxy_protocol,
                 rules=parse_port_rules(config.tcp_port_rules),
+                reuse_port=bool(config.worker_index),
             ),
             counts=router.browsers, reservation_s=config.name_reservation_s,
         )  # fmt: skip

@@ -174,6 +174,10 @@ class TcpSettings:
     connect_timeout_s: float
     proxy_protocol: bool = False  # send a PROXY v2 header first on each channel
     rules: list[PortRule] = field(default_factory=list)  # [[tcp_port_rules]]
+    # Workers of one supervisor: each binds every port of the range with SO_REUSEPORT
+    # and the kernel spreads connections over them; one without the tunnel relays
+    # over the workers' own cluster link to the worker that holds it.
+    reuse_port: bool = False
 
 
 @dataclass
@@ -335,6 +339,7 @@ class TcpPorts:
         server = await asyncio.start_server(
             lambda r, w: self._accepted(port, r, w),
             self.settings.listen_host or None, port, reuse_address=True,
+            reuse_port=self.settings.reuse_port or None,
         )  # fmt: skip
         self._servers[port] = server
 

@@ -256,3 +256,34 @@ async def test_requests_through_both_workers_reach_the_tunnel(
         request = workers.router.request(client, "GET", "demo", "/")
         response = await client.send(request)
         assert isinstance(response, httpx.Response) and response.status_code == 200
+
+
+async def test_tcp_ports_are_served_by_every_worker(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    """TCP tunnels with workers: every worker binds the range (SO_REUSEPORT); the kernel
+    hands each connection to one of them, and a worker without the tunnel relays it over
+    the workers' link to the one that holds it. Both workers' logs show connections."""
+    from .test_tcp_tunnels import echo_once, echo_server, free_port_block, tcp_tunnel
+
+    first = free_port_block(2)
+    alice = stack.new_key("alice")
+    workers = await start_workers(
+        stack, redis_server, "--tcp-port-range", f"{first}-{first + 1}",
+        "--tcp-listen-host", "127.0.0.1",
+    )  # fmt: skip
+    workers.router.authorize(public_key_of(alice))
+    target = await echo_server(stack.nursery)
+    ssh = await tcp_tunnel(stack, workers.router, alice, target)
+    port = int((await ssh.wait_for(r"Forwarding tcp://localhost:(\d+)"))[1])
+    proc, start = workers.supervisor, len(workers.supervisor.lines)
+    pattern = re.compile(rf"event=tcp_connection port={port} .*outcome=closed .* worker=(\d+)$")
+    seen: set[str] = set()
+    for _ in range(MAX_CONNECTIONS_TO_SEE_BOTH):
+        payload = os.urandom(4096)
+        assert await echo_once("127.0.0.1", port, payload) == payload
+        seen = {m[1] for line in proc.lines[start:] if (m := pattern.search(line))}
+        if seen == {"1", "2"}:
+            break
+    for n in {"1", "2"} - seen:  # a line may trail its connection's end by a moment
+        await proc.wait_for(pattern.pattern.replace(r"(\d+)", n), start=start)

@@ -330,9 +330,19 @@ def router_has_option(name: str) -> bool:
     return any(option.name == name for option in declared_options(RouterConfig))
 
 
-# Reason: the router decides idleness from traffic per minute: a whole minute
-# window, then idle_after_s, then its check period; three minutes is the bound.
-IDLE_EVENT_DEADLINE_S = 180.0
+# Above the kernel's start and small cells (a few KiB) and far above its pings
+# (8 bytes every 4 s); below one cell printing 100 kB.
+IDLE_MIN_BYTES_PER_MINUTE = 64 * 1024
+IDLE_AFTER_S = 5
+# Reason: idle is judged on a tick of idle_after_s / 2; three times the sum is the bound.
+IDLE_EVENT_DEADLINE_S = 3 * (IDLE_AFTER_S + IDLE_AFTER_S / 2)
+
+# While the kernel starts and runs its first cell the page polls the REST API
+# (as JupyterLab does), so no gap between requests comes near idle_after_s before
+# the marker request the idle time is counted from.
+POLL_SCRIPT = """
+hm.polling = setInterval(() => fetch('/api/kernels'), 1000);
+"""
 
 
 @pytest.mark.skipif(
@@ -345,30 +355,41 @@ async def test_an_idle_jupyter_is_reported_idle_despite_its_pings(
 ) -> None:
     """Issue 21, point 6: with idle_min_bytes_per_minute above what Jupyter's pings
     carry, an open, pinged, unused kernel WebSocket lets the instance be reported
-    idle; a cell with real output makes it active again."""
-    chain = await start_chain(stack, "--idle-after-s", "5", "--idle-min-bytes-per-minute", "4096")
+    idle; a cell with real output over the same socket makes it active again."""
+    chain = await start_chain(
+        stack,
+        "--idle-after-s", str(IDLE_AFTER_S),
+        "--idle-min-bytes-per-minute", str(IDLE_MIN_BYTES_PER_MINUTE),
+    )  # fmt: skip
     pod, _ = await jupyter_pod(chain)
+    name = pod.instance_id
+    router = chain.router.proc
     browser = await open_browser(tmp_path, chain.router)
     try:
         await log_in_at(browser, pod.url + "/", "alice")
-        await browser.run(lambda d: d.execute_script(PAGE_SCRIPT))
+        await browser.run(lambda d: d.execute_script(PAGE_SCRIPT + POLL_SCRIPT))
         await page_call(browser, "hm.startKernel()")
         executed = await page_call(browser, "hm.execute('6 * 7')")
         assert executed["result"] == "42"
-        name = pod.instance_id
-        start = len(chain.router.proc.lines)
-        await chain.router.proc.wait_for(
+        await page_call(browser, "clearInterval(hm.polling)")
+        # The last request: the idle time counts from it.
+        await page_call(browser, "hm.api('GET', '/api/status?idle-from=here')")
+        marker = await router.wait_for(r"event=request .*target=\S*idle-from=here")
+        after = router.lines.index(marker.string) + 1
+        idle = await router.wait_for(
             rf"event=portal_event_delivered kind=idle name={name}\b",
-            start=start,
+            start=after,
             timeout_s=IDLE_EVENT_DEADLINE_S,
         )
         state = await page_call(browser, "hm.state()")
-        assert state["open"] == {"kernel": True}, state  # idle while the socket is up
-        start = len(chain.router.proc.lines)
-        busy = await page_call(browser, "hm.execute(\"print('x' * 20000)\")")
-        assert busy["stream"] == "x" * 20000 + "\n"
-        await chain.router.proc.wait_for(
-            rf"event=portal_event_delivered kind=active name={name}\b", start=start
+        assert state["open"] == {"kernel": True}, state  # idle with the socket up and pinged
+        after = router.lines.index(idle.string) + 1
+        busy = await page_call(browser, "hm.execute(\"print('x' * 100_000)\")")
+        assert busy["stream"] == "x" * 100_000 + "\n"
+        await router.wait_for(
+            rf"event=portal_event_delivered kind=active name={name}\b",
+            start=after,
+            timeout_s=IDLE_EVENT_DEADLINE_S,
         )
     finally:
         await trio.to_thread.run_sync(browser.close)

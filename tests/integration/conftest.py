@@ -66,9 +66,11 @@ class LoggedProcess:
                 return match
         return None
 
-    async def wait_for(self, pattern: str, *, start: int = 0) -> re.Match[str]:
+    async def wait_for(
+        self, pattern: str, *, start: int = 0, timeout_s: float = START_TIMEOUT_S
+    ) -> re.Match[str]:
         """The first line (from index ``start``) matching ``pattern``; fails after a deadline."""
-        with trio.move_on_after(START_TIMEOUT_S):
+        with trio.move_on_after(timeout_s):
             while True:
                 if match := self.find(pattern, start):
                     return match

@@ -142,8 +142,16 @@ class World:
 
 async def start_pod(stack: Stack, portal: Portal, router: Router, owner: str) -> Pod:
     instance = await portal.create_instance(owner)
-    key = write_private_key(stack, instance)
     app = await stack.start_app()
+    return await pod_for(stack, router, instance, owner, app.port)
+
+
+async def pod_for(
+    stack: Stack, router: Router, instance: dict[str, str], owner: str, app_port: int
+) -> Pod:
+    """The auth helper in front of the app at ``app_port``, and the listener, for
+    ``instance`` (as the portal's create call returned it)."""
+    key = write_private_key(stack, instance)
     env = {
         **os.environ,
         **instance_environment(instance, key),
@@ -158,7 +166,7 @@ async def start_pod(stack: Stack, portal: Portal, router: Router, owner: str) ->
             "--listen",
             "127.0.0.1:0",
             "--app",
-            f"127.0.0.1:{app.port}",
+            f"127.0.0.1:{app_port}",
             "--cookie-keys-file",
             str(stack.path(f"{owner}-cookies")),
             "--state-dir",

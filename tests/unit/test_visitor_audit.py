@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,9 @@ from authhelper._audit import (
     audit_record,
     batch_body,
     client_address,
+    forwarded_for,
 )
+from authhelper._config import load_config
 from examples.portal._audit import BadBatch, read_batch
 from hostmux.relay import RequestRecord
 
@@ -43,19 +46,18 @@ def _finished(rid: str, status: int = 200, target: str = "/a?b=c") -> RequestRec
     ],
 )
 def test_the_client_is_the_routers_entry(headers: list[tuple[bytes, bytes]], client: str) -> None:
-    assert client_address(headers) == client
+    assert client_address(forwarded_for(headers)) == client
 
 
 def test_a_request_record_keeps_no_query_and_a_bounded_path() -> None:
-    headers = [(b"x-forwarded-for", b"192.0.2.1")]
-    record = audit_record((REQUEST, 12.3456, "alice", headers, "POST", "/p?token=s", 201), "i")
+    record = audit_record((REQUEST, 12.3456, "alice", b"192.0.2.1", "POST", "/p?token=s", 201), "i")
     assert record == {
         **{"kind": "request", "ts": 12.346, "user": "alice", "instance": "i"},
         **{"client": "192.0.2.1", "method": "POST", "path": "/p", "status": 201},
     }
-    long = audit_record((REQUEST, 1.0, "a", [], "GET", "/" + "x" * 5000, 200), "i")
+    long = audit_record((REQUEST, 1.0, "a", b"", "GET", "/" + "x" * 5000, 200), "i")
     assert len(str(long["path"])) == MAX_PATH_CHARS
-    session = audit_record((SESSION, 1.0, "bob", [], "", "", 0), "i")
+    session = audit_record((SESSION, 1.0, "bob", b"", "", "", 0), "i")
     assert session == {"kind": "session", "ts": 1.0, "user": "bob", "instance": "i", "client": ""}
 
 
@@ -79,8 +81,8 @@ def test_overflow_is_counted_and_never_queued() -> None:
 
 
 def test_a_batch_body_is_what_the_portal_reads() -> None:
-    records = [audit_record((REQUEST, 5.0, "alice", [], "GET", "/x", 200), "inst"),
-               audit_record((SESSION, 4.0, "bob", [], "", "", 0), "inst")]  # fmt: skip
+    records = [audit_record((REQUEST, 5.0, "alice", b"", "GET", "/x", 200), "inst"),
+               audit_record((SESSION, 4.0, "bob", b"", "", "", 0), "inst")]  # fmt: skip
     instance, batch, visits = read_batch(batch_body("inst", "b1", records))
     assert (instance, batch) == ("inst", "b1")
     assert [(v.user, v.kind, v.path, v.status) for v in visits] == [
@@ -119,3 +121,19 @@ def test_the_portal_names_what_is_wrong_with_a_batch(body: object, message: str)
 
 def test_a_good_request_record_passes() -> None:
     assert read_batch(json.dumps(_batch(_REQUEST)).encode())[2][0].status == 200
+
+
+def test_a_dit4c_pod_gives_the_helper_its_instance_key() -> None:
+    env = {
+        "DIT4C_INSTANCE_ID": "i-abc",
+        "DIT4C_INSTANCE_PRIVATE_KEY_PKCS1": "/dit4c/key.pem",
+        "DIT4C_INSTANCE_JWT_ISS": "i-abc-iss",
+        "DIT4C_INSTANCE_JWT_KID": "kid-1",
+        "DIT4C_PORTAL_URL": "https://portal.example.org",
+        "HOSTMUX_COOKIE_KEYS_FILE": "/tmp/none",
+    }
+    config = load_config([], env)
+    assert config.instance_key_file == Path("/dit4c/key.pem")
+    assert (config.jwt_iss, config.jwt_kid) == ("i-abc-iss", "kid-1")
+    assert config.audit_queue_max == 10_000
+    assert load_config(["--jwt-iss", "flag"], env).jwt_iss == "flag"  # a flag wins

@@ -34,6 +34,7 @@ from hostmux.relay import Destination
 
 from ._access import RETRY_UNREACHABLE_S, AccessChecks
 from ._app_connections import AppConnections
+from ._audit import VisitorAudit
 from ._config import AuthHelperConfig
 from ._gate import (
     LOGOUT_PATH,
@@ -78,8 +79,10 @@ class AuthGateway:
         portal: PortalClient,
         revocations: Revocations,
         app: AppConnections,
+        audit: VisitorAudit | None = None,
     ) -> None:
         self._config = config
+        self._audit = audit
         self._sealer = sealer
         self._oauth = oauth
         self._portal = portal
@@ -112,6 +115,8 @@ class AuthGateway:
         ):
             known = opened.session
             destination = self._destination(known, opened.app_cookie)
+            if self._audit is not None:
+                self._audit.visit(request_id, known.user, request.headers)
             if not self._checks.is_due(known.sid):
                 return destination
             return asyncio.ensure_future(self._recheck(known, destination, request, target))
@@ -133,12 +138,15 @@ class AuthGateway:
         if action is Action.PASS:
             assert session is not None
             destination = self._destination(session)
+            if self._audit is not None:
+                self._audit.visit(request_id, session.user, request.headers)
             if not self._checks.is_due(session.sid):
                 return destination
             return asyncio.ensure_future(self._recheck(session, destination, request, target))
         if action is Action.CALLBACK:
+            login_cookies = cookies.get(LOGIN_COOKIE, [])
             return asyncio.ensure_future(
-                self._callback(query, cookies.get(LOGIN_COOKIE, []), as_html, request_id)
+                self._callback(query, login_cookies, as_html, request_id, request.headers)
             )
         return asyncio.ensure_future(self._start_login(request, target, revoked, request_id))
 
@@ -179,7 +187,12 @@ class AuthGateway:
         return redirect_page(url, extra_headers=[(b"set-cookie", cookie), *clear])
 
     async def _callback(
-        self, query: str, login_cookies: Sequence[str], as_html: bool, rid: str
+        self,
+        query: str,
+        login_cookies: Sequence[str],
+        as_html: bool,
+        rid: str,
+        headers: Sequence[tuple[bytes, bytes]],
     ) -> Page:
         params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
         login = self._sealer.first_login(login_cookies)
@@ -219,6 +232,8 @@ class AuthGateway:
         self.counts["login"] += 1
         log.info(fields("login", instance=self._config.instance_id, user=access.user,
                         sid=session.sid[:8]))  # fmt: skip
+        if self._audit is not None:
+            self._audit.session_started(access.user, headers)
         max_age = self._sealer.session_lifetime_s
         return redirect_page(
             login.return_path,

@@ -20,7 +20,7 @@ from hostmux.config.layered import (
     option,
     parse_host_port,
 )
-from hostmux.config.ranges import DAY_S, MINUTE_S, MONTH_S
+from hostmux.config.ranges import DAY_S, HOUR_S, MINUTE_S, MONTH_S
 from hostmux.dit4c import authhelper_environment
 from hostmux.log import LOG_FORMATS, check_log_format
 from hostmux.names import InvalidName, check_name
@@ -69,6 +69,32 @@ class AuthHelperConfig:
         minimum=0,
         maximum=10_000,
         zero="none: each browser connection opens its own",
+    )
+    instance_key_file: Path | None = option(
+        None,
+        "the instance's private key: signs the visitor audit batches sent to the portal "
+        "(POST /instances/ID/audit), as the listener signs its URL (default: visits are "
+        "only logged)",
+    )
+    jwt_iss: str = option("", "JWT issuer of the audit batches (default: instance_id)")
+    jwt_kid: str = option(
+        "", "JWT key id of the audit batches (default: the key's RFC 7638 thumbprint)"
+    )
+    audit_queue_max: int = option(
+        10_000,
+        "visitor audit records held while the portal does not take them; more are counted "
+        "and dropped",
+        minimum=1,
+        maximum=10_000_000,
+    )
+    audit_batch_max: int = option(
+        500, "visitor audit records sent in one batch at most", minimum=1, maximum=5_000
+    )
+    audit_flush_interval_s: float = option(
+        5.0,
+        "send the visitor audit records waiting at least this often (a full batch goes at once)",
+        minimum=0.1,
+        maximum=HOUR_S,
     )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     log_format: str = option(LOG_FORMATS[0], "logfmt or json (one object per line)")

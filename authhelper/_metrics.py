@@ -1,4 +1,4 @@
-"""The auth helper's figures for ``metrics_listen``: logins and denials.
+"""The auth helper's figures for ``metrics_listen``: logins, denials, the visitor audit.
 
 The gateway counts its events (``AuthGateway.counts``: a few per login, not
 per request); ``HelperOps`` turns them into Prometheus families only when
@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 
     from hostmux.ops_server import Readiness
 
+    from ._audit import VisitorAudit
+
 # The gateway's events, by the counter and label they feed.
 LOGIN_RESULTS = {"login": "ok", "login_denied": "denied", "login_failed": "failed"}
+AUDIT_RESULTS = ("sent", "refused", "overflow")
 DENIALS = {"login_denied": "not_allowed", "access_withdrawn": "access_withdrawn",
            "no_session": "no_session"}  # fmt: skip
 
@@ -27,10 +30,11 @@ DENIALS = {"login_denied": "not_allowed", "access_withdrawn": "access_withdrawn"
 class HelperOps:
     """``/metrics`` and ``/readyz`` of an auth helper (``hostmux.ops_server`` serves them)."""
 
-    def __init__(self, counts: Counter[str]) -> None:
+    def __init__(self, counts: Counter[str], audit: VisitorAudit | None = None) -> None:
         from hostmux.metric_values import process_registry
 
         self._counts = counts
+        self._audit = audit
         self._registry = process_registry("authhelper")
         self._registry.register(self)
 
@@ -65,3 +69,22 @@ class HelperOps:
         for event, reason in DENIALS.items():
             denials.add_metric([reason], self._counts[event])
         yield denials
+        if self._audit is not None:
+            yield from self._audit_metrics(self._audit)
+
+    def _audit_metrics(self, audit: VisitorAudit) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        records = CounterMetricFamily(
+            "hostmux_authhelper_audit_records", "visitor audit records, by what became of "
+            "them (sent: the portal took them; refused: dropped after a 4xx; overflow: "
+            "dropped, the queue was full)", labels=["result"],
+        )  # fmt: skip
+        for result in AUDIT_RESULTS:
+            records.add_metric([result], audit.counts[result])
+        yield records
+        yield GaugeMetricFamily(
+            "hostmux_authhelper_audit_queued",
+            "visitor audit records waiting to be sent (at most audit_queue_max)",
+            value=audit.queued,
+        )

@@ -26,10 +26,13 @@ from hostmux.relay import (
     READ_CHUNK_BYTES,
     ConnectionSet,
     RelayLimits,
+    RequestRecord,
     connection_handler,
 )
+from hostmux.relay.front_door import log_request
 
 from ._app_connections import AppConnections
+from ._audit import VisitorAudit
 from ._auth_gateway import AuthGateway
 from ._config import AuthHelperConfig
 from ._oauth import PortalOAuth
@@ -75,6 +78,27 @@ def _load_revocations(config: AuthHelperConfig) -> Revocations:
         raise ConfigError(f"state_dir: {exc}") from None
 
 
+def _visitor_audit(config: AuthHelperConfig) -> VisitorAudit:
+    key = None
+    if config.instance_key_file is not None:
+        import keys  # the JWT stack: only with a key to sign with
+
+        try:
+            key = keys.InstanceKey.load(config.instance_key_file)
+        except keys.KeysError as exc:
+            raise ConfigError(f"instance_key_file: {exc}") from None
+    return VisitorAudit(
+        config.instance_id,
+        audit_url=f"{config.portal_url.rstrip('/')}/instances/{config.instance_id}/audit",
+        key=key,
+        issuer=config.jwt_iss or config.instance_id,
+        kid=config.jwt_kid or None,
+        queue_max=config.audit_queue_max,
+        batch_max=config.audit_batch_max,
+        flush_interval_s=config.audit_flush_interval_s,
+    )
+
+
 async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None = None) -> None:
     try:
         sealer = CookieSealer(
@@ -86,9 +110,10 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
     revocations = _load_revocations(config)
     portal = PortalClient(config.portal_url, config.instance_id)
     app = AppConnections(*parse_host_port(config.app, "app"), max_idle=config.app_idle_connections)
+    audit = _visitor_audit(config)
     gateway = AuthGateway(
         config, sealer, PortalOAuth(config.portal_url, config.instance_id), portal, revocations,
-        app,
+        app, audit,
     )  # fmt: skip
     connections = ConnectionSet()
     limits = RelayLimits()
@@ -99,9 +124,15 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
 
     # Its only browser-side peer is the listener (one address): no per-IP cap.
     counts = ConnectionCounts(max_total=_MAX_CONNECTIONS, max_per_key=_MAX_CONNECTIONS)
+
+    def on_request(record: RequestRecord) -> None:
+        log_request(record)
+        audit.finished(record)  # the request's status is known: its audit record
+
     on_connection = connection_handler(
-        "http", gateway=gateway, limits=limits, connections=connections, counts=counts
-    )
+        "http", gateway=gateway, limits=limits, connections=connections, counts=counts,
+        on_request=on_request,
+    )  # fmt: skip
 
     host, port = parse_host_port(config.listen, "listen")
     try:
@@ -115,13 +146,15 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
 
         from ._metrics import HelperOps
 
-        helper_ops = HelperOps(gateway.counts)
+        helper_ops = HelperOps(gateway.counts, audit)
         ops = start_ops_server(
             config.metrics_listen, Endpoints(helper_ops.metrics, helper_ops.readiness)
         )
     log.info(fields("authhelper_ready", listen=f"{bound[0]}:{bound[1]}", app=config.app,
                     instance=config.instance_id, portal=config.portal_url,
                     metrics=ops.address if ops is not None else None))  # fmt: skip
+    audit_stop = asyncio.Event()
+    audit_task = asyncio.create_task(audit.run(audit_stop))
     try:
         await stop.wait()
     finally:
@@ -130,6 +163,8 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
         server.close()
         await connections.drain(SHUTDOWN_GRACE_S)
         app.close()
+        audit_stop.set()  # after the drain: the requests that finished in it are recorded
+        await audit_task
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await portal.aclose()

@@ -8,9 +8,9 @@ variables. The listener and the auth helper read them as if they were the
 DIT4C variable                     listener                    auth helper
 =================================  ==========================  ======================
 DIT4C_INSTANCE_ID                  name and user               instance_id
-DIT4C_INSTANCE_PRIVATE_KEY_PKCS1   identity_file
-DIT4C_INSTANCE_JWT_ISS             jwt_iss
-DIT4C_INSTANCE_JWT_KID             jwt_kid
+DIT4C_INSTANCE_PRIVATE_KEY_PKCS1   identity_file               instance_key_file
+DIT4C_INSTANCE_JWT_ISS             jwt_iss                     jwt_iss
+DIT4C_INSTANCE_JWT_KID             jwt_kid                     jwt_kid
 DIT4C_INSTANCE_URI_UPDATE_URL      uri_update_url; its origin  its origin is the
                                    is the portal unless given  portal unless given
 DIT4C_INSTANCE_HELPER_AUTH_HOST    target host
@@ -69,6 +69,13 @@ def authhelper_environment(environ: Mapping[str, str]) -> dict[str, str]:
     mapped: dict[str, str] = {}
     if instance := environ.get("DIT4C_INSTANCE_ID"):
         mapped["INSTANCE_ID"] = instance
+    for dit4c, ours in (
+        ("DIT4C_INSTANCE_PRIVATE_KEY_PKCS1", "INSTANCE_KEY_FILE"),
+        ("DIT4C_INSTANCE_JWT_ISS", "JWT_ISS"),
+        ("DIT4C_INSTANCE_JWT_KID", "JWT_KID"),
+    ):
+        if value := environ.get(dit4c):
+            mapped[ours] = value
     if port := environ.get("DIT4C_INSTANCE_HELPER_AUTH_PORT"):
         mapped["LISTEN"] = f"127.0.0.1:{port}"
     if portal := portal_url_from_dit4c(environ):

@@ -16,6 +16,13 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
   event already gave for the instance; else 422 naming the rule. Accepting it
   registers its origin + ``/_hostmux/callback`` as the instance's only
   redirect URI. ``GET /instances/{id}/url`` — that URL (text/plain; 404 none yet).
+* ``POST /instances/{id}/audit`` — the visitor audit of the instance's auth helper:
+  ``{"v": 1, "instance", "batch", "records": [...]}`` with ``Authorization: Bearer
+  <JWT>`` signed by the instance key, ``iss`` = id, and a ``batch_sha256`` claim (the
+  hex SHA-256 of the body). ``instance`` must be the id of the URL. 200
+  ``{"stored": n}``; a batch id seen before stores nothing (a retry after a lost
+  answer). 401 unsigned or forged, 403 another instance's batch, 400 not a batch,
+  413 over 1 MiB. The owner's page lists each visitor (``_audit``).
 * ``GET  /.well-known/jwks.json`` — the portal's public signing key (revocations).
 * ``POST /instances/{id}/certificate`` (admin) — an SSH user certificate,
   principal = id, from the portal's CA; ``GET /ssh-ca.pub`` — the CA key.
@@ -32,7 +39,6 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import html
 import json
@@ -51,6 +57,8 @@ import keys
 from hostmux.names import InvalidName, check_name
 
 from . import _routers
+from ._audit import receive_audit, visitors_table
+from ._body import body_at_most as _body_at_most
 from ._events import event_signature_ok
 from ._login import (
     access,
@@ -214,20 +222,6 @@ async def jwks(request: Request) -> Response:
     return Response(json.dumps({"keys": [key]}), media_type="application/jwk-set+json")
 
 
-async def _body_at_most(request: Request, limit: int) -> bytes | None:
-    """The request body, or None if it is longer than ``limit`` bytes (read no further)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async with contextlib.aclosing(request.stream()) as chunks:
-        async for chunk in chunks:
-            body += chunk
-            if len(body) > limit:
-                return None
-    return bytes(body)
-
-
 async def sign_certificate(request: Request) -> Response:
     if (refused := admin_only(request)) is not None:
         return refused
@@ -330,13 +324,17 @@ async def home(request: Request) -> Response:
         )
         return HTMLResponse(_html_page(body), headers={"cache-control": "no-store"})
     rows = []
-    for instance in await state_of(request).db.instances_for(user):
+    visitors = []
+    db = state_of(request).db
+    for instance in await db.instances_for(user):
         url = html.escape(instance.url or "")
         link = (
             f'<a href="{url}" class=instance-url>{url}</a>' if instance.url else "<em>not yet</em>"
         )
         tunnel = html.escape(instance.tunnel_state or "unknown")
         sharing = ""
+        if instance.owner == user and await db.shared_with(instance.id):
+            visitors.append(visitors_table(instance.id, await db.visitors(instance.id)))
         if instance.owner == user:
             sharing = (
                 f'<form method=post action="/instances/{html.escape(instance.id)}/shares">'
@@ -351,7 +349,7 @@ async def home(request: Request) -> Response:
     body = (
         f"<h1>Your instances</h1><p>Logged in as <b id=user>{html.escape(user)}</b> &middot; "
         '<a href="/logout">log out</a></p><table><tr><th>instance</th><th>owner</th>'
-        "<th>URL</th><th>tunnel</th><th></th></tr>" + "".join(rows) + "</table>"
+        "<th>URL</th><th>tunnel</th><th></th></tr>" + "".join(rows) + "</table>" + "".join(visitors)
     )
     return HTMLResponse(_html_page(body), headers={"cache-control": "no-store"})
 
@@ -404,6 +402,7 @@ def build_app(state: PortalState, session_secret: str) -> Starlette:
             Route("/instances/{id}/keys", instance_keys, methods=["GET"]),
             Route("/instances/{id}/url", update_url, methods=["PUT"]),
             Route("/instances/{id}/certificate", sign_certificate, methods=["POST"]),
+            Route("/instances/{id}/audit", receive_audit, methods=["POST"]),
             Route("/router-events", router_events, methods=["POST"]),
         ],
     )

@@ -56,11 +56,53 @@ CREATE TABLE IF NOT EXISTS grants (
     instance TEXT NOT NULL,
     expires REAL NOT NULL
 );
+-- The visitor audit the instances' auth helpers send (POST /instances/{id}/audit).
+CREATE TABLE IF NOT EXISTS audit_batches (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    batch TEXT NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (instance, batch)
+);
+CREATE TABLE IF NOT EXISTS visits (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    ts REAL NOT NULL,
+    client TEXT NOT NULL,
+    method TEXT,
+    path TEXT,
+    status INTEGER
+);
+CREATE INDEX IF NOT EXISTS visits_by_instance ON visits (instance, user);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One audit record: a session started (``kind`` "session") or a request made."""
+
+    user: str
+    kind: str
+    ts: float
+    client: str
+    method: str | None
+    path: str | None
+    status: int | None
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """One user of an instance, from its audit records."""
+
+    user: str
+    last_seen: float
+    requests: int
+    sessions: int
+    last_client: str
 
 
 @dataclass(frozen=True)
@@ -277,6 +319,53 @@ class Database:
                 "SELECT user FROM shares WHERE instance = ? ORDER BY user", (instance_id,)
             ).fetchall()
             return [row["user"] for row in rows]
+
+        return await self._run(work)
+
+    async def add_audit_batch(self, instance_id: str, batch: str, visits: list[Visit]) -> bool:
+        """Store a batch's records once; False (nothing stored) if the batch came before."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN")  # the batch and its records, or neither (autocommit otherwise)
+            try:
+                conn.execute(
+                    "INSERT INTO audit_batches (instance, batch, received) VALUES (?, ?, ?)",
+                    (instance_id, batch, time.time()),
+                )
+                conn.executemany(
+                    "INSERT INTO visits (instance, user, kind, ts, client, method, path, "
+                    "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(instance_id, v.user, v.kind, v.ts, v.client, v.method, v.path, v.status)
+                     for v in visits],
+                )  # fmt: skip
+            except sqlite3.IntegrityError:  # the batch is there already
+                conn.execute("ROLLBACK")
+                return False
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return True
+
+        return await self._run(work)
+
+    async def visitors(self, instance_id: str) -> list[Visitor]:
+        """Who used the instance: each user's last record, requests and sessions."""
+
+        def work(conn: sqlite3.Connection) -> list[Visitor]:
+            rows = conn.execute(
+                "SELECT user, MAX(ts) AS last_seen, SUM(kind = 'request') AS requests, "
+                "SUM(kind = 'session') AS sessions, "
+                "(SELECT client FROM visits AS v WHERE v.instance = visits.instance "
+                " AND v.user = visits.user ORDER BY ts DESC LIMIT 1) AS last_client "
+                "FROM visits WHERE instance = ? GROUP BY user ORDER BY last_seen DESC",
+                (instance_id,),
+            ).fetchall()
+            return [
+                Visitor(row["user"], row["last_seen"], row["requests"], row["sessions"],
+                        row["last_client"])
+                for row in rows
+            ]  # fmt: skip
 
         return await self._run(work)
 

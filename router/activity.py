@@ -142,7 +142,14 @@ class NameActivity:
     # (only with idle_min_bytes_per_minute).
     recent: deque[tuple[float, int]] | None = None
     usage: Usage = field(default_factory=Usage)  # this interval's
-    total: Usage = field(default_factory=Usage)  # since start (metrics)
+    earlier: Usage = field(default_factory=Usage)  # the intervals before, since start
+
+    def total(self) -> Usage:
+        """Usage since the router started (metrics): the intervals sent and this one."""
+        total = Usage()
+        total.add(self.earlier)
+        total.add(self.usage)
+        return total
 
     def last_seen(self) -> float:
         """The latest activity known anywhere (a cluster's value, when read, may be newer)."""
@@ -198,7 +205,7 @@ class Activity:
     def on_request(self, record: RequestRecord) -> None:
         """The front door's per-request callback: a finished request (or WebSocket)."""
         name = record.name
-        if not name or name.startswith("_"):  # no tunnel's (the router's own endpoints)
+        if not name or name[0] == "_":  # no tunnel's (the router's own endpoints)
             return
         now = self.clock()
         entry = self.names.get(name)
@@ -206,7 +213,6 @@ class Activity:
             entry = self.names[name] = NameActivity(last=now)
         usage = entry.usage
         usage.requests += 1
-        entry.total.requests += 1
         if record.status == 101:  # a WebSocket ended: what the tick did not see yet
             sample = self._spliced.pop(record.request_id, None)
             started = now - record.duration_ms / 1000 if sample is None else sample.at
@@ -217,11 +223,10 @@ class Activity:
         usage.bytes_in += record.bytes_in
         usage.bytes_out += record.bytes_out
         usage.connection_s += record.duration_ms / 1000
-        total = entry.total
-        total.bytes_in += record.bytes_in
-        total.bytes_out += record.bytes_out
-        total.connection_s += record.duration_ms / 1000
-        self._active(name, entry, now)
+        entry.last = now
+        entry.dirty = True
+        if entry.idle and self.decides:
+            self._active(name, entry, now)
 
     def _active(self, name: str, entry: NameActivity, now: float) -> None:
         entry.last = now
@@ -240,10 +245,10 @@ class Activity:
         now: float,
     ) -> None:
         moved = max(bytes_in, 0) + max(bytes_out, 0)
-        for usage in (entry.usage, entry.total):
-            usage.bytes_in += max(bytes_in, 0)
-            usage.bytes_out += max(bytes_out, 0)
-            usage.websocket_s += max(open_s, 0.0)
+        usage = entry.usage
+        usage.bytes_in += max(bytes_in, 0)
+        usage.bytes_out += max(bytes_out, 0)
+        usage.websocket_s += max(open_s, 0.0)
         if moved == 0:
             return
         if self.min_bytes <= 0:
@@ -307,14 +312,16 @@ class Activity:
 
     def end_interval(self, now: float, held: set[str]) -> None:
         """Send each name's usage of the interval that ended (rule 4); forget names
-        no tunnel holds here that had nothing to send."""
+        no tunnel holds here that had nothing to send (idle ones too: a tunnel that
+        comes back after that starts active, and may be said idle again)."""
         start = self.interval_start
         end = start + self.usage_interval_s
         for name, entry in list(self.names.items()):
             if entry.usage:
                 self._send_usage(name, entry.usage, start, end)
+                entry.earlier.add(entry.usage)
                 entry.usage = Usage()
-            elif name not in held and not entry.idle:
+            elif name not in held:
                 del self.names[name]
         self.interval_start = interval_start(now, self.usage_interval_s)
 
@@ -392,7 +399,6 @@ class Activity:
             if entry is None:
                 entry = self.names[name] = NameActivity(last=now)
             entry.usage.add(counts)
-            entry.total.add(counts)
         if not ended:
             self.interval_start = start
         log.info(fields("usage_checkpoint_loaded", names=len(usage), interval_ended=ended))

@@ -346,7 +346,7 @@ def _activity_families(activity: Activity) -> Iterator[Metric]:
     for name, entry in names:
         last.add_metric([name], entry.last_seen())
         idle.add_metric([name], 1 if entry.idle else 0)
-        total = entry.total
+        total = entry.total()
         requests.add_metric([name], total.requests)
         transferred.add_metric([name, "in"], total.bytes_in)
         transferred.add_metric([name, "out"], total.bytes_out)

@@ -491,7 +491,7 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
             activity.send = router.events.send
         if activity.checkpoint is not None:
             activity.load()
-        if cluster is not None:
+        if cluster is not None and config.idle_after_s > 0:  # the registry only for idleness
             router.activity_cluster = _cluster_activity(config, activity, cluster)
         background.append(start(_activity_ticks(router), name="activity"))
     for sock in listening.one_port_sockets:

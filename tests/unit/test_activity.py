@@ -161,7 +161,7 @@ def test_usage_is_sent_per_name_at_the_interval_end_and_restarts() -> None:
     assert usage["other"]["requests"] == 1
     assert activity.interval_start == 21_600.0
     assert not activity.names["app"].usage
-    assert activity.names["app"].total.requests == 2
+    assert activity.names["app"].total().requests == 2
     sent.clear()
     clock.now += 3600
     activity.tick([], [("app", 0.0)])

@@ -13,6 +13,9 @@ import re
 
 import trio
 
+from router.registry.activity_share import ActivityShare
+
+from ..unit.asyncio_bounded import run
 from .conftest import Router, Stack, public_key_of, websocket_to
 from .redis_server import RedisServer
 from .test_admin import start_admin_router
@@ -250,6 +253,37 @@ async def test_in_a_cluster_the_router_deciding_never_reports_idle_while_another
     await b.proc.wait_for(delivered("active", name), start=mark)
     assert a.proc.find(r"event=name_(idle|active) ") is None  # a never decides
     assert (await activity_of(portal, name))["activity"]["state"] == "active"
+
+
+def test_the_activity_share_merges_forgets_and_leases_in_redis(
+    redis_server: RedisServer,
+) -> None:
+    """``ActivityShare``'s rules on a real redis-server: the larger time wins, a forget
+    loses to newer activity, one lease holder at a time."""
+
+    async def scenario() -> None:
+        one = ActivityShare.from_url(redis_server.url, prefix="t:")
+        two = ActivityShare.from_url(redis_server.url, prefix="t:")
+        try:
+            await one.merge({"app": 1000.5, "web": 50.0})
+            await two.merge({"app": 900.0})  # older: kept as it was
+            assert await one.read(["app", "web", "gone"]) == ([1000.5, 50.0, None], [False] * 3)
+            await one.set_idle("app", 1000.5)
+            assert (await two.everything()) == ({"app": 1000.5, "web": 50.0}, {"app": 1000.5})
+            await two.merge({"app": 1001.0})
+            assert not await one.forget("app", 1000.5)  # activity came since it was read
+            assert await one.forget("app", 1001.0)
+            assert await two.everything() == ({"web": 50.0}, {})
+            assert await one.lock(5.0)
+            assert not await two.lock(5.0)
+            assert await one.lock(5.0)  # renewed by its holder
+            await one.unlock()
+            assert await two.lock(5.0)
+        finally:
+            await one.aclose()
+            await two.aclose()
+
+    run(scenario())
 
 
 async def matches(router: Router, pattern: str, count: int, start: int) -> list[str]:

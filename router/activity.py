@@ -196,6 +196,9 @@ class Activity:
         self._spliced: dict[str, _Sample] = {}
         self.interval_start = interval_start(clock(), usage_interval_s)
         self._checkpointed = clock()
+        # The checkpoint was read (or there was none): only then may it be rewritten, so
+        # a router that fails to start does not overwrite its last run's counts.
+        self.loaded = False
 
     def __repr__(self) -> str:
         return f"<Activity {len(self.names)} names idle_after_s={self.idle_after_s:g}>"
@@ -370,6 +373,7 @@ class Activity:
         start, a bad one is logged and set aside (``.bad``): counts are not worth a
         router that will not start."""
         assert self.checkpoint is not None
+        self.loaded = True
         try:
             with self.checkpoint.open("rb") as fh:
                 raw = fh.read(_MAX_CHECKPOINT_BYTES + 1)

@@ -821,7 +821,7 @@ async def _keep_activity(router: Router) -> None:
     if activity is None:
         return
     activity.sample(router.connections.spliced(), activity.clock())
-    if activity.checkpoint is not None:
+    if activity.checkpoint is not None and activity.loaded:
         activity.save()
         log.info(fields("usage_checkpoint_saved", path=activity.checkpoint))
     if router.activity_cluster is not None:

@@ -178,7 +178,9 @@ def test_the_checkpoint_carries_an_interval_across_a_restart(tmp_path: Path) -> 
     assert json.loads(path.read_text())["usage"]["app"]["requests"] == 1
     clock.now += 100
     second = tracker(clock, sent, checkpoint=path)
+    assert not second.loaded  # (a router that failed to start leaves the file alone)
     second.load()
+    assert second.loaded
     second.on_request(record("app", bytes_in=1, bytes_out=1))
     assert second.names["app"].usage.requests == 2
     assert second.names["app"].usage.bytes_out == 91

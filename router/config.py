@@ -152,6 +152,21 @@ class RouterConfig:
     events_url: str = option("", "POST events here (signed JSON, version-1 schema)")
     events_secret: str = option("", "HMAC-SHA256 secret for X-Hostmux-Signature on events")
     router_name: str = option("", "this router's name in events (default: its SSH address)")
+    idle_after_s: float = option(
+        0.0, "send a signed idle event for a name whose tunnel is up and that saw no activity "
+        "(a request, or WebSocket traffic) for this long, and active when activity returns",
+        minimum=0, maximum=WEEK_S, zero="off: no idle or active events",
+    )  # fmt: skip
+    idle_min_bytes_per_minute: int = option(
+        0, "WebSocket (upgraded) traffic counts as activity only once a name's bytes in the "
+        "last minute reach this (a kernel's pings below it do not keep an instance active)",
+        minimum=0, maximum=GIB, zero="any WebSocket byte is activity",
+    )  # fmt: skip
+    usage_interval_s: float = option(
+        3600.0, "send a signed usage event per name per interval (requests, bytes, "
+        "connection- and WebSocket-seconds), intervals aligned to the epoch",
+        minimum=1, maximum=DAY_S,
+    )  # fmt: skip
     registry: str = option(
         "",
         "route registry shared by a cluster of routers: redis://[USER:PASSWORD@]HOST:PORT/DB "

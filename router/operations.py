@@ -49,6 +49,7 @@ from hostmux.relay import RequestRecord
 from hostmux.relay.front_door import log_request
 
 if TYPE_CHECKING:
+    from router.activity import Activity
     from router.server import Listening, Router
     from router.tcp_ports import TcpPorts
 
@@ -231,6 +232,8 @@ class _RouterCollector(Collector):
             for (name, kind), value in sorted(figures.per_tunnel.items()):
                 per_tunnel.add_metric([name, kind], value)
             yield per_tunnel
+            if router.activity is not None:
+                yield from _activity_families(router.activity)
         yield histogram_family(
             "hostmux_http_request_duration_seconds",
             "time from a request's head to its answer's end (a WebSocket: its whole life)",
@@ -310,6 +313,46 @@ class _RouterCollector(Collector):
                 portal.lookup_seconds,
             )
         yield from readiness_families(ops.verdict())
+
+
+def _activity_families(activity: Activity) -> Iterator[Metric]:
+    """Per name (``metrics_per_tunnel``): activity, idle state, usage since start."""
+    names = sorted(activity.names.items())
+    last = GaugeMetricFamily(
+        "hostmux_tunnel_last_activity_timestamp_seconds", "Unix time of a name's last "
+        "activity (a request, or WebSocket traffic above idle_min_bytes_per_minute)",
+        labels=["name"],
+    )  # fmt: skip
+    idle = GaugeMetricFamily(
+        "hostmux_tunnel_idle", "1 while a name is idle (an idle event was sent for it)",
+        labels=["name"],
+    )  # fmt: skip
+    requests = CounterMetricFamily(
+        "hostmux_tunnel_usage_requests", "requests per name (WebSockets included) since start",
+        labels=["name"],
+    )  # fmt: skip
+    transferred = CounterMetricFamily(
+        "hostmux_tunnel_usage_bytes", "bytes per name, from browsers (in) and to them (out), "
+        "WebSocket traffic included", labels=["name", "direction"], unit="bytes",
+    )  # fmt: skip
+    connection = CounterMetricFamily(
+        "hostmux_tunnel_usage_connection_seconds", "time requests per name were in flight "
+        "(WebSockets apart)", labels=["name"], unit="seconds",
+    )  # fmt: skip
+    websocket = CounterMetricFamily(
+        "hostmux_tunnel_usage_websocket_seconds", "time WebSockets per name were open",
+        labels=["name"], unit="seconds",
+    )  # fmt: skip
+    for name, entry in names:
+        last.add_metric([name], entry.last_seen())
+        idle.add_metric([name], 1 if entry.idle else 0)
+        total = entry.total()
+        requests.add_metric([name], total.requests)
+        transferred.add_metric([name, "in"], total.bytes_in)
+        transferred.add_metric([name, "out"], total.bytes_out)
+        connection.add_metric([name], total.connection_s)
+        websocket.add_metric([name], total.websocket_s)
+    yield from (last, idle, requests, transferred, connection, websocket)
 
 
 # Every outcome a TCP tunnel connection ends with (``router.tcp_ports``), always exported.

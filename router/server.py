@@ -53,6 +53,7 @@ from hostmux.relay import (
 from hostmux.relay.front_door import log_request
 from hostmux.systemd import Notifier
 from hostmux.tunnel.websocket import WssAcceptor
+from router.activity import Activity, checkpoint_path, tick_interval_s
 from router.admin import setup as admin
 from router.admin.token import AdminToken
 from router.config import RouterConfig
@@ -79,6 +80,7 @@ from router.workers.worker import end_with_supervisor
 if TYPE_CHECKING:
     from hostmux.ops_server import OpsServer
     from router.acme.manager import AcmeManager
+    from router.activity_cluster import ClusterActivity
     from router.admin.cluster import ClusterAgent
     from router.cluster.setup import ClusterLink
     from router.operations import RouterOps
@@ -123,6 +125,9 @@ class Router:
     events: TunnelEvents | None = None  # events_url set: the queue to the portal
     # Certificates from ACME (acme_directory_url set); its ``status`` is for readiness.
     acme: AcmeManager | None = None
+    # Activity, idle state and usage per name (``router.activity``); None: not kept.
+    activity: Activity | None = None
+    activity_cluster: ClusterActivity | None = None  # with a registry
 
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
@@ -135,6 +140,15 @@ class Router:
         metrics_listen), then the tunnel's counters the admin API lists."""
         logged = self.ops.on_request if self.ops is not None else log_request
         count = self.hub.count
+        if self.activity is not None:
+            active = self.activity.on_request
+
+            def on_request_active(record: RequestRecord) -> None:
+                logged(record)
+                count(record)
+                active(record)
+
+            return on_request_active
 
         def on_request(record: RequestRecord) -> None:
             logged(record)
@@ -296,12 +310,32 @@ def build_router(config: RouterConfig) -> Router:
         gateway.holding = holding
         if link is not None:
             link.forwarder.holding = holding
+    if _keeps_activity(config):
+        router.activity = hub.activity = Activity(
+            idle_after_s=config.idle_after_s,
+            min_bytes_per_minute=config.idle_min_bytes_per_minute,
+            usage_interval_s=config.usage_interval_s,
+            decides=not config.registry,
+            checkpoint=(
+                checkpoint_path(config.state_dir, config.worker_index)
+                if config.events_url else None
+            ),
+        )  # fmt: skip
     if config.metrics_listen:
         # Imported here: prometheus-client is loaded only by routers that serve metrics.
         from router.operations import RouterOps
 
         router.ops = RouterOps(router)
     return router
+
+
+def _keeps_activity(config: RouterConfig) -> bool:
+    """Activity and usage are kept where something shows them: events, the admin API,
+    per-tunnel metrics (else the request path does not pay for them)."""
+    return bool(
+        config.events_url or config.admin_listen or config.metrics_per_tunnel
+        or config.idle_after_s
+    )  # fmt: skip
 
 
 def check_files(config: RouterConfig) -> None:
@@ -447,6 +481,20 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         router.events = events
         router.hub.observers.append(events.publish)
         background.append(start(events.run(), name="events"))
+    if router.activity is not None:
+        activity = router.activity
+        cluster = router.hub.cluster
+        activity.router_id = (
+            cluster.router_id if cluster is not None
+            else config.router_name or listening.addresses["ssh"][0]
+        )  # fmt: skip
+        if router.events is not None:
+            activity.send = router.events.send
+        if activity.checkpoint is not None:
+            activity.load()
+        if cluster is not None and config.idle_after_s > 0:  # the registry only for idleness
+            router.activity_cluster = _cluster_activity(config, activity, cluster)
+        background.append(start(_activity_ticks(router), name="activity"))
     for sock in listening.one_port_sockets:
         background.append(start(_serve_one_port(router, sock), name="one-port"))
     for sock in listening.tls_alpn_sockets:
@@ -549,6 +597,7 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
         await asyncio.gather(router.connections.drain(grace_s), router.link.peers.drain(grace_s))
     if router.hub.tcp is not None:
         await router.hub.tcp.aclose()
+    await _keep_activity(router)
     for acceptor in listening.ssh_acceptors:
         acceptor.close()
     for acceptor in listening.ssh_acceptors:
@@ -739,6 +788,45 @@ def _membership(config: RouterConfig, hub: TunnelHub) -> Membership:
 
 def _fmt_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _cluster_activity(
+    config: RouterConfig, activity: Activity, cluster: Membership
+) -> ClusterActivity:
+    # Imported here, as the registry: redis-py is loaded only by routers that use one.
+    from router.activity_cluster import ClusterActivity
+    from router.registry.activity_share import ActivityShare
+
+    share = ActivityShare.from_url(config.registry, prefix=config.registry_prefix)
+    tick_s = tick_interval_s(config.idle_after_s)
+    return ClusterActivity(activity, share, cluster.registry.lookup, tick_s=tick_s)
+
+
+async def _activity_ticks(router: Router) -> None:
+    """``router.activity``'s tick (and the cluster's round) every few seconds."""
+    activity, hub = router.activity, router.hub
+    assert activity is not None
+    tick_s = tick_interval_s(activity.idle_after_s)
+    while True:
+        await asyncio.sleep(tick_s)  # a coarse timer (rule 2), not a synchronisation
+        held = [(name, tunnel.since) for name, tunnel in hub.routes.held()]
+        activity.tick(router.connections.spliced(), held)
+        if router.activity_cluster is not None:
+            await router.activity_cluster.round([name for name, _ in held])
+
+
+async def _keep_activity(router: Router) -> None:
+    """On exit: the last WebSocket bytes counted and usage checkpointed (rule 5), the
+    activity lease given up."""
+    activity = router.activity
+    if activity is None:
+        return
+    activity.sample(router.connections.spliced(), activity.clock())
+    if activity.checkpoint is not None and activity.loaded:
+        activity.save()
+        log.info(fields("usage_checkpoint_saved", path=activity.checkpoint))
+    if router.activity_cluster is not None:
+        await router.activity_cluster.leave()
 
 
 async def _sweep_reservations(hub: TunnelHub) -> None:

@@ -37,6 +37,7 @@ from router.routing import NameTaken, Offline, RouteTable
 
 if TYPE_CHECKING:
     from router.acme.challenges import HttpChallenges
+    from router.activity import Activity
     from router.cluster.forwarding import Forwarder
     from router.holding import HoldingPages
     from router.membership import Membership
@@ -101,6 +102,8 @@ class TunnelHub:
         self.blocks_known = True
         # TCP tunnels (``router.tcp_ports``), whose names are "tcp:PORT"; None: none.
         self.tcp: TcpPorts | None = None
+        # Activity, idle state and usage per name (``router.activity``); None: not kept.
+        self.activity: Activity | None = None
         # Tunnel and SSH events by kind (``router.operations`` turns them into metrics):
         # tunnel_up, tunnel_refused, ssh_auth_refused_key, ssh_auth_rate_limited.
         self.counts: Counter[str] = Counter()

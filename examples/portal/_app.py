@@ -26,12 +26,15 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
 * ``GET  /.well-known/jwks.json`` — the portal's public signing key (revocations).
 * ``POST /instances/{id}/certificate`` (admin) — an SSH user certificate,
   principal = id, from the portal's CA; ``GET /ssh-ca.pub`` — the CA key.
-* ``POST /router-events`` — signed router events (see ``_events``; kinds other
-  than tunnel up/down are answered 204 and ignored); a ``tunnel_up`` event's URL
+* ``POST /router-events`` — signed router events (see ``_events``): tunnel up/down,
+  ``idle``/``active`` (the instance's state) and ``usage`` (summed per router);
+  other kinds are answered 204 and ignored. A ``tunnel_up`` event's URL
   becomes the instance's URL (the router vouches for it).
 * ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin):
   ``{"servers", "host_keys", "domains"?}``; ``GET /admin/stats`` (admin): request
-  counts (``key_lookups``, ``events``).
+  counts (``key_lookups``, ``events``, and per activity kind); ``GET /admin/activity``
+  (admin): per instance, its idle state (``idle``/``active`` events) and its usage
+  (``usage`` events summed over routers, and per router).
 * The OAuth2 and sharing endpoints are in ``_login`` (``DELETE
   /instances/{id}/shares/{user}`` among them).
 * ``GET  /`` — a page of instances and their live URLs; ``GET /healthz``.
@@ -81,6 +84,7 @@ _MAX_URL_BYTES = 2048
 # An event is a few short fields; the cap bounds what an unsigned sender can make us buffer.
 _MAX_EVENT_BYTES = 16 * 1024
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32, lower case: DNS-safe
+_USAGE_KEYS = ("requests", "bytes_in", "bytes_out", "connection_s", "websocket_s")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -280,6 +284,8 @@ async def router_events(request: Request) -> Response:
         url = str(data.get("url") or "").rstrip("/")
     except (ValueError, KeyError, TypeError, AttributeError):
         return _error(400, "expected {v, event, name, router, ts, data}")
+    if kind in ("idle", "active", "usage"):
+        return await _activity_event(state, kind, name, router, since, data)
     if kind not in ("tunnel_up", "tunnel_down"):
         # The contract: 2xx for kinds this portal does not know, so the router moves on.
         return Response(status_code=204)
@@ -292,6 +298,37 @@ async def router_events(request: Request) -> Response:
         if kind == "tunnel_up" and _routers.is_instance_url(url, name, [domain]):
             await _register_url(state, name, url)
     return Response(status_code=204)
+
+
+async def _activity_event(
+    state: PortalState, kind: str, name: str, router: str, since: float, data: dict[str, Any]
+) -> Response:
+    """``idle`` / ``active``: the instance's state now; ``usage``: one router's interval,
+    summed (the contract: each router counts what it relayed, the portal adds them up)."""
+    try:
+        if kind == "usage":
+            counts = {key: float(data[key]) for key in _USAGE_KEYS}
+            if min(counts.values()) < 0:
+                raise ValueError("negative usage")
+        else:
+            last = data.get("last_activity")
+            last_activity = None if last is None else float(last)
+    except (KeyError, TypeError, ValueError):
+        return _error(400, f"a {kind} event's data is not usable")
+    state.counts[kind] = state.counts.get(kind, 0) + 1
+    if await state.db.instance(name) is None:
+        return Response(status_code=204)  # not one of ours: nothing to keep
+    if kind == "usage":
+        await state.db.add_usage(name, router, counts)
+    else:
+        await state.db.set_activity(name, kind, since, last_activity, router)
+    return Response(status_code=204)
+
+
+async def activity(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    return JSONResponse(await state_of(request).db.activity())
 
 
 async def stats(request: Request) -> Response:
@@ -326,12 +363,22 @@ async def home(request: Request) -> Response:
     rows = []
     visitors = []
     db = state_of(request).db
+    activities = await db.activity()
     for instance in await db.instances_for(user):
         url = html.escape(instance.url or "")
         link = (
             f'<a href="{url}" class=instance-url>{url}</a>' if instance.url else "<em>not yet</em>"
         )
         tunnel = html.escape(instance.tunnel_state or "unknown")
+        seen = activities.get(instance.id, {})
+        idle = html.escape(seen.get("activity", {}).get("state", "-"))
+        used = seen.get("usage")
+        usage = (
+            f"{used['requests']} requests, {used['bytes_in'] + used['bytes_out']} bytes, "
+            f"{used['websocket_s']:.0f} s WebSocket"
+            if used
+            else "-"
+        )
         sharing = ""
         if instance.owner == user and await db.shared_with(instance.id):
             visitors.append(visitors_table(instance.id, await db.visitors(instance.id)))
@@ -344,12 +391,16 @@ async def home(request: Request) -> Response:
         rows.append(
             f"<tr><td><code>{html.escape(instance.id)}</code></td>"
             f"<td>{html.escape(instance.owner)}</td><td>{link}</td><td>{tunnel}</td>"
+            f"<td class=activity>{idle}</td><td class=usage>{html.escape(usage)}</td>"
             f"<td>{sharing}</td></tr>"
         )
     body = (
         f"<h1>Your instances</h1><p>Logged in as <b id=user>{html.escape(user)}</b> &middot; "
         '<a href="/logout">log out</a></p><table><tr><th>instance</th><th>owner</th>'
-        "<th>URL</th><th>tunnel</th><th></th></tr>" + "".join(rows) + "</table>" + "".join(visitors)
+        "<th>URL</th><th>tunnel</th><th>activity</th><th>usage</th><th></th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + "".join(visitors)
     )
     return HTMLResponse(_html_page(body), headers={"cache-control": "no-store"})
 
@@ -396,6 +447,7 @@ def build_app(state: PortalState, session_secret: str) -> Starlette:
             Route("/ssh-ca.pub", ssh_ca_public),
             Route("/admin/routers", put_routers, methods=["PUT"]),
             Route("/admin/stats", stats, methods=["GET"]),
+            Route("/admin/activity", activity, methods=["GET"]),
             Route("/instances", create_instance, methods=["POST"]),
             Route("/instances", list_instances, methods=["GET"]),
             Route("/instances/{id}", get_instance, methods=["GET"]),

@@ -45,6 +45,26 @@ CREATE TABLE IF NOT EXISTS tunnel_holders (
     since REAL NOT NULL,
     PRIMARY KEY (instance, router)
 );
+-- Idle or active, as the routers' signed idle/active events last said.
+CREATE TABLE IF NOT EXISTS activity (
+    instance TEXT PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    last_activity REAL,
+    router TEXT NOT NULL
+);
+-- Usage events summed per instance and router (each router counts what it relayed).
+CREATE TABLE IF NOT EXISTS usage (
+    instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    router TEXT NOT NULL,
+    intervals INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    bytes_in INTEGER NOT NULL DEFAULT 0,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
+    connection_s REAL NOT NULL DEFAULT 0,
+    websocket_s REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (instance, router)
+);
 CREATE TABLE IF NOT EXISTS shares (
     instance TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
     user TEXT NOT NULL,
@@ -79,6 +99,9 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL
 );
 """
+
+
+_USAGE_FIELDS = ("requests", "bytes_in", "bytes_out", "connection_s", "websocket_s")
 
 
 @dataclass(frozen=True)
@@ -259,6 +282,66 @@ class Database:
             )
 
         await self._run(work)
+
+    async def set_activity(
+        self, instance_id: str, state: str, since: float, last: float | None, router: str
+    ) -> None:
+        """An idle or active event: the instance's state now (the latest event wins)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO activity (instance, state, since, last_activity, router) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(instance) DO UPDATE SET "
+                "state = excluded.state, since = excluded.since, "
+                "last_activity = excluded.last_activity, router = excluded.router "
+                "WHERE excluded.since >= activity.since",
+                (instance_id, state, since, last, router),
+            )
+
+        await self._run(work)
+
+    async def add_usage(self, instance_id: str, router: str, counts: dict[str, float]) -> None:
+        """A usage event: one router's interval, added to what it reported before."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO usage (instance, router, intervals, requests, bytes_in, bytes_out, "
+                "connection_s, websocket_s) VALUES (?, ?, 1, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(instance, router) DO UPDATE SET intervals = intervals + 1, "
+                "requests = requests + excluded.requests, "
+                "bytes_in = bytes_in + excluded.bytes_in, "
+                "bytes_out = bytes_out + excluded.bytes_out, "
+                "connection_s = connection_s + excluded.connection_s, "
+                "websocket_s = websocket_s + excluded.websocket_s",
+                (
+                    instance_id, router, int(counts["requests"]), int(counts["bytes_in"]),
+                    int(counts["bytes_out"]), counts["connection_s"], counts["websocket_s"],
+                ),
+            )  # fmt: skip
+
+        await self._run(work)
+
+    async def activity(self) -> dict[str, dict[str, Any]]:
+        """Per instance: its idle state and its usage summed over routers (and per router)."""
+
+        def work(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            for row in conn.execute("SELECT * FROM activity"):
+                found.setdefault(row["instance"], {})["activity"] = {
+                    "state": row["state"], "since": row["since"],
+                    "last_activity": row["last_activity"], "router": row["router"],
+                }  # fmt: skip
+            for row in conn.execute("SELECT * FROM usage ORDER BY instance, router"):
+                entry = found.setdefault(row["instance"], {})
+                empty = {**dict.fromkeys(_USAGE_FIELDS, 0), "routers": {}}
+                usage = entry.setdefault("usage", empty)
+                counts = {k: row[k] for k in ("intervals", *_USAGE_FIELDS)}
+                usage["routers"][row["router"]] = counts
+                for key in _USAGE_FIELDS:
+                    usage[key] += row[key]
+            return found
+
+        return await self._run(work)
 
     async def share(self, instance_id: str, user: str) -> None:
         def work(conn: sqlite3.Connection) -> None:

@@ -3,8 +3,11 @@
 A router POSTs ``{"v": 1, "event", "name", "router", "ts", "data": {...}}``;
 ``tunnel_up`` / ``tunnel_down`` carry ``data.url`` (in a cluster also
 ``data.router_id`` and ``data.generation``: a name is up while any router holds
-it); kinds this portal does not know are answered 204 and ignored, as the
-contract asks. Each comes with the header ``X-Hostmux-Signature: sha256=<hex>``, the
+it); ``idle`` / ``active`` carry ``data.last_activity`` and ``usage`` one
+router's interval (``data.requests``, ``bytes_in``, ``bytes_out``,
+``connection_s``, ``websocket_s``, ``start``, ``end``, ``router_id``: the portal
+sums the routers); kinds this portal does not know are answered 204 and
+ignored, as the contract asks. Each comes with the header ``X-Hostmux-Signature: sha256=<hex>``, the
 HMAC-SHA256 of the exact body under the secret both sides share (the
 GitHub-webhook scheme). The portal recomputes it and compares in constant
 time; without a configured secret every event is refused.

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -19,7 +19,7 @@ from hostmux.http1.headers import ClientInfo, TrustedProxies
 from hostmux.limits import ConnectionCounts
 from hostmux.log import fields
 from hostmux.relay.gateway import Gateway
-from hostmux.relay.records import RequestRecord
+from hostmux.relay.records import RecordBuilder, RequestRecord
 from hostmux.relay.relay import HttpRelay, RelayLimits
 from hostmux.relay.streams import ReaderWriterStream
 from hostmux.relay.transport_stream import TransportStream
@@ -49,6 +49,14 @@ class ConnectionSet:
     def websockets(self) -> int:
         """Connections spliced after a ``101`` right now (counted when asked: metrics)."""
         return sum(1 for relay in self._relays.values() if relay.splicing)
+
+    def spliced(self) -> Iterator[RecordBuilder]:
+        """The records of the WebSockets spliced now, their byte counters live (read
+        by the router's activity tick every few seconds, never per byte)."""
+        for relay in self._relays.values():
+            record = relay.spliced
+            if record is not None:
+                yield record
 
     async def drain(self, grace_s: float) -> None:
         """Shutdown: idle connections close now, requests in flight get ``grace_s``

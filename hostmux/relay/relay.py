@@ -150,6 +150,9 @@ class HttpRelay:
         self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
         self._between_requests = False  # waiting for the next request head
         self.splicing = False  # bytes spliced after a 101 (a WebSocket)
+        # The spliced request's record while it is spliced: its byte counters move with
+        # the traffic (read by the router's activity tick, ``ConnectionSet.spliced``).
+        self.spliced: RecordBuilder | None = None
         # The express path (``express``): a browser on a ``TransportStream`` whose
         # small requests are answered from callbacks while the task waits.
         self._express: Express | None = None
@@ -543,6 +546,7 @@ class HttpRelay:
             finally:
                 upstream.stream.close()
             return
+        self.spliced = record
         try:
             await splice(
                 self._browser.stream, upstream.stream,
@@ -554,6 +558,7 @@ class HttpRelay:
             log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)
         finally:
             self.splicing = False
+            self.spliced = None
             upstream.stream.close()
 
     def _close_upstream(self) -> None:

@@ -108,6 +108,11 @@ class TunnelFacts:
     websockets_open: int
     last_activity: float | None
     router: str | None
+    # Activity as idleness sees it (``router.activity``: a request or WebSocket traffic
+    # above idle_min_bytes_per_minute; in a cluster the cluster-wide value as last read)
+    # and whether the name is idle; None where the router keeps no activity.
+    last_active: float | None = None
+    idle: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -119,12 +119,14 @@ def _render(command: str, answer: dict[str, Any], as_json: bool) -> str:
     heads: tuple[str, ...]
     rows: list[tuple[Any, ...]]
     if command == "tunnels":
-        heads = ("NAME", "OWNER", "PEER", "VIA", "ROUTER", "SINCE", "REQS", "IN", "OUT", "WS")
+        heads = (
+            "NAME", "OWNER", "PEER", "VIA", "ROUTER", "SINCE", "REQS", "IN", "OUT", "WS", "IDLE",
+        )  # fmt: skip
         rows = [
             (
                 t["name"], t["owner"], t["peer"], t["transport"], t["router"] or "-",
                 _when(t["since"]), t["requests"], t["bytes_in"], t["bytes_out"],
-                t["websockets_open"],
+                t["websockets_open"], _idle(t.get("idle")),
             )
             for t in answer["tunnels"]
         ]  # fmt: skip
@@ -134,6 +136,11 @@ def _render(command: str, answer: dict[str, Any], as_json: bool) -> str:
             (b["kind"], b["value"], _when(b["at"]), b["by"], b["reason"]) for b in answer["blocks"]
         ]
     return _table(heads, rows)
+
+
+def _idle(idle: object) -> str:
+    """A tunnel's idle state in the table ("-": the router keeps no activity)."""
+    return "-" if idle is None else "yes" if idle else "no"
 
 
 def _when(seconds: float) -> str:

@@ -129,7 +129,8 @@ class ClusterAgent:
 
     async def _write_snapshot(self) -> None:
         router_id = self._router_id()
-        tunnels = [tunnel_facts(t, router_id).to_json() for t in self._hub.tunnels()]
+        activity = self._hub.activity
+        tunnels = [tunnel_facts(t, router_id, activity).to_json() for t in self._hub.tunnels()]
         key = self._keys.tunnels + router_id
         await self._client.set(key, json.dumps(tunnels), px=round(SNAPSHOT_TTL_S * 1000))
 

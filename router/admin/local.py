@@ -16,17 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from hostmux.config.layered import ConfigError
+from router.activity import Activity
 from router.admin.api import TunnelFacts
 from router.blocks import BadBlock, Block, Kind
 from router.tunnels import Tunnel, TunnelHub
 
 
-def tunnel_facts(tunnel: Tunnel, router_id: str | None) -> TunnelFacts:
+def tunnel_facts(
+    tunnel: Tunnel, router_id: str | None, activity: Activity | None = None
+) -> TunnelFacts:
+    entry = activity.names.get(tunnel.name) if activity is not None else None
     return TunnelFacts(
         name=tunnel.name, owner=tunnel.owner, peer=tunnel.peer, transport=tunnel.transport,
         since=round(tunnel.since, 3), requests=tunnel.requests, bytes_in=tunnel.bytes_in,
         bytes_out=tunnel.bytes_out, websockets_open=len(tunnel.websockets or ()),
         last_activity=round(tunnel.last_activity, 3) or None, router=router_id,
+        last_active=round(entry.last_seen(), 3) if entry is not None else None,
+        idle=entry.idle if entry is not None else None,
     )  # fmt: skip
 
 
@@ -78,7 +84,8 @@ class LocalBackend:
         return f"<LocalBackend {self._store!r} {self._hub.blocks!r}>"
 
     async def tunnels(self) -> list[dict[str, Any]]:
-        return [tunnel_facts(t, None).to_json() for t in self._hub.tunnels()]
+        activity = self._hub.activity
+        return [tunnel_facts(t, None, activity).to_json() for t in self._hub.tunnels()]
 
     async def kick(self, name: str, reason: str) -> int:
         return self._hub.kick(name, reason)

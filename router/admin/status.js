@@ -58,6 +58,7 @@ function showTunnels(tunnels) {
     cell(row, t.router || "—"); cell(row, when(t.since)); cell(row, t.requests, true);
     cell(row, t.bytes_in, true); cell(row, t.bytes_out, true);
     cell(row, t.websockets_open, true); cell(row, when(t.last_activity));
+    cell(row, t.idle === true ? "idle" : t.idle === false ? "active" : "—");
     button(row, "kick", () => act("POST", "/api/kick", { name: t.name }));
   }
   el("summary").textContent = tunnels.length + (tunnels.length === 1 ? " tunnel" : " tunnels");

@@ -8,7 +8,9 @@ scrape, asks every worker at once and merges:
 
 1. ``hostmux_*`` series are summed over the workers (counters, histogram
    buckets, gauges such as tunnels and open WebSockets): one router's figures;
-   ``*_info`` series are the same in every worker and kept once;
+   ``*_info`` series are the same in every worker and kept once; a name's
+   last activity time and idle flag (``_LATEST``) are the largest any worker
+   says (a sum of times means nothing);
 2. per-process series (``process_*``, ``python_*``) get a ``worker`` label
    (``1``..``N``, ``supervisor`` for its own), as summing CPU seconds or
    memory of different processes would hide which one is busy;
@@ -52,6 +54,8 @@ _MAX_SOCKET_PATH = 107
 _PER_PROCESS = ("process_", "python_")
 # The supervisor's own verdict replaces its workers' (summed, they would say N).
 _SUPERVISORS_OWN = frozenset({"hostmux_ready", "hostmux_degraded"})
+# Per-name activity (``metrics_per_tunnel``): the latest time, idle if any worker says so.
+_LATEST = frozenset({"hostmux_tunnel_last_activity_timestamp_seconds", "hostmux_tunnel_idle"})
 
 
 def worker_socket_path(state_dir: Path, worker_index: int) -> Path:
@@ -124,6 +128,8 @@ def merge_metrics(sources: Iterable[tuple[str, str]]) -> list[Metric]:
                 key = (sample.name, tuple(sorted(labels.items())))
                 if family.type == "info" or sample.name.endswith("_info"):
                     found[key] = sample.value
+                elif family.name in _LATEST:
+                    found[key] = max(found.get(key, sample.value), sample.value)
                 else:
                     found[key] = found.get(key, 0.0) + sample.value
     for name, metric in merged.items():

@@ -113,6 +113,28 @@ def test_merge_sums_router_series_and_labels_process_series_by_worker() -> None:
     }  # hostmux_ready is the supervisor's own verdict, not a sum of its workers'
 
 
+ACTIVITY = """# HELP hostmux_tunnel_last_activity_timestamp_seconds l
+# TYPE hostmux_tunnel_last_activity_timestamp_seconds gauge
+hostmux_tunnel_last_activity_timestamp_seconds{name="app"} %d
+# HELP hostmux_tunnel_idle i
+# TYPE hostmux_tunnel_idle gauge
+hostmux_tunnel_idle{name="app"} %d
+# HELP hostmux_tunnel_usage_requests_total r
+# TYPE hostmux_tunnel_usage_requests_total counter
+hostmux_tunnel_usage_requests_total{name="app"} %d
+"""
+
+
+def test_merge_keeps_the_latest_activity_and_sums_usage() -> None:
+    merged = merge_metrics([("1", ACTIVITY % (1000, 1, 2)), ("2", ACTIVITY % (900, 0, 3))])
+    samples = {s.name: s.value for family in merged for s in family.samples}
+    assert samples == {
+        "hostmux_tunnel_last_activity_timestamp_seconds": 1000,  # not 1900
+        "hostmux_tunnel_idle": 1,
+        "hostmux_tunnel_usage_requests_total": 5,
+    }
+
+
 def test_combined_readiness_fails_only_when_no_worker_is_ready() -> None:
     ok = {"reason": "", "degraded": {}}
     portal = {"reason": "", "degraded": {"portal": "down"}}

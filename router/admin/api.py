@@ -108,6 +108,9 @@ class TunnelFacts:
     websockets_open: int
     last_activity: float | None
     router: str | None
+    # A pool's member (``router.pool``): its member id and channels open to it; else None.
+    pool_member: str | None = None
+    outstanding: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -119,12 +119,24 @@ def _render(command: str, answer: dict[str, Any], as_json: bool) -> str:
     heads: tuple[str, ...]
     rows: list[tuple[Any, ...]]
     if command == "tunnels":
-        heads = ("NAME", "OWNER", "PEER", "VIA", "ROUTER", "SINCE", "REQS", "IN", "OUT", "WS")
+        heads = (
+            "NAME",
+            "OWNER",
+            "PEER",
+            "VIA",
+            "ROUTER",
+            "SINCE",
+            "REQS",
+            "IN",
+            "OUT",
+            "WS",
+            "MEMBER",
+        )
         rows = [
             (
                 t["name"], t["owner"], t["peer"], t["transport"], t["router"] or "-",
                 _when(t["since"]), t["requests"], t["bytes_in"], t["bytes_out"],
-                t["websockets_open"],
+                t["websockets_open"], t.get("pool_member") or "-",
             )
             for t in answer["tunnels"]
         ]  # fmt: skip

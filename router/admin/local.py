@@ -27,7 +27,16 @@ def tunnel_facts(tunnel: Tunnel, router_id: str | None) -> TunnelFacts:
         since=round(tunnel.since, 3), requests=tunnel.requests, bytes_in=tunnel.bytes_in,
         bytes_out=tunnel.bytes_out, websockets_open=len(tunnel.websockets or ()),
         last_activity=round(tunnel.last_activity, 3) or None, router=router_id,
+        **_pool_facts(tunnel),
     )  # fmt: skip
+
+
+def _pool_facts(tunnel: Tunnel) -> dict[str, Any]:
+    pool = tunnel.pool
+    member = pool.member_of(tunnel) if pool is not None else None
+    if member is None:
+        return {}
+    return {"pool_member": member.member_id, "outstanding": member.outstanding}
 
 
 class BlockFile:

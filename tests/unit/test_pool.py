@@ -17,6 +17,7 @@ from hostmux.http1.events import Request
 from hostmux.relay import Destination, UpstreamUnavailable
 from router.pool import (
     COOKIE_NAME,
+    Member,
     Pick,
     Pool,
     PoolSettings,
@@ -115,20 +116,26 @@ def test_a_member_coming_again_replaces_its_old_tunnel() -> None:
     assert [m.tunnel for m in pool.members] == [again]
 
 
+async def opened(pool: Pool, port: int) -> tuple[FakeChannel, Member]:
+    stream, member = await pool.open_stream("192.0.2.1", port)
+    assert isinstance(stream, FakeChannel)
+    return stream, member
+
+
 def test_open_counts_channels_until_they_end() -> None:
     run(_open_counts())
 
 
 async def _open_counts() -> None:
     pool, _ = pool_of("a", "b")
-    first, member = await pool.open_stream("192.0.2.1", 1000)
-    second, _ = await pool.open_stream("192.0.2.1", 1001)
+    first, member = await opened(pool, 1000)
+    second, _ = await opened(pool, 1001)
     assert {first.member, second.member} == {"a", "b"}
     assert [m.outstanding for m in pool.members] == [1, 1]
     first.end()
     first.end()  # once only
     assert member.outstanding == 0
-    third, _ = await pool.open_stream("192.0.2.1", 1002)
+    third, _ = await opened(pool, 1002)
     assert third.member == first.member  # the one with nothing outstanding
 
 
@@ -143,7 +150,7 @@ async def _failing_member(behaviour: str) -> None:
     bad, good = tunnel("web", member="bad", behaviour=behaviour), tunnel("web", member="good")
     pool.add(bad, "bad")
     pool.add(good, "good")
-    served = [(await pool.open_stream("192.0.2.1", 1))[0].member for _ in range(4)]
+    served = [(await opened(pool, 1))[0].member for _ in range(4)]
     assert served == ["good"] * 4
     assert pool.members[0].failures == 1  # tried once, then skipped while backing off
 

@@ -7,13 +7,18 @@ its body. Fresh connections are made per request (``Connection: close``).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import trio
 
+from .cluster_world import holders
 from .conftest import LoggedProcess, Router, Stack, public_key_of
+from .redis_server import RedisServer
+from .test_cluster_claims import clustered
+from .test_listener_ha import ha_listener_argv
 from .test_ssh_abuse import start_peer
 
 # A request head larger than this is not one of ours.
@@ -94,6 +99,7 @@ async def test_two_listeners_share_a_name_and_one_may_go(stack: Stack) -> None:
     assert router.proc.find(r"event=pool_member_up name=web .*members=2") is not None
 
     spread = await fresh_requests(router, "web", 200)
+    print(f"200 fresh requests over two members: {dict(spread)}")  # shown with -s
     assert set(spread) == {"A", "B"}, spread
     assert min(spread.values()) >= 60, spread  # each at least 30%
 
@@ -252,3 +258,45 @@ async def test_the_listener_refuses_pool_with_tcp(stack: Stack) -> None:
     )  # fmt: skip
     assert await proc.wait_exit() == 2
     assert proc.find("tcp and pool do not go together") is not None
+
+
+# -- a cluster: HA listeners, one registry lease per router ---------------------------------
+
+
+async def test_ha_pool_members_are_one_member_on_each_router(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    a = await clustered(stack, redis_server, "a")
+    b = await clustered(stack, redis_server, "b")
+    key = stack.new_key("pod")
+    for router in (a, b):
+        router.authorize(public_key_of(key))
+    port_a = await label_app(stack.nursery, "A")
+    port_b = await label_app(stack.nursery, "B")
+    extra = ("--name", "web", "--pool", "--no-check-url")
+    first = await stack.spawn("listener-a", ha_listener_argv(key, port_a, a, b, extra=extra))
+    second = await stack.spawn("listener-b", ha_listener_argv(key, port_b, a, b, extra=extra))
+    for listener in (first, second):
+        await listener.wait_for(r"event=connections_full up=2 wanted=2")
+    for router in (a, b):
+        await router.proc.wait_for(r"event=pool_member_up name=web .*members=2")
+    # Each listener process is one member, with the same id on both routers.
+    ids = [
+        {
+            m[1] for line in router.proc.lines
+            if (m := re.search(r"event=pool_(?:up|member_up) name=web .*member=(\w+)", line))
+        }
+        for router in (a, b)
+    ]  # fmt: skip
+    assert ids[0] == ids[1] and len(ids[0]) == 2, ids
+    # One lease per router in the registry, whatever the members.
+    assert set(holders(redis_server, "web")) == {"a", "b"}
+    for router in (a, b):
+        spread = await fresh_requests(router, "web", 40)
+        assert set(spread) == {"A", "B"} and min(spread.values()) >= 12, spread
+
+    # One listener goes: both routers keep the name, served by the other member.
+    assert await first.stop() == 0
+    for router in (a, b):
+        assert await fresh_requests(router, "web", 40) == {"B": 40}
+    assert set(holders(redis_server, "web")) == {"a", "b"}

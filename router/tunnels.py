@@ -8,6 +8,7 @@ routing decision for the router (Host → tunnel, or a status page).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -211,6 +212,16 @@ class TunnelHub:
             return  # a TCP port, or replaced meanwhile: nothing to make a pool of
         tunnel.member_id = member_id or tunnel.member_id
         self._start_pool(tunnel)
+
+    def retune_pools(self, *, affinity: str, backoff_s: float, open_timeout_s: float) -> None:
+        """New pool options (a reload): for the pools there are and those to come."""
+        self.pool_settings = settings = dataclasses.replace(
+            self.pool_settings, affinity=affinity, backoff_s=backoff_s,
+            open_timeout_s=open_timeout_s,
+        )  # fmt: skip
+        for _, tunnel in self.routes.held():
+            if tunnel.pool is not None:
+                tunnel.pool.settings = settings
 
     def members_of(self, tunnel: Tunnel) -> list[Tunnel]:
         """The tunnels serving ``tunnel``'s name here: its pool's members, or itself."""

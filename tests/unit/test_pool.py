@@ -290,3 +290,15 @@ def test_the_gateway_sends_a_pools_requests_through_a_pick() -> None:
 
     run(opens())
     assert picks == {"b": 3}
+
+
+def test_a_reload_retunes_the_pools_there_are_and_those_to_come() -> None:
+    h = hub()
+    a = tunnel("web", member="a")
+    h.claim(a)
+    h.retune_pools(affinity="cookie", backoff_s=2.0, open_timeout_s=1.0)
+    assert a.pool is not None and a.pool.settings.affinity == "cookie"
+    assert a.pool.settings.backoff_s == 2.0 and a.pool.settings.secret == SETTINGS.secret
+    later = tunnel("other", member="b")
+    h.claim(later)
+    assert later.pool is not None and later.pool.settings.open_timeout_s == 1.0

@@ -12,6 +12,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import httpx
 import trio
 
 from .cluster_world import holders
@@ -25,8 +26,9 @@ from .test_ssh_abuse import start_peer
 MAX_HEAD_BYTES = 64 * 1024
 
 
-async def label_app(nursery: trio.Nursery, label: str) -> int:
-    """An HTTP/1.1 app on loopback that answers every GET with ``label`` (keep-alive)."""
+async def label_app(nursery: trio.Nursery, label: str, release: trio.Event | None = None) -> int:
+    """An HTTP/1.1 app on loopback that answers every GET with ``label`` (keep-alive);
+    ``GET /hold`` sends ``label`` as a first chunk and ends only once ``release`` is set."""
 
     async def serve(stream: trio.SocketStream) -> None:
         async with stream:
@@ -43,6 +45,14 @@ async def label_app(nursery: trio.Nursery, label: str) -> int:
                         return
                     buffer += chunk
                 head, buffer = buffer.split(b"\r\n\r\n", 1)
+                if head.startswith(b"GET /hold ") and release is not None:
+                    await stream.send_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                        + f"{len(label):x}\r\n{label}\r\n".encode()
+                    )
+                    await release.wait()
+                    await stream.send_all(b"4\r\ndone\r\n0\r\n\r\n")
+                    continue
                 close = b"connection: close" in head.lower()
                 body = label.encode()
                 await stream.send_all(
@@ -97,6 +107,9 @@ async def test_two_listeners_share_a_name_and_one_may_go(stack: Stack) -> None:
     first = await pool_listener(stack, router, key, port_a)
     await pool_listener(stack, router, key, port_b)
     assert router.proc.find(r"event=pool_member_up name=web .*members=2") is not None
+    # The listener says HOSTMUX_POOL on a session before it asks for its forward.
+    assert router.proc.find(r"event=pool_env .*forwards_before=0") is not None
+    assert router.proc.find(r"event=pool_env .*forwards_before=[1-9]") is None
 
     spread = await fresh_requests(router, "web", 200)
     print(f"200 fresh requests over two members: {dict(spread)}")  # shown with -s
@@ -126,6 +139,44 @@ async def test_a_keep_alive_connection_stays_on_its_member(stack: Stack) -> None
         assert len(set(answers)) == 1, answers
         seen.append(answers[0])
     assert set(seen) == {"A", "B"}  # the connections themselves were spread
+
+
+async def test_a_member_that_goes_fails_only_its_own_requests(stack: Stack) -> None:
+    router = await stack.start_router()
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    release = trio.Event()
+    listeners = {
+        "A": await pool_listener(stack, router, key, await label_app(stack.nursery, "A", release)),
+        "B": await pool_listener(stack, router, key, await label_app(stack.nursery, "B", release)),
+    }
+    bodies: dict[str, bytes] = {}
+    failed: list[str] = []
+
+    async def hold(started: trio.Event) -> None:
+        async with router.client() as client:
+            response = await client.send(router.request(client, "GET", "web", "/hold"), stream=True)
+            chunks = response.aiter_raw()
+            label = (await chunks.__anext__()).decode()
+            bodies[label] = b""
+            started.set()
+            try:
+                async for chunk in chunks:
+                    bodies[label] += chunk
+            except httpx.HTTPError:
+                failed.append(label)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):  # the second goes to the member with nothing outstanding
+                started = trio.Event()
+                nursery.start_soon(hold, started)
+                await started.wait()
+            assert set(bodies) == {"A", "B"}
+            assert await listeners["A"].stop() == 0
+            assert await fresh_requests(router, "web", 20) == {"B": 20}  # meanwhile
+            release.set()
+    assert failed == ["A"] and bodies["B"] == b"done"
 
 
 # -- stock OpenSSH ------------------------------------------------------------------------

@@ -37,16 +37,20 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hostmux.http1.headers import Headers
+from hostmux.log import fields
 from hostmux.relay import ByteStream, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from router.tunnels import Tunnel
+
+log = logging.getLogger("hostmux.tunnels")
 
 COOKIE_NAME = b"hostmux_pool"
 AFFINITIES = ("none", "cookie")
@@ -170,9 +174,17 @@ class Pool:
                 return member if member.backoff_until <= now else None
         return None
 
-    def failed(self, member: Member) -> None:
+    def failed(self, member: Member, reason: str = "") -> None:
         member.failures += 1
         member.backoff_until = self.clock() + self.settings.backoff_s
+        if reason:
+            log.info(
+                fields(
+                    "pool_member_backoff", name=self.name, member=member.member_id,
+                    peer=member.tunnel.peer, failures=member.failures,
+                    backoff_s=self.settings.backoff_s, reason=reason,
+                )
+            )  # fmt: skip
 
     # -- opening a channel -----------------------------------------------------------
 
@@ -197,11 +209,11 @@ class Pool:
                     stream = await member.tunnel.open_stream(orig_host, orig_port)
             except UpstreamUnavailable as exc:
                 error = str(exc)
-                self.failed(member)
+                self.failed(member, error)
                 continue
             except TimeoutError:
                 error = "the tunnel client did not open a channel in time"
-                self.failed(member)
+                self.failed(member, error)
                 continue
             member.failures = 0
             member.backoff_until = 0.0

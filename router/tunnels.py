@@ -223,6 +223,15 @@ class TunnelHub:
             if tunnel.pool is not None:
                 tunnel.pool.settings = settings
 
+    async def open_stream(self, tunnel: Tunnel, orig_host: str, orig_port: int) -> ByteStream:
+        """A stream down ``tunnel``, or down the member its pool picks (a request that came
+        over the router link: this router's counts decide, no affinity cookie)."""
+        pool = tunnel.pool
+        if pool is not None and pool.member_of(tunnel) is not None:
+            stream, _ = await pool.open_stream(orig_host, orig_port)
+            return stream
+        return await tunnel.open_stream(orig_host, orig_port)
+
     def members_of(self, tunnel: Tunnel) -> list[Tunnel]:
         """The tunnels serving ``tunnel``'s name here: its pool's members, or itself."""
         pool = tunnel.pool

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from .cluster_world import holders
+from .cluster_world import ClusterCA, holders, link_line, start_member
 from .conftest import LoggedProcess, Router, Stack, public_key_of
 from .redis_server import RedisServer
 from .test_cluster_claims import clustered
@@ -356,3 +356,18 @@ async def test_ha_pool_members_are_one_member_on_each_router(
     for router in (a, b):
         assert await fresh_requests(router, "web", 40) == {"B": 40}
     assert set(holders(redis_server, "web")) == {"a", "b"}
+
+
+async def test_a_router_without_members_forwards_to_one_that_has_them(
+    stack: Stack, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    key = stack.new_key("pod")
+    ca = ClusterCA.create(tmp_path / "cluster-ca")
+    a = await start_member(stack, redis_server, ca, "a", keys=(key,))
+    b = await start_member(stack, redis_server, ca, "b", keys=(key,))
+    await pool_listener(stack, a.router, key, await label_app(stack.nursery, "A"))
+    await pool_listener(stack, a.router, key, await label_app(stack.nursery, "B"))
+    assert set(holders(redis_server, "web")) == {"a"}
+    spread = await fresh_requests(b.router, "web", 40)  # over the link, then a's pick
+    assert set(spread) == {"A", "B"} and min(spread.values()) >= 12, spread
+    assert link_line(a, "web") is not None

@@ -13,11 +13,14 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
+import trio_websocket
 
 from .cluster_world import ClusterCA, holders, link_line, start_member
-from .conftest import LoggedProcess, Router, Stack, public_key_of
+from .conftest import LoggedProcess, Router, Stack, public_key_of, websocket_to
 from .redis_server import RedisServer
+from .test_admin import start_admin_router
 from .test_cluster_claims import clustered
 from .test_listener_ha import ha_listener_argv
 from .test_ssh_abuse import start_peer
@@ -371,3 +374,50 @@ async def test_a_router_without_members_forwards_to_one_that_has_them(
     spread = await fresh_requests(b.router, "web", 40)  # over the link, then a's pick
     assert set(spread) == {"A", "B"} and min(spread.values()) >= 12, spread
     assert link_line(a, "web") is not None
+
+
+# -- a WebSocket, and the members in the admin API ---------------------------------------
+
+
+async def send_and_receive(websocket: trio_websocket.WebSocketConnection, text: str) -> object:
+    await websocket.send_message(text)
+    return await websocket.get_message()
+
+
+async def test_a_websocket_stays_on_its_member_and_the_admin_api_lists_members(
+    stack: Stack,
+) -> None:
+    router, admin = await start_admin_router(stack)
+    key = stack.new_key("alice")
+    router.authorize(public_key_of(key))
+    listeners: dict[str, LoggedProcess] = {}
+    for _ in range(2):
+        app = await stack.start_app()
+        listener = await pool_listener(stack, router, key, app.port)
+        member = (await listener.wait_for(r"event=tunnel_up name=web .*pool_member=(\w+)"))[1]
+        listeners[member] = listener
+    listed = await admin.tunnels()
+    assert {t["pool_member"] for t in listed if t["name"] == "web"} == set(listeners)
+    table = await admin.cli("tunnels")
+    head, *rows = table.stdout.splitlines()
+    assert head.split()[-1] == "MEMBER" and {r.split()[-1] for r in rows} == set(listeners)
+
+    websocket = await websocket_to(stack.nursery, router, "web")
+    await websocket.send_message("hello")
+    assert await websocket.get_message() == "hello"
+    # Its channel is the one request outstanding: on the member that opened it.
+    counts = {t["pool_member"]: t["outstanding"] for t in await admin.tunnels()}
+    assert sorted(counts.values()) == [0, 1], counts
+    holder = next(member for member, count in counts.items() if count == 1)
+    other = next(member for member in listeners if member != holder)
+
+    assert await listeners[other].stop() == 0  # the other member goes: the WebSocket stays
+    for i in range(10):
+        await websocket.send_message(f"still {i}")
+        assert await websocket.get_message() == f"still {i}"
+    assert [t["pool_member"] for t in await admin.tunnels()] == [holder]
+
+    assert await listeners[holder].stop() == 0  # its own member goes: it ends
+    # (the app's side ended cleanly: a half-close, so the end shows when the browser sends)
+    with trio.fail_after(30), pytest.raises(trio_websocket.ConnectionClosed):
+        await send_and_receive(websocket, "anyone?")

@@ -18,7 +18,7 @@ import trio
 import trio_websocket
 
 from .cluster_world import ClusterCA, holders, link_line, start_member
-from .conftest import LoggedProcess, Router, Stack, public_key_of, websocket_to
+from .conftest import LoggedProcess, Router, Stack, public_key_of, websocket_and_stream
 from .redis_server import RedisServer
 from .test_admin import start_admin_router
 from .test_cluster_claims import clustered
@@ -402,7 +402,7 @@ async def test_a_websocket_stays_on_its_member_and_the_admin_api_lists_members(
     head, *rows = table.stdout.splitlines()
     assert head.split()[-1] == "MEMBER" and {r.split()[-1] for r in rows} == set(listeners)
 
-    websocket = await websocket_to(stack.nursery, router, "web")
+    stream, websocket = await websocket_and_stream(stack.nursery, router, "web")
     await websocket.send_message("hello")
     assert await websocket.get_message() == "hello"
     # Its channel is the one request outstanding: on the member that opened it.
@@ -421,3 +421,4 @@ async def test_a_websocket_stays_on_its_member_and_the_admin_api_lists_members(
     # (the app's side ended cleanly: a half-close, so the end shows when the browser sends)
     with trio.fail_after(30), pytest.raises(trio_websocket.ConnectionClosed):
         await send_and_receive(websocket, "anyone?")
+    await stream.aclose()  # (trio-websocket leaves it open when the other side ended)

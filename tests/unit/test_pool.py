@@ -302,3 +302,21 @@ def test_a_reload_retunes_the_pools_there_are_and_those_to_come() -> None:
     later = tunnel("other", member="b")
     h.claim(later)
     assert later.pool is not None and later.pool.settings.open_timeout_s == 1.0
+
+
+def test_a_pool_tunnel_replacing_a_plain_one_makes_the_name_a_pool() -> None:
+    h = hub()
+    plain, pooled, joining = tunnel("web"), tunnel("web", member="p"), tunnel("web", member="q")
+    plain.wants_pool = False
+    h.claim(plain)
+    h.claim(pooled)  # replaces, as a plain tunnel would; says pool
+    assert h.routes.lookup("web") is pooled and pooled.pool is not None
+    joining.wants_pool = False
+    h.claim(joining)
+    assert h.tunnels() == [pooled, joining]
+    h.release(pooled)
+    h.release(joining)  # all gone: reserved; the next first tunnel decides again
+    again = tunnel("web", member="r")
+    again.wants_pool = False
+    h.claim(again)
+    assert again.pool is None and h.tunnels() == [again]

@@ -48,6 +48,11 @@ class ListenerConfig:
         "port of the router's tcp_port_range, kept across reconnects); no URL check",
         metavar="PORT",
     )
+    pool: bool = option(
+        False,
+        "serve the name together with other listeners of the same key (a pool: the "
+        "router spreads requests over them); each listener process is one member",
+    )
     user: str = option("hostmux", "SSH user name (the instance id in portal mode)")
     identity_file: Path = option(Path("~/.ssh/id_ed25519").expanduser(), "private key")
     known_hosts: Path | None = option(
@@ -126,6 +131,8 @@ class ListenerConfig:
                 raise ValueError(f"tcp: {self.tcp!r} is not a port (0-65535)")
             if self.name:
                 raise ValueError("tcp and name do not go together (a TCP tunnel has a port)")
+            if self.pool:
+                raise ValueError("tcp and pool do not go together (pools serve names)")
             # Nothing answers HTTP on a TCP port: the URL check would only fail.
             object.__setattr__(self, "check_url", False)
         for fingerprint in self.host_key_fingerprint:

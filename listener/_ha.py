@@ -209,7 +209,7 @@ class HaConnections:
                 "tunnel_up", name=forward.name, url=forward.url, conn=slot,
                 router=str(up.address), router_id=forward.router_id,
                 target=self._config.target, transport=transport, up=len(self._up),
-                wanted=self._wanted,
+                wanted=self._wanted, pool_member=listener.pool_member or None,
             )
         )  # fmt: skip
         if first:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import ssl
 import time
@@ -63,6 +64,8 @@ class Listener:
         self._name = config.forward_name
         self._last_url: str | None = None
         self._key = _instance_key(config)
+        # One pool member per process: the same id on every router it holds the name through.
+        self.pool_member = secrets.token_hex(8) if config.pool else ""
         # auto starts with SSH and keeps whichever transport last worked.
         self._transport = "wss" if config.transport == "wss" else "ssh"
         self.counts = ListenerCounts()  # for metrics_listen
@@ -159,7 +162,8 @@ class Listener:
             up_since = time.monotonic()  # from the grant: a slow connect is no tunnel that lasted
             self._name = forward.name
             log.info(fields("tunnel_up", name=forward.name, url=forward.url, router=server,
-                            target=config.target, transport=self._transport))  # fmt: skip
+                            target=config.target, transport=self._transport,
+                            pool_member=self.pool_member or None))  # fmt: skip
             if forward.url != self._last_url:
                 print(forward.url, flush=True)  # stdout: the URL, for scripts
                 self._last_url = forward.url
@@ -189,6 +193,7 @@ class Listener:
             transport=transport, wss_url=config.wss_url,
             wss_headers=tuple(tuple(h.split(":", 1)) for h in config.wss_header),  # type: ignore[misc]
             ca_file=config.router_ca_file, dial_host=dial_host,
+            pool_member=self.pool_member,
         )  # fmt: skip
 
     def _connect_timeout_s(self, transport: str) -> float:

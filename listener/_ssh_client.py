@@ -73,6 +73,9 @@ class TunnelSpec:
     # The address to connect to when it is not ``host`` (one of a name's DNS
     # addresses): the host key is still checked for ``host``.
     dial_host: str = ""
+    # A pool member's id (``--pool``: one per listener process, the same on every
+    # router); "" for a name of its own.
+    pool_member: str = ""
 
 
 class _PinningClient(asyncssh.SSHClient):
@@ -108,6 +111,7 @@ class TunnelSession:
         self._spec = spec
         self._conn: asyncssh.SSHClientConnection | None = None
         self.granted: Forward | None = None
+        self._pool_said = False  # the router heard HOSTMUX_POOL on a session
 
     def __repr__(self) -> str:
         return f"<TunnelSession {self._spec.host}:{self._spec.port} forward={self.granted}>"
@@ -172,6 +176,8 @@ class TunnelSession:
         conn = self._conn
         # "tcp:PORT": a TCP tunnel (OpenSSH's -R tcp:PORT:...), port 0 for any.
         host, port = ("tcp", int(name[4:])) if name.startswith("tcp:") else (name, 80)
+        if spec.pool_member and not self._pool_said:
+            await self._run_json("tunnels --json")  # says HOSTMUX_POOL before the forward
         try:
             await conn.forward_remote_port(host, port, spec.target_host, spec.target_port)
         except asyncssh.ChannelListenError:
@@ -252,13 +258,19 @@ class TunnelSession:
 
     async def _run_json(self, command: str) -> dict[str, object]:
         assert self._conn is not None
+        # A pool member says so on every session (the router reads it before a forward).
+        member = self._spec.pool_member
+        env = {"HOSTMUX_POOL": "1", "HOSTMUX_POOL_MEMBER": member} if member else {}
         try:
-            result = await self._conn.run(command, check=True, timeout=self._spec.connect_timeout_s)
+            result = await self._conn.run(
+                command, check=True, timeout=self._spec.connect_timeout_s, env=env
+            )
             report = json.loads(str(result.stdout))
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
             raise TunnelError(f"the router did not answer {command!r}: {describe(exc)}") from None
         if not isinstance(report, dict):
             raise TunnelError(f"the router answered {command!r} with {type(report).__name__}")
+        self._pool_said = bool(member)
         return report
 
 

@@ -29,6 +29,7 @@ from hostmux.log import LOG_FORMATS, check_log_format
 from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
 from keys import KeysError, check_router_id
+from router.pool import AFFINITIES
 from router.registry.model import MAX_ID_CHARS
 from router.tcp_ports import parse_port_range, parse_port_rules
 
@@ -102,6 +103,18 @@ class RouterConfig:
     connect_timeout_s: float = option(
         10.0, "time to open a channel down a tunnel (else 504)", minimum=0, maximum=HOUR_S
     )
+    pool_affinity: str = option(
+        "none",
+        "how requests of a pool (several tunnels for one name: listener --pool) pick a "
+        "member: none (each browser connection: the member with the fewest requests "
+        "outstanding from this router) or cookie (a browser keeps its member through a "
+        "router cookie, hostmux_pool, on the exact host)",
+        metavar="{none,cookie}",
+    )
+    pool_backoff_s: float = option(
+        10.0, "a pool member whose channel opens fail is skipped this long",
+        minimum=0, maximum=HOUR_S,
+    )  # fmt: skip
     response_timeout_s: float = option(
         60.0,
         "time for the app to start answering once the request is sent, and to take more "
@@ -336,6 +349,10 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.pool_affinity not in AFFINITIES:
+            raise ValueError(
+                f"pool_affinity: {self.pool_affinity!r} is not {' or '.join(AFFINITIES)}"
+            )
         if not all(is_dns_label(part) for part in self.domain.split(".")):
             raise ValueError(f"domain: {self.domain!r} is not a valid lower-case domain name")
         for field in ("ssh_listen", "https_listen", "http_listen", "one_port_listen"):

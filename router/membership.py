@@ -138,7 +138,8 @@ class Membership:
             return
         if isinstance(error, LeaseLost) and found.lease_id != error.connection_id:
             return  # a newer tunnel on this router holds it now
-        self._close(found, f"lease lost: {error}")
+        for tunnel in self._hub.members_of(found):  # a pool's members share its lease
+            self._close(tunnel, f"lease lost: {error}")
 
     def _close(self, tunnel: Tunnel, reason: str) -> None:
         log.warning(fields("tunnel_closed", name=tunnel.name, peer=tunnel.peer, reason=reason))
@@ -187,7 +188,7 @@ class Membership:
         since = self.keeper.unavailable_since if self.keeper is not None else None
         if since is None or self._clock() - since < self._reservation_s:
             return
-        for _, tunnel in self._hub.held_all():
+        for tunnel in self._hub.tunnels():
             self._close(tunnel, "the route registry was unreachable for name_reservation_s")
 
     async def leave(self) -> None:

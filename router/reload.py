@@ -8,7 +8,8 @@ Rules:
 2. What a reload applies (``RELOADABLE``): the TLS certificates and keys
    (``tls_cert_file``/``tls_key_file``, ``tls_cert_dir``), ``authorized_keys``,
    the portal CA keys, the browser and SSH limits, the HTTP timeouts, the
-   portal's timeout and cache lifetimes, the log level. New TLS handshakes get
+   portal's timeout and cache lifetimes, the pool options (pools there are
+   take them too), the log level. New TLS handshakes get
    the new certificates; connections already made keep theirs; new browser
    connections get the new limits and timeouts; no tunnel and no browser
    connection is dropped.
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 from hostmux.config.layered import ConfigError
 from hostmux.log import fields
 from router.config import RouterConfig
+from router.pool import POOL_OPEN_SHARE
 from router.tls import load_certificates
 
 if TYPE_CHECKING:
@@ -63,6 +65,8 @@ RELOADABLE = frozenset(
         *_SSH_LIMITS,
         *_RELAY_LIMITS,
         *_PORTAL_TIMES,
+        "pool_affinity",
+        "pool_backoff_s",
         "log_level",
     )
 )
@@ -159,6 +163,10 @@ def _apply_limits(router: Router, config: RouterConfig) -> None:
         burst=config.ssh_auth_failures_burst, per_minute=config.ssh_auth_failures_per_minute
     )
     router.relay_limits = config.relay_limits
+    router.hub.retune_pools(
+        affinity=config.pool_affinity, backoff_s=config.pool_backoff_s,
+        open_timeout_s=config.connect_timeout_s * POOL_OPEN_SHARE,
+    )  # fmt: skip
     if router.auth.portal is not None:
         router.auth.portal.retune(
             timeout_s=config.portal_timeout_s, ttl_s=config.portal_cache_ttl_s,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import resource
@@ -60,6 +61,7 @@ from router.config import RouterConfig
 from router.holding import HoldingPages, LookupLimit
 from router.membership import Membership
 from router.one_port import open_listening_socket, serve_one_port
+from router.pool import POOL_OPEN_SHARE, PoolSettings
 from router.portal import PortalKeys, TunnelEvents
 from router.reload import reload_router
 from router.ssh.auth import Authenticator, AuthorizedKeys, load_ca_fingerprints
@@ -226,6 +228,7 @@ def build_router(config: RouterConfig) -> Router:
         domain=config.domain, scheme=scheme, public_port=config.public_port,
         reservation_s=config.name_reservation_s,
     )  # fmt: skip
+    hub.pool_settings = pool_settings(config, state)
     agent = None
     if config.registry:
         cluster = hub.cluster = _membership(config, hub)
@@ -770,6 +773,17 @@ def _authenticator(config: RouterConfig) -> Authenticator:
     return Authenticator(
         AuthorizedKeys(config.authorized_keys_path), portal=portal, ca_fingerprints=cas
     )
+
+
+def pool_settings(config: RouterConfig, state: RouterState) -> PoolSettings:
+    """The pools' options; the affinity cookie's key is derived from the SSH host key, so
+    every worker of a router (and routers that share a host key) accepts the same cookies."""
+    secret = hashlib.sha256(b"hostmux pool cookie\0" + state.host_key.read_bytes()).digest()
+    return PoolSettings(
+        secret=secret, affinity=config.pool_affinity, backoff_s=config.pool_backoff_s,
+        # Two members get a try within the relay's connect timeout.
+        open_timeout_s=config.connect_timeout_s * POOL_OPEN_SHARE,
+    )  # fmt: skip
 
 
 def _membership(config: RouterConfig, hub: TunnelHub) -> Membership:

@@ -8,7 +8,9 @@ routing decision for the router (Host → tunnel, or a status page).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections import Counter
@@ -33,6 +35,7 @@ from hostmux.names import target_for_host
 from hostmux.relay import ByteStream, Destination, RequestRecord
 from hostmux.tunnel.websocket import WSS_PATH, WssAcceptor
 from router.blocks import BlockList
+from router.pool import Pick, Pool, PoolSettings, cookie_attributes, cookie_token
 from router.routing import NameTaken, Offline, RouteTable
 
 if TYPE_CHECKING:
@@ -73,6 +76,11 @@ class Tunnel:
     # Request ids of WebSocket upgrades routed here and not finished (open WebSockets);
     # None until the first (most tunnels never carry one: no set each).
     websockets: set[str] | None = None
+    # Pools (``router.pool``): whether its client asked for one (HOSTMUX_POOL=1), its
+    # member id, and the pool it serves in (None: a name of its own, as ever).
+    wants_pool: bool = False
+    member_id: str = ""
+    pool: Pool | None = None
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.name} owner={self.owner} peer={self.peer}>"
@@ -104,6 +112,8 @@ class TunnelHub:
         self.tcp: TcpPorts | None = None
         # Activity, idle state and usage per name (``router.activity``); None: not kept.
         self.activity: Activity | None = None
+        # Pools' settings (``router.config``: pool_affinity, pool_backoff_s).
+        self.pool_settings = PoolSettings(secret=os.urandom(32))
         # Tunnel and SSH events by kind (``router.operations`` turns them into metrics):
         # tunnel_up, tunnel_refused, ssh_auth_refused_key, ssh_auth_rate_limited.
         self.counts: Counter[str] = Counter()
@@ -130,6 +140,8 @@ class TunnelHub:
         """
         assert self.cluster is not None
         self._check_blocks(tunnel)
+        if self._join(tunnel):  # a pool's member: this router holds the name already
+            return
         await self.cluster.claim(tunnel)
         try:
             self.claim(tunnel)
@@ -141,7 +153,11 @@ class TunnelHub:
         """Serve ``tunnel.name`` by ``tunnel``; raises NameTaken for another owner, Blocked
         for a key or name the operator blocked."""
         self._check_blocks(tunnel)
+        if self._join(tunnel):
+            return
         replaced = self.routes.claim(tunnel.name, tunnel.owner, tunnel)
+        if tunnel.wants_pool:
+            self._start_pool(tunnel)
         self.counts["tunnel_up"] += 1
         self._notify("tunnel_up", tunnel)
         log.info(
@@ -150,6 +166,81 @@ class TunnelHub:
                 url=self.url_for(tunnel.name), replaced=replaced.peer if replaced else None,
             )
         )  # fmt: skip
+
+    def _join(self, tunnel: Tunnel) -> bool:
+        """Add ``tunnel`` to its name's pool, if the name is one of its owner's here."""
+        head = self.routes.lookup(tunnel.name)
+        if not isinstance(head, Tunnel) or head.pool is None or head.owner != tunnel.owner:
+            return False
+        pool = tunnel.pool = head.pool
+        # One lease for the pool on this router: members come and go under it.
+        tunnel.lease_id, tunnel.generation = head.lease_id, head.generation
+        tunnel.member_id = tunnel.member_id or uuid.uuid4().hex[:16]
+        replaced = pool.add(tunnel, tunnel.member_id)
+        self._keep_head(pool, tunnel.name, tunnel.owner)
+        self.counts["tunnel_up"] += 1
+        log.info(
+            fields(
+                "pool_member_up", name=tunnel.name, peer=tunnel.peer, key=tunnel.owner,
+                member=tunnel.member_id, members=len(pool.members),
+                replaced=replaced.peer if replaced else None,
+            )
+        )  # fmt: skip
+        return True
+
+    def _start_pool(self, tunnel: Tunnel) -> None:
+        tunnel.member_id = tunnel.member_id or uuid.uuid4().hex[:16]
+        tunnel.pool = Pool(tunnel.name, self.pool_settings)
+        tunnel.pool.add(tunnel, tunnel.member_id)
+        log.info(fields("pool_up", name=tunnel.name, member=tunnel.member_id, peer=tunnel.peer))
+
+    def _keep_head(self, pool: Pool, name: str, owner: str) -> None:
+        """The route table's tunnel for a pool's name stays one of its live members."""
+        head = self.routes.lookup(name)
+        if pool.members and (not isinstance(head, Tunnel) or pool.member_of(head) is None):
+            self.routes.claim(name, owner, pool.members[0].tunnel)
+
+    def pool_requested(self, tunnel: Tunnel, member_id: str | None) -> None:
+        """Its client asked for a pool after its forward (OpenSSH sends SetEnv on the
+        session, after the forward): the name becomes a pool if ``tunnel`` still holds it
+        alone; a member learns its member id."""
+        pool = tunnel.pool
+        if pool is not None:
+            if member_id and member_id != tunnel.member_id:
+                tunnel.member_id = member_id
+                pool.rename(tunnel, member_id)
+                self._keep_head(pool, tunnel.name, tunnel.owner)
+            return
+        if tunnel.name.startswith("tcp:") or self.routes.lookup(tunnel.name) is not tunnel:
+            return  # a TCP port, or replaced meanwhile: nothing to make a pool of
+        tunnel.member_id = member_id or tunnel.member_id
+        self._start_pool(tunnel)
+
+    def retune_pools(self, *, affinity: str, backoff_s: float, open_timeout_s: float) -> None:
+        """New pool options (a reload): for the pools there are and those to come."""
+        self.pool_settings = settings = dataclasses.replace(
+            self.pool_settings, affinity=affinity, backoff_s=backoff_s,
+            open_timeout_s=open_timeout_s,
+        )  # fmt: skip
+        for _, tunnel in self.routes.held():
+            if tunnel.pool is not None:
+                tunnel.pool.settings = settings
+
+    async def open_stream(self, tunnel: Tunnel, orig_host: str, orig_port: int) -> ByteStream:
+        """A stream down ``tunnel``, or down the member its pool picks (a request that came
+        over the router link: this router's counts decide, no affinity cookie)."""
+        pool = tunnel.pool
+        if pool is not None and pool.member_of(tunnel) is not None:
+            stream, _ = await pool.open_stream(orig_host, orig_port)
+            return stream
+        return await tunnel.open_stream(orig_host, orig_port)
+
+    def members_of(self, tunnel: Tunnel) -> list[Tunnel]:
+        """The tunnels serving ``tunnel``'s name here: its pool's members, or itself."""
+        pool = tunnel.pool
+        if pool is None or pool.member_of(tunnel) is None:
+            return [tunnel]
+        return [member.tunnel for member in pool.members]
 
     def _check_blocks(self, tunnel: Tunnel) -> None:
         refusal = self.block_refusal(tunnel.owner, tunnel.name, tunnel.peer)
@@ -167,8 +258,8 @@ class TunnelHub:
         return refusal
 
     def tunnels(self) -> list[Tunnel]:
-        """The tunnels this router serves now: names, then TCP ports."""
-        return [tunnel for _, tunnel in self.held_all()]
+        """The tunnels this router serves now (each member of a pool): names, then TCP ports."""
+        return [member for _, tunnel in self.held_all() for member in self.members_of(tunnel)]
 
     def kick(self, name: str, reason: str) -> int:
         """Close the tunnel serving ``name``; how many were closed (0 or 1).
@@ -176,7 +267,7 @@ class TunnelHub:
         The SSH connection left with no forward is closed too: its client sees the end.
         """
         found = self.lookup_any(name)
-        return self.close_tunnels([found] if found is not None else [], reason)
+        return self.close_tunnels(self.members_of(found) if found is not None else [], reason)
 
     def kick_blocked(self) -> int:
         """Close every tunnel a block in ``blocks`` matches (blocking is kicking)."""
@@ -222,6 +313,18 @@ class TunnelHub:
         if self.tcp is not None and tunnel.name.startswith("tcp:"):
             if self.tcp.release(tunnel) and self.cluster is not None:
                 self.cluster.release(tunnel)  # in the background, as for a name
+            return
+        pool = tunnel.pool
+        if pool is not None and pool.remove(tunnel) and pool.members:
+            # Others serve on: no reservation, no registry release (the pool's lease stays).
+            self._keep_head(pool, tunnel.name, tunnel.owner)
+            held_s = round(time.monotonic() - tunnel.created, 1)
+            log.info(
+                fields(
+                    "pool_member_down", name=tunnel.name, peer=tunnel.peer,
+                    member=tunnel.member_id, members=len(pool.members), held_s=held_s,
+                )
+            )  # fmt: skip
             return
         if self.routes.release(tunnel.name, tunnel):
             if self.cluster is not None:
@@ -291,6 +394,9 @@ class TunnelGateway:
             if found.websockets is None:
                 found.websockets = set()
             found.websockets.add(request_id)  # until its record comes (``TunnelHub.count``)
+        pool = found.pool
+        if pool is not None:
+            return self._pool_destination(pool, host, request, client)
         return Destination(
             key=host,
             label=found.name,
@@ -298,6 +404,24 @@ class TunnelGateway:
             response_headers=self.response_headers,
             response_headers_checked=True,  # host_only_cookies keeps values valid
         )
+
+    def _pool_destination(
+        self, pool: Pool, host: str, request: Request, client: ClientInfo
+    ) -> Destination:
+        """A pool's member is picked when the relay opens its upstream (``router.pool``)."""
+        preferred = cookie = None
+        if pool.settings.affinity == "cookie":
+            token = cookie_token(request.headers)
+            if token is not None:
+                preferred = pool.by_token(token)
+            cookie = cookie_attributes(client.scheme == "https")
+        base = self.response_headers
+        pick = Pick(pool, client.peer_ip, client.peer_port, preferred, cookie, base)
+        return Destination(
+            key=host, label=pool.name, open=pick.open,
+            response_headers=pick.response_headers if cookie else self.response_headers,
+            response_headers_checked=True,  # the cookie's value is ours (base64url)
+        )  # fmt: skip
 
 
 def not_served_page(label: str, reserved: bool, request_id: str, as_html: bool) -> Page:

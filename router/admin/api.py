@@ -113,6 +113,9 @@ class TunnelFacts:
     # and whether the name is idle; None where the router keeps no activity.
     last_active: float | None = None
     idle: bool | None = None
+    # A pool's member (``router.pool``): its member id and channels open to it; else None.
+    pool_member: str | None = None
+    outstanding: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -121,12 +121,13 @@ def _render(command: str, answer: dict[str, Any], as_json: bool) -> str:
     if command == "tunnels":
         heads = (
             "NAME", "OWNER", "PEER", "VIA", "ROUTER", "SINCE", "REQS", "IN", "OUT", "WS", "IDLE",
+            "MEMBER",
         )  # fmt: skip
         rows = [
             (
                 t["name"], t["owner"], t["peer"], t["transport"], t["router"] or "-",
                 _when(t["since"]), t["requests"], t["bytes_in"], t["bytes_out"],
-                t["websockets_open"], _idle(t.get("idle")),
+                t["websockets_open"], _idle(t.get("idle")), t.get("pool_member") or "-",
             )
             for t in answer["tunnels"]
         ]  # fmt: skip

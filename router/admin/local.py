@@ -33,7 +33,16 @@ def tunnel_facts(
         last_activity=round(tunnel.last_activity, 3) or None, router=router_id,
         last_active=round(entry.last_seen(), 3) if entry is not None else None,
         idle=entry.idle if entry is not None else None,
+        **_pool_facts(tunnel),
     )  # fmt: skip
+
+
+def _pool_facts(tunnel: Tunnel) -> dict[str, Any]:
+    pool = tunnel.pool
+    member = pool.member_of(tunnel) if pool is not None else None
+    if member is None:
+        return {}
+    return {"pool_member": member.member_id, "outstanding": member.outstanding}
 
 
 class BlockFile:

@@ -197,7 +197,7 @@ class Forwarder:
                     ) from None
             local = self._hub.lookup_any(name)
             if local is not None:  # it moved here: served as any local request
-                return await local.open_stream(client.peer_ip, client.peer_port)
+                return await self._hub.open_stream(local, client.peer_ip, client.peer_port)
             if route is None:
                 raise UpstreamUnavailable(f"no tunnel is called {name!r} any more")
             request = StreamRequest(

@@ -165,7 +165,7 @@ class PeerServer:
             return await _refuse(link, LinkError.ROUTE_MOVED)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                channel = await tunnel.open_stream(wanted.client_ip, wanted.client_port)
+                channel = await self._hub.open_stream(tunnel, wanted.client_ip, wanted.client_port)
         except (UpstreamUnavailable, TimeoutError, ConnectionError, OSError) as error:
             log.warning(
                 fields("link_tunnel_failed", name=wanted.name, error=str(error) or "timeout")

@@ -17,6 +17,8 @@ relay's ``ByteStream`` at once:
 - writes go to the channel; ``must_drain`` says whether the channel holds
   unsent data, and ``drain`` waits while asyncssh has paused writing (the
   peer's window is full);
+- ``on_lost``: called once when the channel has ended (``router.pool`` counts
+  the channels open to each member of a pool);
 - EOF from the peer is a half-close (``receive`` returns ``b""``, writing
   goes on), as the WebSocket splice needs;
 - ``sink``: while it is set and nothing is queued, what arrives goes to it
@@ -60,6 +62,8 @@ class ChannelStream(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self.sink: Callable[[bytes], None] | None = None
+        # Called once when the channel has ended (a pool counts its member's channels).
+        self.on_lost: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<ChannelStream {self.label}>"
@@ -94,6 +98,9 @@ class ChannelStream(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
         if exc is not None:
             self._lost = exc
         _wake(self._read_waiter)

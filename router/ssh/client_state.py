@@ -63,6 +63,10 @@ class ClientState:
     forwards: list[VirtualForward] = field(default_factory=list)
     refusals: list[dict[str, str]] = field(default_factory=list)
     watchers: list[Callable[[str], None]] = field(default_factory=list)
+    # HOSTMUX_POOL=1 (and HOSTMUX_POOL_MEMBER) in a session's env: its forwards serve in
+    # a pool (``router.pool``).
+    pool: bool = False
+    member_id: str | None = None
     _changed_event: asyncio.Event | None = None
 
     @property

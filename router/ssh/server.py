@@ -299,7 +299,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
         tunnels = [
             Tunnel(
                 name=name, owner=grant.owner, peer=self._state.peer, open_stream=opener,
-                transport=self._transport,
+                transport=self._transport, wants_pool=self._state.pool,
+                member_id=self._state.member_id or "",
             )
             for name in candidates
         ]  # fmt: skip

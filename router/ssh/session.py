@@ -28,10 +28,11 @@ import logging
 import asyncssh
 
 from hostmux.log import fields
+from router.pool import check_member_id
 from router.portal import PortalUnavailable
 from router.ssh.auth import Authenticator
 from router.ssh.client_state import ClientState
-from router.tunnels import TunnelHub
+from router.tunnels import Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
 
@@ -65,6 +66,13 @@ _NO_DEV_CA = (
 )
 
 
+def _pool_line(pool: object) -> str:
+    if not isinstance(pool, dict):
+        return ""
+    members = pool["members"]
+    return f" (pool member {pool['member']}, {len(members)} member(s) here)"
+
+
 class ToolSession(asyncssh.SSHServerSession[str]):
     """A session channel: shows the connection's URLs; runs only built-in commands."""
 
@@ -90,9 +98,34 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         return True  # ssh asks for one by default; refusing it only adds a warning
 
     def shell_requested(self) -> bool:
+        self._read_env()
         return True  # as ``register``, only to say how it is used (session_started)
 
+    def _read_env(self) -> None:
+        """``HOSTMUX_POOL=1`` (OpenSSH: ``-o SetEnv=HOSTMUX_POOL=1``) makes the
+        connection's forwards pool members, ``HOSTMUX_POOL_MEMBER`` names the member.
+
+        The env comes with a session, which OpenSSH opens after sending its forwards:
+        a forward already granted becomes a pool now (``TunnelHub.pool_requested``); the
+        listener sends it on a session before its forward.
+        """
+        env = self._channel.get_environment()
+        if env.get("HOSTMUX_POOL", "").lower() not in ("1", "true", "yes"):
+            return
+        state = self._state
+        member = check_member_id(env.get("HOSTMUX_POOL_MEMBER", ""))
+        if state.pool and (member is None or member == state.member_id):
+            return
+        state.pool = True
+        state.member_id = member or state.member_id
+        log.info(
+            fields("pool_env", peer=state.peer, member=member, forwards_before=len(state.forwards))
+        )
+        for forward in state.forwards:
+            self._hub.pool_requested(forward.tunnel, state.member_id)
+
     def exec_requested(self, command: str) -> bool:
+        self._read_env()
         words = command.split()
         role = self._role()
         allowed = bool(words) and (
@@ -183,7 +216,8 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         router_id = self._hub.cluster.router_id if self._hub.cluster is not None else None
         tunnels = [
             {"name": f.tunnel.name, "url": self._hub.url_for(f.tunnel.name),
-             "listen": "{}:{}".format(*f.listen), "router": router_id}
+             "listen": "{}:{}".format(*f.listen), "router": router_id,
+             "pool": self._pool_facts(f.tunnel)}
             for f in self._state.forwards
         ]  # fmt: skip
         if "--json" in words:
@@ -195,8 +229,20 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             }  # fmt: skip
             return json.dumps(report) + "\n"
         where = f" (router {router_id})" if router_id is not None else ""
-        lines = "".join(f"{t['url']}{where}\n" for t in tunnels)
+        lines = "".join(f"{t['url']}{where}{_pool_line(t['pool'])}\n" for t in tunnels)
         return lines or "no tunnels on this connection\n"
+
+    def _pool_facts(self, tunnel: Tunnel) -> dict[str, object] | None:
+        """A pool member's id and its pool's members on this router (None: no pool)."""
+        pool = tunnel.pool
+        if pool is None or pool.member_of(tunnel) is None:
+            return None
+        members = [
+            {"member": m.member_id, "peer": m.tunnel.peer, "outstanding": m.outstanding,
+             "failures": m.failures}
+            for m in pool.members
+        ]  # fmt: skip
+        return {"member": tunnel.member_id, "members": members}
 
     async def _register(self, instance_id: str) -> None:
         """DIT4C ``ssh register@router INSTANCE_ID``: cache the instance's keys."""

@@ -1,0 +1,153 @@
+"""Routes bound to a job's lifetime: portal certificates end their tunnels at expiry.
+
+The example portal signs short certificates (principal = instance id); the
+router closes a tunnel when its certificate's ``valid_before`` passes, tells the
+portal why in a signed ``tunnel_down`` event and frees the name at once (no
+reconnect reservation). The listener renews its certificate from the portal
+before expiry when the portal allows it, and swaps connections without a gap.
+Real processes on loopback (OpenSSH, the router, the portal, the listener).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import keys
+
+from .conftest import Router, Stack, public_key_of
+from .test_portal_mode import Portal, start_portal, start_portal_router
+
+# How late after ``valid_before`` the router may close the tunnel: the timer fires on
+# time, but a 2-core machine running a router, a portal, ssh and an app may lag.
+_LATE_S = 3.0
+# valid_before is whole seconds; the router's clock may be just under it when it looks.
+_EARLY_S = 0.05
+
+
+async def _certificate(portal: Portal, instance_id: str, public_line: str, valid_for_s: int) -> str:
+    async with portal.admin() as client:
+        response = await client.post(
+            f"/instances/{instance_id}/certificate",
+            json={"public_key": public_line, "valid_for_s": valid_for_s},
+        )
+    assert response.status_code == 200, response.text
+    return str(response.json()["certificate"])
+
+
+async def _events(portal: Portal, name: str) -> list[dict[str, Any]]:
+    """The events the portal received for ``name`` (it keeps only signed, verified ones)."""
+    async with portal.admin() as client:
+        response = await client.get("/admin/events")
+    assert response.status_code == 200, response.text
+    return [event for event in response.json() if event["name"] == name]
+
+
+async def _delivered(router: Router, portal: Portal, name: str, kind: str, start: int) -> Any:
+    """The last ``kind`` event for ``name`` the portal received, once the router says it
+    delivered one (the portal answered 2xx)."""
+    await router.proc.wait_for(
+        rf"event=portal_event_delivered kind={kind} name={name}\b", start=start
+    )
+    events = [event for event in await _events(portal, name) if event["event"] == kind]
+    assert events, f"the router delivered a {kind} the portal did not keep"
+    return events[-1]
+
+
+async def _set_policy(portal: Portal, instance_id: str, renew: bool, valid_for_s: int) -> None:
+    async with portal.admin() as client:
+        response = await client.put(
+            f"/instances/{instance_id}/certificate-policy",
+            json={"renew": renew, "valid_for_s": valid_for_s},
+        )
+    assert response.status_code == 200, response.text
+
+
+async def test_a_certificate_ends_its_tunnel_at_expiry_and_the_portal_hears_why(
+    stack: Stack,
+) -> None:
+    portal = await start_portal(stack)
+    router = await start_portal_router(stack, portal)
+    app = await stack.start_app()
+    instance = await portal.create_instance("erin")
+    name = instance["id"]
+    own_key = stack.new_key("job")
+    public_line = public_key_of(own_key).read_text().strip()
+    cert = stack.path("job-cert.pub")
+    line = await _certificate(portal, name, public_line, 10)
+    cert.write_text(line + "\n")
+    valid_before = keys.certificate_validity(line).valid_before
+    assert valid_before is not None
+
+    ssh = await stack.spawn(
+        "ssh-job",
+        stack.ssh_argv(
+            router, own_key, "-o", f"CertificateFile={cert}", "-N",
+            "-R", f"80:127.0.0.1:{app.port}", f"{name}@127.0.0.1",
+        ),
+    )  # fmt: skip
+    mark = len(router.proc.lines)
+    await router.proc.wait_for(
+        rf"event=ssh_connect .*owner=instance:{name} .*expires={valid_before} "
+    )
+    await router.proc.wait_for(rf"event=tunnel_up name={name} ")
+    assert (await router.get(name, "/")).status_code == 200
+
+    # At expiry: the tunnel ends (the router's timer), and OpenSSH exits with it.
+    await router.proc.wait_for(rf"event=ssh_certificate_expired .*tunnels={name}\b")
+    closed_at = time.time()
+    assert valid_before - _EARLY_S <= closed_at <= valid_before + _LATE_S
+    await router.proc.wait_for(rf"event=tunnel_down name={name} .*reason=certificate_expired")
+    assert await ssh.wait_exit() != 0
+    assert time.time() >= valid_before - _EARLY_S
+    assert (await router.get(name, "/")).status_code != 200
+
+    # The portal got it, signed (it keeps only events whose signature verified), with why.
+    down = await _delivered(router, portal, name, "tunnel_down", mark)
+    assert down["v"] == 1
+    assert down["data"]["reason"] == "certificate_expired"
+    assert down["data"]["url"] == router.url(name)
+    assert (await portal.instance(name))["tunnel"]["state"] == "down"  # type: ignore[index]
+
+    # The same instance's next job: a new certificate claims the name again at once.
+    line = await _certificate(portal, name, public_line, 6)
+    cert.write_text(line + "\n")
+    mark = len(router.proc.lines)
+    next_job = await stack.spawn(
+        "ssh-next-job",
+        stack.ssh_argv(
+            router, own_key, "-o", f"CertificateFile={cert}", "-N",
+            "-R", f"80:127.0.0.1:{app.port}", f"{name}@127.0.0.1",
+        ),
+    )  # fmt: skip
+    await router.proc.wait_for(rf"event=tunnel_up name={name} ", start=mark)
+    assert (await router.get(name, "/")).status_code == 200
+    await router.proc.wait_for(
+        rf"event=tunnel_down name={name} .*reason=certificate_expired", start=mark
+    )
+    assert await next_job.wait_exit() != 0
+
+    # No reservation held for a job that ended: an operator key (any name) may take the
+    # name at once — within name_reservation_s (600 s) it would be refused as another key's.
+    operator = stack.new_key("operator")
+    router.authorize(public_key_of(operator))
+    mark = len(router.proc.lines)
+    await stack.openssh_tunnel(router, operator, name, app.port)
+    assert router.proc.find(r"event=forward_refused", start=mark) is None
+    assert (await router.get(name, "/")).status_code == 200
+
+
+async def test_a_plain_key_tunnel_keeps_the_reservation(stack: Stack) -> None:
+    """The contrast: a tunnel that merely went away keeps its name reserved for its owner."""
+    router = await stack.start_router("--name-reservation-s", "600")
+    app = await stack.start_app()
+    owner, other = stack.new_key("owner"), stack.new_key("other")
+    router.authorize(public_key_of(owner))
+    router.authorize(public_key_of(other))
+    ssh = await stack.openssh_tunnel(router, owner, "held", app.port)
+    await ssh.stop()
+    await router.proc.wait_for(r"event=tunnel_down name=held ")
+    mark = len(router.proc.lines)
+    taker = await stack.openssh_tunnel(router, other, "held", app.port, wait=False)
+    assert await taker.wait_exit() != 0
+    await router.proc.wait_for(r"event=forward_refused .*listen=held:80 ", start=mark)

@@ -206,6 +206,10 @@ class TunnelHub:
             if tunnel.websockets is not None:
                 tunnel.websockets.discard(record.request_id)
 
+    def serves(self, tunnel: Tunnel) -> bool:
+        """Whether ``tunnel`` still serves its name here (not released, not replaced)."""
+        return self.lookup_any(tunnel.name) is tunnel
+
     def lookup_any(self, name: str) -> Tunnel | None:
         """The tunnel holding ``name`` here, a name or a TCP port ("tcp:PORT")."""
         routes = (
@@ -305,7 +309,10 @@ class TunnelGateway:
                 found.websockets = set()
             found.websockets.add(request_id)  # until its record comes (``TunnelHub.count``)
         return Destination(
-            key=host,
+            # The tunnel, not the host: a kept-alive browser connection whose tunnel was
+            # replaced (a reconnect, a renewed certificate's swap) opens its next request
+            # on the new tunnel instead of reusing the old one's channel, which may close.
+            key=found.lease_id,
             label=found.name,
             open=partial(found.open_stream, client.peer_ip, client.peer_port),
             response_headers=self.response_headers,

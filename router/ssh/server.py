@@ -291,7 +291,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
             self._arm_expiry(certificate.valid_before)
             return
         self._hub.counts["certificate_expired"] += 1
-        names = [forward.tunnel.name for forward in self._state.forwards]
+        # The names it still serves (a renewed certificate's connection may have taken them).
+        names = [f.tunnel.name for f in self._state.forwards if self._hub.serves(f.tunnel)]
         log.info(
             fields(
                 "ssh_certificate_expired", peer=self._state.peer, key_id=certificate.key_id,

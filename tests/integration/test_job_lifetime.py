@@ -11,12 +11,16 @@ Real processes on loopback (OpenSSH, the router, the portal, the listener).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
+
+import httpx
+import trio
 
 import keys
 
-from .conftest import Router, Stack, public_key_of
-from .test_portal_mode import Portal, start_portal, start_portal_router
+from .conftest import LoggedProcess, Router, Stack, public_key_of
+from .test_portal_mode import Portal, start_portal, start_portal_router, write_private_key
 
 # How late after ``valid_before`` the router may close the tunnel: the timer fires on
 # time, but a 2-core machine running a router, a portal, ssh and an app may lag.
@@ -151,3 +155,131 @@ async def test_a_plain_key_tunnel_keeps_the_reservation(stack: Stack) -> None:
     taker = await stack.openssh_tunnel(router, other, "held", app.port, wait=False)
     assert await taker.wait_exit() != 0
     await router.proc.wait_for(r"event=forward_refused .*listen=held:80 ", start=mark)
+
+
+# The renewal tests' request loop: bounded in count and time.
+_MAX_REQUESTS = 20_000
+_LOOP_DEADLINE_S = 60.0
+# Requests in flight at once (so some are in flight at each swap).
+_WORKERS = 3
+
+
+async def _job_listener(
+    stack: Stack, router: Router, portal: Portal, instance: dict[str, str], valid_for_s: int
+) -> tuple[LoggedProcess, Path]:
+    """hostmux-listener as instance ``instance`` with a fresh ``valid_for_s`` certificate."""
+    key = write_private_key(stack, instance)
+    cert = stack.path("listener-cert.pub")
+    line = await _certificate(portal, instance["id"], instance["public_key"], valid_for_s)
+    cert.write_text(line + "\n")
+    app = await stack.start_app()
+    argv = [
+        *stack.listener_argv(router, key, app.port),
+        "--user", instance["id"], "--certificate-file", str(cert),
+        "--certificate-url", f"{portal.url}/instances/{instance['id']}/certificate",
+        "--no-check-url",
+    ]  # fmt: skip
+    return await stack.spawn("listener", argv), cert
+
+
+async def test_the_listener_renews_twice_and_no_request_fails_across_the_swaps(
+    stack: Stack,
+) -> None:
+    portal = await start_portal(stack)
+    router = await start_portal_router(stack, portal)
+    instance = await portal.create_instance("frank", key_type="ed25519")
+    name = instance["id"]
+    await _set_policy(portal, name, renew=True, valid_for_s=9)
+    listener, cert = await _job_listener(stack, router, portal, instance, 9)
+    first = await router.proc.wait_for(rf"event=ssh_connect peer=(\S+) owner=instance:{name} ")
+    await router.proc.wait_for(rf"event=tunnel_up name={name} ")
+    mark = len(router.proc.lines)
+    first_expiry = keys.certificate_validity(cert.read_text()).valid_before
+
+    outcomes: dict[str, int] = {"ok": 0, "failed": 0}
+    failures: list[str] = []
+    done = trio.Event()
+
+    async def requests(worker: int) -> None:
+        """Requests through the router, some on a kept-alive connection, some on fresh
+        ones: small GETs, 1 MiB downloads and 256 KiB uploads (a POST is never retried by
+        the router, and a download spans many packets: both fail if a connection they
+        are on is closed under them)."""
+        upload = bytes(range(256)) * 1024
+        async with router.client() as kept, router.client() as fresh:
+            with trio.move_on_after(_LOOP_DEADLINE_S):
+                for number in range(_MAX_REQUESTS):
+                    if done.is_set():
+                        return
+                    kind = (number + worker) % 3
+                    client = kept if number % 2 else fresh
+                    headers = {} if number % 2 else {"connection": "close"}
+                    try:
+                        if kind == 0:
+                            request = router.request(client, "GET", name, "/", headers=headers)
+                        elif kind == 1:
+                            request = router.request(
+                                client, "GET", name, f"/bytes?n={1 << 20}", headers=headers
+                            )
+                        else:
+                            request = router.request(
+                                client, "POST", name, "/upload", headers=headers, content=upload
+                            )
+                        response = await client.send(request)
+                        good = (
+                            response.status_code == 200
+                            and (kind != 1 or len(response.content) == 1 << 20)
+                            and (kind != 2 or response.json()["bytes"] == len(upload))
+                        )
+                        said = f"{response.status_code} {response.text[:100]!r}"
+                    except httpx.HTTPError as exc:
+                        good, said = False, repr(exc)
+                    if good:
+                        outcomes["ok"] += 1
+                    else:
+                        outcomes["failed"] += 1
+                        failures.append(f"worker {worker} #{number} kind {kind}: {said}")
+
+    async with trio.open_nursery() as nursery:
+        for worker in range(_WORKERS):
+            nursery.start_soon(requests, worker)
+        await listener.wait_for(r"event=tunnel_swapped ")
+        swapped = next(i for i, line in enumerate(listener.lines) if "tunnel_swapped" in line)
+        # The first connection goes (its grace, or its certificate's end at the router).
+        await router.proc.wait_for(rf"event=ssh_disconnect peer={first[1]} ", start=mark)
+        await listener.wait_for(r"event=tunnel_swapped ", start=swapped + 1)
+        done.set()
+
+    assert failures == [], failures[:10]
+    assert outcomes["ok"] >= 30, outcomes  # the loop ran across both swaps
+    assert len([line for line in listener.lines if "event=certificate_renewed" in line]) >= 2
+    later_expiry = keys.certificate_validity(cert.read_text()).valid_before
+    assert first_expiry is not None and later_expiry is not None
+    assert later_expiry > first_expiry  # the file holds the newest certificate
+    # The name never went down: no tunnel_down at the router, so none to the portal.
+    assert router.proc.find(rf"event=tunnel_down name={name} ", start=mark) is None
+    assert (await router.get(name, "/")).status_code == 200
+
+
+async def test_when_the_portal_denies_renewal_the_tunnel_ends_at_expiry(stack: Stack) -> None:
+    portal = await start_portal(stack)
+    router = await start_portal_router(stack, portal)
+    instance = await portal.create_instance("grace", key_type="ed25519")
+    name = instance["id"]
+    await _set_policy(portal, name, renew=False, valid_for_s=8)
+    listener, cert = await _job_listener(stack, router, portal, instance, 8)
+    valid_before = keys.certificate_validity(cert.read_text()).valid_before
+    assert valid_before is not None
+    await router.proc.wait_for(rf"event=tunnel_up name={name} ")
+    mark = len(router.proc.lines)
+    assert (await router.get(name, "/")).status_code == 200
+
+    await listener.wait_for(r"event=certificate_renewal_refused .*status 403")
+    await router.proc.wait_for(rf"event=tunnel_down name={name} .*reason=certificate_expired")
+    assert time.time() >= valid_before - _EARLY_S
+    down = await _delivered(router, portal, name, "tunnel_down", mark)
+    assert down["data"]["reason"] == "certificate_expired"
+    # The listener cannot come back with the expired certificate (nor its bare key).
+    await listener.wait_for(r"event=tunnel_failed .*refused our certificate")
+    assert router.proc.find(rf"event=tunnel_up name={name} ", start=mark) is None
+    assert (await router.get(name, "/")).status_code == 503  # the portal knows it: holding

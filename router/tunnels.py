@@ -238,8 +238,8 @@ class TunnelHub:
                 self.cluster.release(tunnel)  # in the background, as for a name
             return
         if self.routes.release(tunnel.name, tunnel, reserve=reserve):
-            if self.cluster is not None:
-                self.cluster.release(tunnel)  # in the background: never blocks the caller
+            if self.cluster is not None:  # in the background: never blocks the caller
+                self.cluster.release(tunnel, reserve=reserve)
             self._notify("tunnel_down", tunnel, reason)
             held_s = round(time.monotonic() - tunnel.created, 1)
             log.info(

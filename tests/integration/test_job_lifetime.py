@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 import trio
 
 import keys
 
+from .cluster_world import holders
 from .conftest import LoggedProcess, Router, Stack, public_key_of
+from .redis_server import RedisServer
 from .test_portal_mode import Portal, start_portal, start_portal_router, write_private_key
 
 # How late after ``valid_before`` the router may close the tunnel: the timer fires on
@@ -283,3 +286,37 @@ async def test_when_the_portal_denies_renewal_the_tunnel_ends_at_expiry(stack: S
     await listener.wait_for(r"event=tunnel_failed .*refused our certificate")
     assert router.proc.find(rf"event=tunnel_up name={name} ", start=mark) is None
     assert (await router.get(name, "/")).status_code == 503  # the portal knows it: holding
+
+
+async def test_in_a_cluster_the_registry_frees_the_name_of_a_job_that_ended(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    portal = await start_portal(stack)
+    router = await start_portal_router(
+        stack, portal, "--registry", redis_server.url, "--router-id", "r1"
+    )
+    app = await stack.start_app()
+    instance = await portal.create_instance("heidi")
+    name = instance["id"]
+    own_key = stack.new_key("cluster-job")
+    cert = stack.path("cluster-job-cert.pub")
+    cert.write_text(await _certificate(portal, name, public_key_of(own_key).read_text(), 6) + "\n")
+    ssh = await stack.spawn(
+        "ssh-cluster-job",
+        stack.ssh_argv(
+            router, own_key, "-o", f"CertificateFile={cert}", "-N",
+            "-R", f"80:127.0.0.1:{app.port}", f"{name}@127.0.0.1",
+        ),
+    )  # fmt: skip
+    await router.proc.wait_for(rf"event=tunnel_up name={name} ")
+    assert set(holders(redis_server, name)) == {"r1"}
+    mark = len(router.proc.lines)
+    await router.proc.wait_for(rf"event=tunnel_down name={name} .*reason=certificate_expired")
+    assert await ssh.wait_exit() != 0
+    await router.proc.wait_for(rf"event=registry_released_tunnel name={name} ", start=mark)
+    # Free in the registry, not reserved for the instance: no key for the name is left.
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    try:
+        assert client.exists(f"hostmux:name:{name}", f"hostmux:holders:{name}") == 0
+    finally:
+        client.close()

@@ -261,3 +261,9 @@ def watch_certificates(conn: Any, accepted: Callable[[keys.CertificateValidity],
 
     setattr(conn, CERTIFICATE_CHECK, checked)
     return True
+
+
+def unwatch_certificates(conn: Any) -> None:
+    """asyncssh's own check again (the client is in): one closure less per connection."""
+    if CERTIFICATE_CHECK in vars(conn):
+        delattr(conn, CERTIFICATE_CHECK)

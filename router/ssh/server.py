@@ -58,7 +58,7 @@ from router.access import KeyGrant
 from router.membership import UNREACHABLE
 from router.registry.model import RegistryError, RegistryUnavailable
 from router.routing import NameTaken
-from router.ssh.auth import Authenticator, watch_certificates
+from router.ssh.auth import Authenticator, unwatch_certificates, watch_certificates
 from router.ssh.channel import ChannelStream
 from router.ssh.client_state import ClientState, VirtualForward
 from router.ssh.lean import listen_options, shed_after_auth
@@ -264,6 +264,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._counted_owner = grant.owner
         shed_after_auth(self._connection, self._listen_options)
         self._listen_options = None
+        if self._certificates_watched:
+            unwatch_certificates(self._connection)
         certificate = self._certificate
         expires = certificate.valid_before if certificate is not None else None
         log.info(

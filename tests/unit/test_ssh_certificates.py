@@ -11,7 +11,7 @@ import asyncssh
 import pytest
 
 import keys
-from router.ssh.auth import CERTIFICATE_CHECK, watch_certificates
+from router.ssh.auth import CERTIFICATE_CHECK, unwatch_certificates, watch_certificates
 from router.tunnels import CERTIFICATE_EXPIRED
 
 
@@ -65,10 +65,13 @@ def test_a_real_login_with_a_certificate_reports_its_validity(tmp_path: Path) ->
         user_key = asyncssh.generate_private_key("ssh-ed25519")
         line = _sign(ca, user_key.export_public_key().decode().strip(), 30)
         seen: list[keys.CertificateValidity] = []
+        conns: list[asyncssh.SSHServerConnection] = []
+        unwatched: list[bool] = []
 
         class Server(asyncssh.SSHServer):
             def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
                 assert watch_certificates(conn, seen.append)
+                conns.append(conn)
 
             def begin_auth(self, username: str) -> bool:
                 return True
@@ -78,6 +81,11 @@ def test_a_real_login_with_a_certificate_reports_its_validity(tmp_path: Path) ->
 
             def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
                 return key.public_data == ca_key.public_data
+
+            def auth_completed(self) -> None:
+                assert conns
+                unwatch_certificates(conns[-1])
+                unwatched.append(CERTIFICATE_CHECK not in vars(conns[-1]))
 
         host_key = asyncssh.generate_private_key("ssh-ed25519")
         server = await asyncssh.listen(
@@ -93,6 +101,7 @@ def test_a_real_login_with_a_certificate_reports_its_validity(tmp_path: Path) ->
         finally:
             server.close()
             await server.wait_closed()
+        assert unwatched == [True]  # asyncssh's own method again once the client is in
         return seen[-1] if seen else None
 
     validity = asyncio.run(scenario())

@@ -17,10 +17,9 @@ go, after ``SWAP_GRACE_S`` for the requests it was carrying (no gap). The URL
 is not checked or published again for a swap: it did not change.
 
 That is one connection (``ha_connections`` 1, or 0 with one router address).
-In HA mode each connection presents the certificate file as it is when it
-connects; renewal runs only with one connection.
 With more, ``HaConnections`` (``_ha.py``) runs this loop once per connection,
-each to a different router, all carrying the same name.
+each to a different router, all carrying the same name; each presents the
+certificate file as it is when it connects (renewal runs only with one).
 
 Resource handling: ``run_listener`` owns one ``TunnelSession`` at a time and
 closes it on SIGTERM/SIGINT (or when ``stop`` is set) before returning.

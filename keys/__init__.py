@@ -45,9 +45,15 @@ from ._keypairs import (
     load_or_create_host_key,
     write_keypair,
 )
-from ._ssh_ca import SshCertificateAuthority, load_or_create_ssh_ca
+from ._ssh_ca import (
+    CertificateValidity,
+    SshCertificateAuthority,
+    certificate_validity,
+    load_or_create_ssh_ca,
+)
 
 __all__ = [
+    "CertificateValidity",
     "ClusterCA",
     "InstanceKey",
     "JwtError",
@@ -57,6 +63,7 @@ __all__ = [
     "RouterCertFiles",
     "SshCertificateAuthority",
     "TlsFiles",
+    "certificate_validity",
     "check_router_certificate",
     "check_router_id",
     "cluster_tls_contexts",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -43,6 +44,9 @@ _PUBLIC_KEY_MODE = 0o644
 # in practice and stay positive in tools that print them as signed numbers.
 _MAX_SERIAL = 2**64 - 1
 _RANDOM_SERIAL_BITS = 63
+
+# valid_before of a certificate that never expires (OpenSSH's "forever").
+FOREVER = 2**64 - 1
 
 
 class SshCertificateAuthority:
@@ -155,6 +159,43 @@ class SshCertificateAuthority:
         except ValueError as exc:  # the builder's own range checks, e.g. times before 1970
             raise KeysError(f"cannot sign the certificate ({first_line(exc)})") from exc
         return f"{certificate.public_bytes().decode('ascii')} {key_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateValidity:
+    """When an OpenSSH certificate is valid: Unix seconds; ``valid_before`` None: forever."""
+
+    valid_after: int
+    valid_before: int | None
+    key_id: str
+    principals: tuple[str, ...]
+
+    def renew_at(self, fraction: float) -> float | None:
+        """The Unix time ``fraction`` of the lifetime has passed (None: it never expires)."""
+        if self.valid_before is None:
+            return None
+        return self.valid_after + (self.valid_before - self.valid_after) * fraction
+
+
+def certificate_validity(line: str | bytes) -> CertificateValidity:
+    """The validity of the OpenSSH certificate in ``line`` (``TYPE BASE64 [comment]``).
+
+    Raises :class:`KeysError` for anything that is not an OpenSSH certificate.
+    """
+    data = line.encode() if isinstance(line, str) else line
+    try:
+        certificate = serialization.load_ssh_public_identity(data.strip())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise KeysError(f"not an OpenSSH certificate ({first_line(exc)})") from None
+    if not isinstance(certificate, serialization.SSHCertificate):
+        raise KeysError("a public key, not an OpenSSH certificate")
+    before = certificate.valid_before
+    return CertificateValidity(
+        valid_after=certificate.valid_after,
+        valid_before=None if before >= FOREVER else before,
+        key_id=certificate.key_id.decode("utf-8", "replace"),
+        principals=tuple(p.decode("utf-8", "replace") for p in certificate.valid_principals),
+    )
 
 
 def load_or_create_ssh_ca(path: Path) -> tuple[SshCertificateAuthority, bool]:

@@ -37,7 +37,14 @@ def _identity_problem(config: ListenerConfig) -> str | None:
         return f"no private key at {config.identity_file}"
     if (problem := identity_problem(config.identity_file)) is not None:
         return f"identity_file: {problem}"
-    if config.uri_update_url:
+    if config.certificate_file is not None:
+        from ._certificate import CertificateError, read_validity
+
+        try:
+            read_validity(config.certificate_file)
+        except CertificateError as exc:
+            return f"certificate_file: {exc}"
+    if config.uri_update_url or config.renewal_url:
         import keys  # portal mode only: the JWT stack is slow to import
 
         try:

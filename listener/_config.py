@@ -55,6 +55,18 @@ class ListenerConfig:
     )
     user: str = option("hostmux", "SSH user name (the instance id in portal mode)")
     identity_file: Path = option(Path("~/.ssh/id_ed25519").expanduser(), "private key")
+    certificate_file: Path | None = option(
+        None,
+        "OpenSSH certificate for identity_file, e.g. the portal's (principal = the instance "
+        "id): presented instead of the bare key; the router ends the tunnel when it expires",
+        metavar="FILE",
+    )
+    certificate_url: str = option(
+        "",
+        "renew certificate_file before it expires: POST here (signed JWT, body: the public "
+        "key) and swap to a connection with the new one (default: "
+        "PORTAL_URL/instances/USER/certificate when portal_url is set; empty: never renewed)",
+    )
     known_hosts: Path | None = option(
         None, "known_hosts file pinning the router's host key (default: ~/.ssh/known_hosts)",
         metavar="FILE",
@@ -138,7 +150,7 @@ class ListenerConfig:
         for fingerprint in self.host_key_fingerprint:
             if not fingerprint.startswith("SHA256:"):
                 raise ValueError(f"host_key_fingerprint: {fingerprint!r} is not SHA256:...")
-        for field in ("portal_url", "uri_update_url"):
+        for field in ("portal_url", "uri_update_url", "certificate_url"):
             value = getattr(self, field)
             if value and not value.startswith(("http://", "https://")):
                 raise ValueError(f"{field}: {value!r} is not an http(s) URL")
@@ -157,6 +169,18 @@ class ListenerConfig:
     def forward_name(self) -> str:
         """What to ask the router for first: the name, or "tcp:PORT" (see ``tcp``)."""
         return f"tcp:{int(self.tcp)}" if self.tcp else self.name
+
+    @property
+    def renewal_url(self) -> str:
+        """Where the certificate is renewed ("" for never): ``certificate_url``, or the
+        portal's ``/instances/USER/certificate`` (only with a certificate_file)."""
+        if self.certificate_file is None:
+            return ""
+        if self.certificate_url:
+            return self.certificate_url
+        if self.portal_url:
+            return f"{self.portal_url.rstrip('/')}/instances/{self.user}/certificate"
+        return ""
 
     @property
     def target_address(self) -> tuple[str, int]:

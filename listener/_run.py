@@ -9,9 +9,17 @@ a reason to drop a tunnel the router granted), and publish it to the portal
 tunnel drops, or no router would have it: a jittered back-off, then a new
 round — asking for the same name again (also a random one the router gave).
 
+With a portal certificate (``certificate_file``) and a renewal URL, the hold
+also renews it before it expires (``_certificate``): with the new certificate a
+second connection to the same router claims the same name — the router moves
+the name to it at once (same owner) — and only then is the old connection let
+go, after ``SWAP_GRACE_S`` for the requests it was carrying (no gap). The URL
+is not checked or published again for a swap: it did not change.
+
 That is one connection (``ha_connections`` 1, or 0 with one router address).
 With more, ``HaConnections`` (``_ha.py``) runs this loop once per connection,
-each to a different router, all carrying the same name.
+each to a different router, all carrying the same name; each presents the
+certificate file as it is when it connects (renewal runs only with one).
 
 Resource handling: ``run_listener`` owns one ``TunnelSession`` at a time and
 closes it on SIGTERM/SIGINT (or when ``stop`` is set) before returning.
@@ -34,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from hostmux.config.layered import parse_host_port
 from hostmux.log import fields
 
+from ._certificate import CertificateError, read_validity, renew, renew_time
 from ._config import DEFAULT_ROUTER, ListenerConfig
 from ._dial import rank_by_latency
 from ._ha import HaConnections, resolve_hosts
@@ -52,6 +61,10 @@ log = logging.getLogger("hostmux.listener")
 
 # How long auto mode waits for plain SSH before trying SSH over WebSocket.
 AUTO_SSH_TIMEOUT_S = 5.0
+# After a certificate swap, how long the old connection keeps the requests it was
+# carrying (new ones already go through the new connection); the router ends it at
+# its certificate's expiry anyway.
+SWAP_GRACE_S = 10.0
 
 
 class Listener:
@@ -144,8 +157,10 @@ class Listener:
         """Hold a tunnel through ``server`` until it drops; how long it was up (None: never)."""
         config = self._config
         host, port = parse_host_port(server, "router")
+        await self._renew_if_expired()
         spec = self.spec_for(host, port, pins, self._transport)
-        async with TunnelSession(spec) as session:
+        async with TunnelSession(spec) as first:
+            session = first
             try:
                 forward = await unless_stopped(session.open(self._name), self._stop)
             except TunnelError as exc:
@@ -168,10 +183,22 @@ class Listener:
                 print(forward.url, flush=True)  # stdout: the URL, for scripts
                 self._last_url = forward.url
             self.counts.came_up()
+            retiring: TunnelSession | None = None
             try:
-                await self._hold(session, forward, host)
+                while True:
+                    successor = await self._hold(session, forward, host, retiring, pins)
+                    if successor is None:
+                        break
+                    log.info(fields("tunnel_swapped", name=forward.name, router=server,
+                                    reason="certificate renewed"))  # fmt: skip
+                    if retiring is not None:  # swapped again within its grace
+                        await retiring.aclose()
+                    retiring, session = session, successor
             finally:
                 self.counts.went_down()
+                for held in (retiring, session):  # (closing twice is harmless)
+                    if held is not None:
+                        await held.aclose()
             up_s = time.monotonic() - up_since
             if not self._stop.is_set():
                 log.warning(fields("tunnel_down", name=forward.name, router=server,
@@ -194,6 +221,7 @@ class Listener:
             wss_headers=tuple(tuple(h.split(":", 1)) for h in config.wss_header),  # type: ignore[misc]
             ca_file=config.router_ca_file, dial_host=dial_host,
             pool_member=self.pool_member,
+            certificate_file=config.certificate_file,
         )  # fmt: skip
 
     def _connect_timeout_s(self, transport: str) -> float:
@@ -203,29 +231,109 @@ class Listener:
             return min(self._config.connect_timeout_s, AUTO_SSH_TIMEOUT_S)
         return self._config.connect_timeout_s
 
-    async def _hold(self, session: TunnelSession, forward: Forward, router_host: str) -> None:
+    async def _hold(
+        self,
+        session: TunnelSession,
+        forward: Forward,
+        router_host: str,
+        retiring: TunnelSession | None = None,
+        pins: tuple[str, ...] = (),
+    ) -> TunnelSession | None:
         """Until the tunnel ends: the URL check and the publication run beside it.
 
         Neither ever closes the tunnel: the router granted it, so it works
-        whatever a check from inside this pod finds.
+        whatever a check from inside this pod finds. With a certificate to renew,
+        the renewal runs beside them too: it returns the connection that took the
+        name over (the caller swaps to it; ``retiring`` is the one it replaced).
         """
         ended = asyncio.Event()
         checked = asyncio.Event()
+        successor: list[TunnelSession] = []
 
         async def until(awaitable: Coroutine[Any, Any, object]) -> None:
             await awaitable
             ended.set()
 
+        async def renewal() -> None:
+            renewed = await self._renewed_session(session, forward, pins)
+            if renewed is not None:
+                successor.append(renewed)
+                ended.set()
+
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(until(session.wait_closed())),
                      tg.create_task(until(self._stop.wait()))]  # fmt: skip
-            if self._config.check_url:
-                tasks.append(tg.create_task(self._advise(session, forward, router_host, checked)))
-            if self._key is not None:
-                tasks.append(tg.create_task(self._publish(forward, checked, ended)))
+            if retiring is None:  # a swap keeps the URL: no new check or publication
+                if self._config.check_url:
+                    tasks.append(
+                        tg.create_task(self._advise(session, forward, router_host, checked))
+                    )
+                if self._key is not None and self._config.uri_update_url:
+                    tasks.append(tg.create_task(self._publish(forward, checked, ended)))
+            else:
+                tasks.append(tg.create_task(_close_after(retiring, SWAP_GRACE_S)))
+            if self._config.renewal_url and self._key is not None:
+                tasks.append(tg.create_task(renewal()))
             await ended.wait()
             for task in tasks:
                 task.cancel()
+        return successor[0] if successor and not self._stop.is_set() else None
+
+    async def _renewed_session(
+        self, session: TunnelSession, forward: Forward, pins: tuple[str, ...]
+    ) -> TunnelSession | None:
+        """At renewal time: a new certificate, and a new connection holding the name with it.
+
+        None when there is nothing more to do on this connection: the certificate
+        never expires, the portal refused, or it expired while asking (the router
+        then ends the tunnel and the run loop reconnects).
+        """
+        config = self._config
+        assert config.certificate_file is not None and self._key is not None
+        try:
+            at = renew_time(read_validity(config.certificate_file), time.time())
+        except CertificateError as exc:
+            log.warning(fields("certificate_unreadable", reason=str(exc), renewed="no"))
+            return None
+        if at is None:
+            return None  # valid for ever: nothing to renew
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, at - time.time())):
+                await self._stop.wait()
+        if self._stop.is_set() or not await self._renew():
+            return None
+        spec = session.spec
+        successor = TunnelSession(
+            self.spec_for(spec.host, spec.port, pins, spec.transport, spec.dial_host)
+        )
+        try:
+            await successor.open(forward.name)
+        except TunnelError as exc:
+            await successor.aclose()
+            log.warning(fields("tunnel_swap_failed", name=forward.name, reason=str(exc)))
+            return None  # the old connection serves on until its certificate expires
+        return successor
+
+    async def _renew(self) -> bool:
+        config = self._config
+        assert config.certificate_file is not None and self._key is not None
+        return await renew(
+            config.certificate_file, config.renewal_url, key=self._key,
+            issuer=config.jwt_iss or config.user, kid=config.jwt_kid or None, stop=self._stop,
+        )  # fmt: skip
+
+    async def _renew_if_expired(self) -> None:
+        """Before connecting: an expired certificate is renewed first, if the portal will."""
+        config = self._config
+        if not config.renewal_url or config.certificate_file is None or self._key is None:
+            return
+        try:
+            validity = read_validity(config.certificate_file)
+        except CertificateError as exc:
+            log.warning(fields("certificate_unreadable", reason=str(exc)))
+            return
+        if validity.valid_before is not None and time.time() >= validity.valid_before:
+            await self._renew()
 
     async def _advise(
         self, session: TunnelSession, forward: Forward, router_host: str, checked: asyncio.Event
@@ -318,9 +426,15 @@ def _start_ops(config: ListenerConfig, listener: Listener) -> OpsServer:
     return server
 
 
+async def _close_after(session: TunnelSession, grace_s: float) -> None:
+    """Let ``session`` go after ``grace_s`` (the requests it carries finish first)."""
+    await asyncio.sleep(grace_s)  # a bounded drain, not a synchronisation
+    await session.aclose()
+
+
 def _instance_key(config: ListenerConfig) -> keys.InstanceKey | None:
     """The key JWTs are signed with, in portal mode (keys is imported only then)."""
-    if not config.uri_update_url:
+    if not config.uri_update_url and not config.renewal_url:
         return None
     import keys
 

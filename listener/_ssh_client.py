@@ -20,7 +20,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -70,6 +70,9 @@ class TunnelSpec:
     wss_url: str = ""
     wss_headers: tuple[tuple[str, str], ...] = ()
     ca_file: Path | None = None
+    # An OpenSSH certificate for the identity: presented instead of the bare key (read at
+    # each connect, so a renewed one is used from the next connection on).
+    certificate_file: Path | None = None
     # The address to connect to when it is not ``host`` (one of a name's DNS
     # addresses): the host key is still checked for ``host``.
     dial_host: str = ""
@@ -116,10 +119,18 @@ class TunnelSession:
     def __repr__(self) -> str:
         return f"<TunnelSession {self._spec.host}:{self._spec.port} forward={self.granted}>"
 
+    @property
+    def spec(self) -> TunnelSpec:
+        return self._spec
+
     async def __aenter__(self) -> TunnelSession:
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection and wait until it is closed."""
         self.close()
         if self._conn is not None:
             await self._conn.wait_closed()
@@ -140,6 +151,7 @@ class TunnelSession:
         )  # fmt: skip
         # Only when dialling one of a name's addresses: the key is checked for the name.
         alias: dict[str, str] = {"host_key_alias": spec.host} if spec.dial_host else {}
+        client_keys = _client_keys(spec)
         try:
             self._conn = await asyncssh.connect(
                 spec.dial_host or spec.host,
@@ -148,7 +160,7 @@ class TunnelSession:
                 tunnel=tunnel,
                 username=spec.user,
                 client_factory=lambda: client,
-                client_keys=[os.fspath(spec.identity_file)],
+                client_keys=client_keys,
                 known_hosts=os.fspath(spec.known_hosts) if spec.known_hosts else (),
                 agent_path=None,
                 preferred_auth=["publickey"],
@@ -163,6 +175,10 @@ class TunnelSession:
             offered = f" (it offered {client.offered})" if client.offered else ""
             raise HostKeyRejected(f"the router's host key is not trusted{offered}: {exc}") from None
         except asyncssh.PermissionDenied:
+            if spec.certificate_file is not None:
+                raise TunnelError(
+                    "the router refused our certificate (expired, or not from a CA it trusts?)"
+                ) from None
             raise TunnelError(
                 "the router refused our key (is it in its authorized_keys?)"
             ) from None
@@ -272,6 +288,26 @@ class TunnelSession:
             raise TunnelError(f"the router answered {command!r} with {type(report).__name__}")
         self._pool_said = bool(member)
         return report
+
+
+def _client_keys(spec: TunnelSpec) -> list[Any]:
+    """What the client authenticates with: the key file, or only its certificate.
+
+    With a certificate, the bare key is not offered too (asyncssh would): a job whose
+    certificate expired must not get its tunnel back through the key alone.
+    """
+    if spec.certificate_file is None:
+        return [os.fspath(spec.identity_file)]
+    try:
+        pairs = asyncssh.load_keypairs(
+            [(os.fspath(spec.identity_file), os.fspath(spec.certificate_file))]
+        )
+    except (OSError, ValueError, asyncssh.KeyImportError) as exc:
+        raise TunnelError(f"certificate_file {spec.certificate_file}: {describe(exc)}") from None
+    certified = [pair for pair in pairs if pair.get_algorithm().endswith("-cert-v01@openssh.com")]
+    if not certified:
+        raise TunnelError(f"certificate_file {spec.certificate_file}: not a certificate")
+    return certified
 
 
 def identity_problem(path: Path) -> str | None:

@@ -107,17 +107,21 @@ class Membership:
             )
         )  # fmt: skip
 
-    def release(self, tunnel: Tunnel) -> None:
-        """Release ``tunnel``'s lease in the background (errors are logged)."""
+    def release(self, tunnel: Tunnel, *, reserve: bool = True) -> None:
+        """Release ``tunnel``'s lease in the background (errors are logged); ``reserve``
+        False: the job ended, the registry frees the name if no router holds it."""
         if self.router_id is None:
             return
-        task = asyncio.get_running_loop().create_task(self._release(tunnel, self.router_id))
+        releasing = self._release(tunnel, self.router_id, reserve)
+        task = asyncio.get_running_loop().create_task(releasing)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _release(self, tunnel: Tunnel, router_id: str) -> None:
+    async def _release(self, tunnel: Tunnel, router_id: str, reserve: bool) -> None:
         try:
-            released = await self.registry.release(tunnel.name, router_id, tunnel.lease_id)
+            released = await self.registry.release(
+                tunnel.name, router_id, tunnel.lease_id, reserve=reserve
+            )
         except RegistryError as error:
             log.warning(fields("registry_release_failed", name=tunnel.name, error=str(error)))
         else:

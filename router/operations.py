@@ -259,6 +259,11 @@ class _RouterCollector(Collector):
         connects.add_metric(["ok"], counts["tunnel_up"])
         connects.add_metric(["refused"], counts["tunnel_refused"])
         yield connects
+        yield CounterMetricFamily(
+            "hostmux_certificate_expiries",
+            "SSH connections closed when their portal certificate expired (the job ended)",
+            value=counts["certificate_expired"],
+        )
         failures = CounterMetricFamily(
             "hostmux_ssh_auth_failures", "SSH logins refused, by reason", labels=["reason"]
         )

@@ -20,9 +20,11 @@ Events. Every event is one JSON schema (version 1)::
 
 ``tunnel_up`` / ``tunnel_down`` carry ``data.url``, and in a cluster
 ``data.router_id`` and the name's ``data.generation`` (a name is up while any
-router holds it: track it per router). Events are POSTed to ``events_url`` with
-``X-Hostmux-Signature: sha256=<hex HMAC-SHA256 of the body>`` under a shared
-secret, in order, from a bounded queue. Delivery rules:
+router holds it: track it per router). A ``tunnel_down`` whose cause the router
+knows says it in ``data.reason``: ``certificate_expired`` when the portal
+certificate the tunnel was opened with passed its ``valid_before``. Events are
+POSTed to ``events_url`` with ``X-Hostmux-Signature: sha256=<hex HMAC-SHA256 of
+the body>`` under a shared secret, in order, from a bounded queue. Delivery rules:
 
 1. 2xx: delivered. A portal answers 2xx to kinds it does not know, so a new
    kind never needs a portal upgrade first.
@@ -289,11 +291,20 @@ class TunnelEvents:
     _queue: deque[dict[str, object]] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def publish(self, event: str, name: str, url: str | None, generation: int = 0) -> None:
-        """A tunnel event (the hub's observer signature)."""
+    def publish(
+        self,
+        event: str,
+        name: str,
+        url: str | None,
+        generation: int = 0,
+        reason: str | None = None,
+    ) -> None:
+        """A tunnel event (the hub's observer signature, ``router.tunnels.TunnelObserver``)."""
         data: dict[str, object] = {"url": url}
         if self.router_id is not None:
             data |= {"router_id": self.router_id, "generation": generation}
+        if reason is not None:
+            data["reason"] = reason
         self.send(event, name, data)
 
     def send(self, event: str, name: str, data: dict[str, object]) -> None:

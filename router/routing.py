@@ -12,12 +12,15 @@ Rules this module enforces (pure: no I/O, the clock is injected):
    in the moment between a disconnect and the owner's reconnect.
 4. Releasing is by tunnel, not by name: a replaced tunnel closing late must not
    remove its successor.
+5. A tunnel whose job is over (its certificate expired) is released without
+   the reservation: the name is free at once (``reserve=False``).
 
 Lifecycle of a name::
 
     FREE --claim--> HELD --release--> RESERVED --(reservation_s)--> FREE
                      ^  \--claim by owner (replace)--/      |
                      \------------claim by owner-------------/
+    HELD --release(reserve=False): the job ended--> FREE
 """
 
 from __future__ import annotations
@@ -88,12 +91,13 @@ class RouteTable(Generic[T]):
         self._entries[name] = _Entry(owner=owner, tunnel=tunnel)
         return replaced
 
-    def release(self, name: str, tunnel: T) -> bool:
-        """Stop ``tunnel`` serving ``name`` (no-op if it was already replaced)."""
+    def release(self, name: str, tunnel: T, *, reserve: bool = True) -> bool:
+        """Stop ``tunnel`` serving ``name`` (no-op if it was already replaced); the name
+        stays reserved for its owner unless ``reserve`` is False (rule 5)."""
         entry = self._entries.get(name)
         if entry is None or entry.tunnel is not tunnel:
             return False
-        if self._reservation_s > 0:
+        if reserve and self._reservation_s > 0:
             entry.tunnel = None
             entry.reserved_until = self._clock() + self._reservation_s
         else:

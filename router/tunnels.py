@@ -51,6 +51,15 @@ log = logging.getLogger("hostmux.tunnels")
 # Opens one stream down the tunnel for a browser at (ip, port).
 StreamOpener = Callable[[str, int], Awaitable[ByteStream]]
 
+# ``tunnel_down``'s ``data.reason`` when the portal certificate the tunnel was opened
+# with passed its ``valid_before`` (the job's lifetime ended).
+CERTIFICATE_EXPIRED = "certificate_expired"
+
+# Told each tunnel event: (kind, name, url, generation, reason). The generation is the
+# name's in the route registry (0 without one); the reason is None unless the router
+# knows why a tunnel went down (``CERTIFICATE_EXPIRED``).
+TunnelObserver = Callable[[str, str, str, int, str | None], None]
+
 
 @dataclass(eq=False, slots=True)
 class Tunnel:
@@ -99,9 +108,8 @@ class TunnelHub:
         self._scheme = scheme
         self._public_port = public_port
         self.ssh_port = 22  # the port tunnel clients dial, once bound (the home page's hint)
-        # Called with ("tunnel_up" | "tunnel_down", name, url, generation): the portal's
-        # webhook. The generation is the name's in the route registry (0 without one).
-        self.observers: list[Callable[[str, str, str, int], None]] = []
+        # Told every tunnel_up and tunnel_down (``TunnelObserver``): the portal's webhook.
+        self.observers: list[TunnelObserver] = []
         # This router's part in a cluster; None: names live in this process only.
         self.cluster: Membership | None = None
         # Keys and names the operator blocked (the admin API keeps it up to date); with a
@@ -292,6 +300,10 @@ class TunnelHub:
             if tunnel.websockets is not None:
                 tunnel.websockets.discard(record.request_id)
 
+    def serves(self, tunnel: Tunnel) -> bool:
+        """Whether ``tunnel`` still serves its name here (not released, not replaced)."""
+        return self.lookup_any(tunnel.name) is tunnel
+
     def lookup_any(self, name: str) -> Tunnel | None:
         """The tunnel holding ``name`` here, a name or a TCP port ("tcp:PORT")."""
         routes = (
@@ -305,11 +317,16 @@ class TunnelHub:
         tcp = self.tcp.held() if self.tcp is not None else []
         return [*self.routes.held(), *tcp]
 
-    def _notify(self, event: str, tunnel: Tunnel) -> None:
+    def _notify(self, event: str, tunnel: Tunnel, reason: str | None = None) -> None:
         for observer in self.observers:
-            observer(event, tunnel.name, self.url_for(tunnel.name), tunnel.generation)
+            observer(event, tunnel.name, self.url_for(tunnel.name), tunnel.generation, reason)
 
-    def release(self, tunnel: Tunnel) -> None:
+    def release(self, tunnel: Tunnel, *, reason: str | None = None, reserve: bool = True) -> None:
+        """``tunnel`` stops serving its name (no-op if another tunnel replaced it).
+
+        ``reason``: why, when the router knows (``tunnel_down``'s ``data.reason``);
+        ``reserve`` False: the job is over, the name is free at once (no reservation).
+        """
         if self.tcp is not None and tunnel.name.startswith("tcp:"):
             if self.tcp.release(tunnel) and self.cluster is not None:
                 self.cluster.release(tunnel)  # in the background, as for a name
@@ -323,15 +340,19 @@ class TunnelHub:
                 fields(
                     "pool_member_down", name=tunnel.name, peer=tunnel.peer,
                     member=tunnel.member_id, members=len(pool.members), held_s=held_s,
+                    reason=reason,
                 )
             )  # fmt: skip
             return
-        if self.routes.release(tunnel.name, tunnel):
-            if self.cluster is not None:
-                self.cluster.release(tunnel)  # in the background: never blocks the caller
-            self._notify("tunnel_down", tunnel)
+        if self.routes.release(tunnel.name, tunnel, reserve=reserve):
+            if self.cluster is not None:  # in the background: never blocks the caller
+                self.cluster.release(tunnel, reserve=reserve)
+            self._notify("tunnel_down", tunnel, reason)
             held_s = round(time.monotonic() - tunnel.created, 1)
-            log.info(fields("tunnel_down", name=tunnel.name, peer=tunnel.peer, held_s=held_s))
+            log.info(
+                fields("tunnel_down", name=tunnel.name, peer=tunnel.peer, held_s=held_s,
+                       reason=reason)
+            )  # fmt: skip
 
 
 class TunnelGateway:
@@ -398,7 +419,10 @@ class TunnelGateway:
         if pool is not None:
             return self._pool_destination(pool, host, request, client)
         return Destination(
-            key=host,
+            # The tunnel, not the host: a kept-alive browser connection whose tunnel was
+            # replaced (a reconnect, a renewed certificate's swap) opens its next request
+            # on the new tunnel instead of reusing the old one's channel, which may close.
+            key=found.lease_id,
             label=found.name,
             open=partial(found.open_stream, client.peer_ip, client.peer_port),
             response_headers=self.response_headers,

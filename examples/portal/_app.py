@@ -24,12 +24,22 @@ Contract (JSON unless said; errors are ``{"error": "..."}``):
   answer). 401 unsigned or forged, 403 another instance's batch, 400 not a batch,
   413 over 1 MiB. The owner's page lists each visitor (``_audit``).
 * ``GET  /.well-known/jwks.json`` — the portal's public signing key (revocations).
-* ``POST /instances/{id}/certificate`` (admin) — an SSH user certificate,
-  principal = id, from the portal's CA; ``GET /ssh-ca.pub`` — the CA key.
+* ``POST /instances/{id}/certificate`` — an SSH user certificate, principal =
+  id, from the portal's CA, ``{"certificate": LINE}``. The admin may ask for any
+  key and lifetime (``{public_key?, valid_for_s?}``); the instance itself
+  (``Authorization: Bearer <JWT>`` signed by its key, ``iss`` = id, as for its
+  URL) may renew its own key's certificate while its policy allows renewal (else
+  403), for the policy's lifetime. ``GET /ssh-ca.pub`` — the CA key.
+* ``PUT /instances/{id}/certificate-policy`` (admin) ``{"renew": bool,
+  "valid_for_s"?: N}``: the instance is bound to a job's lifetime — its keys URL
+  lists no key from then on (only certificates open its tunnel), and whether it
+  may renew them (a job that ends: ``renew`` false). Shown as
+  ``certificate_policy`` in ``GET /instances/{id}``.
 * ``POST /router-events`` — signed router events (see ``_events``): tunnel up/down,
   ``idle``/``active`` (the instance's state) and ``usage`` (summed per router);
   other kinds are answered 204 and ignored. A ``tunnel_up`` event's URL
-  becomes the instance's URL (the router vouches for it).
+  becomes the instance's URL (the router vouches for it). ``GET /admin/events``
+  (admin): the last events whose signature verified (any kind), newest last.
 * ``GET  /instances``, ``GET /instances/{id}`` (admin); ``PUT /admin/routers`` (admin):
   ``{"servers", "host_keys", "domains"?}``; ``GET /admin/stats`` (admin): request
   counts (``key_lookups``, ``events``, and per activity kind); ``GET /admin/activity``
@@ -62,6 +72,7 @@ from hostmux.names import InvalidName, check_name
 from . import _routers
 from ._audit import receive_audit, visitors_table
 from ._body import body_at_most as _body_at_most
+from ._db import Instance
 from ._events import event_signature_ok
 from ._login import (
     access,
@@ -75,10 +86,17 @@ from ._login import (
     unshare,
 )
 from ._oauth import redirect_uri_for
-from ._state import PortalState, admin_only, state_of
+from ._state import PortalState, admin_only, is_admin, state_of
 
-# Certificates live as long as a job may: at most 30 days, at least a minute.
-_MIN_CERT_S, _MAX_CERT_S = 60, 30 * 24 * 3600
+# Certificates live as long as a job may: at most 30 days, at least a few seconds
+# (a job that ends soon, or a test of one).
+_MIN_CERT_S, _MAX_CERT_S = 5, 30 * 24 * 3600
+# What an instance renews for when its policy names no lifetime.
+_DEFAULT_CERT_S = 3600
+# A certificate request is a public key line and a number.
+_MAX_CERTIFICATE_REQUEST_BYTES = 16 * 1024
+# The settings key of an instance's certificate policy.
+_POLICY_PREFIX = "certificate_policy:"
 # A public URL is short; anything longer is not one.
 _MAX_URL_BYTES = 2048
 # An event is a few short fields; the cap bounds what an unsigned sender can make us buffer.
@@ -170,15 +188,45 @@ async def create_instance(request: Request) -> Response:
 
 
 async def instance_keys(request: Request) -> Response:
-    state_of(request).counts["key_lookups"] += 1
-    instance = await state_of(request).db.instance(request.path_params["id"])
+    state = state_of(request)
+    state.counts["key_lookups"] += 1
+    instance = await state.db.instance(request.path_params["id"])
     if instance is None:
         return _error(404, "no such instance")
+    # Bound to a job's lifetime: only its certificates open a tunnel (none listed here).
+    job_bound = await _certificate_policy(state, instance.id) is not None
     if "text/plain" in request.headers.get("accept", "") and "json" not in request.headers.get(
         "accept", ""
     ):
-        return PlainTextResponse(instance.public_key + "\n")
-    return Response(json.dumps({"keys": [instance.jwk]}), media_type="application/jwk-set+json")
+        return PlainTextResponse("" if job_bound else instance.public_key + "\n")
+    listed = [] if job_bound else [instance.jwk]
+    return Response(json.dumps({"keys": listed}), media_type="application/jwk-set+json")
+
+
+async def _certificate_policy(state: PortalState, instance_id: str) -> dict[str, Any] | None:
+    policy = await state.db.setting(_POLICY_PREFIX + instance_id, None)
+    return policy if isinstance(policy, dict) else None
+
+
+async def put_certificate_policy(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    state = state_of(request)
+    instance = await state.db.instance(request.path_params["id"])
+    if instance is None:
+        return _error(404, "no such instance")
+    try:
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("renew"), bool):
+            raise TypeError("renew")
+        valid_for = int(body.get("valid_for_s", _DEFAULT_CERT_S))
+    except (ValueError, TypeError, OverflowError):
+        return _error(400, "expected {renew: true|false, valid_for_s?}")
+    if not _MIN_CERT_S <= valid_for <= _MAX_CERT_S:
+        return _error(400, f"valid_for_s: {_MIN_CERT_S}..{_MAX_CERT_S}")
+    policy = {"renew": body["renew"], "valid_for_s": valid_for}
+    await state.db.set_setting(_POLICY_PREFIX + instance.id, policy)
+    return JSONResponse(policy)
 
 
 async def update_url(request: Request) -> Response:
@@ -227,20 +275,29 @@ async def jwks(request: Request) -> Response:
 
 
 async def sign_certificate(request: Request) -> Response:
-    if (refused := admin_only(request)) is not None:
-        return refused
+    """A certificate for the admin (any key, any lifetime in range), or a renewal for the
+    instance itself (its own key, the policy's lifetime, only while renewal is allowed)."""
     state = state_of(request)
     instance = await state.db.instance(request.path_params["id"])
     if instance is None:
         return _error(404, "no such instance")
+    raw = await _body_at_most(request, _MAX_CERTIFICATE_REQUEST_BYTES)
+    if raw is None:
+        return _error(413, "certificate request too large")
     try:
-        body = await request.json() if await request.body() else {}
+        body = json.loads(raw) if raw else {}
         if not isinstance(body, dict):
             raise TypeError("not an object")
-        valid_for = int(body.get("valid_for_s", 3600))
+        valid_for = int(body.get("valid_for_s", _DEFAULT_CERT_S))
         public_line = str(body.get("public_key") or instance.public_key)
     except (ValueError, TypeError, OverflowError):  # OverflowError: int(1e999)
         return _error(400, "expected {public_key?, valid_for_s?}")
+    if not is_admin(request):
+        refused = await _instance_renewal_refused(request, state, instance, public_line)
+        if refused is not None:
+            return refused
+        policy = await _certificate_policy(state, instance.id) or {}
+        valid_for = int(policy.get("valid_for_s", _DEFAULT_CERT_S))
     if not _MIN_CERT_S <= valid_for <= _MAX_CERT_S:
         return _error(400, f"valid_for_s: {_MIN_CERT_S}..{_MAX_CERT_S}")
     now = datetime.datetime.now(datetime.UTC)
@@ -254,7 +311,33 @@ async def sign_certificate(request: Request) -> Response:
         )
     except keys.KeysError as exc:
         return _error(400, str(exc))
+    state.counts["certificates"] += 1
     return JSONResponse({"certificate": certificate})
+
+
+async def _instance_renewal_refused(
+    request: Request, state: PortalState, instance: Instance, public_line: str
+) -> Response | None:
+    """Why the instance may not have this certificate now (a response), or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return _error(401, "the admin token or a Bearer JWT signed by the instance key")
+    try:
+        keys.verify_jwt(token.strip(), [instance.jwk], issuer=instance.id)
+    except keys.JwtError as exc:
+        return _error(401, str(exc))
+    try:
+        same_key = keys.fingerprint_of_public_line(public_line) == keys.fingerprint_of_public_line(
+            instance.public_key
+        )
+    except keys.KeysError as exc:
+        return _error(400, f"public_key: {exc}")
+    if not same_key:
+        return _error(403, "an instance may renew only its own key's certificate")
+    policy = await _certificate_policy(state, instance.id)
+    if policy is None or not policy.get("renew"):
+        return _error(403, "renewal is not allowed for this instance (its job is ending)")
+    return None
 
 
 async def ssh_ca_public(request: Request) -> Response:
@@ -284,6 +367,7 @@ async def router_events(request: Request) -> Response:
         url = str(data.get("url") or "").rstrip("/")
     except (ValueError, KeyError, TypeError, AttributeError):
         return _error(400, "expected {v, event, name, router, ts, data}")
+    state.events.append(event)  # signed and well formed: kept for GET /admin/events
     if kind in ("idle", "active", "usage"):
         return await _activity_event(state, kind, name, router, since, data)
     if kind not in ("tunnel_up", "tunnel_down"):
@@ -337,6 +421,12 @@ async def stats(request: Request) -> Response:
     return JSONResponse(state_of(request).counts)
 
 
+async def received_events(request: Request) -> Response:
+    if (refused := admin_only(request)) is not None:
+        return refused
+    return JSONResponse(list(state_of(request).events))
+
+
 async def list_instances(request: Request) -> Response:
     if (refused := admin_only(request)) is not None:
         return refused
@@ -349,7 +439,9 @@ async def get_instance(request: Request) -> Response:
     instance = await state_of(request).db.instance(request.path_params["id"])
     if instance is None:
         return _error(404, "no such instance")
-    return JSONResponse(instance.public_view())
+    view = instance.public_view()
+    view["certificate_policy"] = await _certificate_policy(state_of(request), instance.id)
+    return JSONResponse(view)
 
 
 async def home(request: Request) -> Response:
@@ -448,6 +540,7 @@ def build_app(state: PortalState, session_secret: str) -> Starlette:
             Route("/admin/routers", put_routers, methods=["PUT"]),
             Route("/admin/stats", stats, methods=["GET"]),
             Route("/admin/activity", activity, methods=["GET"]),
+            Route("/admin/events", received_events, methods=["GET"]),
             Route("/instances", create_instance, methods=["POST"]),
             Route("/instances", list_instances, methods=["GET"]),
             Route("/instances/{id}", get_instance, methods=["GET"]),
@@ -455,6 +548,7 @@ def build_app(state: PortalState, session_secret: str) -> Starlette:
             Route("/instances/{id}/url", update_url, methods=["PUT"]),
             Route("/instances/{id}/certificate", sign_certificate, methods=["POST"]),
             Route("/instances/{id}/audit", receive_audit, methods=["POST"]),
+            Route("/instances/{id}/certificate-policy", put_certificate_policy, methods=["PUT"]),
             Route("/router-events", router_events, methods=["POST"]),
         ],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import keys
 
 from ._db import Database
 from ._oauth import OAuthStore, PortalAuthorizationServer
+
+# The router events kept for GET /admin/events (the newest; older ones drop off).
+EVENTS_KEPT = 1000
 
 
 @dataclass
@@ -33,7 +37,11 @@ class PortalState:
     router_ca_file: Path | None = None
     # Requests served so far, by kind ("key_lookups": GET /instances/{id}/keys), for
     # GET /admin/stats: what routers cost the portal (the holding page's rate limit).
-    counts: dict[str, int] = field(default_factory=lambda: {"key_lookups": 0, "events": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"key_lookups": 0, "events": 0, "certificates": 0}
+    )
+    # The router events whose signature verified, newest last (GET /admin/events).
+    events: deque[dict[str, object]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
     oauth: PortalAuthorizationServer = field(init=False)
 
     def __post_init__(self) -> None:

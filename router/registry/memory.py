@@ -98,7 +98,9 @@ class MemoryRegistry:
                 lost.append(error)
         return Renewal(kept=tuple(kept), lost=tuple(lost))
 
-    async def release(self, name: str, router_id: str, connection_id: str) -> bool:
+    async def release(
+        self, name: str, router_id: str, connection_id: str, *, reserve: bool = True
+    ) -> bool:
         now = self._clock()
         if self._settle(name, now) is not NameState.HELD:
             return False
@@ -106,7 +108,7 @@ class MemoryRegistry:
         holder = entry.holders.get(router_id)
         if holder is None or holder[0] != connection_id:
             return False
-        self._drop_holder(name, router_id, now)
+        self._drop_holder(name, router_id, now, reserve=reserve)
         return True
 
     async def release_router(self, router_id: str) -> int:
@@ -221,13 +223,15 @@ class MemoryRegistry:
         self._forget(name)
         return NameState.FREE
 
-    def _drop_holder(self, name: str, router_id: str, now: float) -> None:
+    def _drop_holder(self, name: str, router_id: str, now: float, *, reserve: bool = True) -> None:
         entry = self._names[name]
         del entry.holders[router_id]
         if entry.holders:
             entry.generation = self._changed(name)
-        else:
+        elif reserve:
             self._reserve(name, now, now)
+        else:
+            self._forget(name)
 
     def _reserve(self, name: str, since: float, now: float) -> NameState:
         until = since + self._reservation_s

@@ -167,8 +167,13 @@ class RouteRegistry(Protocol):
         """``renew`` for each lease of this router, answering which were lost."""
         ...
 
-    async def release(self, name: str, router_id: str, connection_id: str) -> bool:
-        """Drop this connection's hold (False if it no longer held the name)."""
+    async def release(
+        self, name: str, router_id: str, connection_id: str, *, reserve: bool = True
+    ) -> bool:
+        """Drop this connection's hold (False if it no longer held the name).
+
+        ``reserve`` False: the job ended (its certificate expired), so a name left
+        with no holder is freed at once instead of reserved for its owner."""
         ...
 
     async def release_router(self, router_id: str) -> int:

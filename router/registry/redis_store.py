@@ -185,10 +185,13 @@ class RedisRegistry:
                     lost.append(error)
         return Renewal(kept=tuple(kept), lost=tuple(lost))
 
-    async def release(self, name: str, router_id: str, connection_id: str) -> bool:
+    async def release(
+        self, name: str, router_id: str, connection_id: str, *, reserve: bool = True
+    ) -> bool:
         with _translated("release"):
             reply = await self._release_script(
-                keys=[], args=[*self._common, name, router_id, connection_id]
+                keys=[],
+                args=[*self._common, name, router_id, connection_id, "1" if reserve else "0"],
             )
         return bool(int(reply))
 

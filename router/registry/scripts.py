@@ -118,11 +118,16 @@ local function settle(name)
 end
 
 -- Remove one router's holder (known to exist) and record the change.
-local function drop_holder(name, router)
+-- keep_reserved false: the job ended, a name left with no holder is freed at once.
+local function drop_holder(name, router, keep_reserved)
   redis.call('HDEL', holders_key(name), router)
   redis.call('SREM', router_key(router), name)
   if redis.call('HLEN', holders_key(name)) == 0 then
-    reserve(name, now)
+    if keep_reserved == false then
+      forget(name)
+    else
+      reserve(name, now)
+    end
   else
     redis.call('HSET', name_key(name), 'generation', changed(name))
     expire_keys(name)
@@ -189,17 +194,19 @@ return replies
 """
 )
 
-# ARGV[4..6] = name, router id, connection id. Returns 1 if it held the name, else 0.
+# ARGV[4..7] = name, router id, connection id, "1" to reserve the name if no holder is
+# left ("0": the job ended, free it). Returns 1 if it held the name, else 0.
 RELEASE = (
     _PRELUDE
     + r"""
 local name, router, connection = ARGV[4], ARGV[5], ARGV[6]
+local keep_reserved = ARGV[7] ~= '0'
 if settle(name) ~= 'held' then return 0 end
 local current = redis.call('HGET', holders_key(name), router)
 if not current then return 0 end
 local _, was = split(current)
 if was ~= connection then return 0 end
-drop_holder(name, router)
+drop_holder(name, router, keep_reserved)
 return 1
 """
 )

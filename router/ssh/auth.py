@@ -12,13 +12,19 @@ Part of the router's asyncssh adapter. A client is granted (see ``_access``):
 3. DIT4C compatibility (portal mode): user ``register`` with any key may only
    run ``register INSTANCE_ID``, which caches the instance's portal keys; user
    ``listen`` is then granted the instance whose cached keys include its key.
+
+A certificate binds the tunnel to the job's lifetime: ``watch_certificates``
+tells the connection (``router.ssh.server``) each certificate asyncssh
+accepted, and the connection ends its tunnels when its ``valid_before`` passes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -34,6 +40,12 @@ log = logging.getLogger("hostmux.ssh")
 # How long a DIT4C "register" lasts: the original cached keys until restart;
 # a day bounds the cache while outliving any reconnect loop.
 REGISTRATION_TTL_S = 24 * 3600.0
+
+# The asyncssh connection method that checks an OpenSSH client certificate (private:
+# asyncssh tells its server object only the CA key, never the certificate, so its
+# validity is read here; ``tests/unit/test_ssh_certificates.py`` fails loudly if
+# a later asyncssh renames it — certificates are then refused, never unbounded).
+CERTIFICATE_CHECK = "_validate_openssh_certificate"
 
 REGISTER_USER = "register"
 LISTEN_USER = "listen"
@@ -224,3 +236,34 @@ class Authenticator:
     async def aclose(self) -> None:
         if self._portal is not None:
             await self._portal.aclose()
+
+
+def watch_certificates(conn: Any, accepted: Callable[[keys.CertificateValidity], None]) -> bool:
+    """Call ``accepted`` with each OpenSSH certificate asyncssh accepts on ``conn``.
+
+    Returns False when this asyncssh has no such check to wrap: the caller must
+    then refuse certificates (it could not end their tunnels at expiry).
+    """
+    check: Callable[[str, Any], Awaitable[Any]] | None = getattr(conn, CERTIFICATE_CHECK, None)
+    if check is None or not callable(check):
+        return False
+
+    async def checked(username: str, certificate: Any) -> Any:
+        key = await check(username, certificate)
+        if key is not None:
+            try:
+                validity = keys.certificate_validity(certificate.export_certificate())
+            except (keys.KeysError, AttributeError, ValueError) as exc:
+                log.warning(fields("ssh_certificate_unreadable", user=username, reason=str(exc)))
+                return None  # a validity we cannot read is no validity: refused
+            accepted(validity)
+        return key
+
+    setattr(conn, CERTIFICATE_CHECK, checked)
+    return True
+
+
+def unwatch_certificates(conn: Any) -> None:
+    """asyncssh's own check again (the client is in): one closure less per connection."""
+    if CERTIFICATE_CHECK in vars(conn):
+        delattr(conn, CERTIFICATE_CHECK)

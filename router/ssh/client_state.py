@@ -45,6 +45,11 @@ class VirtualForward(asyncssh.SSHListener):
         self._hub.release(self.tunnel)
         self._on_close(self)
 
+    def end(self, reason: str) -> None:
+        """Close for good (the job is over): no reconnect reservation; ``reason`` reported."""
+        self._hub.release(self.tunnel, reason=reason, reserve=False)
+        self._on_close(self)
+
     async def wait_closed(self) -> None:
         return None
 

@@ -23,6 +23,14 @@ X11 forwarding, password and keyboard-interactive auth.
 Resource handling: each SSH connection owns its virtual forwards; when the
 connection goes, their names are released (kept reserved for their owner for
 a while, see ``router.routing``).
+
+Job lifetime: a connection authenticated by a portal certificate holds one
+timer (``loop.call_later``, no polling) for the certificate's ``valid_before``.
+When it fires, the connection's tunnels end with the reason
+``certificate_expired`` (the portal's ``tunnel_down`` event says so) and
+without the reconnect reservation — the job is over, not reconnecting — and
+the connection is closed. A certificate without ``valid_before`` (OpenSSH's
+"forever") holds its tunnels until the client goes.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +48,7 @@ from typing import Any
 
 import asyncssh
 
+import keys
 from hostmux.limits import ConnectionCounts, FailureLimiter
 from hostmux.log import fields
 from hostmux.names import InvalidName, check_name, random_name
@@ -48,13 +58,13 @@ from router.access import KeyGrant
 from router.membership import UNREACHABLE
 from router.registry.model import RegistryError, RegistryUnavailable
 from router.routing import NameTaken
-from router.ssh.auth import Authenticator
+from router.ssh.auth import Authenticator, unwatch_certificates, watch_certificates
 from router.ssh.channel import ChannelStream
 from router.ssh.client_state import ClientState, VirtualForward
 from router.ssh.lean import listen_options, shed_after_auth
 from router.ssh.session import ToolSession
 from router.tcp_ports import PortRefused
-from router.tunnels import Blocked, Tunnel, TunnelHub
+from router.tunnels import CERTIFICATE_EXPIRED, Blocked, Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
 
@@ -73,6 +83,11 @@ _MAX_PACKET = 128 * 1024
 # Bind addresses that mean "no name given": OpenSSH sends "localhost" for
 # ``-R 80:host:port`` and "" or "*" for an explicit wildcard.
 _ANY_NAME = frozenset({"", "localhost", "*", "0.0.0.0", "::", "127.0.0.1", "::1"})
+
+# The longest a certificate's timer is set for at once: it re-arms for what is left,
+# so a wall-clock step (valid_before is wall-clock time) is seen within a day, and
+# no event loop is handed a delay it cannot hold (valid_before may be year 2500).
+_MAX_EXPIRY_TIMER_S = 24 * 3600.0
 
 # Random names collide with probability ~N/2^60; a few retries make the
 # refusal for "no free random name" practically unreachable.
@@ -155,6 +170,11 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._lost = False  # connection_lost ran (a cluster claim may still be in flight)
         # The listener's options, shared, until authentication is over (``router.ssh.lean``).
         self._listen_options: object | None = None
+        # The portal certificate this client logged in with (None: a plain key), whether
+        # certificates can be watched on this connection, and the timer for its expiry.
+        self._certificate: keys.CertificateValidity | None = None
+        self._certificates_watched = False
+        self._expiry: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<SSH client {self._state.peer} forwards={len(self._state.forwards)}>"
@@ -164,6 +184,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._listen_options = listen_options(conn)
         host, port = conn.get_extra_info("peername")[:2]
         self._state.peer = f"{host}:{port}"
+        if self._auth.ca_fingerprints:
+            self._certificates_watched = watch_certificates(conn, self._certificate_accepted)
         if not self._limits.auth_failures.allowed(str(host)):
             self._hub.counts["ssh_auth_rate_limited"] += 1
             log.warning(fields("ssh_rate_limited", peer=self._state.peer))
@@ -171,6 +193,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for forward in list(self._state.forwards):
             forward.close()
         if self._counted_owner is not None:
@@ -206,14 +231,26 @@ class _ConnectionHandler(asyncssh.SSHServer):
             )  # fmt: skip
             return False
         self._state.grant = grant  # the last key validated is the one that signs
+        self._certificate = None
         return True
 
     def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        self._certificate = None  # set by ``_certificate_accepted`` once asyncssh checked it
         grant = self._auth.grant_for_certificate_authority(username, key)
         if grant is None:
             return False
+        if not self._certificates_watched:
+            # Without its validity the tunnel could outlive the job: refuse.
+            log.warning(
+                fields("ssh_certificate_refused", peer=self._state.peer, user=username,
+                       reason="this asyncssh does not show the router a certificate's validity")
+            )  # fmt: skip
+            return False
         self._state.grant = grant
         return True
+
+    def _certificate_accepted(self, certificate: keys.CertificateValidity) -> None:
+        self._certificate = certificate
 
     def auth_completed(self) -> None:
         grant = self._state.grant
@@ -227,7 +264,47 @@ class _ConnectionHandler(asyncssh.SSHServer):
         self._counted_owner = grant.owner
         shed_after_auth(self._connection, self._listen_options)
         self._listen_options = None
-        log.info(fields("ssh_connect", peer=self._state.peer, owner=grant.owner, how=grant.comment))
+        if self._certificates_watched:
+            unwatch_certificates(self._connection)
+        certificate = self._certificate
+        expires = certificate.valid_before if certificate is not None else None
+        log.info(
+            fields(
+                "ssh_connect", peer=self._state.peer, owner=grant.owner, how=grant.comment,
+                expires=expires, key_id=certificate.key_id if certificate is not None else None,
+            )
+        )  # fmt: skip
+        if expires is not None:
+            self._arm_expiry(expires)
+
+    # -- certificate lifetime --------------------------------------------------
+
+    def _arm_expiry(self, valid_before: int) -> None:
+        delay = min(max(0.0, valid_before - time.time()), _MAX_EXPIRY_TIMER_S)
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._certificate_expired)
+
+    def _certificate_expired(self) -> None:
+        """The certificate's ``valid_before`` passed: end the tunnels (the job is over)."""
+        self._expiry = None
+        certificate = self._certificate
+        if certificate is None or certificate.valid_before is None or self._lost:
+            return
+        if time.time() < certificate.valid_before:  # a capped timer, or the clock stepped back
+            self._arm_expiry(certificate.valid_before)
+            return
+        self._hub.counts["certificate_expired"] += 1
+        # The names it still serves (a renewed certificate's connection may have taken them).
+        names = [f.tunnel.name for f in self._state.forwards if self._hub.serves(f.tunnel)]
+        log.info(
+            fields(
+                "ssh_certificate_expired", peer=self._state.peer, key_id=certificate.key_id,
+                valid_before=certificate.valid_before, tunnels=",".join(names) or None,
+            )
+        )  # fmt: skip
+        for forward in list(self._state.forwards):
+            forward.end(CERTIFICATE_EXPIRED)
+        if self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, "the certificate expired")
 
     # -- forwards ------------------------------------------------------------
 

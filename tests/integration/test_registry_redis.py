@@ -167,6 +167,29 @@ def test_another_key_is_refused_while_held_and_while_reserved(backend: Backend) 
     scenario(body)
 
 
+def test_a_job_that_ended_frees_its_name_once_no_router_holds_it(backend: Backend) -> None:
+    """release(reserve=False): a certificate expired. With another router still holding the
+    name only that hold goes; the last one frees the name at once (no reservation)."""
+
+    async def body() -> None:
+        async with backend.pair() as (a, b):
+            await a.claim("job", "instance:job", "router-a", "conn-1")
+            joined = await b.claim("job", "instance:job", "router-b", "conn-2")
+            assert await a.release("job", "router-a", "conn-1", reserve=False)
+            route = await b.lookup("job")
+            assert route is not None and route.state is NameState.HELD
+            assert [h.router_id for h in route.holders] == ["router-b"]
+            assert route.generation > joined.generation
+            assert not await a.release("job", "router-b", "conn-1", reserve=False)  # not its own
+
+            assert await b.release("job", "router-b", "conn-2", reserve=False)
+            assert await a.lookup("job") is None  # free: not RESERVED for its owner
+            taken = await a.claim("job", "someone-else", "router-a", "conn-3")
+            assert taken.kind is ClaimKind.NEW
+
+    scenario(body)
+
+
 def test_the_owner_replaces_its_tunnel_and_a_late_release_is_a_no_op(backend: Backend) -> None:
     async def body() -> None:
         async with backend.pair() as (a, _):

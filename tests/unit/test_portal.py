@@ -486,3 +486,86 @@ async def test_portal_process_serves_and_stops_cleanly(tmp_path: Path) -> None:
             assert await proc.wait() == 0
             errors = await _read_line(proc.stderr)
         assert errors == b""  # no traceback, no log noise
+
+
+async def test_an_instance_renews_its_certificate_only_while_its_policy_allows(
+    portal: httpx.AsyncClient,
+) -> None:
+    created = await _create(portal, id="lab-20", key_type="ed25519")
+    key = keys.InstanceKey.from_private_bytes(created["private_key_pem"].encode())
+    mine = {"public_key": created["public_key"]}
+
+    def signed_by(signer: keys.InstanceKey, issuer: str = "lab-20") -> dict[str, str]:
+        return {"authorization": f"Bearer {keys.sign_jwt(signer, issuer=issuer)}"}
+
+    async def renew(headers: dict[str, str], body: dict[str, str] = mine) -> httpx.Response:
+        return await portal.post("/instances/lab-20/certificate", json=body, headers=headers)
+
+    # Not bound to a job yet: the instance's key is listed, and it may not renew.
+    assert (await portal.get("/instances/lab-20/keys")).json() == {"keys": [key.public_jwk()]}
+    refused = await renew(signed_by(key))
+    assert refused.status_code == 403
+    assert "renewal is not allowed" in refused.json()["error"]
+
+    policy = await portal.put(
+        "/instances/lab-20/certificate-policy",
+        json={"renew": True, "valid_for_s": 30},
+        headers=ADMIN,
+    )
+    assert policy.status_code == 200
+    assert (await portal.get("/instances/lab-20", headers=ADMIN)).json()["certificate_policy"] == {
+        "renew": True,
+        "valid_for_s": 30,
+    }
+    # Bound to a job: the keys URL lists no key (only certificates open the tunnel).
+    assert (await portal.get("/instances/lab-20/keys")).json() == {"keys": []}
+    text = await portal.get("/instances/lab-20/keys", headers={"accept": "text/plain"})
+    assert (text.status_code, text.text) == (200, "")
+
+    renewed = await renew(signed_by(key))
+    assert renewed.status_code == 200, renewed.text
+    validity = keys.certificate_validity(renewed.json()["certificate"])
+    assert validity.principals == ("lab-20",)
+    assert validity.valid_before is not None
+    assert 29 <= validity.valid_before - time.time() <= 31  # the policy's lifetime
+
+    # Someone else's key, another issuer, no token, another key's certificate: refused.
+    stranger = keys.InstanceKey.generate("ed25519")
+    assert (await renew(signed_by(stranger))).status_code == 401
+    assert (await renew(signed_by(key, issuer="lab-1"))).status_code == 401
+    assert (await renew({})).status_code == 401
+    other = await renew(signed_by(key), {"public_key": stranger.public_openssh()})
+    assert other.status_code == 403
+    assert "its own key" in other.json()["error"]
+
+    # The job is ending: renewal denied from now on.
+    denied = {"renew": False, "valid_for_s": 30}
+    assert (
+        await portal.put("/instances/lab-20/certificate-policy", json=denied, headers=ADMIN)
+    ).status_code == 200
+    assert (await renew(signed_by(key))).status_code == 403
+    bad: object
+    for bad in ({}, {"renew": "yes"}, {"renew": True, "valid_for_s": 1}, []):
+        response = await portal.put("/instances/lab-20/certificate-policy", json=bad, headers=ADMIN)
+        assert response.status_code == 400, bad
+    assert (
+        await portal.put("/instances/lab-20/certificate-policy", json=denied)
+    ).status_code == 401
+    assert (
+        await portal.put("/instances/nope/certificate-policy", json=denied, headers=ADMIN)
+    ).status_code == 404
+
+
+async def test_verified_router_events_are_kept_for_the_admin(portal: httpx.AsyncClient) -> None:
+    event = {
+        "v": 1, "event": "tunnel_down", "name": "lab-21", "router": "r1", "ts": 2.0,
+        "data": {"url": "https://lab-21.t", "reason": "certificate_expired"},
+    }  # fmt: skip
+    body = json.dumps(event).encode()
+    forged = {"x-hostmux-signature": sign_event_body(b"guess", body)}
+    assert (await portal.post("/router-events", content=body, headers=forged)).status_code == 401
+    assert (await portal.get("/admin/events", headers=ADMIN)).json() == []
+    signed = {"x-hostmux-signature": sign_event_body(SECRET, body)}
+    assert (await portal.post("/router-events", content=body, headers=signed)).status_code == 204
+    assert (await portal.get("/admin/events", headers=ADMIN)).json() == [event]
+    assert (await portal.get("/admin/events")).status_code == 401

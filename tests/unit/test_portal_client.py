@@ -201,3 +201,19 @@ def test_a_full_event_queue_drops_the_oldest_and_counts_it() -> None:
         events.send("k", f"n{n}", {})
     assert events.pending() == 3
     assert events.counts["overflow"] == 2
+
+
+def test_a_tunnel_down_says_why_when_the_router_knows() -> None:
+    queued: list[dict[str, object]] = []
+
+    async def scenario() -> None:
+        events = TunnelEvents(url="http://127.0.0.1:9/e", secret=b"s", router_name="r1")
+        events.publish("tunnel_down", "job", "https://job.t", 0, "certificate_expired")
+        events.publish("tunnel_down", "app", "https://app.t")
+        queued.extend(events._queue)
+
+    run_on_uvloop(scenario())
+    assert [event["data"] for event in queued] == [
+        {"url": "https://job.t", "reason": "certificate_expired"},
+        {"url": "https://app.t"},
+    ]

@@ -106,6 +106,27 @@ def test_release_reserves_the_name_and_lookup_says_offline(
     assert table.release("myapp", tunnel) is False  # already released
 
 
+def test_a_release_without_reservation_frees_the_name_at_once(
+    table: RouteTable[Tunnel],
+) -> None:
+    tunnel = Tunnel("job")
+    table.claim("myapp", "key-a", tunnel)
+    assert table.release("myapp", tunnel, reserve=False) is True
+    assert table.state("myapp") is NameState.FREE
+    assert table.lookup("myapp") is None
+    table.claim("myapp", "key-b", Tunnel("next"))  # another key: no NameTaken
+
+
+def test_a_replaced_tunnel_ending_for_good_leaves_its_successor(
+    table: RouteTable[Tunnel],
+) -> None:
+    old, new = Tunnel("old"), Tunnel("new")
+    table.claim("myapp", "key-a", old)
+    table.claim("myapp", "key-a", new)
+    assert table.release("myapp", old, reserve=False) is False
+    assert table.lookup("myapp") is new
+
+
 def test_another_owner_is_refused_during_the_reservation(
     table: RouteTable[Tunnel], clock: FakeClock
 ) -> None:

@@ -55,6 +55,7 @@ from hostmux.systemd import Notifier
 from hostmux.tunnel.websocket import WssAcceptor
 from router.admin import setup as admin
 from router.admin.token import AdminToken
+from router.client_certs import ClientCertRoutes, check_route_files, parse_client_cert_routes
 from router.config import RouterConfig
 from router.holding import HoldingPages, LookupLimit
 from router.membership import Membership
@@ -72,6 +73,7 @@ from router.ssh.server import (
 from router.state import RouterState, dev_ca_pem, file_certificates, front_door_tls, prepare_state
 from router.tcp_ports import TcpPorts, TcpSettings, parse_port_range, parse_port_rules
 from router.tls import FrontDoorTls
+from router.tls_front import HelloRouting, serve_peeking
 from router.tunnels import TunnelGateway, TunnelHub
 from router.workers.sockets import adopt
 from router.workers.worker import end_with_supervisor
@@ -123,6 +125,8 @@ class Router:
     events: TunnelEvents | None = None  # events_url set: the queue to the portal
     # Certificates from ACME (acme_directory_url set); its ``status`` is for readiness.
     acme: AcmeManager | None = None
+    # ``[[client_cert_routes]]`` (None: none); re-read on SIGHUP.
+    client_certs: ClientCertRoutes | None = None
 
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
@@ -151,8 +155,9 @@ class Listening:
     http_servers: list[asyncio.Server] = field(default_factory=list)
     cluster_servers: list[asyncio.Server] = field(default_factory=list)
     one_port_sockets: list[socket.socket] = field(default_factory=list)
-    # https_listen with acme_challenge tls-alpn-01: served by router.acme.tls_alpn.
-    tls_alpn_sockets: list[socket.socket] = field(default_factory=list)
+    # https_listen when hellos are peeked first (TLS passthrough, client certificate
+    # routes, acme_challenge tls-alpn-01): served by router.tls_front.
+    peeking_sockets: list[socket.socket] = field(default_factory=list)
     ops_server: OpsServer | None = None  # metrics_listen (not in a supervisor's worker)
     worker_ops: asyncio.AbstractServer | None = None  # a worker's snapshots for its supervisor
     admin_servers: list[asyncio.Server] = field(default_factory=list)
@@ -235,6 +240,11 @@ def build_router(config: RouterConfig) -> Router:
         from router.acme import build_acme
 
         acme, gateway.acme_http = build_acme(config, front_tls)
+    client_certs = None
+    if config.client_cert_routes:
+        client_certs = ClientCertRoutes(parse_client_cert_routes(config.client_cert_routes))
+        gateway.client_certs = client_certs
+    hub.tls_passthrough = config.tls_passthrough
     router = Router(
         config=config,
         state=state,
@@ -272,6 +282,7 @@ def build_router(config: RouterConfig) -> Router:
         admin_token=admin.admin_token(config),
         admin_agent=agent,
         acme=acme,
+        client_certs=client_certs,
     )
     ports = parse_port_range(config.tcp_port_range)
     if ports is not None:
@@ -320,6 +331,7 @@ def check_files(config: RouterConfig) -> None:
         from router.acme import check_acme_files
 
         check_acme_files(config)
+    check_route_files(parse_client_cert_routes(config.client_cert_routes))
 
 
 async def bind_router(router: Router, listening: Listening) -> None:
@@ -334,10 +346,9 @@ async def bind_router(router: Router, listening: Listening) -> None:
         bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
     # SSH over WebSocket: the same SSH server, reached through the HTTPS front door.
     listening.ssh_acceptors.append(await _start_ssh(router, "", 0, tunnel=router.wss))
-    alpn = router.acme.tls_alpn if router.acme is not None else None
     for kind, context in (("https", router.tls), ("http", None)):
         for where, host, port, sock in _listen_on(config, kind):
-            if kind == "https" and alpn is not None:  # TLS-ALPN-01: hellos are peeked first
+            if kind == "https" and _peeks_hellos(router):
                 if sock is None:
                     try:
                         sock = open_listening_socket(host, port)
@@ -345,7 +356,7 @@ async def bind_router(router: Router, listening: Listening) -> None:
                         raise ConfigError(
                             f"cannot listen on {where}: {exc.strerror or exc}"
                         ) from None
-                listening.tls_alpn_sockets.append(sock)
+                listening.peeking_sockets.append(sock)
                 bound[kind].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
                 continue
             server = await _bind(
@@ -448,8 +459,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(events.run(), name="events"))
     for sock in listening.one_port_sockets:
         background.append(start(_serve_one_port(router, sock), name="one-port"))
-    for sock in listening.tls_alpn_sockets:
-        background.append(start(_serve_tls_alpn(router, sock), name="https-tls-alpn"))
+    for sock in listening.peeking_sockets:
+        background.append(start(serve_peeking(sock, _hello_routing(router)), name="https-peek"))
     try:
         await _until_stopped(stop, background)
     finally:
@@ -608,22 +619,39 @@ async def _serve_one_port(router: Router, sock: socket.socket) -> None:
         sock, ssh_factory=lambda: wss.factory, https=handlers["https"], http=handlers["http"],
         tls=router.tls, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
         sniff_timeout_s=config.tls_handshake_timeout_s,
+        hellos=_hello_routing(router) if _peeks_hellos(router) else None,
     )  # fmt: skip
 
 
-async def _serve_tls_alpn(router: Router, sock: socket.socket) -> None:
-    from router.acme.tls_alpn import serve_https_with_tls_alpn
+def _peeks_hellos(router: Router) -> bool:
+    """Whether TLS connections are read up to their ClientHello first (``router.tls_front``)."""
+    acme = router.acme
+    return bool(
+        router.config.tls_passthrough
+        or router.client_certs
+        or (acme is not None and acme.tls_alpn is not None)
+    )
 
-    assert router.tls is not None and router.acme is not None
-    assert router.acme.tls_alpn is not None
+
+def _hello_routing(router: Router) -> HelloRouting:
+    """The HTTPS front door behind a ClientHello peek: passthrough, client certificates, ACME."""
+    config = router.config
+    assert router.tls is not None and router.certificates is not None
+    client_certs = router.client_certs
     handler = connection_handler(
         "https", gateway=router.gateway, limits=router.current_limits,
         connections=router.connections, counts=router.browsers,
         trusted_proxies=router.trusted, on_request=router.request_callback,
+        client_certificate=client_certs.certificate_of if client_certs else None,
     )  # fmt: skip
-    await serve_https_with_tls_alpn(
-        sock, handler=handler, tls=router.tls, challenges=router.acme.tls_alpn,
-        tls_handshake_timeout_s=router.config.tls_handshake_timeout_s,
+    return HelloRouting(
+        handler=handler, default=router.tls,
+        context_for_host=router.certificates.context_for_host, domain=config.domain,
+        handshake_timeout_s=config.tls_handshake_timeout_s, counts=router.browsers,
+        connect_timeout_s=config.connect_timeout_s, idle_timeout_s=config.tcp_idle_timeout_s,
+        passthrough=router.hub.passthrough_for if config.tls_passthrough else None,
+        client_certs=client_certs,
+        challenges=router.acme.tls_alpn if router.acme is not None else None,
     )  # fmt: skip
 
 

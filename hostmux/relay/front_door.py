@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from hostmux.http1.headers import ClientInfo, TrustedProxies
+from hostmux.http1.headers import ClientCertificate, ClientInfo, TrustedProxies
 from hostmux.limits import ConnectionCounts
 from hostmux.log import fields
 from hostmux.relay.gateway import Gateway
@@ -88,10 +88,13 @@ def connection_handler(
     counts: ConnectionCounts,
     trusted_proxies: TrustedProxies | None = None,
     on_request: Callable[[RequestRecord], None] = log_request,
+    client_certificate: Callable[[Any], ClientCertificate | None] | None = None,
 ) -> ConnectionHandler:
     """What each accepted browser connection runs (also used by one-port mode); ``limits``
     may be a function, asked once per connection (the router's reload changes them);
-    ``on_request`` gets each finished request's record (the access log, metrics)."""
+    ``on_request`` gets each finished request's record (the access log, metrics);
+    ``client_certificate`` the connection's ``SSLObject`` (TLS only): its verified client
+    certificate, if any, which the app is told of."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -106,7 +109,12 @@ def connection_handler(
             return
         try:
             now = limits() if callable(limits) else limits
-            info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
+            certificate = None
+            if client_certificate is not None:
+                ssl_object = writer.get_extra_info("ssl_object")
+                if ssl_object is not None:
+                    certificate = client_certificate(ssl_object)
+            info = ClientInfo(ip, int(peer[1]), scheme, certificate)
             stream = ReaderWriterStream(
                 reader, writer, label=f"{scheme}:{ip}:{peer[1]}",
                 close_linger_s=now.send_timeout_s,

@@ -31,7 +31,7 @@ from hostmux.log import fields
 from router.portal import PortalUnavailable
 from router.ssh.auth import Authenticator
 from router.ssh.client_state import ClientState
-from router.tunnels import TunnelHub
+from router.tunnels import Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
 
@@ -172,7 +172,11 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             self._chan.write_stderr(line + newline)
 
     def _url_lines(self) -> list[str]:
-        lines = [f"Forwarding {self._hub.url_for(f.tunnel.name)}" for f in self._state.forwards]
+        lines = [
+            f"Forwarding {self._hub.url_for(f.tunnel.name)}"
+            + (" (TLS passthrough: your backend's certificate)" if f.tunnel.passthrough else "")
+            for f in self._state.forwards
+        ]
         lines += [f"Refused -R {r['listen']}: {r['reason']}" for r in self._state.refusals]
         return lines or ["No tunnels yet: add -R NAME:80:localhost:PORT to your ssh command."]
 
@@ -183,7 +187,8 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         router_id = self._hub.cluster.router_id if self._hub.cluster is not None else None
         tunnels = [
             {"name": f.tunnel.name, "url": self._hub.url_for(f.tunnel.name),
-             "listen": "{}:{}".format(*f.listen), "router": router_id}
+             "listen": "{}:{}".format(*f.listen), "router": router_id,
+             "kind": _kind(f.tunnel)}
             for f in self._state.forwards
         ]  # fmt: skip
         if "--json" in words:
@@ -228,3 +233,10 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             chan.exit(1)
             return
         chan.write(self._hub.url_for(forward.tunnel.name) + "\n")
+
+
+def _kind(tunnel: Tunnel) -> str:
+    """A tunnel's kind for ``tunnels --json``: http, tls (passthrough) or tcp."""
+    if tunnel.name.startswith("tcp:"):
+        return "tcp"
+    return "tls" if tunnel.passthrough else "http"

@@ -189,6 +189,7 @@ class Listener:
             transport=transport, wss_url=config.wss_url,
             wss_headers=tuple(tuple(h.split(":", 1)) for h in config.wss_header),  # type: ignore[misc]
             ca_file=config.router_ca_file, dial_host=dial_host,
+            tls_passthrough=config.tls_passthrough,
         )  # fmt: skip
 
     def _connect_timeout_s(self, transport: str) -> float:

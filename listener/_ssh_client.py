@@ -73,6 +73,8 @@ class TunnelSpec:
     # The address to connect to when it is not ``host`` (one of a name's DNS
     # addresses): the host key is still checked for ``host``.
     dial_host: str = ""
+    # A TLS passthrough tunnel (``-R NAME:443:...``): the target speaks TLS itself.
+    tls_passthrough: bool = False
 
 
 class _PinningClient(asyncssh.SSHClient):
@@ -171,7 +173,11 @@ class TunnelSession:
         assert self._conn is not None
         conn = self._conn
         # "tcp:PORT": a TCP tunnel (OpenSSH's -R tcp:PORT:...), port 0 for any.
-        host, port = ("tcp", int(name[4:])) if name.startswith("tcp:") else (name, 80)
+        # Else a name: port 443 asks for TLS passthrough, 80 for HTTP (only a label).
+        if name.startswith("tcp:"):
+            host, port = "tcp", int(name[4:])
+        else:
+            host, port = name, 443 if spec.tls_passthrough else 80
         try:
             await conn.forward_remote_port(host, port, spec.target_host, spec.target_port)
         except asyncssh.ChannelListenError:

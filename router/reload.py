@@ -8,10 +8,12 @@ Rules:
 2. What a reload applies (``RELOADABLE``): the TLS certificates and keys
    (``tls_cert_file``/``tls_key_file``, ``tls_cert_dir``), ``authorized_keys``,
    the portal CA keys, the browser and SSH limits, the HTTP timeouts, the
-   portal's timeout and cache lifetimes, the log level. New TLS handshakes get
-   the new certificates; connections already made keep theirs; new browser
-   connections get the new limits and timeouts; no tunnel and no browser
-   connection is dropped.
+   portal's timeout and cache lifetimes, the log level, ``[[client_cert_routes]]``
+   (their CA and CRL files read again, even when the tables did not change; from
+   none to some or back needs a restart). New TLS handshakes get the new
+   certificates and client certificate routes; connections already made keep
+   theirs; new browser connections get the new limits and timeouts; no tunnel
+   and no browser connection is dropped.
 3. Any other option that changed (listen addresses, workers, registry, ...)
    needs a restart: one ``reload_needs_restart`` line names them all (said by
    the supervisor, not by each of its workers), and their old values stay.
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from hostmux.config.layered import ConfigError
 from hostmux.log import fields
+from router.client_certs import parse_client_cert_routes
 from router.config import RouterConfig
 from router.tls import load_certificates
 
@@ -64,6 +67,7 @@ RELOADABLE = frozenset(
         *_RELAY_LIMITS,
         *_PORTAL_TIMES,
         "log_level",
+        "client_cert_routes",
     )
 )
 # Set by the supervisor for each worker, the same on every reading.
@@ -82,6 +86,9 @@ def needs_restart(old: RouterConfig, new: RouterConfig) -> list[str]:
     if (old.tls_cert_file is None) != (new.tls_cert_file is None):
         # From the development CA to files or back: the state a router starts with.
         changed += [name for name in ("tls_cert_file", "tls_key_file") if name not in changed]
+    if bool(old.client_cert_routes) != bool(new.client_cert_routes):
+        # With routes the HTTPS listener reads each ClientHello first: the listener changes.
+        changed.append("client_cert_routes")
     return changed
 
 
@@ -121,6 +128,12 @@ def _apply_files(
         except ConfigError as exc:
             log.warning(fields("reload_kept", what="certificates", reason=str(exc)))
             kept.update({name: getattr(old, name) for name in _TLS_FILES})
+    if router.client_certs is not None and "client_cert_routes" in values:
+        try:  # read again even when unchanged: the CA or CRL files may have changed
+            router.client_certs.replace(parse_client_cert_routes(new.client_cert_routes))
+        except ConfigError as exc:
+            log.warning(fields("reload_kept", what="client_cert_routes", reason=str(exc)))
+            kept["client_cert_routes"] = old.client_cert_routes
     # Imported here: the supervisor imports this module and must not load asyncssh.
     from router.ssh.auth import AuthorizedKeys, load_ca_fingerprints
 

@@ -122,13 +122,13 @@ def check_route_files(routes: Sequence[ClientCertRoute]) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             context.load_verify_locations(cafile=route.ca_file)
+        except ssl.SSLError:  # (an OSError too: first)
+            raise ConfigError(
+                f"client_cert_routes ca_file {route.ca_file}: no PEM certificate in it"
+            ) from None
         except OSError as exc:
             raise ConfigError(
                 f"client_cert_routes ca_file {route.ca_file}: {exc.strerror or exc}"
-            ) from None
-        except ssl.SSLError:
-            raise ConfigError(
-                f"client_cert_routes ca_file {route.ca_file}: no PEM certificate in it"
             ) from None
         if not context.get_ca_certs():
             raise ConfigError(f"client_cert_routes ca_file {route.ca_file}: no CA certificate")

@@ -127,6 +127,9 @@ class Router:
     acme: AcmeManager | None = None
     # ``[[client_cert_routes]]`` (None: none); re-read on SIGHUP.
     client_certs: ClientCertRoutes | None = None
+    # The ClientHello peek of the HTTPS and one-port listeners (``_peeks_hellos``), made
+    # once (its counters are the passthrough metrics).
+    hellos: HelloRouting | None = None
 
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
@@ -634,7 +637,14 @@ def _peeks_hellos(router: Router) -> bool:
 
 
 def _hello_routing(router: Router) -> HelloRouting:
-    """The HTTPS front door behind a ClientHello peek: passthrough, client certificates, ACME."""
+    """The HTTPS front door behind a ClientHello peek: passthrough, client certificates, ACME
+    (one per router, shared by its listeners)."""
+    if router.hellos is None:
+        router.hellos = _new_hello_routing(router)
+    return router.hellos
+
+
+def _new_hello_routing(router: Router) -> HelloRouting:
     config = router.config
     assert router.tls is not None and router.certificates is not None
     client_certs = router.client_certs

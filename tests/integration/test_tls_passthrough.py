@@ -21,6 +21,8 @@ import trio
 from cryptography import x509
 
 from .conftest import LoggedProcess, Router, Stack, public_key_of
+from .test_operations import METRICS, get, promtool_check, sample
+from .test_ssh_abuse import start_peer
 from .tls_certs import Ca, issue, make_ca
 
 NAME = "pt"
@@ -87,7 +89,8 @@ async def world(stack: Stack, *extra: str) -> tuple[Router, Ca, Path]:
 
 
 async def test_passthrough_name_answers_with_the_backends_certificate(stack: Stack) -> None:
-    router, ca, key = await world(stack)
+    router, ca, key = await world(stack, "--metrics-listen", "127.0.0.1:0")
+    metrics_port = int(router.proc.find(r"event=router_ready .*" + METRICS)[1])  # type: ignore[index]
     app = await stack.start_app()
     await stack.openssh_tunnel(router, key, "web", app.port)
 
@@ -99,6 +102,10 @@ async def test_passthrough_name_answers_with_the_backends_certificate(stack: Sta
     # A terminated name on the same port still gets the router's certificate and HTTP.
     response = await router.get("web", "/headers")
     assert response.status_code == 200
+    text = (await get(metrics_port, "/metrics")).text
+    assert await promtool_check(text) == ""
+    assert sample(text, "hostmux_passthrough_connections_total", outcome="closed") == 1
+    assert sample(text, "hostmux_passthrough_bytes_total", direction="in") > 200  # the hello+
     # And the router's own CA does not verify the passthrough name: it never saw its key.
     tcp = await trio.open_tcp_stream("127.0.0.1", router.https_port)
     stream = trio.SSLStream(tcp, router.ssl_context(), server_hostname=f"{NAME}.localhost")
@@ -246,3 +253,52 @@ async def test_listener_tls_passthrough(stack: Stack) -> None:
     await listener.wait_for(r"^https://pod\.localhost:\d+$")
     peer = await backend_round_trip(router.https_port, ca, "pod.localhost")
     assert subject_cn(peer) == "backend"
+
+
+# --- hostile input ----------------------------------------------------------------------
+
+
+async def test_a_tunnel_that_never_opens_its_channel_is_given_up(stack: Stack) -> None:
+    router = await stack.start_router("--tls-passthrough", "--connect-timeout-s", "2")
+    key = stack.new_key("stuck")
+    router.authorize(public_key_of(key))
+    peer = await start_peer(stack, router, [key], "--label-port", "443", "never-confirm", "stuck")
+    await peer.wait_for(r"forwarding stuck")
+    context = ssl.create_default_context()
+    tcp = await trio.open_tcp_stream("127.0.0.1", router.https_port)
+    stream = trio.SSLStream(tcp, context, server_hostname="stuck.localhost")
+    started = time.monotonic()
+    try:
+        with trio.fail_after(30), pytest.raises(trio.BrokenResourceError):
+            await stream.do_handshake()  # the hello goes nowhere; the router closes at 2 s
+    finally:
+        await trio.aclose_forcefully(stream)
+    assert 1.5 <= time.monotonic() - started < 20
+    await router.proc.wait_for(
+        r"event=passthrough_connection name=stuck .*outcome=unavailable "
+        r"reason=\"the tunnel client did not open a channel in time\""
+    )
+    assert router.proc.find(r"Traceback") is None
+
+
+async def test_oversized_or_garbled_hellos_are_refused_and_the_router_goes_on(
+    stack: Stack,
+) -> None:
+    router, ca, _ = await world(stack, "--tls-handshake-timeout-s", "3")
+    # A handshake record announcing a 16 MiB ClientHello: over the reader's bound at once.
+    for opening in (
+        b"\x16\x03\x01\x40\x00\x01\xff\xff\xff" + b"\x03\x03" + b"\x00" * 200,
+        b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00",  # a ServerHello, not a ClientHello
+        b"\x16\x03\x01\x00\x00",  # an empty record
+    ):
+        stream = await trio.open_tcp_stream("127.0.0.1", router.https_port)
+        with trio.fail_after(30):
+            async with stream:
+                await stream.send_all(opening)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while await stream.receive_some(4096):  # an alert, perhaps; then the end
+                        pass
+    # Still serving, passthrough and all.
+    peer = await backend_round_trip(router.https_port, ca, f"{NAME}.localhost")
+    assert subject_cn(peer) == "backend"
+    assert router.proc.find(r"Traceback") is None

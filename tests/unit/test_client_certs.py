@@ -113,7 +113,7 @@ def test_route_files_are_checked_with_their_name(tmp_path: Path) -> None:
 
 
 def test_certificate_headers_follow_rfc_9440_and_escape_the_subject() -> None:
-    certificate, _ = _certificate("Zoë, \"lab\"\n")
+    certificate, _ = _certificate('Zoë, "lab"\n')
     der = certificate.public_bytes(serialization.Encoding.DER)
     headers = dict(certificate_headers(der))
     assert headers[b"client-cert"].startswith(b":") and headers[b"client-cert"].endswith(b":")

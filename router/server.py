@@ -73,7 +73,7 @@ from router.ssh.server import (
 from router.state import RouterState, dev_ca_pem, file_certificates, front_door_tls, prepare_state
 from router.tcp_ports import TcpPorts, TcpSettings, parse_port_range, parse_port_rules
 from router.tls import FrontDoorTls
-from router.tls_front import HelloRouting, serve_peeking
+from router.tls_front import HelloRouting, PeekingServer
 from router.tunnels import TunnelGateway, TunnelHub
 from router.workers.sockets import adopt
 from router.workers.worker import end_with_supervisor
@@ -160,7 +160,7 @@ class Listening:
     one_port_sockets: list[socket.socket] = field(default_factory=list)
     # https_listen when hellos are peeked first (TLS passthrough, client certificate
     # routes, acme_challenge tls-alpn-01): served by router.tls_front.
-    peeking_sockets: list[socket.socket] = field(default_factory=list)
+    peeking_servers: list[PeekingServer] = field(default_factory=list)
     ops_server: OpsServer | None = None  # metrics_listen (not in a supervisor's worker)
     worker_ops: asyncio.AbstractServer | None = None  # a worker's snapshots for its supervisor
     admin_servers: list[asyncio.Server] = field(default_factory=list)
@@ -359,7 +359,7 @@ async def bind_router(router: Router, listening: Listening) -> None:
                         raise ConfigError(
                             f"cannot listen on {where}: {exc.strerror or exc}"
                         ) from None
-                listening.peeking_sockets.append(sock)
+                listening.peeking_servers.append(PeekingServer(sock, _hello_routing(router)))
                 bound[kind].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
                 continue
             server = await _bind(
@@ -462,8 +462,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(events.run(), name="events"))
     for sock in listening.one_port_sockets:
         background.append(start(_serve_one_port(router, sock), name="one-port"))
-    for sock in listening.peeking_sockets:
-        background.append(start(serve_peeking(sock, _hello_routing(router)), name="https-peek"))
+    for peeking in listening.peeking_servers:
+        background.append(start(peeking.serve(), name="https-peek"))
     try:
         await _until_stopped(stop, background)
     finally:
@@ -532,6 +532,8 @@ async def drain_router(router: Router, listening: Listening) -> None:
         router.ops.stopping = True
     for server in [*listening.cluster_servers, *listening.http_servers]:
         server.close()
+    for peeking in listening.peeking_servers:
+        peeking.close()  # its passthrough connections go on until the tunnels close
     for acceptor in listening.ssh_acceptors:
         acceptor.close()
     if hub.cluster is not None:
@@ -550,6 +552,8 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
     connections (bounded), then close the SSH side."""
     for server in [*listening.cluster_servers, *listening.http_servers]:
         server.close()
+    for peeking in listening.peeking_servers:
+        peeking.close()
     for server in listening.admin_servers:
         admin.close_admin(router.config, server)
     cluster = router.hub.cluster

@@ -34,10 +34,11 @@ Rules:
    (``router.tcp_ports.relay``: one chunk in flight per direction, half-closes
    passed on, closed after ``tcp_idle_timeout_s`` with no byte either way).
 
-Resource handling: ``serve_peeking`` owns its listening socket and, in a
+Resource handling: ``PeekingServer`` owns its listening socket and, in a
 TaskGroup, a task per connection until it is handed to the front door's
-protocol; a passthrough connection's relay stays in that task. Cancelling the
-accept loop (the router stops) ends them all.
+protocol; a passthrough connection's relay stays in that task. ``close`` (a
+drain) stops accepting and leaves them to end; cancelling ``serve`` (the
+router stops) ends them all at once.
 """
 
 from __future__ import annotations
@@ -207,15 +208,45 @@ class HelloRouting:
             upstream.close()
 
 
-async def serve_peeking(sock: socket.socket, routing: HelloRouting) -> None:
-    """Accept on ``sock`` until cancelled, each connection's hello peeked first."""
-    loop = asyncio.get_running_loop()
-    failures = AcceptFailures()
-    try:
-        async with asyncio.TaskGroup() as tasks:
+class PeekingServer:
+    """Accepts on ``sock``, each connection's hello peeked first (``HelloRouting``).
+
+    ``serve`` runs until cancelled; ``close`` (a drain) only stops accepting and
+    closes the socket: connections being dispatched or relayed go on to their end.
+    """
+
+    def __init__(self, sock: socket.socket, routing: HelloRouting) -> None:
+        self._sock = sock
+        self.routing = routing
+        self._accepting: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<PeekingServer closed={self._closed}>"
+
+    async def serve(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                if not self._closed:
+                    self._accepting = tasks.create_task(self._accept(tasks))
+            await asyncio.Event().wait()  # closed, its connections done: until cancelled
+        finally:
+            self._sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._accepting is not None:
+            self._accepting.cancel()
+        else:
+            self._sock.close()
+
+    async def _accept(self, tasks: asyncio.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
+        failures = AcceptFailures()
+        try:
             while True:
                 try:
-                    conn, addr = await loop.sock_accept(sock)
+                    conn, addr = await loop.sock_accept(self._sock)
                 except OSError as exc:
                     if failures.failed():
                         log.error(fields("https_accept_failed", reason=str(exc)))
@@ -223,9 +254,9 @@ async def serve_peeking(sock: socket.socket, routing: HelloRouting) -> None:
                     continue
                 failures.succeeded()
                 conn.setblocking(False)
-                tasks.create_task(routing.dispatch(conn, (str(addr[0]), int(addr[1]))))
-    finally:
-        sock.close()
+                tasks.create_task(self.routing.dispatch(conn, (str(addr[0]), int(addr[1]))))
+        finally:
+            self._sock.close()
 
 
 def _show(peer: tuple[str, int]) -> str:

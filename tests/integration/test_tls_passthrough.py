@@ -8,6 +8,7 @@ HTTPS port, which proves the router did not terminate the connection.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import ssl
 import subprocess
@@ -301,4 +302,16 @@ async def test_oversized_or_garbled_hellos_are_refused_and_the_router_goes_on(
     # Still serving, passthrough and all.
     peer = await backend_round_trip(router.https_port, ca, f"{NAME}.localhost")
     assert subject_cn(peer) == "backend"
+    assert router.proc.find(r"Traceback") is None
+
+
+async def test_a_drain_stops_accepting_on_the_peeking_listener(stack: Stack) -> None:
+    router, _, _ = await world(stack, "--shutdown-grace-s", "1")
+    held = await trio.open_tcp_stream("127.0.0.1", router.https_port)  # accepted before
+    router.proc.process.send_signal(signal.SIGUSR2)
+    await router.proc.wait_for(r"event=drain_done")
+    with trio.fail_after(30), pytest.raises(OSError, match="all attempts to connect"):
+        await trio.open_tcp_stream("127.0.0.1", router.https_port)
+    await held.aclose()
+    assert router.proc.process.returncode is None  # drained, not stopped
     assert router.proc.find(r"Traceback") is None

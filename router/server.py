@@ -48,6 +48,7 @@ from hostmux.relay import (
     RelayLimits,
     RequestRecord,
     connection_handler,
+    front_door_protocol,
     start_front_door,
 )
 from hostmux.relay.front_door import log_request
@@ -652,14 +653,14 @@ def _new_hello_routing(router: Router) -> HelloRouting:
     config = router.config
     assert router.tls is not None and router.certificates is not None
     client_certs = router.client_certs
-    handler = connection_handler(
+    protocol = front_door_protocol(
         "https", gateway=router.gateway, limits=router.current_limits,
         connections=router.connections, counts=router.browsers,
         trusted_proxies=router.trusted, on_request=router.request_callback,
         client_certificate=client_certs.certificate_of if client_certs else None,
     )  # fmt: skip
     return HelloRouting(
-        handler=handler, default=router.tls,
+        protocol=protocol, default=router.tls,
         context_for_host=router.certificates.context_for_host, domain=config.domain,
         handshake_timeout_s=config.tls_handshake_timeout_s, counts=router.browsers,
         connect_timeout_s=config.connect_timeout_s, idle_timeout_s=config.tcp_idle_timeout_s,

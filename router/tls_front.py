@@ -57,7 +57,6 @@ from hostmux.log import fields
 from hostmux.names import target_for_host
 from hostmux.relay import (
     READ_CHUNK_BYTES,
-    ConnectionHandler,
     ReaderWriterStream,
     UpstreamUnavailable,
 )
@@ -84,7 +83,7 @@ _CAPACITY_PAUSE_S = 0.1
 class HelloRouting:
     """What a peeked ClientHello may lead to, and the front door for everything else."""
 
-    handler: ConnectionHandler  # the HTTPS front door's per-connection handler
+    protocol: Callable[[], asyncio.BaseProtocol]  # the HTTPS front door's, per connection
     default: ssl.SSLContext  # the front door's context (its SNI callback picks certificates)
     context_for_host: Callable[[str | None], ssl.SSLContext]  # the certificate of a name
     domain: str
@@ -152,10 +151,8 @@ class HelloRouting:
     async def _terminate(
         self, loop: asyncio.AbstractEventLoop, conn: socket.socket, context: ssl.SSLContext
     ) -> None:
-        reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
-        protocol = asyncio.StreamReaderProtocol(reader, self.handler)
         await loop.connect_accepted_socket(
-            lambda: protocol, conn, ssl=context, ssl_handshake_timeout=self.handshake_timeout_s
+            self.protocol, conn, ssl=context, ssl_handshake_timeout=self.handshake_timeout_s
         )
 
     async def _pass_through(

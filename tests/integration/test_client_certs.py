@@ -45,7 +45,7 @@ def config_text(lab: Ca, strict: Ca, crl: Ca, crl_file: Path) -> str:
     )
 
 
-async def start_world(stack: Stack) -> World:
+async def start_world(stack: Stack, *extra: str) -> World:
     certs = stack.path("certs")
     certs.mkdir()
     lab, strict, crl = (make_ca(certs, n) for n in ("lab-ca", "strict-ca", "crl-ca"))
@@ -54,7 +54,7 @@ async def start_world(stack: Stack) -> World:
     crl_file = revoke(crl, certs, revoked)
     config = stack.path("router.toml")
     config.write_text(config_text(lab, strict, crl, crl_file))
-    router = await stack.start_router("--config", str(config))
+    router = await stack.start_router("--config", str(config), *extra)
     key = stack.new_key("tunnels")
     router.authorize(public_key_of(key))
     app = await stack.start_app()
@@ -237,3 +237,18 @@ async def test_sighup_reads_the_ca_files_again(stack: Stack) -> None:
     world.lab_ca.cert_file.write_text("not a certificate\n")
     await reload(router.proc, r"event=reload_kept what=client_cert_routes")
     assert (await curl(router, "lab-1", cert=dave)).status == 200
+
+
+async def test_one_port_mode_asks_the_same(stack: Stack) -> None:
+    world = await start_world(stack, "--one-port-listen", "127.0.0.1:0")
+    router = world.router
+    one_port = int(
+        (await router.proc.wait_for(r"event=router_ready .*one_port=127\.0\.0\.1:(\d+)"))[1]
+    )
+    router.https_port = one_port  # curl() dials the router's HTTPS port: the one port now
+    assert (await curl(router, "lab-1")).status == 403
+    good = await curl(router, "lab-1", cert=world.alice)
+    assert good.status == 200
+    assert good.json()["x-client-cert-subject"] == ["CN=alice,O=hostmux tests"]
+    asked = await handshake_messages(router, "open.localhost", world.alice)
+    assert CERTIFICATE_REQUEST not in asked

@@ -172,6 +172,8 @@ def _apply_limits(router: Router, config: RouterConfig) -> None:
         burst=config.ssh_auth_failures_burst, per_minute=config.ssh_auth_failures_per_minute
     )
     router.relay_limits = config.relay_limits
+    if router.hellos is not None:  # TLS passthrough's channel opens
+        router.hellos.connect_timeout_s = config.connect_timeout_s
     if router.auth.portal is not None:
         router.auth.portal.retune(
             timeout_s=config.portal_timeout_s, ttl_s=config.portal_cache_ttl_s,

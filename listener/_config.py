@@ -53,6 +53,12 @@ class ListenerConfig:
         "serve the name together with other listeners of the same key (a pool: the "
         "router spreads requests over them); each listener process is one member",
     )
+    tls_passthrough: bool = option(
+        False,
+        "a TLS passthrough tunnel: the router relays NAME.DOMAIN's TLS connections "
+        "undecrypted to the target, which holds its own certificate (the router needs "
+        "tls_passthrough); no URL check",
+    )
     user: str = option("hostmux", "SSH user name (the instance id in portal mode)")
     identity_file: Path = option(Path("~/.ssh/id_ed25519").expanduser(), "private key")
     certificate_file: Path | None = option(
@@ -146,6 +152,11 @@ class ListenerConfig:
             if self.pool:
                 raise ValueError("tcp and pool do not go together (pools serve names)")
             # Nothing answers HTTP on a TCP port: the URL check would only fail.
+            object.__setattr__(self, "check_url", False)
+        if self.tls_passthrough:
+            if self.tcp:
+                raise ValueError("tcp and tls_passthrough do not go together")
+            # The target's certificate, not the router's: the check cannot trust it.
             object.__setattr__(self, "check_url", False)
         for fingerprint in self.host_key_fingerprint:
             if not fingerprint.startswith("SHA256:"):

@@ -222,6 +222,7 @@ class Listener:
             ca_file=config.router_ca_file, dial_host=dial_host,
             pool_member=self.pool_member,
             certificate_file=config.certificate_file,
+            tls_passthrough=config.tls_passthrough,
         )  # fmt: skip
 
     def _connect_timeout_s(self, transport: str) -> float:

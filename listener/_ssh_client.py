@@ -79,6 +79,8 @@ class TunnelSpec:
     # A pool member's id (``--pool``: one per listener process, the same on every
     # router); "" for a name of its own.
     pool_member: str = ""
+    # A TLS passthrough tunnel (``-R NAME:443:...``): the target speaks TLS itself.
+    tls_passthrough: bool = False
 
 
 class _PinningClient(asyncssh.SSHClient):
@@ -191,7 +193,11 @@ class TunnelSession:
         assert self._conn is not None
         conn = self._conn
         # "tcp:PORT": a TCP tunnel (OpenSSH's -R tcp:PORT:...), port 0 for any.
-        host, port = ("tcp", int(name[4:])) if name.startswith("tcp:") else (name, 80)
+        # Else a name: port 443 asks for TLS passthrough, 80 for HTTP (only a label).
+        if name.startswith("tcp:"):
+            host, port = "tcp", int(name[4:])
+        else:
+            host, port = name, 443 if spec.tls_passthrough else 80
         if spec.pool_member and not self._pool_said:
             await self._run_json("tunnels --json")  # says HOSTMUX_POOL before the forward
         try:

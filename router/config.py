@@ -29,6 +29,7 @@ from hostmux.log import LOG_FORMATS, check_log_format
 from hostmux.names import is_dns_label
 from hostmux.relay import RelayLimits
 from keys import KeysError, check_router_id
+from router.client_certs import parse_client_cert_routes
 from router.pool import AFFINITIES
 from router.registry.model import MAX_ID_CHARS
 from router.tcp_ports import parse_port_range, parse_port_rules
@@ -306,6 +307,21 @@ class RouterConfig:
         "send a PROXY protocol v2 header first on every TCP tunnel connection, so the "
         "backend sees the client's address (the backend must expect it)",
     )
+    tls_passthrough: bool = option(
+        False,
+        "allow TLS passthrough tunnels (ssh -R NAME:443:HOST:PORT): the HTTPS and one-port "
+        "listeners read each ClientHello's server name first and relay a passthrough name's "
+        "connections undecrypted to its tunnel (the backend holds the certificate); not with "
+        "a registry (for now)",
+    )
+    client_cert_routes: list[dict[str, Any]] = option(
+        [],
+        'client certificates (mutual TLS) per name: tables with names (a glob, "lab-*", or '
+        "a list), ca_file (PEM CAs), optional crl_file (PEM) and required_at_handshake "
+        "(false: no certificate gets a 403 page; true: a TLS alert); names under no route "
+        "are never asked for a certificate; CA and CRL files are re-read on SIGHUP",
+        toml_only=True,
+    )
     log_level: str = option("info", "debug, info, warning or error", metavar="LEVEL")
     # Operations (issue 19): certificates by SNI, reloaded on SIGHUP; the log format.
     tls_cert_dir: Path | None = option(
@@ -407,6 +423,20 @@ class RouterConfig:
         except ValueError as error:
             raise ValueError(f"tcp_port_range: {error}") from None
         parse_port_rules(self.tcp_port_rules)
+        parse_client_cert_routes(self.client_cert_routes)
+        if self.tls_passthrough and self.registry:
+            # A passthrough name held on another router would need its raw stream relayed
+            # over the router link; not built yet.
+            raise ValueError(
+                "tls_passthrough: not with a registry yet (a cluster cannot relay raw TLS "
+                "between routers)"
+            )
+        if (self.tls_passthrough or self.client_cert_routes) and not (
+            self.https_listen or self.one_port_listen
+        ):
+            raise ValueError(
+                "tls_passthrough and client_cert_routes need an https_listen or one_port_listen"
+            )
         if self.tcp_listen_host:
             try:
                 ipaddress.ip_address(self.tcp_listen_host)

@@ -29,11 +29,14 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostmux.log import fields
 from hostmux.relay import READ_CHUNK_BYTES, ConnectionHandler
 from hostmux.tunnel.coalescing import accepted_ssh_connection
+
+if TYPE_CHECKING:
+    from router.tls_front import HelloRouting
 
 log = logging.getLogger("hostmux.oneport")
 
@@ -98,8 +101,10 @@ async def serve_one_port(
     tls: ssl.SSLContext,
     tls_handshake_timeout_s: float,
     sniff_timeout_s: float,
+    hellos: HelloRouting | None = None,
 ) -> None:
-    """Accept on ``sock`` for ever (until cancelled), dispatching each connection."""
+    """Accept on ``sock`` for ever (until cancelled), dispatching each connection;
+    ``hellos``: TLS connections go there (their ClientHello is peeked first)."""
     loop = asyncio.get_running_loop()
     failures = AcceptFailures()
     try:
@@ -119,7 +124,7 @@ async def serve_one_port(
                     log.info(fields("one_port_accept_resumed", failures=ended))
                 sniffing.create_task(
                     _dispatch(conn, addr, ssh_factory, https, http, tls, tls_handshake_timeout_s,
-                              sniff_timeout_s)
+                              sniff_timeout_s, hellos)
                 )  # fmt: skip
     finally:
         sock.close()
@@ -144,6 +149,7 @@ async def _dispatch(
     tls: ssl.SSLContext,
     tls_handshake_timeout_s: float,
     sniff_timeout_s: float,
+    hellos: HelloRouting | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     conn.setblocking(False)
@@ -169,6 +175,8 @@ async def _dispatch(
             await loop.connect_accepted_socket(
                 lambda: accepted_ssh_connection(factory(str(addr[0]), int(addr[1]))), conn
             )
+        elif head[0] == _TLS_HANDSHAKE_RECORD and hellos is not None:
+            await hellos.dispatch(conn, (str(addr[0]), int(addr[1])))
         elif head[0] == _TLS_HANDSHAKE_RECORD:
             await _to_front_door(loop, conn, https, tls, tls_handshake_timeout_s)
         else:

@@ -28,6 +28,7 @@ import asyncio
 import datetime
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,8 @@ class _RouterCollector(Collector):
         )
         if router.hub.tcp is not None:
             yield from _tcp_families(router.hub.tcp)
+        if router.config.tls_passthrough and router.hellos is not None:
+            yield from _passthrough_families(router.hellos.stats)
         connects = CounterMetricFamily(
             "hostmux_tunnel_connects", "tunnel requests (ssh -R), by result", labels=["result"]
         )
@@ -362,6 +365,37 @@ def _activity_families(activity: Activity) -> Iterator[Metric]:
 
 # Every outcome a TCP tunnel connection ends with (``router.tcp_ports``), always exported.
 TCP_OUTCOMES = ("closed", "idle", "reset", "unavailable", "refused_source", "refused_limit")
+
+
+# How a TLS passthrough connection ends (``router.tls_front``), always exported.
+PASSTHROUGH_OUTCOMES = ("closed", "idle", "reset", "unavailable", "refused_limit")
+
+
+def _passthrough_families(stats: Counter[str]) -> Iterator[Metric]:
+    """TLS passthrough figures (only with ``tls_passthrough``)."""
+    connections = CounterMetricFamily(
+        "hostmux_passthrough_connections", "TLS passthrough connections ended, by outcome",
+        labels=["outcome"],
+    )  # fmt: skip
+    for outcome in PASSTHROUGH_OUTCOMES:
+        connections.add_metric([outcome], stats[outcome])
+    yield connections
+    transferred = CounterMetricFamily(
+        "hostmux_passthrough_bytes",
+        "bytes relayed through TLS passthrough tunnels, from clients (in) and to them",
+        labels=["direction"],
+    )
+    transferred.add_metric(["in"], stats["bytes_in"])
+    transferred.add_metric(["out"], stats["bytes_out"])
+    yield transferred
+    dropped = CounterMetricFamily(
+        "hostmux_tls_hellos_dropped",
+        "TLS connections closed before their ClientHello was complete, by reason",
+        labels=["reason"],
+    )
+    dropped.add_metric(["timeout"], stats["hello_timeout"])
+    dropped.add_metric(["incomplete"], stats["hello_incomplete"])
+    yield dropped
 
 
 def _tcp_families(tcp: TcpPorts) -> Iterator[Metric]:

@@ -8,11 +8,12 @@ Rules:
 2. What a reload applies (``RELOADABLE``): the TLS certificates and keys
    (``tls_cert_file``/``tls_key_file``, ``tls_cert_dir``), ``authorized_keys``,
    the portal CA keys, the browser and SSH limits, the HTTP timeouts, the
-   portal's timeout and cache lifetimes, the pool options (pools there are
-   take them too), the log level. New TLS handshakes get
-   the new certificates; connections already made keep theirs; new browser
-   connections get the new limits and timeouts; no tunnel and no browser
-   connection is dropped.
+   portal's timeout and cache lifetimes, the pool options, the log level,
+   ``[[client_cert_routes]]`` (their CA and CRL files read again, even when the
+   tables did not change; from none to some or back needs a restart). New TLS
+   handshakes get the new certificates and client certificate routes;
+   connections already made keep theirs; new browser connections get the new
+   limits and timeouts; no tunnel and no browser connection is dropped.
 3. Any other option that changed (listen addresses, workers, registry, ...)
    needs a restart: one ``reload_needs_restart`` line names them all (said by
    the supervisor, not by each of its workers), and their old values stay.
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from hostmux.config.layered import ConfigError
 from hostmux.log import fields
+from router.client_certs import parse_client_cert_routes
 from router.config import RouterConfig
 from router.pool import POOL_OPEN_SHARE
 from router.tls import load_certificates
@@ -68,6 +70,7 @@ RELOADABLE = frozenset(
         "pool_affinity",
         "pool_backoff_s",
         "log_level",
+        "client_cert_routes",
     )
 )
 # Set by the supervisor for each worker, the same on every reading.
@@ -86,6 +89,9 @@ def needs_restart(old: RouterConfig, new: RouterConfig) -> list[str]:
     if (old.tls_cert_file is None) != (new.tls_cert_file is None):
         # From the development CA to files or back: the state a router starts with.
         changed += [name for name in ("tls_cert_file", "tls_key_file") if name not in changed]
+    if bool(old.client_cert_routes) != bool(new.client_cert_routes):
+        # With routes the HTTPS listener reads each ClientHello first: the listener changes.
+        changed.append("client_cert_routes")
     return changed
 
 
@@ -125,6 +131,12 @@ def _apply_files(
         except ConfigError as exc:
             log.warning(fields("reload_kept", what="certificates", reason=str(exc)))
             kept.update({name: getattr(old, name) for name in _TLS_FILES})
+    if router.client_certs is not None and "client_cert_routes" in values:
+        try:  # read again even when unchanged: the CA or CRL files may have changed
+            router.client_certs.replace(parse_client_cert_routes(new.client_cert_routes))
+        except ConfigError as exc:
+            log.warning(fields("reload_kept", what="client_cert_routes", reason=str(exc)))
+            kept["client_cert_routes"] = old.client_cert_routes
     # Imported here: the supervisor imports this module and must not load asyncssh.
     from router.ssh.auth import AuthorizedKeys, load_ca_fingerprints
 
@@ -167,6 +179,8 @@ def _apply_limits(router: Router, config: RouterConfig) -> None:
         affinity=config.pool_affinity, backoff_s=config.pool_backoff_s,
         open_timeout_s=config.connect_timeout_s * POOL_OPEN_SHARE,
     )  # fmt: skip
+    if router.hellos is not None:  # TLS passthrough's channel opens
+        router.hellos.connect_timeout_s = config.connect_timeout_s
     if router.auth.portal is not None:
         router.auth.portal.retune(
             timeout_s=config.portal_timeout_s, ttl_s=config.portal_cache_ttl_s,

@@ -49,6 +49,7 @@ from hostmux.relay import (
     RelayLimits,
     RequestRecord,
     connection_handler,
+    front_door_protocol,
     start_front_door,
 )
 from hostmux.relay.front_door import log_request
@@ -57,6 +58,7 @@ from hostmux.tunnel.websocket import WssAcceptor
 from router.activity import Activity, checkpoint_path, tick_interval_s
 from router.admin import setup as admin
 from router.admin.token import AdminToken
+from router.client_certs import ClientCertRoutes, check_route_files, parse_client_cert_routes
 from router.config import RouterConfig
 from router.holding import HoldingPages, LookupLimit
 from router.membership import Membership
@@ -75,6 +77,7 @@ from router.ssh.server import (
 from router.state import RouterState, dev_ca_pem, file_certificates, front_door_tls, prepare_state
 from router.tcp_ports import TcpPorts, TcpSettings, parse_port_range, parse_port_rules
 from router.tls import FrontDoorTls
+from router.tls_front import HelloRouting, PeekingServer
 from router.tunnels import TunnelGateway, TunnelHub
 from router.workers.sockets import adopt
 from router.workers.worker import end_with_supervisor
@@ -130,6 +133,11 @@ class Router:
     # Activity, idle state and usage per name (``router.activity``); None: not kept.
     activity: Activity | None = None
     activity_cluster: ClusterActivity | None = None  # with a registry
+    # ``[[client_cert_routes]]`` (None: none); re-read on SIGHUP.
+    client_certs: ClientCertRoutes | None = None
+    # The ClientHello peek of the HTTPS and one-port listeners (``_peeks_hellos``), made
+    # once (its counters are the passthrough metrics).
+    hellos: HelloRouting | None = None
 
     def current_limits(self) -> RelayLimits:
         return self.relay_limits
@@ -167,8 +175,9 @@ class Listening:
     http_servers: list[asyncio.Server] = field(default_factory=list)
     cluster_servers: list[asyncio.Server] = field(default_factory=list)
     one_port_sockets: list[socket.socket] = field(default_factory=list)
-    # https_listen with acme_challenge tls-alpn-01: served by router.acme.tls_alpn.
-    tls_alpn_sockets: list[socket.socket] = field(default_factory=list)
+    # https_listen when hellos are peeked first (TLS passthrough, client certificate
+    # routes, acme_challenge tls-alpn-01): served by router.tls_front.
+    peeking_servers: list[PeekingServer] = field(default_factory=list)
     ops_server: OpsServer | None = None  # metrics_listen (not in a supervisor's worker)
     worker_ops: asyncio.AbstractServer | None = None  # a worker's snapshots for its supervisor
     admin_servers: list[asyncio.Server] = field(default_factory=list)
@@ -252,6 +261,11 @@ def build_router(config: RouterConfig) -> Router:
         from router.acme import build_acme
 
         acme, gateway.acme_http = build_acme(config, front_tls)
+    client_certs = None
+    if config.client_cert_routes:
+        client_certs = ClientCertRoutes(parse_client_cert_routes(config.client_cert_routes))
+        gateway.client_certs = client_certs
+    hub.tls_passthrough = config.tls_passthrough
     router = Router(
         config=config,
         state=state,
@@ -289,6 +303,7 @@ def build_router(config: RouterConfig) -> Router:
         admin_token=admin.admin_token(config),
         admin_agent=agent,
         acme=acme,
+        client_certs=client_certs,
     )
     ports = parse_port_range(config.tcp_port_range)
     if ports is not None:
@@ -358,6 +373,7 @@ def check_files(config: RouterConfig) -> None:
         from router.acme import check_acme_files
 
         check_acme_files(config)
+    check_route_files(parse_client_cert_routes(config.client_cert_routes))
 
 
 async def bind_router(router: Router, listening: Listening) -> None:
@@ -372,10 +388,9 @@ async def bind_router(router: Router, listening: Listening) -> None:
         bound["ssh"].append(f"{_fmt_host(host)}:{acceptor_port(acceptor)}")
     # SSH over WebSocket: the same SSH server, reached through the HTTPS front door.
     listening.ssh_acceptors.append(await _start_ssh(router, "", 0, tunnel=router.wss))
-    alpn = router.acme.tls_alpn if router.acme is not None else None
     for kind, context in (("https", router.tls), ("http", None)):
         for where, host, port, sock in _listen_on(config, kind):
-            if kind == "https" and alpn is not None:  # TLS-ALPN-01: hellos are peeked first
+            if kind == "https" and _peeks_hellos(router):
                 if sock is None:
                     try:
                         sock = open_listening_socket(host, port)
@@ -383,7 +398,7 @@ async def bind_router(router: Router, listening: Listening) -> None:
                         raise ConfigError(
                             f"cannot listen on {where}: {exc.strerror or exc}"
                         ) from None
-                listening.tls_alpn_sockets.append(sock)
+                listening.peeking_servers.append(PeekingServer(sock, _hello_routing(router)))
                 bound[kind].append(f"{_fmt_host(host)}:{sock.getsockname()[1]}")
                 continue
             server = await _bind(
@@ -500,8 +515,8 @@ async def serve_router(router: Router, listening: Listening, stop: asyncio.Event
         background.append(start(_activity_ticks(router), name="activity"))
     for sock in listening.one_port_sockets:
         background.append(start(_serve_one_port(router, sock), name="one-port"))
-    for sock in listening.tls_alpn_sockets:
-        background.append(start(_serve_tls_alpn(router, sock), name="https-tls-alpn"))
+    for peeking in listening.peeking_servers:
+        background.append(start(peeking.serve(), name="https-peek"))
     try:
         await _until_stopped(stop, background)
     finally:
@@ -570,6 +585,8 @@ async def drain_router(router: Router, listening: Listening) -> None:
         router.ops.stopping = True
     for server in [*listening.cluster_servers, *listening.http_servers]:
         server.close()
+    for peeking in listening.peeking_servers:
+        peeking.close()  # its passthrough connections go on until the tunnels close
     for acceptor in listening.ssh_acceptors:
         acceptor.close()
     if hub.cluster is not None:
@@ -588,6 +605,8 @@ async def shut_down_router(router: Router, listening: Listening) -> None:
     connections (bounded), then close the SSH side."""
     for server in [*listening.cluster_servers, *listening.http_servers]:
         server.close()
+    for peeking in listening.peeking_servers:
+        peeking.close()
     for server in listening.admin_servers:
         admin.close_admin(router.config, server)
     cluster = router.hub.cluster
@@ -661,22 +680,46 @@ async def _serve_one_port(router: Router, sock: socket.socket) -> None:
         sock, ssh_factory=lambda: wss.factory, https=handlers["https"], http=handlers["http"],
         tls=router.tls, tls_handshake_timeout_s=config.tls_handshake_timeout_s,
         sniff_timeout_s=config.tls_handshake_timeout_s,
+        hellos=_hello_routing(router) if _peeks_hellos(router) else None,
     )  # fmt: skip
 
 
-async def _serve_tls_alpn(router: Router, sock: socket.socket) -> None:
-    from router.acme.tls_alpn import serve_https_with_tls_alpn
+def _peeks_hellos(router: Router) -> bool:
+    """Whether TLS connections are read up to their ClientHello first (``router.tls_front``)."""
+    acme = router.acme
+    return bool(
+        router.config.tls_passthrough
+        or router.client_certs
+        or (acme is not None and acme.tls_alpn is not None)
+    )
 
-    assert router.tls is not None and router.acme is not None
-    assert router.acme.tls_alpn is not None
-    handler = connection_handler(
+
+def _hello_routing(router: Router) -> HelloRouting:
+    """The HTTPS front door behind a ClientHello peek: passthrough, client certificates, ACME
+    (one per router, shared by its listeners)."""
+    if router.hellos is None:
+        router.hellos = _new_hello_routing(router)
+    return router.hellos
+
+
+def _new_hello_routing(router: Router) -> HelloRouting:
+    config = router.config
+    assert router.tls is not None and router.certificates is not None
+    client_certs = router.client_certs
+    protocol = front_door_protocol(
         "https", gateway=router.gateway, limits=router.current_limits,
         connections=router.connections, counts=router.browsers,
         trusted_proxies=router.trusted, on_request=router.request_callback,
+        client_certificate=client_certs.certificate_of if client_certs else None,
     )  # fmt: skip
-    await serve_https_with_tls_alpn(
-        sock, handler=handler, tls=router.tls, challenges=router.acme.tls_alpn,
-        tls_handshake_timeout_s=router.config.tls_handshake_timeout_s,
+    return HelloRouting(
+        protocol=protocol, default=router.tls,
+        context_for_host=router.certificates.context_for_host, domain=config.domain,
+        handshake_timeout_s=config.tls_handshake_timeout_s, counts=router.browsers,
+        connect_timeout_s=config.connect_timeout_s, idle_timeout_s=config.tcp_idle_timeout_s,
+        passthrough=router.hub.passthrough_for if config.tls_passthrough else None,
+        client_certs=client_certs,
+        challenges=router.acme.tls_alpn if router.acme is not None else None,
     )  # fmt: skip
 
 

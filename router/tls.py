@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,12 +49,25 @@ _DEV_CONTEXT_CACHE = 512
 MAX_CERT_DIR_FILES = 10_000
 
 
+# Each front-door context's files, for the contexts made from it that also ask for a
+# client certificate (``router.client_certs``: a context cannot be copied).
+_FILES: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[Path, Path | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def tls_context(cert_file: Path, key_file: Path | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
     context.set_alpn_protocols(["http/1.1"])
+    _FILES[context] = (cert_file, key_file)
     return context
+
+
+def certificate_files(context: ssl.SSLContext) -> tuple[Path, Path | None] | None:
+    """The certificate and key files ``context`` (from ``tls_context``) was loaded from."""
+    return _FILES.get(context)
 
 
 class _EncryptedKey(Exception):
@@ -248,7 +262,15 @@ class FrontDoorTls:
     def _on_server_name(
         self, sock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
-        host = normalise_host(server_name) if server_name else None
+        chosen = self._chosen(normalise_host(server_name) if server_name else None)
+        if chosen is not None and chosen is not self.context:
+            sock.context = chosen
+
+    def context_for_host(self, host: str | None) -> ssl.SSLContext:
+        """The context whose certificate a handshake with SNI ``host`` gets."""
+        return self._chosen(host) or self.context
+
+    def _chosen(self, host: str | None) -> ssl.SSLContext | None:
         chosen = None
         if host is not None:
             chosen = self._certificates.for_host(host) or self._acme.for_host(host)
@@ -256,8 +278,7 @@ class FrontDoorTls:
             chosen = self._dev.context_for(host)
         if chosen is None:
             chosen = self._certificates.default or self._acme.default
-        if chosen is not None and chosen is not self.context:
-            sock.context = chosen
+        return chosen
 
 
 class DevCertificates:

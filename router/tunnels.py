@@ -41,6 +41,7 @@ from router.routing import NameTaken, Offline, RouteTable
 if TYPE_CHECKING:
     from router.acme.challenges import HttpChallenges
     from router.activity import Activity
+    from router.client_certs import ClientCertRoutes
     from router.cluster.forwarding import Forwarder
     from router.holding import HoldingPages
     from router.membership import Membership
@@ -90,6 +91,8 @@ class Tunnel:
     wants_pool: bool = False
     member_id: str = ""
     pool: Pool | None = None
+    # TLS passthrough (``-R NAME:443:...``): served raw by SNI, never as HTTP.
+    passthrough: bool = False
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.name} owner={self.owner} peer={self.peer}>"
@@ -122,6 +125,8 @@ class TunnelHub:
         self.activity: Activity | None = None
         # Pools' settings (``router.config``: pool_affinity, pool_backoff_s).
         self.pool_settings = PoolSettings(secret=os.urandom(32))
+        # TLS passthrough tunnels (``-R NAME:443:...``) allowed: the HTTPS port peeks SNI.
+        self.tls_passthrough = False
         # Tunnel and SSH events by kind (``router.operations`` turns them into metrics):
         # tunnel_up, tunnel_refused, ssh_auth_refused_key, ssh_auth_rate_limited.
         self.counts: Counter[str] = Counter()
@@ -312,6 +317,16 @@ class TunnelHub:
         found = routes.lookup(name)
         return found if isinstance(found, Tunnel) else None
 
+    def passthrough_for(self, server_name: str | None) -> Tunnel | None:
+        """The TLS passthrough tunnel a ClientHello naming ``server_name`` goes to, or None."""
+        if server_name is None:
+            return None
+        target = target_for_host(server_name, self.domain)
+        if target is None or target.label is None:
+            return None
+        found = self.routes.lookup(target.label)
+        return found if isinstance(found, Tunnel) and found.passthrough else None
+
     def held_all(self) -> list[tuple[str, Tunnel]]:
         """Every tunnel this router serves: names, then TCP ports."""
         tcp = self.tcp.held() if self.tcp is not None else []
@@ -371,6 +386,8 @@ class TunnelGateway:
         self.holding: HoldingPages | None = None
         # ACME's pending HTTP-01 answers (acme_challenge http-01), asked before routing.
         self.acme_http: HttpChallenges | None = None
+        # ``[[client_cert_routes]]``: names served only with a verified client certificate.
+        self.client_certs: ClientCertRoutes | None = None
 
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
@@ -399,7 +416,18 @@ class TunnelGateway:
             return router_home_page(
                 self._hub.domain, ssh_port=self._hub.ssh_port, as_html=_wants_html(request)
             )
+        if self.client_certs:
+            refusal = self._certificate_refusal(target.label, host, request, request_id, client)
+            if refusal is not None:
+                return refusal
         found = self._hub.routes.lookup(target.label)
+        if isinstance(found, Tunnel) and found.passthrough:
+            # Its TLS belongs to the backend: a connection terminated here (another SNI, or
+            # plain HTTP) never reaches it by its Host header.
+            return status_page(
+                421, f"{host} is served by TLS passthrough: connect with it as the TLS server "
+                "name (SNI)", request_id=request_id, as_html=_wants_html(request),
+            )  # fmt: skip
         if self.forwarder is not None and not isinstance(found, Tunnel):
             # Held here: served here, as without a cluster. Else another router may hold it.
             return self.forwarder.route(
@@ -445,6 +473,24 @@ class TunnelGateway:
             key=host, label=pool.name, open=pick.open,
             response_headers=pick.response_headers if cookie else self.response_headers,
             response_headers_checked=True,  # the cookie's value is ours (base64url)
+        )  # fmt: skip
+
+    def _certificate_refusal(
+        self, label: str, host: str, request: Request, request_id: str, client: ClientInfo
+    ) -> Page | None:
+        """403 when ``label`` is under a client certificate route and this connection's
+        certificate was not verified by that route (none, or one made for another name)."""
+        assert self.client_certs is not None
+        route = self.client_certs.route_for(label)
+        if route is None:
+            return None
+        certificate = client.certificate
+        if certificate is not None and certificate.verified_by == route.key:
+            return None
+        return status_page(
+            403, f"{host} needs a client certificate: this connection did not present one "
+            "its certificate authority signed", request_id=request_id,
+            as_html=_wants_html(request),
         )  # fmt: skip
 
 

@@ -41,7 +41,12 @@ FORWARDING = frozenset(
 # a browser's copy must not reach an app that trusts it, helper or not.
 IDENTITY = frozenset({b"x-hostmux-user"})
 
-NOT_FROM_BROWSERS = FORWARDING | IDENTITY
+# A client certificate the router verified (``router.client_certs``): RFC 9440's and ours.
+CLIENT_CERT = frozenset(
+    {b"client-cert", b"client-cert-chain", b"x-client-cert-subject", b"x-client-cert-fingerprint"}
+)
+
+NOT_FROM_BROWSERS = FORWARDING | IDENTITY | CLIENT_CERT
 # Every header of this prefix is the router's (the router link's, the auth helper's):
 # a browser's is dropped, so nothing downstream can mistake it for the router's word.
 HOSTMUX_PREFIX = b"x-hostmux-"

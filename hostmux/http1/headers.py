@@ -6,10 +6,11 @@ Rules:
    ``Connection``, are removed in both directions: they describe one hop.
 2. Framing (``Content-Length`` / ``Transfer-Encoding: chunked``) is kept as the
    parser validated it; ``Http1Connection`` re-frames each side on its own.
-3. Forwarding and identity headers are set by the router (identity: by the
-   auth helper) only. Client-sent copies are removed in every spelling that
-   some server normalises into the same name (case, ``_`` for ``-``), so an
-   app can trust them.
+3. Forwarding, client-certificate (RFC 9440 ``Client-Cert`` and the rest) and
+   identity headers are set by the router (identity: by the auth helper)
+   only. Client-sent copies are removed in every spelling that some server
+   normalises into the same name (case, ``_`` for ``-``), so an app can trust
+   them.
 4. A WebSocket upgrade keeps exactly ``Connection: upgrade`` and
    ``Upgrade: websocket``; other upgrades (h2c, TLS) are not passed on.
 """
@@ -46,12 +47,21 @@ _NONE: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """A client certificate the front door verified (``router.client_certs``)."""
+
+    verified_by: str  # the route (its name patterns) whose CA verified it
+    headers: tuple[tuple[bytes, bytes], ...]  # what the app gets: Client-Cert and the rest
+
+
+@dataclass(frozen=True, slots=True)
 class ClientInfo:
     """What the router knows about the browser side of a request."""
 
     peer_ip: str
     peer_port: int  # 0 when the browser is behind a trusted proxy
     scheme: str  # "https" or "http"
+    certificate: ClientCertificate | None = None  # a verified client certificate (mTLS)
 
 
 class TrustedProxies:
@@ -101,8 +111,8 @@ class TrustedProxies:
             if not self.trusts(ip):
                 break
         if ip == peer.peer_ip:
-            return ClientInfo(peer.peer_ip, peer.peer_port, scheme)
-        return ClientInfo(ip, 0, scheme)
+            return ClientInfo(peer.peer_ip, peer.peer_port, scheme, peer.certificate)
+        return ClientInfo(ip, 0, scheme, peer.certificate)
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -208,7 +218,7 @@ def forwarding_headers(host: bytes, client: ClientInfo) -> Headers:
     """``X-Forwarded-For/-Proto/-Host`` and ``Forwarded`` for a request from ``client``
     to ``host`` (the same for every request of a connection: the relay keeps them)."""
     quoted_host = host.decode("latin-1").replace('"', "")
-    return [
+    headers = [
         (b"x-forwarded-for", client.peer_ip.encode()),
         (b"x-forwarded-proto", client.scheme.encode()),
         (b"x-forwarded-host", host),
@@ -217,6 +227,9 @@ def forwarding_headers(host: bytes, client: ClientInfo) -> Headers:
             f'for={_forwarded_for(client.peer_ip)};proto={client.scheme};host="{quoted_host}"'.encode(),
         ),
     ]
+    if client.certificate is not None:
+        headers += client.certificate.headers
+    return headers
 
 
 def response_headers_for_client(

@@ -18,6 +18,7 @@ from hostmux.relay.front_door import (
     ConnectionHandler,
     ConnectionSet,
     connection_handler,
+    front_door_protocol,
     start_front_door,
 )
 from hostmux.relay.gateway import Destination, Gateway, UpstreamPool, UpstreamUnavailable
@@ -41,6 +42,7 @@ __all__ = [
     "UpstreamPool",
     "UpstreamUnavailable",
     "connection_handler",
+    "front_door_protocol",
     "open_tcp_stream",
     "splice",
     "start_front_door",

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
 
-from hostmux.http1.headers import ClientInfo, TrustedProxies
+from hostmux.http1.headers import ClientCertificate, ClientInfo, TrustedProxies
 from hostmux.limits import ConnectionCounts
 from hostmux.log import fields
 from hostmux.relay.gateway import Gateway
@@ -154,6 +154,39 @@ async def start_front_door(
     """
     scheme = "https" if tls is not None else "http"
     loop = asyncio.get_running_loop()
+    protocol = front_door_protocol(
+        scheme, gateway=gateway, limits=limits, connections=connections, counts=counts,
+        trusted_proxies=trusted_proxies, on_request=on_request,
+    )  # fmt: skip
+
+    where: dict[str, Any] = (
+        {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_address": True}
+    )
+    return await loop.create_server(
+        protocol,
+        ssl=tls,
+        ssl_handshake_timeout=tls_handshake_timeout_s if tls is not None else None,
+        backlog=1024,
+        **where,
+    )
+
+
+def front_door_protocol(
+    scheme: str,
+    *,
+    gateway: Gateway,
+    limits: RelayLimits | Callable[[], RelayLimits],
+    connections: ConnectionSet,
+    counts: ConnectionCounts,
+    trusted_proxies: TrustedProxies | None = None,
+    on_request: Callable[[RequestRecord], None] = log_request,
+    client_certificate: Callable[[Any], ClientCertificate | None] | None = None,
+) -> Callable[[], TransportStream]:
+    """The front door's protocol factory, for ``create_server`` or for a socket accepted
+    elsewhere (``loop.connect_accepted_socket``: the router's ClientHello peek);
+    ``client_certificate`` is given a TLS connection's ``SSLObject``: its verified client
+    certificate, if any, which the app is told of."""
+    loop = asyncio.get_running_loop()
 
     def on_made(stream: TransportStream, now: RelayLimits) -> None:
         assert stream.transport is not None
@@ -161,6 +194,7 @@ async def start_front_door(
             _serve_stream(
                 stream, scheme, gateway=gateway, limits=now, connections=connections,
                 counts=counts, trusted_proxies=trusted_proxies, on_request=on_request,
+                client_certificate=client_certificate,
             )
         )  # fmt: skip
         _running.add(task)
@@ -173,16 +207,7 @@ async def start_front_door(
             scheme, on_made=partial(on_made, now=now), close_linger_s=now.send_timeout_s
         )
 
-    where: dict[str, Any] = (
-        {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_address": True}
-    )
-    return await loop.create_server(
-        protocol,
-        ssl=tls,
-        ssl_handshake_timeout=tls_handshake_timeout_s if tls is not None else None,
-        backlog=1024,
-        **where,
-    )
+    return protocol
 
 
 # The connections' tasks, held until they end (the loop keeps only weak references).
@@ -199,6 +224,7 @@ async def _serve_stream(
     counts: ConnectionCounts,
     trusted_proxies: TrustedProxies | None,
     on_request: Callable[[RequestRecord], None],
+    client_certificate: Callable[[Any], ClientCertificate | None] | None = None,
 ) -> None:
     """One accepted connection's task: admit it, relay it, release its count."""
     task = asyncio.current_task()
@@ -211,7 +237,12 @@ async def _serve_stream(
         return
     try:
         stream.label = f"{scheme}:{ip}:{peer[1]}"
-        info = ClientInfo(peer_ip=ip, peer_port=int(peer[1]), scheme=scheme)
+        certificate = None
+        if client_certificate is not None:
+            ssl_object = stream.transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                certificate = client_certificate(ssl_object)
+        info = ClientInfo(ip, int(peer[1]), scheme, certificate)
         relay = HttpRelay(stream, info, gateway, limits, on_request, trusted_proxies)
         connections.add(task, relay)
         await relay.run()

@@ -5,19 +5,17 @@ and expects a self-signed certificate for DOMAIN carrying the critical
 ``acmeIdentifier`` extension (the SHA-256 of the key authorization). Python's
 ssl shows a server the ALPN list only after it chose a certificate, so with
 ``acme_challenge = "tls-alpn-01"`` the HTTPS listener peeks at each
-ClientHello first (``hostmux.tls_hello.peek_client_hello``, which leaves it in
-the socket): a hello offering ``acme-tls/1`` for a name with a pending
-challenge gets the challenge certificate and is closed after the handshake;
-every other connection gets the front door as usual, its hello untouched.
+ClientHello first (``router.tls_front``, which leaves it in the socket): a
+hello offering ``acme-tls/1`` for a name with a pending challenge gets the
+challenge certificate and is closed after the handshake; every other
+connection gets the front door as usual, its hello untouched.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
-import socket
 import ssl
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -27,11 +25,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-from hostmux.log import fields
-from hostmux.relay import READ_CHUNK_BYTES, ConnectionHandler
-from hostmux.tls_hello import HelloError, peek_client_hello
-from router.one_port import AcceptFailures
 
 log = logging.getLogger("hostmux.acme")
 
@@ -101,66 +94,3 @@ def _challenge_context(host: str, key_authorization: str, scratch: Path) -> ssl.
     finally:
         os.unlink(path)
     return context
-
-
-async def serve_https_with_tls_alpn(
-    sock: socket.socket,
-    *,
-    handler: ConnectionHandler,
-    tls: ssl.SSLContext,
-    challenges: TlsAlpnChallenges,
-    tls_handshake_timeout_s: float,
-) -> None:
-    """Accept on ``sock`` until cancelled: each connection's hello is peeked, then it gets
-    the challenge (``acme-tls/1`` for a pending name) or the front door."""
-    loop = asyncio.get_running_loop()
-    failures = AcceptFailures()
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            while True:
-                try:
-                    conn, _ = await loop.sock_accept(sock)
-                except OSError as exc:
-                    if failures.failed():
-                        log.error(fields("https_accept_failed", reason=str(exc)))
-                    await asyncio.sleep(_CAPACITY_PAUSE_S)
-                    continue
-                failures.succeeded()
-                tasks.create_task(
-                    _dispatch(conn, handler, tls, challenges, tls_handshake_timeout_s)
-                )
-    finally:
-        sock.close()
-
-
-async def _dispatch(
-    conn: socket.socket,
-    handler: ConnectionHandler,
-    tls: ssl.SSLContext,
-    challenges: TlsAlpnChallenges,
-    timeout_s: float,
-) -> None:
-    loop = asyncio.get_running_loop()
-    conn.setblocking(False)
-    try:
-        try:
-            hello = await peek_client_hello(conn, timeout_s=timeout_s)
-        except HelloError:
-            hello = None  # not ours to judge: the TLS handshake refuses it in its own words
-        challenge = challenges.context_for(hello.sni, hello.alpn) if hello else None
-        if challenge is None:
-            reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
-            protocol = asyncio.StreamReaderProtocol(reader, handler)
-            await loop.connect_accepted_socket(
-                lambda: protocol, conn, ssl=tls, ssl_handshake_timeout=timeout_s
-            )
-            return
-        assert hello is not None
-        transport, _ = await loop.connect_accepted_socket(
-            asyncio.Protocol, conn, ssl=challenge, ssl_handshake_timeout=timeout_s
-        )
-        log.info(fields("acme_tls_alpn_answered", name=hello.sni))
-        transport.close()  # the handshake was the answer
-    except (OSError, ssl.SSLError, TimeoutError) as exc:
-        log.debug(fields("https_dropped", reason=type(exc).__name__))
-        conn.close()

@@ -89,6 +89,9 @@ _ANY_NAME = frozenset({"", "localhost", "*", "0.0.0.0", "::", "127.0.0.1", "::1"
 # no event loop is handed a delay it cannot hold (valid_before may be year 2500).
 _MAX_EXPIRY_TIMER_S = 24 * 3600.0
 
+# ``-R NAME:443:HOST:PORT`` (or ``-R 443:...``): a TLS passthrough tunnel, not HTTP.
+PASSTHROUGH_PORT = 443
+
 # Random names collide with probability ~N/2^60; a few retries make the
 # refusal for "no free random name" practically unreachable.
 _RANDOM_NAME_ATTEMPTS = 5
@@ -320,6 +323,11 @@ class _ConnectionHandler(asyncssh.SSHServer):
             return self._refuse(where, "the register user cannot forward")
         if listen_host == "tcp":
             return self._claim_tcp(grant, listen_port, where)
+        passthrough = listen_port == PASSTHROUGH_PORT
+        if passthrough and not self._hub.tls_passthrough:
+            return self._refuse(
+                where, "TLS passthrough (-R NAME:443:...) is off on this router (tls_passthrough)"
+            )
         if listen_host in _ANY_NAME:
             if grant.default_name is not None:
                 candidates = [grant.default_name]
@@ -344,7 +352,10 @@ class _ConnectionHandler(asyncssh.SSHServer):
         opener = _tcp_opener(
             self._connection, listen_host, port, self._settings.window_bytes, self._pending
         )
-        return self._claim(candidates, grant, opener, (listen_host, listen_port), port, where)
+        return self._claim(
+            candidates, grant, opener, (listen_host, listen_port), port, where,
+            passthrough=passthrough,
+        )  # fmt: skip
 
     def unix_server_requested(
         self, listen_path: str
@@ -368,6 +379,8 @@ class _ConnectionHandler(asyncssh.SSHServer):
         listen: tuple[str, int],
         port: int,
         where: str,
+        *,
+        passthrough: bool = False,
     ) -> VirtualForward | bool | Awaitable[VirtualForward | bool]:
         """Claim the first free candidate; in a cluster an awaitable (asyncssh awaits it)."""
         if not self._limits.add_tunnel(grant.owner):
@@ -377,7 +390,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
             Tunnel(
                 name=name, owner=grant.owner, peer=self._state.peer, open_stream=opener,
                 transport=self._transport, wants_pool=self._state.pool,
-                member_id=self._state.member_id or "",
+                member_id=self._state.member_id or "", passthrough=passthrough,
             )
             for name in candidates
         ]  # fmt: skip
@@ -479,7 +492,10 @@ class _ConnectionHandler(asyncssh.SSHServer):
     ) -> VirtualForward:
         forward = VirtualForward(self._hub, tunnel, listen, port, self._forget)
         tunnel.close = functools.partial(self._close_forward, forward)
-        self._state.add(forward, f"Forwarding {self._hub.url_for(tunnel.name)} -> your {where}")
+        how = " (TLS passthrough: your backend's certificate)" if tunnel.passthrough else ""
+        self._state.add(
+            forward, f"Forwarding {self._hub.url_for(tunnel.name)}{how} -> your {where}"
+        )
         return forward
 
     def _no_name(self, tunnels: list[Tunnel], where: str) -> bool:

@@ -205,7 +205,11 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             self._chan.write_stderr(line + newline)
 
     def _url_lines(self) -> list[str]:
-        lines = [f"Forwarding {self._hub.url_for(f.tunnel.name)}" for f in self._state.forwards]
+        lines = [
+            f"Forwarding {self._hub.url_for(f.tunnel.name)}"
+            + (" (TLS passthrough: your backend's certificate)" if f.tunnel.passthrough else "")
+            for f in self._state.forwards
+        ]
         lines += [f"Refused -R {r['listen']}: {r['reason']}" for r in self._state.refusals]
         return lines or ["No tunnels yet: add -R NAME:80:localhost:PORT to your ssh command."]
 
@@ -217,7 +221,7 @@ class ToolSession(asyncssh.SSHServerSession[str]):
         tunnels = [
             {"name": f.tunnel.name, "url": self._hub.url_for(f.tunnel.name),
              "listen": "{}:{}".format(*f.listen), "router": router_id,
-             "pool": self._pool_facts(f.tunnel)}
+             "pool": self._pool_facts(f.tunnel), "kind": _kind(f.tunnel)}
             for f in self._state.forwards
         ]  # fmt: skip
         if "--json" in words:
@@ -274,3 +278,10 @@ class ToolSession(asyncssh.SSHServerSession[str]):
             chan.exit(1)
             return
         chan.write(self._hub.url_for(forward.tunnel.name) + "\n")
+
+
+def _kind(tunnel: Tunnel) -> str:
+    """A tunnel's kind for ``tunnels --json``: http, tls (passthrough) or tcp."""
+    if tunnel.name.startswith("tcp:"):
+        return "tcp"
+    return "tls" if tunnel.passthrough else "http"

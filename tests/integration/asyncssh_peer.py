@@ -9,7 +9,8 @@ Modes (each prints one line per step on stdout, flushed, for ``wait_for``):
 
 ``serve NAME WHO``      holds NAME; every forwarded connection gets a tiny HTTP
                         response whose body is WHO.
-``never-confirm NAME``  holds NAME, but never confirms (nor refuses) a channel open.
+``never-confirm NAME``  holds NAME, but never confirms (nor refuses) a channel open
+                        (``--label-port 443``: as a TLS passthrough tunnel).
 ``never-read NAME``     holds NAME, accepts channels and never reads from them.
 ``late-confirm NAME``   holds NAME; confirms a channel open only when a line
                         arrives on stdin, then reports what the router does with it.
@@ -115,7 +116,7 @@ async def run(args: argparse.Namespace) -> int:
         await conn.start_server(lambda host, port: http_responder(args.who), args.name, LABEL_PORT)
         say(f"forwarding {args.name}")
     elif args.mode == "never-confirm":
-        await conn.create_server(never_confirm, args.name, LABEL_PORT)
+        await conn.create_server(never_confirm, args.name, args.label_port)
         say(f"forwarding {args.name}")
     elif args.mode == "late-confirm":
         await conn.create_server(confirm_when_told, args.name, LABEL_PORT)
@@ -183,6 +184,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--known-hosts", required=True)
     parser.add_argument("--key", action="append", required=True)
+    # The forward's port (a label): 443 asks for a TLS passthrough tunnel.
+    parser.add_argument("--label-port", type=int, default=LABEL_PORT)
     modes = parser.add_subparsers(dest="mode", required=True)
     serve = modes.add_parser("serve")
     serve.add_argument("name")

@@ -19,6 +19,7 @@ from hostmux.http1 import (
     request_headers_for_app,
     response_headers_for_client,
 )
+from hostmux.http1.headers import ClientCertificate
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -128,6 +129,15 @@ def test_tokens_of_every_connection_header_are_honoured() -> None:
         b"x-hostmux-generation",
         b"x_hostmux_client",
         b"x-hostmux-anything-new",
+        b"client-cert",  # RFC 9440 and ours: only a certificate the router verified
+        b"client_cert",
+        b"client-cert-chain",
+        b"client_cert_chain",
+        b"x-client-cert-subject",
+        b"x_client_cert_subject",
+        b"x-client_cert-subject",
+        b"x-client-cert-fingerprint",
+        b"x_client_cert_fingerprint",
     ],
 )
 def test_client_sent_forwarding_headers_are_dropped_in_every_spelling(name: bytes) -> None:
@@ -344,3 +354,31 @@ def test_an_untrusted_peer_is_the_client_whatever_it_says() -> None:
     assert not TrustedProxies([])
     assert TRUSTED.trusts("::1")
     assert not TRUSTED.trusts("not an ip")
+
+
+def test_parsed_client_cert_headers_are_dropped_and_the_routers_are_appended() -> None:
+    server = Http1Connection(Role.SERVER)
+    server.receive_data(
+        b"GET / HTTP/1.1\r\nHost: a\r\nClient-Cert: :bWFsbG9yeQ==:\r\n"
+        b"X-Client-Cert-Subject: CN=mallory\r\n\r\n"
+    )
+    request = server.next_event()
+    assert isinstance(request, Request) and request.facts is not None
+    assert request.facts.droppable
+    verified = ClientCertificate(
+        verified_by="lab-*", headers=((b"client-cert", b":YWxpY2U=:"),
+                                      (b"x-client-cert-subject", b"CN=alice")),
+    )  # fmt: skip
+    client = dataclasses.replace(CLIENT, certificate=verified)
+    out = request_headers_for_app(
+        request.headers, host=HOST, client=client, request_id="rid-1", websocket=False,
+        facts=request.facts,
+    )  # fmt: skip
+    assert out == [(b"host", b"a"), *FORWARDING[:-1], *verified.headers, FORWARDING[-1]]
+
+
+def test_a_trusted_proxy_keeps_the_connections_client_certificate() -> None:
+    verified = ClientCertificate(verified_by="lab-*", headers=((b"client-cert", b":YQ==:"),))
+    peer = ClientInfo("10.0.0.1", 4000, "https", verified)
+    client = TrustedProxies(["10.0.0.0/8"]).client_of([(b"x-forwarded-for", b"198.51.100.1")], peer)
+    assert client == ClientInfo("198.51.100.1", 0, "https", verified)

@@ -31,6 +31,19 @@ def test_listen_addresses_workers_and_registry_need_a_restart() -> None:
     assert needs_restart(old, new) == ["https_listen", "registry", "workers"]
 
 
+def test_client_cert_routes_reload_but_none_to_some_needs_a_restart() -> None:
+    routes = [{"names": "lab-*", "ca_file": "/etc/lab-ca.pem"}]
+    other = [{"names": ["lab-*", "ops"], "ca_file": "/etc/ops-ca.pem"}]
+    with_routes = RouterConfig(client_cert_routes=routes)
+    assert (
+        needs_restart(with_routes, dataclasses.replace(with_routes, client_cert_routes=other)) == []
+    )
+    assert needs_restart(RouterConfig(), with_routes) == ["client_cert_routes"]
+    assert needs_restart(with_routes, RouterConfig()) == ["client_cert_routes"]
+    passthrough = dataclasses.replace(RouterConfig(), tls_passthrough=True)
+    assert needs_restart(RouterConfig(), passthrough) == ["tls_passthrough"]
+
+
 def test_reloadable_options_never_need_a_restart() -> None:
     old = RouterConfig(tls_cert_file=Path("/a.crt"), tls_key_file=Path("/a.key"))
     new = dataclasses.replace(

@@ -71,7 +71,7 @@ def log_request(record: RequestRecord) -> None:
             "request", rid=record.request_id, name=record.name or None, host=record.host or None,
             peer=record.peer, method=record.method, target=record.target[:200],
             status=record.status, bytes_in=record.bytes_in, bytes_out=record.bytes_out,
-            ms=record.duration_ms, note=record.note or None,
+            ms=record.duration_ms, note=record.note or None, user=record.user or None,
         )
     )  # fmt: skip
 

@@ -271,6 +271,7 @@ class HttpRelay:
                 await self._browser.send_page(decision, head_only=request.method == b"HEAD")
                 return False
             record.name = decision.label
+            record.user = decision.user
             websocket = request.method == b"GET" and facts_of(request).websocket_upgrade
             upstream_request = self._upstream_request(
                 request, checked, decision, client, rid, websocket
@@ -354,9 +355,10 @@ class HttpRelay:
         """The request the app receives: the browser's, its headers rewritten."""
         fields = request.headers
         if decision.request_headers is not None:
-            return request_checking_headers(
-                request.method, checked.target, decision.request_headers(fields, websocket)
-            )
+            app_headers = decision.request_headers(fields, websocket)
+            if decision.request_headers_checked:
+                return request_of_checked_headers(request.method, checked.target, app_headers)
+            return request_checking_headers(request.method, checked.target, app_headers)
         kept = self._forwarding
         if kept is None or kept[0] != checked.host_value or kept[1] != client:
             kept = self._forwarding = (

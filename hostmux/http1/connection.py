@@ -163,12 +163,12 @@ class Http1Connection(LlhttpParsing):
                 raise RemoteProtocolError("the peer closed the connection mid-message")
             self.their_state = State.CLOSED
             return CONNECTION_CLOSED
-        event = self._events.popleft()
+        event = self._events.pop(0)
         if isinstance(event, Data):
             return event
         info = (True, False)
         if isinstance(event, tuple):
-            info, event = event, self._events.popleft()
+            info, event = event, self._events.pop(0)
             assert not isinstance(event, tuple)  # a head's info is followed by its head
         if isinstance(event, EndOfMessage):
             self.their_state = _DONE if self._keep_alive else _MUST_CLOSE

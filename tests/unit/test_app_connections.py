@@ -24,6 +24,7 @@ from hostmux.relay import (
     ConnectionSet,
     Destination,
     RelayLimits,
+    RequestRecord,
     connection_handler,
     start_front_door,
 )
@@ -85,7 +86,7 @@ class Gateway:
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination:
-        return Destination(key="app", label="app", open=self.app.open, pool=self.app)
+        return Destination(key="app", label="app", open=self.app.open, pool=self.app, user="alice")
 
 
 @dataclass
@@ -93,6 +94,7 @@ class World:
     app: App
     pool: AppConnections
     helper_port: int
+    records: list[RequestRecord]
 
 
 @asynccontextmanager
@@ -102,15 +104,16 @@ async def world(
     app = app or App()
     app_server = await asyncio.start_server(app.serve, "127.0.0.1", 0)
     app.port = app_server.sockets[0].getsockname()[1]
+    records: list[RequestRecord] = []
     pool = AppConnections("127.0.0.1", app.port, max_idle=max_idle, idle_timeout_s=idle_timeout_s)
     # The helper's own front door (``authhelper._server``): express path included.
     helper = await start_front_door(
         "127.0.0.1", 0, gateway=Gateway(pool), limits=RelayLimits(), connections=ConnectionSet(),
         counts=ConnectionCounts(max_total=100, max_per_key=100), tls=None,
-        tls_handshake_timeout_s=0.0,
+        tls_handshake_timeout_s=0.0, on_request=records.append,
     )  # fmt: skip
     try:
-        yield World(app, pool, helper.sockets[0].getsockname()[1])
+        yield World(app, pool, helper.sockets[0].getsockname()[1], records)
     finally:
         helper.close()
         pool.close()
@@ -264,6 +267,8 @@ def test_a_pooled_connection_is_lent_without_a_task_and_carries_keep_alive_reque
             writer.close()
             await until(lambda: w.pool.idle == 1)
             assert (w.app.opened, w.app.closed_by_peer) == (1, 0)
+            # Each request's record names who the gateway let through (the audit's user).
+            assert [(r.status, r.user) for r in w.records] == [(200, "alice")] * 4
 
     run(scenario())
 

@@ -115,6 +115,23 @@ def _lean_event() -> asyncio.Event:
     return event
 
 
+# The forwarding headers by (Host value, client IP, scheme): what they say depends on
+# nothing else, and a browser holds several connections to one host (each idle one
+# would otherwise keep its own copy, ~0.6 KiB). Never changed once made; emptied when full.
+_FORWARDING: dict[tuple[bytes, str, str], tuple[tuple[bytes, str, str], Headers]] = {}
+_FORWARDING_MAX = 4096
+
+
+def _forwarding_for(host: bytes, client: ClientInfo) -> tuple[tuple[bytes, str, str], Headers]:
+    key = (host, client.peer_ip, client.scheme)
+    kept = _FORWARDING.get(key)
+    if kept is None:
+        if len(_FORWARDING) >= _FORWARDING_MAX:
+            _FORWARDING.clear()
+        kept = _FORWARDING[key] = (key, forwarding_headers(host, client))
+    return kept
+
+
 # Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -127,6 +144,13 @@ class HttpRelay:
     Error handling: never raises for I/O or protocol errors; cancellation
     propagates.
     """
+
+    # Slots: every idle keep-alive connection holds one (no per-instance dict).
+    __slots__ = (
+        "_between_requests", "_bound_host", "_browser", "_deadline", "_express",
+        "_forwarding", "_gateway", "_going_away", "_info", "_limits", "_on_request", "_peer",
+        "_pool", "_responses", "_served", "_trusted", "_upstream", "prepared", "splicing",
+    )  # fmt: skip
 
     # The timeout of the waits in the task running ``run`` (set there: the relay
     # may be made in another task than the one that runs it).
@@ -166,9 +190,10 @@ class HttpRelay:
         self._express: Express | None = None
         if isinstance(client, TransportStream):
             self._express = Express(self, client)
-        # The forwarding headers of this connection's Host and client (host value,
-        # client, headers): the same for each of its requests.
-        self._forwarding: tuple[bytes, ClientInfo, Headers] | None = None
+        # The forwarding headers of this connection's Host and client address
+        # ((host value, client IP, scheme), headers): the same for each of its
+        # requests, and shared with the client's other connections (``_forwarding_for``).
+        self._forwarding: tuple[tuple[bytes, str, str], Headers] | None = None
         # What the express path had done for a request it handed back (see _handle).
         self.prepared: Prepared | None = None
 
@@ -374,13 +399,16 @@ class HttpRelay:
                 return request_of_checked_headers(request.method, checked.target, app_headers)
             return request_checking_headers(request.method, checked.target, app_headers)
         kept = self._forwarding
-        if kept is None or kept[0] != checked.host_value or kept[1] != client:
-            kept = self._forwarding = (
-                checked.host_value, client, forwarding_headers(checked.host_value, client)
-            )  # fmt: skip
+        if (
+            kept is None
+            or kept[0][0] != checked.host_value
+            or kept[0][1] != client.peer_ip
+            or kept[0][2] != client.scheme
+        ):
+            kept = self._forwarding = _forwarding_for(checked.host_value, client)
         headers = request_headers_for_app(
             fields, host=checked.host_value, client=client, request_id=rid,
-            websocket=websocket, facts=request.facts, forwarding=kept[2],
+            websocket=websocket, facts=request.facts, forwarding=kept[1],
         )  # fmt: skip
         facts = request.facts
         # The body's framing is the browser's, as parsed (the filter keeps

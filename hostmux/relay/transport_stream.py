@@ -45,6 +45,13 @@ class Kicked(Exception):
 class TransportStream(asyncio.Protocol):
     """One browser connection: the protocol on its transport and the relay's ``ByteStream``."""
 
+    # Slots: every idle keep-alive connection holds one (no per-instance dict).
+    __slots__ = (
+        "_chunks", "_close_linger_s", "_drain_waiter", "_eof", "_kicked", "_lost", "_on_made",
+        "_read_paused", "_read_waiter", "_unread", "_write_paused", "express", "hold", "label",
+        "transport",
+    )  # fmt: skip
+
     def __init__(
         self,
         label: str,

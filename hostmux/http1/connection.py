@@ -193,6 +193,11 @@ class Http1Connection(LlhttpParsing):
             raise event
         return event
 
+    def waiting_for_a_head(self) -> bool:
+        """Between two messages with nothing parsed or ended on their side: ``next_event``
+        would say NEED_DATA and nothing else (a relay may stop waiting on it)."""
+        return self.their_state is State.IDLE and not self._events and not self._eof
+
     def whole_response_queued(self, max_body: int) -> bool:
         """Whether exactly one final response is parsed and queued, head to end, with at
         most ``max_body`` bytes of body and nothing after it (the express path)."""

@@ -35,6 +35,15 @@ The express path (``express``: the router's front door only) relays a kept-alive
 connection's small requests by these same rules from the transports' callbacks
 while ``_serve`` waits for the next request, and hands anything else back to it
 (``prepared``, ``RESUME``, ``_resume``).
+
+Parking (the front door's connections, ``restart`` set): a connection that waits
+for its next request with its upstream open and nothing queued does not keep a
+task for it. The task ends, leaving the wait to the express path, the deadline
+(``Deadline.park``) and the stream (``TransportStream.unpark``); whatever would
+have woken the task (a request the express path hands back, bytes it did not
+take, EOF, the deadline, ``go_away``) starts a task again with ``restart``,
+which ``resume``s the wait where it was. An idle keep-alive connection then
+holds no task, coroutine frames or waiter (~2 KiB each).
 """
 
 from __future__ import annotations
@@ -148,8 +157,9 @@ class HttpRelay:
     # Slots: every idle keep-alive connection holds one (no per-instance dict).
     __slots__ = (
         "_between_requests", "_bound_host", "_browser", "_deadline", "_express",
-        "_forwarding", "_gateway", "_going_away", "_info", "_limits", "_on_request", "_peer",
-        "_pool", "_responses", "_served", "_trusted", "_upstream", "prepared", "splicing",
+        "_forwarding", "_gateway", "_going_away", "_info", "_limits", "_on_request", "_parked",
+        "_peer", "_pool", "_responses", "_served", "_trusted", "_upstream", "prepared",
+        "restart", "splicing",
     )  # fmt: skip
 
     # The timeout of the waits in the task running ``run`` (set there: the relay
@@ -196,9 +206,27 @@ class HttpRelay:
         self._forwarding: tuple[tuple[bytes, str, str], Headers] | None = None
         # What the express path had done for a request it handed back (see _handle).
         self.prepared: Prepared | None = None
+        # Starts a task that ``resume``s a parked relay (the front door's; None: never parks).
+        self.restart: Callable[[HttpRelay], None] | None = None
+        self._parked = False
 
     def __repr__(self) -> str:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
+
+    @property
+    def stream(self) -> ByteStream:
+        """The browser's stream."""
+        return self._browser.stream
+
+    @property
+    def client_ip(self) -> str:
+        """The browser's address (the connection's, not a forwarded one)."""
+        return self._info.peer_ip
+
+    @property
+    def parked(self) -> bool:
+        """The connection idles without a task (``restart`` starts one when needed)."""
+        return self._parked
 
     def go_away(self) -> None:
         """Shutdown: close now if idle, else after the response in flight (with
@@ -208,6 +236,8 @@ class HttpRelay:
             self._express.hand_back()  # the task finishes it, saying Connection: close
         elif self._between_requests:
             self._deadline.expire()  # the wait for a request ends as if its time were up
+        if self._parked:
+            self._unpark()  # a task now, for the drain to wait on
 
     async def run(self) -> None:
         self._deadline = Deadline()
@@ -216,33 +246,89 @@ class HttpRelay:
             response_timeout_s=self._limits.response_timeout_s,
             idle_timeout_s=self._limits.upstream_idle_timeout_s,
         )  # fmt: skip
+        await self._run(resumed=False)
+
+    async def resume(self) -> None:
+        """Go on with a parked relay's wait, in the task ``restart`` started."""
+        await self._run(resumed=True)
+
+    async def _run(self, *, resumed: bool) -> None:
         try:
-            await self._serve()
+            await self._serve(resumed)
         except (Abort, ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
-            if self._express is not None:
-                self._express.stop()
-            self._deadline.close()
-            self._release_upstream()
-            self._browser.close()
+            if not self._parked:
+                if self._express is not None:
+                    self._express.stop()
+                self._deadline.close()
+                self._release_upstream()
+                self._browser.close()
+
+    def _park(self, timeout: float) -> bool:
+        """End the task here if the connection may wait for its next request without it."""
+        express, browser = self._express, self._browser
+        stream = browser.stream
+        if (
+            self.restart is None
+            or express is None
+            or self._upstream is None
+            or express.inflight is not None
+            or browser.handover is not None
+            or browser.busy
+            or not isinstance(stream, TransportStream)
+            or stream.has_queued
+            or not browser.h.waiting_for_a_head()
+        ):
+            return False
+        self._parked = True
+        self._between_requests = True
+        express.armed = True
+        self._deadline.park(timeout, self._unpark)
+        stream.unpark = self._unpark
+        return True
+
+    def _unpark(self) -> None:
+        """A parked relay's wait needs its task again (called from callbacks)."""
+        if not self._parked:
+            return
+        self._parked = False
+        stream = self._browser.stream
+        if isinstance(stream, TransportStream):
+            stream.unpark = None
+        assert self.restart is not None
+        self.restart(self)
 
     # -- the request loop ----------------------------------------------------
 
-    async def _serve(self) -> None:
+    async def _serve(self, resumed: bool = False) -> None:
         h = self._browser.h
         limits = self._limits
         express = self._express
-        while self._served < limits.max_requests_per_connection:
-            # (the express path counts the requests it answers while the task waits)
-            self._served += 1
-            timeout = limits.header_timeout_s if self._served == 1 else limits.keepalive_timeout_s
-            if self._going_away.is_set():
-                return
+        while resumed or self._served < limits.max_requests_per_connection:
+            if resumed:  # a parked wait, taken over: what is left of its time
+                task = asyncio.current_task()
+                assert task is not None
+                timeout = self._deadline.resume(task)
+                resumed = False
+                expired = timeout <= 0  # its time ran out while parked (the deadline woke it)
+            else:
+                expired = False
+                # (the express path counts the requests it answers while the task waits)
+                self._served += 1
+                timeout = (
+                    limits.header_timeout_s if self._served == 1 else limits.keepalive_timeout_s
+                )
+                if self._going_away.is_set():
+                    return
+                if self._park(timeout):
+                    return
             try:
                 self._between_requests = True
                 if express is not None:
                     express.armed = self._upstream is not None
+                if expired:  # as if the wait below had timed out (what woke it is moot)
+                    raise TimeoutError
                 with self._deadline.within(timeout):
                     event = await self._browser.next_event()
             except TimeoutError:

@@ -20,6 +20,10 @@ SSH channel:
   returns whether it took the bytes. ``kick`` wakes the waiting task without
   bytes (``Kicked`` raised from ``receive``) when the express path hands the
   rest of its work back.
+- ``unpark``: while the relay's task has ended with the connection idle
+  (``HttpRelay``'s parking: the express path serves it from callbacks), what
+  would wake a waiting reader (bytes the express path did not take, EOF, a
+  loss, ``kick``) calls this instead, once, to start the task again.
 
 Error handling: after the connection was lost with an error, ``receive`` and
 ``drain`` raise ``ConnectionResetError``; a peer's EOF reads as ``b""``.
@@ -49,7 +53,7 @@ class TransportStream(asyncio.Protocol):
     __slots__ = (
         "_chunks", "_close_linger_s", "_drain_waiter", "_eof", "_kicked", "_lost", "_on_made",
         "_read_paused", "_read_waiter", "_unread", "_write_paused", "express", "hold", "label",
-        "transport",
+        "transport", "unpark",
     )  # fmt: skip
 
     def __init__(
@@ -80,6 +84,8 @@ class TransportStream(asyncio.Protocol):
         # Called with what arrives while a reader waits and nothing is queued
         # (True: it took the bytes). Set by the relay for its express path.
         self.express: Callable[[bytes], bool] | None = None
+        # Set while the relay's task is parked (ended): called instead of waking it.
+        self.unpark: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<TransportStream {self.label}>"
@@ -95,7 +101,11 @@ class TransportStream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         express = self.express
-        waiting = self._read_waiter is not None and not self._chunks and not self.hold
+        waiting = (
+            (self._read_waiter is not None or self.unpark is not None)
+            and not self._chunks
+            and not self.hold
+        )
         if express is not None and waiting and express(data):
             return
         self._chunks.append(data)
@@ -105,12 +115,12 @@ class TransportStream(asyncio.Protocol):
             self._read_paused = True
             self.transport.pause_reading()
         if not self.hold:
-            _wake(self._read_waiter)
+            self._wake_reader()
 
     def eof_received(self) -> bool:
         self._eof = True
         if not self.hold:
-            _wake(self._read_waiter)
+            self._wake_reader()
         # Half-open: the response may still go out (TLS has no half-close).
         return self.transport is None or self.transport.get_extra_info("sslcontext") is None
 
@@ -118,7 +128,7 @@ class TransportStream(asyncio.Protocol):
         self._eof = True
         if exc is not None:
             self._lost = exc
-        _wake(self._read_waiter)
+        self._wake_reader()
         _wake(self._drain_waiter)
 
     def pause_writing(self) -> None:
@@ -138,7 +148,16 @@ class TransportStream(asyncio.Protocol):
     def kick(self) -> None:
         """Wake the waiting reader: its ``receive`` raises ``Kicked`` if nothing is queued."""
         self._kicked = True
-        _wake(self._read_waiter)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """Wake the reader waiting in ``receive``; a parked relay's task is started again."""
+        unpark = self.unpark
+        if unpark is not None:
+            self.unpark = None
+            unpark()
+        else:
+            _wake(self._read_waiter)
 
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front of what is queued (taken by a reader that had to stop)."""

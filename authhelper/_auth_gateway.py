@@ -22,15 +22,18 @@ from urllib.parse import parse_qs
 
 from hostmux.http1 import (
     ClientInfo,
+    LocalProtocolError,
     Page,
     Request,
+    checked_headers,
     redirect_page,
     status_page,
     wants_html,
     with_headers,
 )
 from hostmux.log import fields
-from hostmux.relay import Destination
+from hostmux.relay import Destination, RequestRecord
+from hostmux.relay.front_door import log_request
 
 from ._access import RETRY_UNREACHABLE_S, AccessChecks
 from ._app_connections import AppConnections
@@ -66,6 +69,9 @@ from ._session import (
 from ._session_cache import SessionCache
 
 log = logging.getLogger("hostmux.authhelper")
+
+# Every path the helper answers itself starts so (``_gate``): the fast path leaves them alone.
+_OUR_PATHS = b"/_hostmux/"
 
 
 class AuthGateway:
@@ -103,23 +109,31 @@ class AuthGateway:
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination | Page | asyncio.Future[Destination | Page]:
-        target = request.target.decode("latin-1")
-        path, query = split_target(target)
         # The common case first: a session cookie opened before (``_session_cache``),
-        # still unrevoked, for a path of the app. Anything else takes the full path.
+        # still unrevoked, for a path of the app (none of ours: they all start with
+        # ``/_hostmux/``). Its destination was made when the cookie was first opened;
+        # revocations and the access re-check are asked here for every request.
         opened = self._sessions.opened(request.headers)
         if (
             opened is not None
-            and action_for(path, has_session=True) is Action.PASS
+            and not request.target.startswith(_OUR_PATHS)
             and not self._revocations.is_revoked(opened.session)
         ):
-            known = opened.session
-            destination = self._destination(known, opened.app_cookie)
+            destination = opened.destination
+            if destination is None:
+                destination = opened.destination = self._destination(
+                    opened.session, opened.app_cookie
+                )
             if self._audit is not None:
-                self._audit.visit(request_id, known.user, request.headers)
-            if not self._checks.is_due(known.sid):
+                self._audit.visit(request_id, opened.session.user, request.headers)
+            if not self._checks.is_due(opened.session.sid):
                 return destination
-            return asyncio.ensure_future(self._recheck(known, destination, request, target))
+            target = request.target.decode("latin-1")
+            return asyncio.ensure_future(
+                self._recheck(opened.session, destination, request, target)
+            )
+        target = request.target.decode("latin-1")
+        path, query = split_target(target)
         cookies = read_cookies(request.headers)
         session = self._sealer.first_session(cookies.get(SESSION_COOKIE, []))
         revoked = session is not None and self._revocations.is_revoked(session)
@@ -151,15 +165,37 @@ class AuthGateway:
         return asyncio.ensure_future(self._start_login(request, target, revoked, request_id))
 
     def _destination(self, session: Session, app_cookie: bytes | None = None) -> Destination:
-        """``app_cookie``: the request's one Cookie header less ours, known already."""
+        """``app_cookie``: the request's one Cookie header less ours, known already.
+
+        The app's request headers are the browser's parsed ones less some, plus
+        constants and these two values: when both are valid header values, the
+        relay skips the second check of the whole list (``request_headers_checked``).
+        """
+        user = session.user
+        plain = app_cookie is not None and _valid_values(user.encode(), app_cookie)
         return Destination(
             key="app",
             label=self._config.instance_id,
+            user=user,
             open=self._app.open,
             pool=self._app_pool,
-            request_headers=partial(_app_headers, user=session.user, app_cookie=app_cookie),
+            request_headers=partial(_app_headers, user=user, app_cookie=app_cookie),
+            request_headers_checked=plain,
             response_headers=app_response_headers,
+            response_headers_checked=True,  # it only drops parsed headers
         )
+
+    def on_request(self, record: RequestRecord) -> None:
+        """Each finished request (the relay's ``on_request``), forwarded or answered here.
+
+        The one place per request where its status is known: the access log,
+        and the visitor audit's call for a forwarded request (``record.user``
+        is set when the request went to the app: a valid session; ``record.name``
+        is the instance; the method, target and status are the request's).
+        """
+        log_request(record)
+        if self._audit is not None:
+            self._audit.finished(record)  # the request's status is known: its audit record
 
     async def _public_url(self) -> str:
         return self._config.public_url or await self._portal.published_url()
@@ -373,6 +409,15 @@ def _app_headers(
     headers: Sequence[tuple[bytes, bytes]], websocket: bool, *, user: str, app_cookie: bytes | None
 ) -> list[tuple[bytes, bytes]]:
     return app_request_headers(headers, user=user, websocket=websocket, app_cookie=app_cookie)
+
+
+def _valid_values(*values: bytes) -> bool:
+    """Whether each of ``values`` may be sent as a header value as it is."""
+    try:
+        checked_headers([(b"x", value) for value in values])
+    except LocalProtocolError:
+        return False
+    return True
 
 
 def _text_page(status: int, text: str) -> Page:

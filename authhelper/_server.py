@@ -1,7 +1,8 @@
 """The auth helper: a reverse proxy in front of the app that lets only the instance's users in.
 
 It is the router's relay (``hostmux.relay.relay``: llhttp, streaming, back-pressure,
-WebSocket splice) with a different gateway (``_auth_gateway``): instead of
+WebSocket splice, and the express path for small kept-alive requests) behind the
+router's front door, with a different gateway (``_auth_gateway``): instead of
 routing by Host it checks the session cookie, runs the OAuth2 login against the
 portal, and passes allowed requests to the app over TCP with the user's name
 attached.
@@ -22,14 +23,7 @@ from pathlib import Path
 from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.limits import ConnectionCounts
 from hostmux.log import fields
-from hostmux.relay import (
-    READ_CHUNK_BYTES,
-    ConnectionSet,
-    RelayLimits,
-    RequestRecord,
-    connection_handler,
-)
-from hostmux.relay.front_door import log_request
+from hostmux.relay import ConnectionSet, RelayLimits, start_front_door
 
 from ._app_connections import AppConnections
 from ._audit import VisitorAudit
@@ -124,19 +118,15 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
 
     # Its only browser-side peer is the listener (one address): no per-IP cap.
     counts = ConnectionCounts(max_total=_MAX_CONNECTIONS, max_per_key=_MAX_CONNECTIONS)
-
-    def on_request(record: RequestRecord) -> None:
-        log_request(record)
-        audit.finished(record)  # the request's status is known: its audit record
-
-    on_connection = connection_handler(
-        "http", gateway=gateway, limits=limits, connections=connections, counts=counts,
-        on_request=on_request,
-    )  # fmt: skip
-
     host, port = parse_host_port(config.listen, "listen")
     try:
-        server = await asyncio.start_server(on_connection, host, port, limit=READ_CHUNK_BYTES)
+        # The router's front door: each connection a ``TransportStream``, so small
+        # kept-alive requests take the relay's express path (``hostmux.relay.express``)
+        # to the app's pooled connections (``_app_connections``).
+        server = await start_front_door(
+            host, port, gateway=gateway, limits=limits, connections=connections, counts=counts,
+            tls=None, tls_handshake_timeout_s=0.0, on_request=gateway.on_request,
+        )  # fmt: skip
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
     bound = server.sockets[0].getsockname()

@@ -14,7 +14,9 @@ is remembered per header value. The rules:
    Fernet itself would still open it (the token's timestamp + the session
    lifetime); after that it is dropped and the header is read afresh.
 3. What may change while a cookie is valid is not remembered: revocations and
-   the access re-check are asked for every request, as before.
+   the access re-check are asked for every request, as before. What the
+   gateway makes of an entry (its ``Destination``: the user, the app's cookie)
+   is kept with it, as it follows from the entry alone.
 4. Bounded: at most ``MAX_ENTRIES`` headers of at most ``MAX_HEADER_BYTES``
    each; when full, the oldest entry goes first.
 """
@@ -25,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from hostmux.relay import Destination
+
 from ._session import SESSION_COOKIE, CookieSealer, Session, read_cookies, without_cookies
 
 # Browsers behind one helper: an instance's users, a few tabs and devices each.
@@ -33,13 +37,15 @@ MAX_ENTRIES = 1024
 MAX_HEADER_BYTES = 8 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpenedHeader:
     """What one ``Cookie`` header value opened to."""
 
     session: Session
     until: int  # unix seconds: usable while now <= until (Fernet's own expiry rule)
     app_cookie: bytes  # the header less the helper's cookies: what the app gets (b"": none)
+    # Where its requests go, made by the gateway on first use (rule 3).
+    destination: Destination | None = None
 
 
 class SessionCache:

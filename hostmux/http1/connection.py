@@ -163,12 +163,12 @@ class Http1Connection(LlhttpParsing):
                 raise RemoteProtocolError("the peer closed the connection mid-message")
             self.their_state = State.CLOSED
             return CONNECTION_CLOSED
-        event = self._events.popleft()
+        event = self._events.pop(0)
         if isinstance(event, Data):
             return event
         info = (True, False)
         if isinstance(event, tuple):
-            info, event = event, self._events.popleft()
+            info, event = event, self._events.pop(0)
             assert not isinstance(event, tuple)  # a head's info is followed by its head
         if isinstance(event, EndOfMessage):
             self.their_state = _DONE if self._keep_alive else _MUST_CLOSE
@@ -192,6 +192,11 @@ class Http1Connection(LlhttpParsing):
             self.their_state = State.ERROR
             raise event
         return event
+
+    def waiting_for_a_head(self) -> bool:
+        """Between two messages with nothing parsed or ended on their side: ``next_event``
+        would say NEED_DATA and nothing else (a relay may stop waiting on it)."""
+        return self.their_state is State.IDLE and not self._events and not self._eof
 
     def whole_response_queued(self, max_body: int) -> bool:
         """Whether exactly one final response is parsed and queued, head to end, with at

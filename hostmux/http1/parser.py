@@ -9,8 +9,6 @@ its ``HeaderFacts`` here, in the same pass that lists them.
 
 from __future__ import annotations
 
-from collections import deque
-
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
 from hostmux.http1.events import (
@@ -112,8 +110,9 @@ class LlhttpParsing:
         self._max_head = max_head_bytes
         self._max_target = max_target_bytes
         # What was parsed, in order; a head's (keep-alive, upgrade requested) goes
-        # just before it (one deque: an idle connection holds it, ~0.4 KiB each).
-        self._events: deque[Event | RemoteProtocolError | tuple[bool, bool]] = deque()
+        # just before it. A list, not a deque: an idle connection holds it empty,
+        # 56 bytes against a deque's 760, and it rarely holds more than a few.
+        self._events: list[Event | RemoteProtocolError | tuple[bool, bool]] = []
         self._parser: HttpRequestParser | HttpResponseParser = self._new_parser()
         self._mode = MODE_PARSING
         self._raw = b""  # bytes not parsed (after an upgrade or a stop), or those of an error

@@ -16,11 +16,17 @@ keeps one timer for its task and only moves a number on each wait:
 
 Scopes of one ``Deadline`` must not nest, and it serves the task it was made
 in only; ``close`` drops the timer when the task is done with it.
+
+A relay whose task ends while its connection idles (``park``: the express
+path serves it from callbacks) keeps its deadline: the expiry then calls the
+``wake`` it was given instead of cancelling a task, and ``resume`` hands the
+wait, with what is left of it, to the task started again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 
 # Timers may fire up to a clock tick early (uvloop's clock ticks in ms): that
@@ -31,18 +37,24 @@ _EARLY_S = 0.001
 class Deadline:
     """One task's reusable timeout: ``with deadline.within(60): await ...``."""
 
-    __slots__ = ("_cancelling", "_expires", "_fired", "_handle", "_loop", "_task")
+    __slots__ = (
+        "_cancelling", "_expires", "_fired", "_handle", "_loop", "_task", "_wake", "_when",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a Deadline belongs to a task")
-        self._task = task
+        self._task: asyncio.Task[None] | None = task  # None while parked
         self._loop = task.get_loop()
         self._expires: float | None = None  # None: no wait in progress
-        self._handle: asyncio.TimerHandle | None = None
+        # The armed timer and when it fires (kept here: uvloop's ``call_at`` for a time
+        # already past returns a plain ``Handle``, which has no ``when()``).
+        self._handle: asyncio.Handle | None = None
+        self._when = 0.0
         self._fired = False
         self._cancelling = 0
+        self._wake: Callable[[], None] | None = None  # parked: called at the expiry
 
     def __repr__(self) -> str:
         return f"<Deadline expires={self._expires} armed={self._handle is not None}>"
@@ -52,7 +64,7 @@ class Deadline:
         assert self._expires is None, "Deadline scopes do not nest"
         expires = self._loop.time() + seconds
         self._expires = expires
-        if self._handle is None or self._handle.when() > expires:
+        if self._handle is None or self._when > expires:
             self._arm(expires)
         return self
 
@@ -62,10 +74,26 @@ class Deadline:
         expires = self._loop.time() + seconds
         self._expires = expires
         handle = self._handle
-        if handle is None or handle.when() > expires:
+        if handle is None or self._when > expires:
             self._arm(expires)
 
+    def park(self, seconds: float, wake: Callable[[], None]) -> None:
+        """The task stops waiting without ending the wait: at its expiry (now +
+        ``seconds``, or as ``move`` and ``expire`` change it) ``wake`` is called."""
+        assert self._expires is None, "Deadline scopes do not nest"
+        self._wake = wake
+        self._task = None  # ended: not kept alive by its deadline
+        self.move(seconds)
+
+    def resume(self, task: asyncio.Task[None]) -> float:
+        """``task`` takes over a parked wait: the seconds left of it (0 or less: expired)."""
+        self._task = task
+        self._wake = None
+        expires, self._expires = self._expires, None
+        return 0.0 if expires is None else expires - self._loop.time()
+
     def __enter__(self) -> None:
+        assert self._task is not None, "a parked Deadline is resumed first"
         self._cancelling = self._task.cancelling()
 
     def __exit__(
@@ -77,6 +105,7 @@ class Deadline:
         self._expires = None  # the timer stays armed for the next wait
         if self._fired:
             self._fired = False
+            assert self._task is not None
             if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
 
@@ -88,6 +117,7 @@ class Deadline:
 
     def close(self) -> None:
         """Drop the timer (the task is done waiting)."""
+        self._wake = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -95,6 +125,7 @@ class Deadline:
     def _arm(self, when: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
+        self._when = when
         self._handle = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -105,5 +136,12 @@ class Deadline:
         if self._loop.time() + _EARLY_S < expires:
             self._arm(expires)  # armed for an earlier wait's expiry
             return
+        wake = self._wake
+        if wake is not None:  # parked: no task waits; the wake starts one
+            self._wake = None
+            wake()
+            return
+        if self._task is None:
+            return  # parked, and its wake was called already
         self._fired = True
         self._task.cancel()

@@ -190,6 +190,7 @@ class Express:
             self._give(request)
             return
         record.name = routed.label
+        record.user = routed.user
         upstream_request = relay._upstream_request(request, checked, routed, client, rid, False)
         upstream.requests += 1
         upstream.got_response = False

@@ -28,23 +28,28 @@ log = logging.getLogger("hostmux.http")
 
 
 class ConnectionSet:
-    """The live browser connections: each one's task and relay."""
+    """The live browser connections: each one's task and relay, and the relays
+    parked without a task (``HttpRelay.parked``)."""
 
     def __init__(self) -> None:
         self._relays: dict[asyncio.Task[None], HttpRelay] = {}
+        self._parked: set[HttpRelay] = set()
 
     def __len__(self) -> int:
-        return len(self._relays)
+        return len(self._relays) + len(self._parked)
 
     def __repr__(self) -> str:
-        return f"<ConnectionSet {len(self._relays)} connections>"
+        return f"<ConnectionSet {len(self)} connections, {len(self._parked)} parked>"
 
     def add(self, task: asyncio.Task[None], relay: HttpRelay) -> None:
+        self._parked.discard(relay)
         self._relays[task] = relay
         task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
-        self._relays.pop(task, None)
+        relay = self._relays.pop(task, None)
+        if relay is not None and relay.parked:
+            self._parked.add(relay)  # still open: its next task is added again
 
     def websockets(self) -> int:
         """Connections spliced after a ``101`` right now (counted when asked: metrics)."""
@@ -61,8 +66,8 @@ class ConnectionSet:
     async def drain(self, grace_s: float) -> None:
         """Shutdown: idle connections close now, requests in flight get ``grace_s``
         to finish, WebSockets get a 1001 close; whatever is left is cancelled."""
-        for relay in list(self._relays.values()):
-            relay.go_away()
+        for relay in [*self._relays.values(), *self._parked]:
+            relay.go_away()  # (a parked one starts a task here, added to _relays)
         if self._relays:
             await asyncio.wait(set(self._relays), timeout=grace_s)
         for task in list(self._relays):
@@ -79,7 +84,7 @@ def log_request(record: RequestRecord) -> None:
             "request", rid=record.request_id, name=record.name or None, host=record.host or None,
             peer=record.peer, method=record.method, target=record.target[:200],
             status=record.status, bytes_in=record.bytes_in, bytes_out=record.bytes_out,
-            ms=record.duration_ms, note=record.note or None,
+            ms=record.duration_ms, note=record.note or None, user=record.user or None,
         )
     )  # fmt: skip
 
@@ -187,6 +192,7 @@ def front_door_protocol(
     ``client_certificate`` is given a TLS connection's ``SSLObject``: its verified client
     certificate, if any, which the app is told of."""
     loop = asyncio.get_running_loop()
+    restart = _Restarter(connections, counts)  # shared by its parked connections
 
     def on_made(stream: TransportStream, now: RelayLimits) -> None:
         assert stream.transport is not None
@@ -195,6 +201,7 @@ def front_door_protocol(
                 stream, scheme, gateway=gateway, limits=now, connections=connections,
                 counts=counts, trusted_proxies=trusted_proxies, on_request=on_request,
                 client_certificate=client_certificate,
+                restart=restart,
             )
         )  # fmt: skip
         _running.add(task)
@@ -225,6 +232,7 @@ async def _serve_stream(
     trusted_proxies: TrustedProxies | None,
     on_request: Callable[[RequestRecord], None],
     client_certificate: Callable[[Any], ClientCertificate | None] | None = None,
+    restart: _Restarter,
 ) -> None:
     """One accepted connection's task: admit it, relay it, release its count."""
     task = asyncio.current_task()
@@ -235,6 +243,7 @@ async def _serve_stream(
         log.warning(fields("connection_refused", peer=f"{ip}:{peer[1]}", reason="limit"))
         stream.transport.abort()
         return
+    relay: HttpRelay | None = None
     try:
         stream.label = f"{scheme}:{ip}:{peer[1]}"
         certificate = None
@@ -244,10 +253,40 @@ async def _serve_stream(
                 certificate = client_certificate(ssl_object)
         info = ClientInfo(ip, int(peer[1]), scheme, certificate)
         relay = HttpRelay(stream, info, gateway, limits, on_request, trusted_proxies)
+        relay.restart = restart
         connections.add(task, relay)
         await relay.run()
     except asyncio.CancelledError:
         # Shutdown cancels what outlived its grace: the connection ends here.
         stream.transport.abort()
     finally:
-        counts.release(ip)
+        if relay is None or not relay.parked:  # a parked connection is still open
+            counts.release(ip)
+
+
+class _Restarter:
+    """``HttpRelay.restart`` of a front door's connections: a task again for a parked
+    relay, in the connection set at once (one per front door, shared: a parked
+    connection holds only a reference to it)."""
+
+    __slots__ = ("_connections", "_counts")
+
+    def __init__(self, connections: ConnectionSet, counts: ConnectionCounts) -> None:
+        self._connections = connections
+        self._counts = counts
+
+    def __call__(self, relay: HttpRelay) -> None:
+        task = asyncio.get_running_loop().create_task(self._resume(relay))
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+        self._connections.add(task, relay)
+
+    async def _resume(self, relay: HttpRelay) -> None:
+        """A parked connection's task, started again: as ``_serve_stream`` from its wait on."""
+        try:
+            await relay.resume()
+        except asyncio.CancelledError:
+            relay.stream.abort()  # shutdown cancels what outlived its grace
+        finally:
+            if not relay.parked:
+                self._counts.release(relay.client_ip)

@@ -38,6 +38,9 @@ class Destination:
     # The app's request headers from the browser's and "is it a WebSocket
     # upgrade"; None: the router's rules (``hostmux.http1.request_headers_for_app``).
     request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None
+    # True when ``request_headers`` only keeps parsed values and adds valid ones
+    # (what it returns needs no second header check); False: its output is checked.
+    request_headers_checked: bool = False
     # Applied to the app's response headers after the router's own rules.
     response_headers: Callable[[Headers], Headers] | None = None
     # True when ``response_headers`` only keeps or shortens parsed values (what
@@ -46,6 +49,9 @@ class Destination:
     # Idle upstream streams kept across browser connections (the auth helper's
     # connections to the app); None: each browser connection opens its own.
     pool: UpstreamPool | None = None
+    # Who the gateway let through, for the access log (the auth helper's session
+    # user; "": nobody in particular).
+    user: str = ""
 
 
 class UpstreamPool(Protocol):

@@ -36,6 +36,7 @@ class RequestRecord:
     bytes_out: int
     duration_ms: float
     note: str = ""
+    user: str = ""  # who the gateway let through (``Destination.user``), if anyone
 
 
 class RecordBuilder:
@@ -43,7 +44,7 @@ class RecordBuilder:
 
     __slots__ = (
         "bytes_in", "bytes_out", "host", "method", "name", "note", "peer",
-        "request_id", "response_started", "status", "target",
+        "request_id", "response_started", "status", "target", "user",
     )  # fmt: skip
 
     def __init__(self, request_id: str, peer: str, request: Request) -> None:
@@ -57,6 +58,7 @@ class RecordBuilder:
         self.bytes_in = 0
         self.bytes_out = 0
         self.note = ""
+        self.user = ""
         self.response_started = False
 
     def finish(self, started: float) -> RequestRecord:
@@ -72,6 +74,7 @@ class RecordBuilder:
             bytes_out=self.bytes_out,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
             note=self.note,
+            user=self.user,
         )
 
 

@@ -35,6 +35,15 @@ The express path (``express``: the router's front door only) relays a kept-alive
 connection's small requests by these same rules from the transports' callbacks
 while ``_serve`` waits for the next request, and hands anything else back to it
 (``prepared``, ``RESUME``, ``_resume``).
+
+Parking (the front door's connections, ``restart`` set): a connection that waits
+for its next request with its upstream open and nothing queued does not keep a
+task for it. The task ends, leaving the wait to the express path, the deadline
+(``Deadline.park``) and the stream (``TransportStream.unpark``); whatever would
+have woken the task (a request the express path hands back, bytes it did not
+take, EOF, the deadline, ``go_away``) starts a task again with ``restart``,
+which ``resume``s the wait where it was. An idle keep-alive connection then
+holds no task, coroutine frames or waiter (~2 KiB each).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,6 +114,33 @@ class RelayLimits:
     max_requests_per_connection: int = 1000  # nginx keepalive_requests
 
 
+def _lean_event() -> asyncio.Event:
+    """An ``asyncio.Event`` whose waiters are on a list, not a deque: every idle
+    connection holds one with none waiting (56 bytes against 760; as the router's
+    ``router.ssh.lean`` does for asyncssh's events)."""
+    event = asyncio.Event()
+    if isinstance(getattr(event, "_waiters", None), deque):
+        event._waiters = []  # type: ignore[assignment]  # appended, removed, iterated: a list does
+    return event
+
+
+# The forwarding headers by (Host value, client IP, scheme): what they say depends on
+# nothing else, and a browser holds several connections to one host (each idle one
+# would otherwise keep its own copy, ~0.6 KiB). Never changed once made; emptied when full.
+_FORWARDING: dict[tuple[bytes, str, str], tuple[tuple[bytes, str, str], Headers]] = {}
+_FORWARDING_MAX = 4096
+
+
+def _forwarding_for(host: bytes, client: ClientInfo) -> tuple[tuple[bytes, str, str], Headers]:
+    key = (host, client.peer_ip, client.scheme)
+    kept = _FORWARDING.get(key)
+    if kept is None:
+        if len(_FORWARDING) >= _FORWARDING_MAX:
+            _FORWARDING.clear()
+        kept = _FORWARDING[key] = (key, forwarding_headers(host, client))
+    return kept
+
+
 # Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -116,6 +153,14 @@ class HttpRelay:
     Error handling: never raises for I/O or protocol errors; cancellation
     propagates.
     """
+
+    # Slots: every idle keep-alive connection holds one (no per-instance dict).
+    __slots__ = (
+        "_between_requests", "_bound_host", "_browser", "_deadline", "_express",
+        "_forwarding", "_gateway", "_going_away", "_info", "_limits", "_on_request", "_parked",
+        "_peer", "_pool", "_responses", "_served", "_trusted", "_upstream", "prepared",
+        "restart", "spliced", "splicing",
+    )  # fmt: skip
 
     # The timeout of the waits in the task running ``run`` (set there: the relay
     # may be made in another task than the one that runs it).
@@ -147,7 +192,7 @@ class HttpRelay:
         self._pool: UpstreamPool | None = None  # where the upstream goes back, if anywhere
         self._served = 0  # requests read on this connection, the current one included
         self._peer = f"{info.peer_ip}:{info.peer_port}"
-        self._going_away = asyncio.Event()  # set by go_away(): the router is shutting down
+        self._going_away = _lean_event()  # set by go_away(): the router is shutting down
         self._between_requests = False  # waiting for the next request head
         self.splicing = False  # bytes spliced after a 101 (a WebSocket)
         # The spliced request's record while it is spliced: its byte counters move with
@@ -158,14 +203,33 @@ class HttpRelay:
         self._express: Express | None = None
         if isinstance(client, TransportStream):
             self._express = Express(self, client)
-        # The forwarding headers of this connection's Host and client (host value,
-        # client, headers): the same for each of its requests.
-        self._forwarding: tuple[bytes, ClientInfo, Headers] | None = None
+        # The forwarding headers of this connection's Host and client address
+        # ((host value, client IP, scheme), headers): the same for each of its
+        # requests, and shared with the client's other connections (``_forwarding_for``).
+        self._forwarding: tuple[tuple[bytes, str, str], Headers] | None = None
         # What the express path had done for a request it handed back (see _handle).
         self.prepared: Prepared | None = None
+        # Starts a task that ``resume``s a parked relay (the front door's; None: never parks).
+        self.restart: Callable[[HttpRelay], None] | None = None
+        self._parked = False
 
     def __repr__(self) -> str:
         return f"<HttpRelay peer={self._peer} host={self._bound_host}>"
+
+    @property
+    def stream(self) -> ByteStream:
+        """The browser's stream."""
+        return self._browser.stream
+
+    @property
+    def client_ip(self) -> str:
+        """The browser's address (the connection's, not a forwarded one)."""
+        return self._info.peer_ip
+
+    @property
+    def parked(self) -> bool:
+        """The connection idles without a task (``restart`` starts one when needed)."""
+        return self._parked
 
     def go_away(self) -> None:
         """Shutdown: close now if idle, else after the response in flight (with
@@ -175,6 +239,8 @@ class HttpRelay:
             self._express.hand_back()  # the task finishes it, saying Connection: close
         elif self._between_requests:
             self._deadline.expire()  # the wait for a request ends as if its time were up
+        if self._parked:
+            self._unpark()  # a task now, for the drain to wait on
 
     async def run(self) -> None:
         self._deadline = Deadline()
@@ -183,33 +249,89 @@ class HttpRelay:
             response_timeout_s=self._limits.response_timeout_s,
             idle_timeout_s=self._limits.upstream_idle_timeout_s,
         )  # fmt: skip
+        await self._run(resumed=False)
+
+    async def resume(self) -> None:
+        """Go on with a parked relay's wait, in the task ``restart`` started."""
+        await self._run(resumed=True)
+
+    async def _run(self, *, resumed: bool) -> None:
         try:
-            await self._serve()
+            await self._serve(resumed)
         except (Abort, ConnectionError, TimeoutError, OSError, ProtocolError) as exc:
             log.debug("connection %s ended: %r", self._peer, exc)
         finally:
-            if self._express is not None:
-                self._express.stop()
-            self._deadline.close()
-            self._release_upstream()
-            self._browser.close()
+            if not self._parked:
+                if self._express is not None:
+                    self._express.stop()
+                self._deadline.close()
+                self._release_upstream()
+                self._browser.close()
+
+    def _park(self, timeout: float) -> bool:
+        """End the task here if the connection may wait for its next request without it."""
+        express, browser = self._express, self._browser
+        stream = browser.stream
+        if (
+            self.restart is None
+            or express is None
+            or self._upstream is None
+            or express.inflight is not None
+            or browser.handover is not None
+            or browser.busy
+            or not isinstance(stream, TransportStream)
+            or stream.has_queued
+            or not browser.h.waiting_for_a_head()
+        ):
+            return False
+        self._parked = True
+        self._between_requests = True
+        express.armed = True
+        self._deadline.park(timeout, self._unpark)
+        stream.unpark = self._unpark
+        return True
+
+    def _unpark(self) -> None:
+        """A parked relay's wait needs its task again (called from callbacks)."""
+        if not self._parked:
+            return
+        self._parked = False
+        stream = self._browser.stream
+        if isinstance(stream, TransportStream):
+            stream.unpark = None
+        assert self.restart is not None
+        self.restart(self)
 
     # -- the request loop ----------------------------------------------------
 
-    async def _serve(self) -> None:
+    async def _serve(self, resumed: bool = False) -> None:
         h = self._browser.h
         limits = self._limits
         express = self._express
-        while self._served < limits.max_requests_per_connection:
-            # (the express path counts the requests it answers while the task waits)
-            self._served += 1
-            timeout = limits.header_timeout_s if self._served == 1 else limits.keepalive_timeout_s
-            if self._going_away.is_set():
-                return
+        while resumed or self._served < limits.max_requests_per_connection:
+            if resumed:  # a parked wait, taken over: what is left of its time
+                task = asyncio.current_task()
+                assert task is not None
+                timeout = self._deadline.resume(task)
+                resumed = False
+                expired = timeout <= 0  # its time ran out while parked (the deadline woke it)
+            else:
+                expired = False
+                # (the express path counts the requests it answers while the task waits)
+                self._served += 1
+                timeout = (
+                    limits.header_timeout_s if self._served == 1 else limits.keepalive_timeout_s
+                )
+                if self._going_away.is_set():
+                    return
+                if self._park(timeout):
+                    return
             try:
                 self._between_requests = True
                 if express is not None:
                     express.armed = self._upstream is not None
+                if expired:  # as if the wait below had timed out (what woke it is moot)
+                    raise TimeoutError
                 with self._deadline.within(timeout):
                     event = await self._browser.next_event()
             except TimeoutError:
@@ -239,6 +361,9 @@ class HttpRelay:
                 assert isinstance(event, Request), event
                 if not await self._handle(event):
                     return
+            # The request is done: not held by this frame while the connection idles
+            # (its headers, ~1 KiB from a browser, for every idle keep-alive connection).
+            event = None
             if h.our_state is not State.DONE or h.their_state is not State.DONE:
                 return
             h.start_next_cycle()
@@ -274,6 +399,7 @@ class HttpRelay:
                 await self._browser.send_page(decision, head_only=request.method == b"HEAD")
                 return False
             record.name = decision.label
+            record.user = decision.user
             websocket = request.method == b"GET" and facts_of(request).websocket_upgrade
             upstream_request = self._upstream_request(
                 request, checked, decision, client, rid, websocket
@@ -357,17 +483,21 @@ class HttpRelay:
         """The request the app receives: the browser's, its headers rewritten."""
         fields = request.headers
         if decision.request_headers is not None:
-            return request_checking_headers(
-                request.method, checked.target, decision.request_headers(fields, websocket)
-            )
+            app_headers = decision.request_headers(fields, websocket)
+            if decision.request_headers_checked:
+                return request_of_checked_headers(request.method, checked.target, app_headers)
+            return request_checking_headers(request.method, checked.target, app_headers)
         kept = self._forwarding
-        if kept is None or kept[0] != checked.host_value or kept[1] != client:
-            kept = self._forwarding = (
-                checked.host_value, client, forwarding_headers(checked.host_value, client)
-            )  # fmt: skip
+        if (
+            kept is None
+            or kept[0][0] != checked.host_value
+            or kept[0][1] != client.peer_ip
+            or kept[0][2] != client.scheme
+        ):
+            kept = self._forwarding = _forwarding_for(checked.host_value, client)
         headers = request_headers_for_app(
             fields, host=checked.host_value, client=client, request_id=rid,
-            websocket=websocket, facts=request.facts, forwarding=kept[2],
+            websocket=websocket, facts=request.facts, forwarding=kept[1],
         )  # fmt: skip
         facts = request.facts
         # The body's framing is the browser's, as parsed (the filter keeps

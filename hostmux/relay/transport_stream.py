@@ -6,7 +6,8 @@ writes whole responses. ``TransportStream`` is the connection's protocol and
 its ``ByteStream`` at once, as ``router.ssh.channel.ChannelStream`` is for an
 SSH channel:
 
-- what arrives is kept as it came (a deque of chunks) and handed out in
+- what arrives is kept as it came (a list of chunks: an idle connection holds
+  it empty, 56 bytes against a deque's 760) and handed out in
   order, up to ``READ_CHUNK_BYTES`` per ``receive``; with twice that unread
   the transport stops reading (as ``StreamReader`` does at twice its limit)
   and resumes below it, so the peer's TCP window is the back-pressure;
@@ -19,6 +20,10 @@ SSH channel:
   returns whether it took the bytes. ``kick`` wakes the waiting task without
   bytes (``Kicked`` raised from ``receive``) when the express path hands the
   rest of its work back.
+- ``unpark``: while the relay's task has ended with the connection idle
+  (``HttpRelay``'s parking: the express path serves it from callbacks), what
+  would wake a waiting reader (bytes the express path did not take, EOF, a
+  loss, ``kick``) calls this instead, once, to start the task again.
 
 Error handling: after the connection was lost with an error, ``receive`` and
 ``drain`` raise ``ConnectionResetError``; a peer's EOF reads as ``b""``.
@@ -31,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -45,6 +49,13 @@ class Kicked(Exception):
 class TransportStream(asyncio.Protocol):
     """One browser connection: the protocol on its transport and the relay's ``ByteStream``."""
 
+    # Slots: every idle keep-alive connection holds one (no per-instance dict).
+    __slots__ = (
+        "_chunks", "_close_linger_s", "_drain_waiter", "_eof", "_kicked", "_lost", "_on_made",
+        "_read_paused", "_read_waiter", "_unread", "_write_paused", "express", "hold", "label",
+        "transport", "unpark",
+    )  # fmt: skip
+
     def __init__(
         self,
         label: str,
@@ -53,10 +64,12 @@ class TransportStream(asyncio.Protocol):
         close_linger_s: float | None = None,
     ) -> None:
         self.label = label
-        self._on_made = on_made  # starts the relay's task once the connection is up
+        # Starts the relay's task once the connection is up (then dropped: it holds
+        # the front door's arguments, ~0.3 KiB a connection).
+        self._on_made: Callable[[TransportStream], None] | None = on_made
         self._close_linger_s = close_linger_s
         self.transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
+        self._chunks: list[bytes] = []
         self._unread = 0
         self._read_paused = False
         self._eof = False
@@ -71,6 +84,8 @@ class TransportStream(asyncio.Protocol):
         # Called with what arrives while a reader waits and nothing is queued
         # (True: it took the bytes). Set by the relay for its express path.
         self.express: Callable[[bytes], bool] | None = None
+        # Set while the relay's task is parked (ended): called instead of waking it.
+        self.unpark: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<TransportStream {self.label}>"
@@ -80,11 +95,17 @@ class TransportStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport subclasses, but quack like one)
         self.transport = cast(asyncio.Transport, transport)
-        self._on_made(self)
+        on_made, self._on_made = self._on_made, None
+        if on_made is not None:
+            on_made(self)
 
     def data_received(self, data: bytes) -> None:
         express = self.express
-        waiting = self._read_waiter is not None and not self._chunks and not self.hold
+        waiting = (
+            (self._read_waiter is not None or self.unpark is not None)
+            and not self._chunks
+            and not self.hold
+        )
         if express is not None and waiting and express(data):
             return
         self._chunks.append(data)
@@ -94,12 +115,12 @@ class TransportStream(asyncio.Protocol):
             self._read_paused = True
             self.transport.pause_reading()
         if not self.hold:
-            _wake(self._read_waiter)
+            self._wake_reader()
 
     def eof_received(self) -> bool:
         self._eof = True
         if not self.hold:
-            _wake(self._read_waiter)
+            self._wake_reader()
         # Half-open: the response may still go out (TLS has no half-close).
         return self.transport is None or self.transport.get_extra_info("sslcontext") is None
 
@@ -107,7 +128,7 @@ class TransportStream(asyncio.Protocol):
         self._eof = True
         if exc is not None:
             self._lost = exc
-        _wake(self._read_waiter)
+        self._wake_reader()
         _wake(self._drain_waiter)
 
     def pause_writing(self) -> None:
@@ -127,12 +148,21 @@ class TransportStream(asyncio.Protocol):
     def kick(self) -> None:
         """Wake the waiting reader: its ``receive`` raises ``Kicked`` if nothing is queued."""
         self._kicked = True
-        _wake(self._read_waiter)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """Wake the reader waiting in ``receive``; a parked relay's task is started again."""
+        unpark = self.unpark
+        if unpark is not None:
+            self.unpark = None
+            unpark()
+        else:
+            _wake(self._read_waiter)
 
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front of what is queued (taken by a reader that had to stop)."""
         if data:
-            self._chunks.appendleft(data)
+            self._chunks.insert(0, data)
             self._unread += len(data)
 
     # -- ByteStream -----------------------------------------------------------------
@@ -153,7 +183,7 @@ class TransportStream(asyncio.Protocol):
                 await waiter
             finally:
                 self._read_waiter = None
-        data = chunks.popleft() if len(chunks) == 1 else _take(chunks)
+        data = chunks.pop() if len(chunks) == 1 else _take(chunks)
         self._unread -= len(data)
         if self._read_paused and self._unread <= READ_CHUNK_BYTES:
             self._read_paused = False
@@ -232,12 +262,13 @@ def _wake(waiter: asyncio.Future[Any] | None) -> None:
         waiter.set_result(None)
 
 
-def _take(chunks: deque[bytes]) -> bytes:
-    """What is unread, up to one read's worth, as one piece."""
-    taken: list[bytes] = []
+def _take(chunks: list[bytes]) -> bytes:
+    """What is unread, up to one read's worth, as one piece (taken off ``chunks``)."""
     size = 0
-    while chunks and size < READ_CHUNK_BYTES:
-        chunk = chunks.popleft()
-        taken.append(chunk)
-        size += len(chunk)
-    return b"".join(taken)
+    end = 0
+    while end < len(chunks) and size < READ_CHUNK_BYTES:
+        size += len(chunks[end])
+        end += 1
+    taken = b"".join(chunks[:end])
+    del chunks[:end]
+    return taken

@@ -113,7 +113,9 @@ async def test_sigusr1_logs_live_task_and_descriptor_counts(world: World) -> Non
         assert (await held.receive_some(65536)).startswith(b"HTTP/1.1 200 ")
         busy = await stats()
     assert busy["connections"] == 1
-    assert busy["tasks"] > idle["tasks"]
+    # An idle kept-alive connection parks without a task (``HttpRelay``): at most its
+    # own task, if it has not parked yet, is counted.
+    assert idle["tasks"] <= busy["tasks"] <= idle["tasks"] + 1
     assert busy["fds"] > idle["fds"]
 
 

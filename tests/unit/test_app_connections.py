@@ -20,7 +20,14 @@ from authhelper._config import load_config
 from authhelper._session import new_cookie_key
 from hostmux.http1 import ClientInfo, Request
 from hostmux.limits import ConnectionCounts
-from hostmux.relay import ConnectionSet, Destination, RelayLimits, connection_handler
+from hostmux.relay import (
+    ConnectionSet,
+    Destination,
+    RelayLimits,
+    RequestRecord,
+    connection_handler,
+    start_front_door,
+)
 
 from .asyncio_bounded import run
 
@@ -37,10 +44,12 @@ class App:
     hang_up: set[tuple[int, int]] = field(default_factory=set)  # (connection, request) to drop
     close_after: set[int] = field(default_factory=set)  # connections it closes after 1 answer
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    writers: dict[int, asyncio.StreamWriter] = field(default_factory=dict)  # by connection
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.opened += 1
         number = self.opened
+        self.writers[number] = writer
         conn = h11.Connection(h11.SERVER)
         served = 0
         try:
@@ -77,7 +86,7 @@ class Gateway:
     def route(
         self, host: str, request: Request, request_id: str, client: ClientInfo
     ) -> Destination:
-        return Destination(key="app", label="app", open=self.app.open, pool=self.app)
+        return Destination(key="app", label="app", open=self.app.open, pool=self.app, user="alice")
 
 
 @dataclass
@@ -85,6 +94,7 @@ class World:
     app: App
     pool: AppConnections
     helper_port: int
+    records: list[RequestRecord]
 
 
 @asynccontextmanager
@@ -94,14 +104,16 @@ async def world(
     app = app or App()
     app_server = await asyncio.start_server(app.serve, "127.0.0.1", 0)
     app.port = app_server.sockets[0].getsockname()[1]
+    records: list[RequestRecord] = []
     pool = AppConnections("127.0.0.1", app.port, max_idle=max_idle, idle_timeout_s=idle_timeout_s)
-    handler = connection_handler(
-        "http", gateway=Gateway(pool), limits=RelayLimits(), connections=ConnectionSet(),
-        counts=ConnectionCounts(max_total=100, max_per_key=100),
+    # The helper's own front door (``authhelper._server``): express path included.
+    helper = await start_front_door(
+        "127.0.0.1", 0, gateway=Gateway(pool), limits=RelayLimits(), connections=ConnectionSet(),
+        counts=ConnectionCounts(max_total=100, max_per_key=100), tls=None,
+        tls_handshake_timeout_s=0.0, on_request=records.append,
     )  # fmt: skip
-    helper = await asyncio.start_server(handler, "127.0.0.1", 0)
     try:
-        yield World(app, pool, helper.sockets[0].getsockname()[1])
+        yield World(app, pool, helper.sockets[0].getsockname()[1], records)
     finally:
         helper.close()
         pool.close()
@@ -222,18 +234,41 @@ def test_an_app_that_is_down_is_a_502() -> None:
     run(scenario())
 
 
-def test_a_take_cancelled_while_the_watcher_stops_closes_the_stream() -> None:
+def test_an_app_that_speaks_while_idle_is_closed_and_not_lent() -> None:
     async def scenario() -> None:
         async with world() as w:
-            await browse(w.helper_port)
+            assert (await browse(w.helper_port)).endswith(b"ok 1")
             await until(lambda: w.pool.idle == 1)
-            taking = asyncio.create_task(w.pool.take())
-            await asyncio.sleep(0)  # one loop turn: take() now waits for the watcher to stop
-            assert w.pool.idle == 0 and not taking.done()
-            taking.cancel()
-            await asyncio.wait([taking])
-            assert taking.cancelled()
-            await until(lambda: w.app.closed_by_peer == 1)  # not leaked: closed
+            # The app's side of the idle connection sends bytes nobody asked for.
+            writer = w.app.writers[1]
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale")
+            await until(lambda: w.pool.idle == 0 and w.app.closed_by_peer == 1)
+            assert (await browse(w.helper_port)).endswith(b"ok 2")  # a fresh one, not the stale
+
+    run(scenario())
+
+
+def test_a_pooled_connection_is_lent_without_a_task_and_carries_keep_alive_requests() -> None:
+    """Idle connections are watched by their protocol and a timer (no task each), and the
+    browser's kept-alive requests after the first go on the same app connection."""
+
+    async def scenario() -> None:
+        async with world() as w:
+            assert (await browse(w.helper_port)).endswith(b"ok 1")
+            await until(lambda: w.pool.idle == 1)
+            tasks = {t for t in asyncio.all_tasks() if "_watch" in repr(t.get_coro())}
+            assert not tasks, tasks
+            reader, writer = await asyncio.open_connection("127.0.0.1", w.helper_port)
+            for _ in range(3):
+                writer.write(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                assert await reader.readexactly(4) == b"ok 1"
+            writer.close()
+            await until(lambda: w.pool.idle == 1)
+            assert (w.app.opened, w.app.closed_by_peer) == (1, 0)
+            # Each request's record names who the gateway let through (the audit's user).
+            assert [(r.status, r.user) for r in w.records] == [(200, "alice")] * 4
 
     run(scenario())
 

@@ -127,3 +127,32 @@ def test_the_deadline_can_be_used_again_after_it_fired() -> None:
 def test_a_deadline_needs_a_task() -> None:
     with pytest.raises(RuntimeError):
         Deadline()
+
+
+def test_an_expiry_already_past_then_a_longer_wait_works_under_uvloop() -> None:
+    """uvloop's ``call_at`` for a past time gives a plain ``Handle`` (no ``when()``): a
+    wait whose time ran out while parked, followed by the next, must still work."""
+    import uvloop
+
+    async def scenario() -> None:
+        deadline = Deadline()
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+        deadline.park(LONG_S, lambda: woken.set_result(True))
+        deadline.move(-1.0)  # already past: the wake comes at once
+        assert await woken is True
+        task = asyncio.current_task()
+        assert task is not None
+        left = deadline.resume(task)
+        assert left <= 0
+        with deadline.within(left):  # armed in the past; left at once (nothing awaited)
+            pass
+        with deadline.within(LONG_S):  # the next wait finds that plain Handle still armed
+            await asyncio.sleep(0)  # the early timer fires, re-arms for this wait
+            deadline.move(LONG_S)
+        with pytest.raises(TimeoutError), deadline.within(SHORT_S):
+            await loop.create_future()  # and the deadline still fires on time
+        deadline.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 30))

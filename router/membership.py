@@ -92,7 +92,9 @@ class Membership:
                 raise RegistryUnavailable("still unreachable")
         registry, name = self.registry, tunnel.name
         try:
-            claim = await registry.claim(name, tunnel.owner, self.router_id, tunnel.lease_id)
+            claim = await registry.claim(
+                name, tunnel.registry_owner, self.router_id, tunnel.lease_id
+            )
         except RegistryUnavailable:
             if self.keeper is not None and self.keeper.unavailable_since is None:
                 # The outage starts now: the next claim re-asserts this router's leases
@@ -129,7 +131,7 @@ class Membership:
 
     def leases(self) -> list[Lease]:
         return [
-            Lease(name=name, owner=tunnel.owner, connection_id=tunnel.lease_id)
+            Lease(name=name, owner=tunnel.registry_owner, connection_id=tunnel.lease_id)
             for name, tunnel in self._hub.held_all()
         ]
 

@@ -97,9 +97,10 @@ class HelloRouting:
     connect_timeout_s: float = 30.0
     idle_timeout_s: float = 3600.0
     passthrough: Callable[[str | None], Tunnel | None] | None = None
-    # A cluster with the router link: an opener of a stream to the router holding the
-    # passthrough tunnel a server name names, or None (``Forwarder.passthrough_elsewhere``).
-    elsewhere: Callable[[str], Awaitable[StreamOpener | None]] | None = None
+    # A cluster with the router link: the name and an opener of a stream to the router
+    # holding the passthrough tunnel a server name names, or None
+    # (``Forwarder.passthrough_elsewhere``).
+    elsewhere: Callable[[str], Awaitable[tuple[str, StreamOpener] | None]] | None = None
     client_certs: ClientCertRoutes | None = None
     challenges: TlsAlpnChallenges | None = None
     # Passthrough connections by outcome (closed, idle, reset, unavailable, refused_limit),
@@ -139,9 +140,9 @@ class HelloRouting:
                 await self._pass_through(conn, peer, tunnel.name, tunnel.open_stream)
                 return
             if self.elsewhere is not None and sni is not None:
-                opener = await self.elsewhere(sni)
-                if opener is not None:  # (the hello is still in the socket: relayed too)
-                    await self._pass_through(conn, peer, sni, opener)
+                held = await self.elsewhere(sni)
+                if held is not None:  # (the hello is still in the socket: relayed too)
+                    await self._pass_through(conn, peer, *held)
                     return
             await self._terminate(loop, conn, self._context(sni))
         except (OSError, ssl.SSLError, TimeoutError) as exc:

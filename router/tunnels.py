@@ -119,6 +119,11 @@ class Blocked(NameTaken):
     """The operator blocked the key or the name (``router.blocks``); the message says which."""
 
 
+class OtherKind(NameTaken):
+    """The name is held (or reserved) by the same key as the other kind, HTTP or TLS
+    passthrough, elsewhere in the cluster; the message says so."""
+
+
 class TunnelHub:
     """The router's tunnels: claims, releases, lookups and their log lines."""
 

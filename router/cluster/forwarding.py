@@ -186,8 +186,9 @@ class Forwarder:
 
     # -- TLS passthrough tunnels held elsewhere -----------------------------------
 
-    async def passthrough_elsewhere(self, server_name: str) -> StreamOpener | None:
-        """A ClientHello's server name: an opener of a stream to the router holding it, if
+    async def passthrough_elsewhere(self, server_name: str) -> tuple[str, StreamOpener] | None:
+        """A ClientHello's server name: its tunnel's name and an opener of a stream to the
+        router holding it, if
         it names a TLS passthrough tunnel held on another router; else None (the hello is
         terminated here: a name held here, an HTTP name, or one no router holds).
 
@@ -209,7 +210,7 @@ class Forwarder:
                 route = self.cache.fallback(label)
         if route is None or not route.holders or not is_passthrough_owner(route.owner):
             return None
-        return partial(self._open_passthrough, label, route)
+        return label, partial(self._open_passthrough, label, route)
 
     async def _open_passthrough(self, label: str, route: Route, ip: str, port: int) -> ByteStream:
         return await self._open(label, route, ClientInfo(ip, port, "https"), passthrough=True)

@@ -311,8 +311,8 @@ class RouterConfig:
         False,
         "allow TLS passthrough tunnels (ssh -R NAME:443:HOST:PORT): the HTTPS and one-port "
         "listeners read each ClientHello's server name first and relay a passthrough name's "
-        "connections undecrypted to its tunnel (the backend holds the certificate); not with "
-        "a registry (for now)",
+        "connections undecrypted to its tunnel (the backend holds the certificate); in a "
+        "cluster with the router link, also to a tunnel held on another router",
     )
     client_cert_routes: list[dict[str, Any]] = option(
         [],
@@ -424,13 +424,6 @@ class RouterConfig:
             raise ValueError(f"tcp_port_range: {error}") from None
         parse_port_rules(self.tcp_port_rules)
         parse_client_cert_routes(self.client_cert_routes)
-        if self.tls_passthrough and self.registry:
-            # A passthrough name held on another router would need its raw stream relayed
-            # over the router link; not built yet.
-            raise ValueError(
-                "tls_passthrough: not with a registry yet (a cluster cannot relay raw TLS "
-                "between routers)"
-            )
         if (self.tls_passthrough or self.client_cert_routes) and not (
             self.https_listen or self.one_port_listen
         ):

@@ -44,7 +44,7 @@ from router.registry.model import (
     RouteRegistry,
 )
 from router.registry.renewal import RENEWALS_PER_TTL, LeaseKeeper
-from router.tunnels import Tunnel, TunnelHub
+from router.tunnels import PASSTHROUGH_OWNER_MARK, OtherKind, Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.cluster")
 
@@ -92,7 +92,12 @@ class Membership:
                 raise RegistryUnavailable("still unreachable")
         registry, name = self.registry, tunnel.name
         try:
-            claim = await registry.claim(name, tunnel.owner, self.router_id, tunnel.lease_id)
+            claim = await registry.claim(
+                name, tunnel.registry_owner, self.router_id, tunnel.lease_id
+            )
+        except NameTaken:
+            await self._say_if_other_kind(tunnel)
+            raise
         except RegistryUnavailable:
             if self.keeper is not None and self.keeper.unavailable_since is None:
                 # The outage starts now: the next claim re-asserts this router's leases
@@ -106,6 +111,22 @@ class Membership:
                 generation=claim.generation, router=self.router_id,
             )
         )  # fmt: skip
+
+    async def _say_if_other_kind(self, tunnel: Tunnel) -> None:
+        """Raise OtherKind if the registry refused ``tunnel`` because its own key holds the
+        name as the other kind (HTTP or TLS passthrough: another registry owner)."""
+        other = tunnel.owner if tunnel.passthrough else tunnel.owner + PASSTHROUGH_OWNER_MARK
+        try:
+            route = await self.registry.lookup(tunnel.name)
+        except RegistryError:
+            return  # the registry's own refusal stands
+        if route is not None and route.owner == other:
+            kind = "an HTTP name" if tunnel.passthrough else "a TLS passthrough name"
+            raise OtherKind(
+                f"the name {tunnel.name!r} is {route.state.value} by this key as {kind} in "
+                "the cluster: a name is one kind at a time (free it, and wait out its "
+                "reservation, to switch)"
+            )
 
     def release(self, tunnel: Tunnel, *, reserve: bool = True) -> None:
         """Release ``tunnel``'s lease in the background (errors are logged); ``reserve``
@@ -129,7 +150,7 @@ class Membership:
 
     def leases(self) -> list[Lease]:
         return [
-            Lease(name=name, owner=tunnel.owner, connection_id=tunnel.lease_id)
+            Lease(name=name, owner=tunnel.registry_owner, connection_id=tunnel.lease_id)
             for name, tunnel in self._hub.held_all()
         ]
 

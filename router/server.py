@@ -265,6 +265,9 @@ def build_router(config: RouterConfig) -> Router:
     if config.client_cert_routes:
         client_certs = ClientCertRoutes(parse_client_cert_routes(config.client_cert_routes))
         gateway.client_certs = client_certs
+    if link is not None:
+        # The holder's own route check for streams from other routers (``wire``).
+        link.peers.client_certs = client_certs
     hub.tls_passthrough = config.tls_passthrough
     router = Router(
         config=config,
@@ -718,6 +721,11 @@ def _new_hello_routing(router: Router) -> HelloRouting:
         handshake_timeout_s=config.tls_handshake_timeout_s, counts=router.browsers,
         connect_timeout_s=config.connect_timeout_s, idle_timeout_s=config.tcp_idle_timeout_s,
         passthrough=router.hub.passthrough_for if config.tls_passthrough else None,
+        elsewhere=(
+            router.link.forwarder.passthrough_elsewhere
+            if config.tls_passthrough and router.link is not None
+            else None
+        ),
         client_certs=client_certs,
         challenges=router.acme.tls_alpn if router.acme is not None else None,
     )  # fmt: skip

@@ -5,6 +5,9 @@ one of these is on, on the HTTPS port and for one-port mode's TLS connections:
 
 - ``tls_passthrough``: a hello whose SNI names a TLS passthrough tunnel
   (``ssh -R NAME:443:...``) is relayed raw to that tunnel, never decrypted;
+  in a cluster with the router link, also one held on another router
+  (``Forwarder.passthrough_elsewhere``): the raw bytes cross the link as a
+  stream to the holder, which opens the tunnel's channel, as for TCP ports;
 - ``[[client_cert_routes]]``: a hello for a name under a route gets a context
   that asks for a client certificate (``router.client_certs``); other names
   are never asked;
@@ -22,7 +25,8 @@ Rules:
    many packets still reads; one never finished, or a connection that ends
    inside it, is closed at its deadline. A hello that is not one we can read
    goes on to the handshake, which refuses it in its own words.
-2. Order: an ACME challenge; then a passthrough tunnel by SNI; then a client
+2. Order: an ACME challenge; then a passthrough tunnel by SNI (this router's,
+   then one the route registry says another router holds); then a client
    certificate route by SNI; then the front door's usual context (whose SNI
    callback picks the certificate). The SNI alone decides: a connection
    terminated here is an HTTP connection whose Host is checked per request
@@ -49,7 +53,7 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hostmux.limits import ConnectionCounts
@@ -57,6 +61,7 @@ from hostmux.log import fields
 from hostmux.names import target_for_host
 from hostmux.relay import (
     READ_CHUNK_BYTES,
+    ByteStream,
     ReaderWriterStream,
     UpstreamUnavailable,
 )
@@ -71,7 +76,7 @@ from router.acme.tls_alpn import TlsAlpnChallenges
 from router.client_certs import ClientCertRoutes
 from router.one_port import AcceptFailures
 from router.tcp_ports import relay
-from router.tunnels import Tunnel
+from router.tunnels import StreamOpener, Tunnel
 
 log = logging.getLogger("hostmux.tls")
 
@@ -92,6 +97,10 @@ class HelloRouting:
     connect_timeout_s: float = 30.0
     idle_timeout_s: float = 3600.0
     passthrough: Callable[[str | None], Tunnel | None] | None = None
+    # A cluster with the router link: the name and an opener of a stream to the router
+    # holding the passthrough tunnel a server name names, or None
+    # (``Forwarder.passthrough_elsewhere``).
+    elsewhere: Callable[[str], Awaitable[tuple[str, StreamOpener] | None]] | None = None
     client_certs: ClientCertRoutes | None = None
     challenges: TlsAlpnChallenges | None = None
     # Passthrough connections by outcome (closed, idle, reset, unavailable, refused_limit),
@@ -128,8 +137,13 @@ class HelloRouting:
                     return
             tunnel = self.passthrough(sni) if self.passthrough is not None else None
             if tunnel is not None:
-                await self._pass_through(conn, peer, tunnel)
+                await self._pass_through(conn, peer, tunnel.name, tunnel.open_stream)
                 return
+            if self.elsewhere is not None and sni is not None:
+                held = await self.elsewhere(sni)
+                if held is not None:  # (the hello is still in the socket: relayed too)
+                    await self._pass_through(conn, peer, *held)
+                    return
             await self._terminate(loop, conn, self._context(sni))
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             log.debug(fields("https_dropped", peer=_show(peer), reason=type(exc).__name__))
@@ -156,12 +170,12 @@ class HelloRouting:
         )
 
     async def _pass_through(
-        self, conn: socket.socket, peer: tuple[str, int], tunnel: Tunnel
+        self, conn: socket.socket, peer: tuple[str, int], name: str, opener: StreamOpener
     ) -> None:
         ip = peer[0]
         if not self.counts.admit(ip):
             self.stats["refused_limit"] += 1
-            log.warning(fields("passthrough_refused", name=tunnel.name, peer=ip, reason="limit"))
+            log.warning(fields("passthrough_refused", name=name, peer=ip, reason="limit"))
             conn.close()
             return
         started = time.monotonic()
@@ -170,7 +184,7 @@ class HelloRouting:
             reader, writer = await asyncio.open_connection(sock=conn, limit=READ_CHUNK_BYTES)
             client = ReaderWriterStream(reader, writer, label=f"tls:{_show(peer)}")
             try:
-                outcome, reason = await self._relay(tunnel, client, peer, sent)
+                outcome, reason = await self._relay(opener, client, peer, sent)
             finally:
                 if outcome in ("idle", "reset"):
                     client.abort()
@@ -183,18 +197,22 @@ class HelloRouting:
             self.stats["bytes_out"] += sent[1]
             log.info(
                 fields(
-                    "passthrough_connection", name=tunnel.name, peer=_show(peer),
+                    "passthrough_connection", name=name, peer=_show(peer),
                     outcome=outcome, reason=reason or None, bytes_in=sent[0],
                     bytes_out=sent[1], duration_s=round(time.monotonic() - started, 3),
                 )
             )  # fmt: skip
 
     async def _relay(
-        self, tunnel: Tunnel, client: ReaderWriterStream, peer: tuple[str, int], sent: list[int]
+        self,
+        opener: StreamOpener,
+        client: ReaderWriterStream,
+        peer: tuple[str, int],
+        sent: list[int],
     ) -> tuple[str, str]:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                upstream = await tunnel.open_stream(*peer)
+                upstream: ByteStream = await opener(*peer)
         except UpstreamUnavailable as exc:
             return "unavailable", str(exc)
         except TimeoutError:

@@ -56,6 +56,18 @@ StreamOpener = Callable[[str, int], Awaitable[ByteStream]]
 # with passed its ``valid_before`` (the job's lifetime ended).
 CERTIFICATE_EXPIRED = "certificate_expired"
 
+# A TLS passthrough tunnel's owner in the route registry: its key's plus this mark, so
+# the registry keeps a name HTTP or passthrough cluster-wide (the other kind is another
+# owner) and a route says its kind to every router (``Route.owner``). Never in a key's
+# fingerprint (SHA256:base64) nor an instance id (a DNS label).
+PASSTHROUGH_OWNER_MARK = "#tls"
+
+
+def is_passthrough_owner(registry_owner: str) -> bool:
+    """Whether a route's owner (``Tunnel.registry_owner``) is a TLS passthrough tunnel's."""
+    return registry_owner.endswith(PASSTHROUGH_OWNER_MARK)
+
+
 # Told each tunnel event: (kind, name, url, generation, reason). The generation is the
 # name's in the route registry (0 without one); the reason is None unless the router
 # knows why a tunnel went down (``CERTIFICATE_EXPIRED``).
@@ -97,9 +109,19 @@ class Tunnel:
     def __repr__(self) -> str:
         return f"<Tunnel {self.name} owner={self.owner} peer={self.peer}>"
 
+    @property
+    def registry_owner(self) -> str:
+        """Its owner as the route registry stores it: marked for a passthrough tunnel."""
+        return self.owner + PASSTHROUGH_OWNER_MARK if self.passthrough else self.owner
+
 
 class Blocked(NameTaken):
     """The operator blocked the key or the name (``router.blocks``); the message says which."""
+
+
+class OtherKind(NameTaken):
+    """The name is held (or reserved) by the same key as the other kind, HTTP or TLS
+    passthrough, elsewhere in the cluster; the message says so."""
 
 
 class TunnelHub:
@@ -424,10 +446,7 @@ class TunnelGateway:
         if isinstance(found, Tunnel) and found.passthrough:
             # Its TLS belongs to the backend: a connection terminated here (another SNI, or
             # plain HTTP) never reaches it by its Host header.
-            return status_page(
-                421, f"{host} is served by TLS passthrough: connect with it as the TLS server "
-                "name (SNI)", request_id=request_id, as_html=_wants_html(request),
-            )  # fmt: skip
+            return passthrough_misdirected_page(host, request_id, _wants_html(request))
         if self.forwarder is not None and not isinstance(found, Tunnel):
             # Held here: served here, as without a cluster. Else another router may hold it.
             return self.forwarder.route(
@@ -492,6 +511,14 @@ class TunnelGateway:
             "its certificate authority signed", request_id=request_id,
             as_html=_wants_html(request),
         )  # fmt: skip
+
+
+def passthrough_misdirected_page(host: str, request_id: str, as_html: bool) -> Page:
+    """421 for a request whose Host names a TLS passthrough tunnel (here or elsewhere)."""
+    return status_page(
+        421, f"{host} is served by TLS passthrough: connect with it as the TLS server "
+        "name (SNI)", request_id=request_id, as_html=as_html,
+    )  # fmt: skip
 
 
 def not_served_page(label: str, reserved: bool, request_id: str, as_html: bool) -> Page:

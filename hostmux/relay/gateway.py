@@ -19,12 +19,17 @@ from hostmux.relay.streams import ByteStream
 class UpstreamUnavailable(Exception):
     """The upstream could not be opened; the message is safe to show the user.
 
-    ``headers`` go on the 502 page (e.g. ``X-Hostmux-Error`` from the router link).
+    ``headers`` go on the page (e.g. ``X-Hostmux-Error`` from the router link);
+    ``status`` is its status: 502, or 403 when the router holding the name refused the
+    browser's client certificate (``router.cluster.wire``).
     """
 
-    def __init__(self, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(
+        self, message: str, headers: Sequence[tuple[bytes, bytes]] = (), *, status: int = 502
+    ) -> None:
         super().__init__(message)
         self.headers = list(headers)
+        self.status = status
 
 
 @dataclass(slots=True)

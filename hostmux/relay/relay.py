@@ -572,7 +572,7 @@ class HttpRelay:
         except TimeoutError:
             raise Refusal(504, f"the tunnel {decision.label!r} did not answer in time") from None
         except UpstreamUnavailable as exc:
-            raise Refusal(502, str(exc), exc.headers) from None
+            raise Refusal(exc.status, str(exc), exc.headers) from None
         self._upstream = Upstream(
             stream, decision.key, decision.response_headers, decision.response_headers_checked
         )

@@ -39,12 +39,20 @@ from typing import TYPE_CHECKING, NoReturn
 
 from hostmux.http1 import ClientInfo, Headers, Page, status_page
 from hostmux.log import fields
+from hostmux.names import target_for_host
 from hostmux.relay import ByteStream, Destination, UpstreamUnavailable
 from router.cluster.link import LinkPool, LinkStream, PeerUnreachable
 from router.cluster.routes import RouteCache
 from router.cluster.wire import ERROR_HEADER, LinkError, StreamRequest
 from router.registry.model import RegistryError, RegistryUnavailable, Route, RouteRegistry
-from router.tunnels import TunnelHub, not_served_page
+from router.tunnels import (
+    StreamOpener,
+    Tunnel,
+    TunnelHub,
+    is_passthrough_owner,
+    not_served_page,
+    passthrough_misdirected_page,
+)
 
 if TYPE_CHECKING:
     from router.holding import HoldingPages
@@ -137,6 +145,8 @@ class Forwarder:
             if self.holding is None:
                 return otherwise
             return self.holding.answer(label, client.peer_ip, request_id, as_html, otherwise)
+        if is_passthrough_owner(route.owner):  # its TLS is the backend's: only by SNI
+            return passthrough_misdirected_page(host, request_id, as_html)
         return Destination(
             key=host,
             label=label,
@@ -174,19 +184,55 @@ class Forwarder:
             raise UpstreamUnavailable(f"no tunnel holds port {port}")
         return await self._open(name, route, ClientInfo(peer_ip, peer_port, "http"))
 
+    # -- TLS passthrough tunnels held elsewhere -----------------------------------
+
+    async def passthrough_elsewhere(self, server_name: str) -> tuple[str, StreamOpener] | None:
+        """A ClientHello's server name: its tunnel's name and an opener of a stream to the
+        router holding it, if
+        it names a TLS passthrough tunnel held on another router; else None (the hello is
+        terminated here: a name held here, an HTTP name, or one no router holds).
+
+        The route is the HTTP requests' (cached, or looked up within
+        ``LOOKUP_TIMEOUT_S``); a registry that cannot be reached leaves the last
+        route known, or none (the handshake then goes on, and its request says why).
+        """
+        target = target_for_host(server_name, self._hub.domain)
+        if target is None or target.label is None:
+            return None
+        label = target.label
+        if isinstance(self._hub.routes.lookup(label), Tunnel):
+            return None  # held here: this router's own tunnel decided already
+        found, route = self.cache.get(label)
+        if not found:
+            try:
+                route = await self._lookup(label)
+            except RegistryError:
+                route = self.cache.fallback(label)
+        if route is None or not route.holders or not is_passthrough_owner(route.owner):
+            return None
+        return label, partial(self._open_passthrough, label, route)
+
+    async def _open_passthrough(self, label: str, route: Route, ip: str, port: int) -> ByteStream:
+        return await self._open(label, route, ClientInfo(ip, port, "https"), passthrough=True)
+
     # -- opening a forwarded stream ---------------------------------------------
 
-    async def _open(self, name: str, route: Route, client: ClientInfo) -> ByteStream:
-        """A stream to a holder of ``name`` (UpstreamUnavailable with a reason if none)."""
+    async def _open(
+        self, name: str, route: Route, client: ClientInfo, *, passthrough: bool = False
+    ) -> ByteStream:
+        """A stream to a holder of ``name`` (UpstreamUnavailable with a reason if none):
+        HTTP bytes, or with ``passthrough`` raw TLS (never to a tunnel of the other kind)."""
         try:
             async with asyncio.timeout(self._budget_s):
-                return await self._open_within(name, route, client)
+                return await self._open_within(name, route, client, passthrough)
         except TimeoutError:
             raise UpstreamUnavailable(
                 f"the router holding {name!r} did not answer in time", UNREACHABLE_HEADERS
             ) from None
 
-    async def _open_within(self, name: str, route: Route | None, client: ClientInfo) -> ByteStream:
+    async def _open_within(
+        self, name: str, route: Route | None, client: ClientInfo, passthrough: bool
+    ) -> ByteStream:
         for attempt in (1, 2):
             if attempt == 2:
                 try:
@@ -197,12 +243,17 @@ class Forwarder:
                     ) from None
             local = self._hub.lookup_any(name)
             if local is not None:  # it moved here: served as any local request
+                if local.passthrough != passthrough:
+                    raise _changed_kind(name, local.passthrough)
                 return await self._hub.open_stream(local, client.peer_ip, client.peer_port)
             if route is None:
                 raise UpstreamUnavailable(f"no tunnel is called {name!r} any more")
+            if is_passthrough_owner(route.owner) != passthrough:
+                raise _changed_kind(name, not passthrough)
+            certificate = client.certificate
             request = StreamRequest(
                 name, route.owner, route.generation, client.peer_ip, client.peer_port,
-                client.scheme,
+                client.scheme, certificate.verified_by if certificate is not None else None,
             )  # fmt: skip
             result = await self._to_a_holder(route, request)
             if isinstance(result, LinkStream):
@@ -211,6 +262,13 @@ class Forwarder:
                 raise UpstreamUnavailable(
                     f"the tunnel {name!r} did not open on the router holding it",
                     [(ERROR_HEADER, result.value.encode())],
+                )
+            if result is LinkError.CERTIFICATE_REQUIRED:
+                raise UpstreamUnavailable(
+                    f"{name!r} needs a client certificate: this connection did not present "
+                    "one its certificate authority signed",
+                    [(ERROR_HEADER, result.value.encode())],
+                    status=403,
                 )
             self.cache.drop(name)  # moved (or refused): never retried on the same route
             log.info(fields("route_moved", name=name, generation=route.generation))
@@ -288,3 +346,9 @@ class Forwarder:
         while True:
             await asyncio.sleep(SWEEP_S)  # a period, not a synchronisation
             self.pool.sweep()
+
+
+def _changed_kind(name: str, now_passthrough: bool) -> UpstreamUnavailable:
+    """A name that became the other kind (HTTP, TLS passthrough) since it was routed."""
+    kind = "a TLS passthrough name" if now_passthrough else "an HTTP name"
+    return UpstreamUnavailable(f"the tunnel {name!r} is {kind} now; connect again")

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from typing import TYPE_CHECKING
 
 from hostmux.http1 import (
     END_OF_MESSAGE,
@@ -55,6 +56,9 @@ from router.cluster.wire import (
 )
 from router.tunnels import Tunnel, TunnelHub
 
+if TYPE_CHECKING:
+    from router.client_certs import ClientCertRoutes
+
 log = logging.getLogger("hostmux.cluster")
 
 # Reason: longer than the sender's idle close (link.IDLE_S), so the sender closes first.
@@ -73,6 +77,11 @@ class PeerServer:
         self._going_away = False
         self.streams = 0  # streams served (logs and tests)
         self.moved = 0  # streams answered route-moved (logs and tests)
+        # ``[[client_cert_routes]]`` (the router's, kept up to date by reload): a name
+        # under a route is served only to a stream whose sender verified a certificate
+        # by that route (``wire``: X-Hostmux-Client-Cert-Route).
+        self.client_certs: ClientCertRoutes | None = None
+        self.refused_certificate = 0  # streams answered certificate-required
 
     def __repr__(self) -> str:
         return (
@@ -163,6 +172,16 @@ class PeerServer:
                 )
             )  # fmt: skip
             return await _refuse(link, LinkError.ROUTE_MOVED)
+        if self._needs_certificate(tunnel, wanted):
+            self.refused_certificate += 1
+            log.info(
+                fields(
+                    "link_certificate_required", name=wanted.name, router=peer,
+                    client=f"{wanted.client_ip}:{wanted.client_port}",
+                    verified_by=wanted.certificate_route,
+                )
+            )  # fmt: skip
+            return await _refuse(link, LinkError.CERTIFICATE_REQUIRED)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 channel = await self._hub.open_stream(tunnel, wanted.client_ip, wanted.client_port)
@@ -203,11 +222,20 @@ class PeerServer:
     def _tunnel_for(self, wanted: StreamRequest) -> Tunnel | None:
         """This router's tunnel for the request, if it may serve it (owner, generation)."""
         found = self._hub.lookup_any(wanted.name)  # a name or a TCP port
-        if found is None or found.owner != wanted.owner:
+        if found is None or found.registry_owner != wanted.owner:  # (its kind too)
             return None
         if found.generation > wanted.generation:
             return None  # claimed after the sender's route was read: it may be stale
         return found
+
+    def _needs_certificate(self, tunnel: Tunnel, wanted: StreamRequest) -> bool:
+        """Whether the stream is refused by this router's client certificate route for the
+        name (the sender verified none, or one by another route). A TLS passthrough
+        tunnel or a TCP port is never asked (as on the router a browser reaches)."""
+        if not self.client_certs or tunnel.passthrough or wanted.name.startswith("tcp:"):
+            return False
+        route = self.client_certs.route_for(wanted.name)
+        return route is not None and wanted.certificate_route != route.key
 
     async def drain(self, grace_s: float) -> None:
         """Shutdown: idle connections end now, streams in flight get ``grace_s``."""

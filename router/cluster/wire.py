@@ -1,4 +1,4 @@
-"""The router link's whole vocabulary: one request, three answers (pure).
+"""The router link's whole vocabulary: one request, four answers (pure).
 
 Each forwarded stream is one HTTP/1.1 exchange on a persistent mutual-TLS
 connection from the sender (the router a browser reached) to the holder (the
@@ -11,7 +11,18 @@ router whose tunnel serves the name)::
     X-Hostmux-Generation: <the route's generation the sender saw>
     X-Hostmux-Client: <browser IP> <browser port>
     X-Hostmux-Scheme: https | http
+    X-Hostmux-Client-Cert-Route: <the client certificate route that verified the
+                                 browser's certificate> (only when one did)
     Transfer-Encoding: chunked
+
+The sender is the router that terminated the browser's TLS: it verified the
+client certificate (``router.client_certs``) and wrote the app's RFC 9440
+``Client-Cert`` headers into the inner request (the browser's own copies, and
+any ``X-Hostmux-*`` header, are dropped there). The link header tells the
+holder which route verified it, so the holder applies its own route check
+(``PeerServer``): a name under a route is never served through a router that
+did not verify a certificate for that route. Only cluster peers (a cluster CA
+certificate) reach this head; browsers never write it.
 
 The holder answers at once, before the request body:
 
@@ -20,6 +31,9 @@ The holder answers at once, before the request body:
   generation than the sender saw. The sender looks the name up again.
 - ``502`` + ``X-Hostmux-Error: tunnel-failed``, empty body: the SSH channel
   could not be opened in time.
+- ``403`` + ``X-Hostmux-Error: certificate-required``, empty body: the name is
+  under one of the holder's client certificate routes, and the stream names
+  no certificate verified by that route. The sender answers the browser 403.
 - ``400`` + ``X-Hostmux-Error: bad-request``: not a stream request.
 - ``200``, chunked: the channel is open. From here on the request body's
   chunks are the bytes for the channel and the response body's chunks the
@@ -42,10 +56,13 @@ from hostmux.names import check_name
 STREAM_PATH = b"/_hostmux/stream"
 NAME, OWNER, GENERATION = b"x-hostmux-name", b"x-hostmux-owner", b"x-hostmux-generation"
 CLIENT, SCHEME, ERROR = b"x-hostmux-client", b"x-hostmux-scheme", b"x-hostmux-error"
+CERT_ROUTE = b"x-hostmux-client-cert-route"
 # Reason: a header that peers outside the link never see; the sender's error pages carry it.
 ERROR_HEADER = b"X-Hostmux-Error"
 # Reason: an owner is a key fingerprint or an instance id; bounds what a peer may send.
 _MAX_FIELD = 200
+# Reason: a route's key is its name patterns joined; a few dozen patterns fit.
+_MAX_ROUTE_FIELD = 2048
 
 
 class LinkError(enum.Enum):
@@ -53,6 +70,7 @@ class LinkError(enum.Enum):
 
     ROUTE_MOVED = "route-moved"  # 409: look the name up again
     TUNNEL_FAILED = "tunnel-failed"  # 502: the holder could not open its channel
+    CERTIFICATE_REQUIRED = "certificate-required"  # 403: no certificate of the name's route
     BAD_REQUEST = "bad-request"  # 400: not a stream request
     ROUTER_UNREACHABLE = "router-unreachable"  # the sender's own: the holder did not answer
 
@@ -71,6 +89,9 @@ class StreamRequest:
     client_ip: str
     client_port: int
     scheme: str
+    # The client certificate route (``ClientCertRoute.key``) that verified the browser's
+    # certificate on the sender; None: no verified certificate.
+    certificate_route: str | None = None
 
     def request(self, holder_id: str) -> Request:
         """The link request's head (its body is the stream's bytes, chunked)."""
@@ -83,6 +104,8 @@ class StreamRequest:
             (SCHEME, self.scheme.encode()),
             (b"transfer-encoding", b"chunked"),
         ]
+        if self.certificate_route is not None:
+            headers.append((CERT_ROUTE, self.certificate_route.encode()))
         return Request(method=b"POST", target=STREAM_PATH, headers=headers)
 
 
@@ -92,8 +115,9 @@ def parse_stream_request(request: Request) -> StreamRequest:
         raise BadStreamRequest(f"not a stream request: {request.method!r} {request.target!r}")
     values: dict[bytes, str] = {}
     for name, value in request.headers:
-        if name in (NAME, OWNER, GENERATION, CLIENT, SCHEME):
-            if name in values or len(value) > _MAX_FIELD:
+        if name in (NAME, OWNER, GENERATION, CLIENT, SCHEME, CERT_ROUTE):
+            limit = _MAX_ROUTE_FIELD if name == CERT_ROUTE else _MAX_FIELD
+            if name in values or len(value) > limit:
                 raise BadStreamRequest(f"{name.decode()}: repeated or too long")
             values[name] = value.decode("ascii", "replace")
     missing = [n.decode() for n in (NAME, OWNER, GENERATION, CLIENT, SCHEME) if n not in values]
@@ -110,7 +134,9 @@ def parse_stream_request(request: Request) -> StreamRequest:
     scheme = values[SCHEME]
     if scheme not in ("http", "https"):
         raise BadStreamRequest(f"x-hostmux-scheme: {scheme!r} is not http or https")
-    return StreamRequest(checked, values[OWNER], int(generation), ip, int(port), scheme)
+    return StreamRequest(
+        checked, values[OWNER], int(generation), ip, int(port), scheme, values.get(CERT_ROUTE)
+    )
 
 
 def _check_stream_name(name: str) -> str:
@@ -125,7 +151,10 @@ def _check_stream_name(name: str) -> str:
 
 def error_answer(error: LinkError) -> Response:
     """An answer that ends the exchange at once (empty body)."""
-    status = {LinkError.ROUTE_MOVED: 409, LinkError.TUNNEL_FAILED: 502}.get(error, 400)
+    status = {
+        LinkError.ROUTE_MOVED: 409, LinkError.TUNNEL_FAILED: 502,
+        LinkError.CERTIFICATE_REQUIRED: 403,
+    }.get(error, 400)  # fmt: skip
     return Response(
         status_code=status,
         headers=[(b"content-length", b"0"), (ERROR, error.value.encode())],

@@ -64,7 +64,7 @@ from router.ssh.client_state import ClientState, VirtualForward
 from router.ssh.lean import listen_options, shed_after_auth
 from router.ssh.session import ToolSession
 from router.tcp_ports import PortRefused
-from router.tunnels import CERTIFICATE_EXPIRED, Blocked, Tunnel, TunnelHub
+from router.tunnels import CERTIFICATE_EXPIRED, Blocked, OtherKind, Tunnel, TunnelHub
 
 log = logging.getLogger("hostmux.ssh")
 
@@ -467,7 +467,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         for tunnel in tunnels:
             try:
                 await self._hub.claim_in_cluster(tunnel)
-            except Blocked as blocked:
+            except (Blocked, OtherKind) as blocked:
                 self._limits.remove_tunnel(tunnel.owner)
                 return self._refuse(where, str(blocked))
             except NameTaken:

@@ -83,11 +83,10 @@ def test_bad_route_tables_are_refused_in_words(table: dict[str, object], message
         parse_client_cert_routes([table])
 
 
-def test_router_config_checks_the_routes_and_refuses_passthrough_with_a_registry() -> None:
+def test_router_config_checks_the_routes_and_allows_passthrough_with_a_registry() -> None:
     with pytest.raises(ValueError, match="client_cert_routes #1: needs ca_file"):
         RouterConfig(client_cert_routes=[{"names": "a"}])
-    with pytest.raises(ValueError, match="tls_passthrough: not with a registry yet"):
-        RouterConfig(tls_passthrough=True, registry="redis://127.0.0.1:6379/0")
+    assert RouterConfig(tls_passthrough=True, registry="redis://127.0.0.1:6379/0").registry
     with pytest.raises(ValueError, match="need an https_listen or one_port_listen"):
         RouterConfig(tls_passthrough=True, https_listen=[])
     assert RouterConfig(tls_passthrough=True).tls_passthrough

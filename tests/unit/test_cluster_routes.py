@@ -96,6 +96,11 @@ def test_a_stream_request_round_trips_and_bad_ones_are_one_line() -> None:
     assert parse_stream_request(request) == sent
     tcp = StreamRequest("tcp:20001", "SHA256:abc", 42, "192.0.2.1", 5000, "http")
     assert parse_stream_request(tcp.request("a")) == tcp  # a TCP tunnel's port
+    assert b"x-hostmux-client-cert-route" not in dict(request.headers)
+    verified = StreamRequest("lab-1", "o", 1, "192.0.2.1", 5, "https", "lab-*,ops-*")
+    assert dict(verified.request("a").headers)[b"x-hostmux-client-cert-route"] == b"lab-*,ops-*"
+    assert parse_stream_request(verified.request("a")) == verified
+    twice = [*verified.request("a").headers, (b"x-hostmux-client-cert-route", b"lab-*")]
     bad = [
         Request(b"GET", b"/_hostmux/stream", request.headers),
         Request(b"POST", b"/other", request.headers),
@@ -109,6 +114,11 @@ def test_a_stream_request_round_trips_and_bad_ones_are_one_line() -> None:
             Request(b"POST", b"/_hostmux/stream", _with(request, b"x-hostmux-name", bad_port))
             for bad_port in (b"tcp:0", b"tcp:65536", b"tcp:020001", b"tcp:x", b"tcp:")
         ),
+        Request(b"POST", b"/_hostmux/stream", twice),
+        Request(
+            b"POST", b"/_hostmux/stream",
+            [*request.headers, (b"x-hostmux-client-cert-route", b"x" * 2049)],
+        ),
     ]  # fmt: skip
     for request in bad:
         with pytest.raises(BadStreamRequest) as raised:
@@ -118,8 +128,9 @@ def test_a_stream_request_round_trips_and_bad_ones_are_one_line() -> None:
 
 def test_answers_carry_their_error_codes() -> None:
     assert error_of(OPEN_ANSWER) is None
-    for error in (LinkError.ROUTE_MOVED, LinkError.TUNNEL_FAILED, LinkError.BAD_REQUEST):
+    for error in LinkError:
         assert error_of(error_answer(error)) is error
+    assert error_answer(LinkError.CERTIFICATE_REQUIRED).status_code == 403
     assert error_answer(LinkError.ROUTE_MOVED).status_code == 409
     assert error_answer(LinkError.TUNNEL_FAILED).status_code == 502
     assert error_of(Response(503, [])) is LinkError.BAD_REQUEST  # anything unexpected

@@ -44,7 +44,7 @@ class Server(asyncssh.SSHServer):
 
     def session_requested(self) -> tuple[asyncssh.SSHServerChannel[str], Any]:
         async def answer(_stdin: Any, stdout: asyncssh.SSHWriter[str], _stderr: Any) -> None:
-            channel = stdout.channel
+            channel: Any = stdout.channel  # asyncssh's line editor, passing calls on
             stdout.write(json.dumps(dict(channel.get_environment())))
             channel.exit(0)
 

@@ -418,4 +418,7 @@ async def test_ha_connections_renew_once_and_swap_on_both_routers_with_no_failed
     if pool:
         assert len(member_ids) == 1, member_ids  # one pool member id across every swap
     assert set(holders(redis_server, name)) == {"a", "b"}
-    assert listener.find(r"event=(tunnel_down|connection_down|tunnel_swap_failed) ") is None
+    assert (
+        listener.find(r"event=(tunnel_down|connection_down|tunnel_swap_failed|url_publish_failed) ")
+        is None
+    )

@@ -19,6 +19,12 @@ portal allows it, the listener renews before that:
    written beside the old file and renamed over it, so a reconnect never reads
    half a certificate. The run loop (``_run``) then opens a second connection
    with it and only then lets the old one go (no gap).
+5. One renewal per certificate for the whole process (``Renewer``), however
+   many connections present it (``ha_connections``): each renewal written
+   starts a new *generation*, and every connection made with an older one
+   swaps to a new connection (``_run``, ``_ha``). A certificate found expired
+   before a reconnect is renewed first, once for all the connections that find
+   it so (the portal authenticates the instance key, not the certificate).
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hostmux.log import fields
 
-from ._reconnect import Backoff
+from ._reconnect import Backoff, unless_stopped
 
 if TYPE_CHECKING:
     import keys
@@ -49,6 +56,11 @@ _REQUEST_TIMEOUT_S = 10.0
 _MAX_ANSWER_BYTES = 64 * 1024
 # Signed renewal requests are short-lived, as the URL updates are.
 _JWT_LIFETIME_S = 300
+# An expired certificate found before a reconnect: how long its renewal may keep trying
+# (the reconnect waits for it; the next reconnect tries again).
+EXPIRED_RENEWAL_S = 30.0
+# A certificate file that cannot be read is read again after this long (or at a renewal).
+UNREADABLE_RETRY_S = 60.0
 
 
 class CertificateError(Exception):
@@ -137,18 +149,26 @@ async def renew(
     issuer: str,
     kid: str | None,
     stop: asyncio.Event,
+    give_up_at: float | None = None,
 ) -> bool:
     """Renew the certificate in ``path`` now (rules 2-4); True once the new one is written.
 
-    False when the portal refused (logged), the certificate expired while
-    retrying, or ``stop`` was set.
+    Failures worth retrying are retried until ``give_up_at`` (Unix time; by
+    default the certificate's expiry). False when the portal refused (logged),
+    that time passed, the file cannot be read, or ``stop`` was set.
     """
     import keys
 
-    current = read_validity(path)
+    try:
+        current = read_validity(path)
+    except CertificateError as exc:
+        log.warning(fields("certificate_unreadable", reason=str(exc), renewed="no"))
+        return False
+    if give_up_at is None:
+        give_up_at = current.valid_before
     backoff = Backoff(base_s=0.5, cap_s=30.0)
     while not stop.is_set():
-        if current.valid_before is not None and time.time() >= current.valid_before:
+        if give_up_at is not None and time.time() >= give_up_at:
             log.warning(fields("certificate_expired", file=str(path), renewed="no"))
             return False
         try:
@@ -179,6 +199,88 @@ async def renew(
         )  # fmt: skip
         return True
     return False
+
+
+class Renewer:
+    """One renewal at a time for the listener process, and which certificate is newest (rule 5).
+
+    ``run`` renews the file at rule 1's time, again after each renewal; every
+    renewal written (also by ``renew_if_expired``) bumps ``generation``, and
+    ``newer_than`` wakes the connections made with an older one. After a refusal
+    (or a renewal that ran out of time) it waits until a reconnect's
+    ``renew_if_expired`` renews: the portal's answer was final for that certificate.
+
+    Resource handling: ``run`` is one task, ended by ``stop``. Error handling: every
+    failure is logged (by ``renew``) and the tunnels serve on until expiry.
+    """
+
+    def __init__(
+        self, path: Path, renew: Callable[[float | None], Awaitable[bool]], stop: asyncio.Event
+    ) -> None:
+        self._path = path
+        self._renew = renew  # renew(give_up_at): ``renew`` with the listener's key and URL
+        self._stop = stop
+        self._lock = asyncio.Lock()  # one renewal at a time
+        self._renewed = asyncio.Event()  # set at the next renewal (a fresh one after it)
+        self.generation = 0
+
+    def __repr__(self) -> str:
+        return f"<Renewer {self._path} generation={self.generation}>"
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            seen = self.generation
+            try:
+                at = renew_time(read_validity(self._path), time.time())
+            except CertificateError as exc:
+                log.warning(
+                    fields("certificate_unreadable", reason=str(exc), retry_s=UNREADABLE_RETRY_S)
+                )
+                await self._wait(seen, time.time() + UNREADABLE_RETRY_S)
+                continue
+            if at is None:  # valid for ever: nothing to renew unless another one is written
+                await self._wait(seen, None)
+                continue
+            if await self._wait(seen, at) or self._stop.is_set():
+                continue  # renewed meanwhile (a reconnect's renewal): time the new one
+            async with self._lock:
+                renewed = self.generation == seen and await self._renew(None)
+                if renewed:
+                    self._bump()
+            if not renewed:
+                await self._wait(seen, None)
+
+    async def renew_if_expired(self) -> None:
+        """Before a reconnect: renew a certificate that has expired (once, for every caller)."""
+        async with self._lock:
+            try:
+                validity = read_validity(self._path)
+            except CertificateError:
+                return  # the connection says why it cannot use it
+            if validity.valid_before is None or time.time() < validity.valid_before:
+                return
+            if await self._renew(time.time() + EXPIRED_RENEWAL_S):
+                self._bump()
+
+    async def newer_than(self, generation: int) -> bool:
+        """Wait until a certificate newer than ``generation`` is written: True; False at stop."""
+        while self.generation <= generation:
+            if await unless_stopped(self._renewed.wait(), self._stop) is None:
+                return False
+        return True
+
+    def _bump(self) -> None:
+        self.generation += 1
+        self._renewed.set()
+        self._renewed = asyncio.Event()
+
+    async def _wait(self, seen: int, until: float | None) -> bool:
+        """Until ``until`` (Unix time; None: no limit), a renewal or stop: True if renewed."""
+        with contextlib.suppress(TimeoutError):
+            timeout = None if until is None else max(0.0, until - time.time())
+            async with asyncio.timeout(timeout):
+                await self.newer_than(seen)
+        return self.generation != seen
 
 
 def _later(renewed: keys.CertificateValidity, current: keys.CertificateValidity) -> bool:

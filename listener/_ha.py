@@ -20,14 +20,22 @@ share, and the rules for it:
    goes, and one line says when fewer connections than wanted are up.
 4. The URL check runs over one connection that is up; if that one drops
    before the check passed, it starts again over another.
+5. Certificates: the process renews once (``Listener.renewer``); then each
+   connection made with an older certificate opens a new one to the same
+   router (the same router id, or it is not a swap), claims the name with the
+   new certificate (the router moves the name to it: same owner, same pool
+   member id), takes its place, and lets the old one go after ``SWAP_GRACE_S``
+   (or at its certificate's end, whichever comes first). A swap that fails
+   leaves the old connection serving until its certificate ends; then the slot
+   redials as after any drop. The name stays up throughout: no line for it.
 
 Each connection's requests run on its own SSH channels, so losing one loses
 nothing in flight on the others.
 
 Resource handling: ``run`` owns every slot's ``TunnelSession`` (one at a time
-per slot) and the check and publication tasks, all in one TaskGroup ended by
-``stop``. Error handling: as today's loop, every failure is logged and
-retried with back-off.
+per slot, and the ones it swapped away from until they are let go) and the
+check and publication tasks, all in one TaskGroup ended by ``stop``. Error
+handling: as today's loop, every failure is logged and retried with back-off.
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ from ._ssh_client import Forward, HostKeyRejected, TunnelError, TunnelSession
 
 if TYPE_CHECKING:
     from ._run import Listener
+
+# After a swap (rule 5), how long the old connection keeps the requests it was carrying.
+SWAP_GRACE_S = 10.0
 
 log = logging.getLogger("hostmux.listener")
 
@@ -178,12 +189,90 @@ class HaConnections:
                 self._holds.drop(slot)
                 return None, transport
             up_since = time.monotonic()  # from the claim: a slow connect is no tunnel that lasted
+            up = _Up(session, forward, address)
+            retiring: list[TunnelSession] = []
             try:
-                self._came_up(slot, _Up(session, forward, address), transport)
-                await unless_stopped(session.wait_closed(), self._stop)
+                self._came_up(slot, up, transport)
+                await unless_stopped(self._hold(slot, up, pins, router_id, retiring), self._stop)
             finally:
                 self._went_down(slot)
+                for held in (*retiring, up.session):  # (closing twice is harmless)
+                    await held.aclose()
         return time.monotonic() - up_since, transport
+
+    async def _hold(
+        self, slot: int, up: _Up, pins: tuple[str, ...], router_id: str,
+        retiring: list[TunnelSession],
+    ) -> None:  # fmt: skip
+        """Until the slot's connection ends, swapping it at each renewal (rule 5).
+
+        ``up`` is replaced in place by each swap; the connections swapped away from
+        are added to ``retiring`` (the caller closes whichever are left).
+        """
+        generation = up.session.spec.certificate_generation
+        async with asyncio.TaskGroup() as letting_go:
+            lets_go: list[asyncio.Task[None]] = []
+            try:
+                while await self._renewed_before_closed(up.session, generation):
+                    renewer = self._listener.renewer
+                    assert renewer is not None
+                    generation = renewer.generation
+                    successor = await self._successor(slot, up, pins, router_id)
+                    if successor is None:
+                        continue  # the old one serves on; swap again at the next renewal
+                    old, up.session = up.session, successor
+                    retiring.append(old)
+                    log.info(
+                        fields(
+                            "tunnel_swapped", name=up.forward.name, conn=slot,
+                            router=str(up.address), router_id=router_id or None,
+                            reason="certificate renewed",
+                        )
+                    )  # fmt: skip
+                    lets_go.append(letting_go.create_task(_let_go(old, retiring)))
+            finally:
+                for task in lets_go:
+                    task.cancel()
+
+    async def _renewed_before_closed(self, session: TunnelSession, generation: int) -> bool:
+        """Wait until ``session`` ends (False) or a certificate newer than ``generation`` is
+        written while it holds the name (True)."""
+        renewer = self._listener.renewer
+        if renewer is None:
+            await session.wait_closed()
+            return False
+        closed = asyncio.create_task(session.wait_closed())
+        renewed = asyncio.create_task(renewer.newer_than(generation))
+        try:
+            done, _ = await asyncio.wait({closed, renewed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (closed, renewed):
+                task.cancel()
+            await asyncio.gather(closed, renewed, return_exceptions=True)
+        return closed not in done and renewed in done and renewed.result()
+
+    async def _successor(
+        self, slot: int, up: _Up, pins: tuple[str, ...], router_id: str
+    ) -> TunnelSession | None:
+        """A new connection to ``up``'s router holding its name with the newest certificate,
+        or None (logged) when it could not be made."""
+        spec = up.session.spec
+        successor = TunnelSession(
+            self._listener.spec_for(spec.host, spec.port, pins, spec.transport, spec.dial_host)
+        )
+        try:
+            reached = await self._connect(successor)
+            if reached != router_id:  # an address that leads to several routers
+                raise TunnelError(f"reached router {reached or '?'}, not {router_id}")
+            await successor.forward(up.forward.name)
+        except TunnelError as exc:
+            await successor.aclose()
+            log.warning(
+                fields("tunnel_swap_failed", name=up.forward.name, conn=slot,
+                       router=str(up.address), reason=str(exc))
+            )  # fmt: skip
+            return None
+        return successor
 
     async def _connect(self, session: TunnelSession) -> str:
         """Connect; the router's id ("" when it gives none)."""
@@ -254,7 +343,7 @@ class HaConnections:
         """Rule 3: the name came up after none held it: publish it, as a reconnect does."""
         assert self._tasks is not None
         self._checked = asyncio.Event()
-        if self._listener._key is not None:
+        if self._listener._key is not None and self._config.uri_update_url:
             self._publication = self._tasks.create_task(
                 self._listener._publish(forward, self._checked, asyncio.Event())
             )
@@ -272,6 +361,13 @@ class HaConnections:
         if self._publication is not None:
             self._publication.cancel()
             self._publication = None
+
+
+async def _let_go(session: TunnelSession, retiring: list[TunnelSession]) -> None:
+    """Close a connection swapped away from after ``SWAP_GRACE_S`` (its requests finish)."""
+    await asyncio.sleep(SWAP_GRACE_S)  # a bounded drain, not a synchronisation
+    await session.aclose()
+    retiring.remove(session)
 
 
 async def resolve_hosts(servers: Sequence[str], *, timeout_s: float) -> dict[str, list[str]]:

@@ -18,11 +18,13 @@ is not checked or published again for a swap: it did not change.
 
 That is one connection (``ha_connections`` 1, or 0 with one router address).
 With more, ``HaConnections`` (``_ha.py``) runs this loop once per connection,
-each to a different router, all carrying the same name; each presents the
-certificate file as it is when it connects (renewal runs only with one).
+each to a different router, all carrying the same name. Either way one
+``Renewer`` renews the certificate for the whole process, and each connection
+swaps when a newer certificate is written (rule 5 of ``_certificate``).
 
-Resource handling: ``run_listener`` owns one ``TunnelSession`` at a time and
-closes it on SIGTERM/SIGINT (or when ``stop`` is set) before returning.
+Resource handling: ``run_listener`` owns one ``TunnelSession`` at a time (two
+during a swap) and the renewal task, and closes them on SIGTERM/SIGINT (or when
+``stop`` is set) before returning.
 Error handling: every failure to connect, check or publish is logged and
 retried; only bad configuration ends the process (before this runs).
 """
@@ -42,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from hostmux.config.layered import parse_host_port
 from hostmux.log import fields
 
-from ._certificate import CertificateError, read_validity, renew, renew_time
+from ._certificate import Renewer, renew
 from ._config import DEFAULT_ROUTER, ListenerConfig
 from ._dial import rank_by_latency
 from ._ha import HaConnections, resolve_hosts
@@ -82,11 +84,24 @@ class Listener:
         # auto starts with SSH and keeps whichever transport last worked.
         self._transport = "wss" if config.transport == "wss" else "ssh"
         self.counts = ListenerCounts()  # for metrics_listen
+        # One renewal per certificate for the process, whatever the connections (None: none).
+        self.renewer: Renewer | None = None
+        if config.renewal_url and config.certificate_file is not None and self._key is not None:
+            self.renewer = Renewer(config.certificate_file, self._renew, stop)
 
     def __repr__(self) -> str:
         return f"<Listener name={self._name!r} url={self._last_url!r}>"
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            renewing = tg.create_task(self.renewer.run()) if self.renewer is not None else None
+            try:
+                await self._run_connections()
+            finally:
+                if renewing is not None:
+                    renewing.cancel()
+
+    async def _run_connections(self) -> None:
         wanted = await self._wanted_connections()
         self.counts.wanted = wanted
         if wanted > 1:
@@ -157,7 +172,7 @@ class Listener:
         """Hold a tunnel through ``server`` until it drops; how long it was up (None: never)."""
         config = self._config
         host, port = parse_host_port(server, "router")
-        await self._renew_if_expired()
+        await self.renew_if_expired()
         spec = self.spec_for(host, port, pins, self._transport)
         async with TunnelSession(spec) as first:
             session = first
@@ -222,6 +237,7 @@ class Listener:
             ca_file=config.router_ca_file, dial_host=dial_host,
             pool_member=self.pool_member,
             certificate_file=config.certificate_file,
+            certificate_generation=self.renewer.generation if self.renewer is not None else 0,
             tls_passthrough=config.tls_passthrough,
         )  # fmt: skip
 
@@ -273,7 +289,7 @@ class Listener:
                     tasks.append(tg.create_task(self._publish(forward, checked, ended)))
             else:
                 tasks.append(tg.create_task(_close_after(retiring, SWAP_GRACE_S)))
-            if self._config.renewal_url and self._key is not None:
+            if self.renewer is not None:
                 tasks.append(tg.create_task(renewal()))
             await ended.wait()
             for task in tasks:
@@ -283,25 +299,14 @@ class Listener:
     async def _renewed_session(
         self, session: TunnelSession, forward: Forward, pins: tuple[str, ...]
     ) -> TunnelSession | None:
-        """At renewal time: a new certificate, and a new connection holding the name with it.
+        """Once a newer certificate is written: a new connection holding the name with it.
 
-        None when there is nothing more to do on this connection: the certificate
-        never expires, the portal refused, or it expired while asking (the router
-        then ends the tunnel and the run loop reconnects).
+        None when there is nothing more to do on this connection: stopped, or the
+        new connection failed (the old one serves on until its certificate
+        expires; the router then ends the tunnel and the run loop reconnects).
         """
-        config = self._config
-        assert config.certificate_file is not None and self._key is not None
-        try:
-            at = renew_time(read_validity(config.certificate_file), time.time())
-        except CertificateError as exc:
-            log.warning(fields("certificate_unreadable", reason=str(exc), renewed="no"))
-            return None
-        if at is None:
-            return None  # valid for ever: nothing to renew
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, at - time.time())):
-                await self._stop.wait()
-        if self._stop.is_set() or not await self._renew():
+        assert self.renewer is not None
+        if not await self.renewer.newer_than(session.spec.certificate_generation):
             return None
         spec = session.spec
         successor = TunnelSession(
@@ -315,26 +320,20 @@ class Listener:
             return None  # the old connection serves on until its certificate expires
         return successor
 
-    async def _renew(self) -> bool:
+    async def _renew(self, give_up_at: float | None) -> bool:
+        """Renew the certificate file now (``_certificate.renew``); the ``Renewer`` calls it."""
         config = self._config
         assert config.certificate_file is not None and self._key is not None
         return await renew(
             config.certificate_file, config.renewal_url, key=self._key,
             issuer=config.jwt_iss or config.user, kid=config.jwt_kid or None, stop=self._stop,
+            give_up_at=give_up_at,
         )  # fmt: skip
 
-    async def _renew_if_expired(self) -> None:
+    async def renew_if_expired(self) -> None:
         """Before connecting: an expired certificate is renewed first, if the portal will."""
-        config = self._config
-        if not config.renewal_url or config.certificate_file is None or self._key is None:
-            return
-        try:
-            validity = read_validity(config.certificate_file)
-        except CertificateError as exc:
-            log.warning(fields("certificate_unreadable", reason=str(exc)))
-            return
-        if validity.valid_before is not None and time.time() >= validity.valid_before:
-            await self._renew()
+        if self.renewer is not None:
+            await self.renewer.renew_if_expired()
 
     async def _advise(
         self, session: TunnelSession, forward: Forward, router_host: str, checked: asyncio.Event

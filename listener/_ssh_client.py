@@ -73,6 +73,9 @@ class TunnelSpec:
     # An OpenSSH certificate for the identity: presented instead of the bare key (read at
     # each connect, so a renewed one is used from the next connection on).
     certificate_file: Path | None = None
+    # Which renewal of it was the newest when this spec was made (``_certificate.Renewer``):
+    # a connection made with an older one swaps to a new connection.
+    certificate_generation: int = 0
     # The address to connect to when it is not ``host`` (one of a name's DNS
     # addresses): the host key is still checked for ``host``.
     dial_host: str = ""

@@ -6,8 +6,11 @@ pool's *head*; ``router.tunnels`` keeps the head a live member):
 1. A pool is one name's members on this router; a member is one tunnel client
    process, known by its *member id* (``HOSTMUX_POOL_MEMBER``, the listener's
    random id per process; else the tunnel's own lease id). A member that comes
-   again with the same id (a reconnect) replaces its old tunnel, as a
-   non-pool tunnel replaces its name's.
+   again with the same id (a reconnect, a renewed certificate's swap) replaces
+   its old tunnel, as a non-pool tunnel replaces its name's. Each replacement
+   or departure starts a new ``epoch``: a kept-alive browser connection opens
+   its next request anew (rule 2) instead of reusing a channel of a tunnel
+   that was replaced and will close.
 2. A browser connection picks its member when it opens its upstream channel:
    the member with the fewest *outstanding requests* here, counted as the
    channels this router has open to it (a keep-alive connection and a
@@ -99,6 +102,7 @@ class Pool:
     members: list[Member] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
     _turn: int = 0  # where the next tie-break starts (round-robin)
+    epoch: int = 0  # members replaced or gone so far (rule 1)
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} members={len(self.members)}>"
@@ -115,6 +119,7 @@ class Pool:
             if member.member_id == member_id and member.tunnel is not tunnel:
                 replaced = member.tunnel
                 self.members.remove(member)
+                self.epoch += 1
                 break
         if self.member_of(tunnel) is None:
             self.members.append(Member(tunnel, member_id, self.token_for(member_id)))
@@ -137,6 +142,7 @@ class Pool:
         if member is None:
             return False
         self.members.remove(member)
+        self.epoch += 1
         return True
 
     def token_for(self, member_id: str) -> bytes:

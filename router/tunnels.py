@@ -489,7 +489,9 @@ class TunnelGateway:
         base = self.response_headers
         pick = Pick(pool, client.peer_ip, client.peer_port, preferred, cookie, base)
         return Destination(
-            key=host, label=pool.name, open=pick.open,
+            # Per epoch: after a member was replaced (a reconnect, a renewed certificate's
+            # swap) or went, a kept-alive connection opens its next request anew.
+            key=f"{host}\0{pool.epoch}" if pool.epoch else host, label=pool.name, open=pick.open,
             response_headers=pick.response_headers if cookie else self.response_headers,
             response_headers_checked=True,  # the cookie's value is ours (base64url)
         )  # fmt: skip

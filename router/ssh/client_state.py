@@ -72,6 +72,8 @@ class ClientState:
     # a pool (``router.pool``).
     pool: bool = False
     member_id: str | None = None
+    # Env requests refused for being past the bounds (``router.ssh.session``).
+    env_refused: int = 0
     _changed_event: asyncio.Event | None = None
 
     @property

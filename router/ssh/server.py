@@ -62,7 +62,7 @@ from router.ssh.auth import Authenticator, unwatch_certificates, watch_certifica
 from router.ssh.channel import ChannelStream
 from router.ssh.client_state import ClientState, VirtualForward
 from router.ssh.lean import listen_options, shed_after_auth
-from router.ssh.session import ToolSession
+from router.ssh.session import ToolSession, bounded_env_channel
 from router.tcp_ports import PortRefused
 from router.tunnels import CERTIFICATE_EXPIRED, Blocked, OtherKind, Tunnel, TunnelHub
 
@@ -204,7 +204,12 @@ class _ConnectionHandler(asyncssh.SSHServer):
         if self._counted_owner is not None:
             self._limits.connections.release(self._counted_owner)
         if self._state.grant is not None:
-            log.info(fields("ssh_disconnect", peer=self._state.peer, reason=_reason(exc)))
+            log.info(
+                fields(
+                    "ssh_disconnect", peer=self._state.peer, reason=_reason(exc),
+                    env_refused=self._state.env_refused or None,
+                )
+            )  # fmt: skip
 
     # -- authentication ------------------------------------------------------
 
@@ -536,8 +541,11 @@ class _ConnectionHandler(asyncssh.SSHServer):
         log.info(fields("refused", peer=self._state.peer, what="direct-streamlocal"))
         return False
 
-    def session_requested(self) -> asyncssh.SSHServerSession[str]:
-        return ToolSession(self._hub, self._state, self._auth, self._settings.dev_ca_pem)
+    def session_requested(
+        self,
+    ) -> tuple[asyncssh.SSHServerChannel[str], asyncssh.SSHServerSession[str]]:
+        session = ToolSession(self._hub, self._state, self._auth, self._settings.dev_ca_pem)
+        return bounded_env_channel(self._connection, self._state), session
 
 
 def _tcp_opener(

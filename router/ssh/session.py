@@ -16,6 +16,16 @@ Part of the router's asyncssh adapter.
   instance's portal keys), and as user ``listen``, ``SOCKET`` (wait for the
   forward of that path, print the URL on stdout, stay open). Any other
   command, and every subsystem (sftp), is refused.
+
+Env requests (``SetEnv``/``SendEnv``): asyncssh keeps every one a client sends
+on a session channel, without limit. The router reads only ``HOSTMUX_*``
+names (``HOSTMUX_POOL``, ``HOSTMUX_POOL_MEMBER``), so a session channel is a
+``BoundedEnvChannel``: other names are refused and not kept (OpenSSH's
+default ``SendEnv LANG LC_*`` among them: it does not mind), and of
+``HOSTMUX_*`` names at most ``MAX_ENV_KEPT`` per channel, each name and value
+of bounded size; past that they are refused, counted per connection
+(``env_refused`` on its ``ssh_disconnect`` line) and logged once per
+connection (``ssh_env_refused``).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import json
 import logging
 
 import asyncssh
+from asyncssh.packet import SSHPacket
 
 from hostmux.log import fields
 from router.pool import check_member_id
@@ -58,6 +69,13 @@ _REGISTER_USAGE = (
 
 _BUILTINS = ("help", "tunnels", "ca")
 
+# Env requests a session channel keeps (the module's docstring): HOSTMUX_* names only,
+# this many per channel, names and values up to these sizes (bytes).
+ENV_PREFIX = b"HOSTMUX_"
+MAX_ENV_KEPT = 16
+MAX_ENV_NAME_BYTES = 64
+MAX_ENV_VALUE_BYTES = 256
+
 # What ``ca`` says when there is no development CA: certificates from files are
 # trusted through the client's own CA store, so there is nothing to hand out.
 _NO_DEV_CA = (
@@ -71,6 +89,56 @@ def _pool_line(pool: object) -> str:
         return ""
     members = pool["members"]
     return f" (pool member {pool['member']}, {len(members)} member(s) here)"
+
+
+class BoundedEnvChannel(asyncssh.SSHServerChannel[str]):
+    """asyncssh's session channel, keeping a bounded env (the module's docstring).
+
+    asyncssh builds its channel from the connection's own settings
+    (``create_server_channel``) and handles each channel request by the method
+    named after it; ``bounded_env_channel`` makes one and gives it this class, which
+    adds nothing but ``_process_env_request`` (``tests/unit/test_ssh_env.py`` checks
+    that asyncssh still has the method this one replaces).
+    """
+
+    _state: ClientState  # the connection's, for the count of refusals
+
+    def _process_env_request(self, packet: SSHPacket) -> bool:
+        name = packet.get_string()
+        value = packet.get_string()
+        packet.check_end()
+        if not name.startswith(ENV_PREFIX):
+            return False  # nothing reads it: refused, not kept, not worth a line
+        if (
+            (name not in self._env and len(self._env) >= MAX_ENV_KEPT)
+            or len(name) > MAX_ENV_NAME_BYTES
+            or len(value) > MAX_ENV_VALUE_BYTES
+        ):
+            state = self._state
+            state.env_refused += 1
+            if state.env_refused == 1:
+                shown = name[:MAX_ENV_NAME_BYTES].decode("utf-8", "replace")
+                log.warning(
+                    fields(
+                        "ssh_env_refused", peer=state.peer, kept=len(self._env),
+                        limit=MAX_ENV_KEPT, name=shown, value_bytes=len(value),
+                        max_name_bytes=MAX_ENV_NAME_BYTES, max_value_bytes=MAX_ENV_VALUE_BYTES,
+                    )
+                )  # fmt: skip
+            return False
+        self._env[name] = value
+        return True
+
+
+def bounded_env_channel(
+    conn: asyncssh.SSHServerConnection, state: ClientState
+) -> asyncssh.SSHServerChannel[str]:
+    """A new session channel of ``conn`` that keeps a bounded env (``BoundedEnvChannel``)."""
+    chan = conn.create_server_channel()
+    chan.__class__ = BoundedEnvChannel  # the same object, one method more (no new fields)
+    assert isinstance(chan, BoundedEnvChannel)
+    chan._state = state
+    return chan
 
 
 class ToolSession(asyncssh.SSHServerSession[str]):

@@ -19,6 +19,12 @@ Modes (each prints one line per step on stdout, flushed, for ``wait_for``):
                         its own letter (A or B) where it won.
 ``cancel NAME``         asks the router to cancel NAME's forward, which it does
                         not hold (``cancel-tcpip-forward``).
+``env-flood NAME COUNT`` holds NAME as pool member ``flood``, then runs
+                        ``tunnels --json`` on a session that first sends
+                        HOSTMUX_POOL=1, HOSTMUX_POOL_MEMBER=flood and COUNT
+                        ``HOSTMUX_FLOOD_<n>`` (256-byte values) and COUNT ``LC_FLOOD_<n>``
+                        (1 KiB values) env requests; says ``tunnels-ok`` with
+                        what it printed.
 
 Every mode but ``cancel`` then holds its connections until SIGTERM.
 """
@@ -124,6 +130,10 @@ async def run(args: argparse.Namespace) -> int:
     elif args.mode == "never-read":
         await conn.start_server(lambda host, port: never_read, args.name, LABEL_PORT)
         say(f"forwarding {args.name}")
+    elif args.mode == "env-flood":
+        await conn.start_server(lambda host, port: http_responder("flood"), args.name, LABEL_PORT)
+        say(f"forwarding {args.name}")
+        await env_flood(conn, args.count)
     elif args.mode == "race":
         await race(conn, await connect(args, args.key[1]), args.prefix, args.rounds)
     elif args.mode == "cancel":
@@ -154,6 +164,16 @@ async def race(
         unexpected = [r for r in failures if not isinstance(r, asyncssh.ChannelListenError)]
         say(f"round {number} name={name} won={won or 'none'} odd={len(unexpected)}")
     say("race done")
+
+
+async def env_flood(conn: asyncssh.SSHClientConnection, count: int) -> None:
+    """One session with ``2 * count + 2`` env requests (asyncssh sends each as a channel
+    request wanting no reply, all before the exec), then ``tunnels --json`` on it."""
+    env = {"HOSTMUX_POOL": "1", "HOSTMUX_POOL_MEMBER": "flood"}
+    env |= {f"HOSTMUX_FLOOD_{n}": "v" * 256 for n in range(count)}
+    env |= {f"LC_FLOOD_{n}": "w" * 1024 for n in range(count)}
+    result = await conn.run("tunnels --json", env=env, check=True)
+    say(f"tunnels-ok {str(result.stdout).strip()}")
 
 
 async def cancel(conn: asyncssh.SSHClientConnection, name: str) -> None:
@@ -192,6 +212,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     serve.add_argument("who")
     for mode in ("never-confirm", "late-confirm", "never-read", "cancel"):
         modes.add_parser(mode).add_argument("name")
+    flood = modes.add_parser("env-flood")
+    flood.add_argument("name")
+    flood.add_argument("count", type=int)
     race_mode = modes.add_parser("race")
     race_mode.add_argument("prefix")
     race_mode.add_argument("rounds", type=int)

@@ -7,6 +7,7 @@ by checking that the router logged no traceback.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import subprocess
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import trio
+
+from router.ssh.session import MAX_ENV_KEPT
 
 from .conftest import LoggedProcess, Router, Stack, World, public_key_of
 from .raw_http import read_to_eof
@@ -30,6 +33,13 @@ STALL_S = 5.0
 # What the router may hold for one stalled upload: the SSH channel window
 # (2 MiB), a read chunk (256 KiB), asyncio and TLS buffers, allocator slack.
 STALLED_UPLOAD_RSS_BOUND = 32 * MIB
+# Env requests of each kind (HOSTMUX_* with 256-byte values, LC_* with 1 KiB ones) one
+# session sends: kept, they would take the router ~25 MiB, twice that once decoded.
+ENV_FLOOD = 20_000
+# What the router may grow by while the flood arrives (packet buffers, allocator slack).
+ENV_FLOOD_RSS_BOUND = 6 * MIB
+# Reason: 40,000 channel requests, on a loaded 2-core machine.
+ENV_FLOOD_TIMEOUT_S = 120.0
 
 
 async def start_peer(
@@ -45,6 +55,43 @@ async def start_peer(
 
 def assert_no_traceback(router: Router) -> None:
     assert router.proc.find(r"Traceback") is None
+
+
+# --- env requests ------------------------------------------------------------------------
+
+
+async def test_a_flood_of_env_requests_keeps_a_bounded_env_and_the_tunnel_works(
+    stack: Stack,
+) -> None:
+    router = await stack.start_router()
+    key = stack.new_key("flood")
+    router.authorize(public_key_of(key))
+    window = start_rss_window(router.proc.process.pid)
+    peer = await start_peer(stack, router, [key], "env-flood", "flooded", str(ENV_FLOOD))
+    said = await peer.wait_for(r"^tunnels-ok (.*)$", timeout_s=ENV_FLOOD_TIMEOUT_S)
+    growth = peak_rss_growth_bytes(window)
+
+    # The command on the flooded session ran, and the router kept the first HOSTMUX_*
+    # names: the connection's forward became pool member "flood".
+    assert json.loads(said[1])["tunnels"][0]["name"] == "flooded"
+    refused = await router.proc.wait_for(
+        rf"event=ssh_env_refused peer=(\S+) kept=(\d+) limit={MAX_ENV_KEPT} "
+    )
+    assert int(refused[2]) == MAX_ENV_KEPT
+    peer_address = refused[1]
+    await router.proc.wait_for(rf"event=pool_env peer={peer_address} member=flood ")
+    assert (await router.get("flooded", "/")).text == "flood"
+    assert growth < ENV_FLOOD_RSS_BOUND, f"the router grew {growth / MIB:.1f} MiB"
+
+    # One line for the connection, and its count when it goes: every HOSTMUX_* name past
+    # the bound (the other names are refused without a count: nothing reads them).
+    await peer.stop()
+    gone = await router.proc.wait_for(
+        rf"event=ssh_disconnect peer={peer_address} .*env_refused=(\d+)"
+    )
+    assert int(gone[1]) == ENV_FLOOD - (MAX_ENV_KEPT - 2)
+    assert sum("event=ssh_env_refused " in line for line in router.proc.lines) == 1
+    assert_no_traceback(router)
 
 
 # --- stuck channels ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import datetime
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import keys
 from listener._certificate import (
     CertificateError,
+    Renewer,
     read_validity,
     renew,
     renew_time,
@@ -30,7 +32,7 @@ from .asyncio_bounded import run
 CA = keys.SshCertificateAuthority.generate()
 
 
-def _certificate(key: keys.InstanceKey, valid_for_s: int, principal: str = "job-1") -> str:
+def _certificate(key: keys.InstanceKey, valid_for_s: float, principal: str = "job-1") -> str:
     now = datetime.datetime.now(datetime.UTC)
     return CA.sign_user_key(
         key.public_openssh(), principals=[principal], key_id=f"portal:{principal}",
@@ -162,3 +164,89 @@ def test_a_failing_portal_is_retried_then_the_new_certificate_is_written(
     assert body == {"public_key": key.public_openssh()}
     token = authorization.removeprefix("Bearer ")
     assert keys.verify_jwt(token, [key.public_jwk()], issuer="job-1")["iss"] == "job-1"
+
+
+def test_an_expired_certificate_is_still_renewed_before_a_reconnect(
+    tmp_path: Path, key: keys.InstanceKey
+) -> None:
+    """The portal authenticates the instance key, not the certificate: an expired one is
+    renewed (``give_up_at`` in the future), where the default gives up at its expiry."""
+    path = tmp_path / "cert.pub"
+    write_certificate(path, _certificate(key, -5))
+    new = _certificate(key, 600)
+    with _portal([(200, json.dumps({"certificate": new}).encode())]) as url:
+        assert _renew(path, url, key) is False  # by default: expired, nothing asked
+        assert _Portal.seen == []
+
+        async def scenario() -> bool:
+            return await renew(
+                path, url, key=key, issuer="job-1", kid=None, stop=asyncio.Event(),
+                give_up_at=time.time() + 30,
+            )  # fmt: skip
+
+        assert run(scenario()) is True
+    assert path.read_text().strip() == new
+
+
+class _Renewals:
+    """What a ``Renewer`` calls to renew: writes a certificate valid for ``valid_for_s``."""
+
+    def __init__(self, path: Path, key: keys.InstanceKey, valid_for_s: float) -> None:
+        self.path, self.key, self.valid_for_s = path, key, valid_for_s
+        self.calls = 0
+
+    async def __call__(self, give_up_at: float | None) -> bool:
+        self.calls += 1
+        await asyncio.sleep(0.05)  # a portal's answer takes a while: callers overlap
+        write_certificate(self.path, _certificate(self.key, self.valid_for_s))
+        return True
+
+
+def test_connections_finding_an_expired_certificate_renew_it_once(
+    tmp_path: Path, key: keys.InstanceKey
+) -> None:
+    path = tmp_path / "cert.pub"
+    write_certificate(path, _certificate(key, -5))
+    renewals = _Renewals(path, key, 600)
+
+    async def scenario() -> int:
+        renewer = Renewer(path, renewals, asyncio.Event())
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(3):  # three HA connections reconnecting at once
+                tg.create_task(renewer.renew_if_expired())
+        return renewer.generation
+
+    assert run(scenario()) == 1
+    assert renewals.calls == 1
+
+
+def test_one_renewal_per_certificate_wakes_every_connection(
+    tmp_path: Path, key: keys.InstanceKey
+) -> None:
+    """``run`` renews at 2/3 of the time left; each renewal wakes every waiter once."""
+    path = tmp_path / "cert.pub"
+    write_certificate(path, _certificate(key, 1.5))
+    renewals = _Renewals(path, key, 2.5)
+
+    async def scenario() -> list[int]:
+        stop = asyncio.Event()
+        renewer = Renewer(path, renewals, stop)
+        woken: list[int] = []
+
+        async def connection() -> None:
+            seen = 0
+            while seen < 2 and await renewer.newer_than(seen):
+                seen = renewer.generation
+                woken.append(seen)
+
+        async with asyncio.TaskGroup() as tg:
+            running = tg.create_task(renewer.run())
+            async with asyncio.TaskGroup() as connections:
+                for _ in range(2):  # two HA connections
+                    connections.create_task(connection())
+            stop.set()
+            await running
+        return woken
+
+    assert sorted(run(scenario())) == [1, 1, 2, 2]
+    assert renewals.calls == 2

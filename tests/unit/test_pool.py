@@ -320,3 +320,28 @@ def test_a_pool_tunnel_replacing_a_plain_one_makes_the_name_a_pool() -> None:
     again.wants_pool = False
     h.claim(again)
     assert again.pool is None and h.tunnels() == [again]
+
+
+def test_a_replaced_or_departed_member_gives_kept_alive_connections_a_new_key() -> None:
+    """Rule 1's epoch: a kept-alive connection must not reuse a channel of a member's old
+    tunnel (a renewed certificate's swap closes it), so the Destination's key changes."""
+    h = hub()
+    a, b = tunnel("web", member="a"), tunnel("web", member="b")
+    h.claim(a)
+    h.claim(b)
+    gateway = TunnelGateway(h)
+    request = Request(b"GET", b"/", [(b"host", b"web.example.org")])
+    client = ClientInfo(peer_ip="192.0.2.1", peer_port=5, scheme="https")
+
+    def key() -> str:
+        routed = gateway.route("web.example.org", request, "rid", client)
+        assert isinstance(routed, Destination)
+        return routed.key
+
+    first = key()
+    assert key() == first  # steady: one upstream for the connection's requests
+    h.claim(tunnel("web", member="a"))  # member a comes again (a swap)
+    swapped = key()
+    assert swapped != first
+    h.release(b)  # member b goes
+    assert key() not in (first, swapped)

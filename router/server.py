@@ -590,6 +590,8 @@ async def drain_router(router: Router, listening: Listening) -> None:
         server.close()
     for peeking in listening.peeking_servers:
         peeking.close()  # its passthrough connections go on until the tunnels close
+    for peeking in listening.peeking_servers:
+        await peeking.wait_closed()  # its socket closes in the accepting task
     for acceptor in listening.ssh_acceptors:
         acceptor.close()
     if hub.cluster is not None:

@@ -255,6 +255,12 @@ class PeekingServer:
         else:
             self._sock.close()
 
+    async def wait_closed(self) -> None:
+        """Until the listening socket is closed (after ``close``): a drain reports
+        itself done only once new connections are refused."""
+        if self._accepting is not None:
+            await asyncio.wait([self._accepting])
+
     async def _accept(self, tasks: asyncio.TaskGroup) -> None:
         loop = asyncio.get_running_loop()
         failures = AcceptFailures()

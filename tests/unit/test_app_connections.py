@@ -275,7 +275,7 @@ def test_a_pooled_connection_is_lent_without_a_task_and_carries_keep_alive_reque
 
 def test_app_idle_connections_zero_is_accepted_and_means_none() -> None:
     key = new_cookie_key()
-    base = ["--instance-id", "inst-a", "--portal-url", "http://p.test", "--cookie-keys", key]
+    base = ["--instance-id", "inst-a", "--portal-url", "http://p.test", f"--cookie-keys={key}"]
     assert load_config(base, {}).app_idle_connections == 16
     assert load_config([*base, "--app-idle-connections", "0"], {}).app_idle_connections == 0
     env = {"HOSTMUX_APP_IDLE_CONNECTIONS": "0"}

@@ -28,7 +28,7 @@ CLIENT = ClientInfo(peer_ip="127.0.0.1", peer_port=1, scheme="http")
 
 def gateway() -> tuple[AuthGateway, CookieSealer]:
     config = load_config(
-        ["--instance-id", "inst-a", "--portal-url", PORTAL, "--cookie-keys", KEY], {}
+        ["--instance-id", "inst-a", "--portal-url", PORTAL, f"--cookie-keys={KEY}"], {}
     )
     sealer = CookieSealer([KEY], "inst-a", session_lifetime_s=config.session_lifetime_s)
     app = AppConnections("127.0.0.1", 9, max_idle=1)

@@ -125,6 +125,21 @@ class PendingOpens:
         self.count -= 1
 
 
+@dataclass(slots=True)
+class ForwardAnswers:
+    """Whether a forward's client has confirmed a channel open yet.
+
+    A client registers its listener for a forward when it reads the router's grant,
+    and asyncssh does so one loop turn later: an open that reaches it in the same read
+    as the grant is refused ("No such listener"), though the next one succeeds. So an
+    open refused while the forward has never confirmed one is tried once more, at
+    once; once one is confirmed, or a retried open is refused again, a refusal is the
+    client's answer.
+    """
+
+    settled: bool = False
+
+
 @dataclass
 class SshLimits:
     """Shared by all SSH connections: per-owner caps and the auth-failure limiter."""
@@ -556,6 +571,7 @@ def _tcp_opener(
     pending: PendingOpens,
 ) -> Callable[[str, int], Awaitable[ByteStream]]:
     """How a browser connection becomes a ``forwarded-tcpip`` channel to the client."""
+    answers = ForwardAnswers()
 
     async def open_stream(orig_host: str, orig_port: int) -> ByteStream:
         label = f"channel:{listen_host}"
@@ -566,7 +582,7 @@ def _tcp_opener(
                 window=window, max_pktsize=_MAX_PACKET,
             )  # fmt: skip
 
-        return await _open_channel(opening, pending=pending)
+        return await _open_channel(opening, pending=pending, answers=answers, label=label)
 
     return open_stream
 
@@ -575,6 +591,7 @@ def _unix_opener(
     conn: asyncssh.SSHServerConnection, listen_path: str, window: int, pending: PendingOpens
 ) -> Callable[[str, int], Awaitable[ByteStream]]:
     """The same for a ``forwarded-streamlocal@openssh.com`` channel (DIT4C protocol)."""
+    answers = ForwardAnswers()
 
     async def open_stream(orig_host: str, orig_port: int) -> ByteStream:
         label = f"channel:{listen_path}"
@@ -584,7 +601,7 @@ def _unix_opener(
                 lambda: ChannelStream(label), listen_path, window=window, max_pktsize=_MAX_PACKET
             )
 
-        return await _open_channel(opening, pending=pending)
+        return await _open_channel(opening, pending=pending, answers=answers, label=label)
 
     return open_stream
 
@@ -593,6 +610,8 @@ async def _open_channel(
     opening: Callable[[], Coroutine[Any, Any, tuple[Any, ChannelStream]]],
     *,
     pending: PendingOpens,
+    answers: ForwardAnswers,
+    label: str,
 ) -> ByteStream:
     """The channel ``opening`` opens, as a stream.
 
@@ -600,7 +619,30 @@ async def _open_channel(
     timeout), the open goes on without it, and a channel the client confirms
     later is closed at once: asyncssh would otherwise keep it, open and unread,
     for as long as the SSH connection lives.
+
+    A refusal before the forward's client confirmed any open is retried once
+    (see ``ForwardAnswers``): nothing was sent on a refused channel, so the
+    retry is safe whatever the request.
     """
+    try:
+        stream = await _open_once(opening, pending)
+    except asyncssh.ChannelOpenError as exc:
+        if answers.settled:
+            raise _refused(exc) from None
+        log.info(fields("channel_open_retried", channel=label, reason=exc.reason or "refused"))
+        try:
+            stream = await _open_once(opening, pending)
+        except asyncssh.ChannelOpenError as again:
+            answers.settled = True
+            raise _refused(again) from None
+    answers.settled = True
+    return stream
+
+
+async def _open_once(
+    opening: Callable[[], Coroutine[Any, Any, tuple[Any, ChannelStream]]],
+    pending: PendingOpens,
+) -> ChannelStream:
     if pending.count >= pending.limit:
         raise UpstreamUnavailable("the tunnel client is not answering (too many channels pending)")
     pending.count += 1
@@ -611,13 +653,17 @@ async def _open_channel(
     except asyncio.CancelledError:
         opened.add_done_callback(_close_late_channel)
         raise
-    except asyncssh.ChannelOpenError as exc:
-        raise UpstreamUnavailable(
-            f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
-        ) from None
+    except asyncssh.ChannelOpenError:
+        raise
     except (asyncssh.Error, OSError):
         raise UpstreamUnavailable("the tunnel went away") from None
     return stream
+
+
+def _refused(exc: asyncssh.ChannelOpenError) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
+    )
 
 
 def _close_late_channel(opened: asyncio.Future[tuple[Any, ChannelStream]]) -> None:

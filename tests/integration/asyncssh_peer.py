@@ -14,6 +14,9 @@ Modes (each prints one line per step on stdout, flushed, for ``wait_for``):
 ``never-read NAME``     holds NAME, accepts channels and never reads from them.
 ``late-confirm NAME``   holds NAME; confirms a channel open only when a line
                         arrives on stdin, then reports what the router does with it.
+``refuse NAME WHO OPENS`` as ``serve``, but refuses the channel opens whose numbers
+                        (counted from 1) are in the comma-separated OPENS; says
+                        ``open N refused`` or ``open N accepted`` for each.
 ``race PREFIX ROUNDS``  two connections (two keys) ask for the same fresh name
                         in the same event-loop tick, ROUNDS times; each serves
                         its own letter (A or B) where it won.
@@ -115,11 +118,31 @@ async def confirm_when_told(orig_host: str, orig_port: int) -> asyncssh.SSHTCPSe
     return LateSession()
 
 
+def refusing(who: str, refused: set[int]) -> Callable[[str, int], Handler]:
+    """A session factory that refuses the opens numbered in ``refused``."""
+    opens = 0
+
+    def factory(orig_host: str, orig_port: int) -> Handler:
+        nonlocal opens
+        opens += 1
+        if opens in refused:
+            say(f"open {opens} refused")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "refused on purpose")
+        say(f"open {opens} accepted")
+        return http_responder(who)
+
+    return factory
+
+
 async def run(args: argparse.Namespace) -> int:
     conn = await connect(args, args.key[0])
     say("connected")
     if args.mode == "serve":
         await conn.start_server(lambda host, port: http_responder(args.who), args.name, LABEL_PORT)
+        say(f"forwarding {args.name}")
+    elif args.mode == "refuse":
+        refused = {int(number) for number in args.opens.split(",")}
+        await conn.start_server(refusing(args.who, refused), args.name, LABEL_PORT)
         say(f"forwarding {args.name}")
     elif args.mode == "never-confirm":
         await conn.create_server(never_confirm, args.name, args.label_port)
@@ -210,6 +233,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     serve = modes.add_parser("serve")
     serve.add_argument("name")
     serve.add_argument("who")
+    refuse = modes.add_parser("refuse")
+    refuse.add_argument("name")
+    refuse.add_argument("who")
+    refuse.add_argument("opens")
     for mode in ("never-confirm", "late-confirm", "never-read", "cancel"):
         modes.add_parser(mode).add_argument("name")
     flood = modes.add_parser("env-flood")

@@ -334,20 +334,7 @@ async def test_in_a_cluster_the_registry_frees_the_name_of_a_job_that_ended(
         client.close()
 
 
-@pytest.mark.parametrize(
-    "pool",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.skip(
-                reason="known flaky (1 failure in ~14 runs: one request got 502 when the "
-                "listener refused a channel open right after a swap); cause not found yet"
-            ),
-        ),
-    ],
-    ids=["own-name", "pool"],
-)
+@pytest.mark.parametrize("pool", [False, True], ids=["own-name", "pool"])
 async def test_ha_connections_renew_once_and_swap_on_both_routers_with_no_failed_request(
     stack: Stack, redis_server: RedisServer, pool: bool
 ) -> None:

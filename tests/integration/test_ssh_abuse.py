@@ -147,6 +147,46 @@ async def test_channel_confirmed_after_the_connect_timeout_is_closed_at_once(
     assert_no_traceback(router)
 
 
+async def test_an_open_refused_before_the_client_confirmed_any_is_tried_again_once(
+    stack: Stack,
+) -> None:
+    """A client registers a forward's listener a loop turn after reading the grant
+    (asyncssh): an open that arrives with the grant is refused, the next succeeds. So a
+    refusal before any open was confirmed is retried once; later refusals are answers."""
+    router = await stack.start_router()
+    key = stack.new_key("refuser")
+    router.authorize(public_key_of(key))
+
+    # Open 1 refused, its retry (open 2) accepted; open 3 refused: the forward has
+    # confirmed one, so that refusal is the answer (no retry); open 4 accepted.
+    peer = await start_peer(stack, router, [key], "refuse", "late", "once", "1,3")
+    await peer.wait_for(r"forwarding late")
+    first = await router.get("late", "/")
+    assert (first.status_code, first.text) == (200, "once")
+    await router.proc.wait_for(r"event=channel_open_retried channel=channel:late ")
+    refused = await router.get("late", "/")
+    assert refused.status_code == 502
+    assert "refused on purpose" in refused.text
+    assert (await router.get("late", "/")).text == "once"
+    assert [line for line in peer.lines if line.startswith("open ")] == [
+        "open 1 refused", "open 2 accepted", "open 3 refused", "open 4 accepted",
+    ]  # fmt: skip
+
+    # A client that refuses the retry too is answered with 502, and the forward is
+    # settled: its next refusal is not retried either.
+    down = await start_peer(stack, router, [key], "refuse", "down", "never", "1,2,3")
+    await down.wait_for(r"forwarding down")
+    assert (await router.get("down", "/")).status_code == 502
+    assert (await router.get("down", "/")).status_code == 502
+    assert (await router.get("down", "/")).text == "never"
+    assert [line for line in down.lines if line.startswith("open ")] == [
+        "open 1 refused", "open 2 refused", "open 3 refused", "open 4 accepted",
+    ]  # fmt: skip
+    retried = [line for line in router.proc.lines if "event=channel_open_retried " in line]
+    assert len(retried) == 2
+    assert_no_traceback(router)
+
+
 async def test_tunnel_client_that_never_reads_stalls_an_upload_in_bounded_memory(
     stack: Stack,
 ) -> None:

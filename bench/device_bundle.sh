@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build a bundle for the many-core machine (Ubuntu 24.04, Python 3.12,
-# root, 16 cores, NO network, no nginx/sshd/wrk): Debian's binaries, the few libraries Ubuntu
+# root, 16 cores, NO network, no nginx/sshd/wrk/redis-server): Debian's binaries, the few libraries Ubuntu
 # lacks, and cp312 wheels of the project's dependencies.
 #   usage (from the project root):  bash bench/device_bundle.sh [OUT_DIR]   (default .device-bundle)
 # Then run there with .device-bundle carried along (it is in .gitignore):
@@ -9,7 +9,7 @@ set -euo pipefail
 OUT=${1:-.device-bundle}
 HERE=$(cd "$(dirname "$0")" && pwd)
 need=()
-for b in /usr/sbin/nginx:nginx /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/wrk:wrk /usr/bin/ss:iproute2; do
+for b in /usr/sbin/nginx:nginx /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/wrk:wrk /usr/bin/ss:iproute2 /usr/bin/redis-server:redis-server; do
   [ -x "${b%%:*}" ] || need+=("${b##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -18,8 +18,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/bin" "$OUT/lib" "$OUT/wheels"
 cp /usr/sbin/nginx /usr/sbin/sshd /usr/bin/ssh /usr/bin/ssh-keygen /usr/bin/wrk /usr/bin/ss "$OUT/bin/"
+cp -L /usr/bin/redis-server "$OUT/bin/redis-server"  # the cluster rows' registry (bench/cluster.py)
 # what Ubuntu 24.04 lacks of their libraries (measured); setup.sh installs only the missing ones
-for l in libluajit-5.1.so.2 libnsl.so.2 libtirpc.so.3 libwrap.so.0 libbsd.so.0 libmnl.so.0 libmd.so.0; do
+# (liblzf and libjemalloc: redis-server's)
+for l in libluajit-5.1.so.2 libnsl.so.2 libtirpc.so.3 libwrap.so.0 libbsd.so.0 libmnl.so.0 libmd.so.0 \
+    liblzf.so.1 libjemalloc.so.2 libatomic.so.1; do
   cp -L "$(ldconfig -p | awk -v l="$l" '$1==l{print $NF; exit}')" "$OUT/lib/"
 done
 deps=$(python3 - <<'PY'

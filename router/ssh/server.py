@@ -92,6 +92,13 @@ _MAX_EXPIRY_TIMER_S = 24 * 3600.0
 # ``-R NAME:443:HOST:PORT`` (or ``-R 443:...``): a TLS passthrough tunnel, not HTTP.
 PASSTHROUGH_PORT = 443
 
+# What an asyncssh client (hostmux-listener) answers a channel for a forward it has
+# not registered yet. It registers a forward when the task that asked for it resumes,
+# after the router's "granted" reply; a channel opened at once (a request that reached
+# the new tunnel) can be read before that. Asked again, the client has resumed: its
+# wake-up was queued before it read anything further (asyncio runs callbacks in order).
+_NOT_LISTENING_YET = "No such listener"
+
 # Random names collide with probability ~N/2^60; a few retries make the
 # refusal for "no free random name" practically unreachable.
 _RANDOM_NAME_ATTEMPTS = 5
@@ -596,28 +603,39 @@ async def _open_channel(
 ) -> ByteStream:
     """The channel ``opening`` opens, as a stream.
 
+    A client that answers it has no such listener is asked once more: an
+    asyncssh client that has just been granted its forward (see
+    ``_NOT_LISTENING_YET``).
+
     Resource handling: if the caller stops waiting (the relay's connect
     timeout), the open goes on without it, and a channel the client confirms
     later is closed at once: asyncssh would otherwise keep it, open and unread,
     for as long as the SSH connection lives.
     """
-    if pending.count >= pending.limit:
-        raise UpstreamUnavailable("the tunnel client is not answering (too many channels pending)")
-    pending.count += 1
-    opened = asyncio.ensure_future(opening())
-    opened.add_done_callback(pending.release)
-    try:
-        _, stream = await asyncio.shield(opened)
-    except asyncio.CancelledError:
-        opened.add_done_callback(_close_late_channel)
-        raise
-    except asyncssh.ChannelOpenError as exc:
-        raise UpstreamUnavailable(
-            f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
-        ) from None
-    except (asyncssh.Error, OSError):
-        raise UpstreamUnavailable("the tunnel went away") from None
-    return stream
+    asked_again = False
+    while True:
+        if pending.count >= pending.limit:
+            raise UpstreamUnavailable(
+                "the tunnel client is not answering (too many channels pending)"
+            )
+        pending.count += 1
+        opened = asyncio.ensure_future(opening())
+        opened.add_done_callback(pending.release)
+        try:
+            _, stream = await asyncio.shield(opened)
+        except asyncio.CancelledError:
+            opened.add_done_callback(_close_late_channel)
+            raise
+        except asyncssh.ChannelOpenError as exc:
+            if exc.reason == _NOT_LISTENING_YET and not asked_again:
+                asked_again = True
+                continue
+            raise UpstreamUnavailable(
+                f"the tunnel client could not reach its app ({exc.reason or 'refused'})"
+            ) from None
+        except (asyncssh.Error, OSError):
+            raise UpstreamUnavailable("the tunnel went away") from None
+        return stream
 
 
 def _close_late_channel(opened: asyncio.Future[tuple[Any, ChannelStream]]) -> None:

@@ -184,7 +184,8 @@ class RouterConfig:
     registry: str = option(
         "",
         "route registry shared by a cluster of routers: redis://[USER:PASSWORD@]HOST:PORT/DB "
-        "or rediss:// (TLS); empty: names live in this process only",
+        "or rediss:// (TLS: Redis's certificate checked against the system's CAs; a private "
+        "CA: add ?ssl_ca_certs=FILE); empty: names live in this process only",
         metavar="URL",
     )
     registry_prefix: str = option(

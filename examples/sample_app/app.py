@@ -18,6 +18,10 @@ Endpoints (each one exercises something a tunnel can get wrong):
                          (large and chunked uploads).
 ``GET /events?count=``   Server-Sent Events that stay open
                          (the path must stream, not buffer).
+``&paced=ID``            ... one event at a time: the first at once, each
+                         next one when ``POST /events/next?paced=ID`` asks
+                         (proves each event got through before the next
+                         was even sent).
 ``GET /status/CODE``     that status code (error-page pass-through).
 ``GET /slow-headers``    never answers (gateway timeouts).
 ``WebSocket /ws``        echoes every text or bytes message.
@@ -42,6 +46,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import trio
+
+from examples.sample_app.pacing import PacingRefused, allow_next, paced_stream
 
 __all__ = ["BYTES_CHUNK_SIZE", "MAX_BYTES", "Receive", "Scope", "Send", "app", "expected_bytes"]
 
@@ -127,6 +133,8 @@ async def _serve_http(scope: Scope, receive: Receive, send: Send) -> None:
                 await _receive_upload(receive, send)
             case ("GET", "/events"):
                 await _send_events(scope, receive, send)
+            case ("POST", "/events/next"):
+                await _allow_next_event(scope, send)
             case ("GET", "/slow-headers"):
                 # Say nothing at all, so the proxy in front has to time out.
                 await _wait_for_disconnect(receive)
@@ -226,6 +234,34 @@ async def _send_events(scope: Scope, receive: Receive, send: Send) -> None:
     query = _query(scope)
     count = _int_param(query, "count", DEFAULT_EVENT_COUNT, 0, MAX_EVENT_COUNT)
     close = query.get("close") == "1"
+    paced = query.get("paced")
+    if paced is None:
+        await _start_events(send)
+        # Without close=1 the response never finishes: a client that sees the
+        # events has proven that every hop streams instead of buffering.
+        await _stream_body(receive, send, _events(count), finish=close)
+        return
+    try:
+        with paced_stream(paced) as pacer:  # refused (in use, too many) before anything is sent
+            await _start_events(send)
+            await _stream_body(receive, send, _events(count), finish=close, pace=pacer.turn)
+    except PacingRefused as refused:
+        raise _BadRequest(str(refused)) from None
+
+
+def _events(count: int) -> Iterator[bytes]:
+    return (f"data: event {i}\n\n".encode() for i in range(1, count + 1))
+
+
+async def _allow_next_event(scope: Scope, send: Send) -> None:
+    allowed = allow_next(_query(scope).get("paced", ""))
+    if allowed is None:
+        await _send_text(send, 404, "no such paced stream open\n")
+        return
+    await _send_json(send, {"allowed": allowed})
+
+
+async def _start_events(send: Send) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -237,10 +273,6 @@ async def _send_events(scope: Scope, receive: Receive, send: Send) -> None:
             ],
         }
     )
-    events = (f"data: event {i}\n\n".encode() for i in range(1, count + 1))
-    # Without close=1 the response never finishes: a client that sees the
-    # events has proven that every hop streams instead of buffering.
-    await _stream_body(receive, send, events, finish=close)
 
 
 async def _send_status(code_text: str, send: Send) -> None:
@@ -261,30 +293,37 @@ async def _send_status(code_text: str, send: Send) -> None:
 
 
 async def _stream_body(
-    receive: Receive, send: Send, chunks: Iterable[bytes], *, finish: bool
+    receive: Receive,
+    send: Send,
+    chunks: Iterable[bytes],
+    *,
+    finish: bool,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
     """Send ``chunks`` as body messages, stopping early if the client goes away.
 
-    Resource handling: a watcher task reads ``receive`` until ``http.disconnect``.
-    With ``finish=True`` the body is ended after the last chunk and the watcher
-    is cancelled; with ``finish=False`` the response stays open until the
-    watcher sees the client leave.
+    ``pace(i)``, when given, returns once chunk ``i`` (from 0) may be sent.
+
+    Resource handling: a watcher task reads ``receive`` until ``http.disconnect``,
+    then cancels the sending (also while ``pace`` waits). With
+    ``finish=True`` the body is ended after the last chunk and the watcher is
+    cancelled; with ``finish=False`` the response stays open until the watcher
+    sees the client leave.
 
     Error handling: none needed for a vanished client. Servers may silently
     drop messages sent after a disconnect (hypercorn does), which is why we
     watch for the disconnect instead of waiting for ``send`` to fail.
     """
-    client_gone = trio.Event()
-
-    async def watch_for_disconnect() -> None:
-        await _wait_for_disconnect(receive)
-        client_gone.set()
-
     async with trio.open_nursery() as nursery:
+
+        async def watch_for_disconnect() -> None:
+            await _wait_for_disconnect(receive)
+            nursery.cancel_scope.cancel()  # nobody is left to send to
+
         nursery.start_soon(watch_for_disconnect)
-        for chunk in chunks:
-            if client_gone.is_set():
-                return  # the watcher has finished, so the nursery closes at once
+        for index, chunk in enumerate(chunks):
+            if pace is not None:
+                await pace(index)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             # A dropped send may not yield to the loop; this checkpoint lets the
             # watcher (and every other connection) run between chunks.

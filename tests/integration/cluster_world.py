@@ -26,7 +26,7 @@ KEYS_CLI_TIMEOUT_S = 60.0
 
 def holders(server: RedisServer, name: str) -> dict[str, str]:
     """``router id -> "<lease expiry ms> <connection id>"`` as Redis has it now."""
-    client = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
+    client = redis.Redis.from_url(server.url, decode_responses=True)  # its user, its TLS
     try:
         found: dict[str, str] = client.hgetall(f"hostmux:holders:{name}")  # type: ignore[assignment]
         return found

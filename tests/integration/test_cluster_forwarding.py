@@ -15,6 +15,7 @@ import signal
 import ssl
 from pathlib import Path
 
+import httpx
 import trio
 
 from examples.sample_app.app import expected_bytes
@@ -123,6 +124,46 @@ async def test_a_tunnel_on_router_a_answers_through_router_b(
     assert (await b.router.get("demo", "/")).status_code == 200  # still alice's, via a
     # An unknown name is still a 404 through b (the registry does not know it).
     assert (await b.router.get("nobody", "/")).status_code == 404
+
+
+async def test_server_sent_events_cross_the_link_one_by_one(
+    stack: Stack, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The app sends each next event only when told (``/events?paced=``), after the test
+    read the one before through b: neither router nor the link holds an event back."""
+    app = await stack.start_app()
+    a, b, alice, _ = await _cluster(stack, redis_server, tmp_path)
+    await stack.openssh_tunnel(a.router, alice, "sse", app.port)
+    mark = len(a.router.proc.lines)
+    stream = await b.router.open_tls("sse")
+    await stream.send_all(
+        f"GET /events?count=3&paced=fwd HTTP/1.1\r\nHost: sse.localhost:{b.router.https_port}"
+        "\r\n\r\n".encode()
+    )
+    received = b""
+
+    async def read_until(marker: bytes) -> None:
+        nonlocal received
+        with trio.fail_after(30):
+            while marker not in received:
+                chunk = await stream.receive_some(65536)
+                assert chunk, f"the stream ended early after {received!r}"
+                received += chunk
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}") as app_control:
+        for number in (1, 2, 3):
+            await read_until(f"data: event {number}\n\n".encode())
+            # Nothing after it yet: the app has not been allowed to send it.
+            assert f"data: event {number + 1}".encode() not in received
+            if number < 3:
+                step = await app_control.post("/events/next", params={"paced": "fwd"})
+                assert step.json() == {"allowed": number}
+    await trio.aclose_forcefully(stream)
+    head = received.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200"), head
+    assert b"content-type: text/event-stream" in head
+    # It crossed the link: router a served it for router b.
+    await a.router.proc.wait_for(r"event=link_stream name=sse router=b ", start=mark)
 
 
 async def test_the_link_refuses_a_client_without_a_cluster_certificate(

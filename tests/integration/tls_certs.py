@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,13 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )  # fmt: skip
 
 
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def make_ca(directory: Path, common_name: str) -> Ca:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
@@ -84,7 +92,8 @@ def make_ca(directory: Path, common_name: str) -> Ca:
 def issue(
     ca: Ca, directory: Path, common_name: str, *, server_names: list[str] | None = None
 ) -> Leaf:
-    """A leaf signed by ``ca``: a server's for ``server_names``, else a client's."""
+    """A leaf signed by ``ca``: a server's for ``server_names`` (DNS names or IP
+    addresses), else a client's."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -105,7 +114,7 @@ def issue(
     )
     if server_names:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in server_names]), critical=False
+            x509.SubjectAlternativeName([_alt_name(n) for n in server_names]), critical=False
         )
     certificate = builder.sign(ca.key, hashes.SHA256())
     cert_pem = certificate.public_bytes(serialization.Encoding.PEM)

@@ -179,6 +179,35 @@ async def test_events_close_ends_the_stream(base_url: str) -> None:
     assert response.text == "data: event 1\n\ndata: event 2\n\n"
 
 
+async def test_paced_events_wait_for_each_next(base_url: str) -> None:
+    """``/events?paced=ID``: one event at once, each next one when POST /events/next asks."""
+    params: dict[str, str | int] = {"count": 3, "close": 1, "paced": "p1"}
+    with trio.fail_after(REQUEST_DEADLINE_S):
+        async with (
+            httpx.AsyncClient(base_url=base_url) as client,
+            httpx.AsyncClient(base_url=base_url) as control,
+            client.stream("GET", "/events", params=params) as response,
+        ):
+            assert response.headers["content-type"] == "text/event-stream"
+            # The ID is taken while its stream is open.
+            taken = await control.get("/events", params=params)
+            assert taken.status_code == 400
+            assert "already open" in taken.text
+            unknown = await control.post("/events/next", params={"paced": "p2"})
+            assert unknown.status_code == 404
+            events: list[str] = []
+            allowed: list[int] = []
+            async for line in response.aiter_lines():
+                if not line:
+                    continue
+                events.append(line)
+                if len(events) < 3:  # the app waits for us before the next one
+                    step = await control.post("/events/next", params={"paced": "p1"})
+                    allowed.append(step.json()["allowed"])
+    assert events == ["data: event 1", "data: event 2", "data: event 3"]
+    assert allowed == [1, 2]
+
+
 async def test_websocket_echoes_text_and_large_bytes(base_url: str) -> None:
     message = random.Random("ws").randbytes(1024 * 1024)
     with trio.fail_after(REQUEST_DEADLINE_S):

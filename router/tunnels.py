@@ -141,6 +141,9 @@ class TunnelHub:
         # registry, False until they were first read from it (claims wait: refused).
         self.blocks = BlockList()
         self.blocks_known = True
+        # Why they could not be read, when the reason is the operator's to fix (the
+        # registry refused the router's credentials): told to refused clients.
+        self.blocks_unreadable: str | None = None
         # TCP tunnels (``router.tcp_ports``), whose names are "tcp:PORT"; None: none.
         self.tcp: TcpPorts | None = None
         # Activity, idle state and usage per name (``router.activity``); None: not kept.
@@ -286,6 +289,8 @@ class TunnelHub:
         """What a client claiming ``name`` (a name or "tcp:PORT") as ``owner`` is told when
         a block stops it (logged), or None."""
         if not self.blocks_known:
+            if self.blocks_unreadable is not None:
+                return f"{self.blocks_unreadable} (for the router's operator to fix)"
             return "the router has not read its blocks from the registry yet: try again"
         refusal = self.blocks.refusal(owner, name)
         if refusal is not None:

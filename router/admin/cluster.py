@@ -85,6 +85,15 @@ async def _read_blocks(client: redis.asyncio.Redis, keys: _Keys) -> list[Block]:
     return blocks
 
 
+def refused_credentials(exc: BaseException) -> bool:
+    """Whether Redis refused the router's user, password or permissions."""
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
+        ("WRONGPASS", "NOAUTH", "NOPERM")
+    )
+
+
 class ClusterAgent:
     """A router's side (rule 1): its snapshot, the channel, its copy of the blocks."""
 
@@ -118,6 +127,7 @@ class ClusterAgent:
                 await self.reload_blocks()
                 await self._write_snapshot()
             except (redis.exceptions.RedisError, OSError) as exc:
+                self._unread(exc)
                 log.warning(fields("admin_registry_unavailable", error=describe(exc)))
             try:  # the next round: a tunnel came or went, or the interval passed
                 async with asyncio.timeout(SNAPSHOT_INTERVAL_S):
@@ -142,11 +152,19 @@ class ClusterAgent:
             async with asyncio.timeout(TIMEOUT_S):
                 await self.reload_blocks()
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            self._unread(exc)
             log.warning(fields("admin_blocks_unread", error=describe(exc) or "timeout"))
+
+    def _unread(self, exc: BaseException) -> None:
+        """Note why the blocks could not be read when it is the operator's to fix (claims
+        are refused with it; anything else is retried and may pass)."""
+        if not self._hub.blocks_known and refused_credentials(exc):
+            self._hub.blocks_unreadable = "the route registry refused the router's credentials"
 
     async def reload_blocks(self) -> None:
         self._hub.blocks.replace(await _read_blocks(self._client, self._keys))
         self._hub.blocks_known = True
+        self._hub.blocks_unreadable = None
         self._hub.kick_blocked()
 
     async def _listen(self) -> None:

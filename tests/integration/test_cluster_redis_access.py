@@ -73,7 +73,9 @@ async def test_the_readme_acl_user_is_enough_and_a_wrong_password_is_refused_cle
         refused = await stack.openssh_tunnel(wrong, alice, "other", app.port, wait=False)
         assert await refused.wait_exit() != 0
         await wrong.proc.wait_for(
-            r"event=forward_refused .*listen=other:80 reason=.*registry", start=mark
+            r'event=forward_refused .*listen=other:80 reason="the route registry refused the '
+            r"router's credentials \(for the router's operator to fix\)\"",
+            start=mark,
         )
         await wrong.proc.wait_for(
             r"event=lease_renewal_failed error=.*invalid username-password pair", start=mark

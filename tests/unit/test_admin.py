@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import exceptions
 
 from hostmux.config.layered import ConfigError
 from hostmux.relay import ByteStream
 from router.admin.api import SECURITY_HEADERS, AdminApi
+from router.admin.cluster import refused_credentials
 from router.admin.http import AdminReply, AdminRequest, start_admin_server
 from router.admin.local import BlockFile, LocalBackend
 from router.admin.token import MIN_TOKEN_CHARS, AdminToken, load_token
@@ -254,3 +256,13 @@ def test_check_config_reads_the_admin_files_as_the_router_would(tmp_path: Path) 
     missing = RouterConfig(admin_listen="/run/x.sock", admin_token_file=tmp_path / "none")
     with pytest.raises(ConfigError, match="no such file"):
         check_files(missing)
+
+
+def test_only_a_refusal_of_the_routers_credentials_is_the_operators_to_fix() -> None:
+    assert refused_credentials(exceptions.AuthenticationError("invalid username-password pair"))
+    assert refused_credentials(exceptions.NoPermissionError("this user has no permissions"))
+    assert refused_credentials(exceptions.ResponseError("NOPERM this user has no permissions"))
+    assert refused_credentials(exceptions.ResponseError("WRONGPASS invalid username-password"))
+    assert not refused_credentials(exceptions.ConnectionError("Connection refused"))
+    assert not refused_credentials(exceptions.TimeoutError("Timeout reading from socket"))
+    assert not refused_credentials(OSError("unreachable"))

@@ -51,7 +51,8 @@ class Frame:
 # Areas of the router's work, for a short summary: (label, [(function prefix, file
 # prefix)]); a sample counts for an area if any frame of its stack matches.
 AREAS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    # (py-spy names a method without its class: the file tells them apart)
+    # (older py-spy names a method without its class, newer ones with it: the name's
+    # last part is matched, and the file tells methods of one name apart)
     ("HTTP parsing: llhttp and its callbacks (`Http1Connection.receive_data`)",
      (("receive_data", "hostmux/http1/connection.py"),)),
     ("HTTP events handed out (`Http1Connection.next_event`)",
@@ -109,7 +110,7 @@ def summarise_raw(raw: str) -> dict[str, Any]:
         total += count
         for label, patterns in AREAS:
             if any(
-                f.function.startswith(fn) and path in f.file
+                f.function.rpartition(".")[2].startswith(fn) and path in f.file
                 for f in frames
                 for fn, path in patterns
             ):

@@ -27,3 +27,19 @@ def test_areas_match_relative_and_absolute_file_paths() -> None:
     ssh_writes = next(v for k, v in areas.items() if k.startswith("SSH channel writes"))
     assert parsing == 75.0
     assert ssh_writes == 25.0
+
+
+def test_areas_match_methods_named_with_their_class() -> None:
+    """py-spy on Python 3.11 names a method by its qualified name (``Class.method``)."""
+    raw = "\n".join(
+        [
+            "run (asyncio/runners.py:118);Connection.receive_data "
+            "(hostmux/http1/connection.py:142) 1",
+            "run (asyncio/runners.py:118);CoalescingTransport._flush "
+            "(hostmux/tunnel/coalescing.py:64) 1",
+        ]
+    )
+    areas = {a["area"]: a["pct"] for a in summarise_raw(raw)["areas"]}
+    parsing = next(v for k, v in areas.items() if k.startswith("HTTP parsing"))
+    flushes = next(v for k, v in areas.items() if k.startswith("SSH socket sends"))
+    assert (parsing, flushes) == (50.0, 50.0)

@@ -34,7 +34,8 @@ class AuthHelperConfig:
     portal_url: str = option("", "the portal: OAuth2 server and access checks")
     cookie_keys: list[str] = option(
         [],
-        "Fernet keys sealing cookies, newest first (rotation); default: from cookie_keys_file",
+        "Fernet keys sealing cookies, newest first (rotation); default: from cookie_keys_file."
+        " On the command line write --cookie-keys=KEY: a key may start with '-'",
         metavar="KEY",
     )
     cookie_keys_file: Path | None = option(

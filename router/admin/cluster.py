@@ -47,6 +47,7 @@ from hostmux.log import describe, fields
 from router.admin.api import AdminUnavailable
 from router.admin.local import tunnel_facts
 from router.blocks import BadBlock, Block, Kind
+from router.registry.redis_store import refused_credentials
 from router.tunnels import TunnelHub
 
 log = logging.getLogger("hostmux.admin")
@@ -83,15 +84,6 @@ async def _read_blocks(client: redis.asyncio.Redis, keys: _Keys) -> list[Block]:
         except (ValueError, BadBlock) as exc:
             log.error(fields("admin_bad_block", field=field, error=describe(exc)))
     return blocks
-
-
-def refused_credentials(exc: BaseException) -> bool:
-    """Whether Redis refused the router's user, password or permissions."""
-    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError):
-        return True
-    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
-        ("WRONGPASS", "NOAUTH", "NOPERM")
-    )
 
 
 class ClusterAgent:

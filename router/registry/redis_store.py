@@ -66,8 +66,17 @@ def _translated(what: str) -> Iterator[None]:
         raise _registry_error(what, error) from error
 
 
+def refused_credentials(error: BaseException) -> bool:
+    """Whether Redis refused the router's user, password or permissions (redis-py reads
+    the WRONGPASS and NOAUTH replies as ``AuthenticationError``, NOPERM as
+    ``NoPermissionError``): the operator's to fix, not an outage."""
+    return isinstance(
+        error, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError
+    )
+
+
 def _registry_error(what: str, error: Exception) -> RegistryError:
-    if isinstance(error, redis.exceptions.AuthenticationError):
+    if refused_credentials(error):
         return RegistryError(f"registry {what}: {error}")
     if isinstance(
         error,

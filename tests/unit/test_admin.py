@@ -12,16 +12,17 @@ from typing import Any
 
 import pytest
 from redis import exceptions
+from redis._parsers.base import BaseParser
 
 from hostmux.config.layered import ConfigError
 from hostmux.relay import ByteStream
 from router.admin.api import SECURITY_HEADERS, AdminApi
-from router.admin.cluster import refused_credentials
 from router.admin.http import AdminReply, AdminRequest, start_admin_server
 from router.admin.local import BlockFile, LocalBackend
 from router.admin.token import MIN_TOKEN_CHARS, AdminToken, load_token
 from router.blocks import BadBlock, Block, BlockList, checked
 from router.config import RouterConfig, check_admin_listen
+from router.registry.redis_store import refused_credentials
 from router.routing import NameTaken
 from router.tunnels import Blocked, Tunnel, TunnelHub
 
@@ -258,11 +259,19 @@ def test_check_config_reads_the_admin_files_as_the_router_would(tmp_path: Path) 
         check_files(missing)
 
 
+def redis_reply_error(reply: str) -> Exception:
+    """The exception redis-py raises for Redis's error ``reply``."""
+    error: Exception = BaseParser.parse_error(reply)  # type: ignore[no-untyped-call]
+    return error
+
+
 def test_only_a_refusal_of_the_routers_credentials_is_the_operators_to_fix() -> None:
     assert refused_credentials(exceptions.AuthenticationError("invalid username-password pair"))
     assert refused_credentials(exceptions.NoPermissionError("this user has no permissions"))
-    assert refused_credentials(exceptions.ResponseError("NOPERM this user has no permissions"))
-    assert refused_credentials(exceptions.ResponseError("WRONGPASS invalid username-password"))
+    # Redis's own replies, as redis-py reads them
+    assert refused_credentials(redis_reply_error("NOPERM this user has no permissions"))
+    assert refused_credentials(redis_reply_error("WRONGPASS invalid username-password"))
+    assert refused_credentials(redis_reply_error("NOAUTH Authentication required."))
     assert not refused_credentials(exceptions.ConnectionError("Connection refused"))
     assert not refused_credentials(exceptions.TimeoutError("Timeout reading from socket"))
     assert not refused_credentials(OSError("unreachable"))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis
 
+import keys
+
 from .conftest import Router, Stack, public_key_of
 from .redis_server import RedisServer
 
@@ -91,3 +93,50 @@ async def start_member(
 
 def link_line(member: Member, name: str, start: int = 0) -> re.Match[str] | None:
     return member.router.proc.find(rf"event=link_stream name={name} ", start)
+
+
+class Cluster:
+    """Routers of one cluster on ``redis_url`` (the router link on, one SSH host key for
+    all, as the docs ask), each started, or started again on its ports, by ``start``."""
+
+    def __init__(self, stack: Stack, redis_url: str, tmp: Path, lease_ttl_s: float) -> None:
+        self.stack, self.redis_url, self.tmp = stack, redis_url, tmp
+        self.lease_ttl_s = lease_ttl_s
+        self.ca = keys.ClusterCA.init(tmp / "cluster-ca")
+        self.host_key: Path | None = None
+
+    async def start(
+        self, router_id: str, key: Path, ports: tuple[int, int, int] = (0, 0, 0)
+    ) -> Router:
+        state = self.tmp / f"state-{router_id}"
+        state.mkdir(exist_ok=True)
+        if self.host_key is not None:  # one host key for the whole cluster, as the docs ask
+            for suffix in ("", ".pub"):
+                copy = Path(f"{self.host_key}{suffix}").read_bytes()  # noqa: ASYNC240 (set-up)
+                (state / f"ssh_host_key{suffix}").write_bytes(copy)
+            (state / "ssh_host_key").chmod(0o600)
+        files = self.ca.issue(router_id)
+        router = await self.stack.start_router(
+            "--registry", self.redis_url, "--router-id", router_id,
+            "--lease-ttl-s", str(self.lease_ttl_s), "--cluster-listen", "127.0.0.1:0",
+            "--cluster-ca-file", str(self.ca.ca_file), "--cluster-cert-file", str(files.cert),
+            "--cluster-key-file", str(files.key), "--log-level", "info",
+            state_dir=state, ports=ports,
+        )  # fmt: skip
+        router.authorize(public_key_of(key))
+        self.host_key = state / "ssh_host_key"
+        return router
+
+    def listener_argv(self, routers: dict[str, Router], key: Path, app_port: int) -> list[str]:
+        """hostmux-listener's arguments for ``key``: the first of ``routers``, then each
+        other one as ``--router``, every host key trusted."""
+        known_hosts = self.tmp / "known_hosts"
+        known_hosts.write_text(
+            "".join(r.known_hosts(self.tmp / f"kh-{rid}").read_text() for rid, r in routers.items())
+        )
+        first, *others = routers.values()
+        argv = self.stack.listener_argv(first, key, app_port)
+        argv[argv.index("--known-hosts") + 1] = str(known_hosts)
+        for router in others:
+            argv += ["--router", f"127.0.0.1:{router.ssh_port}"]
+        return argv

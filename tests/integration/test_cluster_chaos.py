@@ -27,10 +27,10 @@ import redis
 import trio
 import trio_websocket
 
-import keys
 from examples.sample_app.app import expected_bytes
 
-from .conftest import Router, Stack, public_key_of, websocket_and_stream
+from .cluster_world import Cluster
+from .conftest import Router, Stack, websocket_and_stream
 from .redis_server import RedisServer
 
 NAME = "chaos"
@@ -100,35 +100,6 @@ def live_holders(server_port: int) -> set[str]:
         return {r for r, v in found.items() if int(v.split()[0]) > now_ms}
     finally:
         client.close()
-
-
-class Cluster:
-    def __init__(self, stack: Stack, redis_url: str, tmp: Path) -> None:
-        self.stack, self.redis_url, self.tmp = stack, redis_url, tmp
-        self.ca = keys.ClusterCA.init(tmp / "cluster-ca")
-        self.host_key: Path | None = None
-
-    async def start(
-        self, router_id: str, key: Path, ports: tuple[int, int, int] = (0, 0, 0)
-    ) -> Router:
-        state = self.tmp / f"state-{router_id}"
-        state.mkdir(exist_ok=True)
-        if self.host_key is not None:  # one host key for the whole cluster, as the docs ask
-            for suffix in ("", ".pub"):
-                copy = Path(f"{self.host_key}{suffix}").read_bytes()  # noqa: ASYNC240 (set-up)
-                (state / f"ssh_host_key{suffix}").write_bytes(copy)
-            (state / "ssh_host_key").chmod(0o600)
-        files = self.ca.issue(router_id)
-        router = await self.stack.start_router(
-            "--registry", self.redis_url, "--router-id", router_id,
-            "--lease-ttl-s", str(LEASE_TTL_S), "--cluster-listen", "127.0.0.1:0",
-            "--cluster-ca-file", str(self.ca.ca_file), "--cluster-cert-file", str(files.cert),
-            "--cluster-key-file", str(files.key), "--log-level", "info",
-            state_dir=state, ports=ports,
-        )  # fmt: skip
-        router.authorize(public_key_of(key))
-        self.host_key = state / "ssh_host_key"
-        return router
 
 
 async def http_load(chaos: Chaos, routers: dict[str, Router], worker: int) -> None:
@@ -228,16 +199,9 @@ async def test_chaos_kill_restart_and_redis_outage(
 async def _chaos(stack: Stack, redis_server: RedisServer, tmp_path: Path) -> None:
     app = await stack.start_app()
     key = stack.new_key("owner")
-    cluster = Cluster(stack, redis_server.url, tmp_path)
+    cluster = Cluster(stack, redis_server.url, tmp_path, LEASE_TTL_S)
     routers = {rid: await cluster.start(rid, key) for rid in ("a", "b", "c")}
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(
-        "".join(r.known_hosts(tmp_path / f"kh-{rid}").read_text() for rid, r in routers.items())
-    )
-    argv = stack.listener_argv(routers["a"], key, app.port)
-    argv[argv.index("--known-hosts") + 1] = str(known_hosts)
-    for rid in ("b", "c"):
-        argv += ["--router", f"127.0.0.1:{routers[rid].ssh_port}"]
+    argv = cluster.listener_argv(routers, key, app.port)
     listener = await stack.spawn("listener", [*argv, "--name", NAME])
     # The listener's own word that both connections hold the name (a router logs
     # tunnel_up a moment before the client has its forward).

@@ -24,13 +24,14 @@ import trio
 
 from examples.sample_app.app import expected_bytes
 
-from .cluster_world import holders
+from .cluster_world import Cluster, holders
 from .conftest import Router, Stack
 from .redis_server import RedisServer
-from .test_cluster_chaos import Cluster
 
 NAME = "rolling"
 ROUTER_IDS = ("a", "b", "c")
+# Reason: short leases, as in the chaos test (a stopping router releases its own at once).
+LEASE_TTL_S = 3
 # Reason: the load's pace (a load generator's rate, not synchronisation).
 REQUEST_GAP_S = 0.01
 HTTP_WORKERS = 3
@@ -123,16 +124,9 @@ async def test_a_rolling_restart_of_three_routers_loses_no_request_to_a_router_u
 async def _rolling_restart(stack: Stack, redis_server: RedisServer, tmp_path: Path) -> None:
     app = await stack.start_app()
     key = stack.new_key("owner")
-    cluster = Cluster(stack, redis_server.url, tmp_path)
+    cluster = Cluster(stack, redis_server.url, tmp_path, LEASE_TTL_S)
     routers: dict[str, Router] = {rid: await cluster.start(rid, key) for rid in ROUTER_IDS}
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(
-        "".join(r.known_hosts(tmp_path / f"kh-{rid}").read_text() for rid, r in routers.items())
-    )
-    argv = stack.listener_argv(routers["a"], key, app.port)
-    argv[argv.index("--known-hosts") + 1] = str(known_hosts)
-    for rid in ROUTER_IDS[1:]:
-        argv += ["--router", f"127.0.0.1:{routers[rid].ssh_port}"]
+    argv = cluster.listener_argv(routers, key, app.port)
     listener = await stack.spawn("listener", [*argv, "--name", NAME, "--ha-connections", "3"])
     await listener.wait_for(r"event=connections_full up=3 wanted=3")
     assert set(holders(redis_server, NAME)) == set(ROUTER_IDS)

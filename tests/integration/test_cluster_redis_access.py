@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from .cluster_world import ClusterCA, holders, start_member
-from .conftest import Router, Stack, public_key_of
+from .cluster_world import ClusterCA, Member, holders, start_member
+from .conftest import App, Router, Stack, public_key_of
 from .redis_server import RedisAcl, RedisServer, RedisTls
 from .tls_certs import issue, make_ca
 
@@ -37,6 +37,25 @@ def assert_no_denied_command(*routers: Router) -> None:
         assert "Traceback" not in lines, lines
 
 
+async def a_tunnel_on_a_answers_through_b(
+    stack: Stack, server: RedisServer, tmp_path: Path
+) -> tuple[App, Path, Member]:
+    """Routers a and b on ``server``; a tunnel opened with OpenSSH on a answers through b,
+    and Redis refused neither router a command. Returns the app, the tunnel's key and b."""
+    app = await stack.start_app()
+    alice = stack.new_key("alice")
+    ca = ClusterCA.create(tmp_path / "cluster-ca")
+    a = await start_member(stack, server, ca, "a", keys=(alice,))
+    b = await start_member(stack, server, ca, "b", keys=(alice,))
+    await stack.openssh_tunnel(a.router, alice, "demo", app.port)
+    assert set(holders(server, "demo")) == {"a"}
+    response = await b.router.get("demo", "/headers")
+    assert response.status_code == 200
+    assert response.json()["x-forwarded-proto"] == ["https"]
+    assert_no_denied_command(a.router, b.router)
+    return app, alice, b
+
+
 async def test_the_readme_acl_user_is_enough_and_a_wrong_password_is_refused_clearly(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -48,17 +67,7 @@ async def test_the_readme_acl_user_is_enough_and_a_wrong_password_is_refused_cle
         with pytest.raises(redis.exceptions.AuthenticationError):
             anonymous.ping()  # the default user is off
         anonymous.close()
-        app = await stack.start_app()
-        alice = stack.new_key("alice")
-        ca = ClusterCA.create(tmp_path / "cluster-ca")
-        a = await start_member(stack, server, ca, "a", keys=(alice,))
-        b = await start_member(stack, server, ca, "b", keys=(alice,))
-        await stack.openssh_tunnel(a.router, alice, "demo", app.port)
-        assert set(holders(server, "demo")) == {"a"}
-        response = await b.router.get("demo", "/headers")
-        assert response.status_code == 200
-        assert response.json()["x-forwarded-proto"] == ["https"]
-        assert_no_denied_command(a.router, b.router)
+        app, alice, b = await a_tunnel_on_a_answers_through_b(stack, server, tmp_path)
 
         # A wrong password: the router starts (it says why it could not read the registry,
         # in Redis's words) and refuses claims; never a traceback, never a guessed claim.
@@ -100,17 +109,7 @@ async def test_rediss_with_the_operators_ca_carries_the_cluster(
     try:
         assert server.url.startswith("rediss://127.0.0.1:")
         assert server.url.endswith(f"/0?ssl_ca_certs={redis_ca.cert_file}"), server.url
-        app = await stack.start_app()
-        alice = stack.new_key("alice")
-        ca = ClusterCA.create(tmp_path / "cluster-ca")
-        a = await start_member(stack, server, ca, "a", keys=(alice,))
-        b = await start_member(stack, server, ca, "b", keys=(alice,))
-        await stack.openssh_tunnel(a.router, alice, "demo", app.port)
-        assert set(holders(server, "demo")) == {"a"}
-        response = await b.router.get("demo", "/headers")
-        assert response.status_code == 200
-        assert response.json()["x-forwarded-proto"] == ["https"]
-        assert_no_denied_command(a.router, b.router)
+        await a_tunnel_on_a_answers_through_b(stack, server, tmp_path)
 
         # Without the CA: the system's CAs do not know Redis's; the router says so.
         untrusting = await stack.start_router(

@@ -654,7 +654,7 @@ async def _open_once(
         opened.add_done_callback(_close_late_channel)
         raise
     except asyncssh.ChannelOpenError:
-        raise
+        raise  # the client's refusal (an asyncssh.Error too): _open_channel decides
     except (asyncssh.Error, OSError):
         raise UpstreamUnavailable("the tunnel went away") from None
     return stream

@@ -20,6 +20,7 @@ import os
 import signal
 from pathlib import Path
 
+from hostmux.compiled import core_build
 from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.limits import ConnectionCounts
 from hostmux.log import fields
@@ -142,7 +143,8 @@ async def run_authhelper(config: AuthHelperConfig, *, stop: asyncio.Event | None
         )
     log.info(fields("authhelper_ready", listen=f"{bound[0]}:{bound[1]}", app=config.app,
                     instance=config.instance_id, portal=config.portal_url,
-                    metrics=ops.address if ops is not None else None))  # fmt: skip
+                    metrics=ops.address if ops is not None else None,
+                    core=core_build()))  # fmt: skip
     audit_stop = asyncio.Event()
     audit_task = asyncio.create_task(audit.run(audit_stop))
     try:

@@ -12,7 +12,9 @@ runs in µs of process CPU per request: the HTTP core and the relay (parse,
 check, route, rewrite, serialise both ways) plus the event loop's share,
 without the noise of the machine's other processes that the full row
 (``run.py``) carries. ``--src`` puts another checkout's ``hostmux`` first on
-the path (e.g. ``git archive layout | tar -x -C DIR``), for an A/B in one run.
+the path (e.g. ``git archive layout | tar -x -C DIR``), for an A/B in one run;
+a checkout's sources alone run as pure Python, and the line says which
+``core`` ran (``compiled`` by mypyc, setup.py, or ``python``).
 
 ``--path express`` measures the router's express path instead (a kept-alive
 connection's small requests relayed from callbacks: ``hostmux/relay/express.py``):
@@ -254,7 +256,12 @@ def main() -> None:
         runner = asyncio.run
     run = express_run if args.path == "express" else one_run
     runs = [runner(run(args.requests, REQUESTS[args.request])) for _ in range(args.repeats)]
-    print(f"relay CPU µs/req: best {min(runs):.1f}, runs " + ", ".join(f"{r:.1f}" for r in runs))
+    from hostmux.compiled import core_build
+
+    print(
+        f"relay CPU µs/req: best {min(runs):.1f}, runs " + ", ".join(f"{r:.1f}" for r in runs)
+        + f" (core: {core_build()})"
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hostmux.compiled import core_build
 from hostmux.config.layered import ConfigError, parse_host_port
 from hostmux.http1 import TrustedProxies
 from hostmux.limits import ConnectionCounts, FailureLimiter
@@ -741,7 +742,7 @@ def _announce_ready(router: Router, bound: dict[str, list[str]]) -> None:
             "router_ready", domain=config.domain, ssh=",".join(bound["ssh"]),
             https=",".join(bound["https"]) or None, http=",".join(bound["http"]) or None,
             host_key=state.host_key_fingerprint, ca=state.ca_cert,
-            pid=os.getpid(), one_port=",".join(bound["one_port"]) or None,
+            pid=os.getpid(), core=core_build(), one_port=",".join(bound["one_port"]) or None,
             open_files=open_files, cluster=",".join(bound["cluster"]) or None,
             router_id=router.hub.cluster.router_id if router.hub.cluster is not None else None,
             metrics=",".join(bound["metrics"]) or None,

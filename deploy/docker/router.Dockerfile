@@ -12,9 +12,14 @@
 # (docs/deploy.md).
 
 FROM python:3.11-slim-bookworm AS build
+# gcc builds the compiled core (setup.py: mypyc); the image that runs gets only its result.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Every package of the distribution (pyproject.toml lists them all; one missing fails the build).
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY hostmux/ hostmux/
 COPY router/ router/
 COPY listener/ listener/

@@ -88,7 +88,7 @@ from hostmux.relay.gateway import Destination, Gateway, UpstreamPool, UpstreamUn
 from hostmux.relay.outcomes import Abort, Refusal, StaleUpstream
 from hostmux.relay.records import RecordBuilder, RequestRecord, new_request_id, unparsable_request
 from hostmux.relay.response import ResponseEnd, ResponsePath
-from hostmux.relay.splice import splice
+from hostmux.relay.splice import splice_until_ended
 from hostmux.relay.streams import ByteStream
 from hostmux.relay.transport_stream import TransportStream
 from hostmux.relay.upload import BodyEvent, buffered_body_events, failure_of, pump_request_body
@@ -678,14 +678,12 @@ class HttpRelay:
             return
         self.spliced = record
         try:
-            await splice(
-                self._browser.stream, upstream.stream,
+            await splice_until_ended(
+                self._browser.stream, upstream.stream, peer=self._peer,
                 idle_timeout_s=self._limits.websocket_idle_timeout_s, counter=record,
                 going_away=self._going_away, client_rest=self._browser.h.trailing_data,
                 upstream_rest=upstream.conn.trailing_data,
             )  # fmt: skip
-        except* (ConnectionError, OSError, TimeoutError) as group:
-            log.debug("websocket splice %s ended: %r", self._peer, group.exceptions)
         finally:
             self.splicing = False
             self.spliced = None

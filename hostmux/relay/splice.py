@@ -15,11 +15,14 @@ the app gets one too, within ``goodbye_s``; then both sides are half-closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Protocol
 
 from hostmux.http1.frame_edges import FrameEdges, close_frame
 from hostmux.relay.streams import ByteStream
+
+log = logging.getLogger("hostmux.relay")
 
 # Time to finish the frame in flight and say goodbye on shutdown; a frame
 # that takes longer is cut (the WebSocket then closes with 1006, as on a crash).
@@ -103,6 +106,30 @@ async def splice(
 
             for copy in copies:
                 copy.add_done_callback(copies_ended)
+
+
+async def splice_until_ended(
+    client: ByteStream,
+    upstream: ByteStream,
+    *,
+    peer: str,
+    idle_timeout_s: float,
+    counter: ByteCounter,
+    going_away: asyncio.Event | None = None,
+    client_rest: bytes = b"",
+    upstream_rest: bytes = b"",
+) -> None:
+    """``splice``, whose usual ends (a side lost, the idle timeout) are logged, not raised.
+
+    (Here, not in the relay: mypyc, which compiles the relay, cannot compile ``except*``.)
+    """
+    try:
+        await splice(
+            client, upstream, idle_timeout_s=idle_timeout_s, counter=counter,
+            going_away=going_away, client_rest=client_rest, upstream_rest=upstream_rest,
+        )  # fmt: skip
+    except* (ConnectionError, OSError, TimeoutError) as group:
+        log.debug("websocket splice %s ended: %r", peer, group.exceptions)
 
 
 async def _copy(direction: _Direction, idle: _IdleClock, counter: ByteCounter) -> None:

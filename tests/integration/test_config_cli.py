@@ -7,6 +7,7 @@ range is tried in-process in tests/unit/test_option_ranges.py.)
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,9 @@ async def test_empty_http_listen_means_no_plain_http_door(stack: Stack, tmp_path
     ready = await router.wait_for(r"event=router_ready .*")
     assert " http=" not in ready[0]
     assert " https=127.0.0.1:" in ready[0]
+    # the line says which build of the core runs: what the install built (setup.py)
+    core = "python" if os.environ.get("HOSTMUX_PURE_PYTHON") == "1" else "compiled"
+    assert f" core={core} " in ready[0]
     assert await router.stop() == 0
 
 

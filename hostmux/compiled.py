@@ -5,9 +5,10 @@ Standard library only: setup.py reads ``COMPILED`` before hostmux is installed.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
-import os
 from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
 
 # The HTTP/1 core and the relay (the router's and the auth helper's): every
 # request runs through them. Each is plain typed Python that also runs
@@ -57,26 +58,33 @@ def core_build() -> str:
     return "compiled" if all(is_compiled(name) for name in COMPILED) else "python"
 
 
-def stale() -> list[str]:
-    """Compiled modules whose source changed after they were built (an editable install).
+# Written by setup.py beside the sources when it builds the core in place (an
+# editable install): the digest of the sources it compiled.
+BUILT_FROM = "compiled-sources.sha256"
 
-    An extension module wins over its ``.py`` at import, so an edited source
-    does not run until it is built again (``pip install -e .``; ``./dev``
-    does it when the sources change). Only meaningful in a checkout: an
-    installed wheel's files carry its install time.
+
+def sources_digest(root: Path) -> str:
+    """SHA-256 over the compiled modules' paths and contents, under ``root`` (the repository)."""
+    digest = hashlib.sha256()
+    for path in source_paths():
+        digest.update(path.encode() + b"\0" + (root / path).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def stale() -> bool:
+    """True when the core was compiled in place from sources that have changed since.
+
+    An extension module wins over its ``.py`` at import, so in an editable
+    install an edited source does not run until it is built again
+    (``pip install -e .``; ``./dev`` does it when the sources change). An
+    install without the record (a wheel, pure Python) is never stale.
     """
-    found = []
-    for name in COMPILED:
-        built = module_file(name)
-        if built is None or not is_compiled(name):
-            continue
-        source = built.rsplit("/", 1)[0] + "/" + name.rsplit(".", 1)[1] + ".py"
-        try:
-            if os.stat(source).st_mtime > os.stat(built).st_mtime:
-                found.append(name)
-        except FileNotFoundError:
-            continue
-    return found
+    package = Path(__file__).resolve().parent
+    try:
+        built_from = (package / BUILT_FROM).read_text().strip()
+    except FileNotFoundError:
+        return False
+    return core_build() == "compiled" and built_from != sources_digest(package.parent)
 
 
 def source_paths() -> list[str]:

@@ -491,7 +491,8 @@ def render_profile(profile: dict[str, Any]) -> list[str]:
         return [*lines, f"Profile FAILED: {_cell(profile.get('error'), 500)}"]
     svg = profile.get("svg")
     lines += [
-        f"`py-spy record --rate 200` on the router for {profile['duration_s']} s during "
+        f"`py-spy record --rate 200{' --native' if profile.get('native') else ''}` "
+        f"on the router for {profile['duration_s']} s during "
         f"`wrk -t2 -c64` on `/1k` through a fresh hostmux + OpenSSH row "
         f"({profile['samples']:,} samples of busy time; "
         f"{profile.get('idle_worker_samples', 0):,} samples of an idle executor thread, which "
@@ -500,6 +501,16 @@ def render_profile(profile: dict[str, Any]) -> list[str]:
         + (f"Flame graph: [`{svg}`]({svg})." if svg else ""),
         "",
     ]
+    if profile.get("kinds"):
+        lines += [
+            "What ran, by the frame each sample ended in (native stacks: a sample in C "
+            "counts for the C it was in, not for the Python that called it):",
+            "",
+            *_table(
+                ["what ran", "share"], [[k["kind"], f"{k['pct']:.1f}%"] for k in profile["kinds"]]
+            ),
+            "",
+        ]
     if profile.get("areas"):
         lines += [
             "In short — share of the router's busy time spent in (a sample counts for every "
@@ -509,8 +520,8 @@ def render_profile(profile: dict[str, Any]) -> list[str]:
             "",
         ]
     lines += [
-        "Own time by package (the package of the innermost Python frame; time in C code "
-        "called from Python counts for the calling frame):",
+        "Own time by package (the package of the innermost frame; without native stacks, "
+        "time in C code called from Python counts for the calling frame):",
         "",
     ]
     lines += _table(

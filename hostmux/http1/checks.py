@@ -6,6 +6,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Final
 from urllib.parse import urlsplit
 
 from hostmux.http1.events import ProtocolError, Request
@@ -21,7 +22,7 @@ def head_size(request: Request, facts: HeaderFacts | None = None) -> int:
 
 
 # The largest body length any peer can represent (nginx: off_t); larger is a parse error.
-_MAX_CONTENT_LENGTH = 2**63 - 1
+_MAX_CONTENT_LENGTH: Final = 2**63 - 1
 
 
 def framing_refusal(request: Request, facts: HeaderFacts | None = None) -> tuple[int, str] | None:
@@ -87,22 +88,35 @@ def reason_phrase(status: int) -> bytes:
         return b""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class CheckedRequest:
     """What the checks made of a request: a refusal, or its Host and origin-form target.
 
-    (Made per request and never changed: not frozen, whose ``__init__`` costs 3x.)"""
+    (Made per request and never changed: not frozen, whose ``__init__`` costs 3x; its
+    ``__init__`` written out, so that the compiled core compiles it, as ``events``'.)"""
 
     refusal: tuple[int, str] | None  # (status, reason shown to the user)
     host: str = ""  # normalised Host ("" until known)
     host_value: bytes = b""  # Host as the browser sent it
     target: bytes = b""  # origin-form
 
+    def __init__(
+        self,
+        refusal: tuple[int, str] | None,
+        host: str = "",
+        host_value: bytes = b"",
+        target: bytes = b"",
+    ) -> None:
+        self.refusal = refusal
+        self.host = host
+        self.host_value = host_value
+        self.target = target
+
 
 # Browsers send the same few Host values again and again: each is normalised once.
 # Only values that could be a host name are kept (bounded: entries and their size).
-_HOST_CACHE_ENTRIES = 1024
-_HOST_CACHE_MAX_BYTES = 300  # a DNS name (253) plus a port
+_HOST_CACHE_ENTRIES: Final = 1024
+_HOST_CACHE_MAX_BYTES: Final = 300  # a DNS name (253) plus a port
 
 
 @functools.lru_cache(maxsize=_HOST_CACHE_ENTRIES)

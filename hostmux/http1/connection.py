@@ -43,6 +43,7 @@ Rules it enforces (llhttp checks the grammar strictly; no lenient flag is set):
 from __future__ import annotations
 
 import itertools
+from typing import Final
 
 from hostmux.http1.events import (
     CONNECTION_CLOSED,
@@ -72,12 +73,14 @@ from hostmux.http1.framing import (
 from hostmux.http1.parser import MODE_MANUAL_BODY, MODE_PARSING, MODE_PAUSED, LlhttpParsing
 
 # h11's default for an unfinished head; the relay sets its own for browsers.
-DEFAULT_MAX_HEAD_BYTES = 16 * 1024
+DEFAULT_MAX_HEAD_BYTES: Final = 16 * 1024
 
-# States, looked up often (module globals are quicker than enum attributes).
-_DONE, _MUST_CLOSE, _SWITCHED, _ERROR = (
-    State.DONE, State.MUST_CLOSE, State.SWITCHED_PROTOCOL, State.ERROR
-)  # fmt: skip
+# States, looked up often (final module constants are quicker than enum attributes:
+# compiled, each is a C static rather than a look-up in the module's dict).
+_DONE: Final = State.DONE
+_MUST_CLOSE: Final = State.MUST_CLOSE
+_SWITCHED: Final = State.SWITCHED_PROTOCOL
+_ERROR: Final = State.ERROR
 
 
 class Http1Connection(LlhttpParsing):

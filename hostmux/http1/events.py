@@ -24,6 +24,7 @@ import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from hostmux.http1.header_facts import HOP_ANY, HeaderFacts
 
@@ -83,11 +84,16 @@ class Pending(enum.Enum):
     PAUSED = "paused"  # the next request waits until this cycle ends
 
 
-NEED_DATA = Pending.NEED_DATA
-PAUSED = Pending.PAUSED
+NEED_DATA: Final = Pending.NEED_DATA
+PAUSED: Final = Pending.PAUSED
 
 
-@dataclass(slots=True)
+# The events made per message write their ``__init__`` out (``init=False``): the
+# one dataclasses generates is Python even in the compiled core, and cost ~0.3 µs
+# per event there against ~0.05 µs compiled. Equality and repr stay generated.
+
+
+@dataclass(slots=True, init=False)
 class Request:
     method: bytes
     target: bytes
@@ -101,8 +107,24 @@ class Request:
     # works it out from the headers.
     framing: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        http_version: bytes = b"1.1",
+        facts: HeaderFacts | None = None,
+        framing: tuple[int, int] | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+        self.facts = facts
+        self.framing = framing
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class InformationalResponse:
     """A 1xx response (100 Continue, 101 Switching Protocols, 103 Early Hints...)."""
 
@@ -111,8 +133,16 @@ class InformationalResponse:
     reason: bytes = b""
     http_version: bytes = b"1.1"
 
+    def __init__(
+        self, status_code: int, headers: Headers, reason: bytes = b"", http_version: bytes = b"1.1"
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.reason = reason
+        self.http_version = http_version
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Response:
     """A final (2xx-5xx) response head."""
 
@@ -124,10 +154,27 @@ class Response:
     # saw the headers; a response built by hand gets the whole filter.
     hop_by_hop: int = field(default=HOP_ANY, compare=False, repr=False)
 
+    def __init__(
+        self,
+        status_code: int,
+        headers: Headers,
+        reason: bytes = b"",
+        http_version: bytes = b"1.1",
+        hop_by_hop: int = HOP_ANY,
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.reason = reason
+        self.http_version = http_version
+        self.hop_by_hop = hop_by_hop
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Data:
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +190,12 @@ class ConnectionClosed:
 Event = Request | InformationalResponse | Response | Data | EndOfMessage | ConnectionClosed
 
 # Events are never changed: one of each field-less kind serves every message.
-END_OF_MESSAGE = EndOfMessage()
-CONNECTION_CLOSED = ConnectionClosed()
+END_OF_MESSAGE: Final = EndOfMessage()
+CONNECTION_CLOSED: Final = ConnectionClosed()
 
 # RFC 9110 5.6.2 token; field values are visible ASCII, obs-text, SP and HTAB inside.
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(
+_TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE: Final = re.compile(
     rb"(?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
 )
 

@@ -14,11 +14,13 @@ themselves come from the ``websockets`` library (``close_frame``).
 
 from __future__ import annotations
 
+from typing import Final
+
 from websockets.frames import Close, CloseCode, Frame, Opcode
 
-_CLOSE_OPCODE = 0x8
-_MASK_BIT = 0x80
-_LENGTH_BITS = 0x7F
+_CLOSE_OPCODE: Final = 0x8
+_MASK_BIT: Final = 0x80
+_LENGTH_BITS: Final = 0x7F
 
 
 class FrameEdges:

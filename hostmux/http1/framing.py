@@ -17,18 +17,25 @@ Rules (h11's, so that what the relay sends is byte for byte what it sent):
 
 from __future__ import annotations
 
+from typing import Final
+
 from hostmux.http1.events import Headers, LocalProtocolError, Request, Response
 
 # How a body is framed on the wire.
-LENGTH, CHUNKED, UNTIL_CLOSE = range(3)
+LENGTH: Final = 0
+CHUNKED: Final = 1
+UNTIL_CLOSE: Final = 2
 # Header names framing depends on (one dict lookup per header finds them).
-HOST, TE, CL, CONNECTION = range(4)
-SPECIAL = {
+HOST: Final = 0
+TE: Final = 1
+CL: Final = 2
+CONNECTION: Final = 3
+SPECIAL: Final = {
     b"host": HOST, b"transfer-encoding": TE, b"content-length": CL, b"connection": CONNECTION
 }  # fmt: skip
 
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-_NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 def request_head(request: Request) -> tuple[bytes, int, int, bool]:

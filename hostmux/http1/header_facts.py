@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
     from hostmux.http1.events import Request
 
 # RFC 9110 7.6.1, plus the proxy and HTTP/2 ones that describe one hop too.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
         b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"http2-settings",
@@ -29,7 +29,7 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 
 # Set by the router; never passed on from the client.
-FORWARDING = frozenset(
+FORWARDING: Final = frozenset(
     {
         b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
         b"x-forwarded-server", b"x-forwarded-prefix", b"forwarded", b"x-real-ip",
@@ -39,26 +39,34 @@ FORWARDING = frozenset(
 
 # Identity the auth helper in the pod sets after the router (``X-Hostmux-User``):
 # a browser's copy must not reach an app that trusts it, helper or not.
-IDENTITY = frozenset({b"x-hostmux-user"})
+IDENTITY: Final = frozenset({b"x-hostmux-user"})
 
 # A client certificate the router verified (``router.client_certs``): RFC 9440's and ours.
-CLIENT_CERT = frozenset(
+CLIENT_CERT: Final = frozenset(
     {b"client-cert", b"client-cert-chain", b"x-client-cert-subject", b"x-client-cert-fingerprint"}
 )
 
-NOT_FROM_BROWSERS = FORWARDING | IDENTITY | CLIENT_CERT
+NOT_FROM_BROWSERS: Final = FORWARDING | IDENTITY | CLIENT_CERT
 # Every header of this prefix is the router's (the router link's, the auth helper's):
 # a browser's is dropped, so nothing downstream can mistake it for the router's word.
-HOSTMUX_PREFIX = b"x-hostmux-"
+HOSTMUX_PREFIX: Final = b"x-hostmux-"
 
 # What a parsed response's headers leave the hop-by-hop filter to do (noted by the
 # parser as it lists them): nothing; drop its ``Connection`` headers, which name
 # only keep-alive or close; or the whole filter (also: a response built by hand).
-HOP_NONE, HOP_CONNECTION, HOP_ANY = range(3)
+HOP_NONE: Final = 0
+HOP_CONNECTION: Final = 1
+HOP_ANY: Final = 2
 
 # What each name means to the facts (one dict lookup per header finds it).
-HOST, CONTENT_LENGTH, TRANSFER_ENCODING, ACCEPT, CONNECTION, UPGRADE, DROPPED = range(7)
-NAME_KINDS = {
+HOST: Final = 0
+CONTENT_LENGTH: Final = 1
+TRANSFER_ENCODING: Final = 2
+ACCEPT: Final = 3
+CONNECTION: Final = 4
+UPGRADE: Final = 5
+DROPPED: Final = 6
+NAME_KINDS: Final = {
     b"host": HOST, b"content-length": CONTENT_LENGTH,
     b"transfer-encoding": TRANSFER_ENCODING, b"accept": ACCEPT,
     **dict.fromkeys(HOP_BY_HOP | NOT_FROM_BROWSERS, DROPPED),
@@ -90,7 +98,7 @@ class HeaderFacts(NamedTuple):
         return b"upgrade" in self.connection and self.upgrade == (b"websocket",)
 
 
-NO_TOKENS: frozenset[bytes] = frozenset()
+NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 
 
 def connection_tokens(value: bytes) -> Iterable[bytes]:

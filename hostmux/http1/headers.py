@@ -21,6 +21,7 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from hostmux.http1.header_facts import (
     HOP_ANY,
@@ -38,12 +39,12 @@ Headers = list[tuple[bytes, bytes]]
 
 # Names some servers read for framing or routing once "_" is folded into "-":
 # a client must not smuggle them past the parser in that spelling.
-_FOLDED_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_FOLDED_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 # Framing and routing: a client naming them in Connection must not make them vanish.
-_NEVER_CONNECTION_SCOPED = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_NEVER_CONNECTION_SCOPED: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
-_NONE: frozenset[bytes] = frozenset()
+_NONE: Final[frozenset[bytes]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

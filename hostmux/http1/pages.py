@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from typing import Final
 
-_TITLES = {
+_TITLES: Final = {
     200: "OK",
     302: "Found",
     400: "Bad request",
@@ -29,7 +30,7 @@ _TITLES = {
     504: "Gateway timeout",
 }
 
-_STYLE = (
+_STYLE: Final = (
     "body{font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;"
     "color:#222}h1{font-size:1.4em}code{color:#555}"
 )
@@ -97,7 +98,9 @@ def status_page(
 
 
 # The holding page's own policy: no script, no fetches; its inline style only.
-_HOLDING_CSP = b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+_HOLDING_CSP: Final = (
+    b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
 
 
 def holding_page(name: str, *, retry_after_s: int, request_id: str = "", as_html: bool) -> Page:

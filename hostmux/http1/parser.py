@@ -9,6 +9,8 @@ its ``HeaderFacts`` here, in the same pass that lists them.
 
 from __future__ import annotations
 
+from typing import Final
+
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, HttpResponseParser
 
 from hostmux.http1.events import (
@@ -39,21 +41,24 @@ from hostmux.http1.header_facts import (
     upgrade_tuple,
 )
 
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "2.0": b"2.0"}
+_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0", "2.0": b"2.0"}
 # llhttp's reasons for a transfer coding it does not read as chunked: h11 says 501.
-_UNSUPPORTED_CODING = ("Transfer-Encoding` header value", "invalid `Transfer-Encoding`")
-_NO_BODY_STATUSES = frozenset({204, 304})  # (and 1xx: llhttp knows)
-_OWS = b" \t"
+_UNSUPPORTED_CODING: Final = ("Transfer-Encoding` header value", "invalid `Transfer-Encoding`")
+_NO_BODY_STATUSES: Final = frozenset({204, 304})  # (and 1xx: llhttp knows)
+_OWS: Final = b" \t"
 # Connection values that name no other header (the response's filter then drops
 # only the Connection headers themselves).
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 # Empty until the next message begins (``_begin_message`` gives it fresh lists;
 # nothing appends to these).
-_NO_HEADERS: Headers = []
-_NO_CODINGS: list[bytes] = []
+_NO_HEADERS: Final[Headers] = []
+_NO_CODINGS: Final[list[bytes]] = []
 # Parser modes: llhttp parses what is fed; an upgrade request's Content-Length
 # body is read by hand; parsing waits for the next cycle; an error ended it.
-MODE_PARSING, MODE_MANUAL_BODY, MODE_PAUSED, MODE_DEAD = range(4)
+MODE_PARSING: Final = 0
+MODE_MANUAL_BODY: Final = 1
+MODE_PAUSED: Final = 2
+MODE_DEAD: Final = 3
 
 
 class _Stop(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+from typing import Final
 
 from hostmux.http1.checked_events import END_OF_MESSAGE, response_checking_headers
 from hostmux.http1.checks import reason_phrase
@@ -30,14 +31,15 @@ from hostmux.relay.streams import ByteStream
 from hostmux.relay.transport_stream import Kicked, TransportStream
 
 # Queued browser output is written once it reaches this size (a bounded buffer).
-FLUSH_BYTES = 64 * 1024
+FLUSH_BYTES: Final = 64 * 1024
 
 
 class Resume(enum.Enum):
     RESUME = "resume"
 
 
-RESUME = Resume.RESUME  # what next_event returns when the express path hands its request back
+# What next_event returns when the express path hands its request back.
+RESUME: Final = Resume.RESUME
 
 
 class BrowserSide:

@@ -28,10 +28,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from types import TracebackType
+from typing import Final
 
 # Timers may fire up to a clock tick early (uvloop's clock ticks in ms): that
 # close to the expiry counts as expired, rather than re-arming for a moment.
-_EARLY_S = 0.001
+_EARLY_S: Final = 0.001
 
 
 class Deadline:

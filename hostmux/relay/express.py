@@ -42,7 +42,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from hostmux.http1.checked_events import END_OF_MESSAGE
 from hostmux.http1.checks import CheckedRequest
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hostmux.relay")
 
-_IDLE = State.IDLE
+_IDLE: Final = State.IDLE
 
 
 @dataclass(slots=True)
@@ -88,15 +88,30 @@ class Prepared:
     routed: Destination | Page | Awaitable[Destination | Page]  # the gateway's answer
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Inflight:
-    """A request the express path sent up, waiting for its answer."""
+    """A request the express path sent up, waiting for its answer (made per
+    request: its ``__init__`` written out, so that it is compiled)."""
 
     request: Request
     decision: Destination
     upstream_request: Request
     record: RecordBuilder
     started: float
+
+    def __init__(
+        self,
+        request: Request,
+        decision: Destination,
+        upstream_request: Request,
+        record: RecordBuilder,
+        started: float,
+    ) -> None:
+        self.request = request
+        self.decision = decision
+        self.upstream_request = upstream_request
+        self.record = record
+        self.started = started
 
 
 class Express:

@@ -32,10 +32,11 @@ class UpstreamUnavailable(Exception):
         self.status = status
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Destination:
     """Where a routed request goes (made per request: not frozen, whose ``__init__``
-    costs 3x as much; never changed once made)."""
+    costs 3x as much; never changed once made; its ``__init__`` written out, so that
+    the compiled core compiles it)."""
 
     key: str  # requests with the same key may share one upstream stream
     label: str  # for logs: the tunnel name
@@ -57,6 +58,28 @@ class Destination:
     # Who the gateway let through, for the access log (the auth helper's session
     # user; "": nobody in particular).
     user: str = ""
+
+    def __init__(
+        self,
+        key: str,
+        label: str,
+        open: Callable[[], Awaitable[ByteStream]],
+        request_headers: Callable[[Sequence[tuple[bytes, bytes]], bool], Headers] | None = None,
+        request_headers_checked: bool = False,
+        response_headers: Callable[[Headers], Headers] | None = None,
+        response_headers_checked: bool = False,
+        pool: UpstreamPool | None = None,
+        user: str = "",
+    ) -> None:
+        self.key = key
+        self.label = label
+        self.open = open
+        self.request_headers = request_headers
+        self.request_headers_checked = request_headers_checked
+        self.response_headers = response_headers
+        self.response_headers_checked = response_headers_checked
+        self.pool = pool
+        self.user = user
 
 
 class UpstreamPool(Protocol):

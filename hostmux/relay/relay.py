@@ -55,6 +55,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from hostmux.http1.checked_events import (
     END_OF_MESSAGE,
@@ -127,8 +128,8 @@ def _lean_event() -> asyncio.Event:
 # The forwarding headers by (Host value, client IP, scheme): what they say depends on
 # nothing else, and a browser holds several connections to one host (each idle one
 # would otherwise keep its own copy, ~0.6 KiB). Never changed once made; emptied when full.
-_FORWARDING: dict[tuple[bytes, str, str], tuple[tuple[bytes, str, str], Headers]] = {}
-_FORWARDING_MAX = 4096
+_FORWARDING: Final[dict[tuple[bytes, str, str], tuple[tuple[bytes, str, str], Headers]]] = {}
+_FORWARDING_MAX: Final = 4096
 
 
 def _forwarding_for(host: bytes, client: ClientInfo) -> tuple[tuple[bytes, str, str], Headers]:
@@ -142,7 +143,7 @@ def _forwarding_for(host: bytes, client: ClientInfo) -> tuple[tuple[bytes, str, 
 
 
 # Only a request that can be sent twice without harm is retried (RFC 9110 9.2.2).
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class HttpRelay:

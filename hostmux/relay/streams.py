@@ -17,14 +17,14 @@ import asyncio
 import contextlib
 import socket
 import struct
-from typing import Protocol
+from typing import Final, Protocol
 
 # Reading the front socket in 256 KiB chunks measured +25% bulk throughput
 # over 64 KiB (see shared/design.md); the memory is per active read only.
-READ_CHUNK_BYTES = 256 * 1024
+READ_CHUNK_BYTES: Final = 256 * 1024
 
 # struct linger {on, seconds}: close with a reset, dropping unsent data.
-_LINGER_ZERO = struct.pack("ii", 1, 0)
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 
 
 class ByteStream(Protocol):
